@@ -1,0 +1,106 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	pb "istio.io/api/security/v1alpha1"
+
+	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/ca"
+)
+
+// istioService implements istio.v1.auth.IstioCertificateService.
+type istioService struct {
+	pb.UnimplementedIstioCertificateServiceServer
+	s *Server
+}
+
+// CreateCertificate signs the CSR for the identity the caller's credential
+// proves. validity_duration is in seconds; 0 (unset in proto3) means the CA's
+// default, as in Istio. The response chain is leaf first, root last.
+func (i *istioService) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
+	resp, err := i.create(ctx, req)
+	code := codes.OK
+	if err != nil {
+		var msg string
+		code, msg = classify(i.s.cfg.Logger, err)
+		err = status.Error(code, msg)
+	}
+	i.s.metrics.Request("grpc", "CreateCertificate", code.String())
+	return resp, err
+}
+
+func (i *istioService) create(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
+	cred, err := grpcCredential(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ttl, err := ttlFromSeconds(req.GetValidityDuration())
+	if err != nil {
+		return nil, err
+	}
+	id, err := i.s.cfg.Attestor.Attest(ctx, cred)
+	if err != nil {
+		return nil, err
+	}
+	issued, err := i.s.cfg.Authority.Sign(ctx, ca.SignRequest{CSR: []byte(req.GetCsr()), TTL: ttl, Identity: id, Peer: cred.Peer})
+	if err != nil {
+		return nil, err
+	}
+	return &pb.IstioCertificateResponse{CertChain: issued.ChainPEM}, nil
+}
+
+func ttlFromSeconds(sec int64) (time.Duration, error) {
+	if sec < 0 {
+		return 0, fmt.Errorf("%w: validity_duration %d is negative", ca.ErrInvalidTTL, sec)
+	}
+	if sec > math.MaxInt64/int64(time.Second) {
+		return 0, fmt.Errorf("%w: validity_duration %d is out of range", ca.ErrInvalidTTL, sec)
+	}
+	return time.Duration(sec) * time.Second, nil
+}
+
+// grpcCredential collects the bearer token and TLS client certificates.
+func grpcCredential(ctx context.Context) (attestor.Credential, error) {
+	var c attestor.Credential
+	if p, ok := peer.FromContext(ctx); ok {
+		c.Peer = p.Addr.String()
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
+			c.PeerCertificates = ti.State.PeerCertificates
+		}
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	tok, err := bearerToken(md.Get("authorization"))
+	if err != nil {
+		return c, err
+	}
+	c.BearerToken = tok
+	return c, nil
+}
+
+// bearerToken extracts the token from "authorization: Bearer <token>". No
+// header is fine (the client may use mTLS); a malformed one is refused.
+func bearerToken(values []string) (string, error) {
+	switch len(values) {
+	case 0:
+		return "", nil
+	case 1:
+	default:
+		return "", fmt.Errorf("%w: more than one authorization header", attestor.ErrUnauthenticated)
+	}
+	scheme, tok, ok := strings.Cut(strings.TrimSpace(values[0]), " ")
+	tok = strings.TrimSpace(tok)
+	if !ok || !strings.EqualFold(scheme, "Bearer") || tok == "" {
+		return "", fmt.Errorf("%w: authorization header must be \"Bearer <token>\"", attestor.ErrUnauthenticated)
+	}
+	return tok, nil
+}

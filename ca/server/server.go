@@ -1,0 +1,227 @@
+// Package server exposes meshca's CA over the network: the Istio-compatible
+// gRPC CSR API (istio.v1.auth.IstioCertificateService/CreateCertificate), a
+// plain HTTPS/JSON API for scripts (POST /v1/sign, GET /v1/bundle), and a
+// plain-HTTP monitoring port (/healthz, /readyz, /metrics).
+//
+// Both CSR APIs listen with TLS using a certificate issued by the CA itself,
+// take the caller's credential from an "authorization: Bearer" header or the
+// TLS client certificate, hand it to an attestor, and map errors to status
+// codes only here, at the edge.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	pb "istio.io/api/security/v1alpha1"
+
+	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/metrics"
+)
+
+// Defaults for Config's zero fields.
+const (
+	DefaultMaxRequestBytes = 64 << 10
+	DefaultRequestTimeout  = 10 * time.Second
+	DefaultServingTTL      = 24 * time.Hour
+)
+
+// Config configures a Server. Zero fields get the documented defaults.
+type Config struct {
+	// Authority signs. Required.
+	Authority *ca.Authority
+	// Attestor proves callers' identities. Required.
+	Attestor attestor.Attestor
+	// GRPCAddr is the gRPC CSR API listen address; "" disables it.
+	GRPCAddr string
+	// HTTPSAddr is the HTTPS/JSON API listen address; "" disables it.
+	HTTPSAddr string
+	// MonitorAddr is the plain-HTTP health and metrics address; "" disables it.
+	MonitorAddr string
+	// DNSNames and IPs go into the server's TLS certificate. Default
+	// "localhost" and 127.0.0.1, ::1.
+	DNSNames []string
+	IPs      []net.IP
+	// ServingTTL is the server certificate's lifetime. Default 24h.
+	ServingTTL time.Duration
+	// MaxRequestBytes bounds one request message or body. Default 64 KiB.
+	MaxRequestBytes int
+	// RequestTimeout bounds the time spent on one call. Default 10s.
+	RequestTimeout time.Duration
+	// Registry receives the server's metrics and is served on /metrics.
+	// Default: a new private registry.
+	Registry *prometheus.Registry
+	// Clock defaults to the wall clock; Logger to discarding.
+	Clock  clock.Clock
+	Logger *slog.Logger
+}
+
+// Server runs the CA's listeners.
+type Server struct {
+	cfg     Config
+	certs   *servingCerts
+	metrics *metrics.API
+
+	grpc    *grpc.Server
+	https   *http.Server
+	monitor *http.Server
+
+	mu    sync.Mutex
+	addrs map[string]net.Addr
+	wg    sync.WaitGroup
+}
+
+// New builds a Server; Start opens its listeners.
+func New(cfg Config) (*Server, error) {
+	if cfg.Authority == nil || cfg.Attestor == nil {
+		return nil, errors.New("server: an authority and an attestor are required")
+	}
+	if cfg.DNSNames == nil && cfg.IPs == nil {
+		cfg.DNSNames = []string{"localhost"}
+		cfg.IPs = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	}
+	if cfg.ServingTTL == 0 {
+		cfg.ServingTTL = DefaultServingTTL
+	}
+	if cfg.MaxRequestBytes == 0 {
+		cfg.MaxRequestBytes = DefaultMaxRequestBytes
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
+	}
+	if cfg.Registry == nil {
+		cfg.Registry = prometheus.NewRegistry()
+	}
+	cfg.Clock = clock.OrReal(cfg.Clock)
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		cfg:     cfg,
+		certs:   &servingCerts{auth: cfg.Authority, dns: cfg.DNSNames, ips: cfg.IPs, ttl: cfg.ServingTTL, clock: cfg.Clock},
+		metrics: metrics.NewAPI(cfg.Registry),
+		addrs:   map[string]net.Addr{},
+	}
+	tlsCfg := s.certs.tlsConfig()
+	s.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
+		grpc.MaxConcurrentStreams(1000),
+		grpc.ConnectionTimeout(cfg.RequestTimeout),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.ChainUnaryInterceptor(s.deadlineInterceptor),
+	)
+	pb.RegisterIstioCertificateServiceServer(s.grpc, &istioService{s: s})
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/sign", s.handleSign)
+	mux.HandleFunc("GET /v1/bundle", s.handleBundle)
+	s.https = &http.Server{
+		Handler:           http.TimeoutHandler(mux, cfg.RequestTimeout, `{"error":"request timed out"}`),
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: cfg.RequestTimeout,
+		ReadTimeout:       cfg.RequestTimeout,
+		WriteTimeout:      cfg.RequestTimeout + time.Second,
+		MaxHeaderBytes:    cfg.MaxRequestBytes,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+	}
+
+	mon := http.NewServeMux()
+	mon.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mon.HandleFunc("GET /readyz", s.handleReady)
+	mon.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	s.monitor = &http.Server{Handler: mon, ReadHeaderTimeout: 5 * time.Second}
+	return s, nil
+}
+
+// Start opens the configured listeners and serves in the background.
+func (s *Server) Start() error {
+	type listener struct {
+		name, addr string
+		serve      func(net.Listener) error
+	}
+	ls := []listener{
+		{"grpc", s.cfg.GRPCAddr, s.grpc.Serve},
+		{"https", s.cfg.HTTPSAddr, func(l net.Listener) error { return s.https.ServeTLS(l, "", "") }},
+		{"monitor", s.cfg.MonitorAddr, s.monitor.Serve},
+	}
+	var opened []net.Listener
+	for _, l := range ls {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			for _, o := range opened {
+				o.Close()
+			}
+			return fmt.Errorf("server: listen %s on %s: %w", l.name, l.addr, err)
+		}
+		opened = append(opened, ln)
+		s.mu.Lock()
+		s.addrs[l.name] = ln.Addr()
+		s.mu.Unlock()
+		s.cfg.Logger.Info("listening", "api", l.name, "addr", ln.Addr().String())
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			if err := l.serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+				s.cfg.Logger.Error("listener stopped", "api", l.name, "err", err)
+			}
+		}()
+	}
+	return nil
+}
+
+// Addr returns the bound address of "grpc", "https" or "monitor", or nil.
+func (s *Server) Addr(name string) net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addrs[name]
+}
+
+// Shutdown stops accepting calls and waits for those in flight until ctx
+// ends, then closes what is left.
+func (s *Server) Shutdown(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	errs := []error{s.https.Shutdown(ctx), s.monitor.Shutdown(ctx)}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		s.grpc.Stop()
+	}
+	s.wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (s *Server) deadlineInterceptor(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.RequestTimeout)
+	defer cancel()
+	return h(ctx, req)
+}
+
+func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
+	sc := s.cfg.Authority.SigningCertificate()
+	if now := s.cfg.Clock.Now(); now.After(sc.NotAfter) {
+		http.Error(w, "signing intermediate expired", http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}

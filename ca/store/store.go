@@ -1,0 +1,123 @@
+// Package store defines the one narrow, transactional interface through which
+// meshca's CA keeps its state: CA keys and certificates with their rotation
+// state, the issuance log, and the revocation deny-list.
+//
+// The embedded implementation is boltstore (a single bbolt file). The interface
+// is kept small and made of single atomic operations so that a shared backend
+// (PostgreSQL, or the Kubernetes API) can implement it later for several
+// replicas; nothing outside a Store implementation opens its files.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// ErrNotFound is returned when a requested record does not exist.
+var ErrNotFound = errors.New("store: not found")
+
+// ErrConflict is returned by SaveCAState when the stored state changed since it
+// was loaded (its Version no longer matches).
+var ErrConflict = errors.New("store: conflicting update")
+
+// SealedKey is a private key at rest: PKCS#8 DER, encrypted when Alg says so.
+type SealedKey struct {
+	// Alg is "aes-256-gcm" for a key encrypted with the key-encryption key,
+	// or "none" for a key stored in clear (protected only by file mode 0600).
+	Alg string `json:"alg"`
+	// KeyID names the key-encryption key used, so a wrong one is detected.
+	KeyID string `json:"kid,omitempty"`
+	Nonce []byte `json:"nonce,omitempty"`
+	Data  []byte `json:"data"`
+}
+
+// CAKey is a CA certificate and its sealed private key.
+type CAKey struct {
+	CertDER []byte    `json:"cert"`
+	Key     SealedKey `json:"key"`
+}
+
+// CAState is the CA's key material and rotation state, read and written as a
+// whole so a rotation is one atomic update.
+type CAState struct {
+	// Version is the stored version; SaveCAState succeeds only if it still
+	// matches, and increments it. Zero means "nothing stored yet".
+	Version uint64 `json:"version"`
+	// Root is the self-signed root; nil when the root lives elsewhere
+	// (Istio cacerts files, Vault).
+	Root *CAKey `json:"root,omitempty"`
+	// Active is the intermediate that signs leaves now.
+	Active *CAKey `json:"active,omitempty"`
+	// Next is the intermediate prepared ahead of the next rotation.
+	Next *CAKey `json:"next,omitempty"`
+}
+
+// Issuance is one certificate handed out by the CA.
+type Issuance struct {
+	// Serial is the certificate serial number in lowercase hex.
+	Serial          string    `json:"serial"`
+	SPIFFEID        string    `json:"spiffe_id"`
+	NotBefore       time.Time `json:"not_before"`
+	NotAfter        time.Time `json:"not_after"`
+	PublicKeySHA256 string    `json:"public_key_sha256"`
+	// CredentialKind is the kind of credential that proved the identity
+	// ("mtls", "dev-token", ...).
+	CredentialKind string `json:"credential_kind"`
+	// Requester says who asked, as the attestor saw it (for mTLS renewal the
+	// serial of the presented certificate; for a token its subject).
+	Requester string `json:"requester,omitempty"`
+	// Peer is the remote network address of the caller.
+	Peer     string            `json:"peer,omitempty"`
+	IssuedAt time.Time         `json:"issued_at"`
+	Details  map[string]string `json:"details,omitempty"`
+}
+
+// Revocation denies a certificate by serial, or every certificate of a SPIFFE
+// ID whose validity started at or before RevokedAt.
+type Revocation struct {
+	// Exactly one of Serial and SPIFFEID is set.
+	Serial    string    `json:"serial,omitempty"`
+	SPIFFEID  string    `json:"spiffe_id,omitempty"`
+	RevokedAt time.Time `json:"revoked_at"`
+	Reason    string    `json:"reason,omitempty"`
+}
+
+// IssuanceFilter selects issuance records; zero fields match everything.
+type IssuanceFilter struct {
+	SPIFFEID string
+	// IssuedSince keeps records issued at or after this time.
+	IssuedSince time.Time
+	// Limit caps the number of records returned (0 = no cap).
+	Limit int
+}
+
+// Store is the CA's state. Implementations are safe for concurrent use, and
+// every write is durable (on stable storage) when it returns.
+type Store interface {
+	// LoadCAState returns the stored CA state, or ErrNotFound.
+	LoadCAState(ctx context.Context) (*CAState, error)
+	// SaveCAState stores st if st.Version equals the stored version (0 when
+	// nothing is stored) and returns the new version; otherwise ErrConflict.
+	SaveCAState(ctx context.Context, st *CAState) (uint64, error)
+
+	// RecordIssuance durably records one issued certificate. Concurrent calls
+	// are committed together (group commit): one sync for many records.
+	RecordIssuance(ctx context.Context, rec Issuance) error
+	// Issuance returns the record for a serial, or ErrNotFound.
+	Issuance(ctx context.Context, serial string) (*Issuance, error)
+	// Issuances lists records matching f, oldest issuance first.
+	Issuances(ctx context.Context, f IssuanceFilter) ([]Issuance, error)
+	// PruneIssuances deletes records whose NotAfter is before cutoff and
+	// returns how many were deleted.
+	PruneIssuances(ctx context.Context, cutoff time.Time) (int, error)
+
+	// Revoke adds r to the deny-list.
+	Revoke(ctx context.Context, r Revocation) error
+	// Revocations returns the deny-list entries for a serial or a SPIFFE ID
+	// (either may be empty).
+	Revocations(ctx context.Context, serial, spiffeID string) ([]Revocation, error)
+
+	// Close releases the store.
+	Close() error
+}

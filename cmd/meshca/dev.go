@@ -1,0 +1,255 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/client"
+)
+
+func newDevCmd() *cobra.Command {
+	var (
+		o    serverOptions
+		once bool
+		ns   string
+		sa   string
+	)
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run a local identity plane for development (what `make run` starts)",
+		Long: "Run the CA on 127.0.0.1 with its data under .meshca/, write the trust bundle, and issue one\n" +
+			"demo SVID to .meshca/demo/ through the real gRPC CSR API, authenticated with a development\n" +
+			"token (.meshca/dev-token) that proves the demo identity. A second run reuses the same root.\n" +
+			"The development token attestor exists only in this command.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := o.resolve(cmd.Flags()); err != nil {
+				return err
+			}
+			log, err := o.log.logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
+			return runDev(cmd.Context(), &o, devDemo{namespace: ns, serviceAccount: sa, once: once}, cmd.OutOrStdout(), log)
+		},
+	}
+	o.addFlags(cmd.Flags())
+	fs := cmd.Flags()
+	for name, val := range map[string]string{
+		"data-dir":          ".meshca",
+		"grpc-listen":       "127.0.0.1:15012",
+		"https-listen":      "127.0.0.1:8443",
+		"monitoring-listen": "127.0.0.1:15014",
+		"log-level":         "warn",
+	} {
+		f := fs.Lookup(name)
+		f.DefValue = val
+		f.Value.Set(val)
+	}
+	fs.BoolVar(&once, "once", false, "exit after issuing the demo SVID instead of serving until interrupted")
+	fs.StringVar(&ns, "demo-namespace", "default", "namespace of the demo identity")
+	fs.StringVar(&sa, "demo-service-account", "demo", "service account of the demo identity")
+	return cmd
+}
+
+type devDemo struct {
+	namespace, serviceAccount string
+	once                      bool
+}
+
+func runDev(ctx context.Context, o *serverOptions, demo devDemo, out io.Writer, logger *slog.Logger) error {
+	td, err := spiffeid.TrustDomainFromString(o.trustDomain)
+	if err != nil {
+		return fmt.Errorf("--trust-domain: %w", err)
+	}
+	demoID, err := spiffeid.FromSegments(td, "ns", demo.namespace, "sa", demo.serviceAccount)
+	if err != nil {
+		return fmt.Errorf("demo identity: %w", err)
+	}
+	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
+		return err
+	}
+	tokenPath := filepath.Join(o.dataDir, "dev-token")
+	token, err := devToken(tokenPath)
+	if err != nil {
+		return err
+	}
+	p, err := startPlane(ctx, o, []attestor.Attestor{attestor.NewStaticTokens(map[string]spiffeid.ID{token: demoID})}, logger)
+	if err != nil {
+		return err
+	}
+	defer p.stop()
+
+	bundlePath := filepath.Join(o.dataDir, "bundle.pem")
+	if err := writeFile(bundlePath, p.auth.RootsPEM(), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "meshca dev: identity plane running (trust domain %s)\n", td.Name())
+	fmt.Fprintf(out, "  trust bundle:  %s\n", bundlePath)
+	if a := p.srv.Addr("grpc"); a != nil {
+		fmt.Fprintf(out, "  gRPC CSR API:  %s (istio.v1.auth.IstioCertificateService)\n", a)
+	}
+	if a := p.srv.Addr("https"); a != nil {
+		fmt.Fprintf(out, "  HTTPS API:     https://%s (POST /v1/sign, GET /v1/bundle)\n", a)
+	}
+	if a := p.srv.Addr("monitor"); a != nil {
+		fmt.Fprintf(out, "  monitoring:    http://%s (/healthz, /readyz, /metrics)\n", a)
+	}
+	fmt.Fprintf(out, "  dev token:     %s (proves %s)\n", tokenPath, demoID)
+
+	if p.srv.Addr("grpc") == nil {
+		return errors.New("dev: the demo needs the gRPC API (--grpc-listen)")
+	}
+	demoDir := filepath.Join(o.dataDir, "demo")
+	if err := issueDemo(ctx, p, demoID, token, demoDir, out); err != nil {
+		return err
+	}
+	if demo.once {
+		return nil
+	}
+	fmt.Fprintln(out, "serving; press Ctrl-C to stop")
+	<-ctx.Done()
+	return nil
+}
+
+// issueDemo asks the running CA for an SVID exactly as a workload would:
+// local key, CSR, gRPC over TLS verified against the bundle, bearer token.
+func issueDemo(ctx context.Context, p *plane, id spiffeid.ID, token, dir string, out io.Writer) error {
+	key, err := ca.GenerateKey(ca.KeyECDSAP256)
+	if err != nil {
+		return err
+	}
+	csr, err := client.NewCSR(key, id)
+	if err != nil {
+		return err
+	}
+	roots := x509.NewCertPool()
+	for _, r := range p.auth.Bundle().X509Authorities() {
+		roots.AddCert(r)
+	}
+	c, err := client.New(client.Config{Addr: p.srv.Addr("grpc").String(), Roots: roots, ServerName: "localhost"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	chainPEM, err := c.Sign(ctx, csr, 0, token)
+	if err != nil {
+		return fmt.Errorf("dev: demo issuance: %w", err)
+	}
+	var chain []*x509.Certificate
+	for _, s := range chainPEM {
+		b, _ := pem.Decode([]byte(s))
+		if b == nil {
+			return errors.New("dev: CA returned a chain entry that is not PEM")
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return fmt.Errorf("dev: CA returned a bad certificate: %w", err)
+		}
+		chain = append(chain, cert)
+	}
+	// The root is last; an SVID file holds the leaf and intermediates.
+	if _, _, err := x509svid.Verify(chain[:len(chain)-1], p.auth.Bundle()); err != nil {
+		return fmt.Errorf("dev: demo SVID does not verify: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	svidPEM := strings.Join(chainPEM[:len(chainPEM)-1], "")
+	for _, f := range []struct {
+		name string
+		data []byte
+		mode fs.FileMode
+	}{
+		{"svid.pem", []byte(svidPEM), 0o644},
+		{"svid-key.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600},
+		{"bundle.pem", []byte(chainPEM[len(chainPEM)-1]), 0o644},
+	} {
+		if err := writeFile(filepath.Join(dir, f.name), f.data, f.mode); err != nil {
+			return err
+		}
+	}
+	leaf := chain[0]
+	fmt.Fprintf(out, "demo SVID written to %s/ (svid.pem, svid-key.pem, bundle.pem)\n", dir)
+	fmt.Fprintf(out, "  SPIFFE ID:  %s\n", id)
+	fmt.Fprintf(out, "  serial:     %s\n", leaf.SerialNumber.Text(16))
+	fmt.Fprintf(out, "  valid:      %s to %s (%s)\n", leaf.NotBefore.UTC().Format(time.RFC3339),
+		leaf.NotAfter.UTC().Format(time.RFC3339), leaf.NotAfter.Sub(leaf.NotBefore).Round(time.Second))
+	fmt.Fprintln(out, "  chain:")
+	for i, c := range chain {
+		name := c.Subject.CommonName
+		if i == 0 {
+			name = c.URIs[0].String()
+		}
+		fmt.Fprintf(out, "    [%d] %-48s not after %s\n", i, name, c.NotAfter.UTC().Format(time.RFC3339))
+	}
+	fmt.Fprintln(out, "  verified against the trust bundle with go-spiffe x509svid.Verify")
+	return nil
+}
+
+// devToken returns the development token stored at path, creating a random
+// one (0600) on first use so every run proves the same identity.
+func devToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil && len(strings.TrimSpace(string(b))) > 0 {
+		return strings.TrimSpace(string(b)), nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", err
+	}
+	tok := base64.RawURLEncoding.EncodeToString(raw[:])
+	return tok, writeFile(path, []byte(tok+"\n"), 0o600)
+}
+
+// writeFile writes data to path atomically with the given mode.
+func writeFile(path string, data []byte, mode fs.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}

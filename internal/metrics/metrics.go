@@ -1,0 +1,71 @@
+// Package metrics implements meshca's metrics interfaces with Prometheus
+// collectors registered on a registry the caller owns (never the global one).
+package metrics
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// CA implements ca.Metrics.
+type CA struct {
+	issued   *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+	expiry   prometheus.Gauge
+}
+
+// NewCA registers the CA's collectors on reg.
+func NewCA(reg prometheus.Registerer) *CA {
+	m := &CA{
+		issued: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshca_issuance_total",
+			Help: "Certificate signing requests handled, by credential kind and result.",
+		}, []string{"kind", "result"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "meshca_issuance_duration_seconds",
+			Help:    "Time to check, sign, validate and durably record one certificate.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+		}, []string{"kind"}),
+		expiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meshca_signing_ca_expiry_timestamp_seconds",
+			Help: "NotAfter of the active signing intermediate, as a Unix time.",
+		}),
+	}
+	reg.MustRegister(m.issued, m.duration, m.expiry)
+	return m
+}
+
+// Issued implements ca.Metrics.
+func (m *CA) Issued(kind, result string, took time.Duration) {
+	if kind == "" {
+		kind = "none"
+	}
+	m.issued.WithLabelValues(kind, result).Inc()
+	if result == "ok" {
+		m.duration.WithLabelValues(kind).Observe(took.Seconds())
+	}
+}
+
+// SigningCAExpiry implements ca.Metrics.
+func (m *CA) SigningCAExpiry(notAfter time.Time) { m.expiry.Set(float64(notAfter.Unix())) }
+
+// API counts requests at the CSR API edge.
+type API struct {
+	requests *prometheus.CounterVec
+}
+
+// NewAPI registers the API's collectors on reg.
+func NewAPI(reg prometheus.Registerer) *API {
+	m := &API{requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshca_api_requests_total",
+		Help: "CSR API requests by protocol (grpc, http), endpoint and status code.",
+	}, []string{"protocol", "endpoint", "code"})}
+	reg.MustRegister(m.requests)
+	return m
+}
+
+// Request counts one API request.
+func (m *API) Request(protocol, endpoint, code string) {
+	m.requests.WithLabelValues(protocol, endpoint, code).Inc()
+}
