@@ -59,7 +59,7 @@ type plane struct {
 	renewClock *clocktest.Fake
 }
 
-func startPlane(t *testing.T, path string) *plane {
+func startPlane(t testing.TB, path string) *plane {
 	t.Helper()
 	st, err := boltstore.Open(path, boltstore.Options{})
 	if err != nil {
@@ -139,7 +139,7 @@ func csrFor(t testing.TB, key crypto.Signer, id spiffeid.ID) []byte {
 	return b
 }
 
-func grpcClient(t *testing.T, p *plane, cert *tls.Certificate) *client.Client {
+func grpcClient(t testing.TB, p *plane, cert *tls.Certificate) *client.Client {
 	t.Helper()
 	cfg := client.Config{Addr: p.srv.Addr("grpc").String(), Roots: p.roots(), ServerName: "localhost"}
 	if cert != nil {

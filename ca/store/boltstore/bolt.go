@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math"
 	"os"
@@ -154,9 +155,12 @@ func Open(path string, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("boltstore: %w", err)
 	}
+	_, err := os.Stat(path)
+	created := errors.Is(err, fs.ErrNotExist)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("boltstore: data file %s is in use by another process (lock not acquired within %v)", path, opts.Timeout)
@@ -167,6 +171,13 @@ func Open(path string, opts Options) (*Store, error) {
 	if err := prepare(db, path, opts.Logger); err != nil {
 		db.Close()
 		return nil, err
+	}
+	if created {
+		// bbolt syncs the file but not the directory entry of a new one.
+		if err := syncDir(dir); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("boltstore: sync %s: %w", dir, err)
+		}
 	}
 	s := &Store{
 		db:       db,
@@ -223,8 +234,17 @@ func prepare(db *bolt.DB, path string, log *slog.Logger) error {
 	return nil
 }
 
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
 // Close stops the committer, failing RecordIssuance calls still queued, and
-// closes the file. Further calls to Close return nil.
+// closes the file. Calling it again returns the first call's result.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.closed.Store(true)

@@ -227,6 +227,7 @@ func TestRecordIssuanceInvalid(t *testing.T) {
 		{"serial too long", func(r *store.Issuance) { r.Serial = strings.Repeat("a", 65) }},
 		{"missing SPIFFE ID", func(r *store.Issuance) { r.SPIFFEID = "" }},
 		{"SPIFFE ID with NUL", func(r *store.Issuance) { r.SPIFFEID = "spiffe://example.org/a\x00b" }},
+		{"SPIFFE ID not UTF-8", func(r *store.Issuance) { r.SPIFFEID = "spiffe://example.org/\xa7" }},
 		{"zero IssuedAt", func(r *store.Issuance) { r.IssuedAt = time.Time{} }},
 		{"zero NotAfter", func(r *store.Issuance) { r.NotAfter = time.Time{} }},
 	}

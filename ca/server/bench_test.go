@@ -1,0 +1,179 @@
+package server_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net/url"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/store"
+	"github.com/meshca/meshca/ca/store/boltstore"
+)
+
+// The issuance benchmarks run side by side in one process so their ratios
+// are meaningful on a shared, noisy machine:
+//
+//	Bare       the standard library alone: PEM decode, parse CSR, check its
+//	           signature, x509.CreateCertificate, PEM encode — the floor.
+//	Sign/mem   ca.Authority.Sign with an in-memory store: everything meshca
+//	           adds in CPU (checks, template, validator, metrics, chain).
+//	Sign/bolt  the same with the durable bbolt store (fsync, group commit).
+//	GRPC       a full CreateCertificate call over TLS on 127.0.0.1.
+//
+// Run with: go test -run '^$' -bench Issuance -benchmem ./ca/server/
+
+func benchCSR(b *testing.B, id spiffeid.ID) []byte {
+	return csrFor(b, newKey(b), id)
+}
+
+// bareIssue is the floor: what any Go CA must do for one CSR.
+func bareIssue(csrPEM []byte, parent *x509.Certificate, key crypto.Signer, id *url.URL) error {
+	block, _ := pem.Decode(csrPEM)
+	csr, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		return err
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return err
+	}
+	serial, _ := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: serial, NotBefore: now, NotAfter: now.Add(24 * time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		URIs:        []*url.URL{id}, BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, csr.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	_ = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	return nil
+}
+
+func bareCA(b *testing.B) (*x509.Certificate, crypto.Signer) {
+	key := newKey(b)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "bench"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(7 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return cert, key
+}
+
+// nopStore keeps nothing; it isolates the CPU cost of Sign from storage.
+type nopStore struct{ store.Store }
+
+func (nopStore) RecordIssuance(context.Context, store.Issuance) error { return nil }
+
+// benchAuthority keeps its CA state in a real bbolt file; durable says
+// whether issuance records go there too or are dropped.
+func benchAuthority(b *testing.B, durable bool) *ca.Authority {
+	bolt, err := boltstore.Open(filepath.Join(b.TempDir(), "meshca.db"), boltstore.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { bolt.Close() })
+	var st store.Store = bolt
+	if !durable {
+		st = nopStore{bolt}
+	}
+	a, err := ca.New(context.Background(), ca.Config{TrustDomain: td, Store: st})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return a
+}
+
+func BenchmarkIssuance(b *testing.B) {
+	csr := benchCSR(b, fooID)
+	id := attestor.Identity{ID: fooID, Kind: "bench"}
+
+	b.Run("Bare", func(b *testing.B) {
+		parent, key := bareCA(b)
+		u := fooID.URL()
+		for b.Loop() {
+			if err := bareIssue(csr, parent, key, u); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Sign/mem", func(b *testing.B) {
+		a := benchAuthority(b, false)
+		ctx := context.Background()
+		for b.Loop() {
+			if _, err := a.Sign(ctx, ca.SignRequest{CSR: csr, Identity: id}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("Bare/parallel", func(b *testing.B) {
+		parent, key := bareCA(b)
+		u := fooID.URL()
+		b.SetParallelism(8)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if err := bareIssue(csr, parent, key, u); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+	b.Run("Sign/mem/parallel", func(b *testing.B) {
+		a := benchAuthority(b, false)
+		b.SetParallelism(8)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := a.Sign(context.Background(), ca.SignRequest{CSR: csr, Identity: id}); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+	b.Run("Sign/bolt/parallel", func(b *testing.B) {
+		a := benchAuthority(b, true)
+		// Enough concurrent callers that group commit can batch while one
+		// fsync is in flight, as under a rotation storm.
+		b.SetParallelism(32)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := a.Sign(context.Background(), ca.SignRequest{CSR: csr, Identity: id}); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+	b.Run("GRPC/parallel", func(b *testing.B) {
+		p := startPlane(b, filepath.Join(b.TempDir(), "meshca.db"))
+		c := grpcClient(b, p, nil)
+		b.SetParallelism(32)
+		b.RunParallel(func(pb *testing.PB) {
+			for pb.Next() {
+				if _, err := c.Sign(context.Background(), csr, 0, fooToken); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	})
+}

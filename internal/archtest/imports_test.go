@@ -1,0 +1,59 @@
+package archtest
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/meshca/meshca"
+
+// rules says which project packages a package (by prefix) must not import.
+var rules = []struct {
+	pkg       string
+	forbidden []string
+	why       string
+}{
+	{"", []string{"/cmd/"}, "nothing imports cmd"},
+	{"/ca", []string{"/sds"}, "the CA never imports the agent"},
+	{"/attestor", []string{"/ca", "/sds", "/policy"}, "attestors are imported by the CA, not the other way"},
+	{"/policy", []string{"/ca", "/sds", "/attestor", "/internal"}, "policy imports no other project package"},
+	{"/sds", []string{"/ca/server", "/ca/store", "/policy"}, "the agent talks to the CA only through its API client"},
+}
+
+func TestImportDirection(t *testing.T) {
+	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, module+"/...").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	checked := 0
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		fields := strings.Fields(line)
+		pkg, imports := strings.TrimPrefix(fields[0], module), fields[1:]
+		for _, r := range rules {
+			if !hasPrefixPath(pkg, r.pkg) {
+				continue
+			}
+			for _, imp := range imports {
+				if !strings.HasPrefix(imp, module) {
+					continue
+				}
+				rel := strings.TrimPrefix(imp, module)
+				for _, f := range r.forbidden {
+					if hasPrefixPath(rel, strings.TrimSuffix(f, "/")) {
+						t.Errorf("%s imports %s: %s", fields[0], imp, r.why)
+					}
+				}
+			}
+			checked++
+		}
+	}
+	if checked == 0 {
+		t.Fatal("no packages checked")
+	}
+}
+
+// hasPrefixPath reports whether p is prefix or below it ("" matches all).
+func hasPrefixPath(p, prefix string) bool {
+	return prefix == "" || p == prefix || strings.HasPrefix(p, prefix+"/")
+}
