@@ -208,3 +208,23 @@ func TestRestartAfterLongDowntime(t *testing.T) {
 		t.Fatalf("Sign after downtime: %v", err)
 	}
 }
+
+// TestPruneKeepsRecordsWithinRetention: records go once their certificate
+// has been expired for longer than the retention, not before.
+func TestPruneKeepsRecordsWithinRetention(t *testing.T) {
+	ctx := context.Background()
+	st := newMemStore()
+	clk := clocktest.New(t0)
+	a := newAuthority(t, st, clk, func(c *ca.Config) { c.Retention = 48 * time.Hour })
+	if _, err := a.Sign(ctx, ca.SignRequest{CSR: csrPEM(t, p256(t), fooCSR()), TTL: time.Hour, Identity: identity(fooID)}); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Hour + 47*time.Hour) // expired 47h ago
+	if n, err := a.Prune(ctx); err != nil || n != 0 || st.count() != 1 {
+		t.Fatalf("Prune within retention = %d, %v (records %d)", n, err, st.count())
+	}
+	clk.Advance(2 * time.Hour) // expired 49h ago
+	if n, err := a.Prune(ctx); err != nil || n != 1 || st.count() != 0 {
+		t.Fatalf("Prune past retention = %d, %v (records %d)", n, err, st.count())
+	}
+}

@@ -31,6 +31,7 @@ import (
 
 	"github.com/meshca/meshca/ca/store"
 	bolt "go.etcd.io/bbolt"
+	berrors "go.etcd.io/bbolt/errors"
 )
 
 // ErrClosed is returned by every method called after Close.
@@ -162,7 +163,7 @@ func Open(path string, opts Options) (*Store, error) {
 	_, err := os.Stat(path)
 	created := errors.Is(err, fs.ErrNotExist)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout})
-	if errors.Is(err, bolt.ErrTimeout) {
+	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("boltstore: data file %s is in use by another process (lock not acquired within %v)", path, opts.Timeout)
 	}
 	if err != nil {
@@ -274,7 +275,7 @@ func wrap(op string, err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, bolt.ErrDatabaseNotOpen):
+	case errors.Is(err, berrors.ErrDatabaseNotOpen):
 		return ErrClosed
 	}
 	return fmt.Errorf("boltstore: %s: %w", op, err)
