@@ -317,8 +317,8 @@ func TestMTLS(t *testing.T) {
 	}
 }
 
-// The revocation checker sees the time-verified leaf, so a revoked SVID
-// inside a Chain is never replaced by a bearer token presented alongside it.
+// A revoked SVID inside a Chain is not replaced by a valid bearer token
+// presented alongside it.
 func TestMTLSRevokedInChainIsNotBypassed(t *testing.T) {
 	root := newRoot(t, "test root")
 	leaf := root.issue(t, svidTemplate(t, fooID))

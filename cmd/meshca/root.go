@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
@@ -103,6 +104,14 @@ func applyConfig(fs *pflag.FlagSet, configPath string) error {
 			if val != "" {
 				items = strings.Split(val, ",")
 			}
+			for i, it := range items {
+				items[i] = strings.TrimSpace(it)
+				// pflag's ipSlice Replace accepts anything and stores nil.
+				if f.Value.Type() == "ipSlice" && net.ParseIP(items[i]) == nil {
+					errs = append(errs, fmt.Errorf("%s: %q is not an IP address", from, items[i]))
+					return
+				}
+			}
 			if err := sv.Replace(items); err != nil {
 				errs = append(errs, fmt.Errorf("%s: %w", from, err))
 			}
@@ -117,6 +126,8 @@ func applyConfig(fs *pflag.FlagSet, configPath string) error {
 
 func configString(v any) string {
 	switch t := v.(type) {
+	case nil:
+		return ""
 	case []any:
 		parts := make([]string, len(t))
 		for i, p := range t {
