@@ -452,12 +452,17 @@ type SignRequest struct {
 
 // Issued is a certificate handed out.
 type Issued struct {
-	Certificate *x509.Certificate
+	// DER is the leaf certificate.
+	DER []byte
 	// ChainPEM is the leaf, its intermediates, and the root, one PEM
 	// certificate each, in that order (as Istio's CA clients expect).
 	ChainPEM []string
 	Record   store.Issuance
 }
+
+// Certificate parses the leaf. Sign itself never needs to (see
+// ValidateLeaf), so the cost is paid only by callers who want it.
+func (i *Issued) Certificate() (*x509.Certificate, error) { return x509.ParseCertificate(i.DER) }
 
 // Sign turns a CSR into an X509-SVID for req.Identity: it checks the
 // lifetime and the CSR, signs a leaf from a fresh template with the active
@@ -502,8 +507,9 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*
 		return nil, err
 	}
 	s := a.active.Load()
-	notBefore := latest(now.Add(-a.cfg.Backdate), s.cert.NotBefore)
-	notAfter := earliest(now.Add(ttl), s.cert.NotAfter) // never outlive the issuer
+	// Certificates carry whole seconds; truncate so the record matches.
+	notBefore := latest(now.Add(-a.cfg.Backdate), s.cert.NotBefore).Truncate(time.Second)
+	notAfter := earliest(now.Add(ttl), s.cert.NotAfter).Truncate(time.Second) // never outlive the issuer
 	if !now.Before(notAfter) {
 		return nil, fmt.Errorf("%w: signing intermediate has expired", ErrUnavailable)
 	}
@@ -515,20 +521,16 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign leaf: %w", err)
 	}
-	leaf, err := x509.ParseCertificate(der)
-	if err != nil {
-		return nil, fmt.Errorf("ca: parse issued leaf: %w", err)
-	}
-	if err := ValidateLeaf(leaf, s.cert, req.Identity.ID, csr.PublicKey, now); err != nil {
+	if err := ValidateLeaf(der, s.cert, req.Identity.ID, csr.RawSubjectPublicKeyInfo, now); err != nil {
 		a.cfg.Logger.Error("issued certificate refused by the validator", "spiffe_id", req.Identity.ID.String(), "err", err)
 		return nil, err
 	}
 	spkiSum := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
 	rec := store.Issuance{
-		Serial:          leaf.SerialNumber.Text(16),
+		Serial:          tmpl.SerialNumber.Text(16),
 		SPIFFEID:        req.Identity.ID.String(),
-		NotBefore:       leaf.NotBefore,
-		NotAfter:        leaf.NotAfter,
+		NotBefore:       notBefore,
+		NotAfter:        notAfter,
 		PublicKeySHA256: hex.EncodeToString(spkiSum[:]),
 		CredentialKind:  req.Identity.Kind,
 		Requester:       req.Identity.Subject,
@@ -543,7 +545,7 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*
 	chain = append(chain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
 	chain = append(chain, s.chainPEM...)
 	a.cfg.Logger.Debug("issued", "spiffe_id", rec.SPIFFEID, "serial", rec.Serial, "kind", rec.CredentialKind, "not_after", rec.NotAfter)
-	return &Issued{Certificate: leaf, ChainPEM: chain, Record: rec}, nil
+	return &Issued{DER: der, ChainPEM: chain, Record: rec}, nil
 }
 
 // TrustDomain returns the CA's trust domain.

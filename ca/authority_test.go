@@ -95,8 +95,8 @@ func TestSignRSAKeyGetsKeyEncipherment(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Sign: %v", err)
 	}
-	if want := x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment; iss.Certificate.KeyUsage != want {
-		t.Errorf("key usage %v, want %v", iss.Certificate.KeyUsage, want)
+	if want := x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment; leafOf(t, iss).KeyUsage != want {
+		t.Errorf("key usage %v, want %v", leafOf(t, iss).KeyUsage, want)
 	}
 }
 
@@ -107,7 +107,7 @@ func TestSignHonoursRequestedTTL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := iss.Certificate.NotAfter.Sub(clk.Now()); got != time.Hour {
+	if got := leafOf(t, iss).NotAfter.Sub(clk.Now()); got != time.Hour {
 		t.Errorf("lifetime %s, want 1h", got)
 	}
 }

@@ -88,3 +88,12 @@ func parseChain(t testing.TB, chain []string) []*x509.Certificate {
 }
 
 func fooCSR() *x509.CertificateRequest { return &x509.CertificateRequest{URIs: uris(fooID)} }
+
+func leafOf(t testing.TB, iss *ca.Issued) *x509.Certificate {
+	t.Helper()
+	c, err := iss.Certificate()
+	if err != nil {
+		t.Fatalf("issued DER does not parse: %v", err)
+	}
+	return c
+}

@@ -80,8 +80,8 @@ func TestRotationUnderFakeClock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if iss.Certificate.NotAfter.After(first.NotAfter) || iss.Certificate.NotAfter.Sub(clk.Now()) != ca.DefaultMaxLeafTTL {
-		t.Errorf("leaf NotAfter %s vs issuer %s", iss.Certificate.NotAfter, first.NotAfter)
+	if leafOf(t, iss).NotAfter.After(first.NotAfter) || leafOf(t, iss).NotAfter.Sub(clk.Now()) != ca.DefaultMaxLeafTTL {
+		t.Errorf("leaf NotAfter %s vs issuer %s", leafOf(t, iss).NotAfter, first.NotAfter)
 	}
 
 	// At half life the prepared one becomes active.
@@ -103,7 +103,7 @@ func TestRotationUnderFakeClock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := iss.Certificate.CheckSignatureFrom(second); err != nil {
+	if err := leafOf(t, iss).CheckSignatureFrom(second); err != nil {
 		t.Errorf("leaf after rotation not signed by the new intermediate: %v", err)
 	}
 
@@ -122,7 +122,7 @@ func TestRotationUnderFakeClock(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if iss.Certificate.NotAfter.After(sc.NotAfter) {
+		if leafOf(t, iss).NotAfter.After(sc.NotAfter) {
 			t.Fatal("leaf outlives its issuer")
 		}
 	}
@@ -140,8 +140,8 @@ func TestLeafClampedToIssuer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !iss.Certificate.NotAfter.Equal(a.SigningCertificate().NotAfter) {
-		t.Errorf("leaf NotAfter %s, want clamped to issuer's %s", iss.Certificate.NotAfter, a.SigningCertificate().NotAfter)
+	if !leafOf(t, iss).NotAfter.Equal(a.SigningCertificate().NotAfter) {
+		t.Errorf("leaf NotAfter %s, want clamped to issuer's %s", leafOf(t, iss).NotAfter, a.SigningCertificate().NotAfter)
 	}
 }
 

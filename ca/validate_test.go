@@ -2,8 +2,14 @@ package ca_test
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"errors"
 	"math/big"
 	"net"
@@ -40,43 +46,75 @@ func TestValidateLeafRefusesBadCertificates(t *testing.T) {
 			URIs:                  uris(fooID),
 		}
 	}
+	otherIssuer := func() *x509.Certificate {
+		// Same name and key as iss, another subject key ID: its leaves
+		// carry an authority key ID that does not match iss.
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: iss.Subject, NotBefore: iss.NotBefore, NotAfter: iss.NotAfter,
+			KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true, SubjectKeyId: []byte{9, 9, 9}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, issKey.Public(), issKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := x509.ParseCertificate(der)
+		return c
+	}()
 	tests := []struct {
 		name   string
 		mod    func(c *x509.Certificate)
-		pubKey any
+		signer *x509.Certificate // default iss
+		spki   []byte            // default the leaf key's
+		mangle func([]byte) []byte
 		msg    string
 	}{
-		{"valid", func(*x509.Certificate) {}, nil, ""},
-		{"CA bit", func(c *x509.Certificate) { c.IsCA = true }, nil, "CA false"},
-		{"no basic constraints", func(c *x509.Certificate) { c.BasicConstraintsValid = false }, nil, "CA false"},
-		{"cert sign usage", func(c *x509.Certificate) { c.KeyUsage |= x509.KeyUsageCertSign }, nil, "certificate or CRL signing"},
-		{"no digital signature", func(c *x509.Certificate) { c.KeyUsage = x509.KeyUsageKeyEncipherment }, nil, "lacks digitalSignature"},
-		{"two URIs", func(c *x509.Certificate) { c.URIs = uris(fooID, otherID) }, nil, "2 URI SANs"},
-		{"no URI", func(c *x509.Certificate) { c.URIs = nil }, nil, "0 URI SANs"},
-		{"DNS SAN", func(c *x509.Certificate) { c.DNSNames = []string{"x.example"} }, nil, "SANs other than"},
-		{"IP SAN", func(c *x509.Certificate) { c.IPAddresses = []net.IP{net.IPv4(1, 2, 3, 4)} }, nil, "SANs other than"},
-		{"wrong ID", func(c *x509.Certificate) { c.URIs = uris(otherID) }, nil, "want spiffe://example.org/ns/foo/sa/bar"},
-		{"not a SPIFFE ID", func(c *x509.Certificate) { c.URIs = []*url.URL{{Scheme: "https", Host: "x"}} }, nil, "not a SPIFFE ID"},
-		{"outlives issuer", func(c *x509.Certificate) { c.NotAfter = iss.NotAfter.Add(time.Second) }, nil, "outlives its issuer"},
-		{"starts before issuer", func(c *x509.Certificate) { c.NotBefore = iss.NotBefore.Add(-time.Second) }, nil, "starts before its issuer"},
-		{"not yet valid", func(c *x509.Certificate) { c.NotBefore = now.Add(time.Minute) }, nil, "not valid now"},
-		{"code signing EKU", func(c *x509.Certificate) { c.ExtKeyUsage = append(c.ExtKeyUsage, x509.ExtKeyUsageCodeSigning) }, nil, "extended key usage"},
-		{"other public key", func(*x509.Certificate) {}, p256(t).Public(), "not the CSR's"},
+		{name: "valid", mod: func(*x509.Certificate) {}},
+		{name: "CA bit", mod: func(c *x509.Certificate) { c.IsCA = true }, msg: "CA must be false"},
+		{name: "no basic constraints", mod: func(c *x509.Certificate) { c.BasicConstraintsValid = false }, msg: "missing basicConstraints"},
+		{name: "cert sign usage", mod: func(c *x509.Certificate) { c.KeyUsage |= x509.KeyUsageCertSign }, msg: "certificate or CRL signing"},
+		{name: "CRL sign usage", mod: func(c *x509.Certificate) { c.KeyUsage |= x509.KeyUsageCRLSign }, msg: "certificate or CRL signing"},
+		{name: "no digital signature", mod: func(c *x509.Certificate) { c.KeyUsage = x509.KeyUsageKeyEncipherment }, msg: "lacks digitalSignature"},
+		{name: "no key usage", mod: func(c *x509.Certificate) { c.KeyUsage = 0 }, msg: "missing keyUsage"},
+		{name: "two URIs", mod: func(c *x509.Certificate) { c.URIs = uris(fooID, otherID) }, msg: "more than one name"},
+		{name: "no SAN at all", mod: func(c *x509.Certificate) { c.URIs = nil }, msg: "missing subjectAltName"},
+		{name: "DNS SAN", mod: func(c *x509.Certificate) { c.DNSNames = []string{"x.example"} }, msg: "first name is not a URI"},
+		{name: "IP SAN", mod: func(c *x509.Certificate) { c.IPAddresses = []net.IP{net.IPv4(1, 2, 3, 4)} }, msg: "first name is not a URI"},
+		{name: "wrong ID", mod: func(c *x509.Certificate) { c.URIs = uris(otherID) }, msg: "want spiffe://example.org/ns/foo/sa/bar"},
+		{name: "not a SPIFFE ID", mod: func(c *x509.Certificate) { c.URIs = []*url.URL{{Scheme: "https", Host: "x"}} }, msg: `URI "https://x"`},
+		{name: "outlives issuer", mod: func(c *x509.Certificate) { c.NotAfter = iss.NotAfter.Add(time.Second) }, msg: "outlives its issuer"},
+		{name: "starts before issuer", mod: func(c *x509.Certificate) { c.NotBefore = iss.NotBefore.Add(-time.Second) }, msg: "starts before its issuer"},
+		{name: "not yet valid", mod: func(c *x509.Certificate) { c.NotBefore = now.Add(time.Minute) }, msg: "not valid now"},
+		{name: "expired", mod: func(c *x509.Certificate) { c.NotAfter = now }, msg: "not valid now"},
+		{name: "code signing EKU", mod: func(c *x509.Certificate) { c.ExtKeyUsage = append(c.ExtKeyUsage, x509.ExtKeyUsageCodeSigning) }, msg: "unexpected usage"},
+		{name: "no EKU", mod: func(c *x509.Certificate) { c.ExtKeyUsage = nil }, msg: "missing extKeyUsage"},
+		{name: "no subject key ID", mod: func(c *x509.Certificate) { c.SubjectKeyId = nil }, msg: "missing subjectKeyIdentifier"},
+		{name: "unknown extension", mod: func(c *x509.Certificate) {
+			c.ExtraExtensions = []pkix.Extension{{Id: asn1.ObjectIdentifier{1, 2, 3, 4}, Value: []byte{5, 0}}}
+		}, msg: "unexpected extension"},
+		{name: "authority key ID of another issuer", mod: func(*x509.Certificate) {}, signer: otherIssuer, msg: "does not match the issuer's subject key ID"},
+		{name: "other public key", mod: func(*x509.Certificate) {}, spki: otherSPKI(t), msg: "not the CSR's"},
+		{name: "trailing data", mod: func(*x509.Certificate) {}, mangle: func(b []byte) []byte { return append(b, 0) }, msg: "malformed certificate"},
+		{name: "truncated", mod: func(*x509.Certificate) {}, mangle: func(b []byte) []byte { return b[:len(b)/2] }, msg: "malformed certificate"},
 	}
+	leafSPKI, _ := x509.MarshalPKIXPublicKey(leafKey.Public())
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			tmpl := base()
 			tc.mod(tmpl)
-			der, err := x509.CreateCertificate(rand.Reader, tmpl, iss, leafKey.Public(), issKey)
+			signer := iss
+			if tc.signer != nil {
+				signer = tc.signer
+			}
+			der, err := x509.CreateCertificate(rand.Reader, tmpl, signer, leafKey.Public(), issKey)
 			if err != nil {
 				t.Fatal(err)
 			}
-			leaf, _ := x509.ParseCertificate(der)
-			pub := tc.pubKey
-			if pub == nil {
-				pub = leafKey.Public()
+			if tc.mangle != nil {
+				der = tc.mangle(der)
 			}
-			err = ca.ValidateLeaf(leaf, iss, fooID, pub, now)
+			spki := leafSPKI
+			if tc.spki != nil {
+				spki = tc.spki
+			}
+			err = ca.ValidateLeaf(der, iss, fooID, spki, now)
 			if tc.msg == "" {
 				if err != nil {
 					t.Fatalf("valid leaf refused: %v", err)
@@ -90,6 +128,33 @@ func TestValidateLeafRefusesBadCertificates(t *testing.T) {
 	}
 }
 
+func otherSPKI(t *testing.T) []byte {
+	b, err := x509.MarshalPKIXPublicKey(p256(t).Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestValidateLeafAcceptsWhatSignIssues checks the validator against the
+// CA's own output for every key type a CSR may carry.
+func TestValidateLeafAcceptsWhatSignIssues(t *testing.T) {
+	clk := clocktest.New(t0)
+	a := newAuthority(t, newMemStore(), clk, nil)
+	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
+	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	for name, key := range map[string]crypto.Signer{"P-256": p256(t), "P-384": p384, "RSA-2048": rsaKey} {
+		iss, err := a.Sign(context.Background(), ca.SignRequest{CSR: csrPEM(t, key, fooCSR()), Identity: identity(fooID)})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		spki, _ := x509.MarshalPKIXPublicKey(key.Public())
+		if err := ca.ValidateLeaf(iss.DER, a.SigningCertificate(), fooID, spki, clk.Now()); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
 func TestCheckRevoked(t *testing.T) {
 	ctx := context.Background()
 	clk := clocktest.New(t0)
@@ -100,7 +165,7 @@ func TestCheckRevoked(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return iss.Certificate
+		return leafOf(t, iss)
 	}
 	bySerial, byID := sign(), sign()
 	if err := a.CheckRevoked(ctx, bySerial, fooID); err != nil {

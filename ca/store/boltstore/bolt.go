@@ -162,7 +162,9 @@ func Open(path string, opts Options) (*Store, error) {
 	}
 	_, err := os.Stat(path)
 	created := errors.Is(err, fs.ErrNotExist)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout})
+	// NoFreelistSync (as etcd runs bbolt) saves writing the freelist on
+	// every commit; Open rebuilds it by scanning the file instead.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.Timeout, NoFreelistSync: true, FreelistType: bolt.FreelistMapType})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("boltstore: data file %s is in use by another process (lock not acquired within %v)", path, opts.Timeout)
 	}
