@@ -16,6 +16,7 @@ type memStore struct {
 	state   *store.CAState
 	records map[string]store.Issuance
 	revs    []store.Revocation
+	tokens  map[string]store.JoinToken
 	failRec error
 }
 
@@ -110,6 +111,47 @@ func (m *memStore) Revocations(_ context.Context, serial, id string) ([]store.Re
 		}
 	}
 	return out, nil
+}
+
+func (m *memStore) CreateJoinToken(_ context.Context, t store.JoinToken) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.tokens == nil {
+		m.tokens = map[string]store.JoinToken{}
+	}
+	m.tokens[t.Hash] = t
+	return nil
+}
+
+func (m *memStore) ConsumeJoinToken(_ context.Context, hash string, now time.Time, usedBy string) (*store.JoinToken, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t, ok := m.tokens[hash]
+	switch {
+	case !ok:
+		return nil, store.ErrNotFound
+	case !t.UsedAt.IsZero():
+		return &t, store.ErrJoinTokenUsed
+	case !now.Before(t.ExpiresAt):
+		return &t, store.ErrJoinTokenExpired
+	}
+	used := t
+	used.UsedAt, used.UsedBy = now, usedBy
+	m.tokens[hash] = used
+	return &t, nil
+}
+
+func (m *memStore) PruneJoinTokens(_ context.Context, cutoff time.Time) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for h, t := range m.tokens {
+		if t.ExpiresAt.Before(cutoff) {
+			delete(m.tokens, h)
+			n++
+		}
+	}
+	return n, nil
 }
 
 func (m *memStore) Close() error { return nil }

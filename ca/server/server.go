@@ -27,6 +27,7 @@ import (
 	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/attestor/jointoken"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/metrics"
@@ -45,6 +46,12 @@ type Config struct {
 	Authority *ca.Authority
 	// Attestor proves callers' identities. Required.
 	Attestor attestor.Attestor
+	// AdminToken enables the admin API (/v1/admin/...) on the HTTPS port
+	// for callers presenting it as a bearer token. Empty disables it.
+	AdminToken string
+	// JoinTokens stores join tokens created through the admin API.
+	// Required with AdminToken.
+	JoinTokens jointoken.Store
 	// GRPCAddr is the gRPC CSR API listen address; "" disables it.
 	GRPCAddr string
 	// HTTPSAddr is the HTTPS/JSON API listen address; "" disables it.
@@ -89,6 +96,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Authority == nil || cfg.Attestor == nil {
 		return nil, errors.New("server: an authority and an attestor are required")
 	}
+	if cfg.AdminToken != "" && cfg.JoinTokens == nil {
+		return nil, errors.New("server: the admin API needs a join token store")
+	}
 	if cfg.DNSNames == nil && cfg.IPs == nil {
 		cfg.DNSNames = []string{"localhost"}
 		cfg.IPs = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
@@ -129,6 +139,9 @@ func New(cfg Config) (*Server, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/sign", s.handleSign)
 	mux.HandleFunc("GET /v1/bundle", s.handleBundle)
+	if cfg.AdminToken != "" {
+		mux.HandleFunc("POST /v1/admin/join-tokens", s.adminAuth(s.handleCreateJoinToken))
+	}
 	s.https = &http.Server{
 		Handler:           http.TimeoutHandler(mux, cfg.RequestTimeout, `{"error":"request timed out"}`),
 		TLSConfig:         tlsCfg,

@@ -30,6 +30,7 @@ import (
 	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/attestor/jointoken"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/client"
 	"github.com/meshca/meshca/ca/server"
@@ -41,10 +42,11 @@ import (
 )
 
 var (
-	td       = spiffeid.RequireTrustDomainFromString("example.org")
-	fooID    = spiffeid.RequireFromPath(td, "/ns/foo/sa/bar")
-	otherID  = spiffeid.RequireFromPath(td, "/ns/foo/sa/other")
-	fooToken = "token-for-foo"
+	td         = spiffeid.RequireTrustDomainFromString("example.org")
+	fooID      = spiffeid.RequireFromPath(td, "/ns/foo/sa/bar")
+	otherID    = spiffeid.RequireFromPath(td, "/ns/foo/sa/other")
+	fooToken   = "token-for-foo"
+	adminToken = "admin-secret"
 )
 
 // plane is a CA with its servers on 127.0.0.1, backed by a real bbolt file.
@@ -77,7 +79,9 @@ func startPlane(t testing.TB, path string) *plane {
 	}
 	srv, err := server.New(server.Config{
 		Authority:   auth,
-		Attestor:    attestor.Chain{renewal, attestor.NewStaticTokens(map[string]spiffeid.ID{fooToken: fooID})},
+		Attestor:    attestor.Chain{renewal, jointoken.New(st, nil, nil), attestor.NewStaticTokens(map[string]spiffeid.ID{fooToken: fooID})},
+		AdminToken:  adminToken,
+		JoinTokens:  st,
 		GRPCAddr:    "127.0.0.1:0",
 		HTTPSAddr:   "127.0.0.1:0",
 		MonitorAddr: "127.0.0.1:0",

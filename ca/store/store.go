@@ -17,6 +17,13 @@ import (
 // ErrNotFound is returned when a requested record does not exist.
 var ErrNotFound = errors.New("store: not found")
 
+// ErrJoinTokenUsed is returned by ConsumeJoinToken for a token that was
+// already used: a replay.
+var ErrJoinTokenUsed = errors.New("store: join token already used")
+
+// ErrJoinTokenExpired is returned by ConsumeJoinToken for an expired token.
+var ErrJoinTokenExpired = errors.New("store: join token expired")
+
 // ErrConflict is returned by SaveCAState when the stored state changed since it
 // was loaded (its Version no longer matches).
 var ErrConflict = errors.New("store: conflicting update")
@@ -83,6 +90,19 @@ type Revocation struct {
 	Reason    string    `json:"reason,omitempty"`
 }
 
+// JoinToken is a single-use credential bound to one SPIFFE ID. Only a hash
+// of the token is stored.
+type JoinToken struct {
+	// Hash is the lowercase hex SHA-256 of the token.
+	Hash      string    `json:"hash"`
+	SPIFFEID  string    `json:"spiffe_id"`
+	CreatedAt time.Time `json:"created_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	// UsedAt and UsedBy are set when the token is consumed.
+	UsedAt time.Time `json:"used_at,omitzero"`
+	UsedBy string    `json:"used_by,omitempty"`
+}
+
 // IssuanceFilter selects issuance records; zero fields match everything.
 type IssuanceFilter struct {
 	SPIFFEID string
@@ -117,6 +137,19 @@ type Store interface {
 	// Revocations returns the deny-list entries for a serial or a SPIFFE ID
 	// (either may be empty).
 	Revocations(ctx context.Context, serial, spiffeID string) ([]Revocation, error)
+
+	// CreateJoinToken stores a new, unused join token; a token with the
+	// same hash already stored is an error.
+	CreateJoinToken(ctx context.Context, t JoinToken) error
+	// ConsumeJoinToken marks the token with this hash used, atomically: of
+	// any number of concurrent or later calls (on any replica sharing the
+	// store) exactly one succeeds. It returns the token as it was before,
+	// or ErrNotFound, ErrJoinTokenUsed (a replay) or ErrJoinTokenExpired.
+	// A used token is kept until it expires, so a replay is told from an
+	// unknown token.
+	ConsumeJoinToken(ctx context.Context, hash string, now time.Time, usedBy string) (*JoinToken, error)
+	// PruneJoinTokens deletes tokens that expired before cutoff.
+	PruneJoinTokens(ctx context.Context, cutoff time.Time) (int, error)
 
 	// Close releases the store.
 	Close() error

@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -88,7 +86,7 @@ func runDev(ctx context.Context, o *serverOptions, demo devDemo, out io.Writer, 
 		return err
 	}
 	tokenPath := filepath.Join(o.dataDir, "dev-token")
-	token, err := devToken(tokenPath)
+	token, err := secretFile(tokenPath)
 	if err != nil {
 		return err
 	}
@@ -98,10 +96,7 @@ func runDev(ctx context.Context, o *serverOptions, demo devDemo, out io.Writer, 
 	}
 	defer p.stop()
 
-	bundlePath := filepath.Join(o.dataDir, "bundle.pem")
-	if err := writeFile(bundlePath, p.auth.RootsPEM(), 0o644); err != nil {
-		return err
-	}
+	bundlePath := filepath.Join(o.dataDir, "bundle.pem") // written by startPlane
 	fmt.Fprintf(out, "meshca dev: identity plane running (trust domain %s)\n", td.Name())
 	fmt.Fprintf(out, "  trust bundle:  %s\n", bundlePath)
 	if a := p.srv.Addr("grpc"); a != nil {
@@ -114,6 +109,7 @@ func runDev(ctx context.Context, o *serverOptions, demo devDemo, out io.Writer, 
 		fmt.Fprintf(out, "  monitoring:    http://%s (/healthz, /readyz, /metrics)\n", a)
 	}
 	fmt.Fprintf(out, "  dev token:     %s (proves %s)\n", tokenPath, demoID)
+	fmt.Fprintf(out, "  admin token:   %s (meshca token create --data-dir %s --spiffe-id ...)\n", o.adminTokenPath(), o.dataDir)
 
 	if p.srv.Addr("grpc") == nil {
 		return errors.New("dev: the demo needs the gRPC API (--grpc-listen)")
@@ -209,47 +205,4 @@ func issueDemo(ctx context.Context, p *plane, id spiffeid.ID, token, dir string,
 	}
 	fmt.Fprintln(out, "  verified against the trust bundle with go-spiffe x509svid.Verify")
 	return nil
-}
-
-// devToken returns the development token stored at path, creating a random
-// one (0600) on first use so every run proves the same identity.
-func devToken(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err == nil && len(strings.TrimSpace(string(b))) > 0 {
-		return strings.TrimSpace(string(b)), nil
-	}
-	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return "", err
-	}
-	var raw [32]byte
-	if _, err := rand.Read(raw[:]); err != nil {
-		return "", err
-	}
-	tok := base64.RawURLEncoding.EncodeToString(raw[:])
-	return tok, writeFile(path, []byte(tok+"\n"), 0o600)
-}
-
-// writeFile writes data to path atomically with the given mode.
-func writeFile(path string, data []byte, mode fs.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/attestor/jointoken"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/server"
 	"github.com/meshca/meshca/ca/store/boltstore"
@@ -45,6 +46,7 @@ type serverOptions struct {
 	ipSANs          []net.IP
 	maxRequestBytes int
 	requestTimeout  time.Duration
+	adminTokenFile  string
 	log             logOptions
 }
 
@@ -67,6 +69,7 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	fs.IPSliceVar(&o.ipSANs, "ip-sans", []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, "IP SANs of the server's TLS certificate")
 	fs.IntVar(&o.maxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "largest request message or body accepted")
 	fs.DurationVar(&o.requestTimeout, "request-timeout", server.DefaultRequestTimeout, "deadline for one API call")
+	fs.StringVar(&o.adminTokenFile, "admin-token-file", "", "bearer token for the admin API (join tokens); created 0600 with a random token if missing (default <data-dir>/admin-token)")
 	o.log.addFlags(fs)
 }
 
@@ -178,9 +181,17 @@ func startPlane(ctx context.Context, o *serverOptions, extra []attestor.Attestor
 		st.Close()
 		return nil, err
 	}
+	adminToken, err := secretFile(o.adminTokenPath())
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("admin token: %w", err)
+	}
+	chain := append(attestor.Chain{renewal, jointoken.New(st, clk, log)}, extra...)
 	srv, err := server.New(server.Config{
 		Authority:       auth,
-		Attestor:        append(attestor.Chain{renewal}, extra...),
+		Attestor:        chain,
+		AdminToken:      adminToken,
+		JoinTokens:      st,
 		GRPCAddr:        o.grpcListen,
 		HTTPSAddr:       o.httpsListen,
 		MonitorAddr:     o.monitorListen,
@@ -197,6 +208,13 @@ func startPlane(ctx context.Context, o *serverOptions, extra []attestor.Attestor
 		return nil, err
 	}
 	if err := srv.Start(); err != nil {
+		st.Close()
+		return nil, err
+	}
+	// The bundle beside the data file is for local clients (meshca token,
+	// scripts); workloads get it from the APIs.
+	if err := writeFile(filepath.Join(o.dataDir, "bundle.pem"), auth.RootsPEM(), 0o644); err != nil {
+		srv.Shutdown(context.Background())
 		st.Close()
 		return nil, err
 	}
@@ -220,6 +238,14 @@ func (p *plane) stop() error {
 	<-p.done
 	p.log.Info("stopped")
 	return errors.Join(err, p.store.Close())
+}
+
+// adminTokenPath is --admin-token-file or its default in the data dir.
+func (o *serverOptions) adminTokenPath() string {
+	if o.adminTokenFile != "" {
+		return o.adminTokenFile
+	}
+	return filepath.Join(o.dataDir, "admin-token")
 }
 
 // loadKEK reads the key-encryption key from path, or from MESHCA_KEK.

@@ -1,0 +1,89 @@
+package server
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+
+	"github.com/meshca/meshca/attestor/jointoken"
+)
+
+// JoinTokenRequest is the body of POST /v1/admin/join-tokens.
+type JoinTokenRequest struct {
+	SPIFFEID string `json:"spiffe_id"`
+	// TTL is a Go duration; default 1h.
+	TTL string `json:"ttl,omitempty"`
+}
+
+// JoinTokenResponse answers it. Token is shown this once; only its hash
+// is stored.
+type JoinTokenResponse struct {
+	Token     string    `json:"token"`
+	SPIFFEID  string    `json:"spiffe_id"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// adminAuth wraps h so it runs only for callers presenting the admin token.
+func (s *Server) adminAuth(h http.HandlerFunc) http.HandlerFunc {
+	want := sha256.Sum256([]byte(s.cfg.AdminToken))
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok, err := bearerToken(r.Header.Values("Authorization"))
+		got := sha256.Sum256([]byte(tok))
+		if err != nil || tok == "" || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+			s.metrics.Request("http", "admin", codes.Unauthenticated.String())
+			writeJSON(w, http.StatusUnauthorized, ErrorResponse{Error: "admin API: missing or wrong admin token", Code: codes.Unauthenticated.String()})
+			return
+		}
+		h(w, r)
+	}
+}
+
+func (s *Server) handleCreateJoinToken(w http.ResponseWriter, r *http.Request) {
+	resp, err := s.createJoinToken(w, r)
+	if err != nil {
+		code, msg := classify(s.cfg.Logger, err)
+		s.metrics.Request("http", "join-tokens", code.String())
+		writeJSON(w, httpStatus(code), ErrorResponse{Error: msg, Code: code.String()})
+		return
+	}
+	s.metrics.Request("http", "join-tokens", codes.OK.String())
+	s.cfg.Logger.Info("join token created", "spiffe_id", resp.SPIFFEID, "expires_at", resp.ExpiresAt, "peer", r.RemoteAddr)
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) (*JoinTokenResponse, error) {
+	r.Body = http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxRequestBytes))
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	var req JoinTokenRequest
+	if err := dec.Decode(&req); err != nil {
+		return nil, fmt.Errorf("%w: body is not a JSON join token request: %v", errBadRequest, err)
+	}
+	id, err := spiffeid.FromString(req.SPIFFEID)
+	if err != nil {
+		return nil, fmt.Errorf("%w: spiffe_id: %v", errBadRequest, err)
+	}
+	if id.TrustDomain() != s.cfg.Authority.TrustDomain() {
+		return nil, fmt.Errorf("%w: %s is not in trust domain %s", errBadRequest, id, s.cfg.Authority.TrustDomain().Name())
+	}
+	ttl := time.Hour
+	if req.TTL != "" {
+		if ttl, err = time.ParseDuration(req.TTL); err != nil {
+			return nil, fmt.Errorf("%w: ttl %q is not a duration", errBadRequest, req.TTL)
+		}
+	}
+	if ttl <= 0 || ttl > jointoken.MaxTTL {
+		return nil, fmt.Errorf("%w: ttl %s must be positive and at most %s", errBadRequest, ttl, jointoken.MaxTTL)
+	}
+	token, rec, err := jointoken.Create(r.Context(), s.cfg.JoinTokens, id, ttl, s.cfg.Clock.Now())
+	if err != nil {
+		return nil, err
+	}
+	return &JoinTokenResponse{Token: token, SPIFFEID: rec.SPIFFEID, ExpiresAt: rec.ExpiresAt}, nil
+}

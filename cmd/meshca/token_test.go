@@ -1,0 +1,99 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/client"
+	"github.com/meshca/meshca/ca/server"
+)
+
+// TestTokenCreateAgainstServer runs the real server plane, creates a join
+// token with `meshca token create`, and bootstraps a machine with it.
+func TestTokenCreateAgainstServer(t *testing.T) {
+	dir := t.TempDir()
+	var o serverOptions
+	fs := pflag.NewFlagSet("server", pflag.ContinueOnError)
+	o.addFlags(fs)
+	if err := fs.Parse([]string{"--data-dir", dir, "--trust-domain", "example.org", "--grpc-listen", "127.0.0.1:0",
+		"--https-listen", "127.0.0.1:0", "--monitoring-listen", ""}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := startPlane(context.Background(), &o, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+	checkMode(t, filepath.Join(dir, "admin-token"), 0o600)
+
+	var out bytes.Buffer
+	to := tokenOptions{server: p.srv.Addr("https").String(), dataDir: dir, spiffeID: "spiffe://example.org/vm/db-1", ttl: time.Hour, output: "json"}
+	if err := createToken(context.Background(), &to, &out); err != nil {
+		t.Fatalf("token create: %v", err)
+	}
+	var jt server.JoinTokenResponse
+	if err := json.Unmarshal(out.Bytes(), &jt); err != nil || jt.SPIFFEID != to.spiffeID {
+		t.Fatalf("output %q: %v", out.String(), err)
+	}
+
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(readFile(t, filepath.Join(dir, "bundle.pem")))
+	c, err := client.New(client.Config{Addr: p.srv.Addr("grpc").String(), Roots: roots, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	key, _ := ca.GenerateKey(ca.KeyECDSAP256)
+	id := spiffeid.RequireFromString(to.spiffeID)
+	csr, _ := client.NewCSR(key, id)
+	chain, err := c.Sign(context.Background(), csr, 0, jt.Token)
+	if err != nil {
+		t.Fatalf("bootstrap with join token: %v", err)
+	}
+	svid, err := x509svid.Parse([]byte(strings.Join(chain[:len(chain)-1], "")), pemKey(t, key))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if svid.ID != id {
+		t.Fatalf("certificate for %s, want %s", svid.ID, id)
+	}
+	if _, _, err := x509svid.Verify(svid.Certificates, p.auth.Bundle()); err != nil {
+		t.Fatalf("verify: %v", err)
+	}
+	if _, err := c.Sign(context.Background(), csr, 0, jt.Token); err == nil || !strings.Contains(err.Error(), "already used") {
+		t.Fatalf("replay = %v", err)
+	}
+
+	// Wrong admin token: refused with the server's message.
+	os.WriteFile(filepath.Join(dir, "wrong-admin"), []byte("nope"), 0o600)
+	to.adminTokenFile = filepath.Join(dir, "wrong-admin")
+	if err := createToken(context.Background(), &to, &out); err == nil || !strings.Contains(err.Error(), "admin token") {
+		t.Fatalf("wrong admin token = %v", err)
+	}
+	// Missing --spiffe-id.
+	if err := createToken(context.Background(), &tokenOptions{dataDir: dir, output: "text"}, &out); err == nil || !strings.Contains(err.Error(), "--spiffe-id") {
+		t.Fatalf("missing --spiffe-id = %v", err)
+	}
+}
+
+func pemKey(t *testing.T, key any) []byte {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+}
