@@ -58,6 +58,9 @@ var (
 	// ErrPermissionDenied means the credential is valid but may not be used
 	// to obtain a certificate (revoked, denied namespace, ...).
 	ErrPermissionDenied = errors.New("attestor: permission denied")
+	// ErrUnavailable means the credential could not be checked right now
+	// (the API server or the key set is unreachable); retry later.
+	ErrUnavailable = errors.New("attestor: unavailable")
 )
 
 // refuse wraps kind with a human-readable reason safe to show the caller.

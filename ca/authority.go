@@ -13,7 +13,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +39,9 @@ const (
 	// DefaultBackdate allows for clock skew between the CA and its peers:
 	// a certificate is usable by a peer whose clock is a minute behind.
 	DefaultBackdate = time.Minute
+	// MinLeafTTL is the shortest lifetime a caller may request: shorter
+	// ones would expire before a peer with a skewed clock could use them.
+	MinLeafTTL = time.Minute
 	// DefaultRetention keeps issuance records 30 days past expiry, long
 	// enough to answer "who held this identity last month".
 	DefaultRetention = 30 * 24 * time.Hour
@@ -122,8 +127,10 @@ func (c *Config) setDefaults() error {
 		return errors.New("ca: lifetimes must be positive")
 	case c.DefaultTTL > c.MaxTTL:
 		return fmt.Errorf("ca: default TTL %s is over the maximum TTL %s", c.DefaultTTL, c.MaxTTL)
-	case c.IntermediateTTL < 2*c.Backdate:
-		return fmt.Errorf("ca: intermediate TTL %s is too short", c.IntermediateTTL)
+	case c.IntermediateTTL < 2*c.DefaultTTL:
+		// Otherwise a fresh intermediate could not cover a default leaf
+		// past its rotation, and every start would make a new one.
+		return fmt.Errorf("ca: intermediate TTL %s must be at least twice the default TTL %s", c.IntermediateTTL, c.DefaultTTL)
 	}
 	c.Clock = clock.OrReal(c.Clock)
 	if c.Logger == nil {
@@ -131,6 +138,10 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Metrics == nil {
 		c.Metrics = nopMetrics{}
+	}
+	if c.MaxTTL > c.IntermediateTTL/2 {
+		c.Logger.Warn("max TTL is over half the intermediate TTL: leaves requested near a rotation are cut short to their issuer's expiry",
+			"max_ttl", c.MaxTTL, "intermediate_ttl", c.IntermediateTTL)
 	}
 	return nil
 }
@@ -202,6 +213,17 @@ func (a *Authority) loadOrCreateRoot(ctx context.Context) (Parent, error) {
 		cert, key, err := a.openCAKey(st.Root)
 		if err != nil {
 			return nil, fmt.Errorf("ca: root: %w", err)
+		}
+		if a.sealer.aead != nil && st.Root.Key.Alg == sealNone {
+			// A KEK was configured after the root was stored in clear:
+			// seal it now rather than leave it in clear for ever.
+			if st.Root.Key, err = a.sealer.seal(key); err != nil {
+				return nil, err
+			}
+			if _, err := a.cfg.Store.SaveCAState(ctx, st); err != nil {
+				return nil, fmt.Errorf("ca: save re-sealed root: %w", err)
+			}
+			a.cfg.Logger.Info("sealed the stored root key with the key-encryption key")
 		}
 		return NewLocalParent(cert, key, nil, []*x509.Certificate{cert}, now)
 	}
@@ -305,15 +327,30 @@ func (a *Authority) Rotate(ctx context.Context) error {
 	var prepareErr error
 	if next == nil && !now.Before(PrepareTime(active.cert)) {
 		if next, prepareErr = a.newIntermediate(ctx, now); prepareErr == nil {
-			st.Next, changed = a.mustSealed(next), true
+			if st.Next, err = a.sealed(next); err != nil {
+				return err
+			}
+			changed = true
 		}
 	}
 	if next != nil && !now.Before(ActivateTime(active.cert)) {
 		active, next = next, nil
 		st.Active, st.Next, changed = st.Next, nil, true
 	}
-	if st.Active == nil || !bytes.Equal(st.Active.CertDER, active.cert.Raw) {
-		st.Active = a.mustSealed(active)
+	// Store the active one if it is new, or re-seal it if a KEK was
+	// configured after it was stored in clear.
+	if st.Active == nil || !bytes.Equal(st.Active.CertDER, active.cert.Raw) ||
+		(a.sealer.aead != nil && st.Active.Key.Alg == sealNone) {
+		if st.Active, err = a.sealed(active); err != nil {
+			return err
+		}
+		changed = true
+	}
+	if st.Next != nil && a.sealer.aead != nil && st.Next.Key.Alg == sealNone && next != nil {
+		if st.Next, err = a.sealed(next); err != nil {
+			return err
+		}
+		changed = true
 	}
 	if changed {
 		if _, err := a.cfg.Store.SaveCAState(ctx, st); err != nil {
@@ -402,6 +439,9 @@ func (a *Authority) newIntermediate(ctx context.Context, now time.Time) (*signin
 	if err != nil {
 		return nil, fmt.Errorf("ca: %w: %v", ErrUnavailable, err)
 	}
+	if err := a.verifyIntermediate(cert); err != nil {
+		return nil, fmt.Errorf("ca: new intermediate: %w", err)
+	}
 	a.cfg.Logger.Info("new intermediate", "serial", cert.SerialNumber.Text(16), "not_after", cert.NotAfter)
 	return a.newSigningCA(cert, key), nil
 }
@@ -422,20 +462,41 @@ func (a *Authority) signingCAFrom(k *store.CAKey) (*signingCA, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := cert.CheckSignatureFrom(a.parent.Certificate()); err != nil {
-		return nil, fmt.Errorf("ca: stored intermediate %s was not signed by the current parent", cert.SerialNumber.Text(16))
+	if err := a.verifyIntermediate(cert); err != nil {
+		return nil, fmt.Errorf("ca: stored intermediate %s: %w", cert.SerialNumber.Text(16), err)
 	}
 	return a.newSigningCA(cert, key), nil
 }
 
-func (a *Authority) mustSealed(s *signingCA) *store.CAKey {
+// verifyIntermediate checks that an intermediate chains through the current
+// parent to a root now, path length constraints and validity included, so
+// leaves signed by it will verify. It runs once per rotation or start.
+func (a *Authority) verifyIntermediate(cert *x509.Certificate) error {
+	if err := cert.CheckSignatureFrom(a.parent.Certificate()); err != nil {
+		return errors.New("not signed by the current parent")
+	}
+	roots, inters := x509.NewCertPool(), x509.NewCertPool()
+	for _, r := range a.parent.Roots() {
+		roots.AddCert(r)
+	}
+	inters.AddCert(a.parent.Certificate())
+	for _, c := range a.parent.Chain() {
+		inters.AddCert(c)
+	}
+	_, err := cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters, CurrentTime: a.cfg.Clock.Now(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
+		return fmt.Errorf("does not chain to the root: %w", err)
+	}
+	return nil
+}
+
+func (a *Authority) sealed(s *signingCA) (*store.CAKey, error) {
 	sealed, err := a.sealer.seal(s.key)
 	if err != nil {
-		// Sealing a key we just generated or opened cannot fail short of
-		// a broken random source; there is nothing sensible to continue with.
-		panic(err)
+		return nil, err
 	}
-	return &store.CAKey{CertDER: s.cert.Raw, Key: sealed}
+	return &store.CAKey{CertDER: s.cert.Raw, Key: sealed}, nil
 }
 
 // SignRequest asks for one X509-SVID.
@@ -495,6 +556,8 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*
 		ttl = a.cfg.DefaultTTL
 	case ttl > a.cfg.MaxTTL:
 		return nil, fmt.Errorf("%w: requested %s is over the maximum %s", ErrInvalidTTL, ttl, a.cfg.MaxTTL)
+	case ttl < MinLeafTTL:
+		return nil, fmt.Errorf("%w: requested %s is under the minimum %s", ErrInvalidTTL, ttl, MinLeafTTL)
 	}
 	if req.Identity.ID.TrustDomain() != a.cfg.TrustDomain {
 		return nil, fmt.Errorf("%w: identity %s is not in trust domain %s", ErrIdentityMismatch, req.Identity.ID, a.cfg.TrustDomain.Name())
@@ -604,7 +667,9 @@ func (a *Authority) IssueServing(dnsNames []string, ips []net.IP, ttl time.Durat
 
 // CheckRevoked implements attestor.RevocationChecker: a certificate is
 // revoked when its serial is on the deny-list, or its SPIFFE ID is and the
-// certificate's validity began at or before that revocation.
+// certificate was issued at or before that revocation. Revoking a serial
+// does not revoke certificates already renewed from it: to cut off a stolen
+// key that may have renewed, revoke the SPIFFE ID.
 func (a *Authority) CheckRevoked(ctx context.Context, cert *x509.Certificate, id spiffeid.ID) error {
 	serial := cert.SerialNumber.Text(16)
 	revs, err := a.cfg.Store.Revocations(ctx, serial, id.String())
@@ -612,15 +677,33 @@ func (a *Authority) CheckRevoked(ctx context.Context, cert *x509.Certificate, id
 		return err
 	}
 	for _, r := range revs {
-		if r.Serial == serial || (r.SPIFFEID == id.String() && !cert.NotBefore.After(r.RevokedAt)) {
+		// NotBefore was backdated for clock skew: the certificate was
+		// issued Backdate after it.
+		issued := cert.NotBefore.Add(a.cfg.Backdate)
+		if r.Serial == serial || (r.SPIFFEID == id.String() && !issued.After(r.RevokedAt)) {
 			return fmt.Errorf("%w: %s", attestor.ErrRevoked, r.Reason)
 		}
 	}
 	return nil
 }
 
-// Revoke puts a serial (lowercase hex) or a SPIFFE ID on the deny-list.
+// Revoke puts a serial (hex, any case, leading zeros allowed) or a SPIFFE ID
+// on the deny-list, in canonical form so that it matches.
 func (a *Authority) Revoke(ctx context.Context, r store.Revocation) error {
+	if r.Serial != "" {
+		n, ok := new(big.Int).SetString(strings.TrimPrefix(strings.ToLower(strings.ReplaceAll(r.Serial, ":", "")), "0x"), 16)
+		if !ok || n.Sign() <= 0 {
+			return fmt.Errorf("ca: revoke: serial %q is not a positive hex number", r.Serial)
+		}
+		r.Serial = n.Text(16)
+	}
+	if r.SPIFFEID != "" {
+		id, err := spiffeid.FromString(r.SPIFFEID)
+		if err != nil {
+			return fmt.Errorf("ca: revoke: %w", err)
+		}
+		r.SPIFFEID = id.String()
+	}
 	if r.RevokedAt.IsZero() {
 		r.RevokedAt = a.cfg.Clock.Now()
 	}

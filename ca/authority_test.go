@@ -159,6 +159,7 @@ func TestSignRefusesBadInput(t *testing.T) {
 		{"negative TTL", good, -time.Second, ca.ErrInvalidTTL, "negative"},
 		{"absurd TTL", good, 100 * 365 * 24 * time.Hour, ca.ErrInvalidTTL, "over the maximum 72h0m0s"},
 		{"TTL just over max", good, ca.DefaultMaxLeafTTL + time.Second, ca.ErrInvalidTTL, "over the maximum"},
+		{"TTL under a minute", good, 300 * time.Millisecond, ca.ErrInvalidTTL, "under the minimum 1m0s"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -194,5 +195,13 @@ func TestSignFailsWhenRecordCannotBeWritten(t *testing.T) {
 	iss, err := a.Sign(context.Background(), ca.SignRequest{CSR: csrPEM(t, p256(t), &x509.CertificateRequest{URIs: uris(fooID)}), Identity: identity(fooID)})
 	if !errors.Is(err, ca.ErrUnavailable) || iss != nil {
 		t.Fatalf("Sign = %v, %v; want no certificate and ErrUnavailable", iss, err)
+	}
+}
+
+func TestConfigRefusesInconsistentLifetimes(t *testing.T) {
+	_, err := ca.New(context.Background(), ca.Config{TrustDomain: td, Store: newMemStore(), Clock: clocktest.New(t0),
+		IntermediateTTL: 36 * time.Hour})
+	if err == nil || !strings.Contains(err.Error(), "at least twice the default TTL") {
+		t.Fatalf("New with a 36h intermediate and 24h leaves = %v", err)
 	}
 }

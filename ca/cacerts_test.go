@@ -118,7 +118,7 @@ func TestIstioCACertsRefusesBadFiles(t *testing.T) {
 		mangle func(t *testing.T, dir string)
 		msg    string
 	}{
-		{"key readable by others", func(t *testing.T, dir string) { os.Chmod(filepath.Join(dir, ca.CAKeyFile), 0o644) }, "readable by group or others"},
+		{"key readable by others", func(t *testing.T, dir string) { os.Chmod(filepath.Join(dir, ca.CAKeyFile), 0o644) }, "readable by others"},
 		{"missing key", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, ca.CAKeyFile)) }, "read CA key"},
 		{"missing root", func(t *testing.T, dir string) { os.Remove(filepath.Join(dir, ca.RootCertFile)) }, "read certificates"},
 		{"key of another CA", func(t *testing.T, dir string) {
@@ -130,6 +130,19 @@ func TestIstioCACertsRefusesBadFiles(t *testing.T) {
 			writePEM(t, filepath.Join(dir, ca.RootCertFile), "CERTIFICATE", 0o644, other.Raw)
 			os.Remove(filepath.Join(dir, ca.CertChainFile))
 		}, "does not chain to the root"},
+		{"ca-cert with pathlen 0", func(t *testing.T, dir string) {
+			rootKey, caKey := p256(t), p256(t)
+			root := testCA(t, "Root CA", rootKey, nil, nil)
+			tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "Intermediate"},
+				NotBefore: t0.Add(-time.Hour), NotAfter: t0.Add(24 * time.Hour), KeyUsage: x509.KeyUsageCertSign,
+				BasicConstraintsValid: true, IsCA: true, MaxPathLen: 0, MaxPathLenZero: true}
+			der, _ := x509.CreateCertificate(rand.Reader, tmpl, root, caKey.Public(), rootKey)
+			keyDER, _ := x509.MarshalPKCS8PrivateKey(caKey)
+			writePEM(t, filepath.Join(dir, ca.CACertFile), "CERTIFICATE", 0o644, der)
+			writePEM(t, filepath.Join(dir, ca.CAKeyFile), "PRIVATE KEY", 0o600, keyDER)
+			writePEM(t, filepath.Join(dir, ca.RootCertFile), "CERTIFICATE", 0o644, root.Raw)
+			os.Remove(filepath.Join(dir, ca.CertChainFile))
+		}, "pathlen 0"},
 		{"garbage cert", func(t *testing.T, dir string) {
 			os.WriteFile(filepath.Join(dir, ca.CACertFile), []byte("nope"), 0o644)
 		}, "no PEM certificates"},

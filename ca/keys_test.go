@@ -104,3 +104,24 @@ func TestCAKeyTypes(t *testing.T) {
 		t.Error("unknown key type accepted")
 	}
 }
+
+// TestKEKAddedLaterSealsStoredKeys: keys stored in clear are sealed at the
+// first start with a KEK, not left in clear.
+func TestKEKAddedLaterSealsStoredKeys(t *testing.T) {
+	ctx := context.Background()
+	st := newMemStore()
+	clk := clocktest.New(t0)
+	a := newAuthority(t, st, clk, nil)
+	kek := bytes.Repeat([]byte{1}, 32)
+	b := newAuthority(t, st, clk, func(c *ca.Config) { c.KEK = kek })
+	if !a.Bundle().Equal(b.Bundle()) || !a.SigningCertificate().Equal(b.SigningCertificate()) {
+		t.Fatal("keys changed instead of being sealed")
+	}
+	s, _ := st.LoadCAState(ctx)
+	if s.Root.Key.Alg != "aes-256-gcm" || s.Active.Key.Alg != "aes-256-gcm" {
+		t.Fatalf("after a start with a KEK keys are %q/%q", s.Root.Key.Alg, s.Active.Key.Alg)
+	}
+	if _, err := ca.New(ctx, ca.Config{TrustDomain: td, Store: st, Clock: clk}); err == nil {
+		t.Fatal("started without the KEK after the keys were sealed")
+	}
+}

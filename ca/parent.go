@@ -49,6 +49,9 @@ func NewLocalParent(cert *x509.Certificate, signer crypto.Signer, chain, roots [
 	if cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageCertSign == 0 {
 		return nil, errors.New("ca: signing certificate may not sign certificates (key usage lacks certSign)")
 	}
+	if cert.MaxPathLen == 0 && cert.MaxPathLenZero {
+		return nil, errors.New("ca: signing certificate has pathlen 0: it cannot sign meshca's intermediates; issue it with pathlen 1 or more (or none)")
+	}
 	if !publicKeysEqual(signer.Public(), cert.PublicKey) {
 		return nil, errors.New("ca: signing key does not match the signing certificate")
 	}
@@ -121,7 +124,8 @@ const (
 // ca-key.pem (the CA meshca signs its intermediates with), root-cert.pem (the
 // trust anchors) and, optionally, cert-chain.pem (ca-cert.pem's chain; the
 // root, if present in it, is dropped). ca-key.pem must not be readable by
-// group or others.
+// others. ca-cert.pem must leave room in its path length for meshca's own
+// intermediate.
 func LoadCACerts(dir string, now time.Time) (*LocalParent, error) {
 	certs, err := readCerts(filepath.Join(dir, CACertFile))
 	if err != nil {
@@ -138,8 +142,10 @@ func LoadCACerts(dir string, now time.Time) (*LocalParent, error) {
 		return nil, err
 	}
 	keyPath := filepath.Join(dir, CAKeyFile)
-	if fi, err := os.Stat(keyPath); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("ca: %s is readable by group or others (mode %v): chmod 600 it", keyPath, fi.Mode().Perm())
+	// Group-readable is allowed: a Kubernetes Secret volume with an fsGroup
+	// is 0440 at best. World-readable is not.
+	if fi, err := os.Stat(keyPath); err == nil && fi.Mode().Perm()&0o007 != 0 {
+		return nil, fmt.Errorf("ca: %s is readable by others (mode %v): chmod 600 it", keyPath, fi.Mode().Perm())
 	}
 	keyPEM, err := os.ReadFile(keyPath)
 	if err != nil {

@@ -16,6 +16,9 @@ import (
 // never the caller's fault, so it is not exported for status mapping.
 var errInvalidLeaf = errors.New("issued certificate failed validation")
 
+// emptyName is the DER of an empty Name (an empty SEQUENCE).
+var emptyName = []byte{0x30, 0x00}
+
 // Extension OIDs, DER-encoded contents.
 var (
 	oidExtSubjectKeyID   = []byte{0x55, 0x1d, 0x0e}
@@ -31,7 +34,7 @@ var (
 // ValidateLeaf re-checks an issued X509-SVID, as DER, against the SPIFFE
 // X509-SVID rules and meshca's own policy, independently of the template and
 // library that produced it: v3; a positive serial of at most 20 octets; the
-// issuer name equal to the issuer's subject; validity inside the issuer's and
+// issuer name equal to the issuer's subject; an empty subject; validity inside the issuer's and
 // covering now; the subject public key exactly spki (the CSR's); and exactly
 // these extensions, each once: basicConstraints with CA false, keyUsage with
 // digitalSignature and without certificate or CRL signing, extKeyUsage of
@@ -75,6 +78,10 @@ func ValidateLeaf(der []byte, issuer *x509.Certificate, id spiffeid.ID, spki []b
 		return fail("issuer name does not match the signing certificate's subject")
 	case !bytes.Equal(pub, spki):
 		return fail("public key is not the CSR's")
+	case !bytes.Equal(subject, emptyName):
+		// meshca's leaves carry their identity in the SAN only; a subject
+		// would be the first place CSR fields could leak in.
+		return fail("subject is not empty")
 	}
 	notBefore, notAfter, ok := readValidity(validity)
 	switch {

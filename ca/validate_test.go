@@ -91,6 +91,7 @@ func TestValidateLeafRefusesBadCertificates(t *testing.T) {
 		}, msg: "unexpected extension"},
 		{name: "authority key ID of another issuer", mod: func(*x509.Certificate) {}, signer: otherIssuer, msg: "does not match the issuer's subject key ID"},
 		{name: "other public key", mod: func(*x509.Certificate) {}, spki: otherSPKI(t), msg: "not the CSR's"},
+		{name: "subject set", mod: func(c *x509.Certificate) { c.Subject = pkix.Name{CommonName: "copied-from-csr"} }, msg: "subject is not empty"},
 		{name: "trailing data", mod: func(*x509.Certificate) {}, mangle: func(b []byte) []byte { return append(b, 0) }, msg: "malformed certificate"},
 		{name: "truncated", mod: func(*x509.Certificate) {}, mangle: func(b []byte) []byte { return b[:len(b)/2] }, msg: "malformed certificate"},
 	}
@@ -190,8 +191,25 @@ func TestCheckRevoked(t *testing.T) {
 	if err := a.CheckRevoked(ctx, byID, fooID); !errors.Is(err, attestor.ErrRevoked) {
 		t.Fatalf("certificate of revoked ID: %v", err)
 	}
-	clk.Advance(10 * time.Minute)
+	// Issued 30s after the revocation: its NotBefore is backdated to
+	// before it, but it was issued after, so it stands.
+	clk.Advance(30 * time.Second)
 	if err := a.CheckRevoked(ctx, sign(), fooID); err != nil {
 		t.Fatalf("certificate issued after the ID revocation: %v", err)
+	}
+
+	// Serials are matched whatever their spelling.
+	other := sign()
+	spelled := "0x00" + strings.ToUpper(other.SerialNumber.Text(16))
+	if err := a.Revoke(ctx, store.Revocation{Serial: spelled}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.CheckRevoked(ctx, other, fooID); !errors.Is(err, attestor.ErrRevoked) {
+		t.Fatalf("serial revoked as %q not matched: %v", spelled, err)
+	}
+	for _, bad := range []store.Revocation{{Serial: "xyz"}, {Serial: "0"}, {SPIFFEID: "not-an-id"}} {
+		if err := a.Revoke(ctx, bad); err == nil {
+			t.Errorf("Revoke(%+v) accepted", bad)
+		}
 	}
 }

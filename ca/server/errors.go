@@ -28,7 +28,7 @@ func classify(log *slog.Logger, err error) (codes.Code, string) {
 		return codes.DeadlineExceeded, "deadline exceeded"
 	case errors.Is(err, context.Canceled):
 		return codes.Canceled, "request canceled"
-	case errors.Is(err, ca.ErrUnavailable):
+	case errors.Is(err, ca.ErrUnavailable), errors.Is(err, attestor.ErrUnavailable):
 		log.Warn("CA unavailable", "err", err)
 		return codes.Unavailable, "CA temporarily unavailable, retry later"
 	}

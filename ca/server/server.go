@@ -40,6 +40,10 @@ const (
 	DefaultServingTTL      = 24 * time.Hour
 )
 
+// maxHeaderBytes bounds the request metadata of a gRPC call (gRPC's own
+// default is 16 MiB): an authorization header with a JWT is a few KiB.
+const maxHeaderBytes = 32 << 10
+
 // Config configures a Server. Zero fields get the documented defaults.
 type Config struct {
 	// Authority signs. Required.
@@ -129,6 +133,7 @@ func New(cfg Config) (*Server, error) {
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
+		grpc.MaxHeaderListSize(uint32(maxHeaderBytes)),
 		grpc.MaxConcurrentStreams(1000),
 		grpc.ConnectionTimeout(cfg.RequestTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
@@ -171,7 +176,13 @@ func (s *Server) Start() error {
 		{"https", s.cfg.HTTPSAddr, func(l net.Listener) error { return s.https.ServeTLS(l, "", "") }},
 		{"monitor", s.cfg.MonitorAddr, s.monitor.Serve},
 	}
-	var opened []net.Listener
+	// Open every listener before serving any, so a failure leaves nothing
+	// half started.
+	type open struct {
+		listener
+		ln net.Listener
+	}
+	var opened []open
 	for _, l := range ls {
 		if l.addr == "" {
 			continue
@@ -179,20 +190,22 @@ func (s *Server) Start() error {
 		ln, err := net.Listen("tcp", l.addr)
 		if err != nil {
 			for _, o := range opened {
-				o.Close()
+				o.ln.Close()
 			}
 			return fmt.Errorf("server: listen %s on %s: %w", l.name, l.addr, err)
 		}
-		opened = append(opened, ln)
+		opened = append(opened, open{l, ln})
+	}
+	for _, o := range opened {
 		s.mu.Lock()
-		s.addrs[l.name] = ln.Addr()
+		s.addrs[o.name] = o.ln.Addr()
 		s.mu.Unlock()
-		s.cfg.Logger.Info("listening", "api", l.name, "addr", ln.Addr().String())
+		s.cfg.Logger.Info("listening", "api", o.name, "addr", o.ln.Addr().String())
 		s.wg.Add(1)
 		go func() {
 			defer s.wg.Done()
-			if err := l.serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
-				s.cfg.Logger.Error("listener stopped", "api", l.name, "err", err)
+			if err := o.serve(o.ln); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, grpc.ErrServerStopped) {
+				s.cfg.Logger.Error("listener stopped", "api", o.name, "err", err)
 			}
 		}()
 	}

@@ -380,6 +380,7 @@ func TestGRPCRefusesBadRequests(t *testing.T) {
 		{"absurd validity", &pb.IstioCertificateRequest{Csr: good, ValidityDuration: 1 << 62}, bearer, codes.InvalidArgument, "out of range"},
 		{"validity over max", &pb.IstioCertificateRequest{Csr: good, ValidityDuration: 365 * 86400}, bearer, codes.InvalidArgument, "over the maximum"},
 		{"10 MiB message", &pb.IstioCertificateRequest{Csr: strings.Repeat("A", 10<<20)}, bearer, codes.ResourceExhausted, "larger than max"},
+		{"1 MiB of metadata", &pb.IstioCertificateRequest{Csr: good}, append([]string{"x-padding", strings.Repeat("p", 1<<20)}, bearer...), codes.Internal, "header list size"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -14,8 +14,8 @@ import (
 // secretFile returns the random token stored at path, creating one (0600)
 // on first use so every run sees the same token.
 func secretFile(path string) (string, error) {
-	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("%s is readable by group or others (mode %v): chmod 600 it", path, fi.Mode().Perm())
+	if err := checkSecretMode(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", err
 	}
 	b, err := os.ReadFile(path)
 	if err == nil && len(strings.TrimSpace(string(b))) > 0 {
@@ -55,4 +55,17 @@ func writeFile(path string, data []byte, mode fs.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
+}
+
+// checkSecretMode refuses a secret file that others may read. Group-read is
+// allowed: a Kubernetes Secret volume with an fsGroup is 0440 at best.
+func checkSecretMode(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&0o007 != 0 {
+		return fmt.Errorf("%s is readable by others (mode %v): chmod 600 it", path, fi.Mode().Perm())
+	}
+	return nil
 }

@@ -248,29 +248,27 @@ func (o *serverOptions) adminTokenPath() string {
 	return filepath.Join(o.dataDir, "admin-token")
 }
 
-// loadKEK reads the key-encryption key from path, or from MESHCA_KEK.
+// loadKEK reads the key-encryption key from path or from MESHCA_KEK; both
+// at once is an error, so it is never unclear which key is in use.
 func loadKEK(path string) ([]byte, error) {
+	env, envSet := os.LookupEnv(envName("kek"))
 	var raw []byte
-	switch env, set := os.LookupEnv(envName("kek")); {
+	switch {
+	case path != "" && envSet:
+		return nil, errors.New("both --kek-file and MESHCA_KEK are set: choose one")
 	case path != "":
-		fi, err := os.Stat(path)
+		if err := checkSecretMode(path); err != nil {
+			return nil, fmt.Errorf("--kek-file: %w", err)
+		}
+		b, err := os.ReadFile(path)
 		if err != nil {
 			return nil, fmt.Errorf("--kek-file: %w", err)
 		}
-		if fi.Mode().Perm()&0o077 != 0 {
-			return nil, fmt.Errorf("--kek-file %s is readable by group or others (mode %v): chmod 600 it", path, fi.Mode().Perm())
-		}
-		if raw, err = os.ReadFile(path); err != nil {
-			return nil, fmt.Errorf("--kek-file: %w", err)
-		}
-	case set:
+		raw = b
+	case envSet:
 		raw = []byte(env)
 	default:
 		return nil, nil
 	}
-	kek, err := ca.ParseKEK(raw)
-	if err != nil {
-		return nil, err
-	}
-	return kek, nil
+	return ca.ParseKEK(raw)
 }

@@ -1,0 +1,238 @@
+// Package jwks verifies JWTs offline against a JSON Web Key Set: signature
+// (RS256 or ES256), issuer, audience, and expiry with bounded clock skew. The
+// key set is fetched from a URL, a file, or any function, cached, and fetched
+// again when a token names a key ID it does not hold, at most once per
+// MinRefresh so a flood of forged key IDs cannot hammer the issuer.
+package jwks
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/meshca/meshca/internal/clock"
+)
+
+// Algorithms are the signature algorithms accepted: what Kubernetes and the
+// common OIDC issuers sign with. "none" and HMAC are never accepted.
+var Algorithms = []jose.SignatureAlgorithm{jose.RS256, jose.ES256}
+
+// DefaultMinRefresh is the default shortest interval between two fetches.
+const DefaultMinRefresh = 30 * time.Second
+
+// DefaultLeeway is the default clock skew allowed on exp, nbf and iat.
+const DefaultLeeway = time.Minute
+
+// maxJWKSBytes bounds a fetched key set.
+const maxJWKSBytes = 1 << 20
+
+// Fetcher returns the raw JWKS document.
+type Fetcher func(ctx context.Context) ([]byte, error)
+
+// URLFetcher fetches the key set from url with client (nil: a client with a
+// 10s timeout).
+func URLFetcher(client *http.Client, url string) Fetcher {
+	if client == nil {
+		client = &http.Client{Timeout: 10 * time.Second}
+	}
+	return func(ctx context.Context) ([]byte, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
+		return io.ReadAll(io.LimitReader(resp.Body, maxJWKSBytes))
+	}
+}
+
+// FileFetcher reads the key set from a file on every fetch.
+func FileFetcher(path string) Fetcher {
+	return func(context.Context) ([]byte, error) { return os.ReadFile(path) }
+}
+
+// KeySet is a cached JWKS.
+type KeySet struct {
+	fetch      Fetcher
+	clock      clock.Clock
+	minRefresh time.Duration
+
+	mu        sync.Mutex
+	keys      jose.JSONWebKeySet
+	fetchedAt time.Time
+	fetches   int
+}
+
+// NewKeySet returns a key set that loads lazily with fetch. minRefresh 0
+// means DefaultMinRefresh; a nil clock is the wall clock.
+func NewKeySet(fetch Fetcher, clk clock.Clock, minRefresh time.Duration) *KeySet {
+	if minRefresh == 0 {
+		minRefresh = DefaultMinRefresh
+	}
+	return &KeySet{fetch: fetch, clock: clock.OrReal(clk), minRefresh: minRefresh}
+}
+
+// Fetches reports how many times the key set was fetched.
+func (k *KeySet) Fetches() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.fetches
+}
+
+// lookup returns the keys that may have signed a token with this key ID
+// (all of them when kid is empty), fetching when there are none yet or the
+// ID is unknown and the last fetch is old enough.
+func (k *KeySet) lookup(ctx context.Context, kid string) ([]jose.JSONWebKey, error) {
+	k.mu.Lock()
+	if m := k.match(kid); len(m) > 0 {
+		k.mu.Unlock()
+		return m, nil
+	}
+	now := k.clock.Now()
+	if k.fetches > 0 && now.Sub(k.fetchedAt) < k.minRefresh {
+		k.mu.Unlock()
+		return nil, fmt.Errorf("jwks: %w %q", errUnknownKey, kid)
+	}
+	k.fetchedAt = now
+	k.fetches++
+	k.mu.Unlock()
+
+	// Fetch without holding mu, so tokens with known keys are not held up
+	// by a slow issuer.
+	raw, err := k.fetch(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("jwks: fetch key set: %w", err)
+	}
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(raw, &set); err != nil {
+		return nil, fmt.Errorf("jwks: key set is not a JWKS: %w", err)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.keys = set
+	if m := k.match(kid); len(m) > 0 {
+		return m, nil
+	}
+	return nil, fmt.Errorf("jwks: %w %q", errUnknownKey, kid)
+}
+
+// match returns the keys for kid (all keys for ""). Callers hold mu.
+func (k *KeySet) match(kid string) []jose.JSONWebKey {
+	if kid == "" {
+		return k.keys.Keys
+	}
+	return k.keys.Key(kid)
+}
+
+var errUnknownKey = errors.New("unknown key ID")
+
+// Errors a Verifier returns, wrapped with details safe to show the caller.
+var (
+	// ErrInvalid: malformed, badly signed, expired, wrong issuer or audience.
+	ErrInvalid = errors.New("invalid token")
+	// ErrUnavailable: the key set could not be fetched.
+	ErrUnavailable = errors.New("key set unavailable")
+)
+
+// Verifier checks tokens of one issuer.
+type Verifier struct {
+	// Issuer is the required "iss". Required.
+	Issuer string
+	// Audiences: "aud" must contain at least one of them. Required.
+	Audiences []string
+	// Keys verifies signatures. Required.
+	Keys *KeySet
+	// Leeway is the clock skew allowed. Default DefaultLeeway.
+	Leeway time.Duration
+	// Clock defaults to the wall clock.
+	Clock clock.Clock
+}
+
+// Verify checks token and decodes its claims into extra (may be nil), besides
+// returning the registered claims. The token must carry "exp".
+func (v *Verifier) Verify(ctx context.Context, token string, extra any) (*jwt.Claims, error) {
+	tok, err := jwt.ParseSigned(token, Algorithms)
+	if err != nil {
+		return nil, fmt.Errorf("%w: not a signed JWT with an accepted algorithm (%v): %v", ErrInvalid, Algorithms, err)
+	}
+	if len(tok.Headers) != 1 {
+		return nil, fmt.Errorf("%w: want exactly one signature", ErrInvalid)
+	}
+	keys, err := v.Keys.lookup(ctx, tok.Headers[0].KeyID)
+	if err != nil {
+		if errors.Is(err, errUnknownKey) {
+			return nil, fmt.Errorf("%w: signed by an unknown key (%v)", ErrInvalid, err)
+		}
+		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	var claims jwt.Claims
+	var verified bool
+	for _, key := range keys {
+		dest := []any{&claims}
+		if extra != nil {
+			dest = append(dest, extra)
+		}
+		if tok.Claims(key.Key, dest...) == nil {
+			verified = true
+			break
+		}
+	}
+	if !verified {
+		return nil, fmt.Errorf("%w: signature does not verify", ErrInvalid)
+	}
+	now := clock.OrReal(v.Clock).Now()
+	leeway := v.Leeway
+	if leeway == 0 {
+		leeway = DefaultLeeway
+	}
+	switch {
+	case claims.Issuer != v.Issuer:
+		return nil, fmt.Errorf("%w: issuer %q is not %q", ErrInvalid, claims.Issuer, v.Issuer)
+	case !slices.ContainsFunc(v.Audiences, func(a string) bool { return claims.Audience.Contains(a) }):
+		return nil, fmt.Errorf("%w: audience %v does not include %s", ErrInvalid, []string(claims.Audience), strings.Join(v.Audiences, " or "))
+	case claims.Expiry == nil:
+		return nil, fmt.Errorf("%w: no expiry (exp)", ErrInvalid)
+	case now.After(claims.Expiry.Time().Add(leeway)):
+		return nil, fmt.Errorf("%w: expired at %s", ErrInvalid, claims.Expiry.Time().UTC().Format(time.RFC3339))
+	case claims.NotBefore != nil && now.Add(leeway).Before(claims.NotBefore.Time()):
+		return nil, fmt.Errorf("%w: not valid before %s", ErrInvalid, claims.NotBefore.Time().UTC().Format(time.RFC3339))
+	case claims.IssuedAt != nil && now.Add(leeway).Before(claims.IssuedAt.Time()):
+		return nil, fmt.Errorf("%w: issued in the future", ErrInvalid)
+	}
+	return &claims, nil
+}
+
+// Peek returns a token's issuer and expiry without verifying anything. It
+// is for routing a token to its verifier and for bounding cache lifetimes,
+// never for trusting the token.
+func Peek(token string) (issuer string, expiry time.Time, ok bool) {
+	tok, err := jwt.ParseSigned(token, Algorithms)
+	if err != nil {
+		return "", time.Time{}, false
+	}
+	var c jwt.Claims
+	if tok.UnsafeClaimsWithoutVerification(&c) != nil {
+		return "", time.Time{}, false
+	}
+	if c.Expiry != nil {
+		expiry = c.Expiry.Time()
+	}
+	return c.Issuer, expiry, true
+}

@@ -1,0 +1,141 @@
+// Package k8s attests workloads by their projected Kubernetes ServiceAccount
+// tokens, two ways: a TokenReview through client-go (the API server decides,
+// so deleted ServiceAccounts and pods are refused; results cached briefly),
+// or offline verification against the cluster's OIDC JWKS (no API call per
+// CSR). Either way the identity is spiffe://<td>/ns/<namespace>/sa/<name>,
+// subject to namespace and ServiceAccount allow and deny lists.
+package k8s
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/internal/clock"
+)
+
+// Credential kinds recorded in the issuance log.
+const (
+	KindTokenReview = "k8s-tokenreview"
+	KindJWKS        = "k8s-jwks"
+)
+
+// DefaultAudiences are the token audiences accepted by default.
+var DefaultAudiences = []string{"meshca"}
+
+// DefaultDeny refuses the cluster's own control plane unless allowed.
+var DefaultDeny = []string{"kube-system"}
+
+// Config is shared by both modes. Zero fields get the documented defaults.
+type Config struct {
+	// TrustDomain of the identities. Required.
+	TrustDomain spiffeid.TrustDomain
+	// Audiences: the token must be for one of them. Default ["meshca"];
+	// add "istio-ca" to accept istio-agent's tokens.
+	Audiences []string
+	// Allow, when not empty, lists the only namespaces ("ns") or
+	// ServiceAccounts ("ns/sa") that may get certificates; path.Match
+	// patterns ("team-*") are allowed. Deny wins over Allow. Default Deny is
+	// ["kube-system"]; set Deny to an empty non-nil slice to deny nothing.
+	Allow, Deny []string
+	// Clock defaults to the wall clock; Logger to discarding; Metrics to
+	// a no-op.
+	Clock   clock.Clock
+	Logger  *slog.Logger
+	Metrics Metrics
+}
+
+// Metrics is what the Kubernetes attestors report.
+type Metrics interface {
+	// Review observes one TokenReview sent: result is "ok",
+	// "unauthenticated" or "error".
+	Review(result string, took time.Duration)
+	// CacheHit counts a TokenReview answered from the cache.
+	CacheHit()
+	// Refused counts a token refused, by reason ("audience", "expired",
+	// "signature", "denied", "malformed", ...).
+	Refused(reason string)
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) Review(string, time.Duration) {}
+func (nopMetrics) CacheHit()                    {}
+func (nopMetrics) Refused(string)               {}
+
+func (c *Config) setDefaults() error {
+	if c.TrustDomain.IsZero() {
+		return errors.New("k8s: trust domain is required")
+	}
+	if len(c.Audiences) == 0 {
+		c.Audiences = DefaultAudiences
+	}
+	if c.Deny == nil {
+		c.Deny = DefaultDeny
+	}
+	for _, p := range append(append([]string{}, c.Allow...), c.Deny...) {
+		if _, err := path.Match(p, ""); err != nil {
+			return fmt.Errorf("k8s: bad allow/deny pattern %q: %w", p, err)
+		}
+	}
+	c.Clock = clock.OrReal(c.Clock)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Metrics == nil {
+		c.Metrics = nopMetrics{}
+	}
+	return nil
+}
+
+// usernamePrefix starts the username of every ServiceAccount.
+const usernamePrefix = "system:serviceaccount:"
+
+// parseUsername splits "system:serviceaccount:<ns>:<sa>".
+func parseUsername(u string) (ns, sa string, ok bool) {
+	rest, found := strings.CutPrefix(u, usernamePrefix)
+	if !found {
+		return "", "", false
+	}
+	ns, sa, ok = strings.Cut(rest, ":")
+	return ns, sa, ok && ns != "" && sa != "" && !strings.Contains(sa, ":")
+}
+
+// identity builds the SPIFFE ID for ns/sa and applies the allow and deny
+// lists.
+func (c *Config) identity(kind, ns, sa string, details map[string]string) (attestor.Identity, error) {
+	matches := func(patterns []string) bool {
+		for _, p := range patterns {
+			target := ns
+			if strings.Contains(p, "/") {
+				target = ns + "/" + sa
+			}
+			if ok, _ := path.Match(p, target); ok {
+				return true
+			}
+		}
+		return false
+	}
+	if matches(c.Deny) || (len(c.Allow) > 0 && !matches(c.Allow)) {
+		c.Metrics.Refused("denied")
+		return attestor.Identity{}, fmt.Errorf("%w: ServiceAccount %s/%s may not get certificates from this CA", attestor.ErrPermissionDenied, ns, sa)
+	}
+	id, err := spiffeid.FromSegments(c.TrustDomain, "ns", ns, "sa", sa)
+	if err != nil {
+		c.Metrics.Refused("malformed")
+		return attestor.Identity{}, fmt.Errorf("%w: ServiceAccount %s/%s makes no valid SPIFFE ID: %v", attestor.ErrUnauthenticated, ns, sa, err)
+	}
+	return attestor.Identity{ID: id, Kind: kind, Subject: usernamePrefix + ns + ":" + sa, Details: details}, nil
+}
+
+// looksLikeJWT reports whether a bearer token has the shape of a compact
+// JWS; other tokens belong to other attestors.
+func looksLikeJWT(tok string) bool {
+	return strings.Count(tok, ".") == 2 && !strings.ContainsAny(tok, " \t")
+}

@@ -1,0 +1,132 @@
+// Package oidc attests workloads by OIDC ID tokens from configured issuers
+// (CI systems, cloud workload identity): the token is verified offline
+// against the issuer's JWKS, required claims are checked, and a template
+// maps its claims to a SPIFFE ID in the trust domain.
+package oidc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"text/template"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"sigs.k8s.io/yaml"
+
+	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/attestor/jwks"
+	"github.com/meshca/meshca/internal/clock"
+)
+
+// Kind is the credential kind recorded for OIDC tokens.
+const Kind = "oidc"
+
+// IssuerConfig configures one trusted issuer.
+type IssuerConfig struct {
+	// Issuer is the exact "iss" of its tokens.
+	Issuer string `json:"issuer"`
+	// JWKSURL or JWKSFile locate its signing keys (one is required).
+	JWKSURL  string `json:"jwks_url,omitempty"`
+	JWKSFile string `json:"jwks_file,omitempty"`
+	// Audiences: "aud" must contain one of them. Required.
+	Audiences []string `json:"audiences"`
+	// SPIFFEID is a text/template producing the SPIFFE ID from the claims
+	// ("." is the claims object; {{td}} is the trust domain name), e.g.
+	// "spiffe://{{td}}/gh/{{.repository}}". A missing claim is an error.
+	SPIFFEID string `json:"spiffe_id"`
+	// RequiredClaims must have exactly these string values.
+	RequiredClaims map[string]string `json:"required_claims,omitempty"`
+}
+
+// File is the --oidc-config file.
+type File struct {
+	Issuers []IssuerConfig `json:"issuers"`
+}
+
+// LoadFile reads and checks an --oidc-config file. Unknown fields are errors.
+func LoadFile(path string) ([]IssuerConfig, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("oidc: %w", err)
+	}
+	var f File
+	if err := yaml.UnmarshalStrict(b, &f); err != nil {
+		return nil, fmt.Errorf("oidc: %s: %w", path, err)
+	}
+	return f.Issuers, nil
+}
+
+// Attestor verifies tokens of one issuer.
+type Attestor struct {
+	cfg      IssuerConfig
+	td       spiffeid.TrustDomain
+	tmpl     *template.Template
+	verifier *jwks.Verifier
+}
+
+// New returns the attestor for one issuer; keys may be nil to build the key
+// set from JWKSURL or JWKSFile.
+func New(cfg IssuerConfig, td spiffeid.TrustDomain, keys *jwks.KeySet, clk clock.Clock) (*Attestor, error) {
+	switch {
+	case cfg.Issuer == "":
+		return nil, errors.New("oidc: issuer is required")
+	case len(cfg.Audiences) == 0:
+		return nil, fmt.Errorf("oidc: issuer %s: audiences are required", cfg.Issuer)
+	case cfg.SPIFFEID == "":
+		return nil, fmt.Errorf("oidc: issuer %s: spiffe_id template is required", cfg.Issuer)
+	}
+	if keys == nil {
+		switch {
+		case cfg.JWKSURL != "" && cfg.JWKSFile == "":
+			keys = jwks.NewKeySet(jwks.URLFetcher(nil, cfg.JWKSURL), clk, 0)
+		case cfg.JWKSFile != "" && cfg.JWKSURL == "":
+			keys = jwks.NewKeySet(jwks.FileFetcher(cfg.JWKSFile), clk, 0)
+		default:
+			return nil, fmt.Errorf("oidc: issuer %s: exactly one of jwks_url and jwks_file is required", cfg.Issuer)
+		}
+	}
+	tmpl, err := template.New(cfg.Issuer).Option("missingkey=error").
+		Funcs(template.FuncMap{"td": td.Name}).Parse(cfg.SPIFFEID)
+	if err != nil {
+		return nil, fmt.Errorf("oidc: issuer %s: spiffe_id template: %w", cfg.Issuer, err)
+	}
+	return &Attestor{
+		cfg: cfg, td: td, tmpl: tmpl,
+		verifier: &jwks.Verifier{Issuer: cfg.Issuer, Audiences: cfg.Audiences, Keys: keys, Clock: clk},
+	}, nil
+}
+
+// Attest implements attestor.Attestor. Tokens of other issuers are not this
+// attestor's kind.
+func (a *Attestor) Attest(ctx context.Context, c attestor.Credential) (attestor.Identity, error) {
+	if iss, _, ok := jwks.Peek(c.BearerToken); !ok || iss != a.cfg.Issuer {
+		return attestor.Identity{}, attestor.ErrNoCredential
+	}
+	claims := map[string]any{}
+	reg, err := a.verifier.Verify(ctx, c.BearerToken, &claims)
+	if err != nil {
+		if errors.Is(err, jwks.ErrUnavailable) {
+			return attestor.Identity{}, fmt.Errorf("%w: %v", attestor.ErrUnavailable, err)
+		}
+		return attestor.Identity{}, fmt.Errorf("%w: OIDC token: %v", attestor.ErrUnauthenticated, err)
+	}
+	for k, want := range a.cfg.RequiredClaims {
+		if got, ok := claims[k].(string); !ok || got != want {
+			return attestor.Identity{}, fmt.Errorf("%w: OIDC token: claim %q must be %q", attestor.ErrPermissionDenied, k, want)
+		}
+	}
+	var sb strings.Builder
+	if err := a.tmpl.Execute(&sb, claims); err != nil {
+		return attestor.Identity{}, fmt.Errorf("%w: OIDC token lacks a claim the SPIFFE ID needs: %v", attestor.ErrPermissionDenied, err)
+	}
+	id, err := spiffeid.FromString(sb.String())
+	if err != nil {
+		return attestor.Identity{}, fmt.Errorf("%w: OIDC claims make no valid SPIFFE ID (%q): %v", attestor.ErrPermissionDenied, sb.String(), err)
+	}
+	if id.TrustDomain() != a.td {
+		return attestor.Identity{}, fmt.Errorf("%w: OIDC claims map to %s, outside trust domain %s", attestor.ErrPermissionDenied, id, a.td.Name())
+	}
+	return attestor.Identity{ID: id, Kind: Kind, Subject: a.cfg.Issuer + "#" + reg.Subject}, nil
+}
