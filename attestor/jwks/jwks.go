@@ -59,7 +59,11 @@ func URLFetcher(client *http.Client, url string) Fetcher {
 		if resp.StatusCode != http.StatusOK {
 			return nil, fmt.Errorf("GET %s: %s", url, resp.Status)
 		}
-		return io.ReadAll(io.LimitReader(resp.Body, maxJWKSBytes))
+		b, err := io.ReadAll(io.LimitReader(resp.Body, maxJWKSBytes+1))
+		if err == nil && len(b) > maxJWKSBytes {
+			return nil, fmt.Errorf("GET %s: key set larger than %d bytes", url, maxJWKSBytes)
+		}
+		return b, err
 	}
 }
 
@@ -74,11 +78,17 @@ type KeySet struct {
 	clock      clock.Clock
 	minRefresh time.Duration
 
-	mu        sync.Mutex
-	keys      jose.JSONWebKeySet
-	fetchedAt time.Time
-	fetches   int
+	mu       sync.Mutex
+	keys     jose.JSONWebKeySet
+	loaded   bool      // a fetch has succeeded
+	loadedAt time.Time // when the last successful fetch started
+	failedAt time.Time // when the last fetch failed
+	fetches  int
+	inflight chan struct{} // closed when the fetch under way ends
 }
+
+// retryFailedAfter limits fetches while the issuer is failing.
+const retryFailedAfter = time.Second
 
 // NewKeySet returns a key set that loads lazily with fetch. minRefresh 0
 // means DefaultMinRefresh; a nil clock is the wall clock.
@@ -100,37 +110,70 @@ func (k *KeySet) Fetches() int {
 // (all of them when kid is empty), fetching when there are none yet or the
 // ID is unknown and the last fetch is old enough.
 func (k *KeySet) lookup(ctx context.Context, kid string) ([]jose.JSONWebKey, error) {
-	k.mu.Lock()
-	if m := k.match(kid); len(m) > 0 {
+	for {
+		k.mu.Lock()
+		if m := k.match(kid); len(m) > 0 {
+			k.mu.Unlock()
+			return m, nil
+		}
+		if ch := k.inflight; ch != nil {
+			// Someone is fetching: wait for it, then look again.
+			k.mu.Unlock()
+			select {
+			case <-ch:
+				continue
+			case <-ctx.Done():
+				return nil, fmt.Errorf("jwks: %w", ctx.Err())
+			}
+		}
+		now := k.clock.Now()
+		if k.loaded && now.Sub(k.loadedAt) < k.minRefresh {
+			k.mu.Unlock()
+			return nil, fmt.Errorf("jwks: %w %q", errUnknownKey, kid)
+		}
+		if !k.failedAt.IsZero() && now.Sub(k.failedAt) < retryFailedAfter {
+			k.mu.Unlock()
+			return nil, errors.New("jwks: key set fetch failed moments ago")
+		}
+		ch := make(chan struct{})
+		k.inflight = ch
+		k.fetches++
 		k.mu.Unlock()
-		return m, nil
-	}
-	now := k.clock.Now()
-	if k.fetches > 0 && now.Sub(k.fetchedAt) < k.minRefresh {
+
+		// Fetch without holding mu, so tokens with known keys are not held
+		// up by a slow issuer; a caller giving up does not fail the others.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+		set, err := fetchSet(fctx, k.fetch)
+		cancel()
+
+		k.mu.Lock()
+		k.inflight = nil
+		close(ch)
+		if err != nil {
+			k.failedAt = now
+			k.mu.Unlock()
+			return nil, err
+		}
+		k.keys, k.loaded, k.loadedAt, k.failedAt = set, true, now, time.Time{}
+		m := k.match(kid)
 		k.mu.Unlock()
+		if len(m) > 0 {
+			return m, nil
+		}
 		return nil, fmt.Errorf("jwks: %w %q", errUnknownKey, kid)
 	}
-	k.fetchedAt = now
-	k.fetches++
-	k.mu.Unlock()
+}
 
-	// Fetch without holding mu, so tokens with known keys are not held up
-	// by a slow issuer.
-	raw, err := k.fetch(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("jwks: fetch key set: %w", err)
-	}
+func fetchSet(ctx context.Context, fetch Fetcher) (jose.JSONWebKeySet, error) {
 	var set jose.JSONWebKeySet
+	raw, err := fetch(ctx)
+	if err != nil {
+		return set, fmt.Errorf("jwks: fetch key set: %w", err)
+	}
 	if err := json.Unmarshal(raw, &set); err != nil {
-		return nil, fmt.Errorf("jwks: key set is not a JWKS: %w", err)
+		return set, fmt.Errorf("jwks: key set is not a JWKS: %w", err)
 	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	k.keys = set
-	if m := k.match(kid); len(m) > 0 {
-		return m, nil
-	}
-	return nil, fmt.Errorf("jwks: %w %q", errUnknownKey, kid)
+	return set, nil
 }
 
 // match returns the keys for kid (all keys for ""). Callers hold mu.
@@ -185,17 +228,19 @@ func (v *Verifier) Verify(ctx context.Context, token string, extra any) (*jwt.Cl
 	var claims jwt.Claims
 	var verified bool
 	for _, key := range keys {
-		dest := []any{&claims}
-		if extra != nil {
-			dest = append(dest, extra)
-		}
-		if tok.Claims(key.Key, dest...) == nil {
+		if tok.Claims(key.Key, &claims) == nil {
 			verified = true
 			break
 		}
 	}
 	if !verified {
 		return nil, fmt.Errorf("%w: signature does not verify", ErrInvalid)
+	}
+	// The signature verified above; decoding the rest is safe now.
+	if extra != nil {
+		if err := tok.UnsafeClaimsWithoutVerification(extra); err != nil {
+			return nil, fmt.Errorf("%w: malformed claims: %v", ErrInvalid, err)
+		}
 	}
 	now := clock.OrReal(v.Clock).Now()
 	leeway := v.Leeway

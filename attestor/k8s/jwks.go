@@ -55,7 +55,9 @@ func (j *JWKSAttestor) Attest(ctx context.Context, c attestor.Credential) (attes
 	var kc k8sClaims
 	claims, err := j.verifier.Verify(ctx, c.BearerToken, &kc)
 	if err != nil {
-		j.cfg.Metrics.Refused("invalid")
+		if !errors.Is(err, jwks.ErrUnavailable) {
+			j.cfg.Metrics.Refused("invalid")
+		}
 		if errors.Is(err, jwks.ErrUnavailable) {
 			return attestor.Identity{}, fmt.Errorf("%w: %v", attestor.ErrUnavailable, err)
 		}

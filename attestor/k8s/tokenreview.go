@@ -103,6 +103,13 @@ func (t *TokenReviewAttestor) Attest(ctx context.Context, c attestor.Credential)
 		return res.id, res.err
 	}
 	t.mu.Lock()
+	// Look again under mu: a review of this token may have finished and
+	// been cached since the first look.
+	if res, ok := t.cache.get(key, now); ok {
+		t.mu.Unlock()
+		t.cfg.Metrics.CacheHit()
+		return res.id, res.err
+	}
 	if call, ok := t.inflight[key]; ok {
 		t.mu.Unlock()
 		select {
@@ -116,17 +123,26 @@ func (t *TokenReviewAttestor) Attest(ctx context.Context, c attestor.Credential)
 	t.inflight[key] = call
 	t.mu.Unlock()
 
-	res, ttl := t.review(ctx, c.BearerToken, now)
+	defer func() {
+		close(call.done)
+		t.mu.Lock()
+		delete(t.inflight, key)
+		t.mu.Unlock()
+	}()
+	// Others may wait on this review: the first caller giving up must not
+	// fail them, so it runs on its own deadline.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reviewTimeout)
+	defer cancel()
+	res, ttl := t.review(rctx, c.BearerToken, now)
 	if ttl > 0 {
 		t.cache.put(key, res, now.Add(ttl))
 	}
 	call.res = res
-	close(call.done)
-	t.mu.Lock()
-	delete(t.inflight, key)
-	t.mu.Unlock()
 	return res.id, res.err
 }
+
+// reviewTimeout bounds one TokenReview.
+const reviewTimeout = 10 * time.Second
 
 // review sends the review and returns the result and how long to cache it.
 func (t *TokenReviewAttestor) review(ctx context.Context, token string, now time.Time) (reviewResult, time.Duration) {
@@ -136,7 +152,7 @@ func (t *TokenReviewAttestor) review(ctx context.Context, token string, now time
 	if err != nil {
 		t.cfg.Metrics.Review("error", took)
 		t.cfg.Logger.Warn("TokenReview failed", "err", err)
-		return reviewResult{err: fmt.Errorf("%w: TokenReview failed", attestor.ErrUnavailable)}, 0
+		return reviewResult{err: fmt.Errorf("%w: TokenReview failed: %w", attestor.ErrUnavailable, err)}, 0
 	}
 	refuse := func(reason, format string, args ...any) (reviewResult, time.Duration) {
 		t.cfg.Metrics.Refused(reason)

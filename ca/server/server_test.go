@@ -61,7 +61,9 @@ type plane struct {
 	renewClock *clocktest.Fake
 }
 
-func startPlane(t testing.TB, path string) *plane {
+// startPlane starts a plane whose attestor chain is mTLS renewal, join
+// tokens, the given extra attestors, and the static test token.
+func startPlane(t testing.TB, path string, extra ...attestor.Attestor) *plane {
 	t.Helper()
 	st, err := boltstore.Open(path, boltstore.Options{})
 	if err != nil {
@@ -79,7 +81,7 @@ func startPlane(t testing.TB, path string) *plane {
 	}
 	srv, err := server.New(server.Config{
 		Authority:   auth,
-		Attestor:    attestor.Chain{renewal, jointoken.New(st, nil, nil), attestor.NewStaticTokens(map[string]spiffeid.ID{fooToken: fooID})},
+		Attestor:    append(append(attestor.Chain{renewal, jointoken.New(st, nil, nil)}, extra...), attestor.NewStaticTokens(map[string]spiffeid.ID{fooToken: fooID})),
 		AdminToken:  adminToken,
 		JoinTokens:  st,
 		GRPCAddr:    "127.0.0.1:0",

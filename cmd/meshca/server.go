@@ -47,6 +47,8 @@ type serverOptions struct {
 	maxRequestBytes int
 	requestTimeout  time.Duration
 	adminTokenFile  string
+	k8s             k8sOptions
+	oidcConfig      string
 	log             logOptions
 }
 
@@ -69,6 +71,8 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	fs.IPSliceVar(&o.ipSANs, "ip-sans", []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, "IP SANs of the server's TLS certificate")
 	fs.IntVar(&o.maxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "largest request message or body accepted")
 	fs.DurationVar(&o.requestTimeout, "request-timeout", server.DefaultRequestTimeout, "deadline for one API call")
+	o.k8s.addFlags(fs)
+	fs.StringVar(&o.oidcConfig, "oidc-config", "", "YAML file listing trusted OIDC issuers and how their claims map to SPIFFE IDs (docs/configuration.md)")
 	fs.StringVar(&o.adminTokenFile, "admin-token-file", "", "bearer token for the admin API (join tokens); created 0600 with a random token if missing (default <data-dir>/admin-token)")
 	o.log.addFlags(fs)
 }
@@ -186,7 +190,13 @@ func startPlane(ctx context.Context, o *serverOptions, extra []attestor.Attestor
 		st.Close()
 		return nil, fmt.Errorf("admin token: %w", err)
 	}
-	chain := append(attestor.Chain{renewal, jointoken.New(st, clk, log)}, extra...)
+	chain := attestor.Chain{renewal, jointoken.New(st, clk, log)}
+	tokenAttestors, err := o.tokenAttestors(ctx, td, clk, log, reg)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	chain = append(append(chain, tokenAttestors...), extra...)
 	srv, err := server.New(server.Config{
 		Authority:       auth,
 		Attestor:        chain,

@@ -69,3 +69,48 @@ func NewAPI(reg prometheus.Registerer) *API {
 func (m *API) Request(protocol, endpoint, code string) {
 	m.requests.WithLabelValues(protocol, endpoint, code).Inc()
 }
+
+// K8s implements k8s.Metrics.
+type K8s struct {
+	reviews  *prometheus.CounterVec
+	latency  prometheus.Histogram
+	hits     prometheus.Counter
+	refusals *prometheus.CounterVec
+}
+
+// NewK8s registers the Kubernetes attestors' collectors on reg.
+func NewK8s(reg prometheus.Registerer) *K8s {
+	m := &K8s{
+		reviews: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshca_k8s_tokenreviews_total",
+			Help: "TokenReviews sent to the API server, by result (ok, unauthenticated, error).",
+		}, []string{"result"}),
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "meshca_k8s_tokenreview_duration_seconds",
+			Help:    "Latency of TokenReviews, client rate limiting included.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+		hits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshca_k8s_tokenreview_cache_hits_total",
+			Help: "Tokens answered from the TokenReview cache.",
+		}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshca_k8s_token_refusals_total",
+			Help: "ServiceAccount tokens refused, by reason.",
+		}, []string{"reason"}),
+	}
+	reg.MustRegister(m.reviews, m.latency, m.hits, m.refusals)
+	return m
+}
+
+// Review implements k8s.Metrics.
+func (m *K8s) Review(result string, took time.Duration) {
+	m.reviews.WithLabelValues(result).Inc()
+	m.latency.Observe(took.Seconds())
+}
+
+// CacheHit implements k8s.Metrics.
+func (m *K8s) CacheHit() { m.hits.Inc() }
+
+// Refused implements k8s.Metrics.
+func (m *K8s) Refused(reason string) { m.refusals.WithLabelValues(reason).Inc() }

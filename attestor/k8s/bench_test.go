@@ -1,0 +1,98 @@
+package k8s_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+
+	authnv1 "k8s.io/api/authentication/v1"
+
+	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/attestor/k8s"
+	"github.com/meshca/meshca/internal/clock/clocktest"
+)
+
+// instantReviewer answers at once without locking, so the benchmarks
+// measure the attestor.
+type instantReviewer struct {
+	status authnv1.TokenReviewStatus
+	calls  atomic.Int64
+}
+
+func (r *instantReviewer) Review(context.Context, string, []string) (authnv1.TokenReviewStatus, error) {
+	r.calls.Add(1)
+	return r.status, nil
+}
+
+// BenchmarkJWKSAttest verifies one ES256 projected token per op.
+func BenchmarkJWKSAttest(b *testing.B) {
+	clk := clocktest.New(epoch)
+	a, err := k8s.NewJWKS(k8s.Config{TrustDomain: td, Clock: clk}, "", staticKeys(b, clk))
+	if err != nil {
+		b.Fatal(err)
+	}
+	cred := attestor.Credential{BearerToken: mint(b, epoch, saToken{})}
+	ctx := context.Background()
+	if _, err := a.Attest(ctx, cred); err != nil { // warm the key set
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := a.Attest(ctx, cred); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkTokenReviewCached is the cache-hit path.
+func BenchmarkTokenReviewCached(b *testing.B) {
+	clk := clocktest.New(epoch)
+	rev := &fakeReviewer{status: authenticated("foo", "bar")}
+	a, err := k8s.NewTokenReview(k8s.Config{TrustDomain: td, Clock: clk}, rev, k8s.CacheConfig{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cred := attestor.Credential{BearerToken: mint(b, epoch, saToken{})}
+	ctx := context.Background()
+	if _, err := a.Attest(ctx, cred); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := a.Attest(ctx, cred); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	if n := rev.count(); n != 1 {
+		b.Fatalf("reviews = %d, want 1", n)
+	}
+}
+
+// BenchmarkTokenReviewUncached sends a review on every op: a cache of one
+// entry cycled through 16 distinct tokens never hits.
+func BenchmarkTokenReviewUncached(b *testing.B) {
+	clk := clocktest.New(epoch)
+	rev := &instantReviewer{status: authenticated("foo", "bar")}
+	a, err := k8s.NewTokenReview(k8s.Config{TrustDomain: td, Clock: clk}, rev, k8s.CacheConfig{Size: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	creds := make([]attestor.Credential, 16)
+	for i := range creds {
+		creds[i] = attestor.Credential{BearerToken: mint(b, epoch, saToken{serial: i})}
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		if _, err := a.Attest(ctx, creds[i%len(creds)]); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+	b.StopTimer()
+	if n := rev.calls.Load(); n != int64(i) {
+		b.Fatalf("reviews = %d for %d ops, want one per op", n, i)
+	}
+}

@@ -1,0 +1,151 @@
+package k8s_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
+	"sync"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/attestor/jwks"
+	"github.com/meshca/meshca/attestor/k8s"
+	"github.com/meshca/meshca/internal/clock/clocktest"
+)
+
+var (
+	td    = spiffeid.RequireTrustDomainFromString("example.org")
+	epoch = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+)
+
+// signingKey is the cluster's service-account key; generated once.
+var signingKey = sync.OnceValue(func() *ecdsa.PrivateKey {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	return k
+})
+
+const kid = "sa-key-1"
+
+// saToken describes a projected ServiceAccount token.
+type saToken struct {
+	issuer    string        // default k8s.DefaultIssuer
+	subject   string        // default system:serviceaccount:<namespace>:<sa>
+	namespace string        // default foo
+	sa        string        // default bar
+	audiences []string      // default ["meshca"]
+	ttl       time.Duration // exp - now; default 1h; negative: no exp
+	noPod     bool
+	serial    int // distinguishes otherwise identical tokens
+}
+
+// mint signs tok as the cluster would, issued at now.
+func mint(tb testing.TB, now time.Time, tok saToken) string {
+	tb.Helper()
+	if tok.issuer == "" {
+		tok.issuer = k8s.DefaultIssuer
+	}
+	if tok.namespace == "" {
+		tok.namespace = "foo"
+	}
+	if tok.sa == "" {
+		tok.sa = "bar"
+	}
+	if tok.subject == "" {
+		tok.subject = "system:serviceaccount:" + tok.namespace + ":" + tok.sa
+	}
+	if tok.audiences == nil {
+		tok.audiences = []string{"meshca"}
+	}
+	if tok.ttl == 0 {
+		tok.ttl = time.Hour
+	}
+	claims := jwt.Claims{
+		Issuer:    tok.issuer,
+		Subject:   tok.subject,
+		Audience:  jwt.Audience(tok.audiences),
+		IssuedAt:  jwt.NewNumericDate(now),
+		NotBefore: jwt.NewNumericDate(now),
+	}
+	if tok.ttl > 0 {
+		claims.Expiry = jwt.NewNumericDate(now.Add(tok.ttl))
+	}
+	k8sClaims := map[string]any{
+		"namespace":      tok.namespace,
+		"serviceaccount": map[string]string{"name": tok.sa, "uid": "sa-uid-1"},
+	}
+	if !tok.noPod {
+		k8sClaims["pod"] = map[string]string{"name": "pod-1", "uid": "pod-uid-1"}
+	}
+	extra := map[string]any{"kubernetes.io": k8sClaims, "serial": tok.serial}
+	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: signingKey()},
+		(&jose.SignerOptions{}).WithType("JWT").WithHeader(jose.HeaderKey("kid"), kid))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s, err := jwt.Signed(sig).Claims(claims).Claims(extra).Serialize()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return s
+}
+
+// staticKeys is the cluster's JWKS, served from memory.
+func staticKeys(tb testing.TB, clk *clocktest.Fake) *jwks.KeySet {
+	tb.Helper()
+	doc, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: signingKey().Public(), KeyID: kid, Algorithm: "ES256", Use: "sig"}}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return jwks.NewKeySet(func(context.Context) ([]byte, error) { return doc, nil }, clk, 0)
+}
+
+// recorder is a k8s.Metrics that remembers what it saw.
+type recorder struct {
+	mu      sync.Mutex
+	reviews map[string]int
+	hits    int
+	refused map[string]int
+}
+
+func newRecorder() *recorder {
+	return &recorder{reviews: map[string]int{}, refused: map[string]int{}}
+}
+
+func (r *recorder) Review(result string, _ time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.reviews[result]++
+}
+
+func (r *recorder) CacheHit() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.hits++
+}
+
+func (r *recorder) Refused(reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.refused[reason]++
+}
+
+func (r *recorder) cacheHits() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.hits
+}
+
+func (r *recorder) refusals(reason string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.refused[reason]
+}
