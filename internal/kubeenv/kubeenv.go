@@ -1,0 +1,560 @@
+// Package kubeenv runs a real kube-apiserver, backed by its own etcd, on
+// 127.0.0.1 for integration tests.
+//
+// It is a test helper: import it only from _test.go files. The binaries are
+// built from Go modules by `make testenv` into <repo>/.testenv/bin (or the
+// directory named by MESHCA_TESTENV_BIN); when they are missing, tests that use
+// this package are skipped with a message saying so, unless
+// MESHCA_REQUIRE_TESTENV=1, in which case they fail.
+//
+// Start gives a test its own apiserver. Get shares one apiserver among all the
+// tests of a package; it needs the package's TestMain to call Main:
+//
+//	func TestMain(m *testing.M) { kubeenv.Main(m) }
+//
+// No controller-manager runs: tests create the objects they need themselves
+// (CreateServiceAccount), and service-account tokens come from the real
+// TokenRequest API (Token).
+package kubeenv
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	authenticationv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+const (
+	// Issuer is the service-account token issuer of every Env.
+	Issuer = "https://kubernetes.default.svc.cluster.local"
+
+	envBinDir  = "MESHCA_TESTENV_BIN"
+	envRequire = "MESHCA_REQUIRE_TESTENV"
+
+	readyTimeout = 90 * time.Second
+	stopTimeout  = 10 * time.Second
+	logTailBytes = 64 << 10
+)
+
+// Env is a running kube-apiserver with its etcd.
+type Env struct {
+	// Config authenticates as a member of system:masters (a static token).
+	// Copy it with rest.CopyConfig before changing it.
+	Config *rest.Config
+	// Client is a clientset built from Config.
+	Client kubernetes.Interface
+	// Issuer is the "iss" of service-account tokens (also the OIDC issuer).
+	Issuer string
+	// JWKSURL is the apiserver's /openid/v1/jwks; fetching it needs
+	// credentials (Config), or an RBAC binding to
+	// system:service-account-issuer-discovery for anonymous callers.
+	JWKSURL string
+	// StartupTime is how long it took from starting etcd to /readyz.
+	StartupTime time.Duration
+
+	etcd, apiserver *proc
+	stopOnce        sync.Once
+}
+
+// Start starts an Env for t and stops it, removing its files, when t ends.
+// It skips t when the binaries are missing (see the package documentation).
+func Start(t testing.TB) *Env {
+	t.Helper()
+	bin := binDir(t)
+	dir := t.TempDir() // cleaned up after the processes are stopped (cleanups run LIFO)
+	e, err := start(bin, dir)
+	if err != nil {
+		t.Fatalf("kubeenv: %v", err)
+	}
+	t.Cleanup(func() {
+		e.stop()
+		if t.Failed() {
+			e.logTails(t, 0, 0)
+		}
+	})
+	t.Logf("kubeenv: apiserver %s ready in %s", e.Config.Host, e.StartupTime.Round(time.Millisecond))
+	return e
+}
+
+var shared struct {
+	mu     sync.Mutex
+	inMain bool
+	done   bool
+	env    *Env
+	err    error
+	tmp    string
+}
+
+// Main runs the tests of a package (m.Run), stops the Env that Get started
+// if any, and exits with the tests' status. Call it from TestMain.
+func Main(m *testing.M) {
+	shared.mu.Lock()
+	shared.inMain = true
+	shared.mu.Unlock()
+	code := m.Run()
+	shared.mu.Lock()
+	if shared.env != nil {
+		shared.env.stop()
+	}
+	if shared.tmp != "" {
+		os.RemoveAll(shared.tmp)
+	}
+	shared.mu.Unlock()
+	os.Exit(code)
+}
+
+// Get returns the Env shared by the tests of this test binary, starting it on
+// first use. The package's TestMain must call Main, which stops it. Tests must
+// not stop or reconfigure it and should use their own namespaces. When t
+// fails, the process logs written during t are printed.
+func Get(t testing.TB) *Env {
+	t.Helper()
+	bin := binDir(t)
+	shared.mu.Lock()
+	defer shared.mu.Unlock()
+	if !shared.inMain {
+		t.Fatal("kubeenv.Get needs the package's TestMain to call kubeenv.Main(m)")
+	}
+	if !shared.done {
+		shared.done = true
+		shared.tmp, shared.err = os.MkdirTemp("", "kubeenv-")
+		if shared.err == nil {
+			shared.env, shared.err = start(bin, shared.tmp)
+		}
+		if shared.err == nil {
+			t.Logf("kubeenv: shared apiserver %s ready in %s", shared.env.Config.Host, shared.env.StartupTime.Round(time.Millisecond))
+		}
+	}
+	if shared.err != nil {
+		t.Fatalf("kubeenv: shared env: %v", shared.err)
+	}
+	e := shared.env
+	etcdOff, apiOff := fileSize(e.etcd.logPath), fileSize(e.apiserver.logPath)
+	t.Cleanup(func() {
+		if t.Failed() {
+			e.logTails(t, etcdOff, apiOff)
+		}
+	})
+	return e
+}
+
+// CreateServiceAccount creates namespace ns (unless it exists) and the
+// service account ns/name in it.
+func (e *Env) CreateServiceAccount(t testing.TB, ns, name string) *corev1.ServiceAccount {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := e.Client.CoreV1().Namespaces().Create(ctx,
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatalf("kubeenv: create namespace %s: %v", ns, err)
+	}
+	sa, err := e.Client.CoreV1().ServiceAccounts(ns).Create(ctx,
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("kubeenv: create service account %s/%s: %v", ns, name, err)
+	}
+	return sa
+}
+
+// Token returns a service-account token for ns/sa from the TokenRequest API,
+// bound to audiences (nil: the apiserver's audience) and valid for ttl
+// (0: the apiserver's default of one hour; the API refuses less than 10 minutes).
+func (e *Env) Token(t testing.TB, ns, sa string, audiences []string, ttl time.Duration) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	req := &authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{Audiences: audiences}}
+	if ttl > 0 {
+		secs := int64(ttl / time.Second)
+		req.Spec.ExpirationSeconds = &secs
+	}
+	resp, err := e.Client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, sa, req, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatalf("kubeenv: token request for %s/%s: %v", ns, sa, err)
+	}
+	return resp.Status.Token
+}
+
+// binDir returns the directory holding kube-apiserver and etcd, or skips t
+// (fails it under MESHCA_REQUIRE_TESTENV=1) when they are missing.
+func binDir(t testing.TB) string {
+	t.Helper()
+	dir, err := findBinaries()
+	if err == nil {
+		return dir
+	}
+	msg := fmt.Sprintf("kubeenv: %v; run `make testenv` to build them (or set %s)", err, envBinDir)
+	if os.Getenv(envRequire) == "1" {
+		t.Fatalf("%s [%s=1]", msg, envRequire)
+	}
+	t.Skip(msg)
+	return ""
+}
+
+func findBinaries() (string, error) {
+	dir := os.Getenv(envBinDir)
+	if dir == "" {
+		root, err := repoRoot()
+		if err != nil {
+			return "", err
+		}
+		dir = filepath.Join(root, ".testenv", "bin")
+	}
+	for _, name := range []string{"kube-apiserver", "etcd"} {
+		fi, err := os.Stat(filepath.Join(dir, name))
+		if err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
+			return "", fmt.Errorf("no executable %s in %s", name, dir)
+		}
+	}
+	return dir, nil
+}
+
+// repoRoot walks up from the working directory (a test's package directory)
+// to the directory whose go.mod declares module github.com/meshca/meshca.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil {
+			for _, line := range strings.Split(string(b), "\n") {
+				if f := strings.Fields(line); len(f) == 2 && f[0] == "module" && f[1] == "github.com/meshca/meshca" {
+					return dir, nil
+				}
+			}
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("repository root (go.mod of github.com/meshca/meshca) not found")
+		}
+		dir = parent
+	}
+}
+
+// start brings up etcd and kube-apiserver with files under dir. On error
+// nothing is left running. A port taken between choosing and binding it is
+// retried with new ports.
+func start(bin, dir string) (*Env, error) {
+	var err error
+	for attempt := 1; attempt <= 3; attempt++ {
+		sub := filepath.Join(dir, "run"+strconv.Itoa(attempt))
+		var e *Env
+		if e, err = startOnce(bin, sub); err == nil {
+			return e, nil
+		}
+		if !errors.Is(err, errAddrInUse) {
+			break
+		}
+	}
+	return nil, err
+}
+
+var errAddrInUse = errors.New("address already in use")
+
+func startOnce(bin, dir string) (_ *Env, err error) {
+	begin := time.Now()
+	certDir := filepath.Join(dir, "certs")
+	for _, d := range []string{filepath.Join(dir, "etcd"), certDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	etcdURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
+	host := "https://127.0.0.1:" + strconv.Itoa(ports[1])
+
+	token, err := writeSecrets(dir)
+	if err != nil {
+		return nil, err
+	}
+
+	e := &Env{Issuer: Issuer, JWKSURL: host + "/openid/v1/jwks"}
+	defer func() {
+		if err != nil {
+			e.stop()
+			err = fmt.Errorf("%w%s%s", err, e.etcd.tail(), e.apiserver.tail())
+		}
+	}()
+
+	e.etcd, err = startProc("etcd", filepath.Join(bin, "etcd"), filepath.Join(dir, "etcd.log"),
+		"--data-dir="+filepath.Join(dir, "etcd"),
+		"--listen-client-urls="+etcdURL,
+		"--listen-peer-urls=http://127.0.0.1:0",
+		"--unsafe-no-fsync",
+		"--log-level=warn")
+	if err != nil {
+		return e, err
+	}
+	if err = waitFor(e.etcd, readyTimeout, func() bool { return etcdHealthy(etcdURL) }); err != nil {
+		return e, err
+	}
+
+	e.apiserver, err = startProc("kube-apiserver", filepath.Join(bin, "kube-apiserver"), filepath.Join(dir, "kube-apiserver.log"),
+		"--etcd-servers="+etcdURL,
+		"--bind-address=127.0.0.1",
+		"--advertise-address=127.0.0.1",
+		"--secure-port="+strconv.Itoa(ports[1]),
+		"--cert-dir="+certDir,
+		"--token-auth-file="+filepath.Join(dir, "tokens.csv"),
+		"--authorization-mode=RBAC",
+		"--service-account-issuer="+Issuer,
+		"--service-account-key-file="+filepath.Join(dir, "sa.pub"),
+		"--service-account-signing-key-file="+filepath.Join(dir, "sa.key"),
+		"--service-account-jwks-uri="+e.JWKSURL,
+		"--api-audiences="+Issuer,
+		"--service-cluster-ip-range=10.96.0.0/16",
+		"--endpoint-reconciler-type=none",
+		"--enable-priority-and-fairness=false",
+		"--disable-admission-plugins=ServiceAccount",
+		"--profiling=false")
+	if err != nil {
+		return e, err
+	}
+
+	// The apiserver writes its self-signed serving certificate (leaf and CA)
+	// before it listens.
+	crtPath := filepath.Join(certDir, "apiserver.crt")
+	if err = waitFor(e.apiserver, readyTimeout, func() bool { return fileSize(crtPath) > 0 }); err != nil {
+		return e, err
+	}
+	time.Sleep(50 * time.Millisecond) // let the write finish
+	ca, err := os.ReadFile(crtPath)
+	if err != nil {
+		return e, err
+	}
+	e.Config = &rest.Config{
+		Host:            host,
+		BearerToken:     token,
+		TLSClientConfig: rest.TLSClientConfig{CAData: ca},
+		QPS:             100,
+		Burst:           200,
+		Timeout:         30 * time.Second,
+	}
+	cs, err := kubernetes.NewForConfig(e.Config)
+	if err != nil {
+		return e, err
+	}
+	e.Client = cs
+	if err = waitFor(e.apiserver, readyTimeout, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		var code int
+		cs.Discovery().RESTClient().Get().AbsPath("/readyz").Do(ctx).StatusCode(&code)
+		return code == http.StatusOK
+	}); err != nil {
+		return e, err
+	}
+	e.StartupTime = time.Since(begin)
+	return e, nil
+}
+
+// writeSecrets writes the service-account signing key pair and the static
+// token file into dir and returns the admin token.
+func writeSecrets(dir string) (string, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", err
+	}
+	der, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return "", err
+	}
+	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		return "", err
+	}
+	tok := make([]byte, 32)
+	if _, err := rand.Read(tok); err != nil {
+		return "", err
+	}
+	token := hex.EncodeToString(tok)
+	files := map[string][]byte{
+		"sa.key":     pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}),
+		"sa.pub":     pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}),
+		"tokens.csv": []byte(token + ",admin,admin-uid,system:masters\n"),
+	}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			return "", err
+		}
+	}
+	return token, nil
+}
+
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer l.Close()
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func etcdHealthy(base string) bool {
+	c := http.Client{Timeout: time.Second}
+	resp, err := c.Get(base + "/health")
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	return resp.StatusCode == http.StatusOK && strings.Contains(string(b), `"health":"true"`)
+}
+
+// waitFor polls cond until it holds, p exits, or timeout passes.
+func waitFor(p *proc, timeout time.Duration, cond func() bool) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return nil
+		}
+		select {
+		case <-p.done:
+			if strings.Contains(p.tail(), "address already in use") {
+				return fmt.Errorf("%s exited: %w", p.name, errAddrInUse)
+			}
+			return fmt.Errorf("%s exited early: %v", p.name, p.waitErr)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after %s", p.name, timeout)
+		}
+	}
+}
+
+// stop stops the apiserver, then etcd.
+func (e *Env) stop() {
+	e.stopOnce.Do(func() {
+		e.apiserver.stop()
+		e.etcd.stop()
+	})
+}
+
+// logTails prints the process logs from the given offsets (capped) via t.Log.
+func (e *Env) logTails(t testing.TB, etcdOff, apiOff int64) {
+	t.Helper()
+	for _, l := range []struct {
+		p   *proc
+		off int64
+	}{{e.etcd, etcdOff}, {e.apiserver, apiOff}} {
+		if l.p == nil {
+			continue
+		}
+		t.Logf("kubeenv: ---- %s log (%s) ----\n%s", l.p.name, l.p.logPath, readTail(l.p.logPath, l.off, logTailBytes))
+	}
+}
+
+type proc struct {
+	name    string
+	logPath string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	waitErr error
+}
+
+func startProc(name, path, logPath string, args ...string) (*proc, error) {
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(path, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = sysProcAttr()
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, logPath: logPath, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.waitErr = cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// stop sends SIGTERM and kills the process if it has not exited after
+// stopTimeout. It is a no-op on a nil or exited process.
+func (p *proc) stop() {
+	if p == nil {
+		return
+	}
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(stopTimeout):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+// tail is the end of p's log, formatted for an error message.
+func (p *proc) tail() string {
+	if p == nil {
+		return ""
+	}
+	return fmt.Sprintf("\n---- %s log (%s) ----\n%s", p.name, p.logPath, readTail(p.logPath, 0, 8<<10))
+}
+
+func readTail(path string, from, max int64) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	defer f.Close()
+	size := fileSize(path)
+	if size-from > max {
+		from = size - max
+	}
+	if _, err := f.Seek(from, io.SeekStart); err != nil {
+		return "(" + err.Error() + ")"
+	}
+	b, _ := io.ReadAll(f)
+	return string(b)
+}
+
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
