@@ -12,7 +12,7 @@ K8S_VERSION := v1.35.4
 K8S_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
                -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=35
 
-.PHONY: help build run test bench fuzz lint clean testenv
+.PHONY: help build run test bench fuzz lint clean testenv peertest
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -55,3 +55,6 @@ testenv: ## build .testenv/bin/{kube-apiserver,etcd} from tools/ (minutes cold, 
 	  -o $(TESTENV_BIN)/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 	cd tools && CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -ldflags '-s -w' -o $(TESTENV_BIN)/etcd ./etcd
 	@$(TESTENV_BIN)/kube-apiserver --version
+
+peertest: ## wire compatibility with Istio's own CA client (istio-agent's), from tools/istiopeer
+	cd tools/istiopeer && $(GO) test -count=1 ./...
