@@ -4,6 +4,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -13,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -40,15 +42,22 @@ type Config struct {
 	// ServerName overrides the name checked in the CA's certificate.
 	// Default: the host part of Addr.
 	ServerName string
-	// ClientCertificate, when set, is presented for mTLS renewal.
-	// It is called on every handshake, so a renewed SVID is picked up.
+	// ClientCertificate, when set, is the certificate to present for mTLS
+	// renewal (an empty tls.Certificate presents none). It is asked before
+	// every call; when it changes (a renewed SVID), the connection is
+	// replaced, since TLS presents a client certificate only at handshake.
 	ClientCertificate func() (*tls.Certificate, error)
 }
 
-// Client calls the CSR API over one reused connection.
+// Client calls the CSR API, reusing one connection while the client
+// certificate stays the same.
 type Client struct {
-	conn *grpc.ClientConn
-	svc  pb.IstioCertificateServiceClient
+	cfg Config
+
+	mu         sync.Mutex
+	conn       *grpc.ClientConn
+	svc        pb.IstioCertificateServiceClient
+	dialedWith []byte // leaf DER presented on conn, nil for none
 }
 
 // New prepares a client; the connection is made on first use.
@@ -56,17 +65,54 @@ func New(cfg Config) (*Client, error) {
 	if cfg.Addr == "" || cfg.Roots == nil {
 		return nil, errors.New("client: address and roots are required")
 	}
-	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: cfg.Roots, ServerName: cfg.ServerName}
-	if cfg.ClientCertificate != nil {
-		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return cfg.ClientCertificate()
+	c := &Client{cfg: cfg}
+	if err := c.dial(nil); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// dial replaces the connection with one presenting cert. Callers hold mu
+// (or are New).
+func (c *Client) dial(cert *tls.Certificate) error {
+	tlsCfg := &tls.Config{MinVersion: tls.VersionTLS12, RootCAs: c.cfg.Roots, ServerName: c.cfg.ServerName}
+	var leaf []byte
+	if cert != nil && len(cert.Certificate) > 0 {
+		leaf = cert.Certificate[0]
+		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	}
+	conn, err := grpc.NewClient(c.cfg.Addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	if err != nil {
+		return fmt.Errorf("client: %w", err)
+	}
+	if c.conn != nil {
+		c.conn.Close()
+	}
+	c.conn, c.svc, c.dialedWith = conn, pb.NewIstioCertificateServiceClient(conn), leaf
+	return nil
+}
+
+// service returns the stub to call, redialling if the client certificate
+// changed since the connection was made.
+func (c *Client) service() (pb.IstioCertificateServiceClient, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cfg.ClientCertificate != nil {
+		cert, err := c.cfg.ClientCertificate()
+		if err != nil {
+			return nil, fmt.Errorf("client: client certificate: %w", err)
+		}
+		var leaf []byte
+		if cert != nil && len(cert.Certificate) > 0 {
+			leaf = cert.Certificate[0]
+		}
+		if !bytes.Equal(leaf, c.dialedWith) {
+			if err := c.dial(cert); err != nil {
+				return nil, err
+			}
 		}
 	}
-	conn, err := grpc.NewClient(cfg.Addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
-	if err != nil {
-		return nil, fmt.Errorf("client: %w", err)
-	}
-	return &Client{conn: conn, svc: pb.NewIstioCertificateServiceClient(conn)}, nil
+	return c.svc, nil
 }
 
 // Sign sends csrPEM and returns the chain, leaf first and root last. token,
@@ -76,7 +122,11 @@ func (c *Client) Sign(ctx context.Context, csrPEM []byte, ttl time.Duration, tok
 	if token != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
 	}
-	resp, err := c.svc.CreateCertificate(ctx, &pb.IstioCertificateRequest{
+	svc, err := c.service()
+	if err != nil {
+		return nil, err
+	}
+	resp, err := svc.CreateCertificate(ctx, &pb.IstioCertificateRequest{
 		Csr:              string(csrPEM),
 		ValidityDuration: int64(ttl / time.Second),
 	})
@@ -90,4 +140,8 @@ func (c *Client) Sign(ctx context.Context, csrPEM []byte, ttl time.Duration, tok
 }
 
 // Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+func (c *Client) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.conn.Close()
+}

@@ -558,3 +558,39 @@ func TestTLSVersionFloor(t *testing.T) {
 		t.Errorf("negotiated %x, want TLS 1.3", v)
 	}
 }
+
+// TestClientRedialsWhenItsCertificateChanges: one ca/client.Client
+// bootstraps with a token, then renews over mTLS with each new SVID in turn;
+// TLS presents a client certificate only at handshake, so it must redial.
+func TestClientRedialsWhenItsCertificateChanges(t *testing.T) {
+	p := startPlane(t, filepath.Join(t.TempDir(), "meshca.db"))
+	ctx := context.Background()
+	var current *tls.Certificate
+	c, err := client.New(client.Config{Addr: p.srv.Addr("grpc").String(), Roots: p.roots(), ServerName: "localhost",
+		ClientCertificate: func() (*tls.Certificate, error) {
+			if current == nil {
+				return &tls.Certificate{}, nil
+			}
+			return current, nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	key := newKey(t)
+	chain, err := c.Sign(ctx, csrFor(t, key, fooID), 0, fooToken)
+	if err != nil {
+		t.Fatalf("bootstrap: %v", err)
+	}
+	for i := range 2 {
+		current = svid(parseChain(t, chain), key)
+		key = newKey(t)
+		if chain, err = c.Sign(ctx, csrFor(t, key, fooID), 0, ""); err != nil {
+			t.Fatalf("renewal %d: %v", i, err)
+		}
+		rec, err := p.store.Issuance(ctx, parseChain(t, chain)[0].SerialNumber.Text(16))
+		if err != nil || rec.Requester != "serial:"+current.Leaf.SerialNumber.Text(16) {
+			t.Fatalf("renewal %d presented %q, want the SVID before it: %v", i, rec.Requester, err)
+		}
+	}
+}
