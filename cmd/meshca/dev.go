@@ -21,14 +21,16 @@ import (
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/client"
+	"github.com/meshca/meshca/sds"
 )
 
 func newDevCmd() *cobra.Command {
 	var (
-		o    serverOptions
-		once bool
-		ns   string
-		sa   string
+		o       serverOptions
+		once    bool
+		noAgent bool
+		ns      string
+		sa      string
 	)
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -46,7 +48,7 @@ func newDevCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return runDev(cmd.Context(), &o, devDemo{namespace: ns, serviceAccount: sa, once: once}, cmd.OutOrStdout(), log)
+			return runDev(cmd.Context(), &o, devDemo{namespace: ns, serviceAccount: sa, once: once, agent: !noAgent}, cmd.OutOrStdout(), log)
 		},
 	}
 	o.addFlags(cmd.Flags())
@@ -63,6 +65,7 @@ func newDevCmd() *cobra.Command {
 		f.Value.Set(val)
 	}
 	fs.BoolVar(&once, "once", false, "exit after issuing the demo SVID instead of serving until interrupted")
+	fs.BoolVar(&noAgent, "no-agent", false, "do not start the agent (SDS and Workload API on <data-dir>/sockets/)")
 	fs.StringVar(&ns, "demo-namespace", "default", "namespace of the demo identity")
 	fs.StringVar(&sa, "demo-service-account", "demo", "service account of the demo identity")
 	return cmd
@@ -70,7 +73,7 @@ func newDevCmd() *cobra.Command {
 
 type devDemo struct {
 	namespace, serviceAccount string
-	once                      bool
+	once, agent               bool
 }
 
 func runDev(ctx context.Context, o *serverOptions, demo devDemo, out io.Writer, logger *slog.Logger) error {
@@ -121,9 +124,62 @@ func runDev(ctx context.Context, o *serverOptions, demo devDemo, out io.Writer, 
 	if demo.once {
 		return nil
 	}
+	if !demo.agent {
+		fmt.Fprintln(out, "serving; press Ctrl-C to stop")
+		<-ctx.Done()
+		return nil
+	}
+	// An agent for the demo identity beside the CA, as on a workload's host.
+	sockets, err := filepath.Abs(filepath.Join(o.dataDir, "sockets"))
+	if err != nil {
+		return err
+	}
+	ao := agentOptions{
+		caAddr: p.srv.Addr("grpc").String(), caRoots: bundlePath, spiffeID: demoID.String(),
+		tokenFile: tokenPath, keyType: sds.KeyECDSAP256, renewFraction: sds.DefaultRenewFraction,
+		sdsSocket: filepath.Join(sockets, "sds.sock"), workloadSocket: filepath.Join(sockets, "workload.sock"),
+	}
+	a, err := startAgent(ctx, &ao, logger, nil)
+	if err != nil {
+		return fmt.Errorf("dev: agent: %w", err)
+	}
+	defer a.stop()
+	fmt.Fprintf(out, "agent for %s:\n", demoID)
+	fmt.Fprintf(out, "  Envoy SDS:     unix://%s (resources \"default\" and \"ROOTCA\")\n", ao.sdsSocket)
+	fmt.Fprintf(out, "  Workload API:  unix://%s (SPIFFE_ENDPOINT_SOCKET)\n", ao.workloadSocket)
+	fmt.Fprintf(out, "Envoy bootstrap snippet:\n%s", envoySnippet(ao.sdsSocket))
 	fmt.Fprintln(out, "serving; press Ctrl-C to stop")
 	<-ctx.Done()
 	return nil
+}
+
+// envoySnippet is the Envoy configuration that takes the workload's
+// certificate and trust bundle from the agent over SDS.
+func envoySnippet(sdsSocket string) string {
+	return `static_resources:
+  clusters:
+  - name: meshca_sds
+    type: STATIC
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+    load_assignment:
+      cluster_name: meshca_sds
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {address: {pipe: {path: ` + sdsSocket + `}}}
+# in a listener's or cluster's transport_socket:
+#   typed_config:
+#     "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+#     common_tls_context:
+#       tls_certificate_sds_secret_configs:
+#       - name: default
+#         sds_config: {resource_api_version: V3, api_config_source: {api_type: GRPC, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: meshca_sds}}]}}
+#       validation_context_sds_secret_config:
+#         name: ROOTCA
+#         sds_config: {resource_api_version: V3, api_config_source: {api_type: GRPC, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: meshca_sds}}]}}
+`
 }
 
 // issueDemo asks the running CA for an SVID exactly as a workload would:

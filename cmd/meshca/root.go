@@ -39,7 +39,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newServerCmd(), newDevCmd(), newTokenCmd(), newVersionCmd())
+	root.AddCommand(newServerCmd(), newDevCmd(), newAgentCmd(), newTokenCmd(), newVersionCmd())
 	return root
 }
 

@@ -1,0 +1,127 @@
+package main
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/spf13/pflag"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/meshca/meshca/attestor"
+)
+
+// TestAgentEndToEnd runs the CA plane and an agent beside it, as make run
+// does, and reads the SVID back through the Workload API (go-spiffe's own
+// client), SDS (go-control-plane's client) and /readyz.
+func TestAgentEndToEnd(t *testing.T) {
+	dir, err := os.MkdirTemp("", "agent") // short: Unix socket paths are limited to 108 bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	var so serverOptions
+	fs := pflag.NewFlagSet("server", pflag.ContinueOnError)
+	so.addFlags(fs)
+	if err := fs.Parse([]string{"--data-dir", filepath.Join(dir, "ca"), "--trust-domain", "example.org",
+		"--grpc-listen", "127.0.0.1:0", "--https-listen", "", "--monitoring-listen", ""}); err != nil {
+		t.Fatal(err)
+	}
+	id := spiffeid.RequireFromString("spiffe://example.org/ns/web/sa/frontend")
+	p, err := startPlane(context.Background(), &so, []attestor.Attestor{attestor.NewStaticTokens(map[string]spiffeid.ID{"web-token": id})}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+	tokenFile := filepath.Join(dir, "token")
+	os.WriteFile(tokenFile, []byte("web-token\n"), 0o600)
+
+	ao := agentOptions{
+		caAddr: p.srv.Addr("grpc").String(), caRoots: filepath.Join(dir, "ca", "bundle.pem"),
+		trustDomain: "example.org", namespace: "web", serviceAccount: "frontend", tokenFile: tokenFile,
+		keyType: "ecdsa-p256", renewFraction: 0.5,
+		sdsSocket: filepath.Join(dir, "s", "sds.sock"), workloadSocket: filepath.Join(dir, "s", "wl.sock"),
+		monitorListen: "127.0.0.1:0",
+	}
+	a, err := startAgent(context.Background(), &ao, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.stop()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+ao.workloadSocket)))
+	if err != nil {
+		t.Fatalf("Workload API: %v", err)
+	}
+	defer src.Close()
+	svid, err := src.GetX509SVID()
+	if err != nil || svid.ID != id {
+		t.Fatalf("Workload API SVID %v, %v; want %s", svid, err, id)
+	}
+
+	conn, err := grpc.NewClient("unix://"+ao.sdsSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	resp, err := secretv3.NewSecretDiscoveryServiceClient(conn).FetchSecrets(ctx, &discovery.DiscoveryRequest{
+		TypeUrl: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret", ResourceNames: []string{"default"}})
+	if err != nil || len(resp.Resources) != 1 {
+		t.Fatalf("SDS FetchSecrets: %v, %v", resp, err)
+	}
+
+	r, err := http.Get("http://" + a.monAddr.String() + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(r.Body)
+	r.Body.Close()
+	if r.StatusCode != 200 || !strings.Contains(string(body), "SVID valid until") {
+		t.Fatalf("/readyz %d %q", r.StatusCode, body)
+	}
+	for _, sock := range []string{ao.sdsSocket, ao.workloadSocket} {
+		fi, err := os.Stat(sock)
+		if err != nil || fi.Mode().Perm()&0o007 != 0 {
+			t.Errorf("%s: mode %v, %v; want no access for others", sock, fi.Mode(), err)
+		}
+	}
+}
+
+func TestAgentRefusesBadOptions(t *testing.T) {
+	dir := t.TempDir()
+	roots := filepath.Join(dir, "roots.pem")
+	os.WriteFile(roots, []byte("not pem"), 0o644)
+	tok := filepath.Join(dir, "tok")
+	os.WriteFile(tok, []byte("x"), 0o600)
+	tests := []struct {
+		name string
+		o    agentOptions
+		msg  string
+	}{
+		{"no identity", agentOptions{caRoots: roots, tokenFile: tok}, "--spiffe-id"},
+		{"no roots", agentOptions{spiffeID: "spiffe://example.org/x", tokenFile: tok}, "--ca-roots is required"},
+		{"roots not PEM", agentOptions{spiffeID: "spiffe://example.org/x", caRoots: roots, tokenFile: tok}, "no PEM certificates"},
+		{"bad SPIFFE ID", agentOptions{spiffeID: "web", caRoots: roots, tokenFile: tok}, "scheme"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := startAgent(context.Background(), &tc.o, slog.New(slog.DiscardHandler), nil)
+			if err == nil || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("err = %v, want %q", err, tc.msg)
+			}
+		})
+	}
+}
