@@ -25,6 +25,7 @@ import (
 
 	"github.com/meshca/meshca/ca/client"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/sds"
 	"github.com/meshca/meshca/sds/envoy"
 	"github.com/meshca/meshca/sds/socket"
@@ -110,6 +111,8 @@ type agent struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	log     *slog.Logger
+	reg     *prometheus.Registry
+	metrics *metrics.Agent
 }
 
 // identity resolves the workload's SPIFFE ID from the options.
@@ -192,16 +195,19 @@ func startAgent(ctx context.Context, o *agentOptions, log *slog.Logger, clk cloc
 	if err != nil {
 		return nil, err
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	am := metrics.NewAgent(reg)
 	mgr, err = sds.NewManager(sds.Config{
 		ID: id, CA: cc, Token: token, RenewWithSVID: renewWithSVID, KeyType: o.keyType, TTL: o.ttl,
-		RenewFraction: o.renewFraction, Roots: roots, Clock: clk, Logger: log,
+		RenewFraction: o.renewFraction, Roots: roots, Clock: clk, Logger: log, Metrics: am,
 	})
 	if err != nil {
 		cc.Close()
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	a := &agent{mgr: mgr, cancel: cancel, log: log}
+	a := &agent{mgr: mgr, cancel: cancel, log: log, reg: reg, metrics: am}
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -226,7 +232,7 @@ func (a *agent) serve(ctx context.Context, o *agentOptions) error {
 	}
 	apis := []api{
 		{o.sdsSocket, func(g *grpc.Server) error {
-			s, err := envoy.New(envoy.Config{Source: a.mgr, Logger: a.log})
+			s, err := envoy.New(envoy.Config{Source: a.mgr, Logger: a.log, Metrics: a.metrics})
 			if err != nil {
 				return err
 			}
@@ -263,8 +269,6 @@ func (a *agent) serve(ctx context.Context, o *agentOptions) error {
 		go func() { defer a.wg.Done(); g.Serve(ln) }()
 	}
 	if o.monitorListen != "" {
-		reg := prometheus.NewRegistry()
-		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -274,7 +278,7 @@ func (a *agent) serve(ctx context.Context, o *agentOptions) error {
 			}
 			fmt.Fprintf(w, "ok: SVID valid until %s\n", a.mgr.Current().NotAfter().UTC().Format(time.RFC3339))
 		})
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
 		ln, err := net.Listen("tcp", o.monitorListen)
 		if err != nil {
 			return fmt.Errorf("--monitoring-listen: %w", err)

@@ -92,6 +92,17 @@ func TestAgentEndToEnd(t *testing.T) {
 	if r.StatusCode != 200 || !strings.Contains(string(body), "SVID valid until") {
 		t.Fatalf("/readyz %d %q", r.StatusCode, body)
 	}
+	r, err = http.Get("http://" + a.monAddr.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(r.Body)
+	r.Body.Close()
+	for _, want := range []string{`meshca_agent_renewals_total{result="ok"} 1`, "meshca_agent_svid_expiry_timestamp_seconds"} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %q", want)
+		}
+	}
 	for _, sock := range []string{ao.sdsSocket, ao.workloadSocket} {
 		fi, err := os.Stat(sock)
 		if err != nil || fi.Mode().Perm()&0o007 != 0 {

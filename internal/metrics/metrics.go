@@ -114,3 +114,61 @@ func (m *K8s) CacheHit() { m.hits.Inc() }
 
 // Refused implements k8s.Metrics.
 func (m *K8s) Refused(reason string) { m.refusals.WithLabelValues(reason).Inc() }
+
+// Agent implements sds.Metrics and envoy.Metrics for `meshca agent`.
+type Agent struct {
+	renewals *prometheus.CounterVec
+	expiry   prometheus.Gauge
+	nacks    prometheus.Counter
+	pushes   prometheus.Counter
+	streams  prometheus.Gauge
+}
+
+// NewAgent registers the agent's collectors on reg.
+func NewAgent(reg prometheus.Registerer) *Agent {
+	m := &Agent{
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshca_agent_renewals_total",
+			Help: "Requests to the CA for the workload's SVID, by result (ok, error).",
+		}, []string{"result"}),
+		expiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meshca_agent_svid_expiry_timestamp_seconds",
+			Help: "NotAfter of the SVID being served, as a Unix time; time to expiry is this minus time().",
+		}),
+		nacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshca_agent_sds_nacks_total",
+			Help: "SDS responses Envoy rejected.",
+		}),
+		pushes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshca_agent_sds_pushes_total",
+			Help: "Changed SVIDs published to open SDS streams.",
+		}),
+		streams: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meshca_agent_sds_streams",
+			Help: "Open SDS streams at the last push.",
+		}),
+	}
+	reg.MustRegister(m.renewals, m.expiry, m.nacks, m.pushes, m.streams)
+	return m
+}
+
+// Renewed implements sds.Metrics.
+func (m *Agent) Renewed(ok bool) {
+	if ok {
+		m.renewals.WithLabelValues("ok").Inc()
+	} else {
+		m.renewals.WithLabelValues("error").Inc()
+	}
+}
+
+// Expiry implements sds.Metrics.
+func (m *Agent) Expiry(notAfter time.Time) { m.expiry.Set(float64(notAfter.Unix())) }
+
+// NACK implements envoy.Metrics.
+func (m *Agent) NACK() { m.nacks.Inc() }
+
+// Push implements envoy.Metrics.
+func (m *Agent) Push(streams int) {
+	m.pushes.Inc()
+	m.streams.Set(float64(streams))
+}

@@ -1,0 +1,149 @@
+package envoy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"net"
+	"net/url"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"google.golang.org/grpc"
+
+	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/sds"
+)
+
+// csrSigner is a CA for the Manager: it signs CSRs with the test CA, with
+// validity on the fake clock.
+type csrSigner struct {
+	ca  *testCA
+	clk *clocktest.Fake
+}
+
+func (s csrSigner) Sign(_ context.Context, csrPEM []byte, _ time.Duration, _ string) ([]string, error) {
+	b, _ := pem.Decode(csrPEM)
+	if b == nil {
+		return nil, errors.New("not PEM")
+	}
+	csr, err := x509.ParseCertificateRequest(b.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	now := s.clk.Now()
+	leaf, err := signCert(&x509.Certificate{
+		NotBefore:   now.Add(-time.Minute),
+		NotAfter:    now.Add(time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		URIs:        []*url.URL{csr.URIs[0]},
+	}, s.ca, csr.PublicKey)
+	if err != nil {
+		return nil, err
+	}
+	enc := func(c *x509.Certificate) string {
+		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+	}
+	return []string{enc(leaf), enc(s.ca.inter), enc(s.ca.root)}, nil
+}
+
+// TestRotationPushedOncePerStream drives the real Manager with a fake
+// clock: at the renewal time every stream subscribed to "default" gets
+// exactly one new version, and streams that asked only for the unchanged
+// roots get nothing.
+func TestRotationPushedOncePerStream(t *testing.T) {
+	clk := clocktest.New(time.Now())
+	ca := newTestCA(t)
+	mgr, err := sds.NewManager(sds.Config{ID: workloadID, CA: csrSigner{ca, clk},
+		Token:  func(context.Context) (string, error) { return "t", nil },
+		Jitter: -1, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Config{Source: mgr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "sds.sock")
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grpc.NewServer()
+	srv.Register(g)
+	go g.Serve(l)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{}, 2)
+	go func() { mgr.Run(ctx); done <- struct{}{} }()
+	go func() { srv.Run(ctx); done <- struct{}{} }()
+	t.Cleanup(func() { cancel(); <-done; <-done; g.Stop() })
+
+	waitFor := func(cond func() bool, what string) {
+		deadline := time.Now().Add(10 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			runtime.Gosched()
+		}
+	}
+	waitFor(func() bool { return mgr.Current() != nil }, "the first SVID")
+	first := mgr.Current()
+
+	h := &harness{t: t, path: path}
+	var certStreams, rootStreams []*envoyStream
+	for range 5 {
+		s := openStream(t, h.client())
+		s.request(DefaultName)
+		checkCert(t, decode(t, s.ack2(s.next()))[DefaultName], first)
+		certStreams = append(certStreams, s)
+	}
+	for range 2 {
+		s := openStream(t, h.client())
+		s.request(RootCAName)
+		s.ack2(s.next())
+		rootStreams = append(rootStreams, s)
+	}
+
+	// The Manager is waiting for its renewal time, half the lifetime away.
+	waitFor(func() bool { return clk.Waiters() > 0 }, "the Manager to wait")
+	clk.Advance(30 * time.Minute)
+	waitFor(func() bool { return mgr.Current().Version == first.Version+1 }, "the renewal")
+	second := mgr.Current()
+	for _, s := range certStreams {
+		checkCert(t, decode(t, s.ack2(s.next()))[DefaultName], second)
+	}
+	for _, s := range certStreams {
+		s.none()
+	}
+	for _, s := range rootStreams {
+		s.none()
+	}
+}
+
+// ack2 ACKs resp and returns it.
+func (s *envoyStream) ack2(resp *discovery.DiscoveryResponse) *discovery.DiscoveryResponse {
+	s.ack(resp)
+	return resp
+}
+
+// signCert signs tmpl for pub with the test CA's intermediate.
+func signCert(tmpl *x509.Certificate, ca *testCA, pub any) (*x509.Certificate, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return nil, err
+	}
+	tmpl.SerialNumber = serial
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.inter, pub, ca.interKey)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
+}
