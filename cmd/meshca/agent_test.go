@@ -7,12 +7,14 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -20,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/internal/clock/clocktest"
 )
 
 // TestAgentEndToEnd runs the CA plane and an agent beside it, as make run
@@ -135,4 +138,92 @@ func TestAgentRefusesBadOptions(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAgentSurvivesCAOutage stops the real CA under a running agent: the
+// agent keeps serving its valid SVID, retries with backoff (no hot loop),
+// and renews once the CA is back on the same address and data.
+func TestAgentSurvivesCAOutage(t *testing.T) {
+	dir, err := os.MkdirTemp("", "outage")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	id := spiffeid.RequireFromString("spiffe://example.org/ns/web/sa/frontend")
+	startCA := func(listen string) *plane {
+		var so serverOptions
+		fs := pflag.NewFlagSet("server", pflag.ContinueOnError)
+		so.addFlags(fs)
+		if err := fs.Parse([]string{"--data-dir", filepath.Join(dir, "ca"), "--trust-domain", "example.org",
+			"--grpc-listen", listen, "--https-listen", "", "--monitoring-listen", ""}); err != nil {
+			t.Fatal(err)
+		}
+		p, err := startPlane(context.Background(), &so, []attestor.Attestor{attestor.NewStaticTokens(map[string]spiffeid.ID{"web-token": id})}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	p := startCA("127.0.0.1:0")
+	caAddr := p.srv.Addr("grpc").String()
+	tokenFile := filepath.Join(dir, "token")
+	os.WriteFile(tokenFile, []byte("web-token"), 0o600)
+	clk := clocktest.New(time.Now())
+	ao := agentOptions{caAddr: caAddr, caRoots: filepath.Join(dir, "ca", "bundle.pem"), spiffeID: id.String(),
+		tokenFile: tokenFile, keyType: "ecdsa-p256", renewFraction: 0.5, workloadSocket: filepath.Join(dir, "wl.sock")}
+	a, err := startAgent(context.Background(), &ao, slog.New(slog.DiscardHandler), clk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.stop()
+	waitUntil := func(cond func() bool, what string) {
+		deadline := time.Now().Add(20 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+			runtime.Gosched()
+		}
+	}
+	failures := func() float64 { return testutil.ToFloat64(a.metrics.RenewalsCounter("error")) }
+	waitUntil(func() bool { return a.mgr.Current() != nil }, "the first SVID")
+	first := a.mgr.Current()
+
+	p.stop() // the CA goes away
+	waitUntil(func() bool { return clk.Waiters() > 0 }, "the renewal wait")
+	clk.Advance(15 * time.Hour) // past the renewal time (half of 24h, ±10 % of 24h)
+	waitUntil(func() bool { return failures() >= 1 }, "a failed renewal")
+	// Each backoff step allows one attempt: advancing a little at a time
+	// never produces a burst.
+	for i := range 5 {
+		before := failures()
+		waitUntil(func() bool { return clk.Waiters() > 0 }, "the backoff wait")
+		clk.Advance(time.Duration(1<<i) * 1300 * time.Millisecond) // ≥ backoff i with +20 % jitter
+		waitUntil(func() bool { return failures() == before+1 }, "the next attempt")
+		if a.mgr.Current() != first {
+			t.Fatal("the valid SVID was dropped during the outage")
+		}
+	}
+	if err := a.mgr.Ready(clk.Now()); err != nil {
+		t.Fatalf("not ready during the outage although the SVID is valid: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+ao.workloadSocket))
+	if err != nil || svid.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0 {
+		t.Fatalf("Workload API during the outage: %v, %v", svid, err)
+	}
+
+	p2 := startCA(caAddr) // back, same address, same root
+	defer p2.stop()
+	// The agent retries at its backoff (gRPC may also still be backing off
+	// its reconnects in real time), and renews.
+	last := time.Time{}
+	waitUntil(func() bool {
+		if clk.Waiters() > 0 && time.Since(last) > 500*time.Millisecond {
+			clk.Advance(5 * time.Minute) // over the longest backoff so far
+			last = time.Now()
+		}
+		return a.mgr.Current().Version > first.Version
+	}, "recovery")
 }
