@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	"github.com/meshca/meshca/attestor/jointoken"
+	"github.com/meshca/meshca/ca/store"
 )
 
 // JoinTokenRequest is the body of POST /v1/admin/join-tokens.
@@ -86,4 +87,72 @@ func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) (*JoinT
 		return nil, err
 	}
 	return &JoinTokenResponse{Token: token, SPIFFEID: rec.SPIFFEID, ExpiresAt: rec.ExpiresAt}, nil
+}
+
+// IssuedRecord is one entry of GET /v1/admin/issuances.
+type IssuedRecord struct {
+	store.Issuance
+	Revoked bool `json:"revoked"`
+}
+
+// IssuancesResponse answers GET /v1/admin/issuances.
+type IssuancesResponse struct {
+	Issuances []IssuedRecord `json:"issuances"`
+	// Now is the server's time, so clients judge liveness consistently.
+	Now time.Time `json:"now"`
+}
+
+// maxIssuancesListed bounds one listing.
+const maxIssuancesListed = 100_000
+
+// handleIssuances lists the issuance log: ?spiffe_id= filters by identity,
+// ?since= (a Go duration) by issuance time.
+func (s *Server) handleIssuances(w http.ResponseWriter, r *http.Request) {
+	resp, err := s.issuances(r)
+	if err != nil {
+		code, msg := classify(s.cfg.Logger, err)
+		s.metrics.Request("http", "issuances", code.String())
+		writeJSON(w, httpStatus(code), ErrorResponse{Error: msg, Code: code.String()})
+		return
+	}
+	s.metrics.Request("http", "issuances", codes.OK.String())
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) issuances(r *http.Request) (*IssuancesResponse, error) {
+	now := s.cfg.Clock.Now()
+	f := store.IssuanceFilter{SPIFFEID: r.URL.Query().Get("spiffe_id"), Limit: maxIssuancesListed}
+	if f.SPIFFEID != "" {
+		id, err := spiffeid.FromString(f.SPIFFEID)
+		if err != nil {
+			return nil, fmt.Errorf("%w: spiffe_id: %v", errBadRequest, err)
+		}
+		f.SPIFFEID = id.String()
+	}
+	if since := r.URL.Query().Get("since"); since != "" {
+		d, err := time.ParseDuration(since)
+		if err != nil || d <= 0 {
+			return nil, fmt.Errorf("%w: since %q is not a positive duration", errBadRequest, since)
+		}
+		f.IssuedSince = now.Add(-d)
+	}
+	recs, err := s.cfg.JoinTokens.Issuances(r.Context(), f)
+	if err != nil {
+		return nil, err
+	}
+	out := &IssuancesResponse{Issuances: make([]IssuedRecord, 0, len(recs)), Now: now}
+	for _, rec := range recs {
+		revs, err := s.cfg.JoinTokens.Revocations(r.Context(), rec.Serial, rec.SPIFFEID)
+		if err != nil {
+			return nil, err
+		}
+		revoked := false
+		for _, rv := range revs {
+			if rv.Serial == rec.Serial || (rv.SPIFFEID == rec.SPIFFEID && !rec.IssuedAt.After(rv.RevokedAt)) {
+				revoked = true
+			}
+		}
+		out.Issuances = append(out.Issuances, IssuedRecord{Issuance: rec, Revoked: revoked})
+	}
+	return out, nil
 }

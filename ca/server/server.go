@@ -28,6 +28,7 @@ import (
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/attestor/jointoken"
+	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/metrics"
@@ -53,9 +54,9 @@ type Config struct {
 	// AdminToken enables the admin API (/v1/admin/...) on the HTTPS port
 	// for callers presenting it as a bearer token. Empty disables it.
 	AdminToken string
-	// JoinTokens stores join tokens created through the admin API.
-	// Required with AdminToken.
-	JoinTokens jointoken.Store
+	// JoinTokens stores join tokens created through the admin API and
+	// answers its issuance queries. Required with AdminToken.
+	JoinTokens AdminStore
 	// GRPCAddr is the gRPC CSR API listen address; "" disables it.
 	GRPCAddr string
 	// HTTPSAddr is the HTTPS/JSON API listen address; "" disables it.
@@ -78,6 +79,13 @@ type Config struct {
 	// Clock defaults to the wall clock; Logger to discarding.
 	Clock  clock.Clock
 	Logger *slog.Logger
+}
+
+// AdminStore is what the admin API needs of the store.
+type AdminStore interface {
+	jointoken.Store
+	Issuances(ctx context.Context, f store.IssuanceFilter) ([]store.Issuance, error)
+	Revocations(ctx context.Context, serial, spiffeID string) ([]store.Revocation, error)
 }
 
 // Server runs the CA's listeners.
@@ -146,6 +154,7 @@ func New(cfg Config) (*Server, error) {
 	mux.HandleFunc("GET /v1/bundle", s.handleBundle)
 	if cfg.AdminToken != "" {
 		mux.HandleFunc("POST /v1/admin/join-tokens", s.adminAuth(s.handleCreateJoinToken))
+		mux.HandleFunc("GET /v1/admin/issuances", s.adminAuth(s.handleIssuances))
 	}
 	s.https = &http.Server{
 		Handler:           http.TimeoutHandler(mux, cfg.RequestTimeout, `{"error":"request timed out"}`),

@@ -25,6 +25,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(stderr, "meshca:", err)
+		var ee *exitError
+		if errors.As(err, &ee) {
+			return ee.code
+		}
 		return 1
 	}
 	return 0
@@ -39,7 +43,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newServerCmd(), newDevCmd(), newAgentCmd(), newTokenCmd(), newVersionCmd())
+	root.AddCommand(newServerCmd(), newDevCmd(), newAgentCmd(), newTokenCmd(), newAuditCmd(), newVersionCmd())
 	return root
 }
 
