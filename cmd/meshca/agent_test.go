@@ -106,6 +106,13 @@ func TestAgentEndToEnd(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
+	// meshca audit cert reads the same SVID from either socket.
+	for _, src := range [][]string{{"--sds", ao.sdsSocket}, {"--workload-api", ao.workloadSocket}} {
+		code, stdout, stderr := runMeshca(t, append([]string{"audit", "cert", "--bundle", ao.caRoots}, src...)...)
+		if code != 0 || !strings.Contains(stdout, id.String()) || !strings.Contains(stdout, "verified against the bundle") {
+			t.Errorf("audit cert %v: exit %d\n%s%s", src, code, stdout, stderr)
+		}
+	}
 	for _, sock := range []string{ao.sdsSocket, ao.workloadSocket} {
 		fi, err := os.Stat(sock)
 		if err != nil || fi.Mode().Perm()&0o007 != 0 {
