@@ -113,10 +113,13 @@ type Config struct {
 	// RequestTimeout bounds one request to the CA, token read included.
 	// It is a network deadline, so it runs on the wall clock. Default 30s.
 	RequestTimeout time.Duration
-	// Roots is the trust bundle known before the first SVID, for example
-	// from a mounted ConfigMap; Manager.Roots returns it until the CA's
-	// responses replace it. May be empty.
+	// Roots is the trust bundle, for example from a mounted ConfigMap: the
+	// CA's chains must end at one of these roots, and all of them are
+	// served. Empty means trusting the CA's root on first use.
 	Roots []*x509.Certificate
+	// LoadRoots, when set, re-reads the trust bundle before every request;
+	// its roots replace Roots while it succeeds.
+	LoadRoots func() ([]*x509.Certificate, error)
 	// Clock drives renewal and retry waits. Default the wall clock.
 	Clock clock.Clock
 	// Logger defaults to discarding.
@@ -300,6 +303,14 @@ func (m *Manager) Run(ctx context.Context) error {
 			}
 			m.cfg.Metrics.Renewed(false)
 			wait = Backoff(failures, m.cfg.BackoffMin, m.cfg.BackoffMax, m.cfg.Rand())
+			if cur != nil {
+				// While the SVID is valid, retry at least at half the
+				// time it has left, so an attempt falls just before it
+				// expires instead of a long backoff after.
+				if left := cur.NotAfter().Sub(m.cfg.Clock.Now()); left > 0 {
+					wait = min(wait, max(left/2, m.cfg.BackoffMin))
+				}
+			}
 			failures++
 			mtlsFailed = useSVID
 			m.logFailure(cur, failures, wait, err)
@@ -360,7 +371,7 @@ func (m *Manager) fetch(ctx context.Context, cur *SVID, useSVID bool) (*SVID, er
 	if err != nil {
 		return nil, fmt.Errorf("sds: CA request: %w", err)
 	}
-	certs, roots, err := m.checkChain(chain, key.Public(), m.cfg.Clock.Now())
+	certs, roots, err := m.checkChain(chain, key.Public(), m.trustedRoots(), m.cfg.Clock.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -372,9 +383,10 @@ func (m *Manager) fetch(ctx context.Context, cur *SVID, useSVID bool) (*SVID, er
 }
 
 // checkChain parses the CA's answer (leaf, intermediates, root) and checks
-// that it is an SVID for our ID and our key that verifies to its root at
-// now. It returns the leaf and intermediates, and the root.
-func (m *Manager) checkChain(chainPEM []string, pub crypto.PublicKey, now time.Time) (certs, roots []*x509.Certificate, err error) {
+// that it is an SVID for our ID and our key whose root is one of the
+// trusted roots and that verifies to them at now. It returns the leaf and
+// intermediates, and the roots to serve.
+func (m *Manager) checkChain(chainPEM []string, pub crypto.PublicKey, trusted []*x509.Certificate, now time.Time) (certs, roots []*x509.Certificate, err error) {
 	switch n := len(chainPEM); {
 	case n == 0:
 		return nil, nil, errors.New("sds: CA returned an empty chain")
@@ -401,12 +413,35 @@ func (m *Manager) checkChain(chainPEM []string, pub crypto.PublicKey, now time.T
 		return nil, nil, errors.New("sds: CA returned a leaf for another key than the CSR's")
 	}
 	n := len(all)
-	certs, roots = all[:n-1:n-1], all[n-1:]
-	bundle := x509bundle.FromX509Authorities(m.cfg.ID.TrustDomain(), roots)
+	certs, root := all[:n-1:n-1], all[n-1]
+	if len(trusted) == 0 {
+		// Nothing to anchor to (no --ca-roots): trust the CA's root on
+		// first use; the TLS connection to the CA was verified.
+		trusted = []*x509.Certificate{root}
+		m.cfg.Logger.Warn("no trust bundle configured: trusting the CA's root on first use", "root_subject", root.Subject.String())
+	} else if !slices.ContainsFunc(trusted, root.Equal) {
+		return nil, nil, fmt.Errorf("sds: CA returned a chain to a root that is not in the trust bundle (%s)", root.Subject)
+	}
+	bundle := x509bundle.FromX509Authorities(m.cfg.ID.TrustDomain(), trusted)
 	if _, _, err := x509svid.Verify(certs, bundle, x509svid.WithTime(now)); err != nil {
 		return nil, nil, fmt.Errorf("sds: CA returned a chain that does not verify to its root: %w", err)
 	}
-	return certs, roots, nil
+	// Serve the whole bundle: during a root rotation peers may chain to
+	// either root.
+	return certs, slices.Clone(trusted), nil
+}
+
+// trustedRoots is the trust bundle now: LoadRoots' answer when it has one
+// (the mounted bundle, re-read before every request), else Config.Roots.
+func (m *Manager) trustedRoots() []*x509.Certificate {
+	if m.cfg.LoadRoots != nil {
+		roots, err := m.cfg.LoadRoots()
+		if err == nil && len(roots) > 0 {
+			return roots
+		}
+		m.cfg.Logger.Warn("reading the trust bundle failed; using the configured roots", "err", err)
+	}
+	return m.cfg.Roots
 }
 
 // parseCertPEM decodes exactly one PEM "CERTIFICATE".

@@ -50,7 +50,9 @@ type Config struct {
 }
 
 // Client calls the CSR API, reusing one connection while the client
-// certificate stays the same.
+// certificate stays the same. With ClientCertificate set it is meant for one
+// caller at a time (the agent's Manager): a redial closes the connection a
+// concurrent call may still be using.
 type Client struct {
 	cfg Config
 

@@ -28,8 +28,8 @@ import (
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/attestor/jointoken"
-	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/metrics"
 )

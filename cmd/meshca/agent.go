@@ -113,6 +113,7 @@ type agent struct {
 	log     *slog.Logger
 	reg     *prometheus.Registry
 	metrics *metrics.Agent
+	clock   clock.Clock
 }
 
 // identity resolves the workload's SPIFFE ID from the options.
@@ -183,31 +184,42 @@ func startAgent(ctx context.Context, o *agentOptions, log *slog.Logger, clk cloc
 			return nil, fmt.Errorf("--ca-addr: %w", err)
 		}
 		serverName = host
-		if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		if ip := net.ParseIP(host); ip != nil && (ip.IsLoopback() || ip.IsUnspecified()) {
 			serverName = "localhost"
 		}
 	}
 	// The manager is created after the client but the client asks it for
 	// the current SVID at every call: tie them through a variable.
 	var mgr *sds.Manager
-	cc, err := client.New(client.Config{Addr: o.caAddr, Roots: pool, ServerName: serverName,
-		ClientCertificate: func() (*tls.Certificate, error) { return mgr.ClientCertificate() }})
+	ccfg := client.Config{Addr: o.caAddr, Roots: pool, ServerName: serverName}
+	if renewWithSVID {
+		ccfg.ClientCertificate = func() (*tls.Certificate, error) { return mgr.ClientCertificate() }
+	}
+	cc, err := client.New(ccfg)
 	if err != nil {
 		return nil, err
+	}
+	rootsPath := o.caRoots
+	loadRoots := func() ([]*x509.Certificate, error) { // the mounted bundle, re-read before each request
+		b, err := os.ReadFile(rootsPath)
+		if err != nil {
+			return nil, err
+		}
+		return parseRoots(b)
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	am := metrics.NewAgent(reg)
 	mgr, err = sds.NewManager(sds.Config{
 		ID: id, CA: cc, Token: token, RenewWithSVID: renewWithSVID, KeyType: o.keyType, TTL: o.ttl,
-		RenewFraction: o.renewFraction, Roots: roots, Clock: clk, Logger: log, Metrics: am,
+		RenewFraction: o.renewFraction, Roots: roots, LoadRoots: loadRoots, Clock: clk, Logger: log, Metrics: am,
 	})
 	if err != nil {
 		cc.Close()
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	a := &agent{mgr: mgr, cancel: cancel, log: log, reg: reg, metrics: am}
+	a := &agent{mgr: mgr, cancel: cancel, log: log, reg: reg, metrics: am, clock: clock.OrReal(clk)}
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -272,7 +284,7 @@ func (a *agent) serve(ctx context.Context, o *agentOptions) error {
 		mux := http.NewServeMux()
 		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if err := a.mgr.Ready(time.Now()); err != nil {
+			if err := a.mgr.Ready(a.clock.Now()); err != nil {
 				http.Error(w, err.Error(), http.StatusServiceUnavailable)
 				return
 			}
@@ -291,11 +303,18 @@ func (a *agent) serve(ctx context.Context, o *agentOptions) error {
 	return nil
 }
 
-// stop closes the servers (ending Envoy's streams cleanly) and the manager.
+// stop ends the streams cleanly (the servers' Run and Close end them on
+// cancel), lets the gRPC servers drain, and stops the manager.
 func (a *agent) stop() error {
 	a.cancel()
 	for _, g := range a.grpc {
-		g.Stop()
+		done := make(chan struct{})
+		go func() { g.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			g.Stop()
+		}
 	}
 	if a.mon != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -135,7 +135,7 @@ func runDev(ctx context.Context, o *serverOptions, demo devDemo, out io.Writer, 
 		return err
 	}
 	ao := agentOptions{
-		caAddr: p.srv.Addr("grpc").String(), caRoots: bundlePath, spiffeID: demoID.String(),
+		caAddr: p.srv.Addr("grpc").String(), caServerName: "localhost", caRoots: bundlePath, spiffeID: demoID.String(),
 		tokenFile: tokenPath, keyType: sds.KeyECDSAP256, renewFraction: sds.DefaultRenewFraction,
 		sdsSocket: filepath.Join(sockets, "sds.sock"), workloadSocket: filepath.Join(sockets, "workload.sock"),
 	}
