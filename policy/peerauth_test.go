@@ -1,0 +1,65 @@
+package policy
+
+import (
+	"fmt"
+	"testing"
+)
+
+const docPA = "istio.io/latest/docs/reference/config/security/peer_authentication"
+
+func pa(ns, name, created, spec string) string {
+	ts := ""
+	if created != "" {
+		ts = ", creationTimestamp: '" + created + "'"
+	}
+	return fmt.Sprintf("apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata: {name: %s, namespace: %s%s}\nspec: %s\n---\n", name, ns, ts, spec)
+}
+
+func TestMTLSMode(t *testing.T) {
+	app := map[string]string{"app": "reviews"}
+	cases := []struct {
+		name, source string
+		opts         Options
+		policies     string
+		ns           string
+		labels       map[string]string
+		port         uint32
+		mode, by     string
+	}{
+		{"default permissive", docPA + ": default PERMISSIVE", Options{}, "", "foo", app, 0, "PERMISSIVE", ""},
+		{"mesh-wide strict", docPA + ": mesh-wide policy in root namespace", Options{}, pa("istio-system", "default", "", "{mtls: {mode: STRICT}}"), "foo", app, 0, "STRICT", "istio-system/default"},
+		{"custom root namespace", docPA + ": root namespace from meshConfig", Options{RootNamespace: "root"}, pa("root", "default", "", "{mtls: {mode: STRICT}}") + pa("istio-system", "x", "", "{mtls: {mode: DISABLE}}"), "foo", app, 0, "STRICT", "root/default"},
+		{"namespace over mesh", docPA + ": namespace-wide overrides mesh-wide", Options{}, pa("istio-system", "default", "", "{mtls: {mode: STRICT}}") + pa("foo", "ns", "", "{mtls: {mode: PERMISSIVE}}"), "foo", app, 0, "PERMISSIVE", "foo/ns"},
+		{"other namespace policy ignored", docPA + ": namespace scope", Options{}, pa("bar", "ns", "", "{mtls: {mode: STRICT}}"), "foo", app, 0, "PERMISSIVE", ""},
+		{"workload over namespace", docPA + ": workload-specific overrides namespace-wide", Options{}, pa("foo", "ns", "", "{mtls: {mode: STRICT}}") + pa("foo", "wl", "", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: DISABLE}}"), "foo", app, 0, "DISABLE", "foo/wl"},
+		{"selector not matching", docPA + ": selector", Options{}, pa("foo", "wl", "", "{selector: {matchLabels: {app: other}}, mtls: {mode: DISABLE}}"), "foo", app, 0, "PERMISSIVE", ""},
+		{"root selector applies only in root namespace", docPA + ": selector matches workloads in the policy namespace", Options{}, pa("istio-system", "wl", "", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}}"), "foo", app, 0, "PERMISSIVE", ""},
+		{"unset workload inherits namespace", docPA + ": UNSET inherits from parent", Options{}, pa("foo", "ns", "", "{mtls: {mode: STRICT}}") + pa("foo", "wl", "", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: UNSET}}"), "foo", app, 0, "STRICT", "foo/ns"},
+		{"unset namespace inherits mesh", docPA + ": UNSET inherits from parent", Options{}, pa("istio-system", "default", "", "{mtls: {mode: STRICT}}") + pa("foo", "ns", "", "{mtls: {mode: UNSET}}"), "foo", app, 0, "STRICT", "istio-system/default"},
+		{"no mtls field inherits", docPA + ": mtls not set inherits", Options{}, pa("istio-system", "default", "", "{mtls: {mode: DISABLE}}") + pa("foo", "ns", "", "{}"), "foo", app, 0, "DISABLE", "istio-system/default"},
+		{"all unset default", docPA + ": UNSET everywhere gives PERMISSIVE", Options{}, pa("istio-system", "default", "", "{mtls: {mode: UNSET}}"), "foo", app, 0, "PERMISSIVE", ""},
+		{"port level", docPA + ": portLevelMtls", Options{}, pa("foo", "wl", "", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}, portLevelMtls: {'8080': {mode: DISABLE}}}"), "foo", app, 8080, "DISABLE", "foo/wl"},
+		{"port level other port", docPA + ": portLevelMtls", Options{}, pa("foo", "wl", "", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}, portLevelMtls: {'8080': {mode: DISABLE}}}"), "foo", app, 9090, "STRICT", "foo/wl"},
+		{"port level unset inherits workload", docPA + ": portLevelMtls UNSET", Options{}, pa("foo", "wl", "", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}, portLevelMtls: {'8080': {mode: UNSET}}}"), "foo", app, 8080, "STRICT", "foo/wl"},
+		{"port level over namespace with unset workload", docPA + ": portLevelMtls with workload UNSET", Options{}, pa("foo", "ns", "", "{mtls: {mode: STRICT}}") + pa("foo", "wl", "", "{selector: {matchLabels: {app: reviews}}, portLevelMtls: {'8080': {mode: PERMISSIVE}}}"), "foo", app, 8080, "PERMISSIVE", "foo/wl"},
+		{"port level ignored without selector", docPA + ": portLevelMtls only with selector", Options{}, pa("foo", "ns", "", "{mtls: {mode: STRICT}, portLevelMtls: {'8080': {mode: DISABLE}}}"), "foo", app, 8080, "STRICT", "foo/ns"},
+		{"port 0 ignores port level", docPA + ": workload-level mode", Options{}, pa("foo", "wl", "", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}, portLevelMtls: {'8080': {mode: DISABLE}}}"), "foo", app, 0, "STRICT", "foo/wl"},
+		{"oldest workload policy wins", docPA + ": oldest policy wins", Options{}, pa("foo", "a-new", "2024-02-01T00:00:00Z", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: DISABLE}}") + pa("foo", "z-old", "2024-01-01T00:00:00Z", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}}"), "foo", app, 0, "STRICT", "foo/z-old"},
+		{"oldest namespace policy wins", docPA + ": oldest policy wins", Options{}, pa("foo", "a-new", "2024-02-01T00:00:00Z", "{mtls: {mode: DISABLE}}") + pa("foo", "z-old", "2024-01-01T00:00:00Z", "{mtls: {mode: STRICT}}"), "foo", app, 0, "STRICT", "foo/z-old"},
+		{"equal age name wins", docPA + ": tie broken by name", Options{}, pa("foo", "b", "2024-01-01T00:00:00Z", "{mtls: {mode: DISABLE}}") + pa("foo", "a", "2024-01-01T00:00:00Z", "{mtls: {mode: STRICT}}"), "foo", app, 0, "STRICT", "foo/a"},
+		{"oldest mesh policy wins", docPA + ": oldest policy wins", Options{}, pa("istio-system", "a", "2024-03-01T00:00:00Z", "{mtls: {mode: DISABLE}}") + pa("istio-system", "b", "2023-01-01T00:00:00Z", "{mtls: {mode: STRICT}}"), "foo", app, 0, "STRICT", "istio-system/b"},
+		{"workload in root namespace", docPA + ": root namespace workloads", Options{}, pa("istio-system", "default", "", "{mtls: {mode: STRICT}}") + pa("istio-system", "gw", "", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: PERMISSIVE}}"), "istio-system", app, 0, "PERMISSIVE", "istio-system/gw"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			set, err := tc.opts.Parse("pa.yaml", []byte(tc.policies))
+			if err != nil {
+				t.Fatal(err)
+			}
+			mode, by := set.MTLSMode(tc.ns, tc.labels, tc.port)
+			if mode != tc.mode || by != tc.by {
+				t.Errorf("MTLSMode = %s, %q; want %s, %q (%s)", mode, by, tc.mode, tc.by, tc.source)
+			}
+		})
+	}
+}
