@@ -1,0 +1,199 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/meshca/meshca/policy"
+)
+
+// policyFlags are shared by audit authz and audit mtls.
+type policyFlags struct {
+	paths        []string
+	rootNS       string
+	trustDomain  string
+	tdAliases    []string
+	namespace    string
+	labels       map[string]string
+	port         uint32
+	requestFile  string
+	protocol     string
+	srcPrincipal string
+	srcNS        string
+	srcIP        string
+	remoteIP     string
+	reqPrincipal string
+	claims       map[string]string
+	method       string
+	path         string
+	host         string
+	headers      map[string]string
+	sni          string
+}
+
+func (f *policyFlags) addLoad(fs *pflag.FlagSet) {
+	fs.StringSliceVar(&f.paths, "policies", nil, "YAML files or directories of PeerAuthentication and AuthorizationPolicy (required)")
+	fs.StringVar(&f.rootNS, "root-namespace", "istio-system", "Istio's root namespace: policies there apply mesh-wide")
+	fs.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "the mesh trust domain")
+	fs.StringArrayVar(&f.tdAliases, "trust-domain-alias", nil, "a trust domain alias (repeatable)")
+}
+
+func (f *policyFlags) load() (*policy.Set, error) {
+	if len(f.paths) == 0 {
+		return nil, usageErr("--policies is required")
+	}
+	set, err := policy.Options{RootNamespace: f.rootNS, TrustDomain: f.trustDomain, TrustDomainAliases: f.tdAliases}.Load(f.paths...)
+	if err != nil {
+		return nil, usageErr("%v", err)
+	}
+	return set, nil
+}
+
+func newAuditAuthzCmd() *cobra.Command {
+	var f policyFlags
+	cmd := &cobra.Command{
+		Use:   "authz --policies PATH... (--request FILE|- | --namespace NS [request flags])",
+		Short: "Would the mesh allow this request? Exit 0 allow, 1 deny, 2 usage or input error",
+		Args:  usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			set, err := f.load()
+			if err != nil {
+				return err
+			}
+			req, err := f.request(cmd)
+			if err != nil {
+				return err
+			}
+			d := set.Authorize(req)
+			if err := render(cmd, d, func(w io.Writer) {
+				fmt.Fprintf(w, "DECISION\t%s\n", d.Decision)
+				if d.Action != "" {
+					fmt.Fprintf(w, "ACTION\t%s\n", d.Action)
+				}
+				if d.Policy != "" {
+					fmt.Fprintf(w, "POLICY\t%s\n", d.Policy)
+				}
+				if d.Rule >= 0 {
+					fmt.Fprintf(w, "RULE\t%d\n", d.Rule)
+				}
+				fmt.Fprintf(w, "REASON\t%s\n", d.Reason)
+			}); err != nil {
+				return err
+			}
+			if d.Decision != policy.Allow {
+				return &exitError{code: 1, err: fmt.Errorf("denied: %s", d.Reason)}
+			}
+			return nil
+		},
+	}
+	fs := cmd.Flags()
+	f.addLoad(fs)
+	fs.StringVar(&f.requestFile, "request", "", "the request as JSON (a file, or - for standard input); instead of the flags below")
+	fs.StringVar(&f.protocol, "protocol", "HTTP", "HTTP or TCP")
+	fs.StringVar(&f.namespace, "namespace", "", "the destination workload's namespace")
+	fs.StringToStringVar(&f.labels, "labels", nil, "the destination workload's labels k=v,...")
+	fs.StringVar(&f.srcPrincipal, "source-principal", "", "the peer's mTLS identity (empty: plaintext)")
+	fs.StringVar(&f.srcNS, "source-namespace", "", "the peer's namespace")
+	fs.StringVar(&f.srcIP, "source-ip", "", "the peer's IP")
+	fs.StringVar(&f.remoteIP, "remote-ip", "", "the original client IP (default --source-ip)")
+	fs.StringVar(&f.reqPrincipal, "request-principal", "", "the JWT principal iss/sub")
+	fs.StringToStringVar(&f.claims, "claim", nil, "a JWT claim k=v (repeatable)")
+	fs.StringVar(&f.method, "method", "", "HTTP method")
+	fs.StringVar(&f.path, "path", "", "HTTP path")
+	fs.StringVar(&f.host, "host", "", "HTTP host")
+	fs.Uint32Var(&f.port, "port", 0, "destination port")
+	fs.StringToStringVar(&f.headers, "header", nil, "an HTTP header k=v (repeatable)")
+	fs.StringVar(&f.sni, "sni", "", "TLS SNI")
+	return cmd
+}
+
+// request reads --request, or builds the request from the flags.
+func (f *policyFlags) request(cmd *cobra.Command) (policy.Request, error) {
+	var req policy.Request
+	if f.requestFile != "" {
+		var r io.Reader = cmd.InOrStdin()
+		if f.requestFile != "-" {
+			file, err := os.Open(f.requestFile)
+			if err != nil {
+				return req, usageErr("--request: %v", err)
+			}
+			defer file.Close()
+			r = file
+		}
+		dec := json.NewDecoder(io.LimitReader(r, 1<<20))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			return req, usageErr("--request: not a request: %v", err)
+		}
+	} else {
+		if f.namespace == "" {
+			return req, usageErr("give --request, or at least --namespace")
+		}
+		claims := map[string]any{}
+		for k, v := range f.claims {
+			claims[k] = v
+		}
+		req = policy.Request{
+			Protocol: strings.ToUpper(f.protocol),
+			Workload: policy.Workload{Namespace: f.namespace, Labels: f.labels},
+			Source:   policy.Source{Principal: f.srcPrincipal, Namespace: f.srcNS, IP: f.srcIP, RemoteIP: f.remoteIP},
+			Request: policy.HTTPRequest{Principal: f.reqPrincipal, Claims: claims, Method: f.method, Path: f.path,
+				Host: f.host, Headers: f.headers},
+			Destination: policy.Destination{Port: f.port},
+			Connection:  policy.Connection{SNI: f.sni},
+		}
+	}
+	if p := strings.ToUpper(req.Protocol); p != "" && p != "HTTP" && p != "TCP" {
+		return req, usageErr("protocol must be HTTP or TCP, not %q", req.Protocol)
+	}
+	if req.Workload.Namespace == "" {
+		return req, usageErr("the request names no workload namespace")
+	}
+	return req, nil
+}
+
+// MTLSResult is the output of audit mtls.
+type MTLSResult struct {
+	Mode   string `json:"mode"`
+	Policy string `json:"policy"`
+}
+
+func newAuditMTLSCmd() *cobra.Command {
+	var f policyFlags
+	cmd := &cobra.Command{
+		Use:   "mtls --policies PATH... --namespace NS [--labels k=v,...] [--port N]",
+		Short: "The effective PeerAuthentication mTLS mode of a workload and port",
+		Args:  usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			set, err := f.load()
+			if err != nil {
+				return err
+			}
+			if f.namespace == "" {
+				return usageErr("--namespace is required")
+			}
+			mode, pol := set.MTLSMode(f.namespace, f.labels, f.port)
+			res := MTLSResult{Mode: mode, Policy: pol}
+			return render(cmd, res, func(w io.Writer) {
+				fmt.Fprintf(w, "MODE\t%s\n", res.Mode)
+				p := res.Policy
+				if p == "" {
+					p = "(none: the default)"
+				}
+				fmt.Fprintf(w, "POLICY\t%s\n", p)
+			})
+		},
+	}
+	fs := cmd.Flags()
+	f.addLoad(fs)
+	fs.StringVar(&f.namespace, "namespace", "", "the workload's namespace (required)")
+	fs.StringToStringVar(&f.labels, "labels", nil, "the workload's labels k=v,...")
+	fs.Uint32Var(&f.port, "port", 0, "the port (0: the workload as a whole)")
+	return cmd
+}

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/meshca/meshca/policy"
+)
+
+func TestAuditAuthzAndMTLSGolden(t *testing.T) {
+	pols := filepath.Join("testdata", "audit", "policies")
+	req := filepath.Join("testdata", "audit", "request-allowed.json")
+	base := []string{"--policies", pols, "--namespace", "shop", "--labels", "app=checkout"}
+	tests := []struct {
+		name string
+		args []string
+		code int
+	}{
+		{"authz_allowed.json", []string{"audit", "authz", "--policies", pols, "--request", req, "-o", "json"}, 0},
+		{"authz_allowed.table", []string{"audit", "authz", "--policies", pols, "--request", req}, 0},
+		{"authz_admin_denied.json", append(append([]string{"audit", "authz"}, base...), "--source-principal", "cluster.local/ns/web/sa/frontend", "--method", "GET", "--path", "/admin/users", "-o", "json"), 1},
+		{"authz_no_allow_matched.json", append(append([]string{"audit", "authz"}, base...), "--source-principal", "cluster.local/ns/web/sa/other", "--method", "GET", "--path", "/api/x", "-o", "json"), 1},
+		{"authz_plaintext.yaml", append(append([]string{"audit", "authz"}, base...), "--method", "GET", "--path", "/api/x", "-o", "yaml"), 1},
+		{"mtls_mesh.json", []string{"audit", "mtls", "--policies", pols, "--namespace", "web", "-o", "json"}, 0},
+		{"mtls_port.json", []string{"audit", "mtls", "--policies", pols, "--namespace", "shop", "--labels", "app=checkout", "--port", "8081", "-o", "json"}, 0},
+		{"mtls_inherited.table", []string{"audit", "mtls", "--policies", pols, "--namespace", "shop", "--labels", "app=checkout", "--port", "8080"}, 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := runMeshca(t, tc.args...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d\n%s%s", code, tc.code, stdout, stderr)
+			}
+			golden(t, tc.name+".golden", stdout)
+		})
+	}
+}
+
+// TestAuditAuthzJSONContract: the output has exactly the issue's fields.
+func TestAuditAuthzJSONContract(t *testing.T) {
+	_, stdout, _ := runMeshca(t, "audit", "authz", "--policies", filepath.Join("testdata", "audit", "policies"),
+		"--request", filepath.Join("testdata", "audit", "request-allowed.json"), "-o", "json")
+	var got map[string]any
+	if err := json.Unmarshal([]byte(stdout), &got); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"decision", "action", "policy", "rule", "reason"} {
+		if _, ok := got[k]; !ok {
+			t.Errorf("output lacks %q", k)
+		}
+	}
+	if len(got) != 5 {
+		t.Errorf("output has fields %v, want exactly decision, action, policy, rule, reason", got)
+	}
+	var d policy.Decision
+	json.Unmarshal([]byte(stdout), &d)
+	if d.Decision != "ALLOW" || d.Policy != "shop/allow-frontend" || d.Rule != 0 {
+		t.Errorf("decision %+v", d)
+	}
+}
+
+func TestAuditPolicyUsageErrorsExit2(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: shop}\nspec:\n  rulez: []\n"), 0o644)
+	badReq := filepath.Join(dir, "req.json")
+	os.WriteFile(badReq, []byte(`{"workload":{"namespace":"a"},"sauce":{}}`), 0o644)
+	pols := filepath.Join("testdata", "audit", "policies")
+	for name, args := range map[string][]string{
+		"no policies":       {"audit", "authz", "--namespace", "x"},
+		"misspelled field":  {"audit", "authz", "--policies", bad, "--namespace", "x"},
+		"no request":        {"audit", "authz", "--policies", pols},
+		"unknown req field": {"audit", "authz", "--policies", pols, "--request", badReq},
+		"bad protocol":      {"audit", "authz", "--policies", pols, "--namespace", "x", "--protocol", "UDP"},
+		"mtls no namespace": {"audit", "mtls", "--policies", pols},
+		"missing path":      {"audit", "mtls", "--policies", "/nonexistent", "--namespace", "x"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			code, _, stderr := runMeshca(t, args...)
+			if code != 2 {
+				t.Fatalf("exit %d, want 2: %s", code, stderr)
+			}
+			if name == "misspelled field" && !strings.Contains(stderr, "rulez") {
+				t.Errorf("error does not name the field: %s", stderr)
+			}
+		})
+	}
+}
