@@ -1,21 +1,29 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/meshca/meshca/policy"
+	"github.com/meshca/meshca/policy/kube"
 )
 
 // policyFlags are shared by audit authz and audit mtls.
 type policyFlags struct {
 	paths        []string
+	kube         bool
+	kubeconfig   string
 	rootNS       string
 	trustDomain  string
 	tdAliases    []string
@@ -42,17 +50,54 @@ func (f *policyFlags) addLoad(fs *pflag.FlagSet) {
 	fs.StringVar(&f.rootNS, "root-namespace", "istio-system", "Istio's root namespace: policies there apply mesh-wide")
 	fs.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "the mesh trust domain")
 	fs.StringArrayVar(&f.tdAliases, "trust-domain-alias", nil, "a trust domain alias (repeatable)")
+	fs.BoolVar(&f.kube, "kube", false, "read the policies from the cluster (security.istio.io CRDs) instead of files")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for --kube (default: in-cluster, then $KUBECONFIG / ~/.kube/config)")
 }
 
-func (f *policyFlags) load() (*policy.Set, error) {
-	if len(f.paths) == 0 {
-		return nil, usageErr("--policies is required")
+func (f *policyFlags) load(ctx context.Context) (*policy.Set, error) {
+	opts := policy.Options{RootNamespace: f.rootNS, TrustDomain: f.trustDomain, TrustDomainAliases: f.tdAliases}
+	switch {
+	case f.kube && len(f.paths) > 0:
+		return nil, usageErr("--policies and --kube: choose one")
+	case f.kube:
+		cfg, err := kubeRESTConfig(f.kubeconfig)
+		if err != nil {
+			return nil, usageErr("%v", err)
+		}
+		dc, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			return nil, usageErr("%v", err)
+		}
+		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		set, err := kube.Load(ctx, dc, opts)
+		if err != nil {
+			return nil, usageErr("%v", err)
+		}
+		return set, nil
+	case len(f.paths) == 0:
+		return nil, usageErr("--policies (or --kube) is required")
 	}
-	set, err := policy.Options{RootNamespace: f.rootNS, TrustDomain: f.trustDomain, TrustDomainAliases: f.tdAliases}.Load(f.paths...)
+	set, err := opts.Load(f.paths...)
 	if err != nil {
 		return nil, usageErr("%v", err)
 	}
 	return set, nil
+}
+
+// kubeRESTConfig is in-cluster configuration, or path, or client-go's
+// default loading rules ($KUBECONFIG, ~/.kube/config).
+func kubeRESTConfig(path string) (*rest.Config, error) {
+	if path == "" {
+		if cfg, err := rest.InClusterConfig(); err == nil {
+			return cfg, nil
+		}
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	if path != "" {
+		rules.ExplicitPath = path
+	}
+	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
 }
 
 func newAuditAuthzCmd() *cobra.Command {
@@ -62,7 +107,7 @@ func newAuditAuthzCmd() *cobra.Command {
 		Short: "Would the mesh allow this request? Exit 0 allow, 1 deny, 2 usage or input error",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			set, err := f.load()
+			set, err := f.load(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -171,7 +216,7 @@ func newAuditMTLSCmd() *cobra.Command {
 		Short: "The effective PeerAuthentication mTLS mode of a workload and port",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			set, err := f.load()
+			set, err := f.load(cmd.Context())
 			if err != nil {
 				return err
 			}
