@@ -63,7 +63,7 @@ func newAuditCmd() *cobra.Command {
 	}
 	cmd.PersistentFlags().StringP("output", "o", "table", "output: table, json or yaml")
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
-	cmd.AddCommand(newAuditAuthzCmd(), newAuditMTLSCmd(), newAuditCertCmd(), newAuditIssuedCmd())
+	cmd.AddCommand(newAuditAuthzCmd(), newAuditMTLSCmd(), newAuditLintCmd(), newAuditCertCmd(), newAuditIssuedCmd())
 	return cmd
 }
 

@@ -11,7 +11,9 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -240,5 +242,66 @@ func newAuditMTLSCmd() *cobra.Command {
 	fs.StringVar(&f.namespace, "namespace", "", "the workload's namespace (required)")
 	fs.StringToStringVar(&f.labels, "labels", nil, "the workload's labels k=v,...")
 	fs.Uint32Var(&f.port, "port", 0, "the port (0: the workload as a whole)")
+	return cmd
+}
+
+func newAuditLintCmd() *cobra.Command {
+	var f policyFlags
+	cmd := &cobra.Command{
+		Use:   "lint --policies PATH...|--kube",
+		Short: "Validate policies and warn about rules that do not do what they seem to (exit 1 on warnings)",
+		Args:  usageArgs(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			set, err := f.load(cmd.Context())
+			if err != nil {
+				return err
+			}
+			opts := policy.LintOptions{ServedTrustDomains: append([]string{f.trustDomain}, f.tdAliases...)}
+			if f.kube {
+				// Selectors are checked against the pods that exist.
+				cfg, err := kubeRESTConfig(f.kubeconfig)
+				if err != nil {
+					return usageErr("%v", err)
+				}
+				cs, err := kubernetes.NewForConfig(cfg)
+				if err != nil {
+					return usageErr("%v", err)
+				}
+				pods, err := cs.CoreV1().Pods("").List(cmd.Context(), metav1.ListOptions{})
+				if err != nil {
+					return usageErr("list pods: %v", err)
+				}
+				opts.Workloads = []policy.WorkloadInfo{}
+				for _, p := range pods.Items {
+					opts.Workloads = append(opts.Workloads, policy.WorkloadInfo{Namespace: p.Namespace, Labels: p.Labels})
+				}
+			}
+			findings := set.Lint(opts)
+			if findings == nil {
+				findings = []policy.Finding{}
+			}
+			if err := render(cmd, findings, func(w io.Writer) {
+				if len(findings) == 0 {
+					fmt.Fprintln(w, "no findings")
+					return
+				}
+				fmt.Fprintln(w, "SEVERITY\tPOLICY\tRULE\tMESSAGE")
+				for _, fd := range findings {
+					rule := "-"
+					if fd.Rule >= 0 {
+						rule = fmt.Sprint(fd.Rule)
+					}
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", fd.Severity, fd.Policy, rule, fd.Message)
+				}
+			}); err != nil {
+				return err
+			}
+			if len(findings) > 0 {
+				return &exitError{code: 1, err: fmt.Errorf("%d finding(s)", len(findings))}
+			}
+			return nil
+		},
+	}
+	f.addLoad(cmd.Flags())
 	return cmd
 }

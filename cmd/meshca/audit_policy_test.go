@@ -27,6 +27,9 @@ func TestAuditAuthzAndMTLSGolden(t *testing.T) {
 		{"mtls_mesh.json", []string{"audit", "mtls", "--policies", pols, "--namespace", "web", "-o", "json"}, 0},
 		{"mtls_port.json", []string{"audit", "mtls", "--policies", pols, "--namespace", "shop", "--labels", "app=checkout", "--port", "8081", "-o", "json"}, 0},
 		{"mtls_inherited.table", []string{"audit", "mtls", "--policies", pols, "--namespace", "shop", "--labels", "app=checkout", "--port", "8080"}, 0},
+		{"lint_clean.table", []string{"audit", "lint", "--policies", pols}, 0},
+		{"lint_findings.table", []string{"audit", "lint", "--policies", filepath.Join("testdata", "audit", "lint")}, 1},
+		{"lint_findings.json", []string{"audit", "lint", "--policies", filepath.Join("testdata", "audit", "lint"), "-o", "json"}, 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
