@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -325,25 +324,4 @@ func (a *agent) stop() error {
 	return nil
 }
 
-func parseRoots(b []byte) ([]*x509.Certificate, error) {
-	var roots []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		roots = append(roots, c)
-	}
-	if len(roots) == 0 {
-		return nil, errors.New("no PEM certificates")
-	}
-	return roots, nil
-}
+func parseRoots(b []byte) ([]*x509.Certificate, error) { return parseChainPEM(b) }

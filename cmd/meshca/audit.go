@@ -2,17 +2,14 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"net/url"
 	"os"
-	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -263,23 +260,9 @@ func newAuditIssuedCmd() *cobra.Command {
 		Short: "Who holds which identity, from the CA's issuance log (admin API)",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if caFile == "" {
-				caFile = filepath.Join(dataDir, "bundle.pem")
-			}
-			if adminFile == "" {
-				adminFile = filepath.Join(dataDir, "admin-token")
-			}
-			roots, err := os.ReadFile(caFile)
+			c, err := newAdminClient(srv, dataDir, caFile, adminFile)
 			if err != nil {
-				return usageErr("--ca-file: %v", err)
-			}
-			pool := x509.NewCertPool()
-			if !pool.AppendCertsFromPEM(roots) {
-				return usageErr("--ca-file %s holds no PEM certificates", caFile)
-			}
-			admin, err := os.ReadFile(adminFile)
-			if err != nil {
-				return usageErr("--admin-token-file: %v", err)
+				return usageErr("%v", err)
 			}
 			q := url.Values{}
 			if id != "" {
@@ -288,26 +271,9 @@ func newAuditIssuedCmd() *cobra.Command {
 			if since > 0 {
 				q.Set("since", since.String())
 			}
-			host, _, _ := strings.Cut(srv, ":")
-			if host == "127.0.0.1" || host == "" || host == "[::1]" {
-				host = "localhost"
-			}
-			hc := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: host, MinVersion: tls.VersionTLS12}}}
-			req, _ := http.NewRequestWithContext(cmd.Context(), "GET", "https://"+srv+"/v1/admin/issuances?"+q.Encode(), nil)
-			req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(admin)))
-			resp, err := hc.Do(req)
-			if err != nil {
-				return fmt.Errorf("admin API: %w", err)
-			}
-			defer resp.Body.Close()
-			if resp.StatusCode != http.StatusOK {
-				var e server.ErrorResponse
-				json.NewDecoder(resp.Body).Decode(&e)
-				return usageErr("admin API: %s: %s", resp.Status, e.Error)
-			}
 			var ir server.IssuancesResponse
-			if err := json.NewDecoder(resp.Body).Decode(&ir); err != nil {
-				return fmt.Errorf("admin API: %w", err)
+			if err := c.do(cmd.Context(), "GET", "/v1/admin/issuances?"+q.Encode(), nil, &ir); err != nil {
+				return usageErr("%v", err)
 			}
 			recs := make([]audit.Issued, 0, len(ir.Issuances))
 			for _, r := range ir.Issuances {

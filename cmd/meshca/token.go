@@ -1,17 +1,11 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
-	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -77,51 +71,15 @@ func createToken(ctx context.Context, o *tokenOptions, out interface{ Write([]by
 	if o.output != "text" && o.output != "json" {
 		return fmt.Errorf("--output must be text or json, not %q", o.output)
 	}
-	if o.caFile == "" {
-		o.caFile = filepath.Join(o.dataDir, "bundle.pem")
-	}
-	if o.adminTokenFile == "" {
-		o.adminTokenFile = filepath.Join(o.dataDir, "admin-token")
-	}
-	roots, err := os.ReadFile(o.caFile)
-	if err != nil {
-		return fmt.Errorf("--ca-file: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(roots) {
-		return fmt.Errorf("--ca-file %s holds no PEM certificates", o.caFile)
-	}
-	admin, err := os.ReadFile(o.adminTokenFile)
-	if err != nil {
-		return fmt.Errorf("--admin-token-file: %w", err)
-	}
-	body, _ := json.Marshal(server.JoinTokenRequest{SPIFFEID: o.spiffeID, TTL: o.ttl.String()})
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, "POST", "https://"+o.server+"/v1/admin/join-tokens", bytes.NewReader(body))
+	c, err := newAdminClient(o.server, o.dataDir, o.caFile, o.adminTokenFile)
 	if err != nil {
 		return err
 	}
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(admin)))
-	req.Header.Set("Content-Type", "application/json")
-	host, _, _ := strings.Cut(o.server, ":")
-	if host == "127.0.0.1" || host == "::1" || host == "[::1]" || host == "" {
-		host = "localhost" // the dev server's certificate names localhost
-	}
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12, ServerName: host}}}
-	resp, err := client.Do(req)
-	if err != nil {
-		return fmt.Errorf("admin API: %w", err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var e server.ErrorResponse
-		json.NewDecoder(resp.Body).Decode(&e)
-		return fmt.Errorf("admin API: %s: %s", resp.Status, e.Error)
-	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
 	var jt server.JoinTokenResponse
-	if err := json.NewDecoder(resp.Body).Decode(&jt); err != nil {
-		return fmt.Errorf("admin API: bad response: %w", err)
+	if err := c.do(ctx, "POST", "/v1/admin/join-tokens", server.JoinTokenRequest{SPIFFEID: o.spiffeID, TTL: o.ttl.String()}, &jt); err != nil {
+		return err
 	}
 	if o.output == "json" {
 		return json.NewEncoder(out).Encode(jt)
