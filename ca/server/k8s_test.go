@@ -5,8 +5,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -237,4 +241,65 @@ func BenchmarkTokenReviewAPIServer(b *testing.B) {
 		i++
 	}
 	b.ReportMetric(float64(reviews.Load())/float64(b.N), "reviews/op")
+}
+
+// TestKubernetesExpiredTokenSignedByTheCluster: a token with the cluster's
+// own key and a real ServiceAccount's claims, but expired, is refused in
+// both modes (TokenRequest cannot issue one already expired, so it is
+// minted with the cluster's signing key).
+func TestKubernetesExpiredTokenSignedByTheCluster(t *testing.T) {
+	env := kubeenv.Get(t)
+	ctx := context.Background()
+	sa := env.CreateServiceAccount(t, "expired", "bar")
+	keyPEM, err := os.ReadFile(env.SigningKeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(keyPEM)
+	key, err := x509.ParseECPrivateKey(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := env.Client.Discovery().RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var set jose.JSONWebKeySet
+	if err := json.Unmarshal(raw, &set); err != nil || len(set.Keys) != 1 {
+		t.Fatalf("JWKS: %v", err)
+	}
+	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", set.Keys[0].KeyID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mint := func(issued time.Time) string {
+		tok, err := jwt.Signed(sig).Claims(jwt.Claims{
+			Issuer: env.Issuer, Subject: "system:serviceaccount:expired:bar", Audience: jwt.Audience{"meshca"},
+			IssuedAt: jwt.NewNumericDate(issued), NotBefore: jwt.NewNumericDate(issued), Expiry: jwt.NewNumericDate(issued.Add(time.Hour)),
+		}).Claims(map[string]any{"kubernetes.io": map[string]any{"namespace": "expired",
+			"serviceaccount": map[string]any{"name": "bar", "uid": string(sa.UID)}}}).Serialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	expired, fresh := mint(time.Now().Add(-2*time.Hour)), mint(time.Now())
+	var reviews atomic.Int64
+	for mode, att := range k8sModes(t, env, &reviews, clocktest.New(time.Now())) {
+		t.Run(mode, func(t *testing.T) {
+			p := startPlane(t, filepath.Join(t.TempDir(), "meshca.db"), att)
+			c := grpcClient(t, p, nil)
+			id := spiffeid.RequireFromPath(td, "/ns/expired/sa/bar")
+			_, err := c.Sign(ctx, csrFor(t, newKey(t), id), 0, expired)
+			wantCode(t, err, codes.Unauthenticated, "")
+			if len(p.records(t)) != 0 {
+				t.Fatal("an expired token got a certificate")
+			}
+			// Control: the same token, not expired, is accepted, so the
+			// refusal above is about the expiry.
+			if _, err := c.Sign(ctx, csrFor(t, newKey(t), id), 0, fresh); err != nil {
+				t.Fatalf("the same token unexpired: %v", err)
+			}
+		})
+	}
 }

@@ -75,6 +75,10 @@ type Env struct {
 	JWKSURL string
 	// StartupTime is how long it took from starting etcd to /readyz.
 	StartupTime time.Duration
+	// SigningKeyFile is the service-account signing key (PEM, EC P-256):
+	// tests use it to mint tokens the API server cannot issue itself, such
+	// as already expired ones.
+	SigningKeyFile string
 
 	etcd, apiserver *proc
 	stopOnce        sync.Once
@@ -297,7 +301,7 @@ func startOnce(bin, dir string) (_ *Env, err error) {
 		return nil, err
 	}
 
-	e := &Env{Issuer: Issuer, JWKSURL: host + "/openid/v1/jwks"}
+	e := &Env{Issuer: Issuer, JWKSURL: host + "/openid/v1/jwks", SigningKeyFile: filepath.Join(dir, "sa.key")}
 	defer func() {
 		if err != nil {
 			e.stop()
