@@ -37,8 +37,13 @@ func NewCSR(key crypto.Signer, id spiffeid.ID) ([]byte, error) {
 type Config struct {
 	// Addr is the CA's gRPC address (host:port). Required.
 	Addr string
-	// Roots verify the CA's serving certificate. Required.
+	// Roots verify the CA's serving certificate. Required unless LoadRoots
+	// is set.
 	Roots *x509.CertPool
+	// LoadRoots, when set, returns the PEM bundle to verify the CA with,
+	// read before every call (a mounted ConfigMap); when it changes, the
+	// connection is replaced, so a rotated CA root is picked up.
+	LoadRoots func() ([]byte, error)
 	// ServerName overrides the name checked in the CA's certificate.
 	// Default: the host part of Addr.
 	ServerName string
@@ -60,18 +65,37 @@ type Client struct {
 	conn       *grpc.ClientConn
 	svc        pb.IstioCertificateServiceClient
 	dialedWith []byte // leaf DER presented on conn, nil for none
+	rootsPEM   []byte // the LoadRoots bundle conn verifies with
 }
 
 // New prepares a client; the connection is made on first use.
 func New(cfg Config) (*Client, error) {
-	if cfg.Addr == "" || cfg.Roots == nil {
+	if cfg.Addr == "" || (cfg.Roots == nil && cfg.LoadRoots == nil) {
 		return nil, errors.New("client: address and roots are required")
 	}
 	c := &Client{cfg: cfg}
+	if cfg.LoadRoots != nil {
+		b, err := cfg.LoadRoots()
+		if err != nil {
+			return nil, fmt.Errorf("client: roots: %w", err)
+		}
+		if c.cfg.Roots, err = poolFromPEM(b); err != nil {
+			return nil, err
+		}
+		c.rootsPEM = b
+	}
 	if err := c.dial(nil); err != nil {
 		return nil, err
 	}
 	return c, nil
+}
+
+func poolFromPEM(b []byte) (*x509.CertPool, error) {
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, errors.New("client: the CA bundle holds no PEM certificates")
+	}
+	return pool, nil
 }
 
 // dial replaces the connection with one presenting cert. Callers hold mu
@@ -99,6 +123,20 @@ func (c *Client) dial(cert *tls.Certificate) error {
 func (c *Client) service() (pb.IstioCertificateServiceClient, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	redial := false
+	if c.cfg.LoadRoots != nil {
+		// A bundle that cannot be read now keeps the one in use.
+		if b, err := c.cfg.LoadRoots(); err == nil && !bytes.Equal(b, c.rootsPEM) {
+			if pool, err := poolFromPEM(b); err == nil {
+				c.cfg.Roots, c.rootsPEM, redial = pool, b, true
+			}
+		}
+	}
+	if redial && c.cfg.ClientCertificate == nil {
+		if err := c.dial(nil); err != nil {
+			return nil, err
+		}
+	}
 	if c.cfg.ClientCertificate != nil {
 		cert, err := c.cfg.ClientCertificate()
 		if err != nil {
@@ -108,7 +146,7 @@ func (c *Client) service() (pb.IstioCertificateServiceClient, error) {
 		if cert != nil && len(cert.Certificate) > 0 {
 			leaf = cert.Certificate[0]
 		}
-		if !bytes.Equal(leaf, c.dialedWith) {
+		if redial || !bytes.Equal(leaf, c.dialedWith) {
 			if err := c.dial(cert); err != nil {
 				return nil, err
 			}

@@ -594,3 +594,27 @@ func TestClientRedialsWhenItsCertificateChanges(t *testing.T) {
 		}
 	}
 }
+
+// TestClientPicksUpANewBundle: a client whose bundle (LoadRoots) does not
+// hold the CA's root fails, and succeeds once the bundle is corrected,
+// without being rebuilt: the connection is replaced when the bundle changes.
+func TestClientPicksUpANewBundle(t *testing.T) {
+	p := startPlane(t, filepath.Join(t.TempDir(), "meshca.db"))
+	other := startPlane(t, filepath.Join(t.TempDir(), "other.db"))
+	bundle := other.auth.RootsPEM() // the wrong CA's root, as a stale ConfigMap
+	c, err := client.New(client.Config{Addr: p.srv.Addr("grpc").String(), ServerName: "localhost",
+		LoadRoots: func() ([]byte, error) { return bundle, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Sign(ctx, csrFor(t, newKey(t), fooID), 0, fooToken); err == nil {
+		t.Fatal("verified the CA with the wrong bundle")
+	}
+	bundle = p.auth.RootsPEM()
+	if _, err := c.Sign(ctx, csrFor(t, newKey(t), fooID), 0, fooToken); err != nil {
+		t.Fatalf("after the bundle was corrected: %v", err)
+	}
+}

@@ -172,10 +172,6 @@ func startAgent(ctx context.Context, o *agentOptions, log *slog.Logger, clk cloc
 	default:
 		return nil, errors.New("give --token-file (Kubernetes) or --join-token-file (elsewhere)")
 	}
-	pool := x509.NewCertPool()
-	for _, r := range roots {
-		pool.AddCert(r)
-	}
 	serverName := o.caServerName
 	if serverName == "" {
 		host, _, err := net.SplitHostPort(o.caAddr)
@@ -190,7 +186,9 @@ func startAgent(ctx context.Context, o *agentOptions, log *slog.Logger, clk cloc
 	// The manager is created after the client but the client asks it for
 	// the current SVID at every call: tie them through a variable.
 	var mgr *sds.Manager
-	ccfg := client.Config{Addr: o.caAddr, Roots: pool, ServerName: serverName}
+	rootsPath := o.caRoots
+	ccfg := client.Config{Addr: o.caAddr, ServerName: serverName,
+		LoadRoots: func() ([]byte, error) { return os.ReadFile(rootsPath) }}
 	if renewWithSVID {
 		ccfg.ClientCertificate = func() (*tls.Certificate, error) { return mgr.ClientCertificate() }
 	}
@@ -198,7 +196,6 @@ func startAgent(ctx context.Context, o *agentOptions, log *slog.Logger, clk cloc
 	if err != nil {
 		return nil, err
 	}
-	rootsPath := o.caRoots
 	loadRoots := func() ([]*x509.Certificate, error) { // the mounted bundle, re-read before each request
 		b, err := os.ReadFile(rootsPath)
 		if err != nil {
