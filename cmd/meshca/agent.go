@@ -20,7 +20,9 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/meshca/meshca/ca/client"
 	"github.com/meshca/meshca/internal/clock"
@@ -47,6 +49,8 @@ type agentOptions struct {
 	ttl            time.Duration
 	renewFraction  float64
 	sdsSocket      string
+	sdsTCPListen   string
+	sdsTCPAllow    []string
 	workloadSocket string
 	monitorListen  string
 	log            logOptions
@@ -67,6 +71,8 @@ func (o *agentOptions) addFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&o.ttl, "ttl", 0, "requested certificate lifetime (0: the CA's default)")
 	fs.Float64Var(&o.renewFraction, "renew-fraction", sds.DefaultRenewFraction, "renew at this fraction of the lifetime (±10 % jitter)")
 	fs.StringVar(&o.sdsSocket, "sds-socket", "/var/run/meshca/sds.sock", "Envoy SDS Unix socket (0660, directory 0700); empty disables")
+	fs.StringVar(&o.sdsTCPListen, "sds-tcp-listen", "", "also serve SDS over TCP with mTLS (e.g. for a gateway's Envoy elsewhere); empty disables")
+	fs.StringSliceVar(&o.sdsTCPAllow, "sds-tcp-allow", nil, "SPIFFE IDs allowed on --sds-tcp-listen (default: the workload's own)")
 	fs.StringVar(&o.workloadSocket, "workload-api-socket", "/var/run/meshca/workload.sock", "SPIFFE Workload API Unix socket; empty disables")
 	fs.StringVar(&o.monitorListen, "monitoring-listen", "127.0.0.1:15020", "plain-HTTP /healthz, /readyz (not ready without a valid SVID) and /metrics; empty disables")
 	o.log.addFlags(fs)
@@ -107,6 +113,7 @@ type agent struct {
 	grpc    []*grpc.Server
 	mon     *http.Server
 	monAddr net.Addr
+	sdsTCP  net.Addr
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	log     *slog.Logger
@@ -238,15 +245,24 @@ func (a *agent) serve(ctx context.Context, o *agentOptions) error {
 		path     string
 		register func(*grpc.Server) error
 	}
+	var sdsServer *envoy.Server
+	if o.sdsSocket != "" || o.sdsTCPListen != "" {
+		s, err := envoy.New(envoy.Config{Source: a.mgr, Logger: a.log, Metrics: a.metrics})
+		if err != nil {
+			return err
+		}
+		sdsServer = s
+		a.wg.Add(1)
+		go func() { defer a.wg.Done(); s.Run(ctx) }()
+	}
+	if o.sdsTCPListen != "" {
+		if err := a.serveSDSOverTCP(o, sdsServer); err != nil {
+			return err
+		}
+	}
 	apis := []api{
 		{o.sdsSocket, func(g *grpc.Server) error {
-			s, err := envoy.New(envoy.Config{Source: a.mgr, Logger: a.log, Metrics: a.metrics})
-			if err != nil {
-				return err
-			}
-			s.Register(g)
-			a.wg.Add(1)
-			go func() { defer a.wg.Done(); s.Run(ctx) }()
+			sdsServer.Register(g)
 			return nil
 		}},
 		{o.workloadSocket, func(g *grpc.Server) error {
@@ -296,6 +312,41 @@ func (a *agent) serve(ctx context.Context, o *agentOptions) error {
 		a.wg.Add(1)
 		go func() { defer a.wg.Done(); a.mon.Serve(ln) }()
 	}
+	return nil
+}
+
+// serveSDSOverTCP serves SDS on TCP with mTLS: the agent presents the
+// workload's SVID and accepts only the allowed SPIFFE IDs, verified against
+// the current bundle (go-spiffe's tlsconfig, TLS 1.2 or later).
+func (a *agent) serveSDSOverTCP(o *agentOptions, s *envoy.Server) error {
+	var allowed []spiffeid.ID
+	for _, raw := range o.sdsTCPAllow {
+		id, err := spiffeid.FromString(raw)
+		if err != nil {
+			return fmt.Errorf("--sds-tcp-allow: %w", err)
+		}
+		allowed = append(allowed, id)
+	}
+	if len(allowed) == 0 {
+		id, err := o.identity()
+		if err != nil {
+			return err
+		}
+		allowed = []spiffeid.ID{id}
+	}
+	src := sds.SPIFFESource{Source: a.mgr}
+	tlsCfg := tlsconfig.MTLSServerConfig(src, src, tlsconfig.AuthorizeOneOf(allowed...))
+	tlsCfg.MinVersion = tls.VersionTLS12
+	ln, err := net.Listen("tcp", o.sdsTCPListen)
+	if err != nil {
+		return fmt.Errorf("--sds-tcp-listen: %w", err)
+	}
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.MaxRecvMsgSize(1<<20))
+	s.Register(g)
+	a.sdsTCP = ln.Addr()
+	a.grpc = append(a.grpc, g)
+	a.wg.Add(1)
+	go func() { defer a.wg.Done(); g.Serve(ln) }()
 	return nil
 }
 

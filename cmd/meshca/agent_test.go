@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"log/slog"
 	"net/http"
@@ -17,12 +19,15 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/sds"
 )
 
 // TestAgentEndToEnd runs the CA plane and an agent beside it, as make run
@@ -55,7 +60,7 @@ func TestAgentEndToEnd(t *testing.T) {
 		trustDomain: "example.org", namespace: "web", serviceAccount: "frontend", tokenFile: tokenFile,
 		keyType: "ecdsa-p256", renewFraction: 0.5,
 		sdsSocket: filepath.Join(dir, "s", "sds.sock"), workloadSocket: filepath.Join(dir, "s", "wl.sock"),
-		monitorListen: "127.0.0.1:0",
+		monitorListen: "127.0.0.1:0", sdsTCPListen: "127.0.0.1:0",
 	}
 	a, err := startAgent(context.Background(), &ao, slog.New(slog.DiscardHandler), nil)
 	if err != nil {
@@ -84,6 +89,30 @@ func TestAgentEndToEnd(t *testing.T) {
 		TypeUrl: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret", ResourceNames: []string{"default"}})
 	if err != nil || len(resp.Resources) != 1 {
 		t.Fatalf("SDS FetchSecrets: %v, %v", resp, err)
+	}
+
+	// SDS over TCP with mTLS: the workload's own SVID is allowed; a
+	// client without one is refused at the handshake.
+	fetchTCP := func(tlsCfg *tls.Config) error {
+		cc, err := grpc.NewClient(a.sdsTCP.String(), grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+		if err != nil {
+			return err
+		}
+		defer cc.Close()
+		_, err = secretv3.NewSecretDiscoveryServiceClient(cc).FetchSecrets(ctx, &discovery.DiscoveryRequest{
+			TypeUrl: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret", ResourceNames: []string{"default"}})
+		return err
+	}
+	own := sds.SPIFFESource{Source: sds.NewStaticSource(a.mgr.Current())}
+	if err := fetchTCP(tlsconfig.MTLSClientConfig(own, own, tlsconfig.AuthorizeID(id))); err != nil {
+		t.Fatalf("SDS over mTLS with the workload's SVID: %v", err)
+	}
+	pool := x509.NewCertPool()
+	for _, r := range a.mgr.Current().Roots {
+		pool.AddCert(r)
+	}
+	if err := fetchTCP(&tls.Config{RootCAs: pool, ServerName: "x", InsecureSkipVerify: true}); err == nil {
+		t.Fatal("SDS over TCP served a client without a certificate")
 	}
 
 	r, err := http.Get("http://" + a.monAddr.String() + "/readyz")
