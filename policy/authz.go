@@ -117,7 +117,7 @@ func newAttrs(r *Request) *attrs {
 		audiences:    r.Request.Audiences,
 		claims:       r.Request.Claims,
 		method:       r.Request.Method,
-		path:         r.Request.Path,
+		path:         urlPath(r.Request.Path),
 		host:         strings.ToLower(r.Request.Host),
 		headers:      r.Request.Headers,
 	}
@@ -298,12 +298,22 @@ func listKeys(keys []string) string {
 	return fmt.Sprintf("%s and %d more", strings.Join(keys[:max], ", "), len(keys)-max)
 }
 
+// urlPath is the path as Envoy matches it (url_path): without the query
+// string or fragment.
+func urlPath(p string) string {
+	if i := strings.IndexAny(p, "?#"); i >= 0 {
+		return p[:i]
+	}
+	return p
+}
+
 // firstMatch returns the index of the first rule of p matching a, or -1.
 func (s *Set) firstMatch(p *AuthorizationPolicy, a *attrs) int {
-	// On TCP a DENY rule ignores the HTTP-only attributes (so it matches
-	// more); any other action drops a rule using them altogether (so it
-	// matches less). Either way the mesh errs toward denying.
-	ignoreHTTP := a.tcp && p.c.action == "DENY"
+	// On TCP an ALLOW rule using HTTP-only attributes is dropped
+	// altogether (so it matches less); DENY, CUSTOM (built as a deny) and
+	// AUDIT rules ignore those attributes (so they match more). Either way
+	// the mesh errs toward denying.
+	ignoreHTTP := a.tcp && p.c.action != "ALLOW"
 	for i := range p.c.rules {
 		r := &p.c.rules[i]
 		if a.tcp && r.usesHTTP && !ignoreHTTP {

@@ -301,6 +301,10 @@ func authzCases() []authzCase {
 		{name: "tcp lowercase protocol", source: docTCP + ": TCP traffic", policies: allowIf(to("{paths: ['*']}")), req: with(tcp, func(r *Request) { r.Protocol = "tcp" }), want: D},
 		{name: "tcp audit never decides", source: docAP + ": AUDIT", policies: ap("foo", "audit", "{action: AUDIT, rules: [{to: [{operation: {methods: [GET]}}]}]}"), req: with(tcp), want: A},
 		{name: "http deny methods applies", source: docAP + ": DENY POST", policies: denyIf(to("{methods: [POST]}")), req: baseRequest(), want: A},
+		{name: "tcp custom ignores paths", source: docCustom + ": CUSTOM is enforced like DENY, so on TCP its HTTP-only fields are ignored", policies: ap("foo", "ext", "{action: CUSTOM, provider: {name: ext-authz}, rules: [{to: [{operation: {paths: [/admin/*]}}]}]}"), req: with(tcp, verdict("ext-authz", "DENY")), want: D, by: "foo/ext", action: "CUSTOM"},
+		{name: "path query string not matched", source: docAP + ": paths match the URL path without the query string", policies: denyIf(to("{paths: [/admin]}")), req: with(path("/admin?x=1")), want: D, by: "foo/deny"},
+		{name: "path fragment not matched", source: docAP + ": paths match the URL path without the fragment", policies: denyIf(to("{paths: [/admin]}")), req: with(path("/admin#top")), want: D, by: "foo/deny"},
+		{name: "dry-run annotation 1", source: docAP + ": istio.io/dry-run is a boolean", policies: apAnn("foo", "deny", "{istio.io/dry-run: '1'}", "{action: DENY, rules: [{}]}"), req: baseRequest(), want: A},
 	}
 }
 

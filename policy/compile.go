@@ -26,7 +26,7 @@ type rule struct {
 	to   []operationMatch
 	when []condition
 	// usesHTTP is set when the rule references an attribute only HTTP
-	// carries; on TCP such a rule is dropped by ALLOW, AUDIT and CUSTOM.
+	// carries; on TCP such a rule is dropped by ALLOW.
 	usesHTTP bool
 }
 
@@ -106,7 +106,7 @@ func compileAuthorizationPolicy(ap *secv1beta1.AuthorizationPolicy, meta Meta) (
 	}
 	c := compiled{
 		action:   ap.GetAction().String(),
-		dryRun:   strings.EqualFold(meta.Annotations["istio.io/dry-run"], "true"),
+		dryRun:   isTrue(meta.Annotations["istio.io/dry-run"]),
 		targeted: ap.GetTargetRef() != nil || len(ap.GetTargetRefs()) > 0,
 		selector: ap.GetSelector().GetMatchLabels(),
 	}
@@ -376,4 +376,10 @@ func compileTemplate(s string) (*regexp.Regexp, error) {
 	}
 	b.WriteString("$")
 	return regexp.Compile(b.String())
+}
+
+// isTrue reads a boolean annotation as Istio does (strconv.ParseBool).
+func isTrue(v string) bool {
+	b, err := strconv.ParseBool(v)
+	return err == nil && b
 }

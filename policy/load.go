@@ -311,6 +311,12 @@ type fieldError struct{ path, msg string }
 
 func validatePeerAuthentication(pa *secv1beta1.PeerAuthentication) []fieldError {
 	var errs []fieldError
+	if pa.PortLevelMtls != nil && len(pa.GetSelector().GetMatchLabels()) == 0 {
+		errs = append(errs, fieldError{"spec.portLevelMtls", "only a policy with a workload selector may set port-level mTLS"})
+	}
+	if pa.PortLevelMtls != nil && len(pa.PortLevelMtls) == 0 {
+		errs = append(errs, fieldError{"spec.portLevelMtls", "must not be empty"})
+	}
 	ports := make([]uint32, 0, len(pa.GetPortLevelMtls()))
 	for p := range pa.GetPortLevelMtls() {
 		ports = append(ports, p)

@@ -48,6 +48,7 @@ func TestLoadErrors(t *testing.T) {
 		{"selector and targetRefs", ap("foo", "p", "{selector: {matchLabels: {a: b}}, targetRefs: [{kind: Gateway, name: g}]}"), "only one of selector"},
 		{"serviceAccounts wildcard", ap("foo", "p", "{rules: [{from: [{source: {serviceAccounts: ['ns/*']}}]}]}"), "spec.rules[0].from[0].source.serviceAccounts[0]"},
 		{"bad portLevelMtls port", pa("foo", "p", "", "{selector: {matchLabels: {a: b}}, portLevelMtls: {'0': {mode: STRICT}}}"), "spec.portLevelMtls[0]: port must be in 1-65535"},
+		{"portLevelMtls without selector", pa("foo", "p", "", "{mtls: {mode: STRICT}, portLevelMtls: {'8080': {mode: DISABLE}}}"), "spec.portLevelMtls: only a policy with a workload selector"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

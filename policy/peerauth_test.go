@@ -42,13 +42,14 @@ func TestMTLSMode(t *testing.T) {
 		{"port level other port", docPA + ": portLevelMtls", Options{}, pa("foo", "wl", "", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}, portLevelMtls: {'8080': {mode: DISABLE}}}"), "foo", app, 9090, "STRICT", "foo/wl"},
 		{"port level unset inherits workload", docPA + ": portLevelMtls UNSET", Options{}, pa("foo", "wl", "", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}, portLevelMtls: {'8080': {mode: UNSET}}}"), "foo", app, 8080, "STRICT", "foo/wl"},
 		{"port level over namespace with unset workload", docPA + ": portLevelMtls with workload UNSET", Options{}, pa("foo", "ns", "", "{mtls: {mode: STRICT}}") + pa("foo", "wl", "", "{selector: {matchLabels: {app: reviews}}, portLevelMtls: {'8080': {mode: PERMISSIVE}}}"), "foo", app, 8080, "PERMISSIVE", "foo/wl"},
-		{"port level ignored without selector", docPA + ": portLevelMtls only with selector", Options{}, pa("foo", "ns", "", "{mtls: {mode: STRICT}, portLevelMtls: {'8080': {mode: DISABLE}}}"), "foo", app, 8080, "STRICT", "foo/ns"},
 		{"port 0 ignores port level", docPA + ": workload-level mode", Options{}, pa("foo", "wl", "", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}, portLevelMtls: {'8080': {mode: DISABLE}}}"), "foo", app, 0, "STRICT", "foo/wl"},
 		{"oldest workload policy wins", docPA + ": oldest policy wins", Options{}, pa("foo", "a-new", "2024-02-01T00:00:00Z", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: DISABLE}}") + pa("foo", "z-old", "2024-01-01T00:00:00Z", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}}"), "foo", app, 0, "STRICT", "foo/z-old"},
 		{"oldest namespace policy wins", docPA + ": oldest policy wins", Options{}, pa("foo", "a-new", "2024-02-01T00:00:00Z", "{mtls: {mode: DISABLE}}") + pa("foo", "z-old", "2024-01-01T00:00:00Z", "{mtls: {mode: STRICT}}"), "foo", app, 0, "STRICT", "foo/z-old"},
 		{"equal age name wins", docPA + ": tie broken by name", Options{}, pa("foo", "b", "2024-01-01T00:00:00Z", "{mtls: {mode: DISABLE}}") + pa("foo", "a", "2024-01-01T00:00:00Z", "{mtls: {mode: STRICT}}"), "foo", app, 0, "STRICT", "foo/a"},
 		{"oldest mesh policy wins", docPA + ": oldest policy wins", Options{}, pa("istio-system", "a", "2024-03-01T00:00:00Z", "{mtls: {mode: DISABLE}}") + pa("istio-system", "b", "2023-01-01T00:00:00Z", "{mtls: {mode: STRICT}}"), "foo", app, 0, "STRICT", "istio-system/b"},
-		{"workload in root namespace", docPA + ": root namespace workloads", Options{}, pa("istio-system", "default", "", "{mtls: {mode: STRICT}}") + pa("istio-system", "gw", "", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: PERMISSIVE}}"), "istio-system", app, 0, "PERMISSIVE", "istio-system/gw"},
+		// istio.io/latest/docs/reference/config/security/peer_authentication: "PeerAuthentication
+		// policies with workload selectors are ignored when deployed in the root namespace."
+		{"selector policy in root namespace ignored", docPA + ": root namespace selector policies ignored", Options{}, pa("istio-system", "default", "", "{mtls: {mode: STRICT}}") + pa("istio-system", "gw", "", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: PERMISSIVE}}"), "istio-system", app, 0, "STRICT", "istio-system/default"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -136,7 +136,8 @@ func (s *Set) MTLSMode(namespace string, labels map[string]string, port uint32) 
 	for _, p := range s.PeerAuthentications {
 		sel := p.Spec.GetSelector().GetMatchLabels()
 		switch {
-		case p.Namespace == namespace && len(sel) > 0:
+		// Istio ignores selector policies in the root namespace.
+		case p.Namespace == namespace && len(sel) > 0 && p.Namespace != s.opts.RootNamespace:
 			if selectorMatches(sel, labels) {
 				workload = older(workload, p)
 			}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -201,6 +202,16 @@ func (f *policyFlags) request(cmd *cobra.Command) (policy.Request, error) {
 	}
 	if req.Workload.Namespace == "" {
 		return req, usageErr("the request names no workload namespace")
+	}
+	for name, ip := range map[string]string{"source.ip": req.Source.IP, "source.remote_ip": req.Source.RemoteIP, "destination.ip": req.Destination.IP} {
+		if _, err := netip.ParseAddr(ip); ip != "" && err != nil {
+			return req, usageErr("%s %q is not an IP address", name, ip)
+		}
+	}
+	for provider, v := range req.CustomVerdicts {
+		if v != policy.Allow && v != policy.Deny {
+			return req, usageErr("custom_verdicts[%s] must be ALLOW or DENY, not %q", provider, v)
+		}
 	}
 	return req, nil
 }

@@ -72,6 +72,8 @@ func TestAuditPolicyUsageErrorsExit2(t *testing.T) {
 	badReq := filepath.Join(dir, "req.json")
 	os.WriteFile(badReq, []byte(`{"workload":{"namespace":"a"},"sauce":{}}`), 0o644)
 	pols := filepath.Join("testdata", "audit", "policies")
+	badVerdict := filepath.Join(dir, "verdict.json")
+	os.WriteFile(badVerdict, []byte(`{"workload":{"namespace":"shop"},"custom_verdicts":{"ext":"maybe"}}`), 0o644)
 	for name, args := range map[string][]string{
 		"no policies":       {"audit", "authz", "--namespace", "x"},
 		"misspelled field":  {"audit", "authz", "--policies", bad, "--namespace", "x"},
@@ -79,6 +81,8 @@ func TestAuditPolicyUsageErrorsExit2(t *testing.T) {
 		"unknown req field": {"audit", "authz", "--policies", pols, "--request", badReq},
 		"bad protocol":      {"audit", "authz", "--policies", pols, "--namespace", "x", "--protocol", "UDP"},
 		"mtls no namespace": {"audit", "mtls", "--policies", pols},
+		"bad source IP":     {"audit", "authz", "--policies", pols, "--namespace", "x", "--source-ip", "10.0.0.1:1234"},
+		"bad verdict":       {"audit", "authz", "--policies", pols, "--request", badVerdict},
 		"missing path":      {"audit", "mtls", "--policies", "/nonexistent", "--namespace", "x"},
 	} {
 		t.Run(name, func(t *testing.T) {
