@@ -10,6 +10,8 @@ import (
 )
 
 // locateDecodeError walks spec (JSON) against the message descriptor and
+// reports what the CRD schema would refuse although protojson accepts it
+// (snake_case names, numeric enums), and
 // returns the field path and reason of the first unknown field or value of
 // the wrong type, so that a protojson failure can name where it happened.
 // protojson itself reports only a byte offset. It returns "" when it finds
@@ -36,11 +38,13 @@ func walkMessage(md protoreflect.MessageDescriptor, v any, path string) (string,
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
+		// Only the camelCase names the CRD schema has: protojson would also
+		// take snake_case, which the API server would reject or prune.
 		fd := md.Fields().ByJSONName(k)
 		if fd == nil {
-			fd = md.Fields().ByTextName(k)
-		}
-		if fd == nil {
+			if alt := md.Fields().ByTextName(k); alt != nil {
+				return path + "." + k, fmt.Sprintf("unknown field %q (did you mean %q?)", k, alt.JSONName())
+			}
 			return path + "." + k, fmt.Sprintf("unknown field %q", k)
 		}
 		fp := path + "." + k
@@ -98,9 +102,8 @@ func walkValue(fd protoreflect.FieldDescriptor, v any, path string) (string, str
 	case protoreflect.EnumKind:
 		s, ok := v.(string)
 		if !ok {
-			if _, num := v.(float64); num {
-				return "", ""
-			}
+			// The CRD schema allows only the names; a number would also
+			// let undefined values through.
 			return path, fmt.Sprintf("expected an enum name, got %s", jsonType(v))
 		}
 		if fd.Enum().Values().ByName(protoreflect.Name(s)) == nil {

@@ -14,6 +14,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 	secv1beta1 "istio.io/api/security/v1beta1"
 	"sigs.k8s.io/yaml"
 )
@@ -280,12 +281,15 @@ func (b *builder) parseDoc(file string, idx int, doc []byte) {
 	if len(spec) == 0 || bytes.Equal(spec, []byte("null")) {
 		spec = []byte("{}")
 	}
-	if err := (protojson.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(spec, msg); err != nil {
-		path, why := locateDecodeError(msg.ProtoReflect().Descriptor(), spec)
-		if path == "" {
-			path, why = "spec", err.Error()
-		}
+	err = (protojson.UnmarshalOptions{DiscardUnknown: false}).Unmarshal(spec, msg)
+	// The walk also runs on success: it refuses what protojson takes but
+	// the CRD schema does not.
+	if path, why := locateDecodeError(msg.ProtoReflect().Descriptor(), spec); path != "" {
 		fail(path, "%s", why)
+		return
+	}
+	if err != nil {
+		fail("spec", "%s", err.Error())
 		return
 	}
 	var verrs []fieldError
@@ -298,6 +302,7 @@ func (b *builder) parseDoc(file string, idx int, doc []byte) {
 	case *secv1beta1.AuthorizationPolicy:
 		var c compiled
 		c, verrs = compileAuthorizationPolicy(m, meta)
+		verrs = append(verrs, emptyStrings(m.ProtoReflect(), "spec")...)
 		if len(verrs) == 0 {
 			b.set.AuthorizationPolicies = append(b.set.AuthorizationPolicies, &AuthorizationPolicy{Meta: meta, Spec: m, c: c})
 		}
@@ -330,5 +335,34 @@ func validatePeerAuthentication(pa *secv1beta1.PeerAuthentication) []fieldError 
 			errs = append(errs, fieldError{fmt.Sprintf("spec.portLevelMtls[%d]", p), "mode required"})
 		}
 	}
+	return errs
+}
+
+// emptyStrings reports empty strings in the lists of m, as Istio's
+// validation does: an empty value would match requests lacking the
+// attribute.
+func emptyStrings(m protoreflect.Message, path string) []fieldError {
+	var errs []fieldError
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		p := path + "." + fd.JSONName()
+		switch {
+		case fd.IsMap():
+		case fd.IsList() && fd.Kind() == protoreflect.StringKind:
+			l := v.List()
+			for i := 0; i < l.Len(); i++ {
+				if l.Get(i).String() == "" {
+					errs = append(errs, fieldError{fmt.Sprintf("%s[%d]", p, i), "must not be an empty string"})
+				}
+			}
+		case fd.IsList() && fd.Kind() == protoreflect.MessageKind:
+			l := v.List()
+			for i := 0; i < l.Len(); i++ {
+				errs = append(errs, emptyStrings(l.Get(i).Message(), fmt.Sprintf("%s[%d]", p, i))...)
+			}
+		case fd.Kind() == protoreflect.MessageKind:
+			errs = append(errs, emptyStrings(v.Message(), p)...)
+		}
+		return true
+	})
 	return errs
 }

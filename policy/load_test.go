@@ -126,13 +126,32 @@ func TestLoadFilesAndDirectories(t *testing.T) {
 }
 
 func TestParseAcceptsJSONAndV1beta1(t *testing.T) {
-	js := `{"apiVersion":"security.istio.io/v1beta1","kind":"AuthorizationPolicy","metadata":{"name":"j","namespace":"n"},"spec":{"action":"DENY","rules":[{"to":[{"operation":{"not_paths":["/x"]}}]}]}}`
+	js := `{"apiVersion":"security.istio.io/v1beta1","kind":"AuthorizationPolicy","metadata":{"name":"j","namespace":"n"},"spec":{"action":"DENY","rules":[{"to":[{"operation":{"notPaths":["/x"]}}]}]}}`
 	set, err := Parse("j.json", []byte(js))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got := set.AuthorizationPolicies[0].Spec.GetRules()[0].GetTo()[0].GetOperation().GetNotPaths(); len(got) != 1 {
-		t.Errorf("not_paths = %v", got)
+		t.Errorf("notPaths = %v", got)
+	}
+}
+
+// TestParseRefusesWhatTheCRDRefuses: protojson accepts these, the CRD
+// schema (and Istio's validation) do not.
+func TestParseRefusesWhatTheCRDRefuses(t *testing.T) {
+	for name, tc := range map[string]struct{ spec, msg string }{
+		"snake_case field": {`{"rules":[{"to":[{"operation":{"not_paths":["/x"]}}]}]}`, `spec.rules[0].to[0].operation.not_paths: unknown field "not_paths" (did you mean "notPaths"?)`},
+		"numeric action":   {`{"action":9}`, `spec.action: expected an enum name, got a number`},
+		"empty principal":  {`{"rules":[{"from":[{"source":{"requestPrincipals":[""]}}]}]}`, `spec.rules[0].from[0].source.requestPrincipals[0]: must not be an empty string`},
+		"empty when value": {`{"rules":[{"when":[{"key":"request.headers[x]","values":[""]}]}]}`, `spec.rules[0].when[0].values[0]: must not be an empty string`},
+	} {
+		t.Run(name, func(t *testing.T) {
+			js := `{"apiVersion":"security.istio.io/v1","kind":"AuthorizationPolicy","metadata":{"name":"j","namespace":"n"},"spec":` + tc.spec + `}`
+			_, err := Parse("j.json", []byte(js))
+			if err == nil || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("Parse = %v, want an error saying %q", err, tc.msg)
+			}
+		})
 	}
 }
 
