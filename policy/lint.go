@@ -297,6 +297,12 @@ func identityWarning(r *secv1beta1.Rule, action string) (fields, why string) {
 // not served.
 func (l *linter) trustDomains(policy string, rule int, field string, principals []string) {
 	for _, p := range principals {
+		if strings.HasPrefix(p, "spiffe://") {
+			// Istio compares policy principals without the scheme: this
+			// value can never match a peer.
+			l.add(policy, rule, fmt.Sprintf("rule %d %s %q starts with spiffe://: Istio principals omit the scheme, so it never matches", rule, field, p))
+			continue
+		}
 		td, ok := patternTrustDomain(p)
 		if !ok || td == "cluster.local" {
 			continue

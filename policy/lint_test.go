@@ -26,7 +26,7 @@ func TestLint(t *testing.T) {
 		{name: "clean policies produce nothing",
 			opts: LintOptions{ServedTrustDomains: served, Workloads: workloads},
 			policies: strict +
-				ap("foo", "allow", "{selector: {matchLabels: {app: httpbin}}, rules: [{from: [{source: {principals: ['example.org/ns/bar/sa/sleep', 'spiffe://old.example.org/ns/bar/*', 'cluster.local/ns/bar/sa/x', '*', '*/sa/sleep']}}], to: [{operation: {methods: [GET], notMethods: [POST]}}]}, {to: [{operation: {paths: ['/info']}}]}]}") +
+				ap("foo", "allow", "{selector: {matchLabels: {app: httpbin}}, rules: [{from: [{source: {principals: ['example.org/ns/bar/sa/sleep', 'old.example.org/ns/bar/*', 'cluster.local/ns/bar/sa/x', '*', '*/sa/sleep']}}], to: [{operation: {methods: [GET], notMethods: [POST]}}]}, {to: [{operation: {paths: ['/info']}}]}]}") +
 				ap("foo", "deny", "{action: DENY, rules: [{from: [{source: {namespaces: [evil]}}]}, {to: [{operation: {ports: ['9000']}}]}]}") +
 				ap("istio-system", "mesh-deny", "{action: DENY, rules: [{when: [{key: source.namespace, values: [evil]}]}]}"),
 		},
@@ -67,7 +67,7 @@ func TestLint(t *testing.T) {
 			want: []Finding{
 				w("foo/allow", 0, `rule 0 from[0].source.notPrincipals "evil.org/ns/x/sa/y" is in trust domain "evil.org", which the CA does not serve (serves example.org, old.example.org)`),
 				w("foo/allow", 0, `rule 0 from[0].source.principals "other.org/ns/*" is in trust domain "other.org", which the CA does not serve (serves example.org, old.example.org)`),
-				w("foo/allow", 0, `rule 0 from[0].source.principals "spiffe://other.org/ns/bar/sa/sleep" is in trust domain "other.org", which the CA does not serve (serves example.org, old.example.org)`),
+				w("foo/allow", 0, `rule 0 from[0].source.principals "spiffe://other.org/ns/bar/sa/sleep" starts with spiffe://: Istio principals omit the scheme, so it never matches`),
 				w("foo/allow", 0, `rule 0 when[0].notValues "third.org/ns/a/sa/b" is in trust domain "third.org", which the CA does not serve (serves example.org, old.example.org)`),
 			}},
 		{name: "trust domain check skipped without served domains",
