@@ -166,8 +166,8 @@ func Get(t testing.TB) *Env {
 	return e
 }
 
-// CreateServiceAccount creates namespace ns (unless it exists) and the
-// service account ns/name in it.
+// CreateServiceAccount creates namespace ns and the service account ns/name
+// in it, unless they exist, and returns the service account.
 func (e *Env) CreateServiceAccount(t testing.TB, ns, name string) *corev1.ServiceAccount {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -179,6 +179,10 @@ func (e *Env) CreateServiceAccount(t testing.TB, ns, name string) *corev1.Servic
 	}
 	sa, err := e.Client.CoreV1().ServiceAccounts(ns).Create(ctx,
 		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
+	if apierrors.IsAlreadyExists(err) {
+		// A shared Env outlives one test run (go test -count=N).
+		sa, err = e.Client.CoreV1().ServiceAccounts(ns).Get(ctx, name, metav1.GetOptions{})
+	}
 	if err != nil {
 		t.Fatalf("kubeenv: create service account %s/%s: %v", ns, name, err)
 	}

@@ -70,6 +70,10 @@ func create(t *testing.T, env *kubeenv.Env, dc dynamic.Interface, gvr schema.Gro
 	if _, err := dc.Resource(gvr).Namespace(u.GetNamespace()).Create(ctx, u, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// The shared API server outlives the test (go test -count=N).
+	t.Cleanup(func() {
+		dc.Resource(gvr).Namespace(u.GetNamespace()).Delete(context.Background(), u.GetName(), metav1.DeleteOptions{})
+	})
 }
 
 const allowFrontend = `apiVersion: security.istio.io/v1
@@ -168,9 +172,6 @@ metadata: {name: typo, namespace: typo}
 spec:
   rulez: [{}]
 `)
-	t.Cleanup(func() {
-		dc.Resource(kube.AuthorizationPolicies).Namespace("typo").Delete(context.Background(), "typo", metav1.DeleteOptions{})
-	})
 	_, err = kube.Load(context.Background(), dc, policy.Options{})
 	if err == nil || !strings.Contains(err.Error(), "rulez") || !strings.Contains(err.Error(), "AuthorizationPolicy/typo/typo") {
 		t.Fatalf("Load = %v, want an error naming the field and the object", err)
