@@ -85,10 +85,7 @@ func newAgentCmd() *cobra.Command {
 		Short: "Keep a workload's SVID fresh and serve it to Envoy (SDS) and the SPIFFE Workload API",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !cmd.Flags().Changed("config") {
-				o.configFile = os.Getenv(envName("config"))
-			}
-			if err := applyConfig(cmd.Flags(), o.configFile); err != nil {
+			if err := resolveFlags(cmd.Flags(), &o.configFile); err != nil {
 				return err
 			}
 			log, err := o.log.logger(cmd.ErrOrStderr())

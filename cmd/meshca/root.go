@@ -69,6 +69,15 @@ func envName(flag string) string {
 	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
+// resolveFlags takes --config (or MESHCA_CONFIG) into *configFile, then
+// applies the environment and the file to the flags not given.
+func resolveFlags(fs *pflag.FlagSet, configFile *string) error {
+	if !fs.Changed("config") {
+		*configFile = os.Getenv(envName("config"))
+	}
+	return applyConfig(fs, *configFile)
+}
+
 // applyConfig fills every flag not given on the command line from its
 // MESHCA_* environment variable, else from the YAML config file named by
 // --config (keys are flag names), else leaves its default. Unknown keys in

@@ -108,12 +108,7 @@ func newServerCmd() *cobra.Command {
 }
 
 // resolve applies the environment and config file to flags not given.
-func (o *serverOptions) resolve(fs *pflag.FlagSet) error {
-	if !fs.Changed("config") {
-		o.configFile = os.Getenv(envName("config"))
-	}
-	return applyConfig(fs, o.configFile)
-}
+func (o *serverOptions) resolve(fs *pflag.FlagSet) error { return resolveFlags(fs, &o.configFile) }
 
 // plane is a running CA: store, authority, servers and background loops.
 type plane struct {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -43,10 +42,7 @@ func newTokenCreateCmd() *cobra.Command {
 			"for exactly that SPIFFE ID, and any later use is refused and logged as a replay.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !cmd.Flags().Changed("config") {
-				o.configFile = os.Getenv(envName("config"))
-			}
-			if err := applyConfig(cmd.Flags(), o.configFile); err != nil {
+			if err := resolveFlags(cmd.Flags(), &o.configFile); err != nil {
 				return err
 			}
 			return createToken(cmd.Context(), &o, cmd.OutOrStdout())
