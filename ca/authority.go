@@ -693,14 +693,14 @@ func (a *Authority) Revoke(ctx context.Context, r store.Revocation) error {
 	if r.Serial != "" {
 		n, ok := new(big.Int).SetString(strings.TrimPrefix(strings.ToLower(strings.ReplaceAll(r.Serial, ":", "")), "0x"), 16)
 		if !ok || n.Sign() <= 0 {
-			return fmt.Errorf("ca: revoke: serial %q is not a positive hex number", r.Serial)
+			return fmt.Errorf("ca: %w: serial %q is not a positive hex number", ErrInvalidRevocation, r.Serial)
 		}
 		r.Serial = n.Text(16)
 	}
 	if r.SPIFFEID != "" {
 		id, err := spiffeid.FromString(r.SPIFFEID)
 		if err != nil {
-			return fmt.Errorf("ca: revoke: %w", err)
+			return fmt.Errorf("ca: %w: %v", ErrInvalidRevocation, err)
 		}
 		r.SPIFFEID = id.String()
 	}

@@ -14,6 +14,8 @@ var (
 	// ErrIdentityMismatch: the CSR asks for an identity other than the one
 	// the caller's credential proves.
 	ErrIdentityMismatch = errors.New("identity mismatch")
+	// ErrInvalidRevocation: a revocation names no valid serial or ID.
+	ErrInvalidRevocation = errors.New("invalid revocation")
 	// ErrUnavailable: the CA cannot sign or record right now; retry later.
 	ErrUnavailable = errors.New("CA unavailable")
 )

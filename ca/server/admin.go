@@ -156,3 +156,49 @@ func (s *Server) issuances(r *http.Request) (*IssuancesResponse, error) {
 	}
 	return out, nil
 }
+
+// RevokeRequest is the body of POST /v1/admin/revocations: exactly one of
+// Serial (hex) and SPIFFEID.
+type RevokeRequest struct {
+	Serial   string `json:"serial,omitempty"`
+	SPIFFEID string `json:"spiffe_id,omitempty"`
+	Reason   string `json:"reason,omitempty"`
+}
+
+// RevokeResponse answers it with the entry as stored.
+type RevokeResponse struct {
+	Serial    string    `json:"serial,omitempty"`
+	SPIFFEID  string    `json:"spiffe_id,omitempty"`
+	RevokedAt time.Time `json:"revoked_at"`
+}
+
+func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
+	resp, err := s.revoke(w, r)
+	if err != nil {
+		code, msg := classify(s.cfg.Logger, err)
+		s.metrics.Request("http", "revocations", code.String())
+		writeJSON(w, httpStatus(code), ErrorResponse{Error: msg, Code: code.String()})
+		return
+	}
+	s.metrics.Request("http", "revocations", codes.OK.String())
+	s.cfg.Logger.Warn("revoked", "serial", resp.Serial, "spiffe_id", resp.SPIFFEID, "peer", r.RemoteAddr)
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) revoke(w http.ResponseWriter, r *http.Request) (*RevokeResponse, error) {
+	r.Body = http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxRequestBytes))
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	var req RevokeRequest
+	if err := dec.Decode(&req); err != nil {
+		return nil, fmt.Errorf("%w: body is not a JSON revocation: %v", errBadRequest, err)
+	}
+	if (req.Serial == "") == (req.SPIFFEID == "") {
+		return nil, fmt.Errorf("%w: give exactly one of serial and spiffe_id", errBadRequest)
+	}
+	rev := store.Revocation{Serial: req.Serial, SPIFFEID: req.SPIFFEID, Reason: req.Reason, RevokedAt: s.cfg.Clock.Now()}
+	if err := s.cfg.Authority.Revoke(r.Context(), rev); err != nil {
+		return nil, err
+	}
+	return &RevokeResponse{Serial: req.Serial, SPIFFEID: req.SPIFFEID, RevokedAt: rev.RevokedAt}, nil
+}

@@ -155,6 +155,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.AdminToken != "" {
 		mux.HandleFunc("POST /v1/admin/join-tokens", s.adminAuth(s.handleCreateJoinToken))
 		mux.HandleFunc("GET /v1/admin/issuances", s.adminAuth(s.handleIssuances))
+		mux.HandleFunc("POST /v1/admin/revocations", s.adminAuth(s.handleRevoke))
 	}
 	s.https = &http.Server{
 		Handler:           http.TimeoutHandler(mux, cfg.RequestTimeout, `{"error":"request timed out"}`),

@@ -18,7 +18,6 @@ import (
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/client"
-	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/audit"
 )
 
@@ -129,8 +128,21 @@ func TestAuditIssued(t *testing.T) {
 			lastWeb = leaf[0].SerialNumber.Text(16)
 		}
 	}
-	if err := p.auth.Revoke(context.Background(), store.Revocation{Serial: lastWeb, Reason: "test"}); err != nil {
-		t.Fatal(err)
+	// Revoke through the admin API, spelled as OpenSSL prints serials.
+	adminArgs := []string{"--server", p.srv.Addr("https").String(), "--data-dir", dir}
+	if code, out, errOut := runMeshca(t, append([]string{"revoke", "--serial", strings.ToUpper(lastWeb), "--reason", "test"}, adminArgs...)...); code != 0 || !strings.Contains(out, "revoked_at") {
+		t.Fatalf("meshca revoke: exit %d\n%s%s", code, out, errOut)
+	}
+	for name, args := range map[string][]string{
+		"both":        {"revoke", "--serial", "ab", "--spiffe-id", web.String()},
+		"neither":     {"revoke"},
+		"bad serial":  {"revoke", "--serial", "xyz"},
+		"bad ID":      {"revoke", "--spiffe-id", "web"},
+		"wrong token": {"revoke", "--serial", "ab", "--admin-token-file", filepath.Join(dir, "bundle.pem")},
+	} {
+		if code, _, errOut := runMeshca(t, append(args, adminArgs...)...); code != 1 || !strings.Contains(errOut, "admin API") {
+			t.Errorf("revoke %s: exit %d, stderr %q", name, code, errOut)
+		}
 	}
 	code, stdout, stderr := runMeshca(t, "audit", "issued", "--server", p.srv.Addr("https").String(), "--data-dir", dir, "-o", "json")
 	if code != 0 {

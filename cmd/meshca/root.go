@@ -43,7 +43,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newServerCmd(), newDevCmd(), newAgentCmd(), newTokenCmd(), newAuditCmd(), newVersionCmd())
+	root.AddCommand(newServerCmd(), newDevCmd(), newAgentCmd(), newTokenCmd(), newRevokeCmd(), newAuditCmd(), newVersionCmd())
 	return root
 }
 
