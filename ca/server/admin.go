@@ -3,7 +3,6 @@ package server
 import (
 	"crypto/sha256"
 	"crypto/subtle"
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"time"
@@ -47,24 +46,13 @@ func (s *Server) adminAuth(h http.HandlerFunc) http.HandlerFunc {
 
 func (s *Server) handleCreateJoinToken(w http.ResponseWriter, r *http.Request) {
 	resp, err := s.createJoinToken(w, r)
-	if err != nil {
-		code, msg := classify(s.cfg.Logger, err)
-		s.metrics.Request("http", "join-tokens", code.String())
-		writeJSON(w, httpStatus(code), ErrorResponse{Error: msg, Code: code.String()})
-		return
-	}
-	s.metrics.Request("http", "join-tokens", codes.OK.String())
-	s.cfg.Logger.Info("join token created", "spiffe_id", resp.SPIFFEID, "expires_at", resp.ExpiresAt, "peer", r.RemoteAddr)
-	writeJSON(w, http.StatusOK, resp)
+	s.reply(w, "join-tokens", resp, err)
 }
 
 func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) (*JoinTokenResponse, error) {
-	r.Body = http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxRequestBytes))
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
 	var req JoinTokenRequest
-	if err := dec.Decode(&req); err != nil {
-		return nil, fmt.Errorf("%w: body is not a JSON join token request: %v", errBadRequest, err)
+	if err := s.decodeBody(w, r, &req, "join token request"); err != nil {
+		return nil, err
 	}
 	id, err := spiffeid.FromString(req.SPIFFEID)
 	if err != nil {
@@ -86,6 +74,7 @@ func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) (*JoinT
 	if err != nil {
 		return nil, err
 	}
+	s.cfg.Logger.Info("join token created", "spiffe_id", rec.SPIFFEID, "expires_at", rec.ExpiresAt, "peer", r.RemoteAddr)
 	return &JoinTokenResponse{Token: token, SPIFFEID: rec.SPIFFEID, ExpiresAt: rec.ExpiresAt}, nil
 }
 
@@ -109,14 +98,7 @@ const maxIssuancesListed = 100_000
 // ?since= (a Go duration) by issuance time.
 func (s *Server) handleIssuances(w http.ResponseWriter, r *http.Request) {
 	resp, err := s.issuances(r)
-	if err != nil {
-		code, msg := classify(s.cfg.Logger, err)
-		s.metrics.Request("http", "issuances", code.String())
-		writeJSON(w, httpStatus(code), ErrorResponse{Error: msg, Code: code.String()})
-		return
-	}
-	s.metrics.Request("http", "issuances", codes.OK.String())
-	writeJSON(w, http.StatusOK, resp)
+	s.reply(w, "issuances", resp, err)
 }
 
 func (s *Server) issuances(r *http.Request) (*IssuancesResponse, error) {
@@ -174,24 +156,13 @@ type RevokeResponse struct {
 
 func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	resp, err := s.revoke(w, r)
-	if err != nil {
-		code, msg := classify(s.cfg.Logger, err)
-		s.metrics.Request("http", "revocations", code.String())
-		writeJSON(w, httpStatus(code), ErrorResponse{Error: msg, Code: code.String()})
-		return
-	}
-	s.metrics.Request("http", "revocations", codes.OK.String())
-	s.cfg.Logger.Warn("revoked", "serial", resp.Serial, "spiffe_id", resp.SPIFFEID, "peer", r.RemoteAddr)
-	writeJSON(w, http.StatusOK, resp)
+	s.reply(w, "revocations", resp, err)
 }
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) (*RevokeResponse, error) {
-	r.Body = http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxRequestBytes))
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
 	var req RevokeRequest
-	if err := dec.Decode(&req); err != nil {
-		return nil, fmt.Errorf("%w: body is not a JSON revocation: %v", errBadRequest, err)
+	if err := s.decodeBody(w, r, &req, "revocation"); err != nil {
+		return nil, err
 	}
 	if (req.Serial == "") == (req.SPIFFEID == "") {
 		return nil, fmt.Errorf("%w: give exactly one of serial and spiffe_id", errBadRequest)
@@ -200,5 +171,6 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) (*RevokeResponse
 	if err := s.cfg.Authority.Revoke(r.Context(), rev); err != nil {
 		return nil, err
 	}
+	s.cfg.Logger.Warn("revoked", "serial", req.Serial, "spiffe_id", req.SPIFFEID, "reason", req.Reason, "peer", r.RemoteAddr)
 	return &RevokeResponse{Serial: req.Serial, SPIFFEID: req.SPIFFEID, RevokedAt: rev.RevokedAt}, nil
 }

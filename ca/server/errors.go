@@ -2,7 +2,9 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 
@@ -17,7 +19,10 @@ import (
 // carry messages written for callers; anything else is logged and reported
 // as a bare internal error so paths, keys or stack traces never leak.
 func classify(log *slog.Logger, err error) (codes.Code, string) {
+	var tooBig *http.MaxBytesError
 	switch {
+	case errors.As(err, &tooBig):
+		return codes.ResourceExhausted, fmt.Sprintf("request body over %d bytes", tooBig.Limit)
 	case errors.Is(err, attestor.ErrUnauthenticated):
 		return codes.Unauthenticated, err.Error()
 	case errors.Is(err, attestor.ErrPermissionDenied), errors.Is(err, ca.ErrIdentityMismatch):
@@ -59,4 +64,33 @@ func httpStatus(c codes.Code) int {
 		return http.StatusServiceUnavailable
 	}
 	return http.StatusInternalServerError
+}
+
+// reply writes resp, or err classified, as the JSON answer of an HTTP
+// endpoint, and counts it.
+func (s *Server) reply(w http.ResponseWriter, endpoint string, resp any, err error) {
+	if err != nil {
+		code, msg := classify(s.cfg.Logger, err)
+		s.metrics.Request("http", endpoint, code.String())
+		writeJSON(w, httpStatus(code), ErrorResponse{Error: msg, Code: code.String()})
+		return
+	}
+	s.metrics.Request("http", endpoint, codes.OK.String())
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// decodeBody reads a bounded JSON body into dst; unknown fields are errors.
+// what names the expected body in the error.
+func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, dst any, what string) error {
+	r.Body = http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxRequestBytes))
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return err
+		}
+		return fmt.Errorf("%w: body is not a JSON %s: %v", errBadRequest, what, err)
+	}
+	return nil
 }

@@ -2,7 +2,6 @@ package server
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -43,20 +42,7 @@ type ErrorResponse struct {
 
 func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 	resp, err := s.sign(w, r)
-	if err != nil {
-		code, msg := codes.Internal, ""
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			code, msg = codes.ResourceExhausted, fmt.Sprintf("request body over %d bytes", tooBig.Limit)
-		} else {
-			code, msg = classify(s.cfg.Logger, err)
-		}
-		s.metrics.Request("http", "sign", code.String())
-		writeJSON(w, httpStatus(code), ErrorResponse{Error: msg, Code: code.String()})
-		return
-	}
-	s.metrics.Request("http", "sign", codes.OK.String())
-	writeJSON(w, http.StatusOK, resp)
+	s.reply(w, "sign", resp, err)
 }
 
 func (s *Server) sign(w http.ResponseWriter, r *http.Request) (*SignResponse, error) {
@@ -70,16 +56,9 @@ func (s *Server) sign(w http.ResponseWriter, r *http.Request) (*SignResponse, er
 	}
 	cred.BearerToken = tok
 
-	r.Body = http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxRequestBytes))
-	dec := json.NewDecoder(r.Body)
-	dec.DisallowUnknownFields()
 	var req SignRequest
-	if err := dec.Decode(&req); err != nil {
-		var tooBig *http.MaxBytesError
-		if errors.As(err, &tooBig) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("%w: body is not a JSON sign request: %v", errBadRequest, err)
+	if err := s.decodeBody(w, r, &req, "sign request"); err != nil {
+		return nil, err
 	}
 	var ttl time.Duration
 	if req.TTL != "" {
