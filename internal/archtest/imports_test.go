@@ -15,6 +15,7 @@ var rules = []struct {
 	why       string
 }{
 	{"", []string{"/cmd/"}, "nothing imports cmd"},
+	{"", []string{"/internal/testca", "/internal/kubeenv", "/internal/clock/clocktest"}, "test helpers are imported by _test.go files only"},
 	{"/ca", []string{"/sds"}, "the CA never imports the agent"},
 	{"/attestor", []string{"/ca=", "/ca/server", "/ca/client", "/sds", "/policy"}, "attestors are imported by the CA, not the other way (the store interface is shared)"},
 	{"/policy", []string{"/ca", "/sds", "/attestor", "/internal"}, "policy imports no other project package"},

@@ -49,7 +49,7 @@ func benchStreams(b *testing.B, n int) {
 	h := newHarness(b)
 	svids := make([]*sds.SVID, b.N) // issued beforehand: the timer covers the push only
 	for i := range svids {
-		svids[i] = h.ca.issue(b, uint64(i+2))
+		svids[i] = h.ca.Issue(b, uint64(i+2))
 	}
 
 	before := memStats()

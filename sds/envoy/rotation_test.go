@@ -18,13 +18,14 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/testca"
 	"github.com/meshca/meshca/sds"
 )
 
 // csrSigner is a CA for the Manager: it signs CSRs with the test CA, with
 // validity on the fake clock.
 type csrSigner struct {
-	ca  *testCA
+	ca  *testca.CA
 	clk *clocktest.Fake
 }
 
@@ -51,7 +52,7 @@ func (s csrSigner) Sign(_ context.Context, csrPEM []byte, _ time.Duration, _ str
 	enc := func(c *x509.Certificate) string {
 		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
 	}
-	return []string{enc(leaf), enc(s.ca.inter), enc(s.ca.root)}, nil
+	return []string{enc(leaf), enc(s.ca.Inter), enc(s.ca.Root)}, nil
 }
 
 // TestRotationPushedOncePerStream drives the real Manager with a fake
@@ -60,8 +61,8 @@ func (s csrSigner) Sign(_ context.Context, csrPEM []byte, _ time.Duration, _ str
 // roots get nothing.
 func TestRotationPushedOncePerStream(t *testing.T) {
 	clk := clocktest.New(time.Now())
-	ca := newTestCA(t)
-	mgr, err := sds.NewManager(sds.Config{ID: workloadID, CA: csrSigner{ca, clk},
+	ca := testca.New(t)
+	mgr, err := sds.NewManager(sds.Config{ID: testca.WorkloadID, CA: csrSigner{ca, clk},
 		Token:  func(context.Context) (string, error) { return "t", nil },
 		Jitter: -1, Clock: clk})
 	if err != nil {
@@ -135,13 +136,13 @@ func (s *envoyStream) ack2(resp *discovery.DiscoveryResponse) *discovery.Discove
 }
 
 // signCert signs tmpl for pub with the test CA's intermediate.
-func signCert(tmpl *x509.Certificate, ca *testCA, pub any) (*x509.Certificate, error) {
+func signCert(tmpl *x509.Certificate, ca *testca.CA, pub any) (*x509.Certificate, error) {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
 	if err != nil {
 		return nil, err
 	}
 	tmpl.SerialNumber = serial
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.inter, pub, ca.interKey)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Inter, pub, ca.InterKey)
 	if err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshca/meshca/internal/testca"
 	"github.com/meshca/meshca/sds"
 )
 
@@ -128,7 +129,7 @@ func TestTwoResourcesOneStream(t *testing.T) {
 	s.none()
 
 	// New roots too: one response with both.
-	h.ca = newTestCA(t)
+	h.ca = testca.New(t)
 	h.rotate()
 	resp = s.next()
 	got = decode(t, resp)
@@ -590,7 +591,7 @@ func TestNoSVIDYet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := &harness{t: t, ca: newTestCA(t), src: src, srv: srv}
+	h := &harness{t: t, ca: testca.New(t), src: src, srv: srv}
 	path := t.TempDir() + "/sds.sock"
 	l, err := net.Listen("unix", path)
 	if err != nil {
@@ -608,7 +609,7 @@ func TestNoSVIDYet(t *testing.T) {
 	s := openStream(t, h.client())
 	s.request(DefaultName)
 	s.none()
-	svid := h.ca.issue(t, 1)
+	svid := h.ca.Issue(t, 1)
 	src.Set(svid)
 	checkCert(t, decode(t, s.next())[DefaultName], svid)
 }

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshca/meshca/internal/testca"
 	"github.com/meshca/meshca/sds"
 	"github.com/meshca/meshca/sds/socket"
 )
@@ -31,7 +32,7 @@ const waitFor = 10 * time.Second
 // harness is a Server behind socket.Listen, as the agent runs it.
 type harness struct {
 	t     *testing.T
-	ca    *testCA
+	ca    *testca.CA
 	src   *sds.StaticSource
 	svid  *sds.SVID
 	srv   *Server
@@ -43,9 +44,9 @@ type harness struct {
 
 func newHarness(t *testing.T, svid bool) *harness {
 	t.Helper()
-	h := &harness{t: t, ca: newTestCA(t)}
+	h := &harness{t: t, ca: testca.New(t)}
 	if svid {
-		h.svid = h.ca.issue(t, 1)
+		h.svid = h.ca.Issue(t, 1)
 	}
 	h.src = sds.NewStaticSource(h.svid)
 	srv, err := New(Config{Source: h.src})
@@ -94,7 +95,7 @@ func (h *harness) set(svid *sds.SVID) *sds.SVID {
 	return svid
 }
 
-func (h *harness) rotate() *sds.SVID { return h.set(h.ca.issue(h.t, h.svid.Version+1)) }
+func (h *harness) rotate() *sds.SVID { return h.set(h.ca.Issue(h.t, h.svid.Version+1)) }
 
 // raw returns a generated client that sends the security header only when
 // asked to.
@@ -134,8 +135,8 @@ func TestX509SourceSeesRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.ID != workloadID {
-		t.Errorf("ID = %s, want %s", got.ID, workloadID)
+	if got.ID != testca.WorkloadID {
+		t.Errorf("ID = %s, want %s", got.ID, testca.WorkloadID)
 	}
 	if len(got.Certificates) != 2 || !got.Certificates[0].Equal(h.svid.Certificates[0]) || !got.Certificates[1].Equal(h.svid.Certificates[1]) {
 		t.Error("certificates are not the SVID's leaf and intermediate")
@@ -143,11 +144,11 @@ func TestX509SourceSeesRotation(t *testing.T) {
 	if !samePublic(h.svid.Key.Public(), got.PrivateKey.Public()) {
 		t.Error("key is not the SVID's")
 	}
-	bundle, err := source.GetX509BundleForTrustDomain(workloadID.TrustDomain())
+	bundle, err := source.GetX509BundleForTrustDomain(testca.WorkloadID.TrustDomain())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if roots := bundle.X509Authorities(); len(roots) != 1 || !roots[0].Equal(h.ca.root) {
+	if roots := bundle.X509Authorities(); len(roots) != 1 || !roots[0].Equal(h.ca.Root) {
 		t.Error("bundle is not the CA's root")
 	}
 
@@ -186,11 +187,11 @@ func TestFetchX509BundlesWithGoSpiffe(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, ok := set.Get(workloadID.TrustDomain())
+	b, ok := set.Get(testca.WorkloadID.TrustDomain())
 	if !ok {
-		t.Fatalf("no bundle for %s in %v", workloadID.TrustDomain(), set.Bundles())
+		t.Fatalf("no bundle for %s in %v", testca.WorkloadID.TrustDomain(), set.Bundles())
 	}
-	if roots := b.X509Authorities(); len(roots) != 1 || !roots[0].Equal(h.ca.root) {
+	if roots := b.X509Authorities(); len(roots) != 1 || !roots[0].Equal(h.ca.Root) {
 		t.Error("bundle is not the CA's root")
 	}
 }
@@ -211,7 +212,7 @@ func TestX509SVIDResponse(t *testing.T) {
 		t.Fatalf("%d SVIDs, want 1", len(resp.Svids))
 	}
 	s := resp.Svids[0]
-	if s.SpiffeId != workloadID.String() {
+	if s.SpiffeId != testca.WorkloadID.String() {
 		t.Errorf("spiffe_id = %q", s.SpiffeId)
 	}
 	chain, err := x509.ParseCertificates(s.X509Svid)
@@ -223,7 +224,7 @@ func TestX509SVIDResponse(t *testing.T) {
 		t.Errorf("x509_svid_key is not the SVID's PKCS#8 key (%v)", err)
 	}
 	roots, err := x509.ParseCertificates(s.Bundle)
-	if err != nil || len(roots) != 1 || !roots[0].Equal(h.ca.root) {
+	if err != nil || len(roots) != 1 || !roots[0].Equal(h.ca.Root) {
 		t.Errorf("bundle is not the DER root (%v)", err)
 	}
 }
@@ -263,11 +264,11 @@ func TestStreams(t *testing.T) {
 		return c[0]
 	}
 
-	first := h.set(h.ca.issue(t, 1))
+	first := h.set(h.ca.Issue(t, 1))
 	if got := serial(next(t, svidCh)); got != first.Certificates[0].SerialNumber.String() {
 		t.Error("first response is not the SVID")
 	}
-	if !root(next(t, bundleCh)).Equal(h.ca.root) {
+	if !root(next(t, bundleCh)).Equal(h.ca.Root) {
 		t.Error("first bundle is not the root")
 	}
 
@@ -277,10 +278,10 @@ func TestStreams(t *testing.T) {
 	}
 	none(t, bundleCh)
 
-	h.ca = newTestCA(t)
+	h.ca = testca.New(t)
 	h.rotate() // new roots
 	next(t, svidCh)
-	if !root(next(t, bundleCh)).Equal(h.ca.root) {
+	if !root(next(t, bundleCh)).Equal(h.ca.Root) {
 		t.Error("bundle after a root change is not the new root")
 	}
 	none(t, svidCh)

@@ -1,4 +1,7 @@
-package workload
+// Package testca is a small real CA (ECDSA P-256 root and intermediate)
+// that issues SVIDs for tests of the agent's servers. Import it only from
+// _test.go files.
+package testca
 
 import (
 	"crypto/ecdsa"
@@ -16,60 +19,61 @@ import (
 	"github.com/meshca/meshca/sds"
 )
 
-var workloadID = spiffeid.RequireFromString("spiffe://example.org/ns/foo/sa/bar")
+// WorkloadID is the identity Issue certifies.
+var WorkloadID = spiffeid.RequireFromString("spiffe://example.org/ns/foo/sa/bar")
 
 // testCA is a real root and intermediate (ECDSA P-256) that issue SVIDs.
-type testCA struct {
-	root, inter       *x509.Certificate
-	rootKey, interKey *ecdsa.PrivateKey
+type CA struct {
+	Root, Inter       *x509.Certificate
+	RootKey, InterKey *ecdsa.PrivateKey
 }
 
-func newTestCA(t testing.TB) *testCA {
+func New(t testing.TB) *CA {
 	t.Helper()
-	ca := &testCA{rootKey: newKey(t), interKey: newKey(t)}
+	ca := &CA{RootKey: NewKey(t), InterKey: NewKey(t)}
 	now := time.Now()
-	ca.root = sign(t, &x509.Certificate{
+	ca.Root = Sign(t, &x509.Certificate{
 		Subject:               pkix.Name{CommonName: "test root"},
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(24 * time.Hour),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		URIs:                  []*url.URL{workloadID.TrustDomain().ID().URL()},
-	}, nil, &ca.rootKey.PublicKey, ca.rootKey)
-	ca.inter = sign(t, &x509.Certificate{
+		URIs:                  []*url.URL{WorkloadID.TrustDomain().ID().URL()},
+	}, nil, &ca.RootKey.PublicKey, ca.RootKey)
+	ca.Inter = Sign(t, &x509.Certificate{
 		Subject:               pkix.Name{CommonName: "test intermediate"},
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(12 * time.Hour),
 		IsCA:                  true,
 		BasicConstraintsValid: true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}, ca.root, &ca.interKey.PublicKey, ca.rootKey)
+	}, ca.Root, &ca.InterKey.PublicKey, ca.RootKey)
 	return ca
 }
 
-// issue returns a new SVID for workloadID (a new key and serial each time).
-func (ca *testCA) issue(t testing.TB, version uint64) *sds.SVID {
+// issue returns a new SVID for WorkloadID (a new key and serial each time).
+func (ca *CA) Issue(t testing.TB, version uint64) *sds.SVID {
 	t.Helper()
-	key := newKey(t)
+	key := NewKey(t)
 	now := time.Now()
-	leaf := sign(t, &x509.Certificate{
+	leaf := Sign(t, &x509.Certificate{
 		NotBefore:   now.Add(-time.Minute),
 		NotAfter:    now.Add(time.Hour),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:        []*url.URL{workloadID.URL()},
-	}, ca.inter, &key.PublicKey, ca.interKey)
+		URIs:        []*url.URL{WorkloadID.URL()},
+	}, ca.Inter, &key.PublicKey, ca.InterKey)
 	return &sds.SVID{
-		ID:           workloadID,
-		Certificates: []*x509.Certificate{leaf, ca.inter},
+		ID:           WorkloadID,
+		Certificates: []*x509.Certificate{leaf, ca.Inter},
 		Key:          key,
-		Roots:        []*x509.Certificate{ca.root},
+		Roots:        []*x509.Certificate{ca.Root},
 		Version:      version,
 	}
 }
 
-func newKey(t testing.TB) *ecdsa.PrivateKey {
+func NewKey(t testing.TB) *ecdsa.PrivateKey {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -78,7 +82,7 @@ func newKey(t testing.TB) *ecdsa.PrivateKey {
 	return k
 }
 
-func sign(t testing.TB, tmpl, parent *x509.Certificate, pub any, key *ecdsa.PrivateKey) *x509.Certificate {
+func Sign(t testing.TB, tmpl, parent *x509.Certificate, pub any, key *ecdsa.PrivateKey) *x509.Certificate {
 	t.Helper()
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
 	if err != nil {
