@@ -7,6 +7,7 @@ package kube
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -70,15 +71,22 @@ func build(objs []*unstructured.Unstructured, o policy.Options) (*policy.Set, er
 		}
 		docs = append(docs, string(b))
 	}
-	name := "kubernetes"
-	if len(objs) > 0 {
-		keys := make([]string, len(objs))
-		for i, u := range objs {
-			keys[i] = key(u)
-		}
-		name = "kubernetes (documents: " + strings.Join(keys, ", ") + ")"
+	set, err := o.Parse("kubernetes", []byte(strings.Join(docs, "\n---\n")))
+	if err == nil {
+		return set, nil
 	}
-	return o.Parse(name, []byte(strings.Join(docs, "\n---\n")))
+	// Name the objects at fault: parse them one by one (only on failure, so
+	// the common path stays one pass).
+	var errs []error
+	for i, doc := range docs {
+		if _, perr := o.Parse("kubernetes:"+key(objs[i]), []byte(doc)); perr != nil {
+			errs = append(errs, perr)
+		}
+	}
+	if len(errs) == 0 {
+		return nil, err // a conflict between objects, e.g. a duplicate
+	}
+	return nil, errors.Join(errs...)
 }
 
 func key(u *unstructured.Unstructured) string {
