@@ -77,7 +77,7 @@ type Config struct {
 	// RenewWithSVID renews over mTLS while the current SVID is valid: the
 	// request carries no token, and the CA authenticates the client
 	// certificate. The caller configures the CA client with
-	// ClientCertificate = Manager.ClientCertificate. After a failed mTLS
+	// ClientCertificate = ClientCertificate(Publish, Clock). After a failed mTLS
 	// renewal the next attempt uses Token, if set, in case the CA no longer
 	// accepts the SVID (its root changed, its serial was revoked).
 	RenewWithSVID bool
@@ -120,6 +120,11 @@ type Config struct {
 	// LoadRoots, when set, re-reads the trust bundle before every request;
 	// its roots replace Roots while it succeeds.
 	LoadRoots func() ([]*x509.Certificate, error)
+	// Publish receives every SVID the Manager obtains; Current and
+	// Subscribe read it. Default a new StaticSource. Giving one lets the CA
+	// client that renews over mTLS be built before the Manager, with
+	// ClientCertificate(Publish, clock) as its client certificate.
+	Publish *StaticSource
 	// Clock drives renewal and retry waits. Default the wall clock.
 	Clock clock.Clock
 	// Logger defaults to discarding.
@@ -172,6 +177,9 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("sds: renew fraction %g ± jitter %g leaves (0, 1)", c.RenewFraction, c.Jitter)
 	}
 	c.Roots = slices.Clone(c.Roots)
+	if c.Publish == nil {
+		c.Publish = NewStaticSource(nil)
+	}
 	c.Clock = clock.OrReal(c.Clock)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -198,7 +206,7 @@ func NewManager(cfg Config) (*Manager, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	return &Manager{cfg: cfg, src: NewStaticSource(nil)}, nil
+	return &Manager{cfg: cfg, src: cfg.Publish}, nil
 }
 
 // Current implements Source: the latest SVID, or nil before the first. An
@@ -241,17 +249,26 @@ func (m *Manager) TLSCertificate() (*tls.Certificate, error) {
 }
 
 // ClientCertificate is the hook for the CA client's
-// client.Config.ClientCertificate: the current SVID while it is valid, and
-// otherwise an empty certificate, so that the handshake goes on without
-// one and a token-authenticated request can still get the first SVID or
-// replace an expired one. (An error from this hook would fail the TLS
-// handshake, and with it every request.)
+// client.Config.ClientCertificate: the current SVID while it is valid.
 func (m *Manager) ClientCertificate() (*tls.Certificate, error) {
-	cur := m.Current()
-	if cur == nil || !validAt(cur, m.cfg.Clock.Now()) {
-		return &tls.Certificate{}, nil
+	return ClientCertificate(m.src, m.cfg.Clock)()
+}
+
+// ClientCertificate returns a client.Config.ClientCertificate hook that
+// presents src's current SVID while it is valid, and otherwise an empty
+// certificate, so that the handshake goes on without one and a
+// token-authenticated request can still get the first SVID or replace an
+// expired one. (An error from this hook would fail the TLS handshake, and
+// with it every request.)
+func ClientCertificate(src Source, clk clock.Clock) func() (*tls.Certificate, error) {
+	clk = clock.OrReal(clk)
+	return func() (*tls.Certificate, error) {
+		cur := src.Current()
+		if cur == nil || !validAt(cur, clk.Now()) {
+			return &tls.Certificate{}, nil
+		}
+		return tlsCertificate(cur), nil
 	}
-	return tlsCertificate(cur), nil
 }
 
 func tlsCertificate(s *SVID) *tls.Certificate {

@@ -1,36 +1,18 @@
 package main
 
 import (
-	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"log/slog"
-	"net"
-	"net/http"
-	"os"
-	"strings"
-	"sync"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 
-	"github.com/meshca/meshca/ca/client"
-	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/metrics"
 	"github.com/meshca/meshca/sds"
-	"github.com/meshca/meshca/sds/envoy"
-	"github.com/meshca/meshca/sds/socket"
-	"github.com/meshca/meshca/sds/workload"
+	"github.com/meshca/meshca/sds/agent"
+
+	"github.com/meshca/meshca/internal/cli"
 )
 
 // agentOptions are the flags of `meshca agent`.
@@ -53,7 +35,7 @@ type agentOptions struct {
 	sdsTCPAllow    []string
 	workloadSocket string
 	monitorListen  string
-	log            logOptions
+	log            cli.LogOptions
 }
 
 func (o *agentOptions) addFlags(fs *pflag.FlagSet) {
@@ -75,7 +57,7 @@ func (o *agentOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&o.sdsTCPAllow, "sds-tcp-allow", nil, "SPIFFE IDs allowed on --sds-tcp-listen (default: the workload's own)")
 	fs.StringVar(&o.workloadSocket, "workload-api-socket", "/var/run/meshca/workload.sock", "SPIFFE Workload API Unix socket; empty disables")
 	fs.StringVar(&o.monitorListen, "monitoring-listen", "127.0.0.1:15020", "plain-HTTP /healthz, /readyz (not ready without a valid SVID) and /metrics; empty disables")
-	o.log.addFlags(fs)
+	o.log.AddFlags(fs)
 }
 
 func newAgentCmd() *cobra.Command {
@@ -85,38 +67,54 @@ func newAgentCmd() *cobra.Command {
 		Short: "Keep a workload's SVID fresh and serve it to Envoy (SDS) and the SPIFFE Workload API",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := resolveFlags(cmd.Flags(), &o.configFile); err != nil {
+			if err := cli.Resolve(cmd.Flags(), &o.configFile); err != nil {
 				return err
 			}
-			log, err := o.log.logger(cmd.ErrOrStderr())
+			log, err := o.log.Logger(cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
-			a, err := startAgent(cmd.Context(), &o, log, nil)
+			cfg, err := o.config()
 			if err != nil {
 				return err
 			}
-			<-cmd.Context().Done()
-			return a.stop()
+			cfg.Logger = log
+			return agent.Run(cmd.Context(), cfg)
 		},
 	}
 	o.addFlags(cmd.Flags())
 	return cmd
 }
 
-// agent is a running agent: the manager and its servers.
-type agent struct {
-	mgr     *sds.Manager
-	grpc    []*grpc.Server
-	mon     *http.Server
-	monAddr net.Addr
-	sdsTCP  net.Addr
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	log     *slog.Logger
-	reg     *prometheus.Registry
-	metrics *metrics.Agent
-	clock   clock.Clock
+// config turns the flags into the agent's Config.
+func (o *agentOptions) config() (agent.Config, error) {
+	id, err := o.identity()
+	if err != nil {
+		return agent.Config{}, err
+	}
+	if o.caRoots == "" {
+		return agent.Config{}, errors.New("--ca-roots is required")
+	}
+	if o.tokenFile != "" && o.joinTokenFile != "" {
+		return agent.Config{}, errors.New("--token-file and --join-token-file: choose one")
+	}
+	if o.tokenFile == "" && o.joinTokenFile == "" {
+		return agent.Config{}, errors.New("give --token-file (Kubernetes) or --join-token-file (elsewhere)")
+	}
+	var allowed []spiffeid.ID
+	for _, raw := range o.sdsTCPAllow {
+		a, err := spiffeid.FromString(raw)
+		if err != nil {
+			return agent.Config{}, fmt.Errorf("--sds-tcp-allow: %w", err)
+		}
+		allowed = append(allowed, a)
+	}
+	return agent.Config{
+		ID: id, CAAddr: o.caAddr, CARootsFile: o.caRoots, CAServerName: o.caServerName,
+		TokenFile: o.tokenFile, JoinTokenFile: o.joinTokenFile, KeyType: o.keyType, TTL: o.ttl, RenewFraction: o.renewFraction,
+		SDSSocket: o.sdsSocket, SDSTCPAddr: o.sdsTCPListen, SDSTCPAllow: allowed, WorkloadSocket: o.workloadSocket,
+		MonitorAddr: o.monitorListen,
+	}, nil
 }
 
 // identity resolves the workload's SPIFFE ID from the options.
@@ -133,240 +131,3 @@ func (o *agentOptions) identity() (spiffeid.ID, error) {
 	}
 	return spiffeid.FromSegments(td, "ns", o.namespace, "sa", o.serviceAccount)
 }
-
-// startAgent builds the manager and servers and starts them. clk nil is
-// the wall clock.
-func startAgent(ctx context.Context, o *agentOptions, log *slog.Logger, clk clock.Clock) (*agent, error) {
-	id, err := o.identity()
-	if err != nil {
-		return nil, err
-	}
-	if o.caRoots == "" {
-		return nil, errors.New("--ca-roots is required")
-	}
-	rootsPEM, err := os.ReadFile(o.caRoots)
-	if err != nil {
-		return nil, fmt.Errorf("--ca-roots: %w", err)
-	}
-	roots, err := parseRoots(rootsPEM)
-	if err != nil {
-		return nil, fmt.Errorf("--ca-roots %s: %w", o.caRoots, err)
-	}
-	var (
-		token         func(context.Context) (string, error)
-		renewWithSVID bool
-	)
-	switch {
-	case o.tokenFile != "" && o.joinTokenFile != "":
-		return nil, errors.New("--token-file and --join-token-file: choose one")
-	case o.tokenFile != "":
-		path := o.tokenFile
-		token = func(context.Context) (string, error) {
-			b, err := os.ReadFile(path) // fresh every time: kubelet rotates it
-			return strings.TrimSpace(string(b)), err
-		}
-	case o.joinTokenFile != "":
-		b, err := os.ReadFile(o.joinTokenFile)
-		if err != nil {
-			return nil, fmt.Errorf("--join-token-file: %w", err)
-		}
-		jt := strings.TrimSpace(string(b))
-		token = func(context.Context) (string, error) { return jt, nil }
-		renewWithSVID = true
-	default:
-		return nil, errors.New("give --token-file (Kubernetes) or --join-token-file (elsewhere)")
-	}
-	serverName := o.caServerName
-	if serverName == "" {
-		host, _, err := net.SplitHostPort(o.caAddr)
-		if err != nil {
-			return nil, fmt.Errorf("--ca-addr: %w", err)
-		}
-		serverName = host
-		if ip := net.ParseIP(host); ip != nil && (ip.IsLoopback() || ip.IsUnspecified()) {
-			serverName = "localhost"
-		}
-	}
-	// The manager is created after the client but the client asks it for
-	// the current SVID at every call: tie them through a variable.
-	var mgr *sds.Manager
-	rootsPath := o.caRoots
-	ccfg := client.Config{Addr: o.caAddr, ServerName: serverName,
-		LoadRoots: func() ([]byte, error) { return os.ReadFile(rootsPath) }}
-	if renewWithSVID {
-		ccfg.ClientCertificate = func() (*tls.Certificate, error) { return mgr.ClientCertificate() }
-	}
-	cc, err := client.New(ccfg)
-	if err != nil {
-		return nil, err
-	}
-	loadRoots := func() ([]*x509.Certificate, error) { // the mounted bundle, re-read before each request
-		b, err := os.ReadFile(rootsPath)
-		if err != nil {
-			return nil, err
-		}
-		return parseRoots(b)
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	am := metrics.NewAgent(reg)
-	mgr, err = sds.NewManager(sds.Config{
-		ID: id, CA: cc, Token: token, RenewWithSVID: renewWithSVID, KeyType: o.keyType, TTL: o.ttl,
-		RenewFraction: o.renewFraction, Roots: roots, LoadRoots: loadRoots, Clock: clk, Logger: log, Metrics: am,
-	})
-	if err != nil {
-		cc.Close()
-		return nil, err
-	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	a := &agent{mgr: mgr, cancel: cancel, log: log, reg: reg, metrics: am, clock: clock.OrReal(clk)}
-	a.wg.Add(1)
-	go func() {
-		defer a.wg.Done()
-		defer cc.Close()
-		if err := mgr.Run(runCtx); err != nil && !errors.Is(err, context.Canceled) {
-			log.Error("agent stopped renewing", "err", err)
-		}
-	}()
-	if err := a.serve(runCtx, o); err != nil {
-		a.stop()
-		return nil, err
-	}
-	log.Info("agent started", "spiffe_id", id.String(), "ca", o.caAddr, "sds", o.sdsSocket, "workload_api", o.workloadSocket)
-	return a, nil
-}
-
-// serve starts the SDS and Workload API servers and the monitoring port.
-func (a *agent) serve(ctx context.Context, o *agentOptions) error {
-	type api struct {
-		path     string
-		register func(*grpc.Server) error
-	}
-	var sdsServer *envoy.Server
-	if o.sdsSocket != "" || o.sdsTCPListen != "" {
-		s, err := envoy.New(envoy.Config{Source: a.mgr, Logger: a.log, Metrics: a.metrics})
-		if err != nil {
-			return err
-		}
-		sdsServer = s
-		a.wg.Add(1)
-		go func() { defer a.wg.Done(); s.Run(ctx) }()
-	}
-	if o.sdsTCPListen != "" {
-		if err := a.serveSDSOverTCP(o, sdsServer); err != nil {
-			return err
-		}
-	}
-	apis := []api{
-		{o.sdsSocket, func(g *grpc.Server) error {
-			sdsServer.Register(g)
-			return nil
-		}},
-		{o.workloadSocket, func(g *grpc.Server) error {
-			s, err := workload.New(workload.Config{Source: a.mgr, Logger: a.log})
-			if err != nil {
-				return err
-			}
-			s.Register(g)
-			go func() { <-ctx.Done(); s.Close() }()
-			return nil
-		}},
-	}
-	for _, ap := range apis {
-		if ap.path == "" {
-			continue
-		}
-		ln, err := socket.Listen(ap.path, a.log)
-		if err != nil {
-			return err
-		}
-		g := grpc.NewServer(grpc.Creds(socket.Credentials()), grpc.MaxRecvMsgSize(1<<20))
-		if err := ap.register(g); err != nil {
-			ln.Close()
-			return err
-		}
-		a.grpc = append(a.grpc, g)
-		a.wg.Add(1)
-		go func() { defer a.wg.Done(); g.Serve(ln) }()
-	}
-	if o.monitorListen != "" {
-		mux := http.NewServeMux()
-		mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
-		mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-			if err := a.mgr.Ready(a.clock.Now()); err != nil {
-				http.Error(w, err.Error(), http.StatusServiceUnavailable)
-				return
-			}
-			fmt.Fprintf(w, "ok: SVID valid until %s\n", a.mgr.Current().NotAfter().UTC().Format(time.RFC3339))
-		})
-		mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
-		ln, err := net.Listen("tcp", o.monitorListen)
-		if err != nil {
-			return fmt.Errorf("--monitoring-listen: %w", err)
-		}
-		a.monAddr = ln.Addr()
-		a.mon = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		a.wg.Add(1)
-		go func() { defer a.wg.Done(); a.mon.Serve(ln) }()
-	}
-	return nil
-}
-
-// serveSDSOverTCP serves SDS on TCP with mTLS: the agent presents the
-// workload's SVID and accepts only the allowed SPIFFE IDs, verified against
-// the current bundle (go-spiffe's tlsconfig, TLS 1.2 or later).
-func (a *agent) serveSDSOverTCP(o *agentOptions, s *envoy.Server) error {
-	var allowed []spiffeid.ID
-	for _, raw := range o.sdsTCPAllow {
-		id, err := spiffeid.FromString(raw)
-		if err != nil {
-			return fmt.Errorf("--sds-tcp-allow: %w", err)
-		}
-		allowed = append(allowed, id)
-	}
-	if len(allowed) == 0 {
-		id, err := o.identity()
-		if err != nil {
-			return err
-		}
-		allowed = []spiffeid.ID{id}
-	}
-	src := sds.SPIFFESource{Source: a.mgr}
-	tlsCfg := tlsconfig.MTLSServerConfig(src, src, tlsconfig.AuthorizeOneOf(allowed...))
-	tlsCfg.MinVersion = tls.VersionTLS12
-	ln, err := net.Listen("tcp", o.sdsTCPListen)
-	if err != nil {
-		return fmt.Errorf("--sds-tcp-listen: %w", err)
-	}
-	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsCfg)), grpc.MaxRecvMsgSize(1<<20))
-	s.Register(g)
-	a.sdsTCP = ln.Addr()
-	a.grpc = append(a.grpc, g)
-	a.wg.Add(1)
-	go func() { defer a.wg.Done(); g.Serve(ln) }()
-	return nil
-}
-
-// stop ends the streams cleanly (the servers' Run and Close end them on
-// cancel), lets the gRPC servers drain, and stops the manager.
-func (a *agent) stop() error {
-	a.cancel()
-	for _, g := range a.grpc {
-		done := make(chan struct{})
-		go func() { g.GracefulStop(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(5 * time.Second):
-			g.Stop()
-		}
-	}
-	if a.mon != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		a.mon.Shutdown(ctx)
-		cancel()
-	}
-	a.wg.Wait()
-	return nil
-}
-
-func parseRoots(b []byte) ([]*x509.Certificate, error) { return parseChainPEM(b) }

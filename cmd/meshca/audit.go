@@ -3,54 +3,28 @@ package main
 import (
 	"context"
 	"crypto/x509"
-	"encoding/json"
-	"encoding/pem"
-	"errors"
 	"fmt"
 	"io"
-	"net/url"
-	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
-	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
-	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
-	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"sigs.k8s.io/yaml"
 
-	"github.com/meshca/meshca/ca/server"
 	"github.com/meshca/meshca/internal/audit"
+
+	"github.com/meshca/meshca/internal/cli"
 )
-
-// exitError carries a process exit code other than 1: `meshca audit` exits
-// 2 on usage and input errors (and `audit authz` 1 for a denial).
-type exitError struct {
-	code int
-	err  error
-}
-
-func (e *exitError) Error() string { return e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
 
 // usageArgs makes an argument check fail with exit code 2.
 func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if err := check(cmd, args); err != nil {
-			return usageErr("%v", err)
+			return cli.Usage("%v", err)
 		}
 		return nil
 	}
-}
-
-func usageErr(format string, args ...any) error {
-	return &exitError{code: 2, err: fmt.Errorf(format, args...)}
 }
 
 func newAuditCmd() *cobra.Command {
@@ -59,33 +33,15 @@ func newAuditCmd() *cobra.Command {
 		Short: "Check identities and certificates (exit 2 on usage or input errors)",
 	}
 	cmd.PersistentFlags().StringP("output", "o", "table", "output: table, json or yaml")
-	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageErr("%v", err) })
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return cli.Usage("%v", err) })
 	cmd.AddCommand(newAuditAuthzCmd(), newAuditMTLSCmd(), newAuditLintCmd(), newAuditCertCmd(), newAuditIssuedCmd())
 	return cmd
 }
 
-// render writes v as JSON or YAML, or calls table.
+// render writes v in the --output format, or calls table.
 func render(cmd *cobra.Command, v any, table func(w io.Writer)) error {
 	out, _ := cmd.Flags().GetString("output")
-	w := cmd.OutOrStdout()
-	switch out {
-	case "json":
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
-	case "yaml":
-		b, err := yaml.Marshal(v)
-		if err != nil {
-			return err
-		}
-		_, err = w.Write(b)
-		return err
-	case "table":
-		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		table(tw)
-		return tw.Flush()
-	}
-	return usageErr("--output must be table, json or yaml, not %q", out)
+	return cli.Render(cmd.OutOrStdout(), out, v, table)
 }
 
 func newAuditCertCmd() *cobra.Command {
@@ -103,7 +59,7 @@ func newAuditCertCmd() *cobra.Command {
 			if now != "" {
 				t, err := time.Parse(time.RFC3339, now)
 				if err != nil {
-					return usageErr("--now: %v", err)
+					return cli.Usage("--now: %v", err)
 				}
 				at = t
 			}
@@ -114,7 +70,7 @@ func newAuditCertCmd() *cobra.Command {
 				}
 			}
 			if sources != 1 {
-				return usageErr("give exactly one of FILE, --sds or --workload-api")
+				return cli.Usage("give exactly one of FILE, --sds or --workload-api")
 			}
 			var (
 				chain  []*x509.Certificate
@@ -126,27 +82,27 @@ func newAuditCertCmd() *cobra.Command {
 			switch {
 			case len(args) == 1:
 				source = args[0]
-				chain, err = readChain(args[0])
+				chain, err = audit.ChainFromFile(args[0])
 			case sdsSocket != "":
 				source = "sds:" + sdsSocket
-				chain, err = chainFromSDS(ctx, sdsSocket)
+				chain, err = audit.ChainFromSDS(ctx, sdsSocket)
 			default:
 				source = "workload-api:" + wlSocket
-				chain, err = chainFromWorkloadAPI(ctx, wlSocket)
+				chain, err = audit.ChainFromWorkloadAPI(ctx, wlSocket)
 			}
 			if err != nil {
-				return usageErr("%s: %v", source, err)
+				return cli.Usage("%s: %v", source, err)
 			}
 			opts := audit.CertOptions{MaxLifetime: maxLifetime}
 			if bundlePath != "" {
-				roots, err := readChain(bundlePath)
+				roots, err := audit.ChainFromFile(bundlePath)
 				if err != nil {
-					return usageErr("--bundle: %v", err)
+					return cli.Usage("--bundle: %v", err)
 				}
 				tdv := spiffeid.TrustDomain{}
 				if td != "" {
 					if tdv, err = spiffeid.TrustDomainFromString(td); err != nil {
-						return usageErr("--trust-domain: %v", err)
+						return cli.Usage("--trust-domain: %v", err)
 					}
 				} else if id, err := spiffeid.FromURI(chain[0].URIs[0]); err == nil {
 					tdv = id.TrustDomain()
@@ -188,92 +144,24 @@ func newAuditCertCmd() *cobra.Command {
 	return cmd
 }
 
-func readChain(path string) ([]*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	return parseChainPEM(b)
-}
-
-func parseChainPEM(b []byte) ([]*x509.Certificate, error) {
-	var chain []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		chain = append(chain, c)
-	}
-	if len(chain) == 0 {
-		return nil, errors.New("no PEM certificates")
-	}
-	return chain, nil
-}
-
-func chainFromSDS(ctx context.Context, socket string) ([]*x509.Certificate, error) {
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		return nil, err
-	}
-	defer conn.Close()
-	resp, err := secretv3.NewSecretDiscoveryServiceClient(conn).FetchSecrets(ctx, &discovery.DiscoveryRequest{
-		TypeUrl: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret", ResourceNames: []string{"default"}})
-	if err != nil {
-		return nil, err
-	}
-	for _, res := range resp.GetResources() {
-		var sec tlsv3.Secret
-		if err := res.UnmarshalTo(&sec); err != nil {
-			return nil, err
-		}
-		if tc := sec.GetTlsCertificate(); tc != nil {
-			return parseChainPEM(tc.GetCertificateChain().GetInlineBytes())
-		}
-	}
-	return nil, errors.New("no \"default\" certificate served")
-}
-
-func chainFromWorkloadAPI(ctx context.Context, socket string) ([]*x509.Certificate, error) {
-	svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+socket))
-	if err != nil {
-		return nil, err
-	}
-	return svid.Certificates, nil
-}
-
 func newAuditIssuedCmd() *cobra.Command {
 	var (
-		srv, dataDir, caFile, adminFile, id string
-		since                               time.Duration
+		f     adminFlags
+		id    string
+		since time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "issued --server ADDR [--spiffe-id ID] [--since 24h]",
 		Short: "Who holds which identity, from the CA's issuance log (admin API)",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := newAdminClient(srv, dataDir, caFile, adminFile)
+			c, err := f.client(cmd.Flags())
 			if err != nil {
-				return usageErr("%v", err)
+				return cli.Usage("%v", err)
 			}
-			q := url.Values{}
-			if id != "" {
-				q.Set("spiffe_id", id)
-			}
-			if since > 0 {
-				q.Set("since", since.String())
-			}
-			var ir server.IssuancesResponse
-			if err := c.do(cmd.Context(), "GET", "/v1/admin/issuances?"+q.Encode(), nil, &ir); err != nil {
-				return usageErr("%v", err)
+			ir, err := c.Issuances(cmd.Context(), id, since)
+			if err != nil {
+				return cli.Usage("%v", err)
 			}
 			recs := make([]audit.Issued, 0, len(ir.Issuances))
 			for _, r := range ir.Issuances {
@@ -296,10 +184,7 @@ func newAuditIssuedCmd() *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&srv, "server", "127.0.0.1:8443", "the CA's HTTPS API address")
-	fs.StringVar(&dataDir, "data-dir", ".meshca", "the server's data directory, for the defaults below")
-	fs.StringVar(&caFile, "ca-file", "", "PEM roots to verify the server (default <data-dir>/bundle.pem)")
-	fs.StringVar(&adminFile, "admin-token-file", "", "admin token (default <data-dir>/admin-token)")
+	f.addFlags(fs)
 	fs.StringVar(&id, "spiffe-id", "", "only this identity")
 	fs.DurationVar(&since, "since", 24*time.Hour, "only certificates issued this recently")
 	return cmd

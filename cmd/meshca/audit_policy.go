@@ -14,12 +14,12 @@ import (
 	"github.com/spf13/pflag"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/meshca/meshca/internal/kubeclient"
 	"github.com/meshca/meshca/policy"
 	"github.com/meshca/meshca/policy/kube"
+
+	"github.com/meshca/meshca/internal/cli"
 )
 
 // policyFlags are shared by audit authz and audit mtls.
@@ -61,46 +61,37 @@ func (f *policyFlags) load(ctx context.Context) (*policy.Set, error) {
 	opts := policy.Options{RootNamespace: f.rootNS, TrustDomain: f.trustDomain, TrustDomainAliases: f.tdAliases}
 	switch {
 	case f.kube && len(f.paths) > 0:
-		return nil, usageErr("--policies and --kube: choose one")
+		return nil, cli.Usage("--policies and --kube: choose one")
 	case f.kube:
-		cfg, err := kubeRESTConfig(f.kubeconfig)
+		cfg, err := f.kubeConfig().REST()
 		if err != nil {
-			return nil, usageErr("%v", err)
+			return nil, cli.Usage("%v", err)
 		}
 		dc, err := dynamic.NewForConfig(cfg)
 		if err != nil {
-			return nil, usageErr("%v", err)
+			return nil, cli.Usage("%v", err)
 		}
 		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		set, err := kube.Load(ctx, dc, opts)
 		if err != nil {
-			return nil, usageErr("%v", err)
+			return nil, cli.Usage("%v", err)
 		}
 		return set, nil
 	case len(f.paths) == 0:
-		return nil, usageErr("--policies (or --kube) is required")
+		return nil, cli.Usage("--policies (or --kube) is required")
 	}
 	set, err := opts.Load(f.paths...)
 	if err != nil {
-		return nil, usageErr("%v", err)
+		return nil, cli.Usage("%v", err)
 	}
 	return set, nil
 }
 
-// kubeRESTConfig is in-cluster configuration, or path, or client-go's
-// default loading rules ($KUBECONFIG, ~/.kube/config).
-func kubeRESTConfig(path string) (*rest.Config, error) {
-	if path == "" {
-		if cfg, err := rest.InClusterConfig(); err == nil {
-			return cfg, nil
-		}
-	}
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	if path != "" {
-		rules.ExplicitPath = path
-	}
-	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+// kube is the configuration of --kube: in-cluster, else --kubeconfig or
+// client-go's default loading rules ($KUBECONFIG, ~/.kube/config).
+func (f *policyFlags) kubeConfig() kubeclient.Config {
+	return kubeclient.Config{Kubeconfig: f.kubeconfig, FallBack: true, UserAgent: "meshca/" + version}
 }
 
 func newAuditAuthzCmd() *cobra.Command {
@@ -135,7 +126,7 @@ func newAuditAuthzCmd() *cobra.Command {
 				return err
 			}
 			if d.Decision != policy.Allow {
-				return &exitError{code: 1, err: fmt.Errorf("denied: %s", d.Reason)}
+				return &cli.ExitError{Code: 1, Err: fmt.Errorf("denied: %s", d.Reason)}
 			}
 			return nil
 		},
@@ -169,7 +160,7 @@ func (f *policyFlags) request(cmd *cobra.Command) (policy.Request, error) {
 		if f.requestFile != "-" {
 			file, err := os.Open(f.requestFile)
 			if err != nil {
-				return req, usageErr("--request: %v", err)
+				return req, cli.Usage("--request: %v", err)
 			}
 			defer file.Close()
 			r = file
@@ -177,11 +168,11 @@ func (f *policyFlags) request(cmd *cobra.Command) (policy.Request, error) {
 		dec := json.NewDecoder(io.LimitReader(r, 1<<20))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
-			return req, usageErr("--request: not a request: %v", err)
+			return req, cli.Usage("--request: not a request: %v", err)
 		}
 	} else {
 		if f.namespace == "" {
-			return req, usageErr("give --request, or at least --namespace")
+			return req, cli.Usage("give --request, or at least --namespace")
 		}
 		claims := map[string]any{}
 		for k, v := range f.claims {
@@ -198,19 +189,19 @@ func (f *policyFlags) request(cmd *cobra.Command) (policy.Request, error) {
 		}
 	}
 	if p := strings.ToUpper(req.Protocol); p != "" && p != "HTTP" && p != "TCP" {
-		return req, usageErr("protocol must be HTTP or TCP, not %q", req.Protocol)
+		return req, cli.Usage("protocol must be HTTP or TCP, not %q", req.Protocol)
 	}
 	if req.Workload.Namespace == "" {
-		return req, usageErr("the request names no workload namespace")
+		return req, cli.Usage("the request names no workload namespace")
 	}
 	for name, ip := range map[string]string{"source.ip": req.Source.IP, "source.remote_ip": req.Source.RemoteIP, "destination.ip": req.Destination.IP} {
 		if _, err := netip.ParseAddr(ip); ip != "" && err != nil {
-			return req, usageErr("%s %q is not an IP address", name, ip)
+			return req, cli.Usage("%s %q is not an IP address", name, ip)
 		}
 	}
 	for provider, v := range req.CustomVerdicts {
 		if v != policy.Allow && v != policy.Deny {
-			return req, usageErr("custom_verdicts[%s] must be ALLOW or DENY, not %q", provider, v)
+			return req, cli.Usage("custom_verdicts[%s] must be ALLOW or DENY, not %q", provider, v)
 		}
 	}
 	return req, nil
@@ -234,7 +225,7 @@ func newAuditMTLSCmd() *cobra.Command {
 				return err
 			}
 			if f.namespace == "" {
-				return usageErr("--namespace is required")
+				return cli.Usage("--namespace is required")
 			}
 			mode, pol := set.MTLSMode(f.namespace, f.labels, f.port)
 			res := MTLSResult{Mode: mode, Policy: pol}
@@ -270,17 +261,13 @@ func newAuditLintCmd() *cobra.Command {
 			opts := policy.LintOptions{ServedTrustDomains: append([]string{f.trustDomain}, f.tdAliases...)}
 			if f.kube {
 				// Selectors are checked against the pods that exist.
-				cfg, err := kubeRESTConfig(f.kubeconfig)
+				cs, err := f.kubeConfig().Clientset()
 				if err != nil {
-					return usageErr("%v", err)
-				}
-				cs, err := kubernetes.NewForConfig(cfg)
-				if err != nil {
-					return usageErr("%v", err)
+					return cli.Usage("%v", err)
 				}
 				pods, err := cs.CoreV1().Pods("").List(cmd.Context(), metav1.ListOptions{})
 				if err != nil {
-					return usageErr("list pods: %v", err)
+					return cli.Usage("list pods: %v", err)
 				}
 				opts.Workloads = []policy.WorkloadInfo{}
 				for _, p := range pods.Items {
@@ -308,7 +295,7 @@ func newAuditLintCmd() *cobra.Command {
 				return err
 			}
 			if len(findings) > 0 {
-				return &exitError{code: 1, err: fmt.Errorf("%d finding(s)", len(findings))}
+				return &cli.ExitError{Code: 1, Err: fmt.Errorf("%d finding(s)", len(findings))}
 			}
 			return nil
 		},

@@ -5,14 +5,12 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"flag"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/attestor"
@@ -92,21 +90,12 @@ func TestAuditUsageErrorsExit2(t *testing.T) {
 // TestAuditIssued reads the issuance log of a running CA.
 func TestAuditIssued(t *testing.T) {
 	dir := t.TempDir()
-	var so serverOptions
-	fs := pflag.NewFlagSet("server", pflag.ContinueOnError)
-	so.addFlags(fs)
-	if err := fs.Parse([]string{"--data-dir", dir, "--trust-domain", "example.org", "--grpc-listen", "127.0.0.1:0",
-		"--https-listen", "127.0.0.1:0", "--monitoring-listen", ""}); err != nil {
-		t.Fatal(err)
-	}
+	args := []string{"--data-dir", dir, "--trust-domain", "example.org", "--grpc-listen", "127.0.0.1:0",
+		"--https-listen", "127.0.0.1:0", "--monitoring-listen", ""}
 	web := spiffeid.RequireFromString("spiffe://example.org/ns/web/sa/frontend")
 	db := spiffeid.RequireFromString("spiffe://example.org/ns/db/sa/postgres")
-	p, err := startPlane(context.Background(), &so, []attestor.Attestor{attestor.NewStaticTokens(map[string]spiffeid.ID{"w": web, "d": db})}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.stop()
-	c, err := client.New(client.Config{Addr: p.srv.Addr("grpc").String(), Roots: rootsPool(t, dir), ServerName: "localhost"})
+	p := startPlane(t, args, attestor.NewStaticTokens(map[string]spiffeid.ID{"w": web, "d": db}))
+	c, err := client.New(client.Config{Addr: p.Addr("grpc").String(), Roots: rootsPool(t, dir), ServerName: "localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,12 +113,12 @@ func TestAuditIssued(t *testing.T) {
 			t.Fatalf("issue %d: %v", i, err)
 		}
 		if tok == "w" {
-			leaf, _ := parseChainPEM([]byte(chain[0]))
+			leaf, _ := audit.ParseChainPEM([]byte(chain[0]))
 			lastWeb = leaf[0].SerialNumber.Text(16)
 		}
 	}
 	// Revoke through the admin API, spelled as OpenSSL prints serials.
-	adminArgs := []string{"--server", p.srv.Addr("https").String(), "--data-dir", dir}
+	adminArgs := []string{"--server", p.Addr("https").String(), "--data-dir", dir}
 	if code, out, errOut := runMeshca(t, append([]string{"revoke", "--serial", strings.ToUpper(lastWeb), "--reason", "test"}, adminArgs...)...); code != 0 || !strings.Contains(out, "revoked_at") {
 		t.Fatalf("meshca revoke: exit %d\n%s%s", code, out, errOut)
 	}
@@ -144,7 +133,7 @@ func TestAuditIssued(t *testing.T) {
 			t.Errorf("revoke %s: exit %d, stderr %q", name, code, errOut)
 		}
 	}
-	code, stdout, stderr := runMeshca(t, "audit", "issued", "--server", p.srv.Addr("https").String(), "--data-dir", dir, "-o", "json")
+	code, stdout, stderr := runMeshca(t, "audit", "issued", "--server", p.Addr("https").String(), "--data-dir", dir, "-o", "json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
@@ -156,7 +145,7 @@ func TestAuditIssued(t *testing.T) {
 		rep.Identities[1].Live != 2 || rep.Identities[1].Revoked != 1 || len(rep.Revoked) != 1 || rep.Revoked[0].Serial != lastWeb {
 		t.Fatalf("report %+v", rep)
 	}
-	code, stdout, _ = runMeshca(t, "audit", "issued", "--server", p.srv.Addr("https").String(), "--data-dir", dir, "--spiffe-id", db.String())
+	code, stdout, _ = runMeshca(t, "audit", "issued", "--server", p.Addr("https").String(), "--data-dir", dir, "--spiffe-id", db.String())
 	if code != 0 || !strings.Contains(stdout, db.String()) || strings.Contains(stdout, web.String()) {
 		t.Fatalf("filtered table (exit %d):\n%s", code, stdout)
 	}

@@ -11,6 +11,8 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/meshca/meshca/ca/server"
+
+	"github.com/meshca/meshca/internal/cli"
 )
 
 // clearMeshcaEnv unsets every MESHCA_* variable for the duration of the test,
@@ -19,7 +21,7 @@ func clearMeshcaEnv(t *testing.T) {
 	t.Helper()
 	for _, kv := range os.Environ() {
 		k, _, _ := strings.Cut(kv, "=")
-		if strings.HasPrefix(k, envPrefix) {
+		if strings.HasPrefix(k, cli.EnvPrefix) {
 			t.Setenv(k, "") // restores the old value at the end of the test
 			os.Unsetenv(k)
 		}
@@ -179,7 +181,7 @@ func TestApplyConfigPrecedence(t *testing.T) {
 			if tc.file != "" {
 				path = writeConfig(t, tc.file)
 			}
-			if err := applyConfig(fs, path); err != nil {
+			if err := cli.ApplyConfig(fs, path); err != nil {
 				t.Fatalf("applyConfig: %v", err)
 			}
 			for name, want := range tc.want {
@@ -209,7 +211,7 @@ max-request-bytes: 4096
 request-timeout: 5s
 key-type: ecdsa-p384
 `)
-	if err := applyConfig(fs, path); err != nil {
+	if err := cli.ApplyConfig(fs, path); err != nil {
 		t.Fatal(err)
 	}
 	if o.trustDomain != "prod.example" {
@@ -322,7 +324,7 @@ func TestApplyConfigErrors(t *testing.T) {
 			case tc.file != "":
 				path = writeConfig(t, tc.file)
 			}
-			err := applyConfig(fs, path)
+			err := cli.ApplyConfig(fs, path)
 			if err == nil {
 				t.Fatal("applyConfig succeeded, want an error")
 			}
@@ -357,7 +359,7 @@ func TestResolveConfigFile(t *testing.T) {
 				t.Setenv("MESHCA_CONFIG", tc.env)
 			}
 			o, fs := serverFlags(t, tc.args...)
-			if err := o.resolve(fs); err != nil {
+			if err := cli.Resolve(fs, &o.configFile); err != nil {
 				t.Fatal(err)
 			}
 			if o.trustDomain != tc.want {
@@ -373,8 +375,8 @@ func TestEnvName(t *testing.T) {
 		"max-request-bytes": "MESHCA_MAX_REQUEST_BYTES",
 		"config":            "MESHCA_CONFIG",
 	} {
-		if got := envName(flag); got != want {
-			t.Errorf("envName(%q) = %q, want %q", flag, got, want)
+		if got := cli.EnvName(flag); got != want {
+			t.Errorf("cli.EnvName(%q) = %q, want %q", flag, got, want)
 		}
 	}
 }

@@ -10,8 +10,8 @@ import (
 
 func newRevokeCmd() *cobra.Command {
 	var (
-		configFile, srv, dataDir, caFile, adminFile string
-		req                                         server.RevokeRequest
+		f   adminFlags
+		req server.RevokeRequest
 	)
 	cmd := &cobra.Command{
 		Use:   "revoke (--serial HEX | --spiffe-id ID) [--reason TEXT]",
@@ -22,26 +22,19 @@ func newRevokeCmd() *cobra.Command {
 			"with it, so revoke the SPIFFE ID to cut off a stolen key.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := resolveFlags(cmd.Flags(), &configFile); err != nil {
-				return err
-			}
-			c, err := newAdminClient(srv, dataDir, caFile, adminFile)
+			c, err := f.client(cmd.Flags())
 			if err != nil {
 				return err
 			}
-			var resp server.RevokeResponse
-			if err := c.do(cmd.Context(), "POST", "/v1/admin/revocations", req, &resp); err != nil {
+			resp, err := c.Revoke(cmd.Context(), req)
+			if err != nil {
 				return err
 			}
 			return json.NewEncoder(cmd.OutOrStdout()).Encode(resp)
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&configFile, "config", "", "YAML config file whose keys are these flag names (env MESHCA_CONFIG)")
-	fs.StringVar(&srv, "server", "127.0.0.1:8443", "the server's HTTPS API address")
-	fs.StringVar(&dataDir, "data-dir", ".meshca", "the server's data directory, for the defaults below")
-	fs.StringVar(&caFile, "ca-file", "", "PEM roots to verify the server (default <data-dir>/bundle.pem)")
-	fs.StringVar(&adminFile, "admin-token-file", "", "admin token (default <data-dir>/admin-token)")
+	f.addFlags(fs)
 	fs.StringVar(&req.Serial, "serial", "", "certificate serial number (hex)")
 	fs.StringVar(&req.SPIFFEID, "spiffe-id", "", "revoke every certificate of this identity issued until now")
 	fs.StringVar(&req.Reason, "reason", "", "why, for the record")

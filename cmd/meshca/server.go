@@ -1,28 +1,24 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/meshca/meshca/attestor"
-	"github.com/meshca/meshca/attestor/jointoken"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/plane"
 	"github.com/meshca/meshca/ca/server"
-	"github.com/meshca/meshca/ca/store/boltstore"
 	"github.com/meshca/meshca/internal/clock"
-	"github.com/meshca/meshca/internal/metrics"
+	"github.com/meshca/meshca/internal/dev"
+	"github.com/meshca/meshca/internal/files"
+
+	"github.com/meshca/meshca/internal/cli"
 )
 
 // serverOptions are the flags of `meshca server` (and, with other defaults,
@@ -49,7 +45,7 @@ type serverOptions struct {
 	adminTokenFile  string
 	k8s             k8sOptions
 	oidcConfig      string
-	log             logOptions
+	log             cli.LogOptions
 }
 
 func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
@@ -74,7 +70,7 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	o.k8s.addFlags(fs)
 	fs.StringVar(&o.oidcConfig, "oidc-config", "", "YAML file listing trusted OIDC issuers and how their claims map to SPIFFE IDs (docs/configuration.md)")
 	fs.StringVar(&o.adminTokenFile, "admin-token-file", "", "bearer token for the admin API (join tokens); created 0600 with a random token if missing (default <data-dir>/admin-token)")
-	o.log.addFlags(fs)
+	o.log.AddFlags(fs)
 }
 
 func newServerCmd() *cobra.Command {
@@ -88,181 +84,64 @@ func newServerCmd() *cobra.Command {
 			"over the file.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := o.resolve(cmd.Flags()); err != nil {
-				return err
-			}
-			log, err := o.log.logger(cmd.ErrOrStderr())
+			cfg, err := o.planeConfig(cmd)
 			if err != nil {
 				return err
 			}
-			p, err := startPlane(cmd.Context(), &o, nil, log)
-			if err != nil {
-				return err
-			}
-			<-cmd.Context().Done()
-			return p.stop()
+			return plane.Run(cmd.Context(), cfg)
 		},
 	}
 	o.addFlags(cmd.Flags())
 	return cmd
 }
 
-// resolve applies the environment and config file to flags not given.
-func (o *serverOptions) resolve(fs *pflag.FlagSet) error { return resolveFlags(fs, &o.configFile) }
-
-// plane is a running CA: store, authority, servers and background loops.
-type plane struct {
-	store  *boltstore.Store
-	auth   *ca.Authority
-	srv    *server.Server
-	cancel context.CancelFunc
-	done   chan struct{}
-	log    *slog.Logger
-}
-
-// startPlane opens the data file, loads or creates the CA, and starts the
-// listeners and the rotation loop. extra attestors are tried after mTLS.
-func startPlane(ctx context.Context, o *serverOptions, extra []attestor.Attestor, log *slog.Logger) (*plane, error) {
+// planeConfig resolves the flags (environment, config file) and turns
+// them into the CA plane's Config.
+func (o *serverOptions) planeConfig(cmd *cobra.Command) (plane.Config, error) {
+	if err := cli.Resolve(cmd.Flags(), &o.configFile); err != nil {
+		return plane.Config{}, err
+	}
+	log, err := o.log.Logger(cmd.ErrOrStderr())
+	if err != nil {
+		return plane.Config{}, err
+	}
 	td, err := spiffeid.TrustDomainFromString(o.trustDomain)
 	if err != nil {
-		return nil, fmt.Errorf("--trust-domain: %w", err)
+		return plane.Config{}, fmt.Errorf("--trust-domain: %w", err)
 	}
 	keyType, err := ca.ParseKeyType(o.keyType)
 	if err != nil {
-		return nil, fmt.Errorf("--key-type: %w", err)
+		return plane.Config{}, fmt.Errorf("--key-type: %w", err)
 	}
 	kek, err := loadKEK(o.kekFile)
 	if err != nil {
-		return nil, err
+		return plane.Config{}, err
 	}
-	if kek == nil {
-		log.Warn("no key-encryption key: CA private keys are stored unencrypted, protected only by the data file's 0600 mode (see SECURITY.md)")
-	}
-	clk := clock.Real{}
 	var parent ca.Parent
 	if o.cacertsDir != "" {
-		lp, err := ca.LoadCACerts(o.cacertsDir, clk.Now())
-		if err != nil {
-			return nil, err
+		if parent, err = ca.LoadCACerts(o.cacertsDir, clock.Real{}.Now()); err != nil {
+			return plane.Config{}, err
 		}
-		parent = lp
 	}
-	if err := os.MkdirAll(o.dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("data dir: %w", err)
-	}
-	st, err := boltstore.Open(filepath.Join(o.dataDir, "meshca.db"), boltstore.Options{Logger: log})
-	if err != nil {
-		return nil, err
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	auth, err := ca.New(ctx, ca.Config{
-		TrustDomain:     td,
-		Store:           st,
-		Parent:          parent,
-		KeyType:         keyType,
-		KEK:             kek,
-		RootTTL:         o.rootTTL,
-		IntermediateTTL: o.intermediateTTL,
-		DefaultTTL:      o.defaultTTL,
-		MaxTTL:          o.maxTTL,
-		Retention:       o.retention,
-		Clock:           clk,
-		Logger:          log,
-		Metrics:         metrics.NewCA(reg),
-	})
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	renewal, err := attestor.NewMTLS(attestor.MTLSConfig{Bundles: auth, Revocations: auth, Clock: clk})
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	adminToken, err := secretFile(o.adminTokenPath())
-	if err != nil {
-		st.Close()
-		return nil, fmt.Errorf("admin token: %w", err)
-	}
-	chain := attestor.Chain{renewal, jointoken.New(st, clk, log)}
-	tokenAttestors, err := o.tokenAttestors(ctx, td, clk, log, reg)
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	chain = append(append(chain, tokenAttestors...), extra...)
-	srv, err := server.New(server.Config{
-		Authority:       auth,
-		Attestor:        chain,
-		AdminToken:      adminToken,
-		JoinTokens:      st,
-		GRPCAddr:        o.grpcListen,
-		HTTPSAddr:       o.httpsListen,
-		MonitorAddr:     o.monitorListen,
-		DNSNames:        o.dnsNames,
-		IPs:             o.ipSANs,
-		MaxRequestBytes: o.maxRequestBytes,
-		RequestTimeout:  o.requestTimeout,
-		Registry:        reg,
-		Clock:           clk,
-		Logger:          log,
-	})
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	if err := srv.Start(); err != nil {
-		st.Close()
-		return nil, err
-	}
-	// The bundle beside the data file is for local clients (meshca token,
-	// scripts); workloads get it from the APIs.
-	if err := writeFile(filepath.Join(o.dataDir, "bundle.pem"), auth.RootsPEM(), 0o644); err != nil {
-		srv.Shutdown(context.Background())
-		st.Close()
-		return nil, err
-	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	p := &plane{store: st, auth: auth, srv: srv, cancel: cancel, done: make(chan struct{}), log: log}
-	go func() {
-		defer close(p.done)
-		if err := auth.Run(runCtx); err != nil && !errors.Is(err, context.Canceled) {
-			log.Error("rotation loop stopped", "err", err)
-		}
-	}()
-	return p, nil
-}
-
-// stop shuts the servers down gracefully, then the loops and the store.
-func (p *plane) stop() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	err := p.srv.Shutdown(ctx)
-	p.cancel()
-	<-p.done
-	p.log.Info("stopped")
-	return errors.Join(err, p.store.Close())
-}
-
-// adminTokenPath is --admin-token-file or its default in the data dir.
-func (o *serverOptions) adminTokenPath() string {
-	if o.adminTokenFile != "" {
-		return o.adminTokenFile
-	}
-	return filepath.Join(o.dataDir, "admin-token")
+	return plane.Config{
+		TrustDomain: td, DataDir: o.dataDir, Parent: parent, KEK: kek, KeyType: keyType,
+		RootTTL: o.rootTTL, IntermediateTTL: o.intermediateTTL, DefaultTTL: o.defaultTTL, MaxTTL: o.maxTTL, Retention: o.retention,
+		GRPCAddr: o.grpcListen, HTTPSAddr: o.httpsListen, MonitorAddr: o.monitorListen, DNSNames: o.dnsNames, IPs: o.ipSANs,
+		MaxRequestBytes: o.maxRequestBytes, RequestTimeout: o.requestTimeout, AdminTokenFile: o.adminTokenFile,
+		Kubernetes: o.k8s.config(), OIDCConfigFile: o.oidcConfig, UserAgent: "meshca/" + version, Logger: log,
+	}, nil
 }
 
 // loadKEK reads the key-encryption key from path or from MESHCA_KEK; both
 // at once is an error, so it is never unclear which key is in use.
 func loadKEK(path string) ([]byte, error) {
-	env, envSet := os.LookupEnv(envName("kek"))
+	env, envSet := os.LookupEnv(cli.EnvName("kek"))
 	var raw []byte
 	switch {
 	case path != "" && envSet:
 		return nil, errors.New("both --kek-file and MESHCA_KEK are set: choose one")
 	case path != "":
-		if err := checkSecretMode(path); err != nil {
+		if err := files.CheckSecretMode(path); err != nil {
 			return nil, fmt.Errorf("--kek-file: %w", err)
 		}
 		b, err := os.ReadFile(path)
@@ -276,4 +155,46 @@ func loadKEK(path string) ([]byte, error) {
 		return nil, nil
 	}
 	return ca.ParseKEK(raw)
+}
+
+func newDevCmd() *cobra.Command {
+	var (
+		o   serverOptions
+		cfg dev.Config
+	)
+	cmd := &cobra.Command{
+		Use:   "dev",
+		Short: "Run a local identity plane for development (what `make run` starts)",
+		Long: "Run the CA on 127.0.0.1 with its data under .meshca/, write the trust bundle, and issue one\n" +
+			"demo SVID to .meshca/demo/ through the real gRPC CSR API, authenticated with a development\n" +
+			"token (.meshca/dev-token) that proves the demo identity. A second run reuses the same root.\n" +
+			"The development token attestor exists only in this command.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			pc, err := o.planeConfig(cmd)
+			if err != nil {
+				return err
+			}
+			cfg.Plane, cfg.Out = pc, cmd.OutOrStdout()
+			return dev.Run(cmd.Context(), cfg)
+		},
+	}
+	o.addFlags(cmd.Flags())
+	fs := cmd.Flags()
+	for name, val := range map[string]string{
+		"data-dir":          ".meshca",
+		"grpc-listen":       "127.0.0.1:15012",
+		"https-listen":      "127.0.0.1:8443",
+		"monitoring-listen": "127.0.0.1:15014",
+		"log-level":         "warn",
+	} {
+		f := fs.Lookup(name)
+		f.DefValue = val
+		f.Value.Set(val)
+	}
+	fs.BoolVar(&cfg.Once, "once", false, "exit after issuing the demo SVID instead of serving until interrupted")
+	fs.BoolVar(&cfg.NoAgent, "no-agent", false, "do not start the agent (SDS and Workload API on <data-dir>/sockets/)")
+	fs.StringVar(&cfg.Namespace, "demo-namespace", "default", "namespace of the demo identity")
+	fs.StringVar(&cfg.ServiceAccount, "demo-service-account", "demo", "service account of the demo identity")
+	return cmd
 }

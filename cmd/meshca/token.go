@@ -5,12 +5,39 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
+	"github.com/meshca/meshca/ca/adminclient"
 	"github.com/meshca/meshca/ca/server"
+
+	"github.com/meshca/meshca/internal/cli"
 )
+
+// adminFlags are the flags of every command that calls the admin API.
+type adminFlags struct {
+	configFile string
+	cfg        adminclient.Config
+}
+
+func (f *adminFlags) addFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&f.configFile, "config", "", "YAML config file whose keys are these flag names (env MESHCA_CONFIG)")
+	fs.StringVar(&f.cfg.Addr, "server", "127.0.0.1:8443", "the server's HTTPS API address (host:port)")
+	fs.StringVar(&f.cfg.DataDir, "data-dir", ".meshca", "the server's data directory, for the defaults of --ca-file and --admin-token-file")
+	fs.StringVar(&f.cfg.CAFile, "ca-file", "", "PEM roots to verify the server with (default <data-dir>/bundle.pem)")
+	fs.StringVar(&f.cfg.TokenFile, "admin-token-file", "", "file holding the admin token (default <data-dir>/admin-token)")
+}
+
+// client resolves the flags (environment, config file) and builds the client.
+func (f *adminFlags) client(fs *pflag.FlagSet) (*adminclient.Client, error) {
+	if err := cli.Resolve(fs, &f.configFile); err != nil {
+		return nil, err
+	}
+	return adminclient.New(f.cfg)
+}
 
 func newTokenCmd() *cobra.Command {
 	cmd := &cobra.Command{
@@ -21,19 +48,13 @@ func newTokenCmd() *cobra.Command {
 	return cmd
 }
 
-type tokenOptions struct {
-	configFile     string
-	server         string
-	dataDir        string
-	caFile         string
-	adminTokenFile string
-	spiffeID       string
-	ttl            time.Duration
-	output         string
-}
-
 func newTokenCreateCmd() *cobra.Command {
-	var o tokenOptions
+	var (
+		f      adminFlags
+		req    server.JoinTokenRequest
+		ttl    time.Duration
+		output string
+	)
 	cmd := &cobra.Command{
 		Use:   "create --spiffe-id ID [--ttl 1h]",
 		Short: "Create a single-use join token bound to one SPIFFE ID",
@@ -42,42 +63,39 @@ func newTokenCreateCmd() *cobra.Command {
 			"for exactly that SPIFFE ID, and any later use is refused and logged as a replay.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := resolveFlags(cmd.Flags(), &o.configFile); err != nil {
+			if err := cli.Resolve(cmd.Flags(), &f.configFile); err != nil {
 				return err
 			}
-			return createToken(cmd.Context(), &o, cmd.OutOrStdout())
+			req.TTL = ttl.String()
+			return createToken(cmd.Context(), f.cfg, req, output, cmd.OutOrStdout())
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&o.configFile, "config", "", "YAML config file whose keys are these flag names (env MESHCA_CONFIG)")
-	fs.StringVar(&o.server, "server", "127.0.0.1:8443", "the server's HTTPS API address (host:port)")
-	fs.StringVar(&o.dataDir, "data-dir", ".meshca", "the server's data directory, for the defaults of --ca-file and --admin-token-file")
-	fs.StringVar(&o.caFile, "ca-file", "", "PEM roots to verify the server with (default <data-dir>/bundle.pem)")
-	fs.StringVar(&o.adminTokenFile, "admin-token-file", "", "file holding the admin token (default <data-dir>/admin-token)")
-	fs.StringVar(&o.spiffeID, "spiffe-id", "", "SPIFFE ID the token is bound to (required)")
-	fs.DurationVar(&o.ttl, "ttl", time.Hour, "how long the token may be used")
-	fs.StringVarP(&o.output, "output", "o", "text", "output: text (the token alone) or json")
+	f.addFlags(fs)
+	fs.StringVar(&req.SPIFFEID, "spiffe-id", "", "SPIFFE ID the token is bound to (required)")
+	fs.DurationVar(&ttl, "ttl", time.Hour, "how long the token may be used")
+	fs.StringVarP(&output, "output", "o", "text", "output: text (the token alone) or json")
 	return cmd
 }
 
-func createToken(ctx context.Context, o *tokenOptions, out interface{ Write([]byte) (int, error) }) error {
-	if o.spiffeID == "" {
+func createToken(ctx context.Context, cfg adminclient.Config, req server.JoinTokenRequest, output string, out io.Writer) error {
+	if req.SPIFFEID == "" {
 		return errors.New("--spiffe-id is required")
 	}
-	if o.output != "text" && o.output != "json" {
-		return fmt.Errorf("--output must be text or json, not %q", o.output)
+	if output != "text" && output != "json" {
+		return fmt.Errorf("--output must be text or json, not %q", output)
 	}
-	c, err := newAdminClient(o.server, o.dataDir, o.caFile, o.adminTokenFile)
+	c, err := adminclient.New(cfg)
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	var jt server.JoinTokenResponse
-	if err := c.do(ctx, "POST", "/v1/admin/join-tokens", server.JoinTokenRequest{SPIFFEID: o.spiffeID, TTL: o.ttl.String()}, &jt); err != nil {
+	jt, err := c.CreateJoinToken(ctx, req)
+	if err != nil {
 		return err
 	}
-	if o.output == "json" {
+	if output == "json" {
 		return json.NewEncoder(out).Encode(jt)
 	}
 	_, err = fmt.Fprintln(out, jt.Token)

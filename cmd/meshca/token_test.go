@@ -6,18 +6,17 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/adminclient"
 	"github.com/meshca/meshca/ca/client"
 	"github.com/meshca/meshca/ca/server"
 )
@@ -26,39 +25,31 @@ import (
 // token with `meshca token create`, and bootstraps a machine with it.
 func TestTokenCreateAgainstServer(t *testing.T) {
 	dir := t.TempDir()
-	var o serverOptions
-	fs := pflag.NewFlagSet("server", pflag.ContinueOnError)
-	o.addFlags(fs)
-	if err := fs.Parse([]string{"--data-dir", dir, "--trust-domain", "example.org", "--grpc-listen", "127.0.0.1:0",
-		"--https-listen", "127.0.0.1:0", "--monitoring-listen", ""}); err != nil {
-		t.Fatal(err)
-	}
-	p, err := startPlane(context.Background(), &o, nil, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.stop()
+	args := []string{"--data-dir", dir, "--trust-domain", "example.org", "--grpc-listen", "127.0.0.1:0",
+		"--https-listen", "127.0.0.1:0", "--monitoring-listen", ""}
+	p := startPlane(t, args)
 	checkMode(t, filepath.Join(dir, "admin-token"), 0o600)
 
 	var out bytes.Buffer
-	to := tokenOptions{server: p.srv.Addr("https").String(), dataDir: dir, spiffeID: "spiffe://example.org/vm/db-1", ttl: time.Hour, output: "json"}
-	if err := createToken(context.Background(), &to, &out); err != nil {
+	admin := adminclient.Config{Addr: p.Addr("https").String(), DataDir: dir}
+	req := server.JoinTokenRequest{SPIFFEID: "spiffe://example.org/vm/db-1", TTL: time.Hour.String()}
+	if err := createToken(context.Background(), admin, req, "json", &out); err != nil {
 		t.Fatalf("token create: %v", err)
 	}
 	var jt server.JoinTokenResponse
-	if err := json.Unmarshal(out.Bytes(), &jt); err != nil || jt.SPIFFEID != to.spiffeID {
+	if err := json.Unmarshal(out.Bytes(), &jt); err != nil || jt.SPIFFEID != req.SPIFFEID {
 		t.Fatalf("output %q: %v", out.String(), err)
 	}
 
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(readFile(t, filepath.Join(dir, "bundle.pem")))
-	c, err := client.New(client.Config{Addr: p.srv.Addr("grpc").String(), Roots: roots, ServerName: "localhost"})
+	c, err := client.New(client.Config{Addr: p.Addr("grpc").String(), Roots: roots, ServerName: "localhost"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	key, _ := ca.GenerateKey(ca.KeyECDSAP256)
-	id := spiffeid.RequireFromString(to.spiffeID)
+	id := spiffeid.RequireFromString(req.SPIFFEID)
 	csr, _ := client.NewCSR(key, id)
 	chain, err := c.Sign(context.Background(), csr, 0, jt.Token)
 	if err != nil {
@@ -71,7 +62,7 @@ func TestTokenCreateAgainstServer(t *testing.T) {
 	if svid.ID != id {
 		t.Fatalf("certificate for %s, want %s", svid.ID, id)
 	}
-	if _, _, err := x509svid.Verify(svid.Certificates, p.auth.Bundle()); err != nil {
+	if _, _, err := x509svid.Verify(svid.Certificates, p.Authority().Bundle()); err != nil {
 		t.Fatalf("verify: %v", err)
 	}
 	if _, err := c.Sign(context.Background(), csr, 0, jt.Token); err == nil || !strings.Contains(err.Error(), "already used") {
@@ -80,12 +71,12 @@ func TestTokenCreateAgainstServer(t *testing.T) {
 
 	// Wrong admin token: refused with the server's message.
 	os.WriteFile(filepath.Join(dir, "wrong-admin"), []byte("nope"), 0o600)
-	to.adminTokenFile = filepath.Join(dir, "wrong-admin")
-	if err := createToken(context.Background(), &to, &out); err == nil || !strings.Contains(err.Error(), "admin token") {
+	admin.TokenFile = filepath.Join(dir, "wrong-admin")
+	if err := createToken(context.Background(), admin, req, "json", &out); err == nil || !strings.Contains(err.Error(), "admin token") {
 		t.Fatalf("wrong admin token = %v", err)
 	}
 	// Missing --spiffe-id.
-	if err := createToken(context.Background(), &tokenOptions{dataDir: dir, output: "text"}, &out); err == nil || !strings.Contains(err.Error(), "--spiffe-id") {
+	if err := createToken(context.Background(), adminclient.Config{DataDir: dir}, server.JoinTokenRequest{}, "text", &out); err == nil || !strings.Contains(err.Error(), "--spiffe-id") {
 		t.Fatalf("missing --spiffe-id = %v", err)
 	}
 }

@@ -1,4 +1,6 @@
-package main
+// Package files writes files atomically and reads secrets kept in files:
+// tokens and keys whose mode must keep other users out.
+package files
 
 import (
 	"crypto/rand"
@@ -11,10 +13,10 @@ import (
 	"strings"
 )
 
-// secretFile returns the random token stored at path, creating one (0600)
-// on first use so every run sees the same token.
-func secretFile(path string) (string, error) {
-	if err := checkSecretMode(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+// Token returns the random token stored at path, creating one (0600) on
+// first use so that every run sees the same token.
+func Token(path string) (string, error) {
+	if err := CheckSecretMode(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return "", err
 	}
 	b, err := os.ReadFile(path)
@@ -29,11 +31,13 @@ func secretFile(path string) (string, error) {
 		return "", err
 	}
 	tok := base64.RawURLEncoding.EncodeToString(raw[:])
-	return tok, writeFile(path, []byte(tok+"\n"), 0o600)
+	return tok, WriteAtomic(path, []byte(tok+"\n"), 0o600)
 }
 
-// writeFile writes data to path atomically with the given mode.
-func writeFile(path string, data []byte, mode fs.FileMode) error {
+// WriteAtomic writes data to path with the given mode: to a temporary file
+// in the same directory, synced, then renamed over path, so a reader sees
+// the old content or the new, never a part.
+func WriteAtomic(path string, data []byte, mode fs.FileMode) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
@@ -57,9 +61,9 @@ func writeFile(path string, data []byte, mode fs.FileMode) error {
 	return os.Rename(tmp.Name(), path)
 }
 
-// checkSecretMode refuses a secret file that others may read. Group-read is
+// CheckSecretMode refuses a secret file that others may read. Group-read is
 // allowed: a Kubernetes Secret volume with an fsGroup is 0440 at best.
-func checkSecretMode(path string) error {
+func CheckSecretMode(path string) error {
 	fi, err := os.Stat(path)
 	if err != nil {
 		return err

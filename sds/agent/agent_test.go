@@ -1,11 +1,10 @@
-package main
+package agent
 
 import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,7 +16,6 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"github.com/spf13/pflag"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -26,9 +24,23 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/ca/plane"
 	"github.com/meshca/meshca/internal/clock/clocktest"
 	"github.com/meshca/meshca/sds"
 )
+
+// startCA runs a real CA plane in dir/ca whose static tokens prove id.
+func startCA(t *testing.T, dir, listen string, id spiffeid.ID) *plane.Plane {
+	t.Helper()
+	p, err := plane.Start(context.Background(), plane.Config{
+		TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), DataDir: filepath.Join(dir, "ca"),
+		GRPCAddr: listen, Extra: []attestor.Attestor{attestor.NewStaticTokens(map[string]spiffeid.ID{"web-token": id})},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
 
 // TestAgentEndToEnd runs the CA plane and an agent beside it, as make run
 // does, and reads the SVID back through the Workload API (go-spiffe's own
@@ -39,38 +51,26 @@ func TestAgentEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	var so serverOptions
-	fs := pflag.NewFlagSet("server", pflag.ContinueOnError)
-	so.addFlags(fs)
-	if err := fs.Parse([]string{"--data-dir", filepath.Join(dir, "ca"), "--trust-domain", "example.org",
-		"--grpc-listen", "127.0.0.1:0", "--https-listen", "", "--monitoring-listen", ""}); err != nil {
-		t.Fatal(err)
-	}
 	id := spiffeid.RequireFromString("spiffe://example.org/ns/web/sa/frontend")
-	p, err := startPlane(context.Background(), &so, []attestor.Attestor{attestor.NewStaticTokens(map[string]spiffeid.ID{"web-token": id})}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.stop()
+	p := startCA(t, dir, "127.0.0.1:0", id)
+	defer p.Stop()
 	tokenFile := filepath.Join(dir, "token")
 	os.WriteFile(tokenFile, []byte("web-token\n"), 0o600)
 
-	ao := agentOptions{
-		caAddr: p.srv.Addr("grpc").String(), caRoots: filepath.Join(dir, "ca", "bundle.pem"),
-		trustDomain: "example.org", namespace: "web", serviceAccount: "frontend", tokenFile: tokenFile,
-		keyType: "ecdsa-p256", renewFraction: 0.5,
-		sdsSocket: filepath.Join(dir, "s", "sds.sock"), workloadSocket: filepath.Join(dir, "s", "wl.sock"),
-		monitorListen: "127.0.0.1:0", sdsTCPListen: "127.0.0.1:0",
+	ao := Config{
+		ID: id, CAAddr: p.Addr("grpc").String(), CARootsFile: filepath.Join(dir, "ca", "bundle.pem"), TokenFile: tokenFile,
+		SDSSocket: filepath.Join(dir, "s", "sds.sock"), WorkloadSocket: filepath.Join(dir, "s", "wl.sock"),
+		MonitorAddr: "127.0.0.1:0", SDSTCPAddr: "127.0.0.1:0",
 	}
-	a, err := startAgent(context.Background(), &ao, slog.New(slog.DiscardHandler), nil)
+	a, err := Start(context.Background(), ao)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.stop()
+	defer a.Stop()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+ao.workloadSocket)))
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+ao.WorkloadSocket)))
 	if err != nil {
 		t.Fatalf("Workload API: %v", err)
 	}
@@ -80,7 +80,7 @@ func TestAgentEndToEnd(t *testing.T) {
 		t.Fatalf("Workload API SVID %v, %v; want %s", svid, err, id)
 	}
 
-	conn, err := grpc.NewClient("unix://"+ao.sdsSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+ao.SDSSocket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +94,7 @@ func TestAgentEndToEnd(t *testing.T) {
 	// SDS over TCP with mTLS: the workload's own SVID is allowed; a
 	// client without one is refused at the handshake.
 	fetchTCP := func(tlsCfg *tls.Config) error {
-		cc, err := grpc.NewClient(a.sdsTCP.String(), grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+		cc, err := grpc.NewClient(a.SDSTCPAddr().String(), grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
 		if err != nil {
 			return err
 		}
@@ -115,7 +115,7 @@ func TestAgentEndToEnd(t *testing.T) {
 		t.Fatal("SDS over TCP served a client without a certificate")
 	}
 
-	r, err := http.Get("http://" + a.monAddr.String() + "/readyz")
+	r, err := http.Get("http://" + a.MonitorAddr().String() + "/readyz")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func TestAgentEndToEnd(t *testing.T) {
 	if r.StatusCode != 200 || !strings.Contains(string(body), "SVID valid until") {
 		t.Fatalf("/readyz %d %q", r.StatusCode, body)
 	}
-	r, err = http.Get("http://" + a.monAddr.String() + "/metrics")
+	r, err = http.Get("http://" + a.MonitorAddr().String() + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,14 +135,7 @@ func TestAgentEndToEnd(t *testing.T) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
-	// meshca audit cert reads the same SVID from either socket.
-	for _, src := range [][]string{{"--sds", ao.sdsSocket}, {"--workload-api", ao.workloadSocket}} {
-		code, stdout, stderr := runMeshca(t, append([]string{"audit", "cert", "--bundle", ao.caRoots}, src...)...)
-		if code != 0 || !strings.Contains(stdout, id.String()) || !strings.Contains(stdout, "verified against the bundle") {
-			t.Errorf("audit cert %v: exit %d\n%s%s", src, code, stdout, stderr)
-		}
-	}
-	for _, sock := range []string{ao.sdsSocket, ao.workloadSocket} {
+	for _, sock := range []string{ao.SDSSocket, ao.WorkloadSocket} {
 		fi, err := os.Stat(sock)
 		if err != nil || fi.Mode().Perm()&0o007 != 0 {
 			t.Errorf("%s: mode %v, %v; want no access for others", sock, fi.Mode(), err)
@@ -150,25 +143,30 @@ func TestAgentEndToEnd(t *testing.T) {
 	}
 }
 
-func TestAgentRefusesBadOptions(t *testing.T) {
+func TestAgentRefusesBadConfig(t *testing.T) {
 	dir := t.TempDir()
 	roots := filepath.Join(dir, "roots.pem")
 	os.WriteFile(roots, []byte("not pem"), 0o644)
 	tok := filepath.Join(dir, "tok")
 	os.WriteFile(tok, []byte("x"), 0o600)
+	id := spiffeid.RequireFromString("spiffe://example.org/x")
 	tests := []struct {
 		name string
-		o    agentOptions
+		cfg  Config
 		msg  string
 	}{
-		{"no identity", agentOptions{caRoots: roots, tokenFile: tok}, "--spiffe-id"},
-		{"no roots", agentOptions{spiffeID: "spiffe://example.org/x", tokenFile: tok}, "--ca-roots is required"},
-		{"roots not PEM", agentOptions{spiffeID: "spiffe://example.org/x", caRoots: roots, tokenFile: tok}, "no PEM certificates"},
-		{"bad SPIFFE ID", agentOptions{spiffeID: "web", caRoots: roots, tokenFile: tok}, "scheme"},
+		{"no identity", Config{CAAddr: "127.0.0.1:1", CARootsFile: roots, TokenFile: tok}, "SPIFFE ID is required"},
+		{"no CA address", Config{ID: id, CARootsFile: roots, TokenFile: tok}, "CA address is required"},
+		{"no roots", Config{ID: id, CAAddr: "127.0.0.1:1", TokenFile: tok}, "CA roots file is required"},
+		{"roots not PEM", Config{ID: id, CAAddr: "127.0.0.1:1", CARootsFile: roots, TokenFile: tok}, "no PEM certificates"},
+		{"roots missing", Config{ID: id, CAAddr: "127.0.0.1:1", CARootsFile: filepath.Join(dir, "absent"), TokenFile: tok}, "absent"},
+		{"no credential", Config{ID: id, CAAddr: "127.0.0.1:1", CARootsFile: roots}, "token file"},
+		{"two credentials", Config{ID: id, CAAddr: "127.0.0.1:1", CARootsFile: roots, TokenFile: tok, JoinTokenFile: tok}, "choose one"},
+		{"CA address without port", Config{ID: id, CAAddr: "ca", CARootsFile: roots, TokenFile: tok}, "CA address"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := startAgent(context.Background(), &tc.o, slog.New(slog.DiscardHandler), nil)
+			_, err := Start(context.Background(), tc.cfg)
 			if err == nil || !strings.Contains(err.Error(), tc.msg) {
 				t.Fatalf("err = %v, want %q", err, tc.msg)
 			}
@@ -186,32 +184,18 @@ func TestAgentSurvivesCAOutage(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	id := spiffeid.RequireFromString("spiffe://example.org/ns/web/sa/frontend")
-	startCA := func(listen string) *plane {
-		var so serverOptions
-		fs := pflag.NewFlagSet("server", pflag.ContinueOnError)
-		so.addFlags(fs)
-		if err := fs.Parse([]string{"--data-dir", filepath.Join(dir, "ca"), "--trust-domain", "example.org",
-			"--grpc-listen", listen, "--https-listen", "", "--monitoring-listen", ""}); err != nil {
-			t.Fatal(err)
-		}
-		p, err := startPlane(context.Background(), &so, []attestor.Attestor{attestor.NewStaticTokens(map[string]spiffeid.ID{"web-token": id})}, slog.New(slog.DiscardHandler))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	p := startCA("127.0.0.1:0")
-	caAddr := p.srv.Addr("grpc").String()
+	p := startCA(t, dir, "127.0.0.1:0", id)
+	caAddr := p.Addr("grpc").String()
 	tokenFile := filepath.Join(dir, "token")
 	os.WriteFile(tokenFile, []byte("web-token"), 0o600)
 	clk := clocktest.New(time.Now())
-	ao := agentOptions{caAddr: caAddr, caRoots: filepath.Join(dir, "ca", "bundle.pem"), spiffeID: id.String(),
-		tokenFile: tokenFile, keyType: "ecdsa-p256", renewFraction: 0.5, workloadSocket: filepath.Join(dir, "wl.sock")}
-	a, err := startAgent(context.Background(), &ao, slog.New(slog.DiscardHandler), clk)
+	ao := Config{ID: id, CAAddr: caAddr, CARootsFile: filepath.Join(dir, "ca", "bundle.pem"),
+		TokenFile: tokenFile, WorkloadSocket: filepath.Join(dir, "wl.sock"), Clock: clk}
+	a, err := Start(context.Background(), ao)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer a.stop()
+	defer a.Stop()
 	waitUntil := func(cond func() bool, what string) {
 		deadline := time.Now().Add(20 * time.Second)
 		for !cond() {
@@ -225,7 +209,7 @@ func TestAgentSurvivesCAOutage(t *testing.T) {
 	waitUntil(func() bool { return a.mgr.Current() != nil }, "the first SVID")
 	first := a.mgr.Current()
 
-	p.stop() // the CA goes away
+	p.Stop() // the CA goes away
 	waitUntil(func() bool { return clk.Waiters() > 0 }, "the renewal wait")
 	clk.Advance(15 * time.Hour) // past the renewal time (half of 24h, ±10 % of 24h)
 	waitUntil(func() bool { return failures() >= 1 }, "a failed renewal")
@@ -245,13 +229,13 @@ func TestAgentSurvivesCAOutage(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+ao.workloadSocket))
+	svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+ao.WorkloadSocket))
 	if err != nil || svid.Certificates[0].SerialNumber.Cmp(first.Certificates[0].SerialNumber) != 0 {
 		t.Fatalf("Workload API during the outage: %v, %v", svid, err)
 	}
 
-	p2 := startCA(caAddr) // back, same address, same root
-	defer p2.stop()
+	p2 := startCA(t, dir, caAddr, id) // back, same address, same root
+	defer p2.Stop()
 	// The agent retries at its backoff (gRPC may also still be backing off
 	// its reconnects in real time), and renews.
 	last := time.Time{}

@@ -1,0 +1,250 @@
+// Package plane assembles a running CA from one Config: the bbolt store in
+// the data directory, the Authority (root, intermediates, rotation), the
+// attestor chain that turns credentials into identities, and the API
+// servers. `meshca server` and `meshca dev` are this package behind flags.
+//
+// Start owns start-up (each step undone if a later one fails) and returns a
+// Plane; Stop owns shutdown (servers drained first, then the maintenance
+// loop, then the store). Run is Start, wait for the context, Stop.
+package plane
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/attestor/jointoken"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/server"
+	"github.com/meshca/meshca/ca/store/boltstore"
+	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/files"
+	"github.com/meshca/meshca/internal/metrics"
+)
+
+// DataFile is the bbolt file's name in the data directory.
+const DataFile = "meshca.db"
+
+// BundleFile is the PEM trust bundle written beside the data file for local
+// clients (meshca token, scripts); workloads get it from the APIs.
+const BundleFile = "bundle.pem"
+
+// shutdownGrace bounds how long Stop waits for calls in flight.
+const shutdownGrace = 10 * time.Second
+
+// Config configures a CA plane. Zero fields get the documented defaults;
+// the CA's own lifetimes and limits default as in ca.Config and
+// server.Config.
+type Config struct {
+	// TrustDomain of every identity issued. Required.
+	TrustDomain spiffeid.TrustDomain
+	// DataDir holds the bbolt data file, the bundle and (by default) the
+	// admin token; created 0700. Required.
+	DataDir string
+	// Parent signs intermediates, e.g. ca.LoadCACerts of an Istio cacerts
+	// directory. Nil: a self-signed root kept in the data file.
+	Parent ca.Parent
+	// KEK seals private keys at rest (32 bytes). Nil stores them in clear
+	// in the 0600 data file, with a warning.
+	KEK []byte
+	// KeyType of the CA's own keys. Default ecdsa-p256.
+	KeyType ca.KeyType
+	// RootTTL, IntermediateTTL, DefaultTTL, MaxTTL and Retention are passed
+	// to ca.Config (defaults there).
+	RootTTL, IntermediateTTL, DefaultTTL, MaxTTL, Retention time.Duration
+	// GRPCAddr, HTTPSAddr and MonitorAddr are the listeners; "" disables
+	// one.
+	GRPCAddr, HTTPSAddr, MonitorAddr string
+	// DNSNames and IPs go into the serving certificate (defaults in
+	// server.Config).
+	DNSNames []string
+	IPs      []net.IP
+	// MaxRequestBytes and RequestTimeout bound one call (defaults in
+	// server.Config).
+	MaxRequestBytes int
+	RequestTimeout  time.Duration
+	// AdminTokenFile holds the admin API's bearer token, created 0600 with
+	// a random token if missing. Default <DataDir>/admin-token.
+	AdminTokenFile string
+	// Kubernetes configures ServiceAccount token attestation; off by
+	// default.
+	Kubernetes Kubernetes
+	// OIDCConfigFile lists trusted OIDC issuers; "" trusts none.
+	OIDCConfigFile string
+	// Extra attestors are tried after all others (meshca dev's token).
+	Extra []attestor.Attestor
+	// UserAgent names meshca in API servers' logs. Default "meshca".
+	UserAgent string
+	// Clock defaults to the wall clock; Logger to discarding.
+	Clock  clock.Clock
+	Logger *slog.Logger
+}
+
+// AdminTokenPath is AdminTokenFile or its default in the data directory.
+func (c Config) AdminTokenPath() string {
+	if c.AdminTokenFile != "" {
+		return c.AdminTokenFile
+	}
+	return filepath.Join(c.DataDir, "admin-token")
+}
+
+// BundlePath is where Start writes the trust bundle.
+func (c Config) BundlePath() string { return filepath.Join(c.DataDir, BundleFile) }
+
+func (c *Config) setDefaults() error {
+	if c.TrustDomain.IsZero() {
+		return errors.New("plane: trust domain is required")
+	}
+	if c.DataDir == "" {
+		return errors.New("plane: data directory is required")
+	}
+	if c.UserAgent == "" {
+		c.UserAgent = "meshca"
+	}
+	c.Clock = clock.OrReal(c.Clock)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Plane is a running CA.
+type Plane struct {
+	cfg    Config
+	store  *boltstore.Store
+	auth   *ca.Authority
+	srv    *server.Server
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// Start opens the data file, loads or creates the CA, builds the attestor
+// chain, opens the listeners, writes the bundle file and starts the
+// maintenance loop (rotation, pruning). On error everything started so far
+// is stopped again.
+func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+	log := cfg.Logger
+	if cfg.KEK == nil {
+		log.Warn("no key-encryption key: CA private keys are stored unencrypted, protected only by the data file's 0600 mode (see SECURITY.md)")
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	st, err := boltstore.Open(filepath.Join(cfg.DataDir, DataFile), boltstore.Options{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { st.Close() })
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	auth, err := ca.New(ctx, ca.Config{
+		TrustDomain: cfg.TrustDomain, Store: st, Parent: cfg.Parent, KeyType: cfg.KeyType, KEK: cfg.KEK,
+		RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL,
+		Retention: cfg.Retention, Clock: cfg.Clock, Logger: log, Metrics: metrics.NewCA(reg),
+	})
+	if err != nil {
+		return nil, err
+	}
+	chain, err := cfg.attestors(ctx, auth, st, reg)
+	if err != nil {
+		return nil, err
+	}
+	adminToken, err := files.Token(cfg.AdminTokenPath())
+	if err != nil {
+		return nil, fmt.Errorf("admin token: %w", err)
+	}
+	srv, err := server.New(server.Config{
+		Authority: auth, Attestor: chain, AdminToken: adminToken, JoinTokens: st,
+		GRPCAddr: cfg.GRPCAddr, HTTPSAddr: cfg.HTTPSAddr, MonitorAddr: cfg.MonitorAddr,
+		DNSNames: cfg.DNSNames, IPs: cfg.IPs, MaxRequestBytes: cfg.MaxRequestBytes, RequestTimeout: cfg.RequestTimeout,
+		Registry: reg, Clock: cfg.Clock, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := srv.Start(); err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { srv.Shutdown(context.Background()) })
+	if err := files.WriteAtomic(cfg.BundlePath(), auth.RootsPEM(), 0o644); err != nil {
+		return nil, err
+	}
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	p := &Plane{cfg: cfg, store: st, auth: auth, srv: srv, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		if err := auth.Run(runCtx); err != nil && !errors.Is(err, context.Canceled) {
+			log.Error("maintenance loop stopped", "err", err)
+		}
+	}()
+	return p, nil
+}
+
+// attestors builds the chain in the order credentials are tried: the
+// current SVID over mTLS (renewal), join tokens, then the bearer-token
+// attestors, then Extra.
+func (c *Config) attestors(ctx context.Context, auth *ca.Authority, tokens jointoken.Store, reg prometheus.Registerer) (attestor.Chain, error) {
+	renewal, err := attestor.NewMTLS(attestor.MTLSConfig{Bundles: auth, Revocations: auth, Clock: c.Clock})
+	if err != nil {
+		return nil, err
+	}
+	bearer, err := c.tokenAttestors(ctx, reg)
+	if err != nil {
+		return nil, err
+	}
+	chain := attestor.Chain{renewal, jointoken.New(tokens, c.Clock, c.Logger)}
+	chain = append(chain, bearer...)
+	return append(chain, c.Extra...), nil
+}
+
+// Run starts the plane, serves until ctx ends, and stops it.
+func Run(ctx context.Context, cfg Config) error {
+	p, err := Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return p.Stop()
+}
+
+// Stop drains the servers, ends the maintenance loop and closes the store.
+func (p *Plane) Stop() error {
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+	defer cancel()
+	err := p.srv.Shutdown(ctx)
+	p.cancel()
+	<-p.done
+	p.cfg.Logger.Info("stopped")
+	return errors.Join(err, p.store.Close())
+}
+
+// Addr returns the bound address of a listener ("grpc", "https" or
+// "monitor"), or nil when it is disabled.
+func (p *Plane) Addr(name string) net.Addr { return p.srv.Addr(name) }
+
+// Authority is the running CA.
+func (p *Plane) Authority() *ca.Authority { return p.auth }
+
+// Config is the configuration the plane runs with, defaults applied.
+func (p *Plane) Config() Config { return p.cfg }
