@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -17,46 +16,36 @@ import (
 
 // agentOptions are the flags of `meshca agent`.
 type agentOptions struct {
+	cfg            agent.Config // the flags that need no parsing
 	configFile     string
-	caAddr         string
-	caRoots        string
-	caServerName   string
 	trustDomain    string
 	spiffeID       string
 	namespace      string
 	serviceAccount string
-	tokenFile      string
-	joinTokenFile  string
-	keyType        string
-	ttl            time.Duration
-	renewFraction  float64
-	sdsSocket      string
-	sdsTCPListen   string
 	sdsTCPAllow    []string
-	workloadSocket string
-	monitorListen  string
 	log            cli.LogOptions
 }
 
 func (o *agentOptions) addFlags(fs *pflag.FlagSet) {
+	c := &o.cfg
 	fs.StringVar(&o.configFile, "config", "", "YAML config file whose keys are these flag names (env MESHCA_CONFIG)")
-	fs.StringVar(&o.caAddr, "ca-addr", "127.0.0.1:15012", "the CA's gRPC CSR API address")
-	fs.StringVar(&o.caRoots, "ca-roots", "", "PEM trust bundle (e.g. a mounted ConfigMap): verifies the CA and is served until the CA sends its own (required)")
-	fs.StringVar(&o.caServerName, "ca-server-name", "", "name expected in the CA's certificate (default: the host of --ca-addr; localhost for 127.0.0.1)")
+	fs.StringVar(&c.CAAddr, "ca-addr", "127.0.0.1:15012", "the CA's gRPC CSR API address")
+	fs.StringVar(&c.CARootsFile, "ca-roots", "", "PEM trust bundle (e.g. a mounted ConfigMap): verifies the CA and is served until the CA sends its own (required)")
+	fs.StringVar(&c.CAServerName, "ca-server-name", "", "name expected in the CA's certificate (default: the host of --ca-addr; localhost for 127.0.0.1)")
 	fs.StringVar(&o.trustDomain, "trust-domain", "cluster.local", "trust domain, with --namespace and --service-account")
 	fs.StringVar(&o.spiffeID, "spiffe-id", "", "the workload's SPIFFE ID; default spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")
 	fs.StringVar(&o.namespace, "namespace", "", "the workload's namespace (env MESHCA_NAMESPACE, e.g. from the downward API)")
 	fs.StringVar(&o.serviceAccount, "service-account", "", "the workload's ServiceAccount (env MESHCA_SERVICE_ACCOUNT)")
-	fs.StringVar(&o.tokenFile, "token-file", "", "projected ServiceAccount token, read anew for every request (kubelet rotates it)")
-	fs.StringVar(&o.joinTokenFile, "join-token-file", "", "single-use join token for the first certificate outside Kubernetes; renewals then use the current SVID over mTLS")
-	fs.StringVar(&o.keyType, "key-type", sds.KeyECDSAP256, "workload key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096")
-	fs.DurationVar(&o.ttl, "ttl", 0, "requested certificate lifetime (0: the CA's default)")
-	fs.Float64Var(&o.renewFraction, "renew-fraction", sds.DefaultRenewFraction, "renew at this fraction of the lifetime (±10 % jitter)")
-	fs.StringVar(&o.sdsSocket, "sds-socket", "/var/run/meshca/sds.sock", "Envoy SDS Unix socket (0660, directory 0700); empty disables")
-	fs.StringVar(&o.sdsTCPListen, "sds-tcp-listen", "", "also serve SDS over TCP with mTLS (e.g. for a gateway's Envoy elsewhere); empty disables")
+	fs.StringVar(&c.TokenFile, "token-file", "", "projected ServiceAccount token, read anew for every request (kubelet rotates it)")
+	fs.StringVar(&c.JoinTokenFile, "join-token-file", "", "single-use join token for the first certificate outside Kubernetes; renewals then use the current SVID over mTLS")
+	fs.StringVar(&c.KeyType, "key-type", sds.KeyECDSAP256, "workload key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096")
+	fs.DurationVar(&c.TTL, "ttl", 0, "requested certificate lifetime (0: the CA's default)")
+	fs.Float64Var(&c.RenewFraction, "renew-fraction", sds.DefaultRenewFraction, "renew at this fraction of the lifetime (±10 % jitter)")
+	fs.StringVar(&c.SDSSocket, "sds-socket", "/var/run/meshca/sds.sock", "Envoy SDS Unix socket (0660, directory 0700); empty disables")
+	fs.StringVar(&c.SDSTCPAddr, "sds-tcp-listen", "", "also serve SDS over TCP with mTLS (e.g. for a gateway's Envoy elsewhere); empty disables")
 	fs.StringSliceVar(&o.sdsTCPAllow, "sds-tcp-allow", nil, "SPIFFE IDs allowed on --sds-tcp-listen (default: the workload's own)")
-	fs.StringVar(&o.workloadSocket, "workload-api-socket", "/var/run/meshca/workload.sock", "SPIFFE Workload API Unix socket; empty disables")
-	fs.StringVar(&o.monitorListen, "monitoring-listen", "127.0.0.1:15020", "plain-HTTP /healthz, /readyz (not ready without a valid SVID) and /metrics; empty disables")
+	fs.StringVar(&c.WorkloadSocket, "workload-api-socket", "/var/run/meshca/workload.sock", "SPIFFE Workload API Unix socket; empty disables")
+	fs.StringVar(&c.MonitorAddr, "monitoring-listen", "127.0.0.1:15020", "plain-HTTP /healthz, /readyz (not ready without a valid SVID) and /metrics; empty disables")
 	o.log.AddFlags(fs)
 }
 
@@ -88,33 +77,27 @@ func newAgentCmd() *cobra.Command {
 
 // config turns the flags into the agent's Config.
 func (o *agentOptions) config() (agent.Config, error) {
-	id, err := o.identity()
-	if err != nil {
+	cfg := o.cfg
+	var err error
+	if cfg.ID, err = o.identity(); err != nil {
 		return agent.Config{}, err
 	}
-	if o.caRoots == "" {
+	switch {
+	case cfg.CARootsFile == "":
 		return agent.Config{}, errors.New("--ca-roots is required")
-	}
-	if o.tokenFile != "" && o.joinTokenFile != "" {
+	case cfg.TokenFile != "" && cfg.JoinTokenFile != "":
 		return agent.Config{}, errors.New("--token-file and --join-token-file: choose one")
-	}
-	if o.tokenFile == "" && o.joinTokenFile == "" {
+	case cfg.TokenFile == "" && cfg.JoinTokenFile == "":
 		return agent.Config{}, errors.New("give --token-file (Kubernetes) or --join-token-file (elsewhere)")
 	}
-	var allowed []spiffeid.ID
 	for _, raw := range o.sdsTCPAllow {
-		a, err := spiffeid.FromString(raw)
+		id, err := spiffeid.FromString(raw)
 		if err != nil {
 			return agent.Config{}, fmt.Errorf("--sds-tcp-allow: %w", err)
 		}
-		allowed = append(allowed, a)
+		cfg.SDSTCPAllow = append(cfg.SDSTCPAllow, id)
 	}
-	return agent.Config{
-		ID: id, CAAddr: o.caAddr, CARootsFile: o.caRoots, CAServerName: o.caServerName,
-		TokenFile: o.tokenFile, JoinTokenFile: o.joinTokenFile, KeyType: o.keyType, TTL: o.ttl, RenewFraction: o.renewFraction,
-		SDSSocket: o.sdsSocket, SDSTCPAddr: o.sdsTCPListen, SDSTCPAllow: allowed, WorkloadSocket: o.workloadSocket,
-		MonitorAddr: o.monitorListen,
-	}, nil
+	return cfg, nil
 }
 
 // identity resolves the workload's SPIFFE ID from the options.

@@ -2,15 +2,10 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
-	"fmt"
 	"io"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/internal/audit"
 
@@ -46,9 +41,10 @@ func render(cmd *cobra.Command, v any, table func(w io.Writer)) error {
 
 func newAuditCertCmd() *cobra.Command {
 	var (
-		sdsSocket, wlSocket, bundlePath, td string
-		maxLifetime                         time.Duration
-		now                                 string
+		src            audit.Source
+		bundlePath, td string
+		maxLifetime    time.Duration
+		now            string
 	)
 	cmd := &cobra.Command{
 		Use:   "cert [FILE] [--sds SOCKET | --workload-api SOCKET] [--bundle FILE]",
@@ -63,79 +59,28 @@ func newAuditCertCmd() *cobra.Command {
 				}
 				at = t
 			}
-			sources := 0
-			for _, s := range []bool{len(args) == 1, sdsSocket != "", wlSocket != ""} {
-				if s {
-					sources++
-				}
+			if len(args) == 1 {
+				src.File = args[0]
 			}
-			if sources != 1 {
-				return cli.Usage("give exactly one of FILE, --sds or --workload-api")
-			}
-			var (
-				chain  []*x509.Certificate
-				source string
-				err    error
-			)
 			ctx, cancel := context.WithTimeout(cmd.Context(), 15*time.Second)
 			defer cancel()
-			switch {
-			case len(args) == 1:
-				source = args[0]
-				chain, err = audit.ChainFromFile(args[0])
-			case sdsSocket != "":
-				source = "sds:" + sdsSocket
-				chain, err = audit.ChainFromSDS(ctx, sdsSocket)
-			default:
-				source = "workload-api:" + wlSocket
-				chain, err = audit.ChainFromWorkloadAPI(ctx, wlSocket)
-			}
+			name, chain, err := src.Fetch(ctx)
 			if err != nil {
-				return cli.Usage("%s: %v", source, err)
+				return cli.Usage("%v", err)
 			}
 			opts := audit.CertOptions{MaxLifetime: maxLifetime}
 			if bundlePath != "" {
-				roots, err := audit.ChainFromFile(bundlePath)
-				if err != nil {
-					return cli.Usage("--bundle: %v", err)
+				if opts.Bundle, err = audit.LoadBundle(bundlePath, td, chain[0]); err != nil {
+					return cli.Usage("%v", err)
 				}
-				tdv := spiffeid.TrustDomain{}
-				if td != "" {
-					if tdv, err = spiffeid.TrustDomainFromString(td); err != nil {
-						return cli.Usage("--trust-domain: %v", err)
-					}
-				} else if id, err := spiffeid.FromURI(chain[0].URIs[0]); err == nil {
-					tdv = id.TrustDomain()
-				}
-				opts.Bundle = x509bundle.FromX509Authorities(tdv, roots)
 			}
-			r := audit.Cert(source, chain, at, opts)
-			return render(cmd, r, func(w io.Writer) {
-				fmt.Fprintf(w, "SOURCE\t%s\n", r.Source)
-				fmt.Fprintf(w, "SPIFFE ID\t%s\n", r.SPIFFEID)
-				fmt.Fprintf(w, "URI SANS\t%s\n", strings.Join(r.URISANs, ", "))
-				fmt.Fprintf(w, "SERIAL\t%s\n", r.Serial)
-				fmt.Fprintf(w, "ISSUER\t%s\n", r.Issuer)
-				fmt.Fprintf(w, "VALID\t%s to %s\n", r.NotBefore.Format(time.RFC3339), r.NotAfter.Format(time.RFC3339))
-				fmt.Fprintf(w, "TIME LEFT\t%s\n", r.TimeLeft)
-				fmt.Fprintf(w, "KEY\t%s\n", r.KeyType)
-				fmt.Fprintf(w, "CHAIN\t%d certificate(s)\n", r.ChainLen)
-				if r.Verified != nil {
-					v := "verified against the bundle"
-					if !*r.Verified {
-						v = "NOT verified: " + r.VerifyError
-					}
-					fmt.Fprintf(w, "TRUST\t%s\n", v)
-				}
-				for _, warn := range r.Warnings {
-					fmt.Fprintf(w, "WARNING\t%s\n", warn)
-				}
-			})
+			r := audit.Cert(name, chain, at, opts)
+			return render(cmd, r, r.WriteTable)
 		},
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&sdsSocket, "sds", "", "read the certificate from an agent's SDS socket (resource \"default\")")
-	fs.StringVar(&wlSocket, "workload-api", "", "read the X509-SVID from a SPIFFE Workload API socket")
+	fs.StringVar(&src.SDS, "sds", "", "read the certificate from an agent's SDS socket (resource \"default\")")
+	fs.StringVar(&src.WorkloadAPI, "workload-api", "", "read the X509-SVID from a SPIFFE Workload API socket")
 	fs.StringVar(&bundlePath, "bundle", "", "PEM trust bundle to verify the chain against")
 	fs.StringVar(&td, "trust-domain", "", "trust domain of --bundle (default: the certificate's)")
 	fs.DurationVar(&maxLifetime, "max-lifetime", 72*time.Hour, "warn about certificates living longer")
@@ -169,18 +114,7 @@ func newAuditIssuedCmd() *cobra.Command {
 					CredentialKind: r.CredentialKind, Requester: r.Requester, Peer: r.Peer, IssuedAt: r.IssuedAt, Revoked: r.Revoked})
 			}
 			rep := audit.Summarize(recs, ir.Now, since)
-			return render(cmd, rep, func(w io.Writer) {
-				fmt.Fprintln(w, "SPIFFE ID\tISSUED\tLIVE\tREVOKED\tLAST ISSUED\tCREDENTIALS")
-				for _, i := range rep.Identities {
-					fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%s\t%s\n", i.SPIFFEID, i.Issued, i.Live, i.Revoked, i.LastIssued.UTC().Format(time.RFC3339), strings.Join(i.Credentials, ","))
-				}
-				for _, r := range rep.Revoked {
-					fmt.Fprintf(w, "REVOKED\t%s\t%s\n", r.Serial, r.SPIFFEID)
-				}
-				for _, warn := range rep.Warnings {
-					fmt.Fprintf(w, "WARNING\t%s\n", warn)
-				}
-			})
+			return render(cmd, rep, rep.WriteTable)
 		},
 	}
 	fs := cmd.Flags()

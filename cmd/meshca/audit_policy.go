@@ -2,19 +2,17 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
 
+	"github.com/meshca/meshca/internal/audit"
 	"github.com/meshca/meshca/internal/kubeclient"
 	"github.com/meshca/meshca/policy"
 	"github.com/meshca/meshca/policy/kube"
@@ -22,30 +20,17 @@ import (
 	"github.com/meshca/meshca/internal/cli"
 )
 
-// policyFlags are shared by audit authz and audit mtls.
+// policyFlags are shared by audit authz, mtls and lint.
 type policyFlags struct {
-	paths        []string
-	kube         bool
-	kubeconfig   string
-	rootNS       string
-	trustDomain  string
-	tdAliases    []string
-	namespace    string
-	labels       map[string]string
-	port         uint32
-	requestFile  string
-	protocol     string
-	srcPrincipal string
-	srcNS        string
-	srcIP        string
-	remoteIP     string
-	reqPrincipal string
-	claims       map[string]string
-	method       string
-	path         string
-	host         string
-	headers      map[string]string
-	sni          string
+	paths       []string
+	kube        bool
+	kubeconfig  string
+	rootNS      string
+	trustDomain string
+	tdAliases   []string
+	requestFile string
+	req         policy.Request    // from the request flags
+	claims      map[string]string // --claim, into req
 }
 
 func (f *policyFlags) addLoad(fs *pflag.FlagSet) {
@@ -110,19 +95,7 @@ func newAuditAuthzCmd() *cobra.Command {
 				return err
 			}
 			d := set.Authorize(req)
-			if err := render(cmd, d, func(w io.Writer) {
-				fmt.Fprintf(w, "DECISION\t%s\n", d.Decision)
-				if d.Action != "" {
-					fmt.Fprintf(w, "ACTION\t%s\n", d.Action)
-				}
-				if d.Policy != "" {
-					fmt.Fprintf(w, "POLICY\t%s\n", d.Policy)
-				}
-				if d.Rule >= 0 {
-					fmt.Fprintf(w, "RULE\t%d\n", d.Rule)
-				}
-				fmt.Fprintf(w, "REASON\t%s\n", d.Reason)
-			}); err != nil {
+			if err := render(cmd, d, func(w io.Writer) { audit.DecisionTable(w, d) }); err != nil {
 				return err
 			}
 			if d.Decision != policy.Allow {
@@ -134,21 +107,21 @@ func newAuditAuthzCmd() *cobra.Command {
 	fs := cmd.Flags()
 	f.addLoad(fs)
 	fs.StringVar(&f.requestFile, "request", "", "the request as JSON (a file, or - for standard input); instead of the flags below")
-	fs.StringVar(&f.protocol, "protocol", "HTTP", "HTTP or TCP")
-	fs.StringVar(&f.namespace, "namespace", "", "the destination workload's namespace")
-	fs.StringToStringVar(&f.labels, "labels", nil, "the destination workload's labels k=v,...")
-	fs.StringVar(&f.srcPrincipal, "source-principal", "", "the peer's mTLS identity (empty: plaintext)")
-	fs.StringVar(&f.srcNS, "source-namespace", "", "the peer's namespace")
-	fs.StringVar(&f.srcIP, "source-ip", "", "the peer's IP")
-	fs.StringVar(&f.remoteIP, "remote-ip", "", "the original client IP (default --source-ip)")
-	fs.StringVar(&f.reqPrincipal, "request-principal", "", "the JWT principal iss/sub")
+	fs.StringVar(&f.req.Protocol, "protocol", "HTTP", "HTTP or TCP")
+	fs.StringVar(&f.req.Workload.Namespace, "namespace", "", "the destination workload's namespace")
+	fs.StringToStringVar(&f.req.Workload.Labels, "labels", nil, "the destination workload's labels k=v,...")
+	fs.StringVar(&f.req.Source.Principal, "source-principal", "", "the peer's mTLS identity (empty: plaintext)")
+	fs.StringVar(&f.req.Source.Namespace, "source-namespace", "", "the peer's namespace")
+	fs.StringVar(&f.req.Source.IP, "source-ip", "", "the peer's IP")
+	fs.StringVar(&f.req.Source.RemoteIP, "remote-ip", "", "the original client IP (default --source-ip)")
+	fs.StringVar(&f.req.Request.Principal, "request-principal", "", "the JWT principal iss/sub")
 	fs.StringToStringVar(&f.claims, "claim", nil, "a JWT claim k=v (repeatable)")
-	fs.StringVar(&f.method, "method", "", "HTTP method")
-	fs.StringVar(&f.path, "path", "", "HTTP path")
-	fs.StringVar(&f.host, "host", "", "HTTP host")
-	fs.Uint32Var(&f.port, "port", 0, "destination port")
-	fs.StringToStringVar(&f.headers, "header", nil, "an HTTP header k=v (repeatable)")
-	fs.StringVar(&f.sni, "sni", "", "TLS SNI")
+	fs.StringVar(&f.req.Request.Method, "method", "", "HTTP method")
+	fs.StringVar(&f.req.Request.Path, "path", "", "HTTP path")
+	fs.StringVar(&f.req.Request.Host, "host", "", "HTTP host")
+	fs.Uint32Var(&f.req.Destination.Port, "port", 0, "destination port")
+	fs.StringToStringVar(&f.req.Request.Headers, "header", nil, "an HTTP header k=v (repeatable)")
+	fs.StringVar(&f.req.Connection.SNI, "sni", "", "TLS SNI")
 	return cmd
 }
 
@@ -165,52 +138,25 @@ func (f *policyFlags) request(cmd *cobra.Command) (policy.Request, error) {
 			defer file.Close()
 			r = file
 		}
-		dec := json.NewDecoder(io.LimitReader(r, 1<<20))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
+		var err error
+		if req, err = policy.DecodeRequest(r); err != nil {
 			return req, cli.Usage("--request: not a request: %v", err)
 		}
 	} else {
-		if f.namespace == "" {
+		if f.req.Workload.Namespace == "" {
 			return req, cli.Usage("give --request, or at least --namespace")
 		}
-		claims := map[string]any{}
+		req = f.req
+		req.Protocol = strings.ToUpper(req.Protocol)
+		req.Request.Claims = map[string]any{}
 		for k, v := range f.claims {
-			claims[k] = v
-		}
-		req = policy.Request{
-			Protocol: strings.ToUpper(f.protocol),
-			Workload: policy.Workload{Namespace: f.namespace, Labels: f.labels},
-			Source:   policy.Source{Principal: f.srcPrincipal, Namespace: f.srcNS, IP: f.srcIP, RemoteIP: f.remoteIP},
-			Request: policy.HTTPRequest{Principal: f.reqPrincipal, Claims: claims, Method: f.method, Path: f.path,
-				Host: f.host, Headers: f.headers},
-			Destination: policy.Destination{Port: f.port},
-			Connection:  policy.Connection{SNI: f.sni},
+			req.Request.Claims[k] = v
 		}
 	}
-	if p := strings.ToUpper(req.Protocol); p != "" && p != "HTTP" && p != "TCP" {
-		return req, cli.Usage("protocol must be HTTP or TCP, not %q", req.Protocol)
-	}
-	if req.Workload.Namespace == "" {
-		return req, cli.Usage("the request names no workload namespace")
-	}
-	for name, ip := range map[string]string{"source.ip": req.Source.IP, "source.remote_ip": req.Source.RemoteIP, "destination.ip": req.Destination.IP} {
-		if _, err := netip.ParseAddr(ip); ip != "" && err != nil {
-			return req, cli.Usage("%s %q is not an IP address", name, ip)
-		}
-	}
-	for provider, v := range req.CustomVerdicts {
-		if v != policy.Allow && v != policy.Deny {
-			return req, cli.Usage("custom_verdicts[%s] must be ALLOW or DENY, not %q", provider, v)
-		}
+	if err := req.Validate(); err != nil {
+		return req, cli.Usage("%v", err)
 	}
 	return req, nil
-}
-
-// MTLSResult is the output of audit mtls.
-type MTLSResult struct {
-	Mode   string `json:"mode"`
-	Policy string `json:"policy"`
 }
 
 func newAuditMTLSCmd() *cobra.Command {
@@ -224,26 +170,19 @@ func newAuditMTLSCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if f.namespace == "" {
+			if f.req.Workload.Namespace == "" {
 				return cli.Usage("--namespace is required")
 			}
-			mode, pol := set.MTLSMode(f.namespace, f.labels, f.port)
-			res := MTLSResult{Mode: mode, Policy: pol}
-			return render(cmd, res, func(w io.Writer) {
-				fmt.Fprintf(w, "MODE\t%s\n", res.Mode)
-				p := res.Policy
-				if p == "" {
-					p = "(none: the default)"
-				}
-				fmt.Fprintf(w, "POLICY\t%s\n", p)
-			})
+			mode, pol := set.MTLSMode(f.req.Workload.Namespace, f.req.Workload.Labels, f.req.Destination.Port)
+			res := audit.MTLS{Mode: mode, Policy: pol}
+			return render(cmd, res, res.WriteTable)
 		},
 	}
 	fs := cmd.Flags()
 	f.addLoad(fs)
-	fs.StringVar(&f.namespace, "namespace", "", "the workload's namespace (required)")
-	fs.StringToStringVar(&f.labels, "labels", nil, "the workload's labels k=v,...")
-	fs.Uint32Var(&f.port, "port", 0, "the port (0: the workload as a whole)")
+	fs.StringVar(&f.req.Workload.Namespace, "namespace", "", "the workload's namespace (required)")
+	fs.StringToStringVar(&f.req.Workload.Labels, "labels", nil, "the workload's labels k=v,...")
+	fs.Uint32Var(&f.req.Destination.Port, "port", 0, "the port (0: the workload as a whole)")
 	return cmd
 }
 
@@ -265,33 +204,15 @@ func newAuditLintCmd() *cobra.Command {
 				if err != nil {
 					return cli.Usage("%v", err)
 				}
-				pods, err := cs.CoreV1().Pods("").List(cmd.Context(), metav1.ListOptions{})
-				if err != nil {
-					return cli.Usage("list pods: %v", err)
-				}
-				opts.Workloads = []policy.WorkloadInfo{}
-				for _, p := range pods.Items {
-					opts.Workloads = append(opts.Workloads, policy.WorkloadInfo{Namespace: p.Namespace, Labels: p.Labels})
+				if opts.Workloads, err = kube.Workloads(cmd.Context(), cs); err != nil {
+					return cli.Usage("%v", err)
 				}
 			}
 			findings := set.Lint(opts)
 			if findings == nil {
 				findings = []policy.Finding{}
 			}
-			if err := render(cmd, findings, func(w io.Writer) {
-				if len(findings) == 0 {
-					fmt.Fprintln(w, "no findings")
-					return
-				}
-				fmt.Fprintln(w, "SEVERITY\tPOLICY\tRULE\tMESSAGE")
-				for _, fd := range findings {
-					rule := "-"
-					if fd.Rule >= 0 {
-						rule = fmt.Sprint(fd.Rule)
-					}
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", fd.Severity, fd.Policy, rule, fd.Message)
-				}
-			}); err != nil {
+			if err := render(cmd, findings, func(w io.Writer) { audit.FindingsTable(w, findings) }); err != nil {
 				return err
 			}
 			if len(findings) > 0 {

@@ -217,20 +217,20 @@ key-type: ecdsa-p384
 	if o.trustDomain != "prod.example" {
 		t.Errorf("trustDomain = %q", o.trustDomain)
 	}
-	if strings.Join(o.dnsNames, " ") != "meshca.prod.example meshca" {
-		t.Errorf("dnsNames = %q", o.dnsNames)
+	if strings.Join(o.cfg.DNSNames, " ") != "meshca.prod.example meshca" {
+		t.Errorf("dnsNames = %q", o.cfg.DNSNames)
 	}
-	if len(o.ipSANs) != 1 || o.ipSANs[0].String() != "10.0.0.7" {
-		t.Errorf("ipSANs = %v", o.ipSANs)
+	if len(o.cfg.IPs) != 1 || o.cfg.IPs[0].String() != "10.0.0.7" {
+		t.Errorf("ipSANs = %v", o.cfg.IPs)
 	}
-	if o.maxRequestBytes != 4096 {
-		t.Errorf("maxRequestBytes = %d", o.maxRequestBytes)
+	if o.cfg.MaxRequestBytes != 4096 {
+		t.Errorf("maxRequestBytes = %d", o.cfg.MaxRequestBytes)
 	}
-	if o.requestTimeout != 5*time.Second {
-		t.Errorf("requestTimeout = %v", o.requestTimeout)
+	if o.cfg.RequestTimeout != 5*time.Second {
+		t.Errorf("requestTimeout = %v", o.cfg.RequestTimeout)
 	}
-	if o.retention != 48*time.Hour {
-		t.Errorf("retention = %v", o.retention)
+	if o.cfg.Retention != 48*time.Hour {
+		t.Errorf("retention = %v", o.cfg.Retention)
 	}
 	if o.keyType != "rsa-2048" {
 		t.Errorf("keyType = %q, want the command line's rsa-2048", o.keyType)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -24,52 +23,38 @@ import (
 // serverOptions are the flags of `meshca server` (and, with other defaults,
 // `meshca dev`). docs/configuration.md lists them; keep the two in step.
 type serverOptions struct {
-	configFile      string
-	trustDomain     string
-	dataDir         string
-	cacertsDir      string
-	kekFile         string
-	keyType         string
-	rootTTL         time.Duration
-	intermediateTTL time.Duration
-	defaultTTL      time.Duration
-	maxTTL          time.Duration
-	retention       time.Duration
-	grpcListen      string
-	httpsListen     string
-	monitorListen   string
-	dnsNames        []string
-	ipSANs          []net.IP
-	maxRequestBytes int
-	requestTimeout  time.Duration
-	adminTokenFile  string
-	k8s             k8sOptions
-	oidcConfig      string
-	log             cli.LogOptions
+	cfg         plane.Config // the flags that need no parsing
+	configFile  string
+	trustDomain string
+	cacertsDir  string
+	kekFile     string
+	keyType     string
+	log         cli.LogOptions
 }
 
 func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
+	c := &o.cfg
 	fs.StringVar(&o.configFile, "config", "", "YAML config file whose keys are these flag names (env MESHCA_CONFIG)")
 	fs.StringVar(&o.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of every identity issued")
-	fs.StringVar(&o.dataDir, "data-dir", "/var/lib/meshca", "directory of the bbolt data file meshca.db (created 0700)")
+	fs.StringVar(&c.DataDir, "data-dir", "/var/lib/meshca", "directory of the bbolt data file meshca.db (created 0700)")
 	fs.StringVar(&o.cacertsDir, "cacerts-dir", "", "Istio cacerts directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem); empty: self-signed root kept in the data file")
 	fs.StringVar(&o.kekFile, "kek-file", "", "file holding the 32-byte key-encryption key for private keys at rest (raw, hex or base64); env MESHCA_KEK may hold the key itself")
 	fs.StringVar(&o.keyType, "key-type", string(ca.KeyECDSAP256), "CA key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096")
-	fs.DurationVar(&o.rootTTL, "root-ttl", ca.DefaultRootTTL, "lifetime of a generated self-signed root")
-	fs.DurationVar(&o.intermediateTTL, "intermediate-ttl", ca.DefaultIntermediateTTL, "lifetime of the signing intermediate (rotated at half of it)")
-	fs.DurationVar(&o.defaultTTL, "default-ttl", ca.DefaultLeafTTL, "workload certificate lifetime when none is requested")
-	fs.DurationVar(&o.maxTTL, "max-ttl", ca.DefaultMaxLeafTTL, "longest workload certificate lifetime a caller may request")
-	fs.DurationVar(&o.retention, "retention", ca.DefaultRetention, "how long issuance records are kept after the certificate expires")
-	fs.StringVar(&o.grpcListen, "grpc-listen", ":15012", "gRPC CSR API (Istio CA service) address; empty disables")
-	fs.StringVar(&o.httpsListen, "https-listen", ":8443", "HTTPS/JSON API address; empty disables")
-	fs.StringVar(&o.monitorListen, "monitoring-listen", ":15014", "plain-HTTP /healthz, /readyz and /metrics address; empty disables")
-	fs.StringSliceVar(&o.dnsNames, "dns-names", []string{"localhost"}, "DNS SANs of the server's TLS certificate")
-	fs.IPSliceVar(&o.ipSANs, "ip-sans", []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, "IP SANs of the server's TLS certificate")
-	fs.IntVar(&o.maxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "largest request message or body accepted")
-	fs.DurationVar(&o.requestTimeout, "request-timeout", server.DefaultRequestTimeout, "deadline for one API call")
-	o.k8s.addFlags(fs)
-	fs.StringVar(&o.oidcConfig, "oidc-config", "", "YAML file listing trusted OIDC issuers and how their claims map to SPIFFE IDs (docs/configuration.md)")
-	fs.StringVar(&o.adminTokenFile, "admin-token-file", "", "bearer token for the admin API (join tokens); created 0600 with a random token if missing (default <data-dir>/admin-token)")
+	fs.DurationVar(&c.RootTTL, "root-ttl", ca.DefaultRootTTL, "lifetime of a generated self-signed root")
+	fs.DurationVar(&c.IntermediateTTL, "intermediate-ttl", ca.DefaultIntermediateTTL, "lifetime of the signing intermediate (rotated at half of it)")
+	fs.DurationVar(&c.DefaultTTL, "default-ttl", ca.DefaultLeafTTL, "workload certificate lifetime when none is requested")
+	fs.DurationVar(&c.MaxTTL, "max-ttl", ca.DefaultMaxLeafTTL, "longest workload certificate lifetime a caller may request")
+	fs.DurationVar(&c.Retention, "retention", ca.DefaultRetention, "how long issuance records are kept after the certificate expires")
+	fs.StringVar(&c.GRPCAddr, "grpc-listen", ":15012", "gRPC CSR API (Istio CA service) address; empty disables")
+	fs.StringVar(&c.HTTPSAddr, "https-listen", ":8443", "HTTPS/JSON API address; empty disables")
+	fs.StringVar(&c.MonitorAddr, "monitoring-listen", ":15014", "plain-HTTP /healthz, /readyz and /metrics address; empty disables")
+	fs.StringSliceVar(&c.DNSNames, "dns-names", []string{"localhost"}, "DNS SANs of the server's TLS certificate")
+	fs.IPSliceVar(&c.IPs, "ip-sans", []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, "IP SANs of the server's TLS certificate")
+	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "largest request message or body accepted")
+	fs.DurationVar(&c.RequestTimeout, "request-timeout", server.DefaultRequestTimeout, "deadline for one API call")
+	addK8sFlags(fs, &c.Kubernetes)
+	fs.StringVar(&c.OIDCConfigFile, "oidc-config", "", "YAML file listing trusted OIDC issuers and how their claims map to SPIFFE IDs (docs/configuration.md)")
+	fs.StringVar(&c.AdminTokenFile, "admin-token-file", "", "bearer token for the admin API (join tokens); created 0600 with a random token if missing (default <data-dir>/admin-token)")
 	o.log.AddFlags(fs)
 }
 
@@ -105,31 +90,26 @@ func (o *serverOptions) planeConfig(cmd *cobra.Command) (plane.Config, error) {
 	if err != nil {
 		return plane.Config{}, err
 	}
-	td, err := spiffeid.TrustDomainFromString(o.trustDomain)
-	if err != nil {
+	cfg := o.cfg
+	if cfg.TrustDomain, err = spiffeid.TrustDomainFromString(o.trustDomain); err != nil {
 		return plane.Config{}, fmt.Errorf("--trust-domain: %w", err)
 	}
-	keyType, err := ca.ParseKeyType(o.keyType)
-	if err != nil {
+	if cfg.KeyType, err = ca.ParseKeyType(o.keyType); err != nil {
 		return plane.Config{}, fmt.Errorf("--key-type: %w", err)
 	}
-	kek, err := loadKEK(o.kekFile)
-	if err != nil {
+	if cfg.KEK, err = loadKEK(o.kekFile); err != nil {
 		return plane.Config{}, err
 	}
-	var parent ca.Parent
 	if o.cacertsDir != "" {
-		if parent, err = ca.LoadCACerts(o.cacertsDir, clock.Real{}.Now()); err != nil {
+		if cfg.Parent, err = ca.LoadCACerts(o.cacertsDir, clock.Real{}.Now()); err != nil {
 			return plane.Config{}, err
 		}
 	}
-	return plane.Config{
-		TrustDomain: td, DataDir: o.dataDir, Parent: parent, KEK: kek, KeyType: keyType,
-		RootTTL: o.rootTTL, IntermediateTTL: o.intermediateTTL, DefaultTTL: o.defaultTTL, MaxTTL: o.maxTTL, Retention: o.retention,
-		GRPCAddr: o.grpcListen, HTTPSAddr: o.httpsListen, MonitorAddr: o.monitorListen, DNSNames: o.dnsNames, IPs: o.ipSANs,
-		MaxRequestBytes: o.maxRequestBytes, RequestTimeout: o.requestTimeout, AdminTokenFile: o.adminTokenFile,
-		Kubernetes: o.k8s.config(), OIDCConfigFile: o.oidcConfig, UserAgent: "meshca/" + version, Logger: log,
-	}, nil
+	if cfg.Kubernetes.Deny == nil {
+		cfg.Kubernetes.Deny = []string{} // --deny-namespaces "" denies nothing
+	}
+	cfg.UserAgent, cfg.Logger = "meshca/"+version, log
+	return cfg, nil
 }
 
 // loadKEK reads the key-encryption key from path or from MESHCA_KEK; both

@@ -5,11 +5,14 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -82,4 +85,59 @@ func ChainFromWorkloadAPI(ctx context.Context, socket string) ([]*x509.Certifica
 		return nil, err
 	}
 	return svid.Certificates, nil
+}
+
+// Source names where `meshca audit cert` reads a certificate: exactly one
+// of File, SDS (an agent's SDS socket) and WorkloadAPI (a Workload API
+// socket).
+type Source struct {
+	File, SDS, WorkloadAPI string
+}
+
+// Fetch reads the chain and names where it came from.
+func (s Source) Fetch(ctx context.Context) (name string, chain []*x509.Certificate, err error) {
+	n := 0
+	for _, set := range []bool{s.File != "", s.SDS != "", s.WorkloadAPI != ""} {
+		if set {
+			n++
+		}
+	}
+	if n != 1 {
+		return "", nil, errors.New("give exactly one of FILE, --sds or --workload-api")
+	}
+	switch {
+	case s.File != "":
+		name = s.File
+		chain, err = ChainFromFile(s.File)
+	case s.SDS != "":
+		name = "sds:" + s.SDS
+		chain, err = ChainFromSDS(ctx, s.SDS)
+	default:
+		name = "workload-api:" + s.WorkloadAPI
+		chain, err = ChainFromWorkloadAPI(ctx, s.WorkloadAPI)
+	}
+	if err != nil {
+		return name, nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return name, chain, nil
+}
+
+// LoadBundle reads a PEM trust bundle for trust domain td; "" takes the
+// trust domain of leaf's SPIFFE ID.
+func LoadBundle(path, td string, leaf *x509.Certificate) (*x509bundle.Bundle, error) {
+	roots, err := ChainFromFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--bundle: %w", err)
+	}
+	tdv := spiffeid.TrustDomain{}
+	if td != "" {
+		if tdv, err = spiffeid.TrustDomainFromString(td); err != nil {
+			return nil, fmt.Errorf("--trust-domain: %w", err)
+		}
+	} else if len(leaf.URIs) > 0 {
+		if id, err := spiffeid.FromURI(leaf.URIs[0]); err == nil {
+			tdv = id.TrustDomain()
+		}
+	}
+	return x509bundle.FromX509Authorities(tdv, roots), nil
 }

@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/meshca/meshca/policy"
@@ -143,4 +144,18 @@ func Watch(ctx context.Context, client dynamic.Interface, o policy.Options, onCh
 		}
 		onChange(build(objs, o))
 	}
+}
+
+// Workloads lists the pods of the cluster as the workloads that policy
+// selectors may match (for Lint).
+func Workloads(ctx context.Context, cs kubernetes.Interface) ([]policy.WorkloadInfo, error) {
+	pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("kube: list pods: %w", err)
+	}
+	out := make([]policy.WorkloadInfo, 0, len(pods.Items))
+	for _, p := range pods.Items {
+		out = append(out, policy.WorkloadInfo{Namespace: p.Namespace, Labels: p.Labels})
+	}
+	return out, nil
 }
