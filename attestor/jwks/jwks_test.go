@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -114,11 +115,14 @@ func jwksDoc(tb testing.TB, keys ...jose.JSONWebKey) []byte {
 	return b
 }
 
-// source is a Fetcher whose document or error tests change at will.
+// source is a Fetcher whose document or error tests change at will. It
+// counts the fetches.
 type source struct {
-	mu  sync.Mutex
-	doc []byte
-	err error
+	mu    sync.Mutex
+	doc   []byte
+	err   error
+	gate  chan struct{} // when not nil, fetch waits for it to close
+	calls int
 }
 
 func (s *source) set(doc []byte, err error) {
@@ -129,8 +133,21 @@ func (s *source) set(doc []byte, err error) {
 
 func (s *source) fetch(context.Context) ([]byte, error) {
 	s.mu.Lock()
+	s.calls++
+	gate := s.gate
+	s.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.doc, s.err
+}
+
+func (s *source) fetches() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls
 }
 
 // fixture is a verifier over a mutable key set at a fake time.
@@ -435,8 +452,8 @@ func TestVerifyMalformed(t *testing.T) {
 		for _, tok := range []string{"", "not a jwt", "..", "a.b.c"} {
 			_, _ = f.v.Verify(context.Background(), tok, nil)
 		}
-		if n := f.ks.Fetches(); n != 0 {
-			t.Errorf("Fetches() = %d after unparseable tokens, want 0", n)
+		if n := f.src.fetches(); n != 0 {
+			t.Errorf("fetches = %d after unparseable tokens, want 0", n)
 		}
 	})
 }
@@ -525,8 +542,8 @@ func TestRefetch(t *testing.T) {
 				case s.wantErr != "" && (!errors.Is(err, jwks.ErrInvalid) || !strings.Contains(err.Error(), s.wantErr)):
 					t.Errorf("%s: Verify() error = %v, want ErrInvalid containing %q", s.name, err, s.wantErr)
 				}
-				if got := f.ks.Fetches(); got != s.wantFetches {
-					t.Errorf("%s: Fetches() = %d, want %d", s.name, got, s.wantFetches)
+				if got := f.src.fetches(); got != s.wantFetches {
+					t.Errorf("%s: fetches = %d, want %d", s.name, got, s.wantFetches)
 				}
 			}
 		})
@@ -579,8 +596,8 @@ func TestBadRefetchKeepsKeys(t *testing.T) {
 	if _, err := f.v.Verify(ctx, mint(t, jose.ES256, ecKey, "ec1", std(f.clk.Now())), nil); err != nil {
 		t.Fatalf("Verify(known kid) after bad refetch = %v, want success", err)
 	}
-	if got := f.ks.Fetches(); got != 2 {
-		t.Errorf("Fetches() = %d, want 2", got)
+	if got := f.src.fetches(); got != 2 {
+		t.Errorf("fetches = %d, want 2", got)
 	}
 }
 
@@ -687,8 +704,8 @@ func TestURLFetcherEndToEnd(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if hits != 1 || ks.Fetches() != 1 {
-		t.Errorf("server hits = %d, Fetches() = %d, want 1 and 1", hits, ks.Fetches())
+	if hits != 1 {
+		t.Errorf("server hits = %d, want 1", hits)
 	}
 }
 
@@ -775,13 +792,13 @@ func TestDefaultMinRefresh(t *testing.T) {
 	verify("x")
 	f.clk.Advance(jwks.DefaultMinRefresh - time.Nanosecond)
 	verify("y")
-	if got := f.ks.Fetches(); got != 1 {
-		t.Fatalf("Fetches() = %d before DefaultMinRefresh, want 1", got)
+	if got := f.src.fetches(); got != 1 {
+		t.Fatalf("fetches = %d before DefaultMinRefresh, want 1", got)
 	}
 	f.clk.Advance(time.Nanosecond)
 	verify("y")
-	if got := f.ks.Fetches(); got != 2 {
-		t.Fatalf("Fetches() = %d at DefaultMinRefresh, want 2", got)
+	if got := f.src.fetches(); got != 2 {
+		t.Fatalf("fetches = %d at DefaultMinRefresh, want 2", got)
 	}
 }
 
@@ -810,8 +827,104 @@ func TestConcurrentVerify(t *testing.T) {
 	for err := range errs {
 		t.Errorf("concurrent Verify() = %v", err)
 	}
-	if got := f.ks.Fetches(); got != 1 {
-		t.Errorf("Fetches() = %d, want 1", got)
+	if got := f.src.fetches(); got != 1 {
+		t.Errorf("fetches = %d, want 1", got)
+	}
+}
+
+// TestSharedFetch: lookups that need the key set at the same time share one
+// fetch; synctest.Wait proves every caller is parked before it is let
+// through.
+func TestSharedFetch(t *testing.T) {
+	tests := []struct {
+		name    string
+		err     error  // the fetch's error
+		wantErr string // in every caller's error; "" means success
+	}{
+		{name: "success shared"},
+		// The caller that fetched sees why it failed; those that waited
+		// find that the fetch failed moments ago.
+		{name: "failure shared", err: errors.New("connection refused"), wantErr: "key set"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFixture(t)
+				if tc.err != nil {
+					f.src.set(nil, tc.err)
+				}
+				f.src.gate = make(chan struct{})
+				tok := mint(t, jose.ES256, ecKey, "ec1", std(epoch))
+				errs := make([]error, 20)
+				var wg sync.WaitGroup
+				for i := range errs {
+					wg.Go(func() { _, errs[i] = f.v.Verify(context.Background(), tok, nil) })
+				}
+				synctest.Wait()
+				if got := f.src.fetches(); got != 1 {
+					t.Errorf("fetches in flight = %d, want 1", got)
+				}
+				close(f.src.gate)
+				wg.Wait()
+				sawCause := false
+				for i, err := range errs {
+					switch {
+					case tc.wantErr == "" && err != nil:
+						t.Errorf("Verify() #%d = %v, want success", i, err)
+					case tc.wantErr != "" && (!errors.Is(err, jwks.ErrUnavailable) || !strings.Contains(err.Error(), tc.wantErr)):
+						t.Errorf("Verify() #%d = %v, want ErrUnavailable containing %q", i, err, tc.wantErr)
+					}
+					sawCause = sawCause || (tc.err != nil && strings.Contains(err.Error(), tc.err.Error()))
+				}
+				if tc.err != nil && !sawCause {
+					t.Errorf("no caller was told the fetch failed with %q", tc.err)
+				}
+				if got := f.src.fetches(); got != 1 {
+					t.Errorf("fetches = %d, want 1", got)
+				}
+			})
+		})
+	}
+}
+
+// TestSharedFetchCallerGivesUp: a caller giving up on a fetch, the one
+// that started it or one waiting on it, fails only itself.
+func TestSharedFetchCallerGivesUp(t *testing.T) {
+	for _, first := range []bool{true, false} {
+		name := map[bool]string{true: "caller that started the fetch", false: "caller waiting on it"}[first]
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFixture(t)
+				f.src.gate = make(chan struct{})
+				tok := mint(t, jose.ES256, ecKey, "ec1", std(epoch))
+				ctx, cancel := context.WithCancel(context.Background())
+				var quitterErr, otherErr error
+				quit := func() { _, quitterErr = f.v.Verify(ctx, tok, nil) }
+				other := func() { _, otherErr = f.v.Verify(context.Background(), tok, nil) }
+				start, join := other, quit
+				if first {
+					start, join = quit, other
+				}
+				var wg sync.WaitGroup
+				wg.Go(start)
+				synctest.Wait() // the fetch is in flight
+				wg.Go(join)
+				synctest.Wait() // the second caller is parked
+				cancel()
+				synctest.Wait()
+				close(f.src.gate)
+				wg.Wait()
+				if !errors.Is(quitterErr, jwks.ErrUnavailable) || !strings.Contains(quitterErr.Error(), context.Canceled.Error()) {
+					t.Errorf("Verify() of the caller giving up = %v, want ErrUnavailable: context canceled", quitterErr)
+				}
+				if otherErr != nil {
+					t.Errorf("Verify() of the other caller = %v, want success", otherErr)
+				}
+				if got := f.src.fetches(); got != 1 {
+					t.Errorf("fetches = %d, want 1", got)
+				}
+			})
+		})
 	}
 }
 
