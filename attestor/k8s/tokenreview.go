@@ -41,7 +41,8 @@ func (r ClientReviewer) Review(ctx context.Context, token string, audiences []st
 
 // CacheConfig bounds the TokenReview cache. Zero fields get defaults.
 type CacheConfig struct {
-	// Size is the most tokens remembered. Default 10,000.
+	// Size is the most tokens remembered. Default 10,000; negative is an
+	// error.
 	Size int
 	// TTL is how long a positive review is trusted, never past the token's
 	// own expiry. Default 1 minute: a ServiceAccount deleted meanwhile can
@@ -91,8 +92,11 @@ func NewTokenReview(cfg Config, r Reviewer, cc CacheConfig) (*TokenReviewAttesto
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	if cc.Size == 0 {
+	switch {
+	case cc.Size == 0:
 		cc.Size = 10_000
+	case cc.Size < 0:
+		return nil, fmt.Errorf("k8s: TokenReview cache size %d is negative", cc.Size)
 	}
 	if cc.TTL == 0 {
 		cc.TTL = time.Minute

@@ -568,6 +568,15 @@ func TestTokenReviewSlowReviewLifetime(t *testing.T) {
 	})
 }
 
+// TestTokenReviewNegativeCacheSize: refused when built, not on the first
+// request.
+func TestTokenReviewNegativeCacheSize(t *testing.T) {
+	_, err := k8s.NewTokenReview(k8s.Config{TrustDomain: td}, &fakeReviewer{}, k8s.CacheConfig{Size: -1})
+	if err == nil || !strings.HasPrefix(err.Error(), "k8s: ") || !strings.Contains(err.Error(), "cache size -1") {
+		t.Fatalf("NewTokenReview(Size -1) = %v, want k8s: ...cache size -1...", err)
+	}
+}
+
 // TestTokenReviewErrorThenSuccess: an outage is not remembered once the API
 // server answers again.
 func TestTokenReviewErrorThenSuccess(t *testing.T) {
