@@ -43,6 +43,9 @@ type Fetcher func(ctx context.Context) ([]byte, error)
 
 // URLFetcher fetches the key set from url with client (nil: a client with a
 // 10s timeout).
+//
+// Its errors, like FileFetcher's, name the request and carry no "jwks: "
+// prefix: they are causes, which KeySet reports inside its own errors.
 func URLFetcher(client *http.Client, url string) Fetcher {
 	if client == nil {
 		client = &http.Client{Timeout: 10 * time.Second}
@@ -106,6 +109,8 @@ func NewKeySet(fetch Fetcher, clk clock.Clock, minRefresh time.Duration) *KeySet
 // ID is unknown and the last fetch is old enough. Lookups that need a fetch
 // at the same time share one; each stops waiting for it when its own ctx
 // ends.
+//
+// Its errors carry no "jwks: " prefix: Verify wraps every one.
 func (k *KeySet) lookup(ctx context.Context, kid string) ([]jose.JSONWebKey, error) {
 	for {
 		k.mu.Lock()
@@ -142,9 +147,9 @@ func (k *KeySet) lookup(ctx context.Context, kid string) ([]jose.JSONWebKey, err
 			if len(m) > 0 {
 				return m, nil
 			}
-			return nil, fmt.Errorf("jwks: %w %q", errUnknownKey, kid)
+			return nil, fmt.Errorf("%w %q", errUnknownKey, kid)
 		case <-ctx.Done():
-			return nil, fmt.Errorf("jwks: %w", ctx.Err())
+			return nil, ctx.Err()
 		}
 	}
 }
@@ -154,10 +159,10 @@ func (k *KeySet) lookup(ctx context.Context, kid string) ([]jose.JSONWebKey, err
 func (k *KeySet) mayFetch(kid string) error {
 	now := k.clock.Now()
 	if k.loaded && now.Sub(k.loadedAt) < k.minRefresh {
-		return fmt.Errorf("jwks: %w %q", errUnknownKey, kid)
+		return fmt.Errorf("%w %q", errUnknownKey, kid)
 	}
 	if !k.failedAt.IsZero() && now.Sub(k.failedAt) < retryFailedAfter {
-		return errors.New("jwks: key set fetch failed moments ago")
+		return errors.New("key set fetch failed moments ago")
 	}
 	return nil
 }
@@ -193,10 +198,10 @@ func fetchSet(ctx context.Context, fetch Fetcher) (jose.JSONWebKeySet, error) {
 	var set jose.JSONWebKeySet
 	raw, err := fetch(ctx)
 	if err != nil {
-		return set, fmt.Errorf("jwks: fetch key set: %w", err)
+		return set, fmt.Errorf("fetch key set: %w", err)
 	}
 	if err := json.Unmarshal(raw, &set); err != nil {
-		return set, fmt.Errorf("jwks: key set is not a JWKS: %w", err)
+		return set, fmt.Errorf("key set is not a JWKS: %w", err)
 	}
 	return set, nil
 }
@@ -214,9 +219,9 @@ var errUnknownKey = errors.New("unknown key ID")
 // Errors a Verifier returns, wrapped with details safe to show the caller.
 var (
 	// ErrInvalid: malformed, badly signed, expired, wrong issuer or audience.
-	ErrInvalid = errors.New("invalid token")
+	ErrInvalid = errors.New("jwks: invalid token")
 	// ErrUnavailable: the key set could not be fetched.
-	ErrUnavailable = errors.New("key set unavailable")
+	ErrUnavailable = errors.New("jwks: key set unavailable")
 )
 
 // Verifier checks tokens of one issuer.
@@ -234,7 +239,8 @@ type Verifier struct {
 }
 
 // Verify checks token and decodes its claims into extra (may be nil), besides
-// returning the registered claims. The token must carry "exp".
+// returning the registered claims. The token must carry "exp". Every error
+// wraps ErrInvalid or ErrUnavailable, and so starts "jwks: ".
 func (v *Verifier) Verify(ctx context.Context, token string, extra any) (*jwt.Claims, error) {
 	tok, err := jwt.ParseSigned(token, Algorithms)
 	if err != nil {

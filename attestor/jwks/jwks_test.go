@@ -377,6 +377,9 @@ func TestVerify(t *testing.T) {
 			if !errors.Is(err, jwks.ErrInvalid) {
 				t.Fatalf("Verify() error = %v, want ErrInvalid", err)
 			}
+			if !strings.HasPrefix(err.Error(), "jwks: ") {
+				t.Errorf("Verify() error = %q, want the package prefix", err)
+			}
 			if !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("Verify() error = %q, want it to contain %q", err, tc.wantErr)
 			}
@@ -569,6 +572,9 @@ func TestUnavailable(t *testing.T) {
 			_, err := f.v.Verify(context.Background(), mint(t, jose.ES256, ecKey, "ec1", std(epoch)), nil)
 			if !errors.Is(err, jwks.ErrUnavailable) {
 				t.Fatalf("Verify() error = %v, want ErrUnavailable", err)
+			}
+			if !strings.HasPrefix(err.Error(), "jwks: ") {
+				t.Errorf("Verify() error = %q, want the package prefix", err)
 			}
 			if errors.Is(err, jwks.ErrInvalid) {
 				t.Errorf("Verify() error = %v is also ErrInvalid", err)

@@ -330,9 +330,9 @@ func TestNewConfigErrors(t *testing.T) {
 		cfg     k8s.Config
 		wantMsg string
 	}{
-		{name: "no trust domain", cfg: k8s.Config{}, wantMsg: "trust domain is required"},
-		{name: "bad Allow pattern", cfg: k8s.Config{TrustDomain: td, Allow: []string{"team-["}}, wantMsg: `bad allow/deny pattern "team-["`},
-		{name: "bad Deny pattern", cfg: k8s.Config{TrustDomain: td, Deny: []string{`ns/\`}}, wantMsg: "bad allow/deny pattern"},
+		{name: "no trust domain", cfg: k8s.Config{}, wantMsg: "k8s: trust domain is required"},
+		{name: "bad Allow pattern", cfg: k8s.Config{TrustDomain: td, Allow: []string{"team-["}}, wantMsg: `k8s: bad allow/deny pattern "team-["`},
+		{name: "bad Deny pattern", cfg: k8s.Config{TrustDomain: td, Deny: []string{`ns/\`}}, wantMsg: "k8s: bad allow/deny pattern"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
