@@ -95,13 +95,27 @@ type KeySet struct {
 // retryFailedAfter limits fetches while the issuer is failing.
 const retryFailedAfter = time.Second
 
-// NewKeySet returns a key set that loads lazily with fetch. minRefresh 0
-// means DefaultMinRefresh; a nil clock is the wall clock.
-func NewKeySet(fetch Fetcher, clk clock.Clock, minRefresh time.Duration) *KeySet {
-	if minRefresh == 0 {
-		minRefresh = DefaultMinRefresh
+// KeySetConfig configures a KeySet. Zero fields get the documented defaults.
+type KeySetConfig struct {
+	// Fetch returns the key set. Required.
+	Fetch Fetcher
+	// MinRefresh is the shortest interval between two fetches for unknown
+	// key IDs. Default DefaultMinRefresh.
+	MinRefresh time.Duration
+	// Clock defaults to the wall clock.
+	Clock clock.Clock
+}
+
+// NewKeySet returns a key set that loads lazily with cfg.Fetch. It panics
+// when cfg.Fetch is nil.
+func NewKeySet(cfg KeySetConfig) *KeySet {
+	if cfg.Fetch == nil {
+		panic("jwks: NewKeySet without a Fetch")
 	}
-	return &KeySet{fetch: fetch, clock: clock.OrReal(clk), minRefresh: minRefresh}
+	if cfg.MinRefresh == 0 {
+		cfg.MinRefresh = DefaultMinRefresh
+	}
+	return &KeySet{fetch: cfg.Fetch, clock: clock.OrReal(cfg.Clock), minRefresh: cfg.MinRefresh}
 }
 
 // lookup returns the keys that may have signed a token with this key ID

@@ -168,7 +168,7 @@ func newFixture(tb testing.TB, keys ...jose.JSONWebKey) *fixture {
 	}
 	f := &fixture{clk: clocktest.New(epoch), src: &source{}}
 	f.src.set(jwksDoc(tb, keys...), nil)
-	f.ks = jwks.NewKeySet(f.src.fetch, f.clk, minRefresh)
+	f.ks = jwks.NewKeySet(jwks.KeySetConfig{Fetch: f.src.fetch, Clock: f.clk, MinRefresh: minRefresh})
 	f.v = &jwks.Verifier{Issuer: testIssuer, Audiences: []string{testAudience}, Keys: f.ks, Clock: f.clk}
 	return f
 }
@@ -669,7 +669,7 @@ func TestURLFetcher(t *testing.T) {
 					t.Fatalf("fetch() error = %v, want one containing %q", err, tc.wantErr)
 				}
 				// Through a KeySet, the failure is ErrUnavailable.
-				ks := jwks.NewKeySet(fetch, clocktest.New(epoch), 0)
+				ks := jwks.NewKeySet(jwks.KeySetConfig{Fetch: fetch, Clock: clocktest.New(epoch)})
 				v := &jwks.Verifier{Issuer: testIssuer, Audiences: []string{testAudience}, Keys: ks, Clock: clocktest.New(epoch)}
 				if _, err := v.Verify(context.Background(), mint(t, jose.ES256, ecKey, "ec1", std(epoch)), nil); !errors.Is(err, jwks.ErrUnavailable) {
 					t.Errorf("Verify() through failing URL = %v, want ErrUnavailable", err)
@@ -701,7 +701,7 @@ func TestURLFetcherEndToEnd(t *testing.T) {
 	defer srv.Close()
 	clk := clocktest.New(epoch)
 	// nil client: the default one; the server is on the loopback.
-	ks := jwks.NewKeySet(jwks.URLFetcher(nil, srv.URL), clk, 0)
+	ks := jwks.NewKeySet(jwks.KeySetConfig{Fetch: jwks.URLFetcher(nil, srv.URL), Clock: clk})
 	v := &jwks.Verifier{Issuer: testIssuer, Audiences: []string{testAudience}, Keys: ks, Clock: clk}
 	for i := range 3 {
 		if _, err := v.Verify(context.Background(), mint(t, jose.ES256, ecKey, "ec1", std(epoch)), nil); err != nil {
@@ -755,7 +755,7 @@ func TestFileFetcher(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := clocktest.New(epoch)
-			v := &jwks.Verifier{Issuer: testIssuer, Audiences: []string{testAudience}, Keys: jwks.NewKeySet(jwks.FileFetcher(tc.path), clk, 0), Clock: clk}
+			v := &jwks.Verifier{Issuer: testIssuer, Audiences: []string{testAudience}, Keys: jwks.NewKeySet(jwks.KeySetConfig{Fetch: jwks.FileFetcher(tc.path), Clock: clk}), Clock: clk}
 			_, err := v.Verify(context.Background(), mint(t, jose.ES256, ecKey, "ec1", std(epoch)), nil)
 			if tc.wantErr == nil && err != nil {
 				t.Fatalf("Verify() = %v, want success", err)
@@ -772,7 +772,7 @@ func TestFileFetcher(t *testing.T) {
 			t.Fatal(err)
 		}
 		clk := clocktest.New(epoch)
-		ks := jwks.NewKeySet(jwks.FileFetcher(path), clk, 0)
+		ks := jwks.NewKeySet(jwks.KeySetConfig{Fetch: jwks.FileFetcher(path), Clock: clk})
 		v := &jwks.Verifier{Issuer: testIssuer, Audiences: []string{testAudience}, Keys: ks, Clock: clk}
 		if _, err := v.Verify(context.Background(), mint(t, jose.ES256, ecKey, "ec1", std(epoch)), nil); err != nil {
 			t.Fatal(err)
@@ -789,7 +789,7 @@ func TestFileFetcher(t *testing.T) {
 
 func TestDefaultMinRefresh(t *testing.T) {
 	f := newFixture(t)
-	f.ks = jwks.NewKeySet(f.src.fetch, f.clk, 0)
+	f.ks = jwks.NewKeySet(jwks.KeySetConfig{Fetch: f.src.fetch, Clock: f.clk})
 	f.v.Keys = f.ks
 	verify := func(kid string) {
 		_, _ = f.v.Verify(context.Background(), mint(t, jose.ES256, ecKey, kid, std(f.clk.Now())), nil)
@@ -971,7 +971,7 @@ func FuzzVerify(f *testing.F) {
 	testKeys(f)
 	clk := clocktest.New(epoch)
 	doc := jwksDoc(f, pub("ec1", ecKey, jose.ES256))
-	ks := jwks.NewKeySet(func(context.Context) ([]byte, error) { return doc, nil }, clk, 0)
+	ks := jwks.NewKeySet(jwks.KeySetConfig{Fetch: func(context.Context) ([]byte, error) { return doc, nil }, Clock: clk})
 	v := &jwks.Verifier{Issuer: testIssuer, Audiences: []string{testAudience}, Keys: ks, Clock: clk}
 
 	valid := mint(f, jose.ES256, ecKey, "ec1", std(epoch))
@@ -1033,4 +1033,15 @@ func TestFailedFetchIsNotAnUnknownKey(t *testing.T) {
 	if _, err := f.v.Verify(context.Background(), tok, nil); err != nil {
 		t.Fatalf("after the issuer recovered: %v", err)
 	}
+}
+
+// TestNewKeySetWithoutFetch: a key set that could never load is refused
+// when built, not on the first token.
+func TestNewKeySetWithoutFetch(t *testing.T) {
+	defer func() {
+		if r := recover(); r == nil {
+			t.Error("NewKeySet without a Fetch did not panic")
+		}
+	}()
+	jwks.NewKeySet(jwks.KeySetConfig{})
 }

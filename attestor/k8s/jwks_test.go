@@ -273,7 +273,7 @@ func TestJWKSAttest(t *testing.T) {
 
 func TestJWKSUnavailable(t *testing.T) {
 	clk := clocktest.New(epoch)
-	keys := jwks.NewKeySet(func(context.Context) ([]byte, error) { return nil, errors.New("dial tcp: connection refused") }, clk, 0)
+	keys := jwks.NewKeySet(jwks.KeySetConfig{Fetch: func(context.Context) ([]byte, error) { return nil, errors.New("dial tcp: connection refused") }, Clock: clk})
 	a, err := k8s.NewJWKS(k8s.Config{TrustDomain: td, Clock: clk}, "", keys)
 	if err != nil {
 		t.Fatal(err)

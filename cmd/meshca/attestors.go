@@ -106,7 +106,7 @@ func (o *serverOptions) tokenAttestors(ctx context.Context, td spiffeid.TrustDom
 				return client.Discovery().RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
 			}
 		}
-		a, err := k8s.NewJWKS(cfg, k.issuer, jwks.NewKeySet(fetch, clk, 0))
+		a, err := k8s.NewJWKS(cfg, k.issuer, jwks.NewKeySet(jwks.KeySetConfig{Fetch: fetch, Clock: clk}))
 		if err != nil {
 			return nil, err
 		}
