@@ -20,6 +20,7 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/meshca/meshca/internal/clock"
 )
@@ -42,6 +43,9 @@ type Fetcher func(ctx context.Context) ([]byte, error)
 
 // URLFetcher fetches the key set from url with client (nil: a client with a
 // 10s timeout).
+//
+// Its errors, like FileFetcher's, name the request and carry no "jwks: "
+// prefix: they are causes, which KeySet reports inside its own errors.
 func URLFetcher(client *http.Client, url string) Fetcher {
 	if client == nil {
 		client = &http.Client{Timeout: 10 * time.Second}
@@ -78,37 +82,49 @@ type KeySet struct {
 	clock      clock.Clock
 	minRefresh time.Duration
 
+	// fetches shares one fetch among the lookups that need it.
+	fetches singleflight.Group
+
 	mu       sync.Mutex
 	keys     jose.JSONWebKeySet
 	loaded   bool      // a fetch has succeeded
 	loadedAt time.Time // when the last successful fetch started
 	failedAt time.Time // when the last fetch failed
-	fetches  int
-	inflight chan struct{} // closed when the fetch under way ends
 }
 
 // retryFailedAfter limits fetches while the issuer is failing.
 const retryFailedAfter = time.Second
 
-// NewKeySet returns a key set that loads lazily with fetch. minRefresh 0
-// means DefaultMinRefresh; a nil clock is the wall clock.
-func NewKeySet(fetch Fetcher, clk clock.Clock, minRefresh time.Duration) *KeySet {
-	if minRefresh == 0 {
-		minRefresh = DefaultMinRefresh
-	}
-	return &KeySet{fetch: fetch, clock: clock.OrReal(clk), minRefresh: minRefresh}
+// KeySetConfig configures a KeySet. Zero fields get the documented defaults.
+type KeySetConfig struct {
+	// Fetch returns the key set. Required.
+	Fetch Fetcher
+	// MinRefresh is the shortest interval between two fetches for unknown
+	// key IDs. Default DefaultMinRefresh.
+	MinRefresh time.Duration
+	// Clock defaults to the wall clock.
+	Clock clock.Clock
 }
 
-// Fetches reports how many times the key set was fetched.
-func (k *KeySet) Fetches() int {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.fetches
+// NewKeySet returns a key set that loads lazily with cfg.Fetch. It panics
+// when cfg.Fetch is nil.
+func NewKeySet(cfg KeySetConfig) *KeySet {
+	if cfg.Fetch == nil {
+		panic("jwks: NewKeySet without a Fetch")
+	}
+	if cfg.MinRefresh == 0 {
+		cfg.MinRefresh = DefaultMinRefresh
+	}
+	return &KeySet{fetch: cfg.Fetch, clock: clock.OrReal(cfg.Clock), minRefresh: cfg.MinRefresh}
 }
 
 // lookup returns the keys that may have signed a token with this key ID
 // (all of them when kid is empty), fetching when there are none yet or the
-// ID is unknown and the last fetch is old enough.
+// ID is unknown and the last fetch is old enough. Lookups that need a fetch
+// at the same time share one; each stops waiting for it when its own ctx
+// ends.
+//
+// Its errors carry no "jwks: " prefix: Verify wraps every one.
 func (k *KeySet) lookup(ctx context.Context, kid string) ([]jose.JSONWebKey, error) {
 	for {
 		k.mu.Lock()
@@ -116,62 +132,90 @@ func (k *KeySet) lookup(ctx context.Context, kid string) ([]jose.JSONWebKey, err
 			k.mu.Unlock()
 			return m, nil
 		}
-		if ch := k.inflight; ch != nil {
-			// Someone is fetching: wait for it, then look again.
-			k.mu.Unlock()
-			select {
-			case <-ch:
-				continue
-			case <-ctx.Done():
-				return nil, fmt.Errorf("jwks: %w", ctx.Err())
-			}
-		}
-		now := k.clock.Now()
-		if k.loaded && now.Sub(k.loadedAt) < k.minRefresh {
-			k.mu.Unlock()
-			return nil, fmt.Errorf("jwks: %w %q", errUnknownKey, kid)
-		}
-		if !k.failedAt.IsZero() && now.Sub(k.failedAt) < retryFailedAfter {
-			k.mu.Unlock()
-			return nil, errors.New("jwks: key set fetch failed moments ago")
-		}
-		ch := make(chan struct{})
-		k.inflight = ch
-		k.fetches++
+		err := k.mayFetch(kid)
 		k.mu.Unlock()
-
-		// Fetch without holding mu, so tokens with known keys are not held
-		// up by a slow issuer; a caller giving up does not fail the others.
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-		set, err := fetchSet(fctx, k.fetch)
-		cancel()
-
-		k.mu.Lock()
-		k.inflight = nil
-		close(ch)
 		if err != nil {
-			k.failedAt = now
-			k.mu.Unlock()
 			return nil, err
 		}
-		k.keys, k.loaded, k.loadedAt, k.failedAt = set, true, now, time.Time{}
-		m := k.match(kid)
-		k.mu.Unlock()
-		if len(m) > 0 {
-			return m, nil
+		// Only the lookup whose function runs sets ran; it learns the
+		// outcome of the fetch. The others look again, as if they had
+		// arrived after it.
+		var ran bool
+		ch := k.fetches.DoChan("", func() (any, error) {
+			ran = true
+			return k.refresh(ctx)
+		})
+		select {
+		case r := <-ch:
+			// The function returned before its result was sent: reading
+			// ran here is no race.
+			if !ran || !r.Val.(bool) {
+				continue
+			}
+			if r.Err != nil {
+				return nil, r.Err
+			}
+			k.mu.Lock()
+			m := k.match(kid)
+			k.mu.Unlock()
+			if len(m) > 0 {
+				return m, nil
+			}
+			return nil, fmt.Errorf("%w %q", errUnknownKey, kid)
+		case <-ctx.Done():
+			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("jwks: %w %q", errUnknownKey, kid)
 	}
+}
+
+// mayFetch returns why no fetch may start now for kid, or nil. Callers
+// hold mu.
+func (k *KeySet) mayFetch(kid string) error {
+	now := k.clock.Now()
+	if k.loaded && now.Sub(k.loadedAt) < k.minRefresh {
+		return fmt.Errorf("%w %q", errUnknownKey, kid)
+	}
+	if !k.failedAt.IsZero() && now.Sub(k.failedAt) < retryFailedAfter {
+		return errors.New("key set fetch failed moments ago")
+	}
+	return nil
+}
+
+// refresh fetches the key set, unless a fetch that ended since the caller
+// looked makes it too soon; it reports whether it fetched.
+func (k *KeySet) refresh(ctx context.Context) (bool, error) {
+	k.mu.Lock()
+	now := k.clock.Now()
+	if k.mayFetch("") != nil {
+		k.mu.Unlock()
+		return false, nil
+	}
+	k.mu.Unlock()
+
+	// Fetch without holding mu, so tokens with known keys are not held up
+	// by a slow issuer; a caller giving up does not fail the others.
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	set, err := fetchSet(fctx, k.fetch)
+	cancel()
+
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err != nil {
+		k.failedAt = now
+		return true, err
+	}
+	k.keys, k.loaded, k.loadedAt, k.failedAt = set, true, now, time.Time{}
+	return true, nil
 }
 
 func fetchSet(ctx context.Context, fetch Fetcher) (jose.JSONWebKeySet, error) {
 	var set jose.JSONWebKeySet
 	raw, err := fetch(ctx)
 	if err != nil {
-		return set, fmt.Errorf("jwks: fetch key set: %w", err)
+		return set, fmt.Errorf("fetch key set: %w", err)
 	}
 	if err := json.Unmarshal(raw, &set); err != nil {
-		return set, fmt.Errorf("jwks: key set is not a JWKS: %w", err)
+		return set, fmt.Errorf("key set is not a JWKS: %w", err)
 	}
 	return set, nil
 }
@@ -189,9 +233,9 @@ var errUnknownKey = errors.New("unknown key ID")
 // Errors a Verifier returns, wrapped with details safe to show the caller.
 var (
 	// ErrInvalid: malformed, badly signed, expired, wrong issuer or audience.
-	ErrInvalid = errors.New("invalid token")
+	ErrInvalid = errors.New("jwks: invalid token")
 	// ErrUnavailable: the key set could not be fetched.
-	ErrUnavailable = errors.New("key set unavailable")
+	ErrUnavailable = errors.New("jwks: key set unavailable")
 )
 
 // Verifier checks tokens of one issuer.
@@ -209,7 +253,8 @@ type Verifier struct {
 }
 
 // Verify checks token and decodes its claims into extra (may be nil), besides
-// returning the registered claims. The token must carry "exp".
+// returning the registered claims. The token must carry "exp". Every error
+// wraps ErrInvalid or ErrUnavailable, and so starts "jwks: ".
 func (v *Verifier) Verify(ctx context.Context, token string, extra any) (*jwt.Claims, error) {
 	tok, err := jwt.ParseSigned(token, Algorithms)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -114,11 +115,14 @@ func jwksDoc(tb testing.TB, keys ...jose.JSONWebKey) []byte {
 	return b
 }
 
-// source is a Fetcher whose document or error tests change at will.
+// source is a Fetcher whose document or error tests change at will. It
+// counts the fetches.
 type source struct {
-	mu  sync.Mutex
-	doc []byte
-	err error
+	mu    sync.Mutex
+	doc   []byte
+	err   error
+	gate  chan struct{} // when not nil, fetch waits for it to close
+	calls int
 }
 
 func (s *source) set(doc []byte, err error) {
@@ -129,8 +133,21 @@ func (s *source) set(doc []byte, err error) {
 
 func (s *source) fetch(context.Context) ([]byte, error) {
 	s.mu.Lock()
+	s.calls++
+	gate := s.gate
+	s.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.doc, s.err
+}
+
+func (s *source) fetches() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls
 }
 
 // fixture is a verifier over a mutable key set at a fake time.
@@ -151,7 +168,7 @@ func newFixture(tb testing.TB, keys ...jose.JSONWebKey) *fixture {
 	}
 	f := &fixture{clk: clocktest.New(epoch), src: &source{}}
 	f.src.set(jwksDoc(tb, keys...), nil)
-	f.ks = jwks.NewKeySet(f.src.fetch, f.clk, minRefresh)
+	f.ks = jwks.NewKeySet(jwks.KeySetConfig{Fetch: f.src.fetch, Clock: f.clk, MinRefresh: minRefresh})
 	f.v = &jwks.Verifier{Issuer: testIssuer, Audiences: []string{testAudience}, Keys: f.ks, Clock: f.clk}
 	return f
 }
@@ -360,6 +377,9 @@ func TestVerify(t *testing.T) {
 			if !errors.Is(err, jwks.ErrInvalid) {
 				t.Fatalf("Verify() error = %v, want ErrInvalid", err)
 			}
+			if !strings.HasPrefix(err.Error(), "jwks: ") {
+				t.Errorf("Verify() error = %q, want the package prefix", err)
+			}
 			if !strings.Contains(err.Error(), tc.wantErr) {
 				t.Errorf("Verify() error = %q, want it to contain %q", err, tc.wantErr)
 			}
@@ -435,8 +455,8 @@ func TestVerifyMalformed(t *testing.T) {
 		for _, tok := range []string{"", "not a jwt", "..", "a.b.c"} {
 			_, _ = f.v.Verify(context.Background(), tok, nil)
 		}
-		if n := f.ks.Fetches(); n != 0 {
-			t.Errorf("Fetches() = %d after unparseable tokens, want 0", n)
+		if n := f.src.fetches(); n != 0 {
+			t.Errorf("fetches = %d after unparseable tokens, want 0", n)
 		}
 	})
 }
@@ -525,8 +545,8 @@ func TestRefetch(t *testing.T) {
 				case s.wantErr != "" && (!errors.Is(err, jwks.ErrInvalid) || !strings.Contains(err.Error(), s.wantErr)):
 					t.Errorf("%s: Verify() error = %v, want ErrInvalid containing %q", s.name, err, s.wantErr)
 				}
-				if got := f.ks.Fetches(); got != s.wantFetches {
-					t.Errorf("%s: Fetches() = %d, want %d", s.name, got, s.wantFetches)
+				if got := f.src.fetches(); got != s.wantFetches {
+					t.Errorf("%s: fetches = %d, want %d", s.name, got, s.wantFetches)
 				}
 			}
 		})
@@ -552,6 +572,9 @@ func TestUnavailable(t *testing.T) {
 			_, err := f.v.Verify(context.Background(), mint(t, jose.ES256, ecKey, "ec1", std(epoch)), nil)
 			if !errors.Is(err, jwks.ErrUnavailable) {
 				t.Fatalf("Verify() error = %v, want ErrUnavailable", err)
+			}
+			if !strings.HasPrefix(err.Error(), "jwks: ") {
+				t.Errorf("Verify() error = %q, want the package prefix", err)
 			}
 			if errors.Is(err, jwks.ErrInvalid) {
 				t.Errorf("Verify() error = %v is also ErrInvalid", err)
@@ -579,8 +602,8 @@ func TestBadRefetchKeepsKeys(t *testing.T) {
 	if _, err := f.v.Verify(ctx, mint(t, jose.ES256, ecKey, "ec1", std(f.clk.Now())), nil); err != nil {
 		t.Fatalf("Verify(known kid) after bad refetch = %v, want success", err)
 	}
-	if got := f.ks.Fetches(); got != 2 {
-		t.Errorf("Fetches() = %d, want 2", got)
+	if got := f.src.fetches(); got != 2 {
+		t.Errorf("fetches = %d, want 2", got)
 	}
 }
 
@@ -646,7 +669,7 @@ func TestURLFetcher(t *testing.T) {
 					t.Fatalf("fetch() error = %v, want one containing %q", err, tc.wantErr)
 				}
 				// Through a KeySet, the failure is ErrUnavailable.
-				ks := jwks.NewKeySet(fetch, clocktest.New(epoch), 0)
+				ks := jwks.NewKeySet(jwks.KeySetConfig{Fetch: fetch, Clock: clocktest.New(epoch)})
 				v := &jwks.Verifier{Issuer: testIssuer, Audiences: []string{testAudience}, Keys: ks, Clock: clocktest.New(epoch)}
 				if _, err := v.Verify(context.Background(), mint(t, jose.ES256, ecKey, "ec1", std(epoch)), nil); !errors.Is(err, jwks.ErrUnavailable) {
 					t.Errorf("Verify() through failing URL = %v, want ErrUnavailable", err)
@@ -678,7 +701,7 @@ func TestURLFetcherEndToEnd(t *testing.T) {
 	defer srv.Close()
 	clk := clocktest.New(epoch)
 	// nil client: the default one; the server is on the loopback.
-	ks := jwks.NewKeySet(jwks.URLFetcher(nil, srv.URL), clk, 0)
+	ks := jwks.NewKeySet(jwks.KeySetConfig{Fetch: jwks.URLFetcher(nil, srv.URL), Clock: clk})
 	v := &jwks.Verifier{Issuer: testIssuer, Audiences: []string{testAudience}, Keys: ks, Clock: clk}
 	for i := range 3 {
 		if _, err := v.Verify(context.Background(), mint(t, jose.ES256, ecKey, "ec1", std(epoch)), nil); err != nil {
@@ -687,8 +710,8 @@ func TestURLFetcherEndToEnd(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if hits != 1 || ks.Fetches() != 1 {
-		t.Errorf("server hits = %d, Fetches() = %d, want 1 and 1", hits, ks.Fetches())
+	if hits != 1 {
+		t.Errorf("server hits = %d, want 1", hits)
 	}
 }
 
@@ -732,7 +755,7 @@ func TestFileFetcher(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := clocktest.New(epoch)
-			v := &jwks.Verifier{Issuer: testIssuer, Audiences: []string{testAudience}, Keys: jwks.NewKeySet(jwks.FileFetcher(tc.path), clk, 0), Clock: clk}
+			v := &jwks.Verifier{Issuer: testIssuer, Audiences: []string{testAudience}, Keys: jwks.NewKeySet(jwks.KeySetConfig{Fetch: jwks.FileFetcher(tc.path), Clock: clk}), Clock: clk}
 			_, err := v.Verify(context.Background(), mint(t, jose.ES256, ecKey, "ec1", std(epoch)), nil)
 			if tc.wantErr == nil && err != nil {
 				t.Fatalf("Verify() = %v, want success", err)
@@ -749,7 +772,7 @@ func TestFileFetcher(t *testing.T) {
 			t.Fatal(err)
 		}
 		clk := clocktest.New(epoch)
-		ks := jwks.NewKeySet(jwks.FileFetcher(path), clk, 0)
+		ks := jwks.NewKeySet(jwks.KeySetConfig{Fetch: jwks.FileFetcher(path), Clock: clk})
 		v := &jwks.Verifier{Issuer: testIssuer, Audiences: []string{testAudience}, Keys: ks, Clock: clk}
 		if _, err := v.Verify(context.Background(), mint(t, jose.ES256, ecKey, "ec1", std(epoch)), nil); err != nil {
 			t.Fatal(err)
@@ -766,7 +789,7 @@ func TestFileFetcher(t *testing.T) {
 
 func TestDefaultMinRefresh(t *testing.T) {
 	f := newFixture(t)
-	f.ks = jwks.NewKeySet(f.src.fetch, f.clk, 0)
+	f.ks = jwks.NewKeySet(jwks.KeySetConfig{Fetch: f.src.fetch, Clock: f.clk})
 	f.v.Keys = f.ks
 	verify := func(kid string) {
 		_, _ = f.v.Verify(context.Background(), mint(t, jose.ES256, ecKey, kid, std(f.clk.Now())), nil)
@@ -775,13 +798,13 @@ func TestDefaultMinRefresh(t *testing.T) {
 	verify("x")
 	f.clk.Advance(jwks.DefaultMinRefresh - time.Nanosecond)
 	verify("y")
-	if got := f.ks.Fetches(); got != 1 {
-		t.Fatalf("Fetches() = %d before DefaultMinRefresh, want 1", got)
+	if got := f.src.fetches(); got != 1 {
+		t.Fatalf("fetches = %d before DefaultMinRefresh, want 1", got)
 	}
 	f.clk.Advance(time.Nanosecond)
 	verify("y")
-	if got := f.ks.Fetches(); got != 2 {
-		t.Fatalf("Fetches() = %d at DefaultMinRefresh, want 2", got)
+	if got := f.src.fetches(); got != 2 {
+		t.Fatalf("fetches = %d at DefaultMinRefresh, want 2", got)
 	}
 }
 
@@ -810,8 +833,104 @@ func TestConcurrentVerify(t *testing.T) {
 	for err := range errs {
 		t.Errorf("concurrent Verify() = %v", err)
 	}
-	if got := f.ks.Fetches(); got != 1 {
-		t.Errorf("Fetches() = %d, want 1", got)
+	if got := f.src.fetches(); got != 1 {
+		t.Errorf("fetches = %d, want 1", got)
+	}
+}
+
+// TestSharedFetch: lookups that need the key set at the same time share one
+// fetch; synctest.Wait proves every caller is parked before it is let
+// through.
+func TestSharedFetch(t *testing.T) {
+	tests := []struct {
+		name    string
+		err     error  // the fetch's error
+		wantErr string // in every caller's error; "" means success
+	}{
+		{name: "success shared"},
+		// The caller that fetched sees why it failed; those that waited
+		// find that the fetch failed moments ago.
+		{name: "failure shared", err: errors.New("connection refused"), wantErr: "key set"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFixture(t)
+				if tc.err != nil {
+					f.src.set(nil, tc.err)
+				}
+				f.src.gate = make(chan struct{})
+				tok := mint(t, jose.ES256, ecKey, "ec1", std(epoch))
+				errs := make([]error, 20)
+				var wg sync.WaitGroup
+				for i := range errs {
+					wg.Go(func() { _, errs[i] = f.v.Verify(context.Background(), tok, nil) })
+				}
+				synctest.Wait()
+				if got := f.src.fetches(); got != 1 {
+					t.Errorf("fetches in flight = %d, want 1", got)
+				}
+				close(f.src.gate)
+				wg.Wait()
+				sawCause := false
+				for i, err := range errs {
+					switch {
+					case tc.wantErr == "" && err != nil:
+						t.Errorf("Verify() #%d = %v, want success", i, err)
+					case tc.wantErr != "" && (!errors.Is(err, jwks.ErrUnavailable) || !strings.Contains(err.Error(), tc.wantErr)):
+						t.Errorf("Verify() #%d = %v, want ErrUnavailable containing %q", i, err, tc.wantErr)
+					}
+					sawCause = sawCause || (tc.err != nil && strings.Contains(err.Error(), tc.err.Error()))
+				}
+				if tc.err != nil && !sawCause {
+					t.Errorf("no caller was told the fetch failed with %q", tc.err)
+				}
+				if got := f.src.fetches(); got != 1 {
+					t.Errorf("fetches = %d, want 1", got)
+				}
+			})
+		})
+	}
+}
+
+// TestSharedFetchCallerGivesUp: a caller giving up on a fetch, the one
+// that started it or one waiting on it, fails only itself.
+func TestSharedFetchCallerGivesUp(t *testing.T) {
+	for _, first := range []bool{true, false} {
+		name := map[bool]string{true: "caller that started the fetch", false: "caller waiting on it"}[first]
+		t.Run(name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				f := newFixture(t)
+				f.src.gate = make(chan struct{})
+				tok := mint(t, jose.ES256, ecKey, "ec1", std(epoch))
+				ctx, cancel := context.WithCancel(context.Background())
+				var quitterErr, otherErr error
+				quit := func() { _, quitterErr = f.v.Verify(ctx, tok, nil) }
+				other := func() { _, otherErr = f.v.Verify(context.Background(), tok, nil) }
+				start, join := other, quit
+				if first {
+					start, join = quit, other
+				}
+				var wg sync.WaitGroup
+				wg.Go(start)
+				synctest.Wait() // the fetch is in flight
+				wg.Go(join)
+				synctest.Wait() // the second caller is parked
+				cancel()
+				synctest.Wait()
+				close(f.src.gate)
+				wg.Wait()
+				if !errors.Is(quitterErr, jwks.ErrUnavailable) || !strings.Contains(quitterErr.Error(), context.Canceled.Error()) {
+					t.Errorf("Verify() of the caller giving up = %v, want ErrUnavailable: context canceled", quitterErr)
+				}
+				if otherErr != nil {
+					t.Errorf("Verify() of the other caller = %v, want success", otherErr)
+				}
+				if got := f.src.fetches(); got != 1 {
+					t.Errorf("fetches = %d, want 1", got)
+				}
+			})
+		})
 	}
 }
 
@@ -852,7 +971,7 @@ func FuzzVerify(f *testing.F) {
 	testKeys(f)
 	clk := clocktest.New(epoch)
 	doc := jwksDoc(f, pub("ec1", ecKey, jose.ES256))
-	ks := jwks.NewKeySet(func(context.Context) ([]byte, error) { return doc, nil }, clk, 0)
+	ks := jwks.NewKeySet(jwks.KeySetConfig{Fetch: func(context.Context) ([]byte, error) { return doc, nil }, Clock: clk})
 	v := &jwks.Verifier{Issuer: testIssuer, Audiences: []string{testAudience}, Keys: ks, Clock: clk}
 
 	valid := mint(f, jose.ES256, ecKey, "ec1", std(epoch))
@@ -914,4 +1033,15 @@ func TestFailedFetchIsNotAnUnknownKey(t *testing.T) {
 	if _, err := f.v.Verify(context.Background(), tok, nil); err != nil {
 		t.Fatalf("after the issuer recovered: %v", err)
 	}
+}
+
+// TestNewKeySetWithoutFetch: a key set that could never load is refused
+// when built, not on the first token.
+func TestNewKeySetWithoutFetch(t *testing.T) {
+	defer func() {
+		if r := recover(); r == nil {
+			t.Error("NewKeySet without a Fetch did not panic")
+		}
+	}()
+	jwks.NewKeySet(jwks.KeySetConfig{})
 }

@@ -105,7 +105,7 @@ func staticKeys(tb testing.TB, clk *clocktest.Fake) *jwks.KeySet {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return jwks.NewKeySet(func(context.Context) ([]byte, error) { return doc, nil }, clk, 0)
+	return jwks.NewKeySet(jwks.KeySetConfig{Fetch: func(context.Context) ([]byte, error) { return doc, nil }, Clock: clk})
 }
 
 // recorder is a k8s.Metrics that remembers what it saw.

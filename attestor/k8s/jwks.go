@@ -20,8 +20,8 @@ type JWKSAttestor struct {
 	verifier *jwks.Verifier
 }
 
-// NewJWKS returns the offline attestor for tokens of issuer, verified with
-// keys.
+// NewJWKS returns the offline attestor for tokens of issuer (""
+// means DefaultIssuer), verified with keys.
 func NewJWKS(cfg Config, issuer string, keys *jwks.KeySet) (*JWKSAttestor, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err

@@ -273,7 +273,7 @@ func TestJWKSAttest(t *testing.T) {
 
 func TestJWKSUnavailable(t *testing.T) {
 	clk := clocktest.New(epoch)
-	keys := jwks.NewKeySet(func(context.Context) ([]byte, error) { return nil, errors.New("dial tcp: connection refused") }, clk, 0)
+	keys := jwks.NewKeySet(jwks.KeySetConfig{Fetch: func(context.Context) ([]byte, error) { return nil, errors.New("dial tcp: connection refused") }, Clock: clk})
 	a, err := k8s.NewJWKS(k8s.Config{TrustDomain: td, Clock: clk}, "", keys)
 	if err != nil {
 		t.Fatal(err)
@@ -330,9 +330,9 @@ func TestNewConfigErrors(t *testing.T) {
 		cfg     k8s.Config
 		wantMsg string
 	}{
-		{name: "no trust domain", cfg: k8s.Config{}, wantMsg: "trust domain is required"},
-		{name: "bad Allow pattern", cfg: k8s.Config{TrustDomain: td, Allow: []string{"team-["}}, wantMsg: `bad allow/deny pattern "team-["`},
-		{name: "bad Deny pattern", cfg: k8s.Config{TrustDomain: td, Deny: []string{`ns/\`}}, wantMsg: "bad allow/deny pattern"},
+		{name: "no trust domain", cfg: k8s.Config{}, wantMsg: "k8s: trust domain is required"},
+		{name: "bad Allow pattern", cfg: k8s.Config{TrustDomain: td, Allow: []string{"team-["}}, wantMsg: `k8s: bad allow/deny pattern "team-["`},
+		{name: "bad Deny pattern", cfg: k8s.Config{TrustDomain: td, Deny: []string{`ns/\`}}, wantMsg: "k8s: bad allow/deny pattern"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

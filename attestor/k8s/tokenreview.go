@@ -1,17 +1,17 @@
 package k8s
 
 import (
-	"container/list"
 	"context"
 	"crypto/sha256"
 	"fmt"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
+	"golang.org/x/sync/singleflight"
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/cache"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshca/meshca/attestor"
@@ -41,7 +41,8 @@ func (r ClientReviewer) Review(ctx context.Context, token string, audiences []st
 
 // CacheConfig bounds the TokenReview cache. Zero fields get defaults.
 type CacheConfig struct {
-	// Size is the most tokens remembered. Default 10,000.
+	// Size is the most tokens remembered. Default 10,000; negative is an
+	// error.
 	Size int
 	// TTL is how long a positive review is trusted, never past the token's
 	// own expiry. Default 1 minute: a ServiceAccount deleted meanwhile can
@@ -56,16 +57,14 @@ type CacheConfig struct {
 // recently.
 type TokenReviewAttestor struct {
 	cfg      Config
+	cc       CacheConfig
 	reviewer Reviewer
-	cache    *reviewCache
-
-	mu       sync.Mutex
-	inflight map[[sha256.Size]byte]*reviewCall
-}
-
-type reviewCall struct {
-	done chan struct{}
-	res  reviewResult
+	// cache maps a token's SHA-256 to its *cachedReview. Its clock is
+	// cfg.Clock, so a fake clock in tests drives expiry.
+	cache *cache.LRUExpireCache
+	// reviews shares one review among concurrent calls with the same
+	// token, keyed like cache: never by the token itself.
+	reviews singleflight.Group
 }
 
 type reviewResult struct {
@@ -73,13 +72,31 @@ type reviewResult struct {
 	err error
 }
 
+// cachedReview is a review result and when it stops being trusted. The
+// cache measures a TTL from when the entry is added, after the review came
+// back; the result's lifetime runs from before the review was sent, so the
+// entry carries its own deadline, which is the one that counts.
+type cachedReview struct {
+	res     reviewResult
+	expires time.Time
+}
+
+// flight is what one shared review hands every caller waiting on it.
+type flight struct {
+	res reviewResult
+	hit bool // answered from the cache, not by a review
+}
+
 // NewTokenReview returns the TokenReview attestor.
 func NewTokenReview(cfg Config, r Reviewer, cc CacheConfig) (*TokenReviewAttestor, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	if cc.Size == 0 {
+	switch {
+	case cc.Size == 0:
 		cc.Size = 10_000
+	case cc.Size < 0:
+		return nil, fmt.Errorf("k8s: TokenReview cache size %d is negative", cc.Size)
 	}
 	if cc.TTL == 0 {
 		cc.TTL = time.Minute
@@ -87,58 +104,67 @@ func NewTokenReview(cfg Config, r Reviewer, cc CacheConfig) (*TokenReviewAttesto
 	if cc.NegativeTTL == 0 {
 		cc.NegativeTTL = 5 * time.Second
 	}
-	return &TokenReviewAttestor{cfg: cfg, reviewer: r, cache: newReviewCache(cc), inflight: map[[sha256.Size]byte]*reviewCall{}}, nil
+	return &TokenReviewAttestor{
+		cfg:      cfg,
+		cc:       cc,
+		reviewer: r,
+		// meshca's clock.Clock has the Now method cache.Clock asks for.
+		cache: cache.NewLRUExpireCacheWithClock(cc.Size, cfg.Clock),
+	}, nil
 }
 
 // Attest implements attestor.Attestor. Concurrent calls with the same token
-// share one review.
+// share one review; each stops waiting for it when its own ctx ends.
 func (t *TokenReviewAttestor) Attest(ctx context.Context, c attestor.Credential) (attestor.Identity, error) {
 	if !looksLikeJWT(c.BearerToken) {
 		return attestor.Identity{}, attestor.ErrNoCredential
 	}
-	key := sha256.Sum256([]byte(c.BearerToken))
+	sum := sha256.Sum256([]byte(c.BearerToken))
+	key := string(sum[:])
 	now := t.cfg.Clock.Now()
-	if res, ok := t.cache.get(key, now); ok {
+	if res, ok := t.cached(key, now); ok {
 		t.cfg.Metrics.CacheHit()
 		return res.id, res.err
 	}
-	t.mu.Lock()
-	// Look again under mu: a review of this token may have finished and
-	// been cached since the first look.
-	if res, ok := t.cache.get(key, now); ok {
-		t.mu.Unlock()
-		t.cfg.Metrics.CacheHit()
-		return res.id, res.err
-	}
-	if call, ok := t.inflight[key]; ok {
-		t.mu.Unlock()
-		select {
-		case <-call.done:
-			return call.res.id, call.res.err
-		case <-ctx.Done():
-			return attestor.Identity{}, ctx.Err()
+	ch := t.reviews.DoChan(key, func() (any, error) {
+		// Look again: a review of this token may have finished and been
+		// cached since the first look.
+		if res, ok := t.cached(key, now); ok {
+			return flight{res: res, hit: true}, nil
 		}
+		// Others may wait on this review: the caller that started it giving
+		// up must not fail them, so it runs on its own deadline.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reviewTimeout)
+		defer cancel()
+		res, ttl := t.review(rctx, c.BearerToken, now)
+		if ttl > 0 {
+			t.cache.Add(key, &cachedReview{res: res, expires: now.Add(ttl)}, ttl)
+		}
+		return flight{res: res}, nil
+	})
+	select {
+	case r := <-ch:
+		f := r.Val.(flight)
+		if f.hit {
+			t.cfg.Metrics.CacheHit()
+		}
+		return f.res.id, f.res.err
+	case <-ctx.Done():
+		return attestor.Identity{}, ctx.Err()
 	}
-	call := &reviewCall{done: make(chan struct{})}
-	t.inflight[key] = call
-	t.mu.Unlock()
+}
 
-	defer func() {
-		close(call.done)
-		t.mu.Lock()
-		delete(t.inflight, key)
-		t.mu.Unlock()
-	}()
-	// Others may wait on this review: the first caller giving up must not
-	// fail them, so it runs on its own deadline.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reviewTimeout)
-	defer cancel()
-	res, ttl := t.review(rctx, c.BearerToken, now)
-	if ttl > 0 {
-		t.cache.put(key, res, now.Add(ttl))
+// cached returns the cached result for key if it is still trusted at now.
+func (t *TokenReviewAttestor) cached(key string, now time.Time) (reviewResult, bool) {
+	v, ok := t.cache.Get(key)
+	if !ok {
+		return reviewResult{}, false
 	}
-	call.res = res
-	return res.id, res.err
+	e := v.(*cachedReview)
+	if !now.Before(e.expires) {
+		return reviewResult{}, false
+	}
+	return e.res, true
 }
 
 // reviewTimeout bounds one TokenReview.
@@ -156,7 +182,7 @@ func (t *TokenReviewAttestor) review(ctx context.Context, token string, now time
 	}
 	refuse := func(reason, format string, args ...any) (reviewResult, time.Duration) {
 		t.cfg.Metrics.Refused(reason)
-		return reviewResult{err: fmt.Errorf("%w: ServiceAccount token: %s", attestor.ErrUnauthenticated, fmt.Sprintf(format, args...))}, t.cache.cfg.NegativeTTL
+		return reviewResult{err: fmt.Errorf("%w: ServiceAccount token: %s", attestor.ErrUnauthenticated, fmt.Sprintf(format, args...))}, t.cc.NegativeTTL
 	}
 	if !st.Authenticated {
 		t.cfg.Metrics.Review("unauthenticated", took)
@@ -188,7 +214,7 @@ func (t *TokenReviewAttestor) review(ctx context.Context, token string, now time
 	}
 	id, err := t.cfg.identity(KindTokenReview, ns, sa, details)
 	if err != nil {
-		return reviewResult{err: err}, t.cache.cfg.NegativeTTL
+		return reviewResult{err: err}, t.cc.NegativeTTL
 	}
 	// Never trust a review past the token's own expiry. The expiry is read
 	// without verification: it can only shorten the cache lifetime.
@@ -196,63 +222,5 @@ func (t *TokenReviewAttestor) review(ctx context.Context, token string, now time
 	if exp.IsZero() {
 		return reviewResult{id: id}, 0
 	}
-	return reviewResult{id: id}, min(t.cache.cfg.TTL, exp.Sub(now))
-}
-
-// reviewCache is a bounded LRU of review results with per-entry expiry.
-type reviewCache struct {
-	cfg     CacheConfig
-	mu      sync.Mutex
-	entries map[[sha256.Size]byte]*list.Element
-	lru     *list.List // front: most recently used
-}
-
-type cacheEntry struct {
-	key     [sha256.Size]byte
-	res     reviewResult
-	expires time.Time
-}
-
-func newReviewCache(cfg CacheConfig) *reviewCache {
-	return &reviewCache{cfg: cfg, entries: map[[sha256.Size]byte]*list.Element{}, lru: list.New()}
-}
-
-func (c *reviewCache) get(key [sha256.Size]byte, now time.Time) (reviewResult, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	el, ok := c.entries[key]
-	if !ok {
-		return reviewResult{}, false
-	}
-	e := el.Value.(*cacheEntry)
-	if !now.Before(e.expires) {
-		c.lru.Remove(el)
-		delete(c.entries, key)
-		return reviewResult{}, false
-	}
-	c.lru.MoveToFront(el)
-	return e.res, true
-}
-
-func (c *reviewCache) put(key [sha256.Size]byte, res reviewResult, expires time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if el, ok := c.entries[key]; ok {
-		el.Value = &cacheEntry{key: key, res: res, expires: expires}
-		c.lru.MoveToFront(el)
-		return
-	}
-	c.entries[key] = c.lru.PushFront(&cacheEntry{key: key, res: res, expires: expires})
-	for c.lru.Len() > c.cfg.Size {
-		old := c.lru.Back()
-		c.lru.Remove(old)
-		delete(c.entries, old.Value.(*cacheEntry).key)
-	}
-}
-
-// Len reports the number of cached results (for tests and metrics).
-func (t *TokenReviewAttestor) Len() int {
-	t.cache.mu.Lock()
-	defer t.cache.mu.Unlock()
-	return t.cache.lru.Len()
+	return reviewResult{id: id}, min(t.cc.TTL, exp.Sub(now))
 }

@@ -80,9 +80,9 @@ func New(cfg IssuerConfig, td spiffeid.TrustDomain, keys *jwks.KeySet, clk clock
 	if keys == nil {
 		switch {
 		case cfg.JWKSURL != "" && cfg.JWKSFile == "":
-			keys = jwks.NewKeySet(jwks.URLFetcher(nil, cfg.JWKSURL), clk, 0)
+			keys = jwks.NewKeySet(jwks.KeySetConfig{Fetch: jwks.URLFetcher(nil, cfg.JWKSURL), Clock: clk})
 		case cfg.JWKSFile != "" && cfg.JWKSURL == "":
-			keys = jwks.NewKeySet(jwks.FileFetcher(cfg.JWKSFile), clk, 0)
+			keys = jwks.NewKeySet(jwks.KeySetConfig{Fetch: jwks.FileFetcher(cfg.JWKSFile), Clock: clk})
 		default:
 			return nil, fmt.Errorf("oidc: issuer %s: exactly one of jwks_url and jwks_file is required", cfg.Issuer)
 		}

@@ -67,7 +67,7 @@ func newAttestor(t *testing.T, ti *testIssuer, mod func(*oidc.IssuerConfig)) *oi
 		mod(&cfg)
 	}
 	clk := clocktest.New(now)
-	keys := jwks.NewKeySet(func(context.Context) ([]byte, error) { return ti.jwks, nil }, clk, 0)
+	keys := jwks.NewKeySet(jwks.KeySetConfig{Fetch: func(context.Context) ([]byte, error) { return ti.jwks, nil }, Clock: clk})
 	a, err := oidc.New(cfg, td, keys, clk)
 	if err != nil {
 		t.Fatal(err)

@@ -85,7 +85,7 @@ func (k *Kubernetes) attestor(ctx context.Context, td spiffeid.TrustDomain, user
 				return client.Discovery().RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
 			}
 		}
-		return k8s.NewJWKS(cfg, k.Issuer, jwks.NewKeySet(fetch, clk, 0))
+		return k8s.NewJWKS(cfg, k.Issuer, jwks.NewKeySet(jwks.KeySetConfig{Fetch: fetch, Clock: clk}))
 	}
 	return nil, fmt.Errorf("plane: Kubernetes attestation must be off, tokenreview or jwks, not %q", k.Mode)
 }

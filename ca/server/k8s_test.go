@@ -71,7 +71,7 @@ func k8sModes(t *testing.T, env *kubeenv.Env, reviews *atomic.Int64, clk *clockt
 		return env.Client.Discovery().RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
 	}
 	cfg.Clock = clk
-	jw, err := k8s.NewJWKS(cfg, env.Issuer, jwks.NewKeySet(fetch, clk, 0))
+	jw, err := k8s.NewJWKS(cfg, env.Issuer, jwks.NewKeySet(jwks.KeySetConfig{Fetch: fetch, Clock: clk}))
 	if err != nil {
 		t.Fatal(err)
 	}
