@@ -227,7 +227,7 @@ func (a *Authority) loadOrCreateRoot(ctx context.Context) (Parent, error) {
 		}
 		return NewLocalParent(cert, key, nil, []*x509.Certificate{cert}, now)
 	}
-	key, err := GenerateKey(a.cfg.KeyType)
+	key, err := generateKey(a.cfg.KeyType)
 	if err != nil {
 		return nil, err
 	}
@@ -423,7 +423,7 @@ func (a *Authority) Prune(ctx context.Context) (int, error) {
 
 // newIntermediate makes a fresh intermediate signed by the parent.
 func (a *Authority) newIntermediate(ctx context.Context, now time.Time) (*signingCA, error) {
-	key, err := GenerateKey(a.cfg.KeyType)
+	key, err := generateKey(a.cfg.KeyType)
 	if err != nil {
 		return nil, err
 	}
@@ -638,7 +638,7 @@ func (a *Authority) SigningCertificate() *x509.Certificate { return a.active.Loa
 // with the given DNS and IP SANs, signed by the active intermediate. It is
 // not an SVID and is not recorded in the issuance log.
 func (a *Authority) IssueServing(dnsNames []string, ips []net.IP, ttl time.Duration) (*tls.Certificate, error) {
-	key, err := GenerateKey(a.cfg.KeyType)
+	key, err := generateKey(a.cfg.KeyType)
 	if err != nil {
 		return nil, err
 	}

@@ -4,10 +4,7 @@ import (
 	"crypto"
 	"crypto/aes"
 	"crypto/cipher"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
@@ -17,53 +14,41 @@ import (
 	"strings"
 
 	"github.com/meshca/meshca/ca/store"
+	"github.com/meshca/meshca/internal/pki"
 )
 
-// KeyType names an algorithm and size for keys meshca generates.
-type KeyType string
+// KeyType names an algorithm and size for the CA keys meshca generates;
+// the names are shared with the agent (internal/pki).
+type KeyType = pki.KeyType
 
-// Key types meshca can generate. ECDSA P-256 is the default everywhere: it is
+// Key types for Config.KeyType. ECDSA P-256 is the default everywhere: it is
 // what Envoy, Istio and SPIRE default to, and signing and verifying with it
 // is an order of magnitude cheaper than RSA 2048.
 const (
-	KeyECDSAP256 KeyType = "ecdsa-p256"
-	KeyECDSAP384 KeyType = "ecdsa-p384"
-	KeyRSA2048   KeyType = "rsa-2048"
-	KeyRSA3072   KeyType = "rsa-3072"
-	KeyRSA4096   KeyType = "rsa-4096"
+	KeyECDSAP256 = pki.KeyECDSAP256
+	KeyECDSAP384 = pki.KeyECDSAP384
+	KeyRSA2048   = pki.KeyRSA2048
+	KeyRSA3072   = pki.KeyRSA3072
+	KeyRSA4096   = pki.KeyRSA4096
 )
 
-// KeyTypes lists the supported key types, default first.
-var KeyTypes = []KeyType{KeyECDSAP256, KeyECDSAP384, KeyRSA2048, KeyRSA3072, KeyRSA4096}
-
-// ParseKeyType returns the KeyType named s ("" means the default).
+// ParseKeyType returns the KeyType named s, matched without regard to case
+// ("" means the default, KeyECDSAP256).
 func ParseKeyType(s string) (KeyType, error) {
-	if s == "" {
-		return KeyECDSAP256, nil
+	t, err := pki.ParseKeyType(s)
+	if err != nil {
+		return "", fmt.Errorf("ca: %w", err)
 	}
-	for _, k := range KeyTypes {
-		if string(k) == strings.ToLower(s) {
-			return k, nil
-		}
-	}
-	return "", fmt.Errorf("ca: unknown key type %q (want one of %v)", s, KeyTypes)
+	return t, nil
 }
 
-// GenerateKey makes a new private key of type t.
-func GenerateKey(t KeyType) (crypto.Signer, error) {
-	switch t {
-	case KeyECDSAP256, "":
-		return ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	case KeyECDSAP384:
-		return ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	case KeyRSA2048:
-		return rsa.GenerateKey(rand.Reader, 2048)
-	case KeyRSA3072:
-		return rsa.GenerateKey(rand.Reader, 3072)
-	case KeyRSA4096:
-		return rsa.GenerateKey(rand.Reader, 4096)
+// generateKey makes a new CA private key of type t.
+func generateKey(t KeyType) (crypto.Signer, error) {
+	key, err := pki.GenerateKey(t)
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w", err)
 	}
-	return nil, fmt.Errorf("ca: unknown key type %q", t)
+	return key, nil
 }
 
 // KEKSize is the size of a key-encryption key: AES-256.
@@ -186,13 +171,8 @@ func (s *sealer) open(sk store.SealedKey, pub crypto.PublicKey) (crypto.Signer, 
 	if !ok {
 		return nil, errors.New("ca: CA private key is not a signer")
 	}
-	if !publicKeysEqual(signer.Public(), pub) {
+	if !pki.SamePublicKey(signer.Public(), pub) {
 		return nil, errors.New("ca: CA private key does not match its certificate")
 	}
 	return signer, nil
-}
-
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	ea, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && ea.Equal(b)
 }

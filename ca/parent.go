@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/meshca/meshca/internal/pki"
 )
 
 // Parent signs meshca's short-lived intermediates. The parent's key is touched
@@ -52,7 +54,7 @@ func NewLocalParent(cert *x509.Certificate, signer crypto.Signer, chain, roots [
 	if cert.MaxPathLen == 0 && cert.MaxPathLenZero {
 		return nil, errors.New("ca: signing certificate has pathlen 0: it cannot sign meshca's intermediates; issue it with pathlen 1 or more (or none)")
 	}
-	if !publicKeysEqual(signer.Public(), cert.PublicKey) {
+	if !pki.SamePublicKey(signer.Public(), cert.PublicKey) {
 		return nil, errors.New("ca: signing key does not match the signing certificate")
 	}
 	if len(roots) == 0 {

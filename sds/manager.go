@@ -22,6 +22,7 @@ import (
 
 	"github.com/meshca/meshca/ca/client"
 	"github.com/meshca/meshca/internal/clock"
+	"github.com/meshca/meshca/internal/pki"
 )
 
 // Defaults for Config's zero fields.
@@ -140,11 +141,11 @@ func (c *Config) setDefaults() error {
 	if c.CA == nil {
 		return errors.New("sds: CA is required")
 	}
-	kt, err := ParseKeyType(c.KeyType)
+	kt, err := pki.ParseKeyType(c.KeyType)
 	if err != nil {
-		return err
+		return fmt.Errorf("sds: %w", err)
 	}
-	c.KeyType = kt
+	c.KeyType = string(kt)
 	if c.RenewFraction == 0 {
 		c.RenewFraction = DefaultRenewFraction
 	}
@@ -368,8 +369,8 @@ func (m *Manager) fetch(ctx context.Context, cur *SVID, useSVID bool) (*SVID, er
 		key = cur.Key
 	} else {
 		var err error
-		if key, err = GenerateKey(m.cfg.KeyType); err != nil {
-			return nil, err
+		if key, err = pki.GenerateKey(pki.KeyType(m.cfg.KeyType)); err != nil {
+			return nil, fmt.Errorf("sds: %w", err)
 		}
 	}
 	csr, err := client.NewCSR(key, m.cfg.ID)
@@ -426,7 +427,7 @@ func (m *Manager) checkChain(chainPEM []string, pub crypto.PublicKey, trusted []
 	if id != m.cfg.ID {
 		return nil, nil, fmt.Errorf("sds: CA returned an SVID for %s, want %s", id, m.cfg.ID)
 	}
-	if !samePublicKey(leaf.PublicKey, pub) {
+	if !pki.SamePublicKey(leaf.PublicKey, pub) {
 		return nil, nil, errors.New("sds: CA returned a leaf for another key than the CSR's")
 	}
 	n := len(all)

@@ -14,9 +14,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/attestor"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/client"
 	"github.com/meshca/meshca/internal/audit"
+	"github.com/meshca/meshca/internal/pki"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -102,7 +102,7 @@ func TestAuditIssued(t *testing.T) {
 	defer c.Close()
 	var lastWeb string
 	for i, tok := range []string{"w", "w", "w", "d"} {
-		key, _ := ca.GenerateKey(ca.KeyECDSAP256)
+		key, _ := pki.GenerateKey(pki.KeyECDSAP256)
 		id := web
 		if tok == "d" {
 			id = db

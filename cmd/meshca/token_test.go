@@ -15,10 +15,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/adminclient"
 	"github.com/meshca/meshca/ca/client"
 	"github.com/meshca/meshca/ca/server"
+	"github.com/meshca/meshca/internal/pki"
 )
 
 // TestTokenCreateAgainstServer runs the real server plane, creates a join
@@ -48,7 +48,7 @@ func TestTokenCreateAgainstServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	key, _ := ca.GenerateKey(ca.KeyECDSAP256)
+	key, _ := pki.GenerateKey(pki.KeyECDSAP256)
 	id := spiffeid.RequireFromString(req.SPIFFEID)
 	csr, _ := client.NewCSR(key, id)
 	chain, err := c.Sign(context.Background(), csr, 0, jt.Token)

@@ -22,10 +22,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/meshca/meshca/attestor"
-	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/client"
 	"github.com/meshca/meshca/ca/plane"
 	"github.com/meshca/meshca/internal/files"
+	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/sds"
 	"github.com/meshca/meshca/sds/agent"
 )
@@ -170,7 +170,7 @@ func EnvoySnippet(sdsSocket string) string {
 // issueDemo asks the running CA for an SVID exactly as a workload would:
 // local key, CSR, gRPC over TLS verified against the bundle, bearer token.
 func issueDemo(ctx context.Context, p *plane.Plane, id spiffeid.ID, token, dir string, out io.Writer) error {
-	key, err := ca.GenerateKey(ca.KeyECDSAP256)
+	key, err := pki.GenerateKey(pki.KeyECDSAP256)
 	if err != nil {
 		return err
 	}
