@@ -165,32 +165,9 @@ func readCerts(path string) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ca: read certificates: %w", err)
 	}
-	certs, err := parseCertsPEM(b)
+	certs, err := pki.ParseCertificates(b)
 	if err != nil {
 		return nil, fmt.Errorf("ca: %s: %w", path, err)
-	}
-	return certs, nil
-}
-
-func parseCertsPEM(b []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, b = pem.Decode(b)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("no PEM certificates")
 	}
 	return certs, nil
 }

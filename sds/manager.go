@@ -5,14 +5,12 @@ import (
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"math/rand/v2"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -415,7 +413,7 @@ func (m *Manager) checkChain(chainPEM []string, pub crypto.PublicKey, trusted []
 	}
 	all := make([]*x509.Certificate, len(chainPEM))
 	for i, p := range chainPEM {
-		if all[i], err = parseCertPEM(p); err != nil {
+		if all[i], err = pki.ParseCertificate(p); err != nil {
 			return nil, nil, fmt.Errorf("sds: CA returned a bad chain: element %d: %w", i, err)
 		}
 	}
@@ -460,20 +458,6 @@ func (m *Manager) trustedRoots() []*x509.Certificate {
 		m.cfg.Logger.Warn("reading the trust bundle failed; using the configured roots", "err", err)
 	}
 	return m.cfg.Roots
-}
-
-// parseCertPEM decodes exactly one PEM "CERTIFICATE".
-func parseCertPEM(s string) (*x509.Certificate, error) {
-	block, rest := pem.Decode([]byte(s))
-	switch {
-	case block == nil:
-		return nil, errors.New("not PEM")
-	case block.Type != "CERTIFICATE":
-		return nil, fmt.Errorf("PEM block is %q, want \"CERTIFICATE\"", block.Type)
-	case strings.TrimSpace(string(rest)) != "":
-		return nil, errors.New("trailing data after the certificate")
-	}
-	return x509.ParseCertificate(block.Bytes)
 }
 
 // RenewalTime is when a certificate valid from notBefore to notAfter is

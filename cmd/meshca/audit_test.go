@@ -113,7 +113,7 @@ func TestAuditIssued(t *testing.T) {
 			t.Fatalf("issue %d: %v", i, err)
 		}
 		if tok == "w" {
-			leaf, _ := audit.ParseChainPEM([]byte(chain[0]))
+			leaf, _ := pki.ParseCertificates([]byte(chain[0]))
 			lastWeb = leaf[0].SerialNumber.Text(16)
 		}
 	}

@@ -3,7 +3,6 @@ package audit
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +15,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/meshca/meshca/internal/pki"
 )
 
 // ChainFromFile reads the PEM certificates in a file, leaf first.
@@ -24,32 +25,7 @@ func ChainFromFile(path string) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	return ParseChainPEM(b)
-}
-
-// ParseChainPEM parses every CERTIFICATE block, skipping other blocks; no
-// certificate at all is an error.
-func ParseChainPEM(b []byte) ([]*x509.Certificate, error) {
-	var chain []*x509.Certificate
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		chain = append(chain, c)
-	}
-	if len(chain) == 0 {
-		return nil, errors.New("no PEM certificates")
-	}
-	return chain, nil
+	return pki.ParseCertificates(b)
 }
 
 // ChainFromSDS asks an agent's SDS socket for the "default" certificate, as
@@ -71,7 +47,7 @@ func ChainFromSDS(ctx context.Context, socket string) ([]*x509.Certificate, erro
 			return nil, err
 		}
 		if tc := sec.GetTlsCertificate(); tc != nil {
-			return ParseChainPEM(tc.GetCertificateChain().GetInlineBytes())
+			return pki.ParseCertificates(tc.GetCertificateChain().GetInlineBytes())
 		}
 	}
 	return nil, errors.New("no \"default\" certificate served")

@@ -195,11 +195,7 @@ func issueDemo(ctx context.Context, p *plane.Plane, id spiffeid.ID, token, dir s
 	}
 	var chain []*x509.Certificate
 	for _, s := range chainPEM {
-		b, _ := pem.Decode([]byte(s))
-		if b == nil {
-			return errors.New("dev: CA returned a chain entry that is not PEM")
-		}
-		cert, err := x509.ParseCertificate(b.Bytes)
+		cert, err := pki.ParseCertificate(s)
 		if err != nil {
 			return fmt.Errorf("dev: CA returned a bad certificate: %w", err)
 		}

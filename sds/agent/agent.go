@@ -12,7 +12,6 @@ package agent
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +29,7 @@ import (
 	"github.com/meshca/meshca/ca/client"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/metrics"
+	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/sds"
 )
 
@@ -248,23 +248,9 @@ func readRoots(path string) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agent: CA roots: %w", err)
 	}
-	var roots []*x509.Certificate
-	for {
-		var blk *pem.Block
-		if blk, b = pem.Decode(b); blk == nil {
-			break
-		}
-		if blk.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("agent: CA roots %s: %w", path, err)
-		}
-		roots = append(roots, c)
-	}
-	if len(roots) == 0 {
-		return nil, fmt.Errorf("agent: CA roots %s: no PEM certificates", path)
+	roots, err := pki.ParseCertificates(b)
+	if err != nil {
+		return nil, fmt.Errorf("agent: CA roots %s: %w", path, err)
 	}
 	return roots, nil
 }
