@@ -1,9 +1,13 @@
 // Package testca is a small real CA (ECDSA P-256 root and intermediate)
 // that issues SVIDs for tests of the agent's servers. Import it only from
 // _test.go files.
+//
+// Keys are generated per call: a P-256 key takes tens of microseconds, so
+// there is no pool of pre-generated keys to share.
 package testca
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -22,12 +26,15 @@ import (
 // WorkloadID is the identity Issue certifies.
 var WorkloadID = spiffeid.RequireFromString("spiffe://example.org/ns/foo/sa/bar")
 
-// testCA is a real root and intermediate (ECDSA P-256) that issue SVIDs.
+// CA is a real root and intermediate (ECDSA P-256) that issue SVIDs. The
+// root is valid from an hour before New to a day after, the intermediate to
+// twelve hours after.
 type CA struct {
 	Root, Inter       *x509.Certificate
 	RootKey, InterKey *ecdsa.PrivateKey
 }
 
+// New makes a CA with a new root and intermediate.
 func New(t testing.TB) *CA {
 	t.Helper()
 	ca := &CA{RootKey: NewKey(t), InterKey: NewKey(t)}
@@ -52,18 +59,15 @@ func New(t testing.TB) *CA {
 	return ca
 }
 
-// issue returns a new SVID for WorkloadID (a new key and serial each time).
+// Issue returns a new SVID for WorkloadID, valid around time.Now(), with a
+// new key and serial each time.
 func (ca *CA) Issue(t testing.TB, version uint64) *sds.SVID {
 	t.Helper()
 	key := NewKey(t)
-	now := time.Now()
-	leaf := Sign(t, &x509.Certificate{
-		NotBefore:   now.Add(-time.Minute),
-		NotAfter:    now.Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:        []*url.URL{WorkloadID.URL()},
-	}, ca.Inter, &key.PublicKey, ca.InterKey)
+	leaf, err := ca.SignLeaf(WorkloadID, &key.PublicKey, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
 	return &sds.SVID{
 		ID:           WorkloadID,
 		Certificates: []*x509.Certificate{leaf, ca.Inter},
@@ -73,6 +77,21 @@ func (ca *CA) Issue(t testing.TB, version uint64) *sds.SVID {
 	}
 }
 
+// SignLeaf signs an X509-SVID for id and pub with the intermediate, valid
+// from a minute before now to an hour after. It returns an error instead of
+// failing a test, so that a fake CA can call it from the goroutine of the
+// code under test.
+func (ca *CA) SignLeaf(id spiffeid.ID, pub crypto.PublicKey, now time.Time) (*x509.Certificate, error) {
+	return sign(&x509.Certificate{
+		NotBefore:   now.Add(-time.Minute),
+		NotAfter:    now.Add(time.Hour),
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		URIs:        []*url.URL{id.URL()},
+	}, ca.Inter, pub, ca.InterKey)
+}
+
+// NewKey returns a new ECDSA P-256 key.
 func NewKey(t testing.TB) *ecdsa.PrivateKey {
 	t.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -82,11 +101,21 @@ func NewKey(t testing.TB) *ecdsa.PrivateKey {
 	return k
 }
 
+// Sign signs tmpl for pub with key, as parent (self-signed when parent is
+// nil), with a new random 128-bit serial.
 func Sign(t testing.TB, tmpl, parent *x509.Certificate, pub any, key *ecdsa.PrivateKey) *x509.Certificate {
 	t.Helper()
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	c, err := sign(tmpl, parent, pub, key)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return c
+}
+
+func sign(tmpl, parent *x509.Certificate, pub any, key *ecdsa.PrivateKey) (*x509.Certificate, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return nil, err
 	}
 	tmpl.SerialNumber = serial
 	if parent == nil {
@@ -94,11 +123,7 @@ func Sign(t testing.TB, tmpl, parent *x509.Certificate, pub any, key *ecdsa.Priv
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, key)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return x509.ParseCertificate(der)
 }

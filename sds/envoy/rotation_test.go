@@ -2,19 +2,17 @@ package envoy
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
-	"math/big"
 	"net"
-	"net/url"
 	"path/filepath"
 	"runtime"
 	"testing"
 	"time"
 
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
 	"github.com/meshca/meshca/internal/clock/clocktest"
@@ -38,14 +36,11 @@ func (s csrSigner) Sign(_ context.Context, csrPEM []byte, _ time.Duration, _ str
 	if err != nil {
 		return nil, err
 	}
-	now := s.clk.Now()
-	leaf, err := signCert(&x509.Certificate{
-		NotBefore:   now.Add(-time.Minute),
-		NotAfter:    now.Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		URIs:        []*url.URL{csr.URIs[0]},
-	}, s.ca, csr.PublicKey)
+	id, err := spiffeid.FromURI(csr.URIs[0])
+	if err != nil {
+		return nil, err
+	}
+	leaf, err := s.ca.SignLeaf(id, csr.PublicKey, s.clk.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -133,18 +128,4 @@ func TestRotationPushedOncePerStream(t *testing.T) {
 func (s *envoyStream) ack2(resp *discovery.DiscoveryResponse) *discovery.DiscoveryResponse {
 	s.ack(resp)
 	return resp
-}
-
-// signCert signs tmpl for pub with the test CA's intermediate.
-func signCert(tmpl *x509.Certificate, ca *testca.CA, pub any) (*x509.Certificate, error) {
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
-	if err != nil {
-		return nil, err
-	}
-	tmpl.SerialNumber = serial
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Inter, pub, ca.InterKey)
-	if err != nil {
-		return nil, err
-	}
-	return x509.ParseCertificate(der)
 }
