@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/testca"
 	"github.com/meshca/meshca/sds"
 )
@@ -280,19 +281,9 @@ func checkRoots(t testing.TB, sec *tlsv3.Secret, svid *sds.SVID) {
 	if vc == nil {
 		t.Fatalf("secret %q has no validation_context", sec.GetName())
 	}
-	rest := vc.GetTrustedCa().GetInlineBytes()
-	var got []*x509.Certificate
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			t.Fatalf("secret %q: %v", sec.GetName(), err)
-		}
-		got = append(got, c)
+	got, err := pki.ParseCertificates(vc.GetTrustedCa().GetInlineBytes())
+	if err != nil {
+		t.Fatalf("secret %q: %v", sec.GetName(), err)
 	}
 	if len(got) != len(svid.Roots) {
 		t.Fatalf("secret %q: %d roots, want %d", sec.GetName(), len(got), len(svid.Roots))

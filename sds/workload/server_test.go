@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/testca"
 	"github.com/meshca/meshca/sds"
 	"github.com/meshca/meshca/sds/socket"
@@ -141,7 +142,7 @@ func TestX509SourceSeesRotation(t *testing.T) {
 	if len(got.Certificates) != 2 || !got.Certificates[0].Equal(h.svid.Certificates[0]) || !got.Certificates[1].Equal(h.svid.Certificates[1]) {
 		t.Error("certificates are not the SVID's leaf and intermediate")
 	}
-	if !samePublic(h.svid.Key.Public(), got.PrivateKey.Public()) {
+	if !pki.SamePublicKey(h.svid.Key.Public(), got.PrivateKey.Public()) {
 		t.Error("key is not the SVID's")
 	}
 	bundle, err := source.GetX509BundleForTrustDomain(testca.WorkloadID.TrustDomain())
@@ -220,7 +221,7 @@ func TestX509SVIDResponse(t *testing.T) {
 		t.Errorf("x509_svid is not the DER leaf and intermediate (%v)", err)
 	}
 	key, err := x509.ParsePKCS8PrivateKey(s.X509SvidKey)
-	if err != nil || !samePublic(h.svid.Key.Public(), key.(crypto.Signer).Public()) {
+	if err != nil || !pki.SamePublicKey(h.svid.Key.Public(), key.(crypto.Signer).Public()) {
 		t.Errorf("x509_svid_key is not the SVID's PKCS#8 key (%v)", err)
 	}
 	roots, err := x509.ParseCertificates(s.Bundle)
@@ -428,9 +429,4 @@ func none[R any](t *testing.T, ch chan result[R]) {
 		t.Fatal("unexpected response")
 	case <-time.After(200 * time.Millisecond):
 	}
-}
-
-func samePublic(a, b crypto.PublicKey) bool {
-	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && k.Equal(b)
 }
