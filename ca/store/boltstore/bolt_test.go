@@ -20,12 +20,19 @@ import (
 // round trip.
 var t0 = time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)
 
+// open opens the store at path, or in a new temporary file if path is
+// empty, and closes it when the test ends.
 func open(t testing.TB, path string) *boltstore.Store {
+	t.Helper()
+	return openWith(t, path, boltstore.Options{})
+}
+
+func openWith(t testing.TB, path string, opts boltstore.Options) *boltstore.Store {
 	t.Helper()
 	if path == "" {
 		path = filepath.Join(t.TempDir(), "meshca.db")
 	}
-	s, err := boltstore.Open(path, boltstore.Options{})
+	s, err := boltstore.Open(path, opts)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}

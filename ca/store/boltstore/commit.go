@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/meshca/meshca/ca/store"
 	bolt "go.etcd.io/bbolt"
@@ -143,6 +144,7 @@ func (s *Store) failQueued() {
 // own error without failing the others.
 func (s *Store) commit(batch []*pending) {
 	errs := make([]error, len(batch))
+	start := time.Now()
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		recs := tx.Bucket(bucketIssuances)
 		byNotAfter := tx.Bucket(bucketByNotAfter)
@@ -180,7 +182,7 @@ func (s *Store) commit(batch []*pending) {
 		err = wrap("record issuance", err)
 		s.log.Error("writing issuance records failed", "records", len(batch), "err", err)
 	} else {
-		s.commits.Add(1)
+		s.metrics.Committed(len(batch)-countErrors(errs), time.Since(start))
 	}
 	for i, p := range batch {
 		if err != nil {
@@ -189,4 +191,14 @@ func (s *Store) commit(batch []*pending) {
 			p.reply <- errs[i]
 		}
 	}
+}
+
+func countErrors(errs []error) int {
+	n := 0
+	for _, err := range errs {
+		if err != nil {
+			n++
+		}
+	}
+	return n
 }
