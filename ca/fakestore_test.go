@@ -68,17 +68,31 @@ func (m *memStore) Issuance(_ context.Context, serial string) (*store.Issuance, 
 	return &r, nil
 }
 
-func (m *memStore) Issuances(_ context.Context, f store.IssuanceFilter) ([]store.Issuance, error) {
+func (m *memStore) Issuances(_ context.Context, f store.IssuanceFilter) ([]store.IssuanceWithRevocations, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var out []store.Issuance
+	var out []store.IssuanceWithRevocations
 	for _, r := range m.records {
 		if (f.SPIFFEID == "" || r.SPIFFEID == f.SPIFFEID) && !r.IssuedAt.Before(f.IssuedSince) {
-			out = append(out, r)
+			out = append(out, store.IssuanceWithRevocations{Issuance: r})
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].IssuedAt.Before(out[j].IssuedAt) })
 	return out, nil
+}
+
+func (m *memStore) PruneRevocations(_ context.Context, cutoff time.Time) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	kept := m.revs[:0]
+	for _, r := range m.revs {
+		if r.ExpiresAt.IsZero() || !r.ExpiresAt.Before(cutoff) {
+			kept = append(kept, r)
+		}
+	}
+	n := len(m.revs) - len(kept)
+	m.revs = kept
+	return n, nil
 }
 
 func (m *memStore) PruneIssuances(_ context.Context, cutoff time.Time) (int, error) {

@@ -88,6 +88,11 @@ type Revocation struct {
 	SPIFFEID  string    `json:"spiffe_id,omitempty"`
 	RevokedAt time.Time `json:"revoked_at"`
 	Reason    string    `json:"reason,omitempty"`
+	// ExpiresAt is when the entry stops mattering: after it, no
+	// certificate the entry covers can still be valid, so PruneRevocations
+	// may delete it. Zero means never pruned (as for entries written by
+	// older versions).
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
 }
 
 // JoinToken is a single-use credential bound to one SPIFFE ID. Only a hash
@@ -101,6 +106,16 @@ type JoinToken struct {
 	// UsedAt and UsedBy are set when the token is consumed.
 	UsedAt time.Time `json:"used_at,omitzero"`
 	UsedBy string    `json:"used_by,omitempty"`
+}
+
+// IssuanceWithRevocations is an issuance record with the deny-list entries
+// that name its serial or its SPIFFE ID, whether or not they cover it: the
+// CA, not the store, decides whether the certificate is revoked.
+type IssuanceWithRevocations struct {
+	Issuance
+	// Revocations are the entry for the serial, if any, then those for
+	// the SPIFFE ID, oldest first; nil when there are none.
+	Revocations []Revocation
 }
 
 // IssuanceFilter selects issuance records; zero fields match everything.
@@ -126,8 +141,12 @@ type Store interface {
 	RecordIssuance(ctx context.Context, rec Issuance) error
 	// Issuance returns the record for a serial, or ErrNotFound.
 	Issuance(ctx context.Context, serial string) (*Issuance, error)
-	// Issuances lists records matching f, oldest issuance first.
-	Issuances(ctx context.Context, f IssuanceFilter) ([]Issuance, error)
+	// Issuances lists records matching f, oldest issuance first, each with
+	// the deny-list entries naming its serial or its SPIFFE ID (as
+	// Revocations returns them), all read at one point in time. The store
+	// only gathers the entries; whether one revokes the certificate is
+	// the CA's rule to apply.
+	Issuances(ctx context.Context, f IssuanceFilter) ([]IssuanceWithRevocations, error)
 	// PruneIssuances deletes records whose NotAfter is before cutoff and
 	// returns how many were deleted.
 	PruneIssuances(ctx context.Context, cutoff time.Time) (int, error)
@@ -135,8 +154,12 @@ type Store interface {
 	// Revoke adds r to the deny-list.
 	Revoke(ctx context.Context, r Revocation) error
 	// Revocations returns the deny-list entries for a serial or a SPIFFE ID
-	// (either may be empty).
+	// (either may be empty): the entry for serial, if any, then those for
+	// spiffeID, oldest first.
 	Revocations(ctx context.Context, serial, spiffeID string) ([]Revocation, error)
+	// PruneRevocations deletes the entries whose ExpiresAt is set and
+	// before cutoff, and returns how many were deleted.
+	PruneRevocations(ctx context.Context, cutoff time.Time) (int, error)
 
 	// CreateJoinToken stores a new, unused join token; a token with the
 	// same hash already stored is an error.
@@ -148,7 +171,8 @@ type Store interface {
 	// A used token is kept until it expires, so a replay is told from an
 	// unknown token.
 	ConsumeJoinToken(ctx context.Context, hash string, now time.Time, usedBy string) (*JoinToken, error)
-	// PruneJoinTokens deletes tokens that expired before cutoff.
+	// PruneJoinTokens deletes tokens, used or not, whose ExpiresAt is
+	// before cutoff, and returns how many were deleted.
 	PruneJoinTokens(ctx context.Context, cutoff time.Time) (int, error)
 
 	// Close releases the store.

@@ -57,7 +57,7 @@ func rec(serial, id string, issued, expires int) store.Issuance {
 	}
 }
 
-func serials(recs []store.Issuance) []string {
+func serials(recs []store.IssuanceWithRevocations) []string {
 	out := []string{}
 	for _, r := range recs {
 		out = append(out, r.Serial)
@@ -96,8 +96,9 @@ func TestPersistence(t *testing.T) {
 		t.Errorf("LoadCAState after reopening: got (%+v, %v), want %+v", gotSt, err, st)
 	}
 	got, err := s.Issuances(ctx, store.IssuanceFilter{SPIFFEID: r.SPIFFEID})
-	if err != nil || !reflect.DeepEqual(got, []store.Issuance{r}) {
-		t.Errorf("Issuances after reopening: got (%+v, %v), want %+v", got, err, r)
+	want := []store.IssuanceWithRevocations{{Issuance: r, Revocations: []store.Revocation{rev}}}
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("Issuances after reopening: got (%+v, %v), want %+v", got, err, want)
 	}
 	revs, err := s.Revocations(ctx, "", rev.SPIFFEID)
 	if err != nil || !reflect.DeepEqual(revs, []store.Revocation{rev}) {

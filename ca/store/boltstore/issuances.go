@@ -41,8 +41,9 @@ func (s *Store) Issuance(ctx context.Context, serial string) (*store.Issuance, e
 
 // Issuances implements store.Store. It walks an index in IssuedAt order from
 // f.IssuedSince: the SPIFFE ID index when f.SPIFFEID is set, else the
-// IssuedAt index, and stops at f.Limit.
-func (s *Store) Issuances(ctx context.Context, f store.IssuanceFilter) ([]store.Issuance, error) {
+// IssuedAt index, and stops at f.Limit. The deny-list entries are read in the
+// same transaction, those of each SPIFFE ID once.
+func (s *Store) Issuances(ctx context.Context, f store.IssuanceFilter) ([]store.IssuanceWithRevocations, error) {
 	if err := s.enter(ctx); err != nil {
 		return nil, err
 	}
@@ -56,9 +57,10 @@ func (s *Store) Issuances(ctx context.Context, f store.IssuanceFilter) ([]store.
 		}
 		index, prefix = bucketBySPIFFEID, append([]byte(f.SPIFFEID), 0)
 	}
-	var out []store.Issuance
+	var out []store.IssuanceWithRevocations
 	err := s.db.View(func(tx *bolt.Tx) error {
 		recs := tx.Bucket(bucketIssuances)
+		byID := map[string][]store.Revocation{} // the entries of each ID seen
 		c := tx.Bucket(index).Cursor()
 		start := binary.BigEndian.AppendUint64(bytes.Clone(prefix), seekNanos(f.IssuedSince))
 		for k, _ := c.Seek(start); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
@@ -76,10 +78,24 @@ func (s *Store) Issuances(ctx context.Context, f store.IssuanceFilter) ([]store.
 			if v == nil {
 				return fmt.Errorf("index entry for missing record %s", serial)
 			}
-			var rec store.Issuance
-			if err := json.Unmarshal(v, &rec); err != nil {
+			var rec store.IssuanceWithRevocations
+			if err := json.Unmarshal(v, &rec.Issuance); err != nil {
 				return fmt.Errorf("record %s: %w", serial, err)
 			}
+			revs, err := serialRevocation(tx, rec.Serial)
+			if err != nil {
+				return err
+			}
+			idRevs, seen := byID[rec.SPIFFEID]
+			if !seen {
+				if idRevs, err = idRevocations(tx, rec.SPIFFEID); err != nil {
+					return err
+				}
+				byID[rec.SPIFFEID] = idRevs
+			}
+			// A slice of its own for each record (nil if empty), so that
+			// no caller sees another record's changes.
+			rec.Revocations = append(revs, idRevs...)
 			out = append(out, rec)
 			if len(out) == f.Limit {
 				break

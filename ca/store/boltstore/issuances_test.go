@@ -185,7 +185,8 @@ func TestPruneIssuances(t *testing.T) {
 			if len(byID) != k {
 				t.Errorf("by-ID listings return %v, want %d records", byID, k)
 			}
-			for _, serial := range serials(all) {
+			for _, r := range all {
+				serial := r.Serial
 				_, err := s.Issuance(ctx, serial)
 				if kept := strings.Contains(strings.Join(tt.kept, ","), serial); kept != (err == nil) {
 					t.Errorf("Issuance(%s) after prune: %v", serial, err)

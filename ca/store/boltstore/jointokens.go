@@ -111,5 +111,9 @@ func (s *Store) PruneJoinTokens(ctx context.Context, cutoff time.Time) (int, err
 		n = len(expired)
 		return err
 	})
-	return n, wrap("prune join tokens", err)
+	if err != nil {
+		// The transaction was rolled back: nothing was deleted.
+		return 0, wrap("prune join tokens", err)
+	}
+	return n, nil
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/meshca/meshca/ca/store"
 	bolt "go.etcd.io/bbolt"
@@ -55,38 +56,93 @@ func (s *Store) Revocations(ctx context.Context, serial, spiffeID string) ([]sto
 		return nil, err
 	}
 	var out []store.Revocation
-	add := func(v []byte) error {
-		var r store.Revocation
-		if err := json.Unmarshal(v, &r); err != nil {
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		if out, err = serialRevocation(tx, serial); err != nil {
 			return err
 		}
-		out = append(out, r)
-		return nil
-	}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if serial != "" {
-			if v := tx.Bucket(bucketRevokedSerials).Get([]byte(serial)); v != nil {
-				if err := add(v); err != nil {
-					return err
-				}
-			}
-		}
-		// An ID with 0x00 in it is never stored, and its prefix could
-		// match another ID's keys.
-		if spiffeID == "" || strings.IndexByte(spiffeID, 0) >= 0 {
-			return nil
-		}
-		prefix := append([]byte(spiffeID), 0)
-		c := tx.Bucket(bucketRevokedIDs).Cursor()
-		for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
-			if err := add(v); err != nil {
-				return err
-			}
-		}
-		return nil
+		byID, err := idRevocations(tx, spiffeID)
+		out = append(out, byID...)
+		return err
 	})
 	if err != nil {
 		return nil, wrap("revocations", err)
 	}
 	return out, nil
+}
+
+// serialRevocation returns the entry for serial in tx, if any.
+func serialRevocation(tx *bolt.Tx, serial string) ([]store.Revocation, error) {
+	if serial == "" {
+		return nil, nil
+	}
+	v := tx.Bucket(bucketRevokedSerials).Get([]byte(serial))
+	if v == nil {
+		return nil, nil
+	}
+	var r store.Revocation
+	if err := json.Unmarshal(v, &r); err != nil {
+		return nil, fmt.Errorf("revocation of %s: %w", serial, err)
+	}
+	return []store.Revocation{r}, nil
+}
+
+// idRevocations returns the entries for spiffeID in tx, oldest first.
+func idRevocations(tx *bolt.Tx, spiffeID string) ([]store.Revocation, error) {
+	// An ID with 0x00 in it is never stored, and its prefix could
+	// match another ID's keys.
+	if spiffeID == "" || strings.IndexByte(spiffeID, 0) >= 0 {
+		return nil, nil
+	}
+	var out []store.Revocation
+	prefix := append([]byte(spiffeID), 0)
+	c := tx.Bucket(bucketRevokedIDs).Cursor()
+	for k, v := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = c.Next() {
+		var r store.Revocation
+		if err := json.Unmarshal(v, &r); err != nil {
+			return nil, fmt.Errorf("revocation of %s: %w", spiffeID, err)
+		}
+		out = append(out, r)
+	}
+	return out, nil
+}
+
+// PruneRevocations implements store.Store. The deny-list has no index by
+// expiry (it is small, and an index would change the file's layout), so it
+// scans both buckets in one transaction.
+func (s *Store) PruneRevocations(ctx context.Context, cutoff time.Time) (int, error) {
+	if err := s.enter(ctx); err != nil {
+		return 0, err
+	}
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketRevokedSerials, bucketRevokedIDs} {
+			b := tx.Bucket(name)
+			var expired [][]byte // deleting under a cursor would skip entries
+			err := b.ForEach(func(k, v []byte) error {
+				var r store.Revocation
+				if err := json.Unmarshal(v, &r); err != nil {
+					return fmt.Errorf("revocation %q: %w", k, err)
+				}
+				if !r.ExpiresAt.IsZero() && r.ExpiresAt.Before(cutoff) {
+					expired = append(expired, k)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			for _, k := range expired {
+				if err := b.Delete(k); err != nil {
+					return err
+				}
+			}
+			n += len(expired)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, wrap("prune revocations", err)
+	}
+	return n, nil
 }
