@@ -2,6 +2,7 @@ package ca_test
 
 import (
 	"context"
+	"fmt"
 	"sort"
 	"sync"
 	"time"
@@ -143,7 +144,7 @@ func (m *memStore) ConsumeJoinToken(_ context.Context, hash string, now time.Tim
 	t, ok := m.tokens[hash]
 	switch {
 	case !ok:
-		return nil, store.ErrNotFound
+		return nil, fmt.Errorf("%w: %w", store.ErrNotFound, store.ErrJoinTokenUnknown)
 	case !t.UsedAt.IsZero():
 		return &t, store.ErrJoinTokenUsed
 	case !now.Before(t.ExpiresAt):

@@ -1,6 +1,6 @@
 // Package store defines the one narrow, transactional interface through which
 // meshca's CA keeps its state: CA keys and certificates with their rotation
-// state, the issuance log, and the revocation deny-list.
+// state, the issuance log, the revocation deny-list and join tokens.
 //
 // The embedded implementation is boltstore (a single bbolt file). The interface
 // is kept small and made of single atomic operations so that a shared backend
@@ -12,17 +12,20 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/meshca/meshca/attestor/jointoken"
 )
 
 // ErrNotFound is returned when a requested record does not exist.
 var ErrNotFound = errors.New("store: not found")
 
-// ErrJoinTokenUsed is returned by ConsumeJoinToken for a token that was
-// already used: a replay.
-var ErrJoinTokenUsed = errors.New("store: join token already used")
-
-// ErrJoinTokenExpired is returned by ConsumeJoinToken for an expired token.
-var ErrJoinTokenExpired = errors.New("store: join token expired")
+// Errors of ConsumeJoinToken, those of the join token attestor. An unknown
+// token's error also matches ErrNotFound.
+var (
+	ErrJoinTokenUnknown = jointoken.ErrUnknown
+	ErrJoinTokenUsed    = jointoken.ErrUsed
+	ErrJoinTokenExpired = jointoken.ErrExpired
+)
 
 // ErrConflict is returned by SaveCAState when the stored state changed since it
 // was loaded (its Version no longer matches).
@@ -95,18 +98,9 @@ type Revocation struct {
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 }
 
-// JoinToken is a single-use credential bound to one SPIFFE ID. Only a hash
-// of the token is stored.
-type JoinToken struct {
-	// Hash is the lowercase hex SHA-256 of the token.
-	Hash      string    `json:"hash"`
-	SPIFFEID  string    `json:"spiffe_id"`
-	CreatedAt time.Time `json:"created_at"`
-	ExpiresAt time.Time `json:"expires_at"`
-	// UsedAt and UsedBy are set when the token is consumed.
-	UsedAt time.Time `json:"used_at,omitzero"`
-	UsedBy string    `json:"used_by,omitempty"`
-}
+// JoinToken is a single-use credential bound to one SPIFFE ID; only a hash
+// of the token is stored. It is the join token attestor's type.
+type JoinToken = jointoken.Token
 
 // IssuanceWithRevocations is an issuance record with the deny-list entries
 // that name its serial or its SPIFFE ID, whether or not they cover it: the
@@ -161,16 +155,10 @@ type Store interface {
 	// before cutoff, and returns how many were deleted.
 	PruneRevocations(ctx context.Context, cutoff time.Time) (int, error)
 
-	// CreateJoinToken stores a new, unused join token; a token with the
-	// same hash already stored is an error.
-	CreateJoinToken(ctx context.Context, t JoinToken) error
-	// ConsumeJoinToken marks the token with this hash used, atomically: of
-	// any number of concurrent or later calls (on any replica sharing the
-	// store) exactly one succeeds. It returns the token as it was before,
-	// or ErrNotFound, ErrJoinTokenUsed (a replay) or ErrJoinTokenExpired.
-	// A used token is kept until it expires, so a replay is told from an
-	// unknown token.
-	ConsumeJoinToken(ctx context.Context, hash string, now time.Time, usedBy string) (*JoinToken, error)
+	// CreateJoinToken and ConsumeJoinToken keep join tokens as
+	// jointoken.Store says; ConsumeJoinToken's error for an unknown token
+	// matches both ErrJoinTokenUnknown and ErrNotFound.
+	jointoken.Store
 	// PruneJoinTokens deletes tokens, used or not, whose ExpiresAt is
 	// before cutoff, and returns how many were deleted.
 	PruneJoinTokens(ctx context.Context, cutoff time.Time) (int, error)

@@ -11,6 +11,9 @@ import (
 	bolt "go.etcd.io/bbolt"
 )
 
+// errUnknownJoinToken is ConsumeJoinToken's error for an unknown hash.
+var errUnknownJoinToken = fmt.Errorf("%w: %w", store.ErrNotFound, store.ErrJoinTokenUnknown)
+
 // CreateJoinToken implements store.Store.
 func (s *Store) CreateJoinToken(ctx context.Context, t store.JoinToken) error {
 	if err := s.enter(ctx); err != nil {
@@ -53,7 +56,7 @@ func (s *Store) ConsumeJoinToken(ctx context.Context, hash string, now time.Time
 		b := tx.Bucket(bucketJoinTokens)
 		v := b.Get([]byte(hash))
 		if v == nil {
-			result = store.ErrNotFound
+			result = errUnknownJoinToken
 			return nil
 		}
 		if err := json.Unmarshal(v, &before); err != nil {
@@ -78,7 +81,10 @@ func (s *Store) ConsumeJoinToken(ctx context.Context, hash string, now time.Time
 	if err != nil {
 		return nil, wrap("consume join token", err)
 	}
-	if result != nil {
+	switch {
+	case result == errUnknownJoinToken:
+		return nil, result
+	case result != nil:
 		return &before, result
 	}
 	return &before, nil

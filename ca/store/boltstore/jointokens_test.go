@@ -57,8 +57,8 @@ func TestJoinTokens(t *testing.T) {
 	if _, err := s.ConsumeJoinToken(ctx, short, now.Add(time.Minute), "x"); !errors.Is(err, store.ErrJoinTokenExpired) {
 		t.Fatalf("expired = %v, want ErrJoinTokenExpired", err)
 	}
-	if _, err := s.ConsumeJoinToken(ctx, tokenHash("never issued"), now, "x"); !errors.Is(err, store.ErrNotFound) {
-		t.Fatalf("unknown = %v, want ErrNotFound", err)
+	if _, err := s.ConsumeJoinToken(ctx, tokenHash("never issued"), now, "x"); !errors.Is(err, store.ErrJoinTokenUnknown) || !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("unknown = %v, want ErrJoinTokenUnknown and ErrNotFound", err)
 	}
 
 	// The use survives a restart: a replay after it is still a replay.
