@@ -117,12 +117,18 @@ type IssuanceFilter struct {
 	SPIFFEID string
 	// IssuedSince keeps records issued at or after this time.
 	IssuedSince time.Time
-	// Limit caps the number of records returned (0 = no cap).
+	// Limit caps the number of records returned (0 = no cap; negative is
+	// an error).
 	Limit int
 }
 
 // Store is the CA's state. Implementations are safe for concurrent use, and
-// every write is durable (on stable storage) when it returns.
+// every write is durable (on stable storage) when it returns. A call whose
+// context is already done fails with the context's error and changes
+// nothing. Values are stored, not shared: changing a value passed in or
+// returned does not change the store.
+//
+// internal/storetest checks an implementation against this contract.
 type Store interface {
 	// LoadCAState returns the stored CA state, or ErrNotFound.
 	LoadCAState(ctx context.Context) (*CAState, error)
@@ -130,22 +136,26 @@ type Store interface {
 	// nothing is stored) and returns the new version; otherwise ErrConflict.
 	SaveCAState(ctx context.Context, st *CAState) (uint64, error)
 
-	// RecordIssuance durably records one issued certificate. Concurrent calls
-	// are committed together (group commit): one sync for many records.
+	// RecordIssuance durably records one issued certificate; a serial
+	// already recorded is an error. Concurrent calls are committed
+	// together (group commit): one sync for many records.
 	RecordIssuance(ctx context.Context, rec Issuance) error
 	// Issuance returns the record for a serial, or ErrNotFound.
 	Issuance(ctx context.Context, serial string) (*Issuance, error)
-	// Issuances lists records matching f, oldest issuance first, each with
-	// the deny-list entries naming its serial or its SPIFFE ID (as
-	// Revocations returns them), all read at one point in time. The store
-	// only gathers the entries; whether one revokes the certificate is
-	// the CA's rule to apply.
+	// Issuances lists records matching f, oldest issuance first (equal
+	// times in serial order), each with the deny-list entries naming its
+	// serial or its SPIFFE ID (as Revocations returns them), all read at
+	// one point in time. The store only gathers the entries; whether one
+	// revokes the certificate is the CA's rule to apply.
 	Issuances(ctx context.Context, f IssuanceFilter) ([]IssuanceWithRevocations, error)
 	// PruneIssuances deletes records whose NotAfter is before cutoff and
 	// returns how many were deleted.
 	PruneIssuances(ctx context.Context, cutoff time.Time) (int, error)
 
-	// Revoke adds r to the deny-list.
+	// Revoke adds r to the deny-list: exactly one of r.Serial and
+	// r.SPIFFEID set, and r.RevokedAt, or it is an error. Revoking a
+	// serial again replaces its entry; a SPIFFE ID has one entry per
+	// RevokedAt.
 	Revoke(ctx context.Context, r Revocation) error
 	// Revocations returns the deny-list entries for a serial or a SPIFFE ID
 	// (either may be empty): the entry for serial, if any, then those for

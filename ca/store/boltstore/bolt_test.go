@@ -14,6 +14,7 @@ import (
 
 	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/ca/store/boltstore"
+	"github.com/meshca/meshca/internal/storetest"
 )
 
 // t0 is an arbitrary base time, in UTC so records compare equal after a JSON
@@ -170,7 +171,7 @@ func TestFileMode(t *testing.T) {
 	}
 }
 
-// methods calls every Store method but Close, for tests of what they all do.
+// methods calls every Store method but Close, for TestClosed.
 var methods = []struct {
 	name string
 	call func(context.Context, *boltstore.Store) error
@@ -205,26 +206,21 @@ var methods = []struct {
 		_, err := s.Revocations(ctx, "0123", "")
 		return err
 	}},
-}
-
-func TestContextCancelled(t *testing.T) {
-	s := open(t, "")
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	for _, m := range methods {
-		t.Run(m.name, func(t *testing.T) {
-			if err := m.call(ctx, s); !errors.Is(err, context.Canceled) {
-				t.Errorf("got %v, want context.Canceled", err)
-			}
-		})
-	}
-	// Nothing was written.
-	if counts := boltstore.KeyCounts(s); counts != [4]int{} {
-		t.Errorf("keys after cancelled calls: %v", counts)
-	}
-	if _, err := s.LoadCAState(context.Background()); !errors.Is(err, store.ErrNotFound) {
-		t.Errorf("LoadCAState after a cancelled save: %v", err)
-	}
+	{"PruneRevocations", func(ctx context.Context, s *boltstore.Store) error {
+		_, err := s.PruneRevocations(ctx, t0)
+		return err
+	}},
+	{"CreateJoinToken", func(ctx context.Context, s *boltstore.Store) error {
+		return s.CreateJoinToken(ctx, store.JoinToken{Hash: strings.Repeat("a", 64), SPIFFEID: "spiffe://example.org/a", CreatedAt: t0, ExpiresAt: t0.Add(time.Hour)})
+	}},
+	{"ConsumeJoinToken", func(ctx context.Context, s *boltstore.Store) error {
+		_, err := s.ConsumeJoinToken(ctx, strings.Repeat("a", 64), t0, "x")
+		return err
+	}},
+	{"PruneJoinTokens", func(ctx context.Context, s *boltstore.Store) error {
+		_, err := s.PruneJoinTokens(ctx, t0)
+		return err
+	}},
 }
 
 func TestClosed(t *testing.T) {
@@ -242,4 +238,9 @@ func TestClosed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestContract runs the store.Store contract suite against boltstore.
+func TestContract(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store { return open(t, "") })
 }

@@ -2,7 +2,6 @@ package boltstore_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"reflect"
 	"strings"
@@ -12,77 +11,6 @@ import (
 	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/ca/store/boltstore"
 )
-
-func TestIssuances(t *testing.T) {
-	ctx := context.Background()
-	s := open(t, "")
-	const (
-		a  = "spiffe://example.org/a"
-		ab = "spiffe://example.org/ab" // a's ID is a prefix of it
-		b  = "spiffe://example.org/b"
-	)
-	// Recorded out of issuance order on purpose.
-	for _, r := range []store.Issuance{
-		rec("0e", ab, 5, 10),
-		rec("0a", a, 1, 10),
-		rec("0c", a, 3, 10),
-		rec("0b", b, 2, 10),
-		rec("0d", b, 4, 10),
-		rec("0f", a, 6, 10),
-		rec("10", b, 6, 10), // same time as 0f: serial breaks the tie
-	} {
-		if err := s.RecordIssuance(ctx, r); err != nil {
-			t.Fatalf("RecordIssuance(%s): %v", r.Serial, err)
-		}
-	}
-
-	t.Run("lookup", func(t *testing.T) {
-		got, err := s.Issuance(ctx, "0c")
-		if err != nil {
-			t.Fatalf("Issuance: %v", err)
-		}
-		if want := rec("0c", a, 3, 10); !reflect.DeepEqual(*got, want) {
-			t.Errorf("Issuance: got %+v, want %+v", *got, want)
-		}
-		if _, err := s.Issuance(ctx, "ff"); !errors.Is(err, store.ErrNotFound) {
-			t.Errorf("Issuance of an unknown serial: got %v, want ErrNotFound", err)
-		}
-	})
-
-	tests := []struct {
-		name string
-		f    store.IssuanceFilter
-		want []string
-	}{
-		{"all", store.IssuanceFilter{}, []string{"0a", "0b", "0c", "0d", "0e", "0f", "10"}},
-		{"by ID", store.IssuanceFilter{SPIFFEID: a}, []string{"0a", "0c", "0f"}},
-		{"by ID that is another's prefix", store.IssuanceFilter{SPIFFEID: ab}, []string{"0e"}},
-		{"by unknown ID", store.IssuanceFilter{SPIFFEID: "spiffe://example.org/none"}, []string{}},
-		{"since", store.IssuanceFilter{IssuedSince: t0.Add(4 * time.Hour)}, []string{"0d", "0e", "0f", "10"}},
-		{"since, between records", store.IssuanceFilter{IssuedSince: t0.Add(3*time.Hour + 1)}, []string{"0d", "0e", "0f", "10"}},
-		{"since before 1970", store.IssuanceFilter{IssuedSince: time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC)}, []string{"0a", "0b", "0c", "0d", "0e", "0f", "10"}},
-		{"since far future", store.IssuanceFilter{IssuedSince: time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC)}, []string{}},
-		{"by ID since", store.IssuanceFilter{SPIFFEID: b, IssuedSince: t0.Add(3 * time.Hour)}, []string{"0d", "10"}},
-		{"limit", store.IssuanceFilter{Limit: 2}, []string{"0a", "0b"}},
-		{"limit above count", store.IssuanceFilter{Limit: 100}, []string{"0a", "0b", "0c", "0d", "0e", "0f", "10"}},
-		{"by ID with limit", store.IssuanceFilter{SPIFFEID: b, Limit: 2}, []string{"0b", "0d"}},
-		{"all filters", store.IssuanceFilter{SPIFFEID: a, IssuedSince: t0.Add(2 * time.Hour), Limit: 1}, []string{"0c"}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, err := s.Issuances(ctx, tt.f)
-			if err != nil {
-				t.Fatalf("Issuances: %v", err)
-			}
-			if !reflect.DeepEqual(serials(got), tt.want) {
-				t.Errorf("Issuances: got %v, want %v", serials(got), tt.want)
-			}
-		})
-	}
-	if _, err := s.Issuances(ctx, store.IssuanceFilter{Limit: -1}); err == nil {
-		t.Error("Issuances with a negative limit succeeded")
-	}
-}
 
 func TestRecordIssuanceInvalid(t *testing.T) {
 	ctx := context.Background()
