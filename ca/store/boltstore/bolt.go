@@ -1,9 +1,10 @@
 // Package boltstore implements store.Store on a single bbolt file.
 //
 // Everything the CA keeps (its key material and rotation state, the issuance
-// log and the revocation deny-list) lives in one file, locked against other
-// processes while open. Every write is one bbolt transaction, which is
-// fsynced before the call returns, so a write that returned survives a crash.
+// log, the revocation deny-list and join tokens) lives in one file, locked
+// against other processes while open. Every write is one bbolt transaction,
+// which is fsynced before the call returns, so a write that returned
+// survives a crash.
 //
 // Issuance records are written by group commit: concurrent RecordIssuance
 // calls that arrive while an fsync is in progress are written together in the
