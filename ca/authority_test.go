@@ -23,10 +23,11 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/storetest"
 )
 
 func TestSignIssuesValidSVID(t *testing.T) {
-	st := newMemStore()
+	st := storetest.NewMem()
 	clk := clocktest.New(t0)
 	a := newAuthority(t, st, clk, nil)
 	key := p256(t)
@@ -86,7 +87,7 @@ func TestSignIssuesValidSVID(t *testing.T) {
 }
 
 func TestSignRSAKeyGetsKeyEncipherment(t *testing.T) {
-	a := newAuthority(t, newMemStore(), clocktest.New(t0), nil)
+	a := newAuthority(t, storetest.NewMem(), clocktest.New(t0), nil)
 	key, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +103,7 @@ func TestSignRSAKeyGetsKeyEncipherment(t *testing.T) {
 
 func TestSignHonoursRequestedTTL(t *testing.T) {
 	clk := clocktest.New(t0)
-	a := newAuthority(t, newMemStore(), clk, nil)
+	a := newAuthority(t, storetest.NewMem(), clk, nil)
 	iss, err := a.Sign(context.Background(), ca.SignRequest{CSR: csrPEM(t, p256(t), &x509.CertificateRequest{URIs: uris(fooID)}), TTL: time.Hour, Identity: identity(fooID)})
 	if err != nil {
 		t.Fatal(err)
@@ -163,7 +164,7 @@ func TestSignRefusesBadInput(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			st := newMemStore()
+			st := storetest.NewMem()
 			a := newAuthority(t, st, clocktest.New(t0), nil)
 			iss, err := a.Sign(context.Background(), ca.SignRequest{CSR: tc.csr, TTL: tc.ttl, Identity: identity(fooID)})
 			if !errors.Is(err, tc.wantErr) {
@@ -172,15 +173,15 @@ func TestSignRefusesBadInput(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.wantMsg) {
 				t.Errorf("error %q does not say %q", err, tc.wantMsg)
 			}
-			if iss != nil || st.count() != 0 {
-				t.Errorf("refused request left a certificate (%v) or %d records", iss != nil, st.count())
+			if iss != nil || numRecords(t, st) != 0 {
+				t.Errorf("refused request left a certificate (%v) or %d records", iss != nil, numRecords(t, st))
 			}
 		})
 	}
 }
 
 func TestSignRefusesIdentityOutsideTrustDomain(t *testing.T) {
-	a := newAuthority(t, newMemStore(), clocktest.New(t0), nil)
+	a := newAuthority(t, storetest.NewMem(), clocktest.New(t0), nil)
 	foreign := spiffeid.RequireFromString("spiffe://other.org/ns/foo/sa/bar")
 	_, err := a.Sign(context.Background(), ca.SignRequest{CSR: csrPEM(t, p256(t), &x509.CertificateRequest{URIs: uris(foreign)}), Identity: identity(foreign)})
 	if !errors.Is(err, ca.ErrIdentityMismatch) {
@@ -189,9 +190,8 @@ func TestSignRefusesIdentityOutsideTrustDomain(t *testing.T) {
 }
 
 func TestSignFailsWhenRecordCannotBeWritten(t *testing.T) {
-	st := newMemStore()
+	st := failingRecords{Store: storetest.NewMem(), err: errors.New("disk full")}
 	a := newAuthority(t, st, clocktest.New(t0), nil)
-	st.failRec = errors.New("disk full")
 	iss, err := a.Sign(context.Background(), ca.SignRequest{CSR: csrPEM(t, p256(t), &x509.CertificateRequest{URIs: uris(fooID)}), Identity: identity(fooID)})
 	if !errors.Is(err, ca.ErrUnavailable) || iss != nil {
 		t.Fatalf("Sign = %v, %v; want no certificate and ErrUnavailable", iss, err)
@@ -199,7 +199,7 @@ func TestSignFailsWhenRecordCannotBeWritten(t *testing.T) {
 }
 
 func TestConfigRefusesInconsistentLifetimes(t *testing.T) {
-	_, err := ca.New(context.Background(), ca.Config{TrustDomain: td, Store: newMemStore(), Clock: clocktest.New(t0),
+	_, err := ca.New(context.Background(), ca.Config{TrustDomain: td, Store: storetest.NewMem(), Clock: clocktest.New(t0),
 		IntermediateTTL: 36 * time.Hour})
 	if err == nil || !strings.Contains(err.Error(), "at least twice the default TTL") {
 		t.Fatalf("New with a 36h intermediate and 24h leaves = %v", err)

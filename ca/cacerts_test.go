@@ -18,6 +18,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/storetest"
 )
 
 // testCA makes a CA certificate for key, signed by parent (self-signed when
@@ -79,7 +80,7 @@ func TestIstioCACertsLayout(t *testing.T) {
 	if err != nil {
 		t.Fatalf("LoadCACerts: %v", err)
 	}
-	st := newMemStore()
+	st := storetest.NewMem()
 	a := newAuthority(t, st, clk, func(c *ca.Config) { c.Parent = parent })
 	iss, err := a.Sign(context.Background(), ca.SignRequest{CSR: csrPEM(t, p256(t), fooCSR()), Identity: identity(fooID)})
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/storetest"
 )
 
 // FuzzParseCSR checks that any input either parses to a CSR whose
@@ -40,7 +41,7 @@ func FuzzParseCSR(f *testing.F) {
 // panics and never accepts what crypto/x509 cannot parse.
 func FuzzValidateLeaf(f *testing.F) {
 	clk := clocktest.New(t0)
-	a := newAuthority(f, newMemStore(), clk, nil)
+	a := newAuthority(f, storetest.NewMem(), clk, nil)
 	key := p256(f)
 	iss, err := a.Sign(context.Background(), ca.SignRequest{CSR: csrPEM(f, key, fooCSR()), Identity: identity(fooID)})
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock/clocktest"
 )
 
@@ -26,11 +27,29 @@ var (
 	t0      = time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
 )
 
+// numRecords returns how many issuance records st holds.
+func numRecords(t testing.TB, st store.Store) int {
+	t.Helper()
+	recs, err := st.Issuances(context.Background(), store.IssuanceFilter{})
+	if err != nil {
+		t.Fatalf("Issuances: %v", err)
+	}
+	return len(recs)
+}
+
+// failingRecords is a store that cannot write issuance records.
+type failingRecords struct {
+	store.Store
+	err error
+}
+
+func (f failingRecords) RecordIssuance(context.Context, store.Issuance) error { return f.err }
+
 func identity(id spiffeid.ID) attestor.Identity {
 	return attestor.Identity{ID: id, Kind: "test", Subject: "unit-test"}
 }
 
-func newAuthority(t testing.TB, st *memStore, clk *clocktest.Fake, mod func(*ca.Config)) *ca.Authority {
+func newAuthority(t testing.TB, st store.Store, clk *clocktest.Fake, mod func(*ca.Config)) *ca.Authority {
 	t.Helper()
 	cfg := ca.Config{TrustDomain: td, Store: st, Clock: clk}
 	if mod != nil {

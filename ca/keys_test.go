@@ -11,13 +11,14 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/storetest"
 )
 
 func TestKEKSealsKeysAtRest(t *testing.T) {
 	ctx := context.Background()
 	kek := make([]byte, 32)
 	rand.Read(kek)
-	st := newMemStore()
+	st := storetest.NewMem()
 	clk := clocktest.New(t0)
 	a := newAuthority(t, st, clk, func(c *ca.Config) { c.KEK = kek })
 
@@ -55,7 +56,7 @@ func TestKEKSealsKeysAtRest(t *testing.T) {
 }
 
 func TestWithoutKEKKeysAreStoredInClear(t *testing.T) {
-	st := newMemStore()
+	st := storetest.NewMem()
 	newAuthority(t, st, clocktest.New(t0), nil)
 	s, _ := st.LoadCAState(context.Background())
 	if s.Root.Key.Alg != "none" {
@@ -94,7 +95,7 @@ func TestParseKEK(t *testing.T) {
 func TestCAKeyTypes(t *testing.T) {
 	for _, kt := range []ca.KeyType{ca.KeyECDSAP384, ca.KeyRSA2048} {
 		t.Run(string(kt), func(t *testing.T) {
-			a := newAuthority(t, newMemStore(), clocktest.New(t0), func(c *ca.Config) { c.KeyType = kt })
+			a := newAuthority(t, storetest.NewMem(), clocktest.New(t0), func(c *ca.Config) { c.KeyType = kt })
 			if _, err := a.Sign(context.Background(), ca.SignRequest{CSR: csrPEM(t, p256(t), fooCSR()), Identity: identity(fooID)}); err != nil {
 				t.Fatal(err)
 			}
@@ -109,7 +110,7 @@ func TestCAKeyTypes(t *testing.T) {
 // first start with a KEK, not left in clear.
 func TestKEKAddedLaterSealsStoredKeys(t *testing.T) {
 	ctx := context.Background()
-	st := newMemStore()
+	st := storetest.NewMem()
 	clk := clocktest.New(t0)
 	a := newAuthority(t, st, clk, nil)
 	kek := bytes.Repeat([]byte{1}, 32)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/storetest"
 )
 
 func TestRotationTimesArePureFunctionsOfTheCertificate(t *testing.T) {
@@ -26,7 +27,7 @@ func TestRotationTimesArePureFunctionsOfTheCertificate(t *testing.T) {
 // no leaf ever outliving the intermediate that signed it.
 func TestRotationUnderFakeClock(t *testing.T) {
 	ctx := context.Background()
-	st := newMemStore()
+	st := storetest.NewMem()
 	clk := clocktest.New(t0)
 	a := newAuthority(t, st, clk, nil)
 
@@ -132,7 +133,7 @@ func TestRotationUnderFakeClock(t *testing.T) {
 // has left, the leaf ends with the intermediate, never after.
 func TestLeafClampedToIssuer(t *testing.T) {
 	clk := clocktest.New(t0)
-	a := newAuthority(t, newMemStore(), clk, func(c *ca.Config) {
+	a := newAuthority(t, storetest.NewMem(), clk, func(c *ca.Config) {
 		c.IntermediateTTL = 48 * time.Hour
 		c.MaxTTL = 100 * time.Hour
 	})
@@ -148,7 +149,7 @@ func TestLeafClampedToIssuer(t *testing.T) {
 // TestRunRotatesOnTime drives the background loop with the fake clock.
 func TestRunRotatesOnTime(t *testing.T) {
 	clk := clocktest.New(t0)
-	a := newAuthority(t, newMemStore(), clk, nil)
+	a := newAuthority(t, storetest.NewMem(), clk, nil)
 	first := a.SigningCertificate()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -177,7 +178,7 @@ func TestRunRotatesOnTime(t *testing.T) {
 // TestRestartKeepsRootAndIntermediate: a second Authority on the same store
 // picks up the same root and active intermediate.
 func TestRestartKeepsRootAndIntermediate(t *testing.T) {
-	st := newMemStore()
+	st := storetest.NewMem()
 	clk := clocktest.New(t0)
 	a1 := newAuthority(t, st, clk, nil)
 	clk.Advance(time.Hour)
@@ -193,7 +194,7 @@ func TestRestartKeepsRootAndIntermediate(t *testing.T) {
 // TestRestartAfterLongDowntime: an intermediate that expired while the CA
 // was down is replaced at start.
 func TestRestartAfterLongDowntime(t *testing.T) {
-	st := newMemStore()
+	st := storetest.NewMem()
 	clk := clocktest.New(t0)
 	a1 := newAuthority(t, st, clk, nil)
 	clk.Advance(30 * 24 * time.Hour)
@@ -213,18 +214,18 @@ func TestRestartAfterLongDowntime(t *testing.T) {
 // has been expired for longer than the retention, not before.
 func TestPruneKeepsRecordsWithinRetention(t *testing.T) {
 	ctx := context.Background()
-	st := newMemStore()
+	st := storetest.NewMem()
 	clk := clocktest.New(t0)
 	a := newAuthority(t, st, clk, func(c *ca.Config) { c.Retention = 48 * time.Hour })
 	if _, err := a.Sign(ctx, ca.SignRequest{CSR: csrPEM(t, p256(t), fooCSR()), TTL: time.Hour, Identity: identity(fooID)}); err != nil {
 		t.Fatal(err)
 	}
 	clk.Advance(time.Hour + 47*time.Hour) // expired 47h ago
-	if n, err := a.Prune(ctx); err != nil || n != 0 || st.count() != 1 {
-		t.Fatalf("Prune within retention = %d, %v (records %d)", n, err, st.count())
+	if n, err := a.Prune(ctx); err != nil || n != 0 || numRecords(t, st) != 1 {
+		t.Fatalf("Prune within retention = %d, %v (records %d)", n, err, numRecords(t, st))
 	}
 	clk.Advance(2 * time.Hour) // expired 49h ago
-	if n, err := a.Prune(ctx); err != nil || n != 1 || st.count() != 0 {
-		t.Fatalf("Prune past retention = %d, %v (records %d)", n, err, st.count())
+	if n, err := a.Prune(ctx); err != nil || n != 1 || numRecords(t, st) != 0 {
+		t.Fatalf("Prune past retention = %d, %v (records %d)", n, err, numRecords(t, st))
 	}
 }

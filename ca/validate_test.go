@@ -22,6 +22,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/storetest"
 )
 
 // TestValidateLeafRefusesBadCertificates builds certificates that break one
@@ -141,7 +142,7 @@ func otherSPKI(t *testing.T) []byte {
 // CA's own output for every key type a CSR may carry.
 func TestValidateLeafAcceptsWhatSignIssues(t *testing.T) {
 	clk := clocktest.New(t0)
-	a := newAuthority(t, newMemStore(), clk, nil)
+	a := newAuthority(t, storetest.NewMem(), clk, nil)
 	rsaKey, _ := rsa.GenerateKey(rand.Reader, 2048)
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	for name, key := range map[string]crypto.Signer{"P-256": p256(t), "P-384": p384, "RSA-2048": rsaKey} {
@@ -159,7 +160,7 @@ func TestValidateLeafAcceptsWhatSignIssues(t *testing.T) {
 func TestCheckRevoked(t *testing.T) {
 	ctx := context.Background()
 	clk := clocktest.New(t0)
-	st := newMemStore()
+	st := storetest.NewMem()
 	a := newAuthority(t, st, clk, nil)
 	sign := func() *x509.Certificate {
 		iss, err := a.Sign(ctx, ca.SignRequest{CSR: csrPEM(t, p256(t), fooCSR()), Identity: identity(fooID)})

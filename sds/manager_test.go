@@ -26,8 +26,8 @@ import (
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/client"
-	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/storetest"
 	"github.com/meshca/meshca/sds"
 )
 
@@ -49,37 +49,9 @@ const leafTTL = time.Hour
 // CSRSigner is satisfied by the real client.
 var _ sds.CSRSigner = (*client.Client)(nil)
 
-// memStore is the part of store.Store the Authority uses to start and sign.
-type memStore struct {
-	store.Store // nil: the methods these tests never reach panic
-	mu          sync.Mutex
-	state       *store.CAState
-}
-
-func (m *memStore) LoadCAState(context.Context) (*store.CAState, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.state == nil {
-		return nil, store.ErrNotFound
-	}
-	cp := *m.state
-	return &cp, nil
-}
-
-func (m *memStore) SaveCAState(_ context.Context, st *store.CAState) (uint64, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	cp := *st
-	cp.Version++
-	m.state = &cp
-	return cp.Version, nil
-}
-
-func (m *memStore) RecordIssuance(context.Context, store.Issuance) error { return nil }
-
 func newAuthority(t *testing.T, clk *clocktest.Fake) *ca.Authority {
 	t.Helper()
-	a, err := ca.New(context.Background(), ca.Config{TrustDomain: td, Store: &memStore{}, Clock: clk})
+	a, err := ca.New(context.Background(), ca.Config{TrustDomain: td, Store: storetest.NewMem(), Clock: clk})
 	if err != nil {
 		t.Fatalf("ca.New: %v", err)
 	}

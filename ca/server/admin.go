@@ -124,17 +124,13 @@ func (s *Server) issuances(r *http.Request) (*IssuancesResponse, error) {
 	}
 	out := &IssuancesResponse{Issuances: make([]IssuedRecord, 0, len(recs)), Now: now}
 	for _, rec := range recs {
-		revs, err := s.cfg.JoinTokens.Revocations(r.Context(), rec.Serial, rec.SPIFFEID)
-		if err != nil {
-			return nil, err
-		}
 		revoked := false
-		for _, rv := range revs {
+		for _, rv := range rec.Revocations {
 			if rv.Serial == rec.Serial || (rv.SPIFFEID == rec.SPIFFEID && !rec.IssuedAt.After(rv.RevokedAt)) {
 				revoked = true
 			}
 		}
-		out.Issuances = append(out.Issuances, IssuedRecord{Issuance: rec, Revoked: revoked})
+		out.Issuances = append(out.Issuances, IssuedRecord{Issuance: rec.Issuance, Revoked: revoked})
 	}
 	return out, nil
 }

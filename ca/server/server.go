@@ -84,7 +84,7 @@ type Config struct {
 // AdminStore is what the admin API needs of the store.
 type AdminStore interface {
 	jointoken.Store
-	Issuances(ctx context.Context, f store.IssuanceFilter) ([]store.Issuance, error)
+	Issuances(ctx context.Context, f store.IssuanceFilter) ([]store.IssuanceWithRevocations, error)
 	Revocations(ctx context.Context, serial, spiffeID string) ([]store.Revocation, error)
 }
 

@@ -120,7 +120,7 @@ func (p *plane) roots() *x509.CertPool {
 	return pool
 }
 
-func (p *plane) records(t *testing.T) []store.Issuance {
+func (p *plane) records(t *testing.T) []store.IssuanceWithRevocations {
 	t.Helper()
 	recs, err := p.store.Issuances(context.Background(), store.IssuanceFilter{})
 	if err != nil {

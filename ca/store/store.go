@@ -1,6 +1,6 @@
 // Package store defines the one narrow, transactional interface through which
 // meshca's CA keeps its state: CA keys and certificates with their rotation
-// state, the issuance log, and the revocation deny-list.
+// state, the issuance log, the revocation deny-list and join tokens.
 //
 // The embedded implementation is boltstore (a single bbolt file). The interface
 // is kept small and made of single atomic operations so that a shared backend
@@ -12,17 +12,20 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/meshca/meshca/attestor/jointoken"
 )
 
 // ErrNotFound is returned when a requested record does not exist.
 var ErrNotFound = errors.New("store: not found")
 
-// ErrJoinTokenUsed is returned by ConsumeJoinToken for a token that was
-// already used: a replay.
-var ErrJoinTokenUsed = errors.New("store: join token already used")
-
-// ErrJoinTokenExpired is returned by ConsumeJoinToken for an expired token.
-var ErrJoinTokenExpired = errors.New("store: join token expired")
+// Errors of ConsumeJoinToken, those of the join token attestor. An unknown
+// token's error also matches ErrNotFound.
+var (
+	ErrJoinTokenUnknown = jointoken.ErrUnknown
+	ErrJoinTokenUsed    = jointoken.ErrUsed
+	ErrJoinTokenExpired = jointoken.ErrExpired
+)
 
 // ErrConflict is returned by SaveCAState when the stored state changed since it
 // was loaded (its Version no longer matches).
@@ -88,19 +91,25 @@ type Revocation struct {
 	SPIFFEID  string    `json:"spiffe_id,omitempty"`
 	RevokedAt time.Time `json:"revoked_at"`
 	Reason    string    `json:"reason,omitempty"`
+	// ExpiresAt is when the entry stops mattering: after it, no
+	// certificate the entry covers can still be valid, so PruneRevocations
+	// may delete it. Zero means never pruned (as for entries written by
+	// older versions).
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
 }
 
-// JoinToken is a single-use credential bound to one SPIFFE ID. Only a hash
-// of the token is stored.
-type JoinToken struct {
-	// Hash is the lowercase hex SHA-256 of the token.
-	Hash      string    `json:"hash"`
-	SPIFFEID  string    `json:"spiffe_id"`
-	CreatedAt time.Time `json:"created_at"`
-	ExpiresAt time.Time `json:"expires_at"`
-	// UsedAt and UsedBy are set when the token is consumed.
-	UsedAt time.Time `json:"used_at,omitzero"`
-	UsedBy string    `json:"used_by,omitempty"`
+// JoinToken is a single-use credential bound to one SPIFFE ID; only a hash
+// of the token is stored. It is the join token attestor's type.
+type JoinToken = jointoken.Token
+
+// IssuanceWithRevocations is an issuance record with the deny-list entries
+// that name its serial or its SPIFFE ID, whether or not they cover it: the
+// CA, not the store, decides whether the certificate is revoked.
+type IssuanceWithRevocations struct {
+	Issuance
+	// Revocations are the entry for the serial, if any, then those for
+	// the SPIFFE ID, oldest first; nil when there are none.
+	Revocations []Revocation
 }
 
 // IssuanceFilter selects issuance records; zero fields match everything.
@@ -108,12 +117,18 @@ type IssuanceFilter struct {
 	SPIFFEID string
 	// IssuedSince keeps records issued at or after this time.
 	IssuedSince time.Time
-	// Limit caps the number of records returned (0 = no cap).
+	// Limit caps the number of records returned (0 = no cap; negative is
+	// an error).
 	Limit int
 }
 
 // Store is the CA's state. Implementations are safe for concurrent use, and
-// every write is durable (on stable storage) when it returns.
+// every write is durable (on stable storage) when it returns. A call whose
+// context is already done fails with the context's error and changes
+// nothing. Values are stored, not shared: changing a value passed in or
+// returned does not change the store.
+//
+// internal/storetest checks an implementation against this contract.
 type Store interface {
 	// LoadCAState returns the stored CA state, or ErrNotFound.
 	LoadCAState(ctx context.Context) (*CAState, error)
@@ -121,34 +136,41 @@ type Store interface {
 	// nothing is stored) and returns the new version; otherwise ErrConflict.
 	SaveCAState(ctx context.Context, st *CAState) (uint64, error)
 
-	// RecordIssuance durably records one issued certificate. Concurrent calls
-	// are committed together (group commit): one sync for many records.
+	// RecordIssuance durably records one issued certificate; a serial
+	// already recorded is an error. Concurrent calls are committed
+	// together (group commit): one sync for many records.
 	RecordIssuance(ctx context.Context, rec Issuance) error
 	// Issuance returns the record for a serial, or ErrNotFound.
 	Issuance(ctx context.Context, serial string) (*Issuance, error)
-	// Issuances lists records matching f, oldest issuance first.
-	Issuances(ctx context.Context, f IssuanceFilter) ([]Issuance, error)
+	// Issuances lists records matching f, oldest issuance first (equal
+	// times in serial order), each with the deny-list entries naming its
+	// serial or its SPIFFE ID (as Revocations returns them), all read at
+	// one point in time. The store only gathers the entries; whether one
+	// revokes the certificate is the CA's rule to apply.
+	Issuances(ctx context.Context, f IssuanceFilter) ([]IssuanceWithRevocations, error)
 	// PruneIssuances deletes records whose NotAfter is before cutoff and
 	// returns how many were deleted.
 	PruneIssuances(ctx context.Context, cutoff time.Time) (int, error)
 
-	// Revoke adds r to the deny-list.
+	// Revoke adds r to the deny-list: exactly one of r.Serial and
+	// r.SPIFFEID set, and r.RevokedAt, or it is an error. Revoking a
+	// serial again replaces its entry; a SPIFFE ID has one entry per
+	// RevokedAt.
 	Revoke(ctx context.Context, r Revocation) error
 	// Revocations returns the deny-list entries for a serial or a SPIFFE ID
-	// (either may be empty).
+	// (either may be empty): the entry for serial, if any, then those for
+	// spiffeID, oldest first.
 	Revocations(ctx context.Context, serial, spiffeID string) ([]Revocation, error)
+	// PruneRevocations deletes the entries whose ExpiresAt is set and
+	// before cutoff, and returns how many were deleted.
+	PruneRevocations(ctx context.Context, cutoff time.Time) (int, error)
 
-	// CreateJoinToken stores a new, unused join token; a token with the
-	// same hash already stored is an error.
-	CreateJoinToken(ctx context.Context, t JoinToken) error
-	// ConsumeJoinToken marks the token with this hash used, atomically: of
-	// any number of concurrent or later calls (on any replica sharing the
-	// store) exactly one succeeds. It returns the token as it was before,
-	// or ErrNotFound, ErrJoinTokenUsed (a replay) or ErrJoinTokenExpired.
-	// A used token is kept until it expires, so a replay is told from an
-	// unknown token.
-	ConsumeJoinToken(ctx context.Context, hash string, now time.Time, usedBy string) (*JoinToken, error)
-	// PruneJoinTokens deletes tokens that expired before cutoff.
+	// CreateJoinToken and ConsumeJoinToken keep join tokens as
+	// jointoken.Store says; ConsumeJoinToken's error for an unknown token
+	// matches both ErrJoinTokenUnknown and ErrNotFound.
+	jointoken.Store
+	// PruneJoinTokens deletes tokens, used or not, whose ExpiresAt is
+	// before cutoff, and returns how many were deleted.
 	PruneJoinTokens(ctx context.Context, cutoff time.Time) (int, error)
 
 	// Close releases the store.

@@ -9,9 +9,6 @@ import (
 
 var ErrDuplicate = errDuplicate
 
-// Commits returns how many group commits s has written.
-func Commits(s *Store) uint64 { return s.commits.Load() }
-
 // CommitBatch writes recs as one group commit, as the committer would had
 // they been queued together, and returns each record's outcome. ctxs[i], if
 // set, is record i's context.

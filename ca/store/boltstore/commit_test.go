@@ -1,0 +1,194 @@
+package boltstore_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"reflect"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/meshca/meshca/ca/store"
+	"github.com/meshca/meshca/ca/store/boltstore"
+)
+
+// commitCounter is a boltstore.Metrics counting group commits and the
+// records they wrote.
+type commitCounter struct{ commits, records atomic.Int64 }
+
+func (c *commitCounter) Committed(records int, _ time.Duration) {
+	c.commits.Add(1)
+	c.records.Add(int64(records))
+}
+
+// openCounting is open with a commitCounter observing the store.
+func openCounting(t testing.TB, path string) (*boltstore.Store, *commitCounter) {
+	t.Helper()
+	c := new(commitCounter)
+	return openWith(t, path, boltstore.Options{Metrics: c}), c
+}
+
+// TestBatchErrorsPerRecord checks that records that cannot be written do not
+// fail the others written in the same transaction.
+func TestBatchErrorsPerRecord(t *testing.T) {
+	ctx := context.Background()
+	s, counter := openCounting(t, "")
+	const id = "spiffe://example.org/a"
+	if err := s.RecordIssuance(ctx, rec("01", id, 1, 2)); err != nil {
+		t.Fatal(err)
+	}
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	commits, records := counter.commits.Load(), counter.records.Load()
+	errs := boltstore.CommitBatch(s,
+		[]store.Issuance{rec("02", id, 2, 3), rec("01", id, 3, 4), rec("03", id, 4, 5), rec("02", id, 5, 6), rec("04", id, 6, 7)},
+		[]context.Context{4: cancelled})
+	if n := counter.commits.Load() - commits; n != 1 {
+		t.Errorf("batch written in %d commits, want 1", n)
+	}
+	if n := counter.records.Load() - records; n != 2 {
+		t.Errorf("commit reported %d records written, want 2", n)
+	}
+	want := []error{nil, boltstore.ErrDuplicate, nil, boltstore.ErrDuplicate, context.Canceled}
+	for i := range want {
+		if want[i] == nil && errs[i] != nil || !errors.Is(errs[i], want[i]) {
+			t.Errorf("record %d: got %v, want %v", i, errs[i], want[i])
+		}
+	}
+	all, err := s.Issuances(ctx, store.IssuanceFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := serials(all), []string{"01", "02", "03"}; !reflect.DeepEqual(got, want) {
+		t.Errorf("stored %v, want %v", got, want)
+	}
+	// The duplicate of 02 did not overwrite it.
+	if r, _ := s.Issuance(ctx, "02"); r == nil || !r.IssuedAt.Equal(t0.Add(2*time.Hour)) {
+		t.Errorf("record 02 = %+v, want the first one written", r)
+	}
+}
+
+func TestConcurrentRecordIssuance(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "meshca.db")
+	s, counter := openCounting(t, path)
+	const n = 200
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			if err := s.RecordIssuance(ctx, rec(fmt.Sprintf("%032x", i), "spiffe://example.org/a", i, i+1)); err != nil {
+				t.Errorf("RecordIssuance: %v", err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	commits := counter.commits.Load()
+	t.Logf("%d records in %d commits", n, commits)
+	if commits >= n {
+		t.Errorf("%d records took %d commits: not grouped", n, commits)
+	}
+	if got := counter.records.Load(); got != n {
+		t.Errorf("commits reported %d records written, want %d", got, n)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s = open(t, path)
+	got, err := s.Issuances(ctx, store.IssuanceFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != n {
+		t.Errorf("%d records durable after reopening, want %d", len(got), n)
+	}
+}
+
+func TestCloseWithPendingRecords(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "meshca.db")
+	baseline := runtime.NumGoroutine()
+	s, err := boltstore.Open(path, boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ok sync.Map
+	var wg sync.WaitGroup
+	for i := range 100 {
+		wg.Go(func() {
+			serial := fmt.Sprintf("%032x", i)
+			switch err := s.RecordIssuance(ctx, rec(serial, "spiffe://example.org/a", 1, 2)); {
+			case err == nil:
+				ok.Store(serial, true)
+			case !errors.Is(err, boltstore.ErrClosed):
+				t.Errorf("RecordIssuance racing Close: %v", err)
+			}
+		})
+	}
+	time.Sleep(time.Millisecond)
+	if err := s.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	wg.Wait()
+	// The committer is gone.
+	for deadline := time.Now().Add(5 * time.Second); runtime.NumGoroutine() > baseline; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after Close, %d before Open", runtime.NumGoroutine(), baseline)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// Every record reported written was.
+	s = open(t, path)
+	for serial := range ok.Range {
+		if _, err := s.Issuance(ctx, serial.(string)); err != nil {
+			t.Errorf("record %s reported written: %v", serial, err)
+		}
+	}
+}
+
+func BenchmarkRecordIssuance(b *testing.B) {
+	bench := func(b *testing.B, run func(b *testing.B, s *boltstore.Store, next func() store.Issuance)) {
+		s, counter := openCounting(b, "")
+		var n atomic.Uint64
+		next := func() store.Issuance {
+			i := n.Add(1)
+			return rec(fmt.Sprintf("%032x", i), "spiffe://example.org/workload", int(i%1000), 1000+int(i%1000))
+		}
+		before := counter.commits.Load()
+		b.ResetTimer()
+		run(b, s, next)
+		b.StopTimer()
+		b.ReportMetric(float64(counter.commits.Load()-before)/float64(b.N), "commits/op")
+	}
+	b.Run("sequential", func(b *testing.B) {
+		bench(b, func(b *testing.B, s *boltstore.Store, next func() store.Issuance) {
+			ctx := context.Background()
+			for range b.N {
+				if err := s.RecordIssuance(ctx, next()); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	})
+	b.Run("parallel", func(b *testing.B) {
+		// CA requests wait on the disk, not the CPU: model many of them.
+		b.SetParallelism(32)
+		bench(b, func(b *testing.B, s *boltstore.Store, next func() store.Issuance) {
+			ctx := context.Background()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if err := s.RecordIssuance(ctx, next()); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	})
+}

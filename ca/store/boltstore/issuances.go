@@ -1,0 +1,175 @@
+package boltstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/meshca/meshca/ca/store"
+	bolt "go.etcd.io/bbolt"
+)
+
+const (
+	// pruneChunk caps the records deleted per transaction by
+	// PruneIssuances, so a large prune does not hold the (single) writer
+	// lock, and with it every RecordIssuance, for long.
+	pruneChunk = 5000
+)
+
+// Issuance implements store.Store.
+func (s *Store) Issuance(ctx context.Context, serial string) (*store.Issuance, error) {
+	if err := s.enter(ctx); err != nil {
+		return nil, err
+	}
+	var rec *store.Issuance
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketIssuances).Get([]byte(serial))
+		if v == nil {
+			return store.ErrNotFound
+		}
+		rec = new(store.Issuance)
+		return json.Unmarshal(v, rec)
+	})
+	if err != nil {
+		return nil, wrap("issuance "+serial, err)
+	}
+	return rec, nil
+}
+
+// Issuances implements store.Store. It walks an index in IssuedAt order from
+// f.IssuedSince: the SPIFFE ID index when f.SPIFFEID is set, else the
+// IssuedAt index, and stops at f.Limit. The deny-list entries are read in the
+// same transaction, those of each SPIFFE ID once.
+func (s *Store) Issuances(ctx context.Context, f store.IssuanceFilter) ([]store.IssuanceWithRevocations, error) {
+	if err := s.enter(ctx); err != nil {
+		return nil, err
+	}
+	if f.Limit < 0 {
+		return nil, fmt.Errorf("boltstore: issuances: negative limit %d", f.Limit)
+	}
+	index, prefix := bucketByIssuedAt, []byte(nil)
+	if f.SPIFFEID != "" {
+		if err := checkSPIFFEID(f.SPIFFEID); err != nil {
+			return nil, fmt.Errorf("boltstore: issuances: %w", err)
+		}
+		index, prefix = bucketBySPIFFEID, append([]byte(f.SPIFFEID), 0)
+	}
+	var out []store.IssuanceWithRevocations
+	err := s.db.View(func(tx *bolt.Tx) error {
+		recs := tx.Bucket(bucketIssuances)
+		byID := map[string][]store.Revocation{} // the entries of each ID seen
+		c := tx.Bucket(index).Cursor()
+		start := binary.BigEndian.AppendUint64(bytes.Clone(prefix), seekNanos(f.IssuedSince))
+		for k, _ := c.Seek(start); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			at, serial, ok := splitTimeSerial(k[len(prefix):])
+			if !ok {
+				return fmt.Errorf("malformed index key %q", k)
+			}
+			if at.Before(f.IssuedSince) { // only if IssuedSince is before 1970
+				continue
+			}
+			v := recs.Get(serial)
+			if v == nil {
+				return fmt.Errorf("index entry for missing record %s", serial)
+			}
+			var rec store.IssuanceWithRevocations
+			if err := json.Unmarshal(v, &rec.Issuance); err != nil {
+				return fmt.Errorf("record %s: %w", serial, err)
+			}
+			revs, err := serialRevocation(tx, rec.Serial)
+			if err != nil {
+				return err
+			}
+			idRevs, seen := byID[rec.SPIFFEID]
+			if !seen {
+				if idRevs, err = idRevocations(tx, rec.SPIFFEID); err != nil {
+					return err
+				}
+				byID[rec.SPIFFEID] = idRevs
+			}
+			// A slice of its own for each record (nil if empty), so that
+			// no caller sees another record's changes.
+			rec.Revocations = append(revs, idRevs...)
+			out = append(out, rec)
+			if len(out) == f.Limit {
+				break
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, wrap("issuances", err)
+	}
+	return out, nil
+}
+
+// PruneIssuances implements store.Store. It deletes in transactions of at
+// most pruneChunk records; on error it returns how many were deleted before.
+func (s *Store) PruneIssuances(ctx context.Context, cutoff time.Time) (int, error) {
+	total := 0
+	for {
+		if err := s.enter(ctx); err != nil {
+			return total, err
+		}
+		n, err := s.pruneChunk(cutoff)
+		total += n
+		if err != nil || n < pruneChunk {
+			return total, err
+		}
+	}
+}
+
+func (s *Store) pruneChunk(cutoff time.Time) (int, error) {
+	n := 0
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		recs := tx.Bucket(bucketIssuances)
+		byNotAfter := tx.Bucket(bucketByNotAfter)
+		// Collect first: deleting under a bbolt cursor can make it skip
+		// keys.
+		var expired [][]byte
+		c := byNotAfter.Cursor()
+		for k, _ := c.First(); k != nil && len(expired) < pruneChunk; k, _ = c.Next() {
+			notAfter, _, ok := splitTimeSerial(k)
+			if !ok {
+				return fmt.Errorf("malformed index key %q", k)
+			}
+			if !notAfter.Before(cutoff) {
+				break
+			}
+			expired = append(expired, bytes.Clone(k))
+		}
+		for _, k := range expired {
+			serial := k[8:]
+			if v := recs.Get(serial); v != nil {
+				var rec store.Issuance
+				if err := json.Unmarshal(v, &rec); err != nil {
+					return fmt.Errorf("record %s: %w", serial, err)
+				}
+				if err := tx.Bucket(bucketByIssuedAt).Delete(timeSerialKey(rec.IssuedAt, rec.Serial)); err != nil {
+					return err
+				}
+				if err := tx.Bucket(bucketBySPIFFEID).Delete(spiffeIDKey(&rec)); err != nil {
+					return err
+				}
+				if err := recs.Delete(serial); err != nil {
+					return err
+				}
+			}
+			if err := byNotAfter.Delete(k); err != nil {
+				return err
+			}
+		}
+		n = len(expired)
+		return nil
+	})
+	if err != nil {
+		return 0, wrap("prune", err)
+	}
+	return n, nil
+}

@@ -1,0 +1,170 @@
+package boltstore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/meshca/meshca/ca/store"
+	bolt "go.etcd.io/bbolt"
+)
+
+const (
+	// schemaVersion is the layout of the buckets below; Open refuses a file
+	// written with another one rather than misreading it.
+	schemaVersion = "1"
+
+	// Limits that keep keys well under bbolt's maximum key size and make
+	// the 0x00 separator in index keys unambiguous.
+	maxSerialLen   = 64   // RFC 5280 allows 20 octets: 40 hex digits
+	maxSPIFFEIDLen = 2048 // the SPIFFE ID specification's limit
+)
+
+// Buckets. Timestamps in keys are 8-byte big-endian Unix nanoseconds, so keys
+// sort in time order; records with times before 1970 or after 2262 are
+// rejected so that every timestamp fits.
+var (
+	// bucketMeta holds keySchema.
+	bucketMeta = []byte("meta")
+	keySchema  = []byte("schema")
+	// bucketCA holds the CA state as one JSON document under keyCAState.
+	bucketCA   = []byte("ca")
+	keyCAState = []byte("state")
+	// bucketIssuances: serial → JSON store.Issuance.
+	bucketIssuances = []byte("issuances")
+	// bucketByNotAfter: NotAfter + serial → nothing; for PruneIssuances.
+	bucketByNotAfter = []byte("issuances_by_not_after")
+	// bucketByIssuedAt: IssuedAt + serial → nothing; lists all records
+	// oldest first, starting at IssuedSince.
+	bucketByIssuedAt = []byte("issuances_by_issued_at")
+	// bucketBySPIFFEID: SPIFFE ID + 0x00 + IssuedAt + serial → nothing;
+	// lists one identity's records oldest first, starting at IssuedSince.
+	bucketBySPIFFEID = []byte("issuances_by_spiffe_id")
+	// bucketRevokedSerials: serial → JSON store.Revocation.
+	bucketRevokedSerials = []byte("revocations_by_serial")
+	// bucketJoinTokens: token hash (hex) → JSON store.JoinToken.
+	bucketJoinTokens = []byte("join_tokens")
+	// bucketRevokedIDs: SPIFFE ID + 0x00 + RevokedAt → JSON
+	// store.Revocation; an identity may be revoked several times.
+	bucketRevokedIDs = []byte("revocations_by_spiffe_id")
+)
+
+// Time range that fits in a key (see above).
+var (
+	minKeyTime = time.Unix(0, 0)
+	maxKeyTime = time.Unix(0, math.MaxInt64)
+)
+
+// prepare tightens the file's mode, checks its schema and creates the
+// buckets.
+func prepare(db *bolt.DB, path string, log *slog.Logger) error {
+	// The file holds CA private keys, possibly unencrypted: it must not be
+	// readable by anyone else, whoever created it.
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("boltstore: %w", err)
+	}
+	if mode := fi.Mode().Perm(); mode&0o077 != 0 {
+		if err := os.Chmod(path, 0o600); err != nil {
+			return fmt.Errorf("boltstore: restrict permissions of %s: %w", path, err)
+		}
+		log.Warn("data file was accessible to other users; restricted it to mode 0600",
+			"path", path, "old_mode", mode.String())
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return err
+		}
+		switch v := meta.Get(keySchema); {
+		case v == nil:
+			if err := meta.Put(keySchema, []byte(schemaVersion)); err != nil {
+				return err
+			}
+		case string(v) != schemaVersion:
+			return fmt.Errorf("data file has schema version %q, this build reads %q", v, schemaVersion)
+		}
+		for _, name := range [][]byte{bucketCA, bucketIssuances, bucketByNotAfter, bucketByIssuedAt,
+			bucketBySPIFFEID, bucketRevokedSerials, bucketRevokedIDs, bucketJoinTokens} {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("boltstore: initialise %s: %w", path, err)
+	}
+	return nil
+}
+
+func checkSerial(serial string) error {
+	if serial == "" || len(serial) > maxSerialLen {
+		return fmt.Errorf("serial %q is not 1 to %d hex digits", serial, maxSerialLen)
+	}
+	for _, c := range []byte(serial) {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return fmt.Errorf("serial %q is not lowercase hex", serial)
+		}
+	}
+	return nil
+}
+
+func checkSPIFFEID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("missing SPIFFE ID")
+	case len(id) > maxSPIFFEIDLen:
+		return fmt.Errorf("SPIFFE ID longer than %d bytes", maxSPIFFEIDLen)
+	case strings.IndexByte(id, 0) >= 0:
+		return errors.New("SPIFFE ID contains a NUL byte")
+	case !utf8.ValidString(id):
+		// JSON would store it altered, unlike the index keys.
+		return errors.New("SPIFFE ID is not valid UTF-8")
+	}
+	return nil
+}
+
+// keyTime reports whether t fits in a key.
+func keyTime(t time.Time) bool {
+	return !t.Before(minKeyTime) && !t.After(maxKeyTime)
+}
+
+// seekNanos is the key timestamp to start a scan from for t, which need not
+// fit in a key.
+func seekNanos(t time.Time) uint64 {
+	switch {
+	case t.Before(minKeyTime):
+		return 0
+	case t.After(maxKeyTime):
+		return math.MaxInt64
+	}
+	return uint64(t.UnixNano())
+}
+
+// timeSerialKey is an index key: t (which fits) then serial.
+func timeSerialKey(t time.Time, serial string) []byte {
+	k := make([]byte, 8, 8+len(serial))
+	binary.BigEndian.PutUint64(k, uint64(t.UnixNano()))
+	return append(k, serial...)
+}
+
+// splitTimeSerial parses timeSerialKey's result.
+func splitTimeSerial(k []byte) (time.Time, []byte, bool) {
+	if len(k) <= 8 {
+		return time.Time{}, nil, false
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k))), k[8:], true
+}
+
+// spiffeIDKey is rec's key in bucketBySPIFFEID.
+func spiffeIDKey(rec *store.Issuance) []byte {
+	k := append([]byte(rec.SPIFFEID), 0)
+	return append(k, timeSerialKey(rec.IssuedAt, rec.Serial)...)
+}
