@@ -1,0 +1,206 @@
+package ca
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/meshca/meshca/ca/store"
+)
+
+// PrepareTime is when the next intermediate is prepared: at 40 % of the
+// active one's lifetime, so a parent that is briefly unavailable (Vault
+// down) does not delay the rotation.
+func PrepareTime(c *x509.Certificate) time.Time { return lifeFraction(c, 0.4) }
+
+// ActivateTime is when the next intermediate takes over: at half the active
+// one's lifetime, so every leaf it signed (at most MaxTTL, which defaults
+// to under half its lifetime) expires before it does.
+func ActivateTime(c *x509.Certificate) time.Time { return lifeFraction(c, 0.5) }
+
+func lifeFraction(c *x509.Certificate, f float64) time.Time {
+	life := c.NotAfter.Sub(c.NotBefore)
+	return c.NotBefore.Add(time.Duration(float64(life) * f))
+}
+
+// Rotate brings the intermediates up to date at the current time: it makes
+// an active one if there is none usable, prepares the next one when due,
+// and switches to it when due. State changes are saved atomically before
+// they take effect. It is safe to call at any time.
+func (a *Authority) Rotate(ctx context.Context) error {
+	a.rotateMu.Lock()
+	defer a.rotateMu.Unlock()
+
+	st, err := a.cfg.Store.LoadCAState(ctx)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		st = &store.CAState{}
+	case err != nil:
+		return fmt.Errorf("ca: load CA state: %w", err)
+	}
+	now := a.cfg.Clock.Now()
+	usable := func(k *store.CAKey) (*signingCA, bool) {
+		if k == nil {
+			return nil, false
+		}
+		s, err := a.signingCAFrom(k)
+		if err != nil {
+			a.cfg.Logger.Warn("discarding stored intermediate", "err", err)
+			return nil, false
+		}
+		// An intermediate is of no use once it cannot cover a default leaf.
+		return s, now.Before(s.cert.NotAfter.Add(-a.cfg.DefaultTTL))
+	}
+	active, ok := usable(st.Active)
+	changed := false
+	if !ok {
+		if active, err = a.newIntermediate(ctx, now); err != nil {
+			return err
+		}
+		st.Next = nil
+		changed = true
+	}
+	next, ok := usable(st.Next)
+	if st.Next != nil && !ok {
+		st.Next, next, changed = nil, nil, true
+	}
+	var prepareErr error
+	if next == nil && !now.Before(PrepareTime(active.cert)) {
+		if next, prepareErr = a.newIntermediate(ctx, now); prepareErr == nil {
+			if st.Next, err = a.sealed(next); err != nil {
+				return err
+			}
+			changed = true
+		}
+	}
+	if next != nil && !now.Before(ActivateTime(active.cert)) {
+		active, next = next, nil
+		st.Active, st.Next, changed = st.Next, nil, true
+	}
+	// Store the active one if it is new, or re-seal it if a KEK was
+	// configured after it was stored in clear.
+	if st.Active == nil || !bytes.Equal(st.Active.CertDER, active.cert.Raw) ||
+		(a.sealer.aead != nil && st.Active.Key.Alg == sealNone) {
+		if st.Active, err = a.sealed(active); err != nil {
+			return err
+		}
+		changed = true
+	}
+	if st.Next != nil && a.sealer.aead != nil && st.Next.Key.Alg == sealNone && next != nil {
+		if st.Next, err = a.sealed(next); err != nil {
+			return err
+		}
+		changed = true
+	}
+	if changed {
+		if _, err := a.cfg.Store.SaveCAState(ctx, st); err != nil {
+			return fmt.Errorf("ca: save CA state: %w", err)
+		}
+		a.cfg.Logger.Info("intermediate state updated", "active_serial", active.cert.SerialNumber.Text(16),
+			"active_not_after", active.cert.NotAfter, "next_prepared", st.Next != nil)
+	}
+	if cur := a.active.Load(); cur == nil || !cur.cert.Equal(active.cert) {
+		a.active.Store(active)
+		a.cfg.Metrics.SigningCAExpiry(active.cert.NotAfter)
+	}
+	a.nextPrepared.Store(next != nil)
+	if prepareErr != nil {
+		// The active intermediate still works; the caller retries later.
+		return fmt.Errorf("ca: preparing the next intermediate: %w", prepareErr)
+	}
+	return nil
+}
+
+// NextRotation returns when Rotate next has work to do.
+func (a *Authority) NextRotation() time.Time {
+	s := a.active.Load()
+	if s == nil {
+		return a.cfg.Clock.Now()
+	}
+	if a.nextPrepared.Load() {
+		return ActivateTime(s.cert)
+	}
+	return PrepareTime(s.cert)
+}
+
+// newIntermediate makes a fresh intermediate signed by the parent.
+func (a *Authority) newIntermediate(ctx context.Context, now time.Time) (*signingCA, error) {
+	key, err := generateKey(a.cfg.KeyType)
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := caTemplate(a.cfg.TrustDomain, "meshca intermediate "+a.cfg.TrustDomain.Name(), key.Public(),
+		now.Add(-a.cfg.Backdate), now.Add(a.cfg.IntermediateTTL), 0)
+	if err != nil {
+		return nil, err
+	}
+	if pnb := a.parent.Certificate().NotBefore; tmpl.NotBefore.Before(pnb) {
+		tmpl.NotBefore = pnb
+	}
+	cert, err := a.parent.SignIntermediate(ctx, tmpl, key.Public())
+	if err != nil {
+		return nil, fmt.Errorf("ca: %w: %v", ErrUnavailable, err)
+	}
+	if err := a.verifyIntermediate(cert); err != nil {
+		return nil, fmt.Errorf("ca: new intermediate: %w", err)
+	}
+	a.cfg.Logger.Info("new intermediate", "serial", cert.SerialNumber.Text(16), "not_after", cert.NotAfter)
+	return a.newSigningCA(cert, key), nil
+}
+
+func (a *Authority) newSigningCA(cert *x509.Certificate, key crypto.Signer) *signingCA {
+	chain := []string{string(certPEM(cert))}
+	for _, c := range a.parent.Chain() {
+		chain = append(chain, string(certPEM(c)))
+	}
+	chain = append(chain, string(certPEM(a.parent.Anchor())))
+	return &signingCA{cert: cert, key: key, chainPEM: chain}
+}
+
+// signingCAFrom opens a stored intermediate and checks it still belongs to
+// the current parent (the parent may have been replaced).
+func (a *Authority) signingCAFrom(k *store.CAKey) (*signingCA, error) {
+	cert, key, err := a.openCAKey(k)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.verifyIntermediate(cert); err != nil {
+		return nil, fmt.Errorf("ca: stored intermediate %s: %w", cert.SerialNumber.Text(16), err)
+	}
+	return a.newSigningCA(cert, key), nil
+}
+
+// verifyIntermediate checks that an intermediate chains through the current
+// parent to a root now, path length constraints and validity included, so
+// leaves signed by it will verify. It runs once per rotation or start.
+func (a *Authority) verifyIntermediate(cert *x509.Certificate) error {
+	if err := cert.CheckSignatureFrom(a.parent.Certificate()); err != nil {
+		return errors.New("not signed by the current parent")
+	}
+	roots, inters := x509.NewCertPool(), x509.NewCertPool()
+	for _, r := range a.parent.Roots() {
+		roots.AddCert(r)
+	}
+	inters.AddCert(a.parent.Certificate())
+	for _, c := range a.parent.Chain() {
+		inters.AddCert(c)
+	}
+	_, err := cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters, CurrentTime: a.cfg.Clock.Now(),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
+		return fmt.Errorf("does not chain to the root: %w", err)
+	}
+	return nil
+}
+
+func (a *Authority) sealed(s *signingCA) (*store.CAKey, error) {
+	sealed, err := a.sealer.seal(s.key)
+	if err != nil {
+		return nil, err
+	}
+	return &store.CAKey{CertDER: s.cert.Raw, Key: sealed}, nil
+}

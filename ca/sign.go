@@ -1,0 +1,161 @@
+package ca
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/ca/store"
+)
+
+// SignRequest asks for one X509-SVID.
+type SignRequest struct {
+	// CSR is the PEM certificate signing request.
+	CSR []byte
+	// TTL is the requested lifetime; zero means Config.DefaultTTL.
+	TTL time.Duration
+	// Identity is what the caller's credential proved.
+	Identity attestor.Identity
+	// Peer is the caller's network address, for the record.
+	Peer string
+}
+
+// Issued is a certificate handed out.
+type Issued struct {
+	// DER is the leaf certificate.
+	DER []byte
+	// ChainPEM is the leaf, its intermediates, and the root, one PEM
+	// certificate each, in that order (as Istio's CA clients expect).
+	ChainPEM []string
+	Record   store.Issuance
+}
+
+// Certificate parses the leaf. Sign itself never needs to (see
+// ValidateLeaf), so the cost is paid only by callers who want it.
+func (i *Issued) Certificate() (*x509.Certificate, error) { return x509.ParseCertificate(i.DER) }
+
+// Sign turns a CSR into an X509-SVID for req.Identity: it checks the
+// lifetime and the CSR, signs a leaf from a fresh template with the active
+// intermediate, re-checks it with ValidateLeaf, and records it durably.
+func (a *Authority) Sign(ctx context.Context, req SignRequest) (*Issued, error) {
+	start := a.cfg.Clock.Now()
+	iss, err := a.sign(ctx, req, start)
+	result := "ok"
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrInvalidCSR), errors.Is(err, ErrInvalidTTL):
+		result = "invalid"
+	case errors.Is(err, ErrIdentityMismatch):
+		result = "denied"
+	case errors.Is(err, ErrUnavailable):
+		result = "unavailable"
+	default:
+		result = "error"
+	}
+	a.cfg.Metrics.Issued(req.Identity.Kind, result, a.cfg.Clock.Now().Sub(start))
+	return iss, err
+}
+
+func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*Issued, error) {
+	ttl := req.TTL
+	switch {
+	case ttl < 0:
+		return nil, fmt.Errorf("%w: %s is negative", ErrInvalidTTL, ttl)
+	case ttl == 0:
+		ttl = a.cfg.DefaultTTL
+	case ttl > a.cfg.MaxTTL:
+		return nil, fmt.Errorf("%w: requested %s is over the maximum %s", ErrInvalidTTL, ttl, a.cfg.MaxTTL)
+	case ttl < MinLeafTTL:
+		return nil, fmt.Errorf("%w: requested %s is under the minimum %s", ErrInvalidTTL, ttl, MinLeafTTL)
+	}
+	if req.Identity.ID.TrustDomain() != a.cfg.TrustDomain {
+		return nil, fmt.Errorf("%w: identity %s is not in trust domain %s", ErrIdentityMismatch, req.Identity.ID, a.cfg.TrustDomain.Name())
+	}
+	csr, err := ParseCSR(req.CSR)
+	if err != nil {
+		return nil, err
+	}
+	if err := CheckCSR(csr, req.Identity.ID); err != nil {
+		return nil, err
+	}
+	s := a.active.Load()
+	// Certificates carry whole seconds; truncate so the record matches.
+	notBefore := latest(now.Add(-a.cfg.Backdate), s.cert.NotBefore).Truncate(time.Second)
+	notAfter := earliest(now.Add(ttl), s.cert.NotAfter).Truncate(time.Second) // never outlive the issuer
+	if !now.Before(notAfter) {
+		return nil, fmt.Errorf("%w: signing intermediate has expired", ErrUnavailable)
+	}
+	tmpl, err := leafTemplate(req.Identity.ID, csr.PublicKey, csr.RawSubjectPublicKeyInfo, notBefore, notAfter)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.cert, csr.PublicKey, s.key)
+	if err != nil {
+		return nil, fmt.Errorf("ca: sign leaf: %w", err)
+	}
+	if err := ValidateLeaf(der, s.cert, req.Identity.ID, csr.RawSubjectPublicKeyInfo, now); err != nil {
+		a.cfg.Logger.Error("issued certificate refused by the validator", "spiffe_id", req.Identity.ID.String(), "err", err)
+		return nil, err
+	}
+	spkiSum := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
+	rec := store.Issuance{
+		Serial:          tmpl.SerialNumber.Text(16),
+		SPIFFEID:        req.Identity.ID.String(),
+		NotBefore:       notBefore,
+		NotAfter:        notAfter,
+		PublicKeySHA256: hex.EncodeToString(spkiSum[:]),
+		CredentialKind:  req.Identity.Kind,
+		Requester:       req.Identity.Subject,
+		Peer:            req.Peer,
+		IssuedAt:        now,
+		Details:         req.Identity.Details,
+	}
+	if err := a.cfg.Store.RecordIssuance(ctx, rec); err != nil {
+		return nil, fmt.Errorf("%w: recording the issuance failed: %w", ErrUnavailable, err)
+	}
+	chain := make([]string, 0, len(s.chainPEM)+1)
+	chain = append(chain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	chain = append(chain, s.chainPEM...)
+	a.cfg.Logger.Debug("issued", "spiffe_id", rec.SPIFFEID, "serial", rec.Serial, "kind", rec.CredentialKind, "not_after", rec.NotAfter)
+	return &Issued{DER: der, ChainPEM: chain, Record: rec}, nil
+}
+
+// IssueServing issues a TLS server certificate for the CA's own endpoints,
+// with the given DNS and IP SANs, signed by the active intermediate. It is
+// not an SVID and is not recorded in the issuance log.
+func (a *Authority) IssueServing(dnsNames []string, ips []net.IP, ttl time.Duration) (*tls.Certificate, error) {
+	key, err := generateKey(a.cfg.KeyType)
+	if err != nil {
+		return nil, err
+	}
+	s := a.active.Load()
+	now := a.cfg.Clock.Now()
+	notBefore := latest(now.Add(-a.cfg.Backdate), s.cert.NotBefore)
+	notAfter := earliest(now.Add(ttl), s.cert.NotAfter)
+	tmpl, err := servingTemplate(dnsNames, ips, key.Public(), notBefore, notAfter)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.cert, key.Public(), s.key)
+	if err != nil {
+		return nil, fmt.Errorf("ca: sign serving certificate: %w", err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	chain := [][]byte{der, s.cert.Raw}
+	for _, c := range a.parent.Chain() {
+		chain = append(chain, c.Raw)
+	}
+	return &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}, nil
+}
