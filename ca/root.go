@@ -27,17 +27,6 @@ func (a *Authority) loadOrCreateRoot(ctx context.Context) (Parent, error) {
 		if err != nil {
 			return nil, fmt.Errorf("ca: root: %w", err)
 		}
-		if a.sealer.aead != nil && st.Root.Key.Alg == sealNone {
-			// A KEK was configured after the root was stored in clear:
-			// seal it now rather than leave it in clear for ever.
-			if st.Root.Key, err = a.sealer.seal(key); err != nil {
-				return nil, err
-			}
-			if _, err := a.cfg.Store.SaveCAState(ctx, st); err != nil {
-				return nil, fmt.Errorf("ca: save re-sealed root: %w", err)
-			}
-			a.cfg.Logger.Info("sealed the stored root key with the key-encryption key")
-		}
 		return NewLocalParent(cert, key, nil, []*x509.Certificate{cert}, now)
 	}
 	key, err := generateKey(a.cfg.KeyType)

@@ -81,17 +81,9 @@ func (a *Authority) Rotate(ctx context.Context) error {
 		active, next = next, nil
 		st.Active, st.Next, changed = st.Next, nil, true
 	}
-	// Store the active one if it is new, or re-seal it if a KEK was
-	// configured after it was stored in clear.
-	if st.Active == nil || !bytes.Equal(st.Active.CertDER, active.cert.Raw) ||
-		(a.sealer.aead != nil && st.Active.Key.Alg == sealNone) {
+	// Store the active one if it is new.
+	if st.Active == nil || !bytes.Equal(st.Active.CertDER, active.cert.Raw) {
 		if st.Active, err = a.sealed(active); err != nil {
-			return err
-		}
-		changed = true
-	}
-	if st.Next != nil && a.sealer.aead != nil && st.Next.Key.Alg == sealNone && next != nil {
-		if st.Next, err = a.sealed(next); err != nil {
 			return err
 		}
 		changed = true

@@ -166,6 +166,12 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.KEK != nil {
+		// Keys stored in clear before a KEK was configured are sealed now.
+		if _, err := auth.SealStoredKeys(ctx); err != nil {
+			return nil, err
+		}
+	}
 	chain, err := cfg.attestors(ctx, auth, st, reg)
 	if err != nil {
 		return nil, err
