@@ -16,6 +16,9 @@ var (
 	ErrIdentityMismatch = errors.New("identity mismatch")
 	// ErrInvalidRevocation: a revocation names no valid serial or ID.
 	ErrInvalidRevocation = errors.New("invalid revocation")
+	// ErrInvalidJoinToken: a join token asked for another trust domain or
+	// an impossible lifetime.
+	ErrInvalidJoinToken = errors.New("invalid join token request")
 	// ErrUnavailable: the CA cannot sign or record right now; retry later.
 	ErrUnavailable = errors.New("CA unavailable")
 )

@@ -2,19 +2,23 @@ package ca
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"time"
 )
 
-// Run calls Rotate whenever it is due, and Prune hourly, until ctx ends. A
-// failed rotation is retried after a minute.
+// Run is the CA's maintenance loop: it calls Rotate whenever it is due and
+// Prune hourly, until ctx ends. A failed rotation is retried after a minute.
 func (a *Authority) Run(ctx context.Context) error {
 	var lastPrune time.Time
 	for {
 		if now := a.cfg.Clock.Now(); now.Sub(lastPrune) >= pruneEvery {
-			if n, err := a.Prune(ctx); err != nil {
-				a.cfg.Logger.Error("pruning issuance records failed", "err", err)
-			} else if n > 0 {
-				a.cfg.Logger.Info("pruned expired issuance records", "count", n)
+			p, err := a.Prune(ctx)
+			if err != nil {
+				a.cfg.Logger.Error("pruning failed", "err", err)
+			}
+			if p != (Pruned{}) {
+				a.cfg.Logger.Info("pruned expired records", "issuances", p.Issuances, "join_tokens", p.JoinTokens, "revocations", p.Revocations)
 			}
 			lastPrune = now
 		}
@@ -37,8 +41,27 @@ func (a *Authority) Run(ctx context.Context) error {
 	}
 }
 
-// Prune deletes issuance records of certificates expired for longer than
-// Config.Retention and returns how many went.
-func (a *Authority) Prune(ctx context.Context) (int, error) {
-	return a.cfg.Store.PruneIssuances(ctx, a.cfg.Clock.Now().Add(-a.cfg.Retention))
+// Pruned counts what one Prune deleted.
+type Pruned struct {
+	Issuances, JoinTokens, Revocations int
+}
+
+// Prune deletes what no longer serves: issuance records of certificates
+// expired for longer than Config.Retention, join tokens past their expiry
+// (used or not: a replay of an expired token is refused as unknown), and
+// deny-list entries past their ExpiresAt (no certificate they cover is still
+// valid). It tries all three and reports every failure.
+func (a *Authority) Prune(ctx context.Context) (Pruned, error) {
+	now := a.cfg.Clock.Now()
+	var (
+		p          Pruned
+		e1, e2, e3 error
+	)
+	p.Issuances, e1 = a.cfg.Store.PruneIssuances(ctx, now.Add(-a.cfg.Retention))
+	p.JoinTokens, e2 = a.cfg.Store.PruneJoinTokens(ctx, now)
+	p.Revocations, e3 = a.cfg.Store.PruneRevocations(ctx, now)
+	if err := errors.Join(e1, e2, e3); err != nil {
+		return p, fmt.Errorf("ca: prune: %w", err)
+	}
+	return p, nil
 }

@@ -2,10 +2,12 @@ package ca
 
 import (
 	"context"
-	"crypto/x509"
 	"fmt"
 	"math/big"
 	"strings"
+	"time"
+
+	"crypto/x509"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -13,11 +15,24 @@ import (
 	"github.com/meshca/meshca/ca/store"
 )
 
-// CheckRevoked implements attestor.RevocationChecker: a certificate is
-// revoked when its serial is on the deny-list, or its SPIFFE ID is and the
-// certificate was issued at or before that revocation. Revoking a serial
-// does not revoke certificates already renewed from it: to cut off a stolen
-// key that may have renewed, revoke the SPIFFE ID.
+// revokes is the one rule for "is this certificate revoked": deny-list
+// entry r covers a certificate with this serial, SPIFFE ID and NotBefore
+// when it names the serial, or names the SPIFFE ID and the certificate was
+// issued at or before the revocation. NotBefore was backdated for clock
+// skew, so the certificate was issued Backdate after it. The issuance record
+// carries the certificate's NotBefore, so the admin listing and the renewal
+// check always agree. Revoking a serial does not revoke certificates
+// already renewed from it: to cut off a stolen key that may have renewed,
+// revoke the SPIFFE ID.
+func (a *Authority) revokes(r store.Revocation, serial, id string, notBefore time.Time) bool {
+	if r.Serial != "" {
+		return r.Serial == serial
+	}
+	return r.SPIFFEID == id && !notBefore.Add(a.cfg.Backdate).After(r.RevokedAt)
+}
+
+// CheckRevoked implements attestor.RevocationChecker with the rule of
+// revokes.
 func (a *Authority) CheckRevoked(ctx context.Context, cert *x509.Certificate, id spiffeid.ID) error {
 	serial := cert.SerialNumber.Text(16)
 	revs, err := a.cfg.Store.Revocations(ctx, serial, id.String())
@@ -25,35 +40,76 @@ func (a *Authority) CheckRevoked(ctx context.Context, cert *x509.Certificate, id
 		return err
 	}
 	for _, r := range revs {
-		// NotBefore was backdated for clock skew: the certificate was
-		// issued Backdate after it.
-		issued := cert.NotBefore.Add(a.cfg.Backdate)
-		if r.Serial == serial || (r.SPIFFEID == id.String() && !issued.After(r.RevokedAt)) {
+		if a.revokes(r, serial, id.String(), cert.NotBefore) {
 			return fmt.Errorf("%w: %s", attestor.ErrRevoked, r.Reason)
 		}
 	}
 	return nil
 }
 
+// IssuanceStatus is one issuance record and whether it is revoked.
+type IssuanceStatus struct {
+	store.Issuance
+	Revoked bool
+}
+
+// Issuances lists the issuance log with each record's revocation status,
+// read in one store call.
+func (a *Authority) Issuances(ctx context.Context, f store.IssuanceFilter) ([]IssuanceStatus, error) {
+	recs, err := a.cfg.Store.Issuances(ctx, f)
+	if err != nil {
+		return nil, fmt.Errorf("ca: list issuances: %w", err)
+	}
+	out := make([]IssuanceStatus, 0, len(recs))
+	for _, rec := range recs {
+		st := IssuanceStatus{Issuance: rec.Issuance}
+		for _, r := range rec.Revocations {
+			if a.revokes(r, rec.Serial, rec.SPIFFEID, rec.NotBefore) {
+				st.Revoked = true
+				break
+			}
+		}
+		out = append(out, st)
+	}
+	return out, nil
+}
+
 // Revoke puts a serial (hex, any case, leading zeros allowed) or a SPIFFE ID
-// on the deny-list, in canonical form so that it matches.
-func (a *Authority) Revoke(ctx context.Context, r store.Revocation) error {
+// on the deny-list, in canonical form so that it matches, and returns the
+// entry as stored. The entry expires, and is pruned, once no certificate it
+// covers can still be valid: at the serial's NotAfter when the issuance log
+// has it, else at RevokedAt plus the longest a leaf may live.
+func (a *Authority) Revoke(ctx context.Context, r store.Revocation) (store.Revocation, error) {
+	if (r.Serial == "") == (r.SPIFFEID == "") {
+		return r, fmt.Errorf("ca: %w: give exactly one of a serial and a SPIFFE ID", ErrInvalidRevocation)
+	}
 	if r.Serial != "" {
 		n, ok := new(big.Int).SetString(strings.TrimPrefix(strings.ToLower(strings.ReplaceAll(r.Serial, ":", "")), "0x"), 16)
 		if !ok || n.Sign() <= 0 {
-			return fmt.Errorf("ca: %w: serial %q is not a positive hex number", ErrInvalidRevocation, r.Serial)
+			return r, fmt.Errorf("ca: %w: serial %q is not a positive hex number", ErrInvalidRevocation, r.Serial)
 		}
 		r.Serial = n.Text(16)
 	}
 	if r.SPIFFEID != "" {
 		id, err := spiffeid.FromString(r.SPIFFEID)
 		if err != nil {
-			return fmt.Errorf("ca: %w: %v", ErrInvalidRevocation, err)
+			return r, fmt.Errorf("ca: %w: %v", ErrInvalidRevocation, err)
 		}
 		r.SPIFFEID = id.String()
 	}
 	if r.RevokedAt.IsZero() {
 		r.RevokedAt = a.cfg.Clock.Now()
 	}
-	return a.cfg.Store.Revoke(ctx, r)
+	// A leaf lives at most MaxTTL and never past its intermediate, which
+	// lives IntermediateTTL: the larger bound survives a change of either.
+	r.ExpiresAt = r.RevokedAt.Add(max(a.cfg.MaxTTL, a.cfg.IntermediateTTL) + a.cfg.Backdate)
+	if r.Serial != "" {
+		if rec, err := a.cfg.Store.Issuance(ctx, r.Serial); err == nil {
+			r.ExpiresAt = rec.NotAfter
+		}
+	}
+	if err := a.cfg.Store.Revoke(ctx, r); err != nil {
+		return r, fmt.Errorf("ca: revoke: %w", err)
+	}
+	return r, nil
 }

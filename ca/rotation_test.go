@@ -221,11 +221,11 @@ func TestPruneKeepsRecordsWithinRetention(t *testing.T) {
 		t.Fatal(err)
 	}
 	clk.Advance(time.Hour + 47*time.Hour) // expired 47h ago
-	if n, err := a.Prune(ctx); err != nil || n != 0 || numRecords(t, st) != 1 {
-		t.Fatalf("Prune within retention = %d, %v (records %d)", n, err, numRecords(t, st))
+	if p, err := a.Prune(ctx); err != nil || p.Issuances != 0 || numRecords(t, st) != 1 {
+		t.Fatalf("Prune within retention = %+v, %v (records %d)", p, err, numRecords(t, st))
 	}
 	clk.Advance(2 * time.Hour) // expired 49h ago
-	if n, err := a.Prune(ctx); err != nil || n != 1 || numRecords(t, st) != 0 {
-		t.Fatalf("Prune past retention = %d, %v (records %d)", n, err, numRecords(t, st))
+	if p, err := a.Prune(ctx); err != nil || p.Issuances != 1 || numRecords(t, st) != 0 {
+		t.Fatalf("Prune past retention = %+v, %v (records %d)", p, err, numRecords(t, st))
 	}
 }

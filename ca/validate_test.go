@@ -173,7 +173,7 @@ func TestCheckRevoked(t *testing.T) {
 	if err := a.CheckRevoked(ctx, bySerial, fooID); err != nil {
 		t.Fatalf("fresh certificate reported revoked: %v", err)
 	}
-	if err := a.Revoke(ctx, store.Revocation{Serial: bySerial.SerialNumber.Text(16), Reason: "key compromise"}); err != nil {
+	if _, err := a.Revoke(ctx, store.Revocation{Serial: bySerial.SerialNumber.Text(16), Reason: "key compromise"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.CheckRevoked(ctx, bySerial, fooID); !errors.Is(err, attestor.ErrRevoked) {
@@ -186,7 +186,7 @@ func TestCheckRevoked(t *testing.T) {
 	// Revoking the ID revokes every certificate issued until then, but not
 	// ones issued after.
 	clk.Advance(10 * time.Minute)
-	if err := a.Revoke(ctx, store.Revocation{SPIFFEID: fooID.String(), Reason: "decommissioned"}); err != nil {
+	if _, err := a.Revoke(ctx, store.Revocation{SPIFFEID: fooID.String(), Reason: "decommissioned"}); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.CheckRevoked(ctx, byID, fooID); !errors.Is(err, attestor.ErrRevoked) {
@@ -202,14 +202,14 @@ func TestCheckRevoked(t *testing.T) {
 	// Serials are matched whatever their spelling.
 	other := sign()
 	spelled := "0x00" + strings.ToUpper(other.SerialNumber.Text(16))
-	if err := a.Revoke(ctx, store.Revocation{Serial: spelled}); err != nil {
+	if _, err := a.Revoke(ctx, store.Revocation{Serial: spelled}); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.CheckRevoked(ctx, other, fooID); !errors.Is(err, attestor.ErrRevoked) {
 		t.Fatalf("serial revoked as %q not matched: %v", spelled, err)
 	}
 	for _, bad := range []store.Revocation{{Serial: "xyz"}, {Serial: "0"}, {SPIFFEID: "not-an-id"}} {
-		if err := a.Revoke(ctx, bad); err == nil {
+		if _, err := a.Revoke(ctx, bad); err == nil {
 			t.Errorf("Revoke(%+v) accepted", bad)
 		}
 	}

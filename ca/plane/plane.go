@@ -181,7 +181,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 		return nil, fmt.Errorf("admin token: %w", err)
 	}
 	srv, err := server.New(server.Config{
-		Authority: auth, Attestor: chain, AdminToken: adminToken, JoinTokens: st,
+		Authority: auth, Attestor: chain, AdminToken: adminToken,
 		GRPCAddr: cfg.GRPCAddr, HTTPSAddr: cfg.HTTPSAddr, MonitorAddr: cfg.MonitorAddr,
 		DNSNames: cfg.DNSNames, IPs: cfg.IPs, MaxRequestBytes: cfg.MaxRequestBytes, RequestTimeout: cfg.RequestTimeout,
 		Registry: reg, Clock: cfg.Clock, Logger: log,

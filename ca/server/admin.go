@@ -10,7 +10,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 
-	"github.com/meshca/meshca/attestor/jointoken"
 	"github.com/meshca/meshca/ca/store"
 )
 
@@ -58,19 +57,16 @@ func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) (*JoinT
 	if err != nil {
 		return nil, fmt.Errorf("%w: spiffe_id: %v", errBadRequest, err)
 	}
-	if id.TrustDomain() != s.cfg.Authority.TrustDomain() {
-		return nil, fmt.Errorf("%w: %s is not in trust domain %s", errBadRequest, id, s.cfg.Authority.TrustDomain().Name())
-	}
-	ttl := time.Hour
+	var ttl time.Duration // zero: the CA's default
 	if req.TTL != "" {
 		if ttl, err = time.ParseDuration(req.TTL); err != nil {
 			return nil, fmt.Errorf("%w: ttl %q is not a duration", errBadRequest, req.TTL)
 		}
+		if ttl == 0 {
+			return nil, fmt.Errorf("%w: ttl must be positive", errBadRequest)
+		}
 	}
-	if ttl <= 0 || ttl > jointoken.MaxTTL {
-		return nil, fmt.Errorf("%w: ttl %s must be positive and at most %s", errBadRequest, ttl, jointoken.MaxTTL)
-	}
-	token, rec, err := jointoken.Create(r.Context(), s.cfg.JoinTokens, id, ttl, s.cfg.Clock.Now())
+	token, rec, err := s.cfg.Authority.CreateJoinToken(r.Context(), id, ttl)
 	if err != nil {
 		return nil, err
 	}
@@ -118,19 +114,13 @@ func (s *Server) issuances(r *http.Request) (*IssuancesResponse, error) {
 		}
 		f.IssuedSince = now.Add(-d)
 	}
-	recs, err := s.cfg.JoinTokens.Issuances(r.Context(), f)
+	recs, err := s.cfg.Authority.Issuances(r.Context(), f)
 	if err != nil {
 		return nil, err
 	}
 	out := &IssuancesResponse{Issuances: make([]IssuedRecord, 0, len(recs)), Now: now}
 	for _, rec := range recs {
-		revoked := false
-		for _, rv := range rec.Revocations {
-			if rv.Serial == rec.Serial || (rv.SPIFFEID == rec.SPIFFEID && !rec.IssuedAt.After(rv.RevokedAt)) {
-				revoked = true
-			}
-		}
-		out.Issuances = append(out.Issuances, IssuedRecord{Issuance: rec.Issuance, Revoked: revoked})
+		out.Issuances = append(out.Issuances, IssuedRecord{Issuance: rec.Issuance, Revoked: rec.Revoked})
 	}
 	return out, nil
 }
@@ -163,8 +153,8 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) (*RevokeResponse
 	if (req.Serial == "") == (req.SPIFFEID == "") {
 		return nil, fmt.Errorf("%w: give exactly one of serial and spiffe_id", errBadRequest)
 	}
-	rev := store.Revocation{Serial: req.Serial, SPIFFEID: req.SPIFFEID, Reason: req.Reason, RevokedAt: s.cfg.Clock.Now()}
-	if err := s.cfg.Authority.Revoke(r.Context(), rev); err != nil {
+	rev, err := s.cfg.Authority.Revoke(r.Context(), store.Revocation{Serial: req.Serial, SPIFFEID: req.SPIFFEID, Reason: req.Reason})
+	if err != nil {
 		return nil, err
 	}
 	s.cfg.Logger.Warn("revoked", "serial", req.Serial, "spiffe_id", req.SPIFFEID, "reason", req.Reason, "peer", r.RemoteAddr)

@@ -27,7 +27,8 @@ func classify(log *slog.Logger, err error) (codes.Code, string) {
 		return codes.Unauthenticated, err.Error()
 	case errors.Is(err, attestor.ErrPermissionDenied), errors.Is(err, ca.ErrIdentityMismatch):
 		return codes.PermissionDenied, err.Error()
-	case errors.Is(err, ca.ErrInvalidCSR), errors.Is(err, ca.ErrInvalidTTL), errors.Is(err, ca.ErrInvalidRevocation), errors.Is(err, errBadRequest):
+	case errors.Is(err, ca.ErrInvalidCSR), errors.Is(err, ca.ErrInvalidTTL), errors.Is(err, ca.ErrInvalidRevocation), errors.Is(err, ca.ErrInvalidJoinToken),
+		errors.Is(err, errBadRequest):
 		return codes.InvalidArgument, err.Error()
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded, "deadline exceeded"

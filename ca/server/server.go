@@ -27,9 +27,7 @@ import (
 	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/meshca/meshca/attestor"
-	"github.com/meshca/meshca/attestor/jointoken"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/metrics"
 )
@@ -54,9 +52,6 @@ type Config struct {
 	// AdminToken enables the admin API (/v1/admin/...) on the HTTPS port
 	// for callers presenting it as a bearer token. Empty disables it.
 	AdminToken string
-	// JoinTokens stores join tokens created through the admin API and
-	// answers its issuance queries. Required with AdminToken.
-	JoinTokens AdminStore
 	// GRPCAddr is the gRPC CSR API listen address; "" disables it.
 	GRPCAddr string
 	// HTTPSAddr is the HTTPS/JSON API listen address; "" disables it.
@@ -81,13 +76,6 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// AdminStore is what the admin API needs of the store.
-type AdminStore interface {
-	jointoken.Store
-	Issuances(ctx context.Context, f store.IssuanceFilter) ([]store.IssuanceWithRevocations, error)
-	Revocations(ctx context.Context, serial, spiffeID string) ([]store.Revocation, error)
-}
-
 // Server runs the CA's listeners.
 type Server struct {
 	cfg     Config
@@ -107,9 +95,6 @@ type Server struct {
 func New(cfg Config) (*Server, error) {
 	if cfg.Authority == nil || cfg.Attestor == nil {
 		return nil, errors.New("server: an authority and an attestor are required")
-	}
-	if cfg.AdminToken != "" && cfg.JoinTokens == nil {
-		return nil, errors.New("server: the admin API needs a join token store")
 	}
 	if cfg.DNSNames == nil && cfg.IPs == nil {
 		cfg.DNSNames = []string{"localhost"}

@@ -83,7 +83,6 @@ func startPlane(t testing.TB, path string, extra ...attestor.Attestor) *plane {
 		Authority:   auth,
 		Attestor:    append(append(attestor.Chain{renewal, jointoken.New(st, nil, nil)}, extra...), attestor.NewStaticTokens(map[string]spiffeid.ID{fooToken: fooID})),
 		AdminToken:  adminToken,
-		JoinTokens:  st,
 		GRPCAddr:    "127.0.0.1:0",
 		HTTPSAddr:   "127.0.0.1:0",
 		MonitorAddr: "127.0.0.1:0",
@@ -282,12 +281,12 @@ func TestGRPCRenewalRefused(t *testing.T) {
 		msg   string
 	}{
 		{"revoked serial", func(t *testing.T, p *plane, leaf *x509.Certificate) {
-			if err := p.auth.Revoke(ctx, store.Revocation{Serial: leaf.SerialNumber.Text(16), Reason: "test"}); err != nil {
+			if _, err := p.auth.Revoke(ctx, store.Revocation{Serial: leaf.SerialNumber.Text(16), Reason: "test"}); err != nil {
 				t.Fatal(err)
 			}
 		}, codes.PermissionDenied, "is revoked"},
 		{"revoked identity", func(t *testing.T, p *plane, leaf *x509.Certificate) {
-			if err := p.auth.Revoke(ctx, store.Revocation{SPIFFEID: fooID.String(), Reason: "test"}); err != nil {
+			if _, err := p.auth.Revoke(ctx, store.Revocation{SPIFFEID: fooID.String(), Reason: "test"}); err != nil {
 				t.Fatal(err)
 			}
 		}, codes.PermissionDenied, "is revoked"},

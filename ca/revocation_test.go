@@ -1,0 +1,157 @@
+package ca_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/attestor/jointoken"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/store"
+	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/storetest"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+// TestRevocationOneRule: the issuance listing and the renewal check judge
+// the same certificate the same way, also when the revocation falls inside
+// the second in which the certificate was issued (its NotBefore carries
+// whole seconds, its record the exact instant).
+func TestRevocationOneRule(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name        string
+		issueAt     time.Duration // after t0
+		revokeAt    time.Duration
+		wantRevoked bool
+	}{
+		{"revoked long after issue", 0, time.Hour, true},
+		{"revoked at the issuing instant", 700 * time.Millisecond, 700 * time.Millisecond, true},
+		{"revoked inside the issuing second, before the instant", 700 * time.Millisecond, 500 * time.Millisecond, true},
+		{"revoked the second before", 700 * time.Millisecond, -300 * time.Millisecond, false},
+		{"issued a minute after", time.Minute, 0, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := clocktest.New(t0)
+			a := newAuthority(t, storetest.NewMem(), clk, nil)
+			clk.Advance(tc.issueAt)
+			iss, err := a.Sign(ctx, ca.SignRequest{CSR: csrPEM(t, p256(t), fooCSR()), Identity: identity(fooID)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := a.Revoke(ctx, store.Revocation{SPIFFEID: fooID.String(), RevokedAt: t0.Add(tc.revokeAt)}); err != nil {
+				t.Fatal(err)
+			}
+			checked := errors.Is(a.CheckRevoked(ctx, leafOf(t, iss), fooID), attestor.ErrRevoked)
+			recs, err := a.Issuances(ctx, store.IssuanceFilter{})
+			if err != nil || len(recs) != 1 {
+				t.Fatalf("Issuances = %v, %v", recs, err)
+			}
+			if checked != tc.wantRevoked || recs[0].Revoked != tc.wantRevoked {
+				t.Fatalf("renewal check says revoked=%v, listing says %v; want %v", checked, recs[0].Revoked, tc.wantRevoked)
+			}
+		})
+	}
+}
+
+func TestRevokeRefusesBadEntries(t *testing.T) {
+	a := newAuthority(t, storetest.NewMem(), clocktest.New(t0), nil)
+	for name, r := range map[string]store.Revocation{
+		"nothing":          {},
+		"both":             {Serial: "1f", SPIFFEID: fooID.String()},
+		"serial not hex":   {Serial: "xyz"},
+		"serial zero":      {Serial: "00"},
+		"not a SPIFFE ID":  {SPIFFEID: "https://example.org/x"},
+		"negative serial":  {Serial: "-1f"},
+		"empty after trim": {Serial: "0x"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			if _, err := a.Revoke(context.Background(), r); !errors.Is(err, ca.ErrInvalidRevocation) {
+				t.Fatalf("Revoke(%+v) = %v, want ErrInvalidRevocation", r, err)
+			}
+		})
+	}
+}
+
+// TestPruneExpiredJoinTokensAndRevocations: the maintenance prune deletes
+// join tokens past their expiry and deny-list entries once no certificate
+// they cover can still be valid, and nothing earlier.
+func TestPruneExpiredJoinTokensAndRevocations(t *testing.T) {
+	ctx := context.Background()
+	st := storetest.NewMem()
+	clk := clocktest.New(t0)
+	a := newAuthority(t, st, clk, nil)
+	iss, err := a.Sign(ctx, ca.SignRequest{CSR: csrPEM(t, p256(t), fooCSR()), TTL: time.Hour, Identity: identity(fooID)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bySerial, err := a.Revoke(ctx, store.Revocation{Serial: iss.Record.Serial})
+	if err != nil || !bySerial.ExpiresAt.Equal(iss.Record.NotAfter) {
+		t.Fatalf("serial revocation expires %v (%v), want the certificate's NotAfter %v", bySerial.ExpiresAt, err, iss.Record.NotAfter)
+	}
+	byID, err := a.Revoke(ctx, store.Revocation{SPIFFEID: fooID.String()})
+	if err != nil || !byID.ExpiresAt.After(t0.Add(ca.DefaultIntermediateTTL)) {
+		t.Fatalf("ID revocation expires %v (%v), want after the longest a leaf issued before it may live", byID.ExpiresAt, err)
+	}
+	tok, _, err := a.CreateJoinToken(ctx, fooID, 30*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func() (revs, tokens int) {
+		r, _ := st.Revocations(ctx, iss.Record.Serial, fooID.String())
+		_, err := st.ConsumeJoinToken(ctx, jointoken.Hash(tok), clk.Now(), "probe")
+		if !errors.Is(err, store.ErrNotFound) {
+			tokens = 1
+		}
+		return len(r), tokens
+	}
+	if p, err := a.Prune(ctx); err != nil || p != (ca.Pruned{}) {
+		t.Fatalf("fresh Prune = %+v, %v; want nothing", p, err)
+	}
+	clk.Advance(31 * time.Minute) // the token expired
+	if p, err := a.Prune(ctx); err != nil || p != (ca.Pruned{JoinTokens: 1}) {
+		t.Fatalf("Prune after the token expired = %+v, %v", p, err)
+	}
+	clk.Advance(30 * time.Minute) // the serial's certificate expired
+	if p, err := a.Prune(ctx); err != nil || p != (ca.Pruned{Revocations: 1}) {
+		t.Fatalf("Prune after the certificate expired = %+v, %v", p, err)
+	}
+	if revs, tokens := count(); revs != 1 || tokens != 0 {
+		t.Fatalf("left %d revocations and %d tokens, want the ID's revocation only", revs, tokens)
+	}
+	clk.Advance(ca.DefaultIntermediateTTL)
+	if p, err := a.Prune(ctx); err != nil || p.Revocations != 1 {
+		t.Fatalf("Prune after every covered certificate expired = %+v, %v", p, err)
+	}
+}
+
+func TestCreateJoinTokenRefuses(t *testing.T) {
+	a := newAuthority(t, storetest.NewMem(), clocktest.New(t0), nil)
+	for name, tc := range map[string]struct {
+		id  string
+		ttl time.Duration
+	}{
+		"other trust domain": {"spiffe://evil.org/vm/1", time.Hour},
+		"negative TTL":       {fooID.String(), -time.Second},
+		"over the maximum":   {fooID.String(), jointoken.MaxTTL + time.Second},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, _, err := a.CreateJoinToken(context.Background(), mustID(t, tc.id), tc.ttl)
+			if !errors.Is(err, ca.ErrInvalidJoinToken) {
+				t.Fatalf("CreateJoinToken = %v, want ErrInvalidJoinToken", err)
+			}
+		})
+	}
+}
+
+func mustID(t *testing.T, s string) spiffeid.ID {
+	t.Helper()
+	id, err := spiffeid.FromString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
+}
