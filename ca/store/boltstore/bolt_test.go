@@ -41,22 +41,9 @@ func openWith(t testing.TB, path string, opts boltstore.Options) *boltstore.Stor
 	return s
 }
 
-// rec returns an issuance issued at t0+issued hours, expiring at t0+expires
-// hours.
-func rec(serial, id string, issued, expires int) store.Issuance {
-	return store.Issuance{
-		Serial:          serial,
-		SPIFFEID:        id,
-		NotBefore:       t0.Add(time.Duration(issued)*time.Hour - time.Minute),
-		NotAfter:        t0.Add(time.Duration(expires) * time.Hour),
-		PublicKeySHA256: "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
-		CredentialKind:  "mtls",
-		Requester:       "0a1b",
-		Peer:            "10.0.0.1:4242",
-		IssuedAt:        t0.Add(time.Duration(issued) * time.Hour),
-		Details:         map[string]string{"node": "n1"},
-	}
-}
+// rec is storetest.Issuance: a record issued at t0+issued hours, expiring
+// at t0+expires hours.
+var rec = storetest.Issuance
 
 func serials(recs []store.IssuanceWithRevocations) []string {
 	out := []string{}

@@ -3,7 +3,6 @@ package boltstore_test
 import (
 	"context"
 	"fmt"
-	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -46,79 +45,6 @@ func TestRecordIssuanceInvalid(t *testing.T) {
 			}
 			if all, _ := s.Issuances(ctx, store.IssuanceFilter{}); len(all) != 1 {
 				t.Errorf("store holds %d records after a failed RecordIssuance, want 1", len(all))
-			}
-		})
-	}
-}
-
-func TestPruneIssuances(t *testing.T) {
-	const (
-		a = "spiffe://example.org/a"
-		b = "spiffe://example.org/b"
-	)
-	all := []store.Issuance{
-		rec("01", a, 0, 1),
-		rec("02", b, 0, 2),
-		rec("03", a, 1, 3),
-		rec("04", b, 2, 4),
-		rec("05", a, 3, 5),
-	}
-	tests := []struct {
-		name    string
-		cutoff  time.Time
-		removed int
-		kept    []string
-	}{
-		{"nothing expired", t0, 0, []string{"01", "02", "03", "04", "05"}},
-		{"cutoff equal to a NotAfter keeps it", t0.Add(1 * time.Hour), 0, []string{"01", "02", "03", "04", "05"}},
-		{"just after a NotAfter", t0.Add(1*time.Hour + 1), 1, []string{"02", "03", "04", "05"}},
-		{"some expired", t0.Add(3*time.Hour + time.Minute), 3, []string{"04", "05"}},
-		{"all expired", t0.Add(10 * time.Hour), 5, []string{}},
-		{"cutoff before 1970", time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC), 0, []string{"01", "02", "03", "04", "05"}},
-		{"cutoff after 2262", time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC), 5, []string{}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			ctx := context.Background()
-			s := open(t, "")
-			for _, r := range all {
-				if err := s.RecordIssuance(ctx, r); err != nil {
-					t.Fatal(err)
-				}
-			}
-			n, err := s.PruneIssuances(ctx, tt.cutoff)
-			if err != nil || n != tt.removed {
-				t.Fatalf("PruneIssuances: got (%d, %v), want (%d, nil)", n, err, tt.removed)
-			}
-			got, err := s.Issuances(ctx, store.IssuanceFilter{})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if !reflect.DeepEqual(serials(got), tt.kept) {
-				t.Errorf("kept %v, want %v", serials(got), tt.kept)
-			}
-			// Every index lost exactly the pruned records' entries.
-			k := len(tt.kept)
-			if counts := boltstore.KeyCounts(s); counts != [4]int{k, k, k, k} {
-				t.Errorf("keys in records and NotAfter, IssuedAt, SPIFFE ID indexes: %v, want %d each", counts, k)
-			}
-			var byID []string
-			for _, id := range []string{a, b} {
-				got, err := s.Issuances(ctx, store.IssuanceFilter{SPIFFEID: id})
-				if err != nil {
-					t.Fatal(err)
-				}
-				byID = append(byID, serials(got)...)
-			}
-			if len(byID) != k {
-				t.Errorf("by-ID listings return %v, want %d records", byID, k)
-			}
-			for _, r := range all {
-				serial := r.Serial
-				_, err := s.Issuance(ctx, serial)
-				if kept := strings.Contains(strings.Join(tt.kept, ","), serial); kept != (err == nil) {
-					t.Errorf("Issuance(%s) after prune: %v", serial, err)
-				}
 			}
 		})
 	}
