@@ -20,9 +20,9 @@ type Request struct {
 	Request     HTTPRequest `json:"request"`
 	Destination Destination `json:"destination"`
 	Connection  Connection  `json:"connection"`
-	// CustomVerdicts says what each CUSTOM provider would answer, "ALLOW"
-	// or "DENY", keyed by provider name.
-	CustomVerdicts map[string]string `json:"custom_verdicts"`
+	// CustomVerdicts says what each CUSTOM provider would answer, Allow
+	// or Deny, keyed by provider name.
+	CustomVerdicts map[string]Verdict `json:"custom_verdicts"`
 }
 
 // Workload identifies the destination workload.
@@ -73,21 +73,15 @@ type Connection struct {
 // Decision is the outcome of Authorize and why. Its JSON form is the
 // output contract of `meshca audit authz`.
 type Decision struct {
-	Decision string `json:"decision"` // ALLOW or DENY
-	// Action of the deciding policy (CUSTOM, DENY or ALLOW); "ALLOW" too
-	// when ALLOW policies apply but none matched; empty when no policy
-	// decided.
-	Action string `json:"action"`
+	Decision Verdict `json:"decision"`
+	// Action of the deciding policy (ActionCustom, ActionDeny or
+	// ActionAllow); ActionAllow too when ALLOW policies apply but none
+	// matched; empty when no policy decided.
+	Action Action `json:"action"`
 	Policy string `json:"policy"` // namespace/name of the deciding policy, or ""
 	Rule   int    `json:"rule"`   // index of the deciding rule in spec.rules, -1 when none
 	Reason string `json:"reason"`
 }
-
-// Decision values.
-const (
-	Allow = "ALLOW"
-	Deny  = "DENY"
-)
 
 // attrs are the request attributes, normalised once per Authorize call.
 type attrs struct {
@@ -203,7 +197,7 @@ func (s *Set) Authorize(req Request) Decision {
 	var pending *Decision
 	for _, i := range idx {
 		p := s.AuthorizationPolicies[i]
-		if p.c.action != "CUSTOM" {
+		if p.c.action != ActionCustom {
 			continue
 		}
 		r := s.firstMatch(p, a)
@@ -216,13 +210,13 @@ func (s *Set) Authorize(req Request) Decision {
 		}
 		verdict, ok := req.CustomVerdicts[p.c.provider]
 		switch {
-		case ok && strings.EqualFold(verdict, Deny):
-			return finish(Decision{Deny, "CUSTOM", p.Key(), r,
+		case ok && strings.EqualFold(string(verdict), string(Deny)):
+			return finish(Decision{Deny, ActionCustom, p.Key(), r,
 				fmt.Sprintf("CUSTOM policy %s rule %d matched and provider %q denied", p.Key(), r, p.c.provider)})
-		case ok && strings.EqualFold(verdict, Allow):
+		case ok && strings.EqualFold(string(verdict), string(Allow)):
 			note(p, r, fmt.Sprintf("matched and provider %q allowed", p.c.provider))
 		default:
-			pending = &Decision{Deny, "CUSTOM", p.Key(), r,
+			pending = &Decision{Deny, ActionCustom, p.Key(), r,
 				fmt.Sprintf("CUSTOM policy %s rule %d matched: provider %q decides (no custom_verdicts entry for it)", p.Key(), r, p.c.provider)}
 		}
 		break // at most one provider applies to a workload
@@ -231,7 +225,7 @@ func (s *Set) Authorize(req Request) Decision {
 	// DENY: any enforced match denies.
 	for _, i := range idx {
 		p := s.AuthorizationPolicies[i]
-		if p.c.action != "DENY" {
+		if p.c.action != ActionDeny {
 			continue
 		}
 		r := s.firstMatch(p, a)
@@ -242,7 +236,7 @@ func (s *Set) Authorize(req Request) Decision {
 			note(p, r, "would deny (dry-run)")
 			continue
 		}
-		return finish(Decision{Deny, "DENY", p.Key(), r, fmt.Sprintf("DENY policy %s rule %d matched", p.Key(), r)})
+		return finish(Decision{Deny, ActionDeny, p.Key(), r, fmt.Sprintf("DENY policy %s rule %d matched", p.Key(), r)})
 	}
 
 	// ALLOW, noting AUDIT matches on the way.
@@ -251,12 +245,12 @@ func (s *Set) Authorize(req Request) Decision {
 	for _, i := range idx {
 		p := s.AuthorizationPolicies[i]
 		switch p.c.action {
-		case "AUDIT":
+		case ActionAudit:
 			if r := s.firstMatch(p, a); r >= 0 {
 				note(p, r, "matched (audit only)")
 			}
 			continue
-		case "ALLOW":
+		case ActionAllow:
 		default:
 			continue
 		}
@@ -271,7 +265,7 @@ func (s *Set) Authorize(req Request) Decision {
 		}
 		allowPolicies = append(allowPolicies, p.Key())
 		if r >= 0 && allowed == nil {
-			allowed = &Decision{Allow, "ALLOW", p.Key(), r, fmt.Sprintf("ALLOW policy %s rule %d matched", p.Key(), r)}
+			allowed = &Decision{Allow, ActionAllow, p.Key(), r, fmt.Sprintf("ALLOW policy %s rule %d matched", p.Key(), r)}
 		}
 	}
 	var d Decision
@@ -281,7 +275,7 @@ func (s *Set) Authorize(req Request) Decision {
 	case len(allowPolicies) == 0:
 		d = Decision{Allow, "", "", -1, "no ALLOW policy applies to the workload"}
 	default:
-		d = Decision{Deny, "ALLOW", "", -1, "no ALLOW policy matched (applicable: " + listKeys(allowPolicies) + ")"}
+		d = Decision{Deny, ActionAllow, "", -1, "no ALLOW policy matched (applicable: " + listKeys(allowPolicies) + ")"}
 	}
 	if pending != nil && d.Decision == Allow {
 		pending.Reason += "; native policies allow (" + d.Reason + ")"
@@ -313,7 +307,7 @@ func (s *Set) firstMatch(p *AuthorizationPolicy, a *attrs) int {
 	// altogether (so it matches less); DENY, CUSTOM (built as a deny) and
 	// AUDIT rules ignore those attributes (so they match more). Either way
 	// the mesh errs toward denying.
-	ignoreHTTP := a.tcp && p.c.action != "ALLOW"
+	ignoreHTTP := a.tcp && p.c.action != ActionAllow
 	for i := range p.c.rules {
 		r := &p.c.rules[i]
 		if a.tcp && r.usesHTTP && !ignoreHTTP {

@@ -86,8 +86,8 @@ func labels(kv ...string) func(*Request) {
 	}
 }
 func inNS(ns string) func(*Request) { return func(r *Request) { r.Workload.Namespace = ns } }
-func verdict(provider, v string) func(*Request) {
-	return func(r *Request) { r.CustomVerdicts = map[string]string{provider: v} }
+func verdict(provider string, v Verdict) func(*Request) {
+	return func(r *Request) { r.CustomVerdicts = map[string]Verdict{provider: v} }
 }
 
 type authzCase struct {
@@ -96,9 +96,9 @@ type authzCase struct {
 	opts     Options
 	policies string
 	req      Request
-	want     string // ALLOW or DENY
+	want     Verdict
 	by       string // deciding policy "ns/name", "" for none
-	action   string // checked when non-empty
+	action   Action // checked when non-empty
 	rule     int    // checked when by != ""
 }
 

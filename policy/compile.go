@@ -13,7 +13,7 @@ import (
 // compiled is an AuthorizationPolicy prepared for evaluation: CIDRs parsed,
 // condition keys resolved, path templates turned into regexps.
 type compiled struct {
-	action   string // ALLOW, DENY, AUDIT, CUSTOM
+	action   Action
 	provider string
 	dryRun   bool
 	targeted bool // targetRef(s) set: ignored by sidecars
@@ -105,7 +105,7 @@ func compileAuthorizationPolicy(ap *secv1beta1.AuthorizationPolicy, meta Meta) (
 		errs = append(errs, fieldError{path, fmt.Sprintf(format, args...)})
 	}
 	c := compiled{
-		action:   ap.GetAction().String(),
+		action:   Action(ap.GetAction().String()),
 		dryRun:   isTrue(meta.Annotations["istio.io/dry-run"]),
 		targeted: ap.GetTargetRef() != nil || len(ap.GetTargetRefs()) > 0,
 		selector: ap.GetSelector().GetMatchLabels(),

@@ -13,10 +13,10 @@ import (
 // Finding is one lint warning about a loaded policy. Its JSON form is part
 // of the output of `meshca audit lint`.
 type Finding struct {
-	Severity string `json:"severity"` // "warning"
-	Policy   string `json:"policy"`   // namespace/name
-	Rule     int    `json:"rule"`     // index in spec.rules, -1 when not about a rule
-	Message  string `json:"message"`
+	Severity Severity `json:"severity"`
+	Policy   string   `json:"policy"` // namespace/name
+	Rule     int      `json:"rule"`   // index in spec.rules, -1 when not about a rule
+	Message  string   `json:"message"`
 }
 
 // WorkloadInfo is a known workload: its namespace and pod labels.
@@ -35,9 +35,6 @@ type LintOptions struct {
 	// that match no workload.
 	Workloads []WorkloadInfo
 }
-
-// Severity of every Finding Lint reports.
-const SeverityWarning = "warning"
 
 // Lint reports policies that are valid but probably do not do what their
 // author meant, sorted by policy, rule and message:
@@ -116,7 +113,7 @@ func (l *linter) policy(p *AuthorizationPolicy) {
 	rules := p.Spec.GetRules()
 
 	// 4. ALLOW policies that can never match.
-	if c.action == Allow && !c.dryRun {
+	if c.action == ActionAllow && !c.dryRun {
 		if len(rules) == 0 {
 			l.add(key, -1, "allows nothing: denies every request to its workloads")
 		}
@@ -128,7 +125,7 @@ func (l *linter) policy(p *AuthorizationPolicy) {
 			l.add(key, i, "never matches: "+why)
 		}
 	}
-	if c.action == Allow && !c.dryRun && len(rules) > 0 && unsat == len(rules) {
+	if c.action == ActionAllow && !c.dryRun && len(rules) > 0 && unsat == len(rules) {
 		l.add(key, -1, "allows nothing: no rule can match, so it denies every request to its workloads")
 	}
 
@@ -164,7 +161,7 @@ func (l *linter) policy(p *AuthorizationPolicy) {
 
 	// 1. Peer identity without STRICT mTLS.
 	mode, _ := l.s.MTLSMode(p.Namespace, c.selector, 0)
-	if mode != secv1beta1.PeerAuthentication_MutualTLS_STRICT.String() {
+	if mode != MTLSStrict {
 		scope := p.Namespace
 		if len(c.selector) > 0 {
 			scope += " " + labelString(c.selector)
@@ -177,7 +174,7 @@ func (l *linter) policy(p *AuthorizationPolicy) {
 	}
 
 	// 3a. ALLOW rules shadowed by a DENY policy with an empty rule.
-	if c.action == Allow && len(rules) > 0 {
+	if c.action == ActionAllow && len(rules) > 0 {
 		if d, k := l.denyAll(p); d != nil {
 			for i := range rules {
 				l.add(key, i, fmt.Sprintf("never takes effect: DENY policy %s rule %d matches every request", d.Key(), k))
@@ -211,7 +208,7 @@ func (l *linter) anyWorkload(ns string, anyNS bool, sel map[string]string) bool 
 // an empty rule that applies to every workload p applies to.
 func (l *linter) denyAll(p *AuthorizationPolicy) (*AuthorizationPolicy, int) {
 	for _, d := range l.s.AuthorizationPolicies {
-		if d.c.action != Deny || d.c.dryRun || d.c.targeted {
+		if d.c.action != ActionDeny || d.c.dryRun || d.c.targeted {
 			continue
 		}
 		if d.Namespace != p.Namespace && d.Namespace != l.s.opts.RootNamespace {
@@ -232,7 +229,7 @@ func (l *linter) denyAll(p *AuthorizationPolicy) (*AuthorizationPolicy, int) {
 // identityWarning returns the identity fields rule r uses and what that
 // means for plaintext callers; why is "" when r uses none, or when the
 // consequence needs no warning (a DENY rule denying plaintext callers).
-func identityWarning(r *secv1beta1.Rule, action string) (fields, why string) {
+func identityWarning(r *secv1beta1.Rule, action Action) (fields, why string) {
 	var used []string
 	seen := map[string]bool{}
 	use := func(name string, n int) bool {
@@ -271,18 +268,18 @@ func identityWarning(r *secv1beta1.Rule, action string) (fields, why string) {
 	switch {
 	case allPositive || whenPositive:
 		switch action {
-		case Allow:
+		case ActionAllow:
 			why = "this rule never allows them"
-		case Deny:
+		case ActionDeny:
 			why = "this rule never denies them"
 		default:
 			why = "this rule never matches them"
 		}
 	case neg:
 		switch action {
-		case Allow:
+		case ActionAllow:
 			why = "they satisfy its not-forms: this rule can allow them whoever they are"
-		case Deny:
+		case ActionDeny:
 			return "", ""
 		default:
 			why = "they satisfy its not-forms: this rule can match them whoever they are"

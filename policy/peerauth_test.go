@@ -24,7 +24,8 @@ func TestMTLSMode(t *testing.T) {
 		ns           string
 		labels       map[string]string
 		port         uint32
-		mode, by     string
+		mode         MTLSMode
+		by           string
 	}{
 		{"default permissive", docPA + ": default PERMISSIVE", Options{}, "", "foo", app, 0, "PERMISSIVE", ""},
 		{"mesh-wide strict", docPA + ": mesh-wide policy in root namespace", Options{}, pa("istio-system", "default", "", "{mtls: {mode: STRICT}}"), "foo", app, 0, "STRICT", "istio-system/default"},

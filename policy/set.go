@@ -120,8 +120,8 @@ func selectorMatches(sel, labels map[string]string) bool {
 	return true
 }
 
-// MTLSMode returns the effective PeerAuthentication mode (STRICT,
-// PERMISSIVE or DISABLE) for a workload's port, and the "namespace/name" of
+// MTLSMode returns the effective PeerAuthentication mode (MTLSStrict,
+// MTLSPermissive or MTLSDisable) for a workload's port, and the "namespace/name" of
 // the policy that set it ("" for the PERMISSIVE default).
 //
 // Precedence follows Istio: a policy with a selector matching the workload
@@ -131,7 +131,7 @@ func selectorMatches(sel, labels map[string]string) bool {
 // policies; pass port 0 to ask about the workload as a whole. Among several
 // policies at one level the oldest wins (creationTimestamp, then name); a
 // missing creationTimestamp counts as oldest.
-func (s *Set) MTLSMode(namespace string, labels map[string]string, port uint32) (mode string, policy string) {
+func (s *Set) MTLSMode(namespace string, labels map[string]string, port uint32) (mode MTLSMode, policy string) {
 	var workload, ns, mesh *PeerAuthentication
 	for _, p := range s.PeerAuthentications {
 		sel := p.Spec.GetSelector().GetMatchLabels()
@@ -150,18 +150,18 @@ func (s *Set) MTLSMode(namespace string, labels map[string]string, port uint32) 
 	}
 	if workload != nil {
 		if m := workload.Spec.GetPortLevelMtls()[port]; port != 0 && m.GetMode() != secv1beta1.PeerAuthentication_MutualTLS_UNSET {
-			return m.GetMode().String(), workload.Key()
+			return MTLSMode(m.GetMode().String()), workload.Key()
 		}
 		if m := workload.Spec.GetMtls().GetMode(); m != secv1beta1.PeerAuthentication_MutualTLS_UNSET {
-			return m.String(), workload.Key()
+			return MTLSMode(m.String()), workload.Key()
 		}
 	}
 	for _, p := range []*PeerAuthentication{ns, mesh} {
 		if m := p.GetSpec().GetMtls().GetMode(); p != nil && m != secv1beta1.PeerAuthentication_MutualTLS_UNSET {
-			return m.String(), p.Key()
+			return MTLSMode(m.String()), p.Key()
 		}
 	}
-	return secv1beta1.PeerAuthentication_MutualTLS_PERMISSIVE.String(), ""
+	return MTLSPermissive, ""
 }
 
 // GetSpec returns p's spec, nil for a nil p.

@@ -64,8 +64,8 @@ func DecisionTable(w io.Writer, d policy.Decision) {
 
 // MTLS is the output of `meshca audit mtls`.
 type MTLS struct {
-	Mode   string `json:"mode"`
-	Policy string `json:"policy"`
+	Mode   policy.MTLSMode `json:"mode"`
+	Policy string          `json:"policy"`
 }
 
 // WriteTable writes the mode and the policy that set it.
