@@ -27,7 +27,7 @@ type RevocationChecker interface {
 
 // ErrRevoked is wrapped by RevocationChecker implementations for a revoked
 // certificate.
-var ErrRevoked = errors.New("certificate revoked")
+var ErrRevoked = errors.New("attestor: certificate revoked")
 
 // MTLSConfig configures MTLS.
 type MTLSConfig struct {

@@ -2,6 +2,7 @@ package policy
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -19,7 +20,7 @@ func DecodeRequest(r io.Reader) (Request, error) {
 	dec := json.NewDecoder(io.LimitReader(r, maxRequestJSON))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		return Request{}, err
+		return Request{}, fmt.Errorf("policy: %w", err)
 	}
 	return req, nil
 }
@@ -29,21 +30,21 @@ func DecodeRequest(r io.Reader) (Request, error) {
 // parse, a CUSTOM verdict other than ALLOW or DENY.
 func (r Request) Validate() error {
 	if p := strings.ToUpper(r.Protocol); p != "" && p != "HTTP" && p != "TCP" {
-		return fmt.Errorf("protocol must be HTTP or TCP, not %q", r.Protocol)
+		return fmt.Errorf("policy: protocol must be HTTP or TCP, not %q", r.Protocol)
 	}
 	if r.Workload.Namespace == "" {
-		return fmt.Errorf("the request names no workload namespace")
+		return errors.New("policy: the request names no workload namespace")
 	}
 	for _, a := range []struct{ name, ip string }{
 		{"source.ip", r.Source.IP}, {"source.remote_ip", r.Source.RemoteIP}, {"destination.ip", r.Destination.IP},
 	} {
 		if _, err := netip.ParseAddr(a.ip); a.ip != "" && err != nil {
-			return fmt.Errorf("%s %q is not an IP address", a.name, a.ip)
+			return fmt.Errorf("policy: %s %q is not an IP address", a.name, a.ip)
 		}
 	}
 	for provider, v := range r.CustomVerdicts {
 		if v != Allow && v != Deny {
-			return fmt.Errorf("custom_verdicts[%s] must be ALLOW or DENY, not %q", provider, v)
+			return fmt.Errorf("policy: custom_verdicts[%s] must be ALLOW or DENY, not %q", provider, v)
 		}
 	}
 	return nil

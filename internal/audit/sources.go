@@ -20,6 +20,10 @@ import (
 )
 
 // ChainFromFile reads the PEM certificates in a file, leaf first.
+//
+// Its errors, like those of ChainFromSDS and ChainFromWorkloadAPI, carry no
+// "audit: " prefix: they are causes, which Source.Fetch reports inside its
+// own errors.
 func ChainFromFile(path string) ([]*x509.Certificate, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -79,7 +83,7 @@ func (s Source) Fetch(ctx context.Context) (name string, chain []*x509.Certifica
 		}
 	}
 	if n != 1 {
-		return "", nil, errors.New("give exactly one of FILE, --sds or --workload-api")
+		return "", nil, errors.New("audit: give exactly one of FILE, --sds or --workload-api")
 	}
 	switch {
 	case s.File != "":
@@ -93,7 +97,7 @@ func (s Source) Fetch(ctx context.Context) (name string, chain []*x509.Certifica
 		chain, err = ChainFromWorkloadAPI(ctx, s.WorkloadAPI)
 	}
 	if err != nil {
-		return name, nil, fmt.Errorf("%s: %w", name, err)
+		return name, nil, fmt.Errorf("audit: %s: %w", name, err)
 	}
 	return name, chain, nil
 }
@@ -103,12 +107,12 @@ func (s Source) Fetch(ctx context.Context) (name string, chain []*x509.Certifica
 func LoadBundle(path, td string, leaf *x509.Certificate) (*x509bundle.Bundle, error) {
 	roots, err := ChainFromFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("--bundle: %w", err)
+		return nil, fmt.Errorf("audit: --bundle: %w", err)
 	}
 	tdv := spiffeid.TrustDomain{}
 	if td != "" {
 		if tdv, err = spiffeid.TrustDomainFromString(td); err != nil {
-			return nil, fmt.Errorf("--trust-domain: %w", err)
+			return nil, fmt.Errorf("audit: --trust-domain: %w", err)
 		}
 	} else if len(leaf.URIs) > 0 {
 		if id, err := spiffeid.FromURI(leaf.URIs[0]); err == nil {

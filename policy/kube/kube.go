@@ -151,7 +151,7 @@ func Watch(ctx context.Context, client dynamic.Interface, o policy.Options, onCh
 func Workloads(ctx context.Context, cs kubernetes.Interface) ([]policy.WorkloadInfo, error) {
 	pods, err := cs.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("kube: list pods: %w", err)
+		return nil, fmt.Errorf("policy/kube: list pods: %w", err)
 	}
 	out := make([]policy.WorkloadInfo, 0, len(pods.Items))
 	for _, p := range pods.Items {
