@@ -66,10 +66,28 @@ type Attestor struct {
 	verifier *jwks.Verifier
 }
 
-// New returns the attestor for one issuer; keys may be nil to build the key
-// set from JWKSURL or JWKSFile.
-func New(cfg IssuerConfig, td spiffeid.TrustDomain, keys *jwks.KeySet, clk clock.Clock) (*Attestor, error) {
+// Config configures the Attestor of one issuer. Zero fields get the
+// documented defaults.
+type Config struct {
+	// Issuer is the trusted issuer, as read from the --oidc-config file.
+	// Required.
+	Issuer IssuerConfig
+	// TrustDomain of the identities. Required.
+	TrustDomain spiffeid.TrustDomain
+	// Keys verifies the issuer's signatures. Default: a key set fetched
+	// from Issuer.JWKSURL or read from Issuer.JWKSFile, exactly one of
+	// which must then be set.
+	Keys *jwks.KeySet
+	// Clock defaults to the wall clock.
+	Clock clock.Clock
+}
+
+// New returns the attestor for one issuer.
+func New(c Config) (*Attestor, error) {
+	cfg, td, keys, clk := c.Issuer, c.TrustDomain, c.Keys, c.Clock
 	switch {
+	case td.IsZero():
+		return nil, errors.New("oidc: trust domain is required")
 	case cfg.Issuer == "":
 		return nil, errors.New("oidc: issuer is required")
 	case len(cfg.Audiences) == 0:

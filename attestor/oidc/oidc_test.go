@@ -68,7 +68,7 @@ func newAttestor(t *testing.T, ti *testIssuer, mod func(*oidc.IssuerConfig)) *oi
 	}
 	clk := clocktest.New(now)
 	keys := jwks.NewKeySet(jwks.KeySetConfig{Fetch: func(context.Context) ([]byte, error) { return ti.jwks, nil }, Clock: clk})
-	a, err := oidc.New(cfg, td, keys, clk)
+	a, err := oidc.New(oidc.Config{Issuer: cfg, TrustDomain: td, Keys: keys, Clock: clk})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,8 +139,15 @@ func TestOIDCConfig(t *testing.T) {
 		"both keys":       {Issuer: issuer, Audiences: []string{"a"}, SPIFFEID: "x", JWKSFile: "f", JWKSURL: "u"},
 		"broken template": {Issuer: issuer, Audiences: []string{"a"}, SPIFFEID: "{{", JWKSFile: "f"},
 	} {
-		if _, err := oidc.New(cfg, td, nil, nil); err == nil {
+		if _, err := oidc.New(oidc.Config{Issuer: cfg, TrustDomain: td}); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+	ok := oidc.IssuerConfig{Issuer: issuer, Audiences: []string{"a"}, SPIFFEID: "x", JWKSFile: "f"}
+	if _, err := oidc.New(oidc.Config{Issuer: ok}); err == nil || !strings.HasPrefix(err.Error(), "oidc: ") {
+		t.Errorf("no trust domain: New() = %v, want an oidc: error", err)
+	}
+	if _, err := oidc.New(oidc.Config{Issuer: ok, TrustDomain: td}); err != nil {
+		t.Errorf("valid config: New() = %v", err)
 	}
 }

@@ -100,7 +100,7 @@ func (c *Config) tokenAttestors(ctx context.Context, reg prometheus.Registerer) 
 			return nil, err
 		}
 		for _, ic := range issuers {
-			a, err := oidc.New(ic, c.TrustDomain, nil, c.Clock)
+			a, err := oidc.New(oidc.Config{Issuer: ic, TrustDomain: c.TrustDomain, Clock: c.Clock})
 			if err != nil {
 				return nil, err
 			}
