@@ -161,11 +161,6 @@ func (m *Agent) Renewed(ok bool) {
 	}
 }
 
-// RenewalsCounter returns the renewals counter for result ("ok", "error").
-func (m *Agent) RenewalsCounter(result string) prometheus.Counter {
-	return m.renewals.WithLabelValues(result)
-}
-
 // Expiry implements sds.Metrics.
 func (m *Agent) Expiry(notAfter time.Time) { m.expiry.Set(float64(notAfter.Unix())) }
 
