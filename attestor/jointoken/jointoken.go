@@ -104,12 +104,25 @@ type Attestor struct {
 	log   *slog.Logger
 }
 
-// New returns the join token attestor. Nil clock and logger get defaults.
-func New(st Store, clk clock.Clock, log *slog.Logger) *Attestor {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+// Config configures the join token attestor.
+type Config struct {
+	// Store consumes the tokens. Required.
+	Store Store
+	// Clock judges expiry. Default the wall clock.
+	Clock clock.Clock
+	// Logger receives replays. Default discarding.
+	Logger *slog.Logger
+}
+
+// New returns the join token attestor.
+func New(cfg Config) (*Attestor, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("jointoken: a store is required")
 	}
-	return &Attestor{store: st, clock: clock.OrReal(clk), log: log}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return &Attestor{store: cfg.Store, clock: clock.OrReal(cfg.Clock), log: cfg.Logger}, nil
 }
 
 // Attest implements attestor.Attestor. The token is consumed here, before

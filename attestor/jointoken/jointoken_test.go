@@ -24,7 +24,13 @@ func TestAttest(t *testing.T) {
 	st := storetest.NewMem()
 	clk := clocktest.New(t0)
 	var logs bytes.Buffer
-	a := jointoken.New(st, clk, slog.New(slog.NewTextHandler(&logs, nil)))
+	a, err := jointoken.New(jointoken.Config{Store: st, Clock: clk, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := jointoken.New(jointoken.Config{}); err == nil {
+		t.Fatal("New without a store succeeded")
+	}
 	id := spiffeid.RequireFromString("spiffe://example.org/vm/web-1")
 	good, _, err := jointoken.Create(ctx, st, id, time.Hour, t0)
 	if err != nil {

@@ -27,7 +27,7 @@ func (r *instantReviewer) Review(context.Context, string, []string) (authnv1.Tok
 // BenchmarkJWKSAttest verifies one ES256 projected token per op.
 func BenchmarkJWKSAttest(b *testing.B) {
 	clk := clocktest.New(epoch)
-	a, err := k8s.NewJWKS(k8s.Config{TrustDomain: td, Clock: clk}, "", staticKeys(b, clk))
+	a, err := k8s.NewJWKS(k8s.JWKSConfig{Config: k8s.Config{TrustDomain: td, Clock: clk}, Issuer: "", Keys: staticKeys(b, clk)})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -48,7 +48,7 @@ func BenchmarkJWKSAttest(b *testing.B) {
 func BenchmarkTokenReviewCached(b *testing.B) {
 	clk := clocktest.New(epoch)
 	rev := &fakeReviewer{status: authenticated("foo", "bar")}
-	a, err := k8s.NewTokenReview(k8s.Config{TrustDomain: td, Clock: clk}, rev, k8s.CacheConfig{})
+	a, err := k8s.NewTokenReview(k8s.TokenReviewConfig{Config: k8s.Config{TrustDomain: td, Clock: clk}, Reviewer: rev, Cache: k8s.CacheConfig{}})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -74,7 +74,7 @@ func BenchmarkTokenReviewCached(b *testing.B) {
 func BenchmarkTokenReviewUncached(b *testing.B) {
 	clk := clocktest.New(epoch)
 	rev := &instantReviewer{status: authenticated("foo", "bar")}
-	a, err := k8s.NewTokenReview(k8s.Config{TrustDomain: td, Clock: clk}, rev, k8s.CacheConfig{Size: 1})
+	a, err := k8s.NewTokenReview(k8s.TokenReviewConfig{Config: k8s.Config{TrustDomain: td, Clock: clk}, Reviewer: rev, Cache: k8s.CacheConfig{Size: 1}})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -20,16 +20,28 @@ type JWKSAttestor struct {
 	verifier *jwks.Verifier
 }
 
-// NewJWKS returns the offline attestor for tokens of issuer (""
-// means DefaultIssuer), verified with keys.
-func NewJWKS(cfg Config, issuer string, keys *jwks.KeySet) (*JWKSAttestor, error) {
+// JWKSConfig configures NewJWKS.
+type JWKSConfig struct {
+	// Config holds the settings every Kubernetes attestor shares.
+	Config
+	// Issuer of the tokens. Default DefaultIssuer.
+	Issuer string
+	// Keys verify the tokens: the cluster's JWKS. Required.
+	Keys *jwks.KeySet
+}
+
+// NewJWKS returns the offline attestor.
+func NewJWKS(cfg JWKSConfig) (*JWKSAttestor, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	if issuer == "" {
-		issuer = DefaultIssuer
+	if cfg.Keys == nil {
+		return nil, errors.New("k8s: a JWKS key set is required")
 	}
-	return &JWKSAttestor{cfg: cfg, verifier: &jwks.Verifier{Issuer: issuer, Audiences: cfg.Audiences, Keys: keys, Clock: cfg.Clock}}, nil
+	if cfg.Issuer == "" {
+		cfg.Issuer = DefaultIssuer
+	}
+	return &JWKSAttestor{cfg: cfg.Config, verifier: &jwks.Verifier{Issuer: cfg.Issuer, Audiences: cfg.Audiences, Keys: cfg.Keys, Clock: cfg.Clock}}, nil
 }
 
 // k8sClaims are the Kubernetes-specific claims of a projected token.

@@ -227,7 +227,7 @@ func TestJWKSAttest(t *testing.T) {
 			rec := newRecorder()
 			cfg := tc.cfg
 			cfg.TrustDomain, cfg.Clock, cfg.Metrics = td, clk, rec
-			a, err := k8s.NewJWKS(cfg, tc.issuer, staticKeys(t, clk))
+			a, err := k8s.NewJWKS(k8s.JWKSConfig{Config: cfg, Issuer: tc.issuer, Keys: staticKeys(t, clk)})
 			if err != nil {
 				t.Fatalf("NewJWKS() = %v", err)
 			}
@@ -274,7 +274,7 @@ func TestJWKSAttest(t *testing.T) {
 func TestJWKSUnavailable(t *testing.T) {
 	clk := clocktest.New(epoch)
 	keys := jwks.NewKeySet(jwks.KeySetConfig{Fetch: func(context.Context) ([]byte, error) { return nil, errors.New("dial tcp: connection refused") }, Clock: clk})
-	a, err := k8s.NewJWKS(k8s.Config{TrustDomain: td, Clock: clk}, "", keys)
+	a, err := k8s.NewJWKS(k8s.JWKSConfig{Config: k8s.Config{TrustDomain: td, Clock: clk}, Issuer: "", Keys: keys})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -291,7 +291,7 @@ func TestJWKSUnavailable(t *testing.T) {
 // attestor and stops the chain on a bad JWT.
 func TestJWKSInChain(t *testing.T) {
 	clk := clocktest.New(epoch)
-	a, err := k8s.NewJWKS(k8s.Config{TrustDomain: td, Clock: clk}, "", staticKeys(t, clk))
+	a, err := k8s.NewJWKS(k8s.JWKSConfig{Config: k8s.Config{TrustDomain: td, Clock: clk}, Issuer: "", Keys: staticKeys(t, clk)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -336,10 +336,10 @@ func TestNewConfigErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			if _, err := k8s.NewJWKS(tc.cfg, "", staticKeys(t, clk)); err == nil || !strings.Contains(err.Error(), tc.wantMsg) {
+			if _, err := k8s.NewJWKS(k8s.JWKSConfig{Config: tc.cfg, Issuer: "", Keys: staticKeys(t, clk)}); err == nil || !strings.Contains(err.Error(), tc.wantMsg) {
 				t.Errorf("NewJWKS() error = %v, want one containing %q", err, tc.wantMsg)
 			}
-			if _, err := k8s.NewTokenReview(tc.cfg, &fakeReviewer{}, k8s.CacheConfig{}); err == nil || !strings.Contains(err.Error(), tc.wantMsg) {
+			if _, err := k8s.NewTokenReview(k8s.TokenReviewConfig{Config: tc.cfg, Reviewer: &fakeReviewer{}, Cache: k8s.CacheConfig{}}); err == nil || !strings.Contains(err.Error(), tc.wantMsg) {
 				t.Errorf("NewTokenReview() error = %v, want one containing %q", err, tc.wantMsg)
 			}
 		})

@@ -3,6 +3,7 @@ package k8s
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -87,10 +88,25 @@ type flight struct {
 	hit bool // answered from the cache, not by a review
 }
 
+// TokenReviewConfig configures NewTokenReview.
+type TokenReviewConfig struct {
+	// Config holds the settings every Kubernetes attestor shares.
+	Config
+	// Reviewer sends TokenReviews to the API server. Required.
+	Reviewer Reviewer
+	// Cache bounds the review cache; zero fields get CacheConfig's
+	// defaults.
+	Cache CacheConfig
+}
+
 // NewTokenReview returns the TokenReview attestor.
-func NewTokenReview(cfg Config, r Reviewer, cc CacheConfig) (*TokenReviewAttestor, error) {
+func NewTokenReview(tc TokenReviewConfig) (*TokenReviewAttestor, error) {
+	cfg, r, cc := tc.Config, tc.Reviewer, tc.Cache
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
+	}
+	if r == nil {
+		return nil, errors.New("k8s: a TokenReview reviewer is required")
 	}
 	switch {
 	case cc.Size == 0:

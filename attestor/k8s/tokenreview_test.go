@@ -90,7 +90,7 @@ func newTR(tb testing.TB, cfg k8s.Config, cc k8s.CacheConfig) *trFixture {
 	tb.Helper()
 	f := &trFixture{clk: clocktest.New(epoch), rev: &fakeReviewer{status: authenticated("foo", "bar")}, rec: newRecorder()}
 	cfg.TrustDomain, cfg.Clock, cfg.Metrics = td, f.clk, f.rec
-	a, err := k8s.NewTokenReview(cfg, f.rev, cc)
+	a, err := k8s.NewTokenReview(k8s.TokenReviewConfig{Config: cfg, Reviewer: f.rev, Cache: cc})
 	if err != nil {
 		tb.Fatalf("NewTokenReview() = %v", err)
 	}
@@ -571,7 +571,7 @@ func TestTokenReviewSlowReviewLifetime(t *testing.T) {
 // TestTokenReviewNegativeCacheSize: refused when built, not on the first
 // request.
 func TestTokenReviewNegativeCacheSize(t *testing.T) {
-	_, err := k8s.NewTokenReview(k8s.Config{TrustDomain: td}, &fakeReviewer{}, k8s.CacheConfig{Size: -1})
+	_, err := k8s.NewTokenReview(k8s.TokenReviewConfig{Config: k8s.Config{TrustDomain: td}, Reviewer: &fakeReviewer{}, Cache: k8s.CacheConfig{Size: -1}})
 	if err == nil || !strings.HasPrefix(err.Error(), "k8s: ") || !strings.Contains(err.Error(), "cache size -1") {
 		t.Fatalf("NewTokenReview(Size -1) = %v, want k8s: ...cache size -1...", err)
 	}

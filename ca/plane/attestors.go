@@ -66,7 +66,7 @@ func (k *Kubernetes) attestor(ctx context.Context, td spiffeid.TrustDomain, user
 		if err != nil {
 			return nil, err
 		}
-		return k8s.NewTokenReview(cfg, k8s.ClientReviewer{Client: client}, k8s.CacheConfig{TTL: k.CacheTTL, Size: k.CacheSize})
+		return k8s.NewTokenReview(k8s.TokenReviewConfig{Config: cfg, Reviewer: k8s.ClientReviewer{Client: client}, Cache: k8s.CacheConfig{TTL: k.CacheTTL, Size: k.CacheSize}})
 	case K8sJWKS:
 		var fetch jwks.Fetcher
 		switch {
@@ -85,7 +85,7 @@ func (k *Kubernetes) attestor(ctx context.Context, td spiffeid.TrustDomain, user
 				return client.Discovery().RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
 			}
 		}
-		return k8s.NewJWKS(cfg, k.Issuer, jwks.NewKeySet(jwks.KeySetConfig{Fetch: fetch, Clock: clk}))
+		return k8s.NewJWKS(k8s.JWKSConfig{Config: cfg, Issuer: k.Issuer, Keys: jwks.NewKeySet(jwks.KeySetConfig{Fetch: fetch, Clock: clk})})
 	}
 	return nil, fmt.Errorf("plane: Kubernetes attestation must be off, tokenreview or jwks, not %q", k.Mode)
 }

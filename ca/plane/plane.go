@@ -219,7 +219,11 @@ func (c *Config) attestors(ctx context.Context, auth *ca.Authority, tokens joint
 	if err != nil {
 		return nil, err
 	}
-	chain := attestor.Chain{renewal, jointoken.New(tokens, c.Clock, c.Logger)}
+	joins, err := jointoken.New(jointoken.Config{Store: tokens, Clock: c.Clock, Logger: c.Logger})
+	if err != nil {
+		return nil, err
+	}
+	chain := attestor.Chain{renewal, joins}
 	chain = append(chain, bearer...)
 	return append(chain, c.Extra...), nil
 }

@@ -63,7 +63,7 @@ func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { retu
 // verifier's notion of now (the TokenReview mode asks the API server).
 func k8sModes(t *testing.T, env *kubeenv.Env, reviews *atomic.Int64, clk *clocktest.Fake) map[string]attestor.Attestor {
 	cfg := k8s.Config{TrustDomain: td}
-	tr, err := k8s.NewTokenReview(cfg, k8s.ClientReviewer{Client: countingClient(t, env, reviews)}, k8s.CacheConfig{})
+	tr, err := k8s.NewTokenReview(k8s.TokenReviewConfig{Config: cfg, Reviewer: k8s.ClientReviewer{Client: countingClient(t, env, reviews)}, Cache: k8s.CacheConfig{}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func k8sModes(t *testing.T, env *kubeenv.Env, reviews *atomic.Int64, clk *clockt
 		return env.Client.Discovery().RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
 	}
 	cfg.Clock = clk
-	jw, err := k8s.NewJWKS(cfg, env.Issuer, jwks.NewKeySet(jwks.KeySetConfig{Fetch: fetch, Clock: clk}))
+	jw, err := k8s.NewJWKS(k8s.JWKSConfig{Config: cfg, Issuer: env.Issuer, Keys: jwks.NewKeySet(jwks.KeySetConfig{Fetch: fetch, Clock: clk})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -228,7 +228,7 @@ func BenchmarkTokenReviewAPIServer(b *testing.B) {
 		toks[i] = env.Token(b, "bench", sa, []string{"meshca"}, time.Hour)
 	}
 	var reviews atomic.Int64
-	tr, err := k8s.NewTokenReview(k8s.Config{TrustDomain: td}, k8s.ClientReviewer{Client: countingClient(b, env, &reviews)}, k8s.CacheConfig{Size: 1})
+	tr, err := k8s.NewTokenReview(k8s.TokenReviewConfig{Config: k8s.Config{TrustDomain: td}, Reviewer: k8s.ClientReviewer{Client: countingClient(b, env, &reviews)}, Cache: k8s.CacheConfig{Size: 1}})
 	if err != nil {
 		b.Fatal(err)
 	}

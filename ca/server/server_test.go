@@ -79,9 +79,13 @@ func startPlane(t testing.TB, path string, extra ...attestor.Attestor) *plane {
 	if err != nil {
 		t.Fatal(err)
 	}
+	joins, err := jointoken.New(jointoken.Config{Store: st})
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv, err := server.New(server.Config{
 		Authority:   auth,
-		Attestor:    append(append(attestor.Chain{renewal, jointoken.New(st, nil, nil)}, extra...), attestor.NewStaticTokens(map[string]spiffeid.ID{fooToken: fooID})),
+		Attestor:    append(append(attestor.Chain{renewal, joins}, extra...), attestor.NewStaticTokens(map[string]spiffeid.ID{fooToken: fooID})),
 		AdminToken:  adminToken,
 		GRPCAddr:    "127.0.0.1:0",
 		HTTPSAddr:   "127.0.0.1:0",
