@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 
@@ -424,85 +425,45 @@ func excludedCond(c *condition) string {
 	return ""
 }
 
-// excluded reports whether values is non-empty and every value is excluded
-// by a not-value: the same pattern, or "*" (which matches every non-empty
-// string, and every value but the exact "" matches only non-empty ones).
-// Both sides go through the same matcher, so this is sound.
-func excluded(values, notValues []string) bool {
-	if len(values) == 0 || len(notValues) == 0 {
-		return false
-	}
-	for _, v := range values {
-		hit := false
-		for _, n := range notValues {
-			if n == v || (n == "*" && v != "") {
-				hit = true
-				break
-			}
-		}
-		if !hit {
-			return false
-		}
-	}
-	return true
-}
-
-func excludedExact(values, notValues []string) bool {
+// allCovered reports whether values is non-empty and every value is covered
+// by some not-value: a rule that can then never match.
+func allCovered[T any](values, notValues []T, covers func(not, v T) bool) bool {
 	if len(values) == 0 {
 		return false
 	}
 	for _, v := range values {
-		hit := false
-		for _, n := range notValues {
-			if n == v {
-				hit = true
-				break
-			}
-		}
-		if !hit {
+		if !slices.ContainsFunc(notValues, func(n T) bool { return covers(n, v) }) {
 			return false
 		}
 	}
 	return true
 }
 
+// excluded: every value is excluded by a not-value, the same pattern or "*"
+// (which matches every non-empty string, and every value but the exact ""
+// matches only non-empty ones). Both sides go through the same matcher, so
+// this is sound.
+func excluded(values, notValues []string) bool {
+	return allCovered(values, notValues, func(n, v string) bool { return n == v || (n == "*" && v != "") })
+}
+
+// excludedExact: every value equals a not-value (ports).
+func excludedExact(values, notValues []string) bool {
+	return allCovered(values, notValues, func(n, v string) bool { return n == v })
+}
+
+// excludedPaths: every path is a not-path, or "*" covers it.
 func excludedPaths(paths, notPaths []pathMatcher) bool {
-	if len(paths) == 0 {
-		return false
-	}
-	for _, p := range paths {
-		hit := false
-		for _, n := range notPaths {
-			if n.pattern == p.pattern || (n.template == nil && n.pattern == "*" && p.template == nil && p.pattern != "") {
-				hit = true
-				break
-			}
-		}
-		if !hit {
-			return false
-		}
-	}
-	return true
+	return allCovered(paths, notPaths, func(n, p pathMatcher) bool {
+		return n.pattern == p.pattern || (n.template == nil && n.pattern == "*" && p.template == nil && p.pattern != "")
+	})
 }
 
-// excludedCIDRs reports whether every block lies inside some not-block.
+// excludedCIDRs: every block lies inside some not-block.
 func excludedCIDRs(blocks, notBlocks []netip.Prefix) bool {
-	if len(blocks) == 0 {
-		return false
-	}
-	for _, b := range blocks {
-		hit := false
-		for _, n := range notBlocks {
-			if n.Addr().Is4() == b.Addr().Is4() && n.Bits() <= b.Bits() && n.Contains(b.Addr()) {
-				hit = true
-				break
-			}
-		}
-		if !hit {
-			return false
-		}
-	}
-	return true
+	return allCovered(blocks, notBlocks, func(n, b netip.Prefix) bool {
+		return n.Addr().Is4() == b.Addr().Is4() && n.Bits() <= b.Bits() && n.Contains(b.Addr())
+	})
 }
 
 // labelString renders labels as "k=v,k2=v2", keys sorted.
