@@ -19,6 +19,11 @@ var (
 	// ErrInvalidJoinToken: a join token asked for another trust domain or
 	// an impossible lifetime.
 	ErrInvalidJoinToken = errors.New("invalid join token request")
+	// ErrClearKey: a key-encryption key is configured but the store holds
+	// a CA key in clear. It may have been planted by whoever can write the
+	// data file; if it is the CA's own, from before the KEK, seal the store
+	// explicitly (SealStoredKeys, `meshca ca seal`).
+	ErrClearKey = errors.New("ca: the data file holds a CA private key in clear although a key-encryption key is configured: whoever can write the data file could have planted it; if these are this CA's own keys from before the KEK was configured, seal them with `meshca ca seal` (server stopped), then start again")
 	// ErrUnavailable: the CA cannot sign or record right now; retry later.
 	ErrUnavailable = errors.New("CA unavailable")
 )

@@ -143,6 +143,11 @@ func (s *sealer) open(sk store.SealedKey, pub crypto.PublicKey) (crypto.Signer, 
 	var der []byte
 	switch sk.Alg {
 	case sealNone:
+		if s.aead != nil {
+			// With a KEK every key meshca stored is sealed: a clear one
+			// was put there by someone else, who knows it.
+			return nil, ErrClearKey
+		}
 		der = sk.Data
 	case sealAESGCM:
 		if s.aead == nil {

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"strings"
 	"testing"
 
@@ -106,35 +107,35 @@ func TestCAKeyTypes(t *testing.T) {
 	}
 }
 
-// TestKEKAddedLaterSealsStoredKeys: keys stored in clear are sealed at the
-// first start with a KEK, not left in clear: New opens them as they are
-// and SealStoredKeys, an explicit step, seals them.
-func TestKEKAddedLaterSealsStoredKeys(t *testing.T) {
+// TestKEKRefusesClearKeysUntilSealed: with a KEK configured, a store that
+// holds CA keys in clear (from before the KEK, or planted by whoever can
+// write the data file) is refused at start; SealStoredKeys, an explicit
+// step, seals them, after which the same CA starts with the KEK only.
+func TestKEKRefusesClearKeysUntilSealed(t *testing.T) {
 	ctx := context.Background()
 	st := storetest.NewMem()
 	clk := clocktest.New(t0)
 	a := newAuthority(t, st, clk, nil)
-	if _, err := a.SealStoredKeys(ctx); err == nil {
+	kek := bytes.Repeat([]byte{1}, 32)
+	if _, err := ca.New(ctx, ca.Config{TrustDomain: td, Store: st, Clock: clk, KEK: kek}); !errors.Is(err, ca.ErrClearKey) {
+		t.Fatalf("New with a KEK over clear keys = %v, want ErrClearKey", err)
+	}
+	if _, err := ca.SealStoredKeys(ctx, st, nil, nil); err == nil {
 		t.Fatal("SealStoredKeys without a KEK succeeded")
 	}
-	kek := bytes.Repeat([]byte{1}, 32)
-	b := newAuthority(t, st, clk, func(c *ca.Config) { c.KEK = kek })
-	if !a.Bundle().Equal(b.Bundle()) || !a.SigningCertificate().Equal(b.SigningCertificate()) {
-		t.Fatal("keys changed instead of being sealed")
-	}
-	s, _ := st.LoadCAState(ctx)
-	if s.Root.Key.Alg != "none" || s.Active.Key.Alg != "none" {
-		t.Fatalf("New rewrote the stored keys (%q/%q): sealing must be an explicit step", s.Root.Key.Alg, s.Active.Key.Alg)
-	}
-	if n, err := b.SealStoredKeys(ctx); err != nil || n != 2 {
+	if n, err := ca.SealStoredKeys(ctx, st, kek, nil); err != nil || n != 2 {
 		t.Fatalf("SealStoredKeys = %d, %v; want the root and the active intermediate", n, err)
 	}
-	s, _ = st.LoadCAState(ctx)
+	s, _ := st.LoadCAState(ctx)
 	if s.Root.Key.Alg != "aes-256-gcm" || s.Active.Key.Alg != "aes-256-gcm" {
 		t.Fatalf("after SealStoredKeys keys are %q/%q", s.Root.Key.Alg, s.Active.Key.Alg)
 	}
-	if n, err := b.SealStoredKeys(ctx); err != nil || n != 0 {
+	if n, err := ca.SealStoredKeys(ctx, st, kek, nil); err != nil || n != 0 {
 		t.Fatalf("second SealStoredKeys = %d, %v; want nothing left to seal", n, err)
+	}
+	b := newAuthority(t, st, clk, func(c *ca.Config) { c.KEK = kek })
+	if !a.Bundle().Equal(b.Bundle()) || !a.SigningCertificate().Equal(b.SigningCertificate()) {
+		t.Fatal("keys changed instead of being sealed")
 	}
 	if _, err := ca.New(ctx, ca.Config{TrustDomain: td, Store: st, Clock: clk}); err == nil {
 		t.Fatal("started without the KEK after the keys were sealed")

@@ -2,50 +2,64 @@ package ca
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/meshca/meshca/ca/store"
 )
 
-// SealStoredKeys seals, with the configured key-encryption key, every CA
-// private key the store holds in clear (stored before a KEK was
-// configured), in one compare-and-swap write, and returns how many it
-// sealed. It is an explicit step: New opens clear keys but never rewrites
-// them. Without a KEK it is an error.
-func (a *Authority) SealStoredKeys(ctx context.Context) (int, error) {
-	if a.sealer.aead == nil {
-		return 0, errors.New("ca: no key-encryption key configured to seal with")
+// SealStoredKeys seals with kek every CA private key that st holds in clear
+// (stored before a KEK was configured), in one compare-and-swap write, and
+// returns how many it sealed. It is the explicit step behind `meshca ca
+// seal`: with a KEK configured, New refuses clear keys (ErrClearKey) rather
+// than trust them, so an operator seals a store only after deciding the
+// clear keys are the CA's own. Each key must match its certificate.
+func SealStoredKeys(ctx context.Context, st store.Store, kek []byte, log *slog.Logger) (int, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
-	a.rotateMu.Lock()
-	defer a.rotateMu.Unlock()
-	st, err := a.cfg.Store.LoadCAState(ctx)
+	sl, err := newSealer(kek)
+	if err != nil {
+		return 0, err
+	}
+	if sl.aead == nil {
+		return 0, errors.New("ca: no key-encryption key to seal with")
+	}
+	state, err := st.LoadCAState(ctx)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		return 0, nil
 	case err != nil:
 		return 0, fmt.Errorf("ca: load CA state: %w", err)
 	}
+	clear := &sealer{} // opens clear keys only
 	n := 0
-	for _, k := range []*store.CAKey{st.Root, st.Active, st.Next} {
+	for _, k := range []*store.CAKey{state.Root, state.Active, state.Next} {
 		if k == nil || k.Key.Alg != sealNone {
 			continue
 		}
-		cert, key, err := a.openCAKey(k)
+		cert, err := x509.ParseCertificate(k.CertDER)
 		if err != nil {
-			return 0, err
+			return 0, fmt.Errorf("ca: stored CA certificate: %w", err)
 		}
-		if k.Key, err = a.sealer.seal(key); err != nil {
-			return 0, fmt.Errorf("ca: seal key of %s: %w", cert.Subject.CommonName, err)
+		key, err := clear.open(k.Key, cert.PublicKey)
+		if err != nil {
+			return 0, fmt.Errorf("ca: key of %q: %w", cert.Subject.CommonName, err)
 		}
+		if k.Key, err = sl.seal(key); err != nil {
+			return 0, fmt.Errorf("ca: seal key of %q: %w", cert.Subject.CommonName, err)
+		}
+		log.Info("sealing stored CA key", "subject", cert.Subject.CommonName, "serial", cert.SerialNumber.Text(16))
 		n++
 	}
 	if n == 0 {
 		return 0, nil
 	}
-	if _, err := a.cfg.Store.SaveCAState(ctx, st); err != nil {
+	if _, err := st.SaveCAState(ctx, state); err != nil {
 		return 0, fmt.Errorf("ca: save sealed keys: %w", err)
 	}
-	a.cfg.Logger.Info("sealed stored CA keys with the key-encryption key", "count", n)
+	log.Warn("sealed stored CA keys with the key-encryption key", "count", n)
 	return n, nil
 }

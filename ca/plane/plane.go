@@ -166,12 +166,6 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.KEK != nil {
-		// Keys stored in clear before a KEK was configured are sealed now.
-		if _, err := auth.SealStoredKeys(ctx); err != nil {
-			return nil, err
-		}
-	}
 	chain, err := cfg.attestors(ctx, auth, st, reg)
 	if err != nil {
 		return nil, err
@@ -226,6 +220,20 @@ func (c *Config) attestors(ctx context.Context, auth *ca.Authority, tokens joint
 	chain := attestor.Chain{renewal, joins}
 	chain = append(chain, bearer...)
 	return append(chain, c.Extra...), nil
+}
+
+// Seal seals, with kek, the CA keys that the data file in dataDir holds in
+// clear (from before a KEK was configured), and returns how many. It is
+// `meshca ca seal`: an explicit, logged step, because with a KEK the CA
+// refuses clear keys at start (they could have been planted). The server
+// must be stopped: the data file is locked while it runs.
+func Seal(ctx context.Context, dataDir string, kek []byte, log *slog.Logger) (int, error) {
+	st, err := boltstore.Open(filepath.Join(dataDir, DataFile), boltstore.Options{Logger: log})
+	if err != nil {
+		return 0, err
+	}
+	n, err := ca.SealStoredKeys(ctx, st, kek, log)
+	return n, errors.Join(err, st.Close())
 }
 
 // Run starts the plane, serves until ctx ends, and stops it.

@@ -3,33 +3,30 @@ package plane
 import (
 	"bytes"
 	"context"
+	"errors"
 	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/store/boltstore"
 )
 
-// TestKEKAddedLaterSealsAtStart starts a plane without a KEK, then with one:
-// the second start seals the keys stored in clear, as an explicit step of
-// start-up, and the root stays the same.
-func TestKEKAddedLaterSealsAtStart(t *testing.T) {
+// TestKEKRefusesClearKeysAtStart: a data file holding CA keys in clear is
+// refused by a plane with a KEK (they could have been planted by whoever can
+// write the file) until Seal, the explicit step, seals them; then the same
+// root starts with the KEK.
+func TestKEKRefusesClearKeysAtStart(t *testing.T) {
+	ctx := context.Background()
 	dir := t.TempDir()
+	kek := bytes.Repeat([]byte{9}, 32)
 	cfg := Config{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), DataDir: dir}
-	start := func(kek []byte) []byte {
+	start := func(kek []byte) (*Plane, error) {
 		c := cfg
 		c.KEK = kek
-		p, err := Start(context.Background(), c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		roots := p.Authority().RootsPEM()
-		if err := p.Stop(); err != nil {
-			t.Fatal(err)
-		}
-		return roots
+		return Start(ctx, c)
 	}
 	algs := func() []string {
 		st, err := boltstore.Open(filepath.Join(dir, DataFile), boltstore.Options{})
@@ -37,20 +34,39 @@ func TestKEKAddedLaterSealsAtStart(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer st.Close()
-		s, err := st.LoadCAState(context.Background())
+		s, err := st.LoadCAState(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return []string{s.Root.Key.Alg, s.Active.Key.Alg}
 	}
-	clear := start(nil)
-	if got := algs(); !slices.Equal(got, []string{"none", "none"}) {
-		t.Fatalf("without a KEK keys are %v", got)
+	p, err := start(nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if sealed := start(bytes.Repeat([]byte{9}, 32)); !bytes.Equal(clear, sealed) {
-		t.Fatal("the root changed when the KEK was added")
+	clear := p.Authority().RootsPEM()
+	p.Stop()
+	if _, err := start(kek); !errors.Is(err, ca.ErrClearKey) {
+		t.Fatalf("start with a KEK over clear keys = %v, want ca.ErrClearKey", err)
+	}
+	if got := algs(); !slices.Equal(got, []string{"none", "none"}) {
+		t.Fatalf("a refused start changed the keys: %v", got)
+	}
+	if n, err := Seal(ctx, dir, kek, nil); err != nil || n != 2 {
+		t.Fatalf("Seal = %d, %v", n, err)
 	}
 	if got := algs(); !slices.Equal(got, []string{"aes-256-gcm", "aes-256-gcm"}) {
-		t.Fatalf("after a start with a KEK keys are %v", got)
+		t.Fatalf("after Seal keys are %v", got)
+	}
+	p, err = start(kek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop()
+	if !bytes.Equal(clear, p.Authority().RootsPEM()) {
+		t.Fatal("the root changed when the keys were sealed")
+	}
+	if _, err := Seal(ctx, dir, kek, nil); err == nil {
+		t.Fatal("Seal while the plane runs succeeded: the data file must be locked")
 	}
 }

@@ -4,13 +4,10 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"strings"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"k8s.io/client-go/dynamic"
 
 	"github.com/meshca/meshca/internal/audit"
 	"github.com/meshca/meshca/internal/kubeclient"
@@ -43,30 +40,12 @@ func (f *policyFlags) addLoad(fs *pflag.FlagSet) {
 }
 
 func (f *policyFlags) load(ctx context.Context) (*policy.Set, error) {
-	opts := policy.Options{RootNamespace: f.rootNS, TrustDomain: f.trustDomain, TrustDomainAliases: f.tdAliases}
-	switch {
-	case f.kube && len(f.paths) > 0:
-		return nil, cli.Usage("--policies and --kube: choose one")
-	case f.kube:
-		cfg, err := f.kubeConfig().REST()
-		if err != nil {
-			return nil, cli.Usage("%v", err)
-		}
-		dc, err := dynamic.NewForConfig(cfg)
-		if err != nil {
-			return nil, cli.Usage("%v", err)
-		}
-		ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		defer cancel()
-		set, err := kube.Load(ctx, dc, opts)
-		if err != nil {
-			return nil, cli.Usage("%v", err)
-		}
-		return set, nil
-	case len(f.paths) == 0:
-		return nil, cli.Usage("--policies (or --kube) is required")
+	src := audit.PolicySource{Paths: f.paths}
+	if f.kube {
+		kc := f.kubeConfig()
+		src.Kube = &kc
 	}
-	set, err := opts.Load(f.paths...)
+	set, err := audit.LoadPolicies(ctx, src, policy.Options{RootNamespace: f.rootNS, TrustDomain: f.trustDomain, TrustDomainAliases: f.tdAliases})
 	if err != nil {
 		return nil, cli.Usage("%v", err)
 	}
@@ -129,18 +108,9 @@ func newAuditAuthzCmd() *cobra.Command {
 func (f *policyFlags) request(cmd *cobra.Command) (policy.Request, error) {
 	var req policy.Request
 	if f.requestFile != "" {
-		var r io.Reader = cmd.InOrStdin()
-		if f.requestFile != "-" {
-			file, err := os.Open(f.requestFile)
-			if err != nil {
-				return req, cli.Usage("--request: %v", err)
-			}
-			defer file.Close()
-			r = file
-		}
 		var err error
-		if req, err = policy.DecodeRequest(r); err != nil {
-			return req, cli.Usage("--request: not a request: %v", err)
+		if req, err = audit.ReadRequest(f.requestFile, cmd.InOrStdin()); err != nil {
+			return req, cli.Usage("--request: %v", err)
 		}
 	} else {
 		if f.req.Workload.Namespace == "" {

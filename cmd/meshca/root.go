@@ -35,7 +35,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newServerCmd(), newDevCmd(), newAgentCmd(), newTokenCmd(), newRevokeCmd(), newAuditCmd(), newVersionCmd())
+	root.AddCommand(newServerCmd(), newDevCmd(), newAgentCmd(), newCACmd(), newTokenCmd(), newRevokeCmd(), newAuditCmd(), newVersionCmd())
 	return root
 }
 

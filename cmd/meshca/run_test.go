@@ -399,3 +399,36 @@ func TestDevKEK(t *testing.T) {
 		})
 	}
 }
+
+// TestCASealClearStore: a data file with keys in clear is refused once a
+// KEK is configured, until `meshca ca seal` seals them; then the same root
+// serves. (Before the redesign the server sealed them silently at start,
+// so a key planted in the data file was adopted.)
+func TestCASealClearStore(t *testing.T) {
+	clearMeshcaEnv(t)
+	dir := t.TempDir()
+	if code, stdout, stderr := devOnce(t, dir); code != 0 {
+		t.Fatalf("dev --once exited %d\n%s%s", code, stdout, stderr)
+	}
+	bundle := readFile(t, filepath.Join(dir, "bundle.pem"))
+	t.Setenv("MESHCA_KEK", base64.StdEncoding.EncodeToString(randomKEK(t)))
+	code, stdout, stderr := devOnce(t, dir)
+	if code != 1 || !strings.Contains(stderr, "meshca ca seal") {
+		t.Fatalf("dev --once with a KEK over clear keys: exit %d, want 1 naming meshca ca seal\n%s%s", code, stdout, stderr)
+	}
+	code, stdout, stderr = runMeshca(t, "ca", "seal", "--data-dir", dir)
+	if code != 0 || !strings.Contains(stdout, "sealed 2 CA key(s)") {
+		t.Fatalf("ca seal: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if code, stdout, stderr := devOnce(t, dir); code != 0 {
+		t.Fatalf("dev --once after ca seal exited %d\n%s%s", code, stdout, stderr)
+	}
+	if got := readFile(t, filepath.Join(dir, "bundle.pem")); !bytes.Equal(got, bundle) {
+		t.Error("the root changed: sealing must keep the CA's keys")
+	}
+	t.Setenv("MESHCA_KEK", "")
+	os.Unsetenv("MESHCA_KEK")
+	if code, _, stderr := runMeshca(t, "ca", "seal", "--data-dir", dir); code != 1 || !strings.Contains(stderr, "--kek-file or MESHCA_KEK") {
+		t.Fatalf("ca seal without a KEK: exit %d\n%s", code, stderr)
+	}
+}

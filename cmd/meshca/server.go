@@ -1,10 +1,8 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"net"
-	"os"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -15,7 +13,6 @@ import (
 	"github.com/meshca/meshca/ca/server"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/dev"
-	"github.com/meshca/meshca/internal/files"
 
 	"github.com/meshca/meshca/internal/cli"
 )
@@ -112,27 +109,11 @@ func (o *serverOptions) planeConfig(cmd *cobra.Command) (plane.Config, error) {
 	return cfg, nil
 }
 
-// loadKEK reads the key-encryption key from path or from MESHCA_KEK; both
-// at once is an error, so it is never unclear which key is in use.
+// loadKEK reads the key-encryption key from --kek-file or MESHCA_KEK.
 func loadKEK(path string) ([]byte, error) {
-	env, envSet := os.LookupEnv(cli.EnvName("kek"))
-	var raw []byte
-	switch {
-	case path != "" && envSet:
-		return nil, errors.New("both --kek-file and MESHCA_KEK are set: choose one")
-	case path != "":
-		if err := files.CheckSecretMode(path); err != nil {
-			return nil, fmt.Errorf("--kek-file: %w", err)
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("--kek-file: %w", err)
-		}
-		raw = b
-	case envSet:
-		raw = []byte(env)
-	default:
-		return nil, nil
+	raw, err := cli.Secret("kek-file", path, cli.EnvName("kek"))
+	if raw == nil || err != nil {
+		return nil, err
 	}
 	return ca.ParseKEK(raw)
 }

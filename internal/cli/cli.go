@@ -16,6 +16,8 @@ import (
 
 	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
+
+	"github.com/meshca/meshca/internal/files"
 )
 
 // EnvPrefix starts the environment variable of every flag: --data-dir is
@@ -202,4 +204,28 @@ func Render(w io.Writer, format string, v any, table func(w io.Writer)) error {
 		return tw.Flush()
 	}
 	return Usage("--output must be table, json or yaml, not %q", format)
+}
+
+// Secret reads a secret given either as a file (flag --<flag>, which must
+// not be readable by others) or in the environment variable env itself;
+// both at once is an error, so it is never unclear which is in use. Neither
+// returns nil.
+func Secret(flag, path, env string) ([]byte, error) {
+	val, envSet := os.LookupEnv(env)
+	switch {
+	case path != "" && envSet:
+		return nil, fmt.Errorf("both --%s and %s are set: choose one", flag, env)
+	case path != "":
+		if err := files.CheckSecretMode(path); err != nil {
+			return nil, fmt.Errorf("--%s: %w", flag, err)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("--%s: %w", flag, err)
+		}
+		return b, nil
+	case envSet:
+		return []byte(val), nil
+	}
+	return nil, nil
 }
