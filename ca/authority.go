@@ -151,6 +151,9 @@ type Authority struct {
 	nextPrepared atomic.Bool
 	// rotateMu serialises rotations.
 	rotateMu sync.Mutex
+	// health remembers a failed store write until the store takes one
+	// again (see Ready).
+	health storeHealth
 }
 
 // signingCA is an intermediate ready to sign, with the chain to hand out

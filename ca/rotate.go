@@ -89,7 +89,7 @@ func (a *Authority) Rotate(ctx context.Context) error {
 		changed = true
 	}
 	if changed {
-		if _, err := a.cfg.Store.SaveCAState(ctx, st); err != nil {
+		if _, err := a.cfg.Store.SaveCAState(ctx, st); a.health.observe(err) != nil {
 			return fmt.Errorf("ca: save CA state: %w", err)
 		}
 		a.cfg.Logger.Info("intermediate state updated", "active_serial", active.cert.SerialNumber.Text(16),

@@ -119,7 +119,7 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*
 		IssuedAt:        now,
 		Details:         req.Identity.Details,
 	}
-	if err := a.cfg.Store.RecordIssuance(ctx, rec); err != nil {
+	if err := a.health.observe(a.cfg.Store.RecordIssuance(ctx, rec)); err != nil {
 		return nil, fmt.Errorf("%w: recording the issuance failed: %w", ErrUnavailable, err)
 	}
 	chain := make([]string, 0, len(s.chainPEM)+1)

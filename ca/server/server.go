@@ -238,10 +238,9 @@ func (s *Server) deadlineInterceptor(ctx context.Context, req any, _ *grpc.Unary
 	return h(ctx, req)
 }
 
-func (s *Server) handleReady(w http.ResponseWriter, _ *http.Request) {
-	sc := s.cfg.Authority.SigningCertificate()
-	if now := s.cfg.Clock.Now(); now.After(sc.NotAfter) {
-		http.Error(w, "signing intermediate expired", http.StatusServiceUnavailable)
+func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	if err := s.cfg.Authority.Ready(r.Context()); err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
 	fmt.Fprintln(w, "ok")

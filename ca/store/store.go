@@ -173,6 +173,11 @@ type Store interface {
 	// before cutoff, and returns how many were deleted.
 	PruneJoinTokens(ctx context.Context, cutoff time.Time) (int, error)
 
+	// Ping durably writes a small heartbeat: it succeeds only when the
+	// store can record right now (readiness after a failed write: a full
+	// disk, a read-only file system, a lost database connection).
+	Ping(ctx context.Context) error
+
 	// Close releases the store.
 	Close() error
 }

@@ -332,3 +332,12 @@ func (m *Mem) Close() error {
 	m.closed = true
 	return nil
 }
+
+// Ping implements store.Store: an open Mem can always record.
+func (m *Mem) Ping(ctx context.Context) error {
+	if err := m.lock(ctx); err != nil {
+		return err
+	}
+	m.mu.Unlock()
+	return nil
+}

@@ -44,6 +44,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"JoinTokenConsumedOnce", testJoinTokenConsumedOnce},
 		{"PruneJoinTokens", testPruneJoinTokens},
 		{"ContextDone", testContextDone},
+		{"Ping", testPing},
 	} {
 		t.Run(tc.name, func(t *testing.T) { tc.run(t, open) })
 	}
@@ -751,6 +752,7 @@ func testContextDone(t *testing.T, open func(*testing.T) store.Store) {
 		}},
 		{"ConsumeJoinToken", func(ctx context.Context) error { _, err := s.ConsumeJoinToken(ctx, jt.Hash, t0, "x"); return err }},
 		{"PruneJoinTokens", func(ctx context.Context) error { _, err := s.PruneJoinTokens(ctx, t0.Add(100*time.Hour)); return err }},
+		{"Ping", s.Ping},
 	}
 	ctx, cancel := context.WithCancel(bg)
 	cancel()
@@ -779,5 +781,19 @@ func testContextDone(t *testing.T, open func(*testing.T) store.Store) {
 	}
 	if _, err := s.ConsumeJoinToken(bg, jt.Hash, t0, "x"); err != nil {
 		t.Errorf("token consumed with a done context: %v", err)
+	}
+}
+
+// testPing: an open store can record; a closed one cannot.
+func testPing(t *testing.T, open func(*testing.T) store.Store) {
+	s := open(t)
+	if err := s.Ping(context.Background()); err != nil {
+		t.Fatalf("Ping on an open store: %v", err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ping(context.Background()); err == nil {
+		t.Fatal("Ping on a closed store succeeded")
 	}
 }

@@ -14,6 +14,7 @@ package boltstore
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -186,4 +187,20 @@ func wrap(op string, err error) error {
 		return ErrClosed
 	}
 	return fmt.Errorf("boltstore: %s: %w", op, err)
+}
+
+// keyHeartbeat in bucketMeta holds the time of the last Ping.
+var keyHeartbeat = []byte("heartbeat")
+
+// Ping implements store.Store: one write transaction, synced, that stores
+// the current time under the meta bucket.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.enter(ctx); err != nil {
+		return err
+	}
+	var buf [8]byte
+	binary.BigEndian.PutUint64(buf[:], uint64(time.Now().UnixNano()))
+	return wrap("ping", s.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketMeta).Put(keyHeartbeat, buf[:])
+	}))
 }
