@@ -47,8 +47,9 @@ type Pruned struct {
 }
 
 // Prune deletes what no longer serves: issuance records of certificates
-// expired for longer than Config.Retention, join tokens past their expiry
-// (used or not: a replay of an expired token is refused as unknown), and
+// expired for longer than Config.Retention; join tokens expired for as long
+// (kept so that a late replay of a used token is still logged as a replay,
+// with who used it first); and
 // deny-list entries past their ExpiresAt (no certificate they cover is still
 // valid). It tries all three and reports every failure.
 func (a *Authority) Prune(ctx context.Context) (Pruned, error) {
@@ -58,7 +59,7 @@ func (a *Authority) Prune(ctx context.Context) (Pruned, error) {
 		e1, e2, e3 error
 	)
 	p.Issuances, e1 = a.cfg.Store.PruneIssuances(ctx, now.Add(-a.cfg.Retention))
-	p.JoinTokens, e2 = a.cfg.Store.PruneJoinTokens(ctx, now)
+	p.JoinTokens, e2 = a.cfg.Store.PruneJoinTokens(ctx, now.Add(-a.cfg.Retention))
 	p.Revocations, e3 = a.cfg.Store.PruneRevocations(ctx, now)
 	if err := errors.Join(e1, e2, e3); err != nil {
 		return p, fmt.Errorf("ca: prune: %w", err)

@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/big"
 	"strings"
@@ -74,11 +75,40 @@ func (a *Authority) Issuances(ctx context.Context, f store.IssuanceFilter) ([]Is
 	return out, nil
 }
 
+// revocationExpiry is when no certificate that r covers can still be
+// valid. Every certificate this CA issued is in the issuance log until
+// Retention after it expires, so the log's NotAfter is exact; the bound
+// from today's lifetimes (a leaf lives at most MaxTTL and never past its
+// intermediate) covers a record the log no longer has, and settings that
+// were longer when the certificate was issued are covered by the log.
+func (a *Authority) revocationExpiry(ctx context.Context, r store.Revocation) (time.Time, error) {
+	expires := r.RevokedAt.Add(max(a.cfg.MaxTTL, a.cfg.IntermediateTTL) + a.cfg.Backdate)
+	if r.Serial != "" {
+		rec, err := a.cfg.Store.Issuance(ctx, r.Serial)
+		switch {
+		case err == nil:
+			return rec.NotAfter, nil
+		case !errors.Is(err, store.ErrNotFound):
+			return time.Time{}, fmt.Errorf("ca: revoke: %w", err)
+		}
+		return expires, nil
+	}
+	recs, err := a.cfg.Store.Issuances(ctx, store.IssuanceFilter{SPIFFEID: r.SPIFFEID})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("ca: revoke: %w", err)
+	}
+	for _, rec := range recs {
+		if a.revokes(r, rec.Serial, rec.SPIFFEID, rec.NotBefore) && rec.NotAfter.After(expires) {
+			expires = rec.NotAfter
+		}
+	}
+	return expires, nil
+}
+
 // Revoke puts a serial (hex, any case, leading zeros allowed) or a SPIFFE ID
 // on the deny-list, in canonical form so that it matches, and returns the
 // entry as stored. The entry expires, and is pruned, once no certificate it
-// covers can still be valid: at the serial's NotAfter when the issuance log
-// has it, else at RevokedAt plus the longest a leaf may live.
+// covers can still be valid (see revocationExpiry).
 func (a *Authority) Revoke(ctx context.Context, r store.Revocation) (store.Revocation, error) {
 	if (r.Serial == "") == (r.SPIFFEID == "") {
 		return r, fmt.Errorf("ca: %w: give exactly one of a serial and a SPIFFE ID", ErrInvalidRevocation)
@@ -100,14 +130,11 @@ func (a *Authority) Revoke(ctx context.Context, r store.Revocation) (store.Revoc
 	if r.RevokedAt.IsZero() {
 		r.RevokedAt = a.cfg.Clock.Now()
 	}
-	// A leaf lives at most MaxTTL and never past its intermediate, which
-	// lives IntermediateTTL: the larger bound survives a change of either.
-	r.ExpiresAt = r.RevokedAt.Add(max(a.cfg.MaxTTL, a.cfg.IntermediateTTL) + a.cfg.Backdate)
-	if r.Serial != "" {
-		if rec, err := a.cfg.Store.Issuance(ctx, r.Serial); err == nil {
-			r.ExpiresAt = rec.NotAfter
-		}
+	expires, err := a.revocationExpiry(ctx, r)
+	if err != nil {
+		return r, err
 	}
+	r.ExpiresAt = expires
 	if err := a.cfg.Store.Revoke(ctx, r); err != nil {
 		return r, fmt.Errorf("ca: revoke: %w", err)
 	}

@@ -77,13 +77,14 @@ func TestRevokeRefusesBadEntries(t *testing.T) {
 }
 
 // TestPruneExpiredJoinTokensAndRevocations: the maintenance prune deletes
-// join tokens past their expiry and deny-list entries once no certificate
-// they cover can still be valid, and nothing earlier.
+// join tokens expired for longer than the retention (a late replay is still
+// told from an unknown token until then) and deny-list entries once no
+// certificate they cover can still be valid, and nothing earlier.
 func TestPruneExpiredJoinTokensAndRevocations(t *testing.T) {
 	ctx := context.Background()
 	st := storetest.NewMem()
 	clk := clocktest.New(t0)
-	a := newAuthority(t, st, clk, nil)
+	a := newAuthority(t, st, clk, func(c *ca.Config) { c.Retention = 48 * time.Hour })
 	iss, err := a.Sign(ctx, ca.SignRequest{CSR: csrPEM(t, p256(t), fooCSR()), TTL: time.Hour, Identity: identity(fooID)})
 	if err != nil {
 		t.Fatal(err)
@@ -96,35 +97,65 @@ func TestPruneExpiredJoinTokensAndRevocations(t *testing.T) {
 	if err != nil || !byID.ExpiresAt.After(t0.Add(ca.DefaultIntermediateTTL)) {
 		t.Fatalf("ID revocation expires %v (%v), want after the longest a leaf issued before it may live", byID.ExpiresAt, err)
 	}
-	tok, _, err := a.CreateJoinToken(ctx, fooID, 30*time.Minute)
-	if err != nil {
+	if _, _, err := a.CreateJoinToken(ctx, fooID, 30*time.Minute); err != nil {
 		t.Fatal(err)
-	}
-	count := func() (revs, tokens int) {
-		r, _ := st.Revocations(ctx, iss.Record.Serial, fooID.String())
-		_, err := st.ConsumeJoinToken(ctx, jointoken.Hash(tok), clk.Now(), "probe")
-		if !errors.Is(err, store.ErrNotFound) {
-			tokens = 1
-		}
-		return len(r), tokens
 	}
 	if p, err := a.Prune(ctx); err != nil || p != (ca.Pruned{}) {
 		t.Fatalf("fresh Prune = %+v, %v; want nothing", p, err)
 	}
-	clk.Advance(31 * time.Minute) // the token expired
-	if p, err := a.Prune(ctx); err != nil || p != (ca.Pruned{JoinTokens: 1}) {
-		t.Fatalf("Prune after the token expired = %+v, %v", p, err)
+	clk.Advance(31 * time.Minute) // the token expired: kept for the retention
+	if p, err := a.Prune(ctx); err != nil || p != (ca.Pruned{}) {
+		t.Fatalf("Prune after the token expired = %+v, %v; want nothing yet", p, err)
 	}
 	clk.Advance(30 * time.Minute) // the serial's certificate expired
 	if p, err := a.Prune(ctx); err != nil || p != (ca.Pruned{Revocations: 1}) {
 		t.Fatalf("Prune after the certificate expired = %+v, %v", p, err)
 	}
-	if revs, tokens := count(); revs != 1 || tokens != 0 {
-		t.Fatalf("left %d revocations and %d tokens, want the ID's revocation only", revs, tokens)
+	clk.Advance(48 * time.Hour) // past the retention of the token and the record
+	if p, err := a.Prune(ctx); err != nil || p != (ca.Pruned{Issuances: 1, JoinTokens: 1}) {
+		t.Fatalf("Prune past the retention = %+v, %v", p, err)
+	}
+	if revs, _ := st.Revocations(ctx, iss.Record.Serial, fooID.String()); len(revs) != 1 || revs[0].SPIFFEID == "" {
+		t.Fatalf("left %v, want the ID's revocation only", revs)
 	}
 	clk.Advance(ca.DefaultIntermediateTTL)
 	if p, err := a.Prune(ctx); err != nil || p.Revocations != 1 {
 		t.Fatalf("Prune after every covered certificate expired = %+v, %v", p, err)
+	}
+}
+
+// TestIDRevocationOutlivesLongerPastSettings: a certificate issued under
+// longer lifetimes than today's keeps its identity's revocation alive until
+// it expires (the issuance log knows its NotAfter), although today's
+// lifetimes alone would let the entry go earlier.
+func TestIDRevocationOutlivesLongerPastSettings(t *testing.T) {
+	ctx := context.Background()
+	st := storetest.NewMem()
+	clk := clocktest.New(t0)
+	long := newAuthority(t, st, clk, func(c *ca.Config) { c.IntermediateTTL = 30 * 24 * time.Hour; c.MaxTTL = 14 * 24 * time.Hour })
+	iss, err := long.Sign(ctx, ca.SignRequest{CSR: csrPEM(t, p256(t), fooCSR()), TTL: 14 * 24 * time.Hour, Identity: identity(fooID)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Hour)
+	short := newAuthority(t, st, clk, func(c *ca.Config) {
+		c.IntermediateTTL = 2 * 24 * time.Hour
+		c.MaxTTL = 24 * time.Hour
+		c.DefaultTTL = time.Hour
+	})
+	rev, err := short.Revoke(ctx, store.Revocation{SPIFFEID: fooID.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rev.ExpiresAt.Before(iss.Record.NotAfter) {
+		t.Fatalf("the revocation expires %v, before the revoked certificate's NotAfter %v", rev.ExpiresAt, iss.Record.NotAfter)
+	}
+	clk.Advance(3 * 24 * time.Hour)
+	if _, err := short.Prune(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := short.CheckRevoked(ctx, leafOf(t, iss), fooID); !errors.Is(err, attestor.ErrRevoked) {
+		t.Fatalf("a revoked certificate valid for 10 more days is no longer revoked: %v", err)
 	}
 }
 

@@ -25,7 +25,8 @@ import (
 // Config configures a Client. Zero fields get the defaults
 // documented on each.
 type Config struct {
-	// Addr is the CA's HTTPS API address (host:port). Required.
+	// Addr is the CA's HTTPS API address, host:port or host (port 443).
+	// Required.
 	Addr string
 	// DataDir is the server's data directory: the defaults of CAFile and
 	// TokenFile are in it.
@@ -73,7 +74,10 @@ func New(cfg Config) (*Client, error) {
 	}
 	host, _, err := net.SplitHostPort(cfg.Addr)
 	if err != nil {
-		return nil, fmt.Errorf("--server %q: %w", cfg.Addr, err)
+		// No port: HTTPS's own, 443, as a URL would have it.
+		if host, _, err = net.SplitHostPort(cfg.Addr + ":443"); err != nil {
+			return nil, fmt.Errorf("--server %q: %w", cfg.Addr, err)
+		}
 	}
 	if ip := net.ParseIP(host); host == "" || (ip != nil && (ip.IsLoopback() || ip.IsUnspecified())) {
 		host = "localhost" // the server's certificate names localhost by default

@@ -23,7 +23,9 @@ func TestNewServerName(t *testing.T) {
 		{addr: ":8443", wantName: "localhost"},
 		{addr: "meshca.example:8443", wantName: "meshca.example"},
 		{addr: "[2001:db8::1]:8443", wantName: "2001:db8::1"},
-		{addr: "meshca.example", wantErr: "missing port"},
+		{addr: "meshca.example", wantName: "meshca.example"},
+		{addr: "[::1]", wantName: "localhost"},
+		{addr: "a:b:c", wantErr: "too many colons"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.addr, func(t *testing.T) {

@@ -157,6 +157,6 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request) (*RevokeResponse
 	if err != nil {
 		return nil, err
 	}
-	s.cfg.Logger.Warn("revoked", "serial", req.Serial, "spiffe_id", req.SPIFFEID, "reason", req.Reason, "peer", r.RemoteAddr)
-	return &RevokeResponse{Serial: req.Serial, SPIFFEID: req.SPIFFEID, RevokedAt: rev.RevokedAt}, nil
+	s.cfg.Logger.Warn("revoked", "serial", rev.Serial, "spiffe_id", rev.SPIFFEID, "reason", rev.Reason, "peer", r.RemoteAddr)
+	return &RevokeResponse{Serial: rev.Serial, SPIFFEID: rev.SPIFFEID, RevokedAt: rev.RevokedAt}, nil
 }

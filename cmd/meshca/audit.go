@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshca/meshca/ca/adminclient"
 	"github.com/meshca/meshca/internal/audit"
 
 	"github.com/meshca/meshca/internal/cli"
@@ -100,7 +101,7 @@ func newAuditIssuedCmd() *cobra.Command {
 		Short: "Who holds which identity, from the CA's issuance log (admin API)",
 		Args:  usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := f.client(cmd.Flags())
+			c, err := adminclient.New(f.cfg) // no MESHCA_* or config file: flags only, as before
 			if err != nil {
 				return cli.Usage("%v", err)
 			}

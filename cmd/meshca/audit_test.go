@@ -133,6 +133,10 @@ func TestAuditIssued(t *testing.T) {
 			t.Errorf("revoke %s: exit %d, stderr %q", name, code, errOut)
 		}
 	}
+	// audit issued takes its flags only: an agent's MESHCA_SPIFFE_ID in the
+	// environment must not filter the report.
+	t.Setenv("MESHCA_SPIFFE_ID", db.String())
+	t.Setenv("MESHCA_SINCE", "bogus")
 	code, stdout, stderr := runMeshca(t, "audit", "issued", "--server", p.Addr("https").String(), "--data-dir", dir, "-o", "json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)

@@ -5,7 +5,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshca/meshca/ca/adminclient"
 	"github.com/meshca/meshca/ca/server"
+	"github.com/meshca/meshca/internal/cli"
 )
 
 func newRevokeCmd() *cobra.Command {
@@ -22,7 +24,10 @@ func newRevokeCmd() *cobra.Command {
 			"with it, so revoke the SPIFFE ID to cut off a stolen key.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := f.client(cmd.Flags())
+			if err := cli.Resolve(cmd.Flags(), &f.configFile); err != nil {
+				return err
+			}
+			c, err := adminclient.New(f.cfg)
 			if err != nil {
 				return err
 			}
@@ -34,6 +39,7 @@ func newRevokeCmd() *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
+	f.addConfigFlag(fs)
 	f.addFlags(fs)
 	fs.StringVar(&req.Serial, "serial", "", "certificate serial number (hex)")
 	fs.StringVar(&req.SPIFFEID, "spiffe-id", "", "revoke every certificate of this identity issued until now")

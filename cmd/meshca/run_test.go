@@ -287,6 +287,17 @@ func TestRunErrors(t *testing.T) {
 			wantMsg: []string{"unknown key", "grpc-port"},
 		},
 		{
+			name:    "server empty Kubernetes attestation mode",
+			args:    func(dir string) []string { return serverArgs(dir) },
+			env:     map[string]string{"MESHCA_K8S_ATTESTATION": ""},
+			wantMsg: []string{"--k8s-attestation must be off, tokenreview or jwks"},
+		},
+		{
+			name:    "server JWKS URL and file",
+			args:    func(dir string) []string { return serverArgs(dir, "--k8s-attestation", "jwks", "--k8s-jwks-url", "https://x", "--k8s-jwks-file", "f") },
+			wantMsg: []string{"--k8s-jwks-url and --k8s-jwks-file: choose one"},
+		},
+		{
 			name:    "server positional argument",
 			args:    func(dir string) []string { return serverArgs(dir, "extra") },
 			wantMsg: []string{"extra"},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 
@@ -101,6 +102,12 @@ func (o *serverOptions) planeConfig(cmd *cobra.Command) (plane.Config, error) {
 		if cfg.Parent, err = ca.LoadCACerts(o.cacertsDir, clock.Real{}.Now()); err != nil {
 			return plane.Config{}, err
 		}
+	}
+	switch k := cfg.Kubernetes; {
+	case k.Mode == "": // plane takes "" as off; the flag must say it
+		return plane.Config{}, errors.New(`--k8s-attestation must be off, tokenreview or jwks, not ""`)
+	case k.JWKSURL != "" && k.JWKSFile != "":
+		return plane.Config{}, errors.New("--k8s-jwks-url and --k8s-jwks-file: choose one")
 	}
 	if cfg.Kubernetes.Deny == nil {
 		cfg.Kubernetes.Deny = []string{} // --deny-namespaces "" denies nothing

@@ -24,19 +24,16 @@ type adminFlags struct {
 }
 
 func (f *adminFlags) addFlags(fs *pflag.FlagSet) {
-	fs.StringVar(&f.configFile, "config", "", "YAML config file whose keys are these flag names (env MESHCA_CONFIG)")
 	fs.StringVar(&f.cfg.Addr, "server", "127.0.0.1:8443", "the server's HTTPS API address (host:port)")
 	fs.StringVar(&f.cfg.DataDir, "data-dir", ".meshca", "the server's data directory, for the defaults of --ca-file and --admin-token-file")
 	fs.StringVar(&f.cfg.CAFile, "ca-file", "", "PEM roots to verify the server with (default <data-dir>/bundle.pem)")
 	fs.StringVar(&f.cfg.TokenFile, "admin-token-file", "", "file holding the admin token (default <data-dir>/admin-token)")
 }
 
-// client resolves the flags (environment, config file) and builds the client.
-func (f *adminFlags) client(fs *pflag.FlagSet) (*adminclient.Client, error) {
-	if err := cli.Resolve(fs, &f.configFile); err != nil {
-		return nil, err
-	}
-	return adminclient.New(f.cfg)
+// addConfigFlag adds --config: the command then takes MESHCA_* variables
+// and the config file too (cli.Resolve).
+func (f *adminFlags) addConfigFlag(fs *pflag.FlagSet) {
+	fs.StringVar(&f.configFile, "config", "", "YAML config file whose keys are these flag names (env MESHCA_CONFIG)")
 }
 
 func newTokenCmd() *cobra.Command {
@@ -71,6 +68,7 @@ func newTokenCreateCmd() *cobra.Command {
 		},
 	}
 	fs := cmd.Flags()
+	f.addConfigFlag(fs)
 	f.addFlags(fs)
 	fs.StringVar(&req.SPIFFEID, "spiffe-id", "", "SPIFFE ID the token is bound to (required)")
 	fs.DurationVar(&ttl, "ttl", time.Hour, "how long the token may be used")

@@ -5,8 +5,9 @@
 // package behind flags.
 //
 // Start owns start-up (each step undone if a later one fails) and returns an
-// Agent; Stop owns shutdown: streams are ended cleanly, the gRPC servers
-// drain, then the Manager stops. Run is Start, wait for the context, Stop.
+// Agent; Stop owns shutdown: the Manager and the streams are cancelled
+// together, the gRPC servers drain, and Stop returns once every goroutine
+// has ended. Run is Start, wait for the context, Stop.
 package agent
 
 import (
