@@ -192,15 +192,56 @@ func wrap(op string, err error) error {
 // keyHeartbeat in bucketMeta holds the time of the last Ping.
 var keyHeartbeat = []byte("heartbeat")
 
-// Ping implements store.Store: one write transaction, synced, that stores
-// the current time under the meta bucket.
+// pingProbeBytes is what Ping writes to a new file beside the data file:
+// bbolt reuses freed pages in place, so a heartbeat transaction alone can
+// succeed on a full disk that cannot take one more group commit; a file
+// system that cannot take this much new data cannot grow the data file.
+const pingProbeBytes = 64 << 10
+
+// Ping implements store.Store: it writes, syncs and removes a 64 KiB probe
+// file beside the data file, then stores the current time under the meta
+// bucket in one synced transaction.
 func (s *Store) Ping(ctx context.Context) error {
 	if err := s.enter(ctx); err != nil {
 		return err
+	}
+	if err := probe(filepath.Dir(s.db.Path())); err != nil {
+		return fmt.Errorf("boltstore: ping: %w", err)
 	}
 	var buf [8]byte
 	binary.BigEndian.PutUint64(buf[:], uint64(time.Now().UnixNano()))
 	return wrap("ping", s.db.Update(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketMeta).Put(keyHeartbeat, buf[:])
 	}))
+}
+
+// probe writes pingProbeBytes to a new file in dir, syncs and removes it.
+func probe(dir string) error {
+	f, err := os.CreateTemp(dir, ".meshca-ping-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	_, err = f.Write(make([]byte, pingProbeBytes))
+	if err == nil {
+		err = f.Sync()
+	}
+	return errors.Join(err, f.Close())
+}
+
+// Check verifies the file's consistency (every page reachable once, no
+// double frees, every bucket readable) in one read transaction, and
+// returns the problems found joined, or nil.
+func (s *Store) Check(ctx context.Context) error {
+	if err := s.enter(ctx); err != nil {
+		return err
+	}
+	var errs []error
+	err := s.db.View(func(tx *bolt.Tx) error {
+		for e := range tx.Check() {
+			errs = append(errs, e)
+		}
+		return nil
+	})
+	return wrap("check", errors.Join(append(errs, err)...))
 }
