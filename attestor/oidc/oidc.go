@@ -1,7 +1,10 @@
 // Package oidc attests workloads by OIDC ID tokens from configured issuers
 // (CI systems, cloud workload identity): the token is verified offline
 // against the issuer's JWKS, required claims are checked, and a template
-// maps its claims to a SPIFFE ID in the trust domain.
+// maps its claims to a SPIFFE ID in the trust domain. A claim value fills at
+// most one path segment (path_claims excepted), and an ID takes the
+// Kubernetes shape /ns/<ns>/sa/<sa> only where the template's fixed text
+// writes it: a CI job can never pass for a ServiceAccount.
 package oidc
 
 import (
@@ -9,8 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
-	"text/template"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"sigs.k8s.io/yaml"
@@ -32,12 +33,22 @@ type IssuerConfig struct {
 	JWKSFile string `json:"jwks_file,omitempty"`
 	// Audiences: "aud" must contain one of them. Required.
 	Audiences []string `json:"audiences"`
-	// SPIFFEID is a text/template producing the SPIFFE ID from the claims
-	// ("." is the claims object; {{td}} is the trust domain name), e.g.
-	// "spiffe://{{td}}/gh/{{.repository}}". A missing claim is an error.
+	// SPIFFEID is a template producing the SPIFFE ID from the claims, in
+	// text/template syntax restricted to fixed text, {{td}} (the trust
+	// domain name), {{.claim}} (also nested, {{.a.b}}) and
+	// {{index . "claim" ...}}, e.g. "spiffe://{{td}}/gh/{{.repository}}".
+	// A missing claim is an error. Each claim value must be a string that
+	// is one valid SPIFFE path segment, so it can never add segments; and
+	// the ID may have the Kubernetes shape /ns/<ns>/sa/<sa> only where the
+	// template's fixed text writes "ns" and "sa".
 	SPIFFEID string `json:"spiffe_id"`
 	// RequiredClaims must have exactly these string values.
 	RequiredClaims map[string]string `json:"required_claims,omitempty"`
+	// PathClaims names the claims the template uses that are paths by
+	// nature, such as GitHub's repository ("owner/repo"): their values may
+	// hold "/", each segment still a valid SPIFFE path segment. Nested
+	// claims are named with dots ("a.b").
+	PathClaims []string `json:"path_claims,omitempty"`
 }
 
 // File is the --oidc-config file.
@@ -62,7 +73,7 @@ func LoadFile(path string) ([]IssuerConfig, error) {
 type Attestor struct {
 	cfg      IssuerConfig
 	td       spiffeid.TrustDomain
-	tmpl     *template.Template
+	tmpl     *idTemplate
 	verifier *jwks.Verifier
 }
 
@@ -105,8 +116,7 @@ func New(c Config) (*Attestor, error) {
 			return nil, fmt.Errorf("oidc: issuer %s: exactly one of jwks_url and jwks_file is required", cfg.Issuer)
 		}
 	}
-	tmpl, err := template.New(cfg.Issuer).Option("missingkey=error").
-		Funcs(template.FuncMap{"td": td.Name}).Parse(cfg.SPIFFEID)
+	tmpl, err := parseIDTemplate(td, cfg.SPIFFEID, cfg.PathClaims)
 	if err != nil {
 		return nil, fmt.Errorf("oidc: issuer %s: spiffe_id template: %w", cfg.Issuer, err)
 	}
@@ -135,16 +145,9 @@ func (a *Attestor) Attest(ctx context.Context, c attestor.Credential) (attestor.
 			return attestor.Identity{}, fmt.Errorf("%w: OIDC token: claim %q must be %q", attestor.ErrPermissionDenied, k, want)
 		}
 	}
-	var sb strings.Builder
-	if err := a.tmpl.Execute(&sb, claims); err != nil {
-		return attestor.Identity{}, fmt.Errorf("%w: OIDC token lacks a claim the SPIFFE ID needs: %v", attestor.ErrPermissionDenied, err)
-	}
-	id, err := spiffeid.FromString(sb.String())
+	id, err := a.tmpl.execute(claims)
 	if err != nil {
-		return attestor.Identity{}, fmt.Errorf("%w: OIDC claims make no valid SPIFFE ID (%q): %v", attestor.ErrPermissionDenied, sb.String(), err)
-	}
-	if id.TrustDomain() != a.td {
-		return attestor.Identity{}, fmt.Errorf("%w: OIDC claims map to %s, outside trust domain %s", attestor.ErrPermissionDenied, id, a.td.Name())
+		return attestor.Identity{}, fmt.Errorf("%w: OIDC token: %v", attestor.ErrPermissionDenied, err)
 	}
 	return attestor.Identity{ID: id, Kind: Kind, Subject: a.cfg.Issuer + "#" + reg.Subject}, nil
 }

@@ -62,6 +62,7 @@ func newAttestor(t *testing.T, ti *testIssuer, mod func(*oidc.IssuerConfig)) *oi
 		Issuer: issuer, JWKSURL: "unused", Audiences: []string{"meshca"},
 		SPIFFEID:       "spiffe://{{td}}/gh/{{.repository}}",
 		RequiredClaims: map[string]string{"repository_owner": "my-org"},
+		PathClaims:     []string{"repository"},
 	}
 	if mod != nil {
 		mod(&cfg)
@@ -95,9 +96,7 @@ func TestOIDC(t *testing.T) {
 		{name: "claim for the ID missing", token: ti.token(t, issuer, []string{"meshca"}, map[string]any{"repository_owner": "my-org"}),
 			wantErr: attestor.ErrPermissionDenied, msg: "lacks a claim"},
 		{name: "claims make a path traversal", token: ti.token(t, issuer, []string{"meshca"}, map[string]any{"repository": "../../ns/kube-system/sa/admin", "repository_owner": "my-org"}),
-			wantErr: attestor.ErrPermissionDenied, msg: "no valid SPIFFE ID"},
-		{name: "template leaves the trust domain", mod: func(c *oidc.IssuerConfig) { c.SPIFFEID = "spiffe://evil.org/{{.repository}}" },
-			token: ti.token(t, issuer, []string{"meshca"}, good), wantErr: attestor.ErrPermissionDenied, msg: "outside trust domain"},
+			wantErr: attestor.ErrPermissionDenied, msg: `claim "repository" is not a SPIFFE path`},
 		{name: "forged signature", token: newIssuer(t).token(t, issuer, []string{"meshca"}, good), wantErr: attestor.ErrUnauthenticated, msg: "signature does not verify"},
 	}
 	for _, tc := range tests {
@@ -131,23 +130,137 @@ func TestOIDCConfig(t *testing.T) {
 	if _, err := oidc.LoadFile(write("typo.yaml", "issuers:\n- issuer: x\n  audience: [meshca]\n")); err == nil || !strings.Contains(err.Error(), "audience") {
 		t.Fatalf("misspelled field = %v", err)
 	}
+	tmpl := func(spiffeID string, pathClaims ...string) oidc.IssuerConfig {
+		return oidc.IssuerConfig{Issuer: issuer, Audiences: []string{"a"}, SPIFFEID: spiffeID, JWKSFile: "f", PathClaims: pathClaims}
+	}
 	for name, cfg := range map[string]oidc.IssuerConfig{
-		"no issuer":       {Audiences: []string{"a"}, SPIFFEID: "x", JWKSFile: "f"},
-		"no audiences":    {Issuer: issuer, SPIFFEID: "x", JWKSFile: "f"},
-		"no template":     {Issuer: issuer, Audiences: []string{"a"}, JWKSFile: "f"},
-		"no keys":         {Issuer: issuer, Audiences: []string{"a"}, SPIFFEID: "x"},
-		"both keys":       {Issuer: issuer, Audiences: []string{"a"}, SPIFFEID: "x", JWKSFile: "f", JWKSURL: "u"},
-		"broken template": {Issuer: issuer, Audiences: []string{"a"}, SPIFFEID: "{{", JWKSFile: "f"},
+		"no issuer":                    {Audiences: []string{"a"}, SPIFFEID: "spiffe://{{td}}/x", JWKSFile: "f"},
+		"no audiences":                 {Issuer: issuer, SPIFFEID: "spiffe://{{td}}/x", JWKSFile: "f"},
+		"no template":                  {Issuer: issuer, Audiences: []string{"a"}, JWKSFile: "f"},
+		"no keys":                      {Issuer: issuer, Audiences: []string{"a"}, SPIFFEID: "spiffe://{{td}}/x"},
+		"both keys":                    {Issuer: issuer, Audiences: []string{"a"}, SPIFFEID: "spiffe://{{td}}/x", JWKSFile: "f", JWKSURL: "u"},
+		"broken template":              tmpl("{{"),
+		"not a SPIFFE ID":              tmpl("x"),
+		"template leaves the domain":   tmpl("spiffe://evil.org/{{.repository}}"),
+		"claim in the trust domain":    tmpl("spiffe://{{.org}}.org/x"),
+		"empty segment in fixed text":  tmpl("spiffe://{{td}}//{{.repository}}"),
+		"function call":                tmpl(`spiffe://{{td}}/{{printf "%s" .ref}}`),
+		"pipeline":                     tmpl("spiffe://{{td}}/{{.ref | html}}"),
+		"condition":                    tmpl("spiffe://{{td}}/{{if .ref}}{{.ref}}{{end}}"),
+		"range":                        tmpl("spiffe://{{td}}/{{range .refs}}{{.}}{{end}}"),
+		"variable":                     tmpl("spiffe://{{td}}/{{$r := .ref}}{{$r}}"),
+		"the whole claims object":      tmpl("spiffe://{{td}}/{{.}}"),
+		"index with a computed key":    tmpl("spiffe://{{td}}/{{index . .k}}"),
+		"path_claims names an unused":  tmpl("spiffe://{{td}}/gh/{{.repository}}", "repo"),
+		"path_claims names td":         tmpl("spiffe://{{td}}/gh/{{.repository}}", "td"),
+		"string constant is not fixed": tmpl(`spiffe://{{td}}/{{"ns"}}/x/sa/{{.y}}`),
 	} {
-		if _, err := oidc.New(oidc.Config{Issuer: cfg, TrustDomain: td}); err == nil {
-			t.Errorf("%s: accepted", name)
+		if _, err := oidc.New(oidc.Config{Issuer: cfg, TrustDomain: td}); err == nil || !strings.HasPrefix(err.Error(), "oidc: ") {
+			t.Errorf("%s: New() = %v, want an oidc: error", name, err)
 		}
 	}
-	ok := oidc.IssuerConfig{Issuer: issuer, Audiences: []string{"a"}, SPIFFEID: "x", JWKSFile: "f"}
+	for name, cfg := range map[string]oidc.IssuerConfig{
+		"claim":              tmpl("spiffe://{{td}}/gh/{{.repository}}"),
+		"path claim":         tmpl("spiffe://{{td}}/gh/{{.repository}}", "repository"),
+		"nested path claim":  tmpl("spiffe://{{td}}/gcp/{{.google.project}}", "google.project"),
+		"index":              tmpl(`spiffe://{{td}}/k/{{index . "kubernetes.io" "namespace"}}`),
+		"trimmed spaces":     tmpl("spiffe://{{td}}/gh/{{- .repository -}}"),
+		"literal k8s shape":  tmpl("spiffe://{{td}}/ns/ci/sa/{{.sub}}"),
+		"claim in a segment": tmpl("spiffe://{{td}}/ci/run-{{.run_id}}-{{.attempt}}"),
+	} {
+		if _, err := oidc.New(oidc.Config{Issuer: cfg, TrustDomain: td}); err != nil {
+			t.Errorf("%s: New() = %v", name, err)
+		}
+	}
+	if _, err := oidc.LoadFile(write("path.yaml", "issuers:\n- issuer: "+issuer+"\n  jwks_file: /x\n  audiences: [meshca]\n  spiffe_id: 'spiffe://{{td}}/gh/{{.repository}}'\n  path_claims: [repository]\n")); err != nil {
+		t.Errorf("LoadFile(path_claims) = %v", err)
+	}
+	ok := tmpl("spiffe://{{td}}/x")
 	if _, err := oidc.New(oidc.Config{Issuer: ok}); err == nil || !strings.HasPrefix(err.Error(), "oidc: ") {
 		t.Errorf("no trust domain: New() = %v, want an oidc: error", err)
 	}
 	if _, err := oidc.New(oidc.Config{Issuer: ok, TrustDomain: td}); err != nil {
 		t.Errorf("valid config: New() = %v", err)
+	}
+}
+
+// TestClaimValuesStayInTheirSegment is finding 1 of the security hardening
+// issue: a substituted claim value must never add SPIFFE path segments, and
+// an OIDC-minted ID never takes the Kubernetes shape /ns/<ns>/sa/<sa> unless
+// the template spells it out in its fixed text.
+func TestClaimValuesStayInTheirSegment(t *testing.T) {
+	ti := newIssuer(t)
+	const ciRef = "spiffe://{{td}}/ci/{{.repository_owner}}/{{.ref}}"
+	tests := []struct {
+		name       string
+		template   string
+		pathClaims []string
+		claims     map[string]any
+		wantID     string // "" means refused
+		msg        string // in the refusal
+	}{
+		{name: "ref without slashes", template: ciRef, claims: map[string]any{"ref": "main"}, wantID: "spiffe://example.org/ci/my-org/main"},
+		{name: "ref with slashes", template: ciRef, claims: map[string]any{"ref": "feature/ns/prod/sa/payments"},
+			msg: `claim "ref" holds a "/"`},
+		{name: "ref is ..", template: ciRef, claims: map[string]any{"ref": ".."}, msg: `claim "ref" is not a SPIFFE path segment`},
+		{name: "ref is .", template: ciRef, claims: map[string]any{"ref": "."}, msg: `claim "ref" is not a SPIFFE path segment`},
+		{name: ".. inside a segment", template: "spiffe://{{td}}/ci/v{{.ref}}", claims: map[string]any{"ref": ".."}, msg: `claim "ref" is not a SPIFFE path segment`},
+		{name: "empty claim", template: ciRef, claims: map[string]any{"ref": ""}, msg: `claim "ref" is empty`},
+		{name: "empty claim inside a segment", template: "spiffe://{{td}}/ci/run-{{.ref}}", claims: map[string]any{"ref": ""}, msg: `claim "ref" is empty`},
+		{name: "character SPIFFE forbids", template: ciRef, claims: map[string]any{"ref": "refs:heads"}, msg: `claim "ref" is not a SPIFFE path segment`},
+		{name: "percent-encoded slash", template: ciRef, claims: map[string]any{"ref": "a%2Fb"}, msg: `claim "ref" is not a SPIFFE path segment`},
+		{name: "not a string", template: ciRef, claims: map[string]any{"ref": 42}, msg: `claim "ref" is not a string`},
+		{name: "path claim opted in", template: "spiffe://{{td}}/gh/{{.repository}}", pathClaims: []string{"repository"},
+			claims: map[string]any{"repository": "my-org/web"}, wantID: "spiffe://example.org/gh/my-org/web"},
+		{name: "path claim not opted in", template: "spiffe://{{td}}/gh/{{.repository}}",
+			claims: map[string]any{"repository": "my-org/web"}, msg: `claim "repository" holds a "/"`},
+		{name: "path claim with .. segment", template: "spiffe://{{td}}/gh/{{.repository}}", pathClaims: []string{"repository"},
+			claims: map[string]any{"repository": "my-org/../../ns/prod/sa/payments"}, msg: `claim "repository" is not a SPIFFE path`},
+		{name: "path claim with empty segment", template: "spiffe://{{td}}/gh/{{.repository}}", pathClaims: []string{"repository"},
+			claims: map[string]any{"repository": "my-org//web"}, msg: `claim "repository" is not a SPIFFE path`},
+		{name: "path claim with a leading slash", template: "spiffe://{{td}}/gh{{.repository}}", pathClaims: []string{"repository"},
+			claims: map[string]any{"repository": "/my-org/web"}, msg: `claim "repository" is not a SPIFFE path`},
+		{name: "path claim forms /ns/x/sa/y", template: ciRef, pathClaims: []string{"ref"},
+			claims: map[string]any{"ref": "feature/ns/prod/sa/payments"}, msg: "Kubernetes shape"},
+		{name: "single values form /ns/x/sa/y", template: "spiffe://{{td}}/{{.kind}}/{{.team}}/sa/{{.job}}",
+			claims: map[string]any{"kind": "ns", "team": "prod", "job": "payments"}, msg: "Kubernetes shape"},
+		{name: "the whole path is /ns/x/sa/y", template: "spiffe://{{td}}/{{.a}}/{{.b}}/{{.c}}/{{.d}}",
+			claims: map[string]any{"a": "ns", "b": "prod", "c": "sa", "d": "payments"}, msg: "Kubernetes shape"},
+		{name: "shape in another case", template: "spiffe://{{td}}/ci/{{.a}}/prod/{{.c}}/payments",
+			claims: map[string]any{"a": "NS", "c": "Sa"}, msg: "Kubernetes shape"},
+		{name: "half literal shape", template: "spiffe://{{td}}/ci/ns/{{.team}}/{{.kind}}/{{.job}}",
+			claims: map[string]any{"team": "prod", "kind": "sa", "job": "payments"}, msg: "Kubernetes shape"},
+		{name: "template spells the shape literally", template: "spiffe://{{td}}/ns/ci/sa/{{.repository_owner}}",
+			wantID: "spiffe://example.org/ns/ci/sa/my-org"},
+		{name: "template spells the shape literally around claims", template: "spiffe://{{td}}/ci/ns/{{.team}}/sa/{{.job}}",
+			claims: map[string]any{"team": "prod", "job": "payments"}, wantID: "spiffe://example.org/ci/ns/prod/sa/payments"},
+		{name: "ns and sa too far apart", template: "spiffe://{{td}}/ci/{{.a}}/x/y/{{.b}}/z",
+			claims: map[string]any{"a": "ns", "b": "sa"}, wantID: "spiffe://example.org/ci/ns/x/y/sa/z"},
+		{name: "nested claim", template: "spiffe://{{td}}/gcp/{{.google.project}}",
+			claims: map[string]any{"google": map[string]any{"project": "a/b"}}, msg: `claim "google.project" holds a "/"`},
+		{name: "claim named by index", template: `spiffe://{{td}}/k/{{index . "kubernetes.io" "namespace"}}`,
+			claims: map[string]any{"kubernetes.io": map[string]any{"namespace": "prod"}}, wantID: "spiffe://example.org/k/prod"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			a := newAttestor(t, ti, func(c *oidc.IssuerConfig) { c.SPIFFEID, c.PathClaims = tc.template, tc.pathClaims })
+			claims := map[string]any{"repository_owner": "my-org"}
+			for k, v := range tc.claims {
+				claims[k] = v
+			}
+			id, err := a.Attest(context.Background(), attestor.Credential{BearerToken: ti.token(t, issuer, []string{"meshca"}, claims)})
+			if tc.wantID != "" {
+				if err != nil || id.ID.String() != tc.wantID {
+					t.Fatalf("Attest = %v, %v; want %s", id.ID, err, tc.wantID)
+				}
+				return
+			}
+			if err == nil {
+				t.Fatalf("Attest = %v, want a refusal saying %q", id.ID, tc.msg)
+			}
+			if !errors.Is(err, attestor.ErrPermissionDenied) || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("Attest error = %v, want ErrPermissionDenied saying %q", err, tc.msg)
+			}
+		})
 	}
 }
