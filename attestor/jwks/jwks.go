@@ -1,5 +1,8 @@
 // Package jwks verifies JWTs offline against a JSON Web Key Set: signature
-// (RS256 or ES256), issuer, audience, and expiry with bounded clock skew. The
+// (RS256 or ES256), issuer, audience, and expiry with bounded clock skew.
+// Before anything is decoded a token must be at most MaxTokenBytes of
+// base64url in three parts; a token without a key ID is checked only when
+// exactly one key of the set fits its algorithm. The
 // key set is fetched from a URL, a file, or any function, cached, and fetched
 // again when a token names a key ID it does not hold, at most once per
 // MinRefresh so a flood of forged key IDs cannot hammer the issuer.
@@ -7,6 +10,9 @@ package jwks
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rsa"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,6 +43,11 @@ const DefaultLeeway = time.Minute
 
 // maxJWKSBytes bounds a fetched key set.
 const maxJWKSBytes = 1 << 20
+
+// MaxTokenBytes bounds a token: longer ones are refused before anything is
+// decoded. Kubernetes and CI tokens are 1 to 2 KiB; the largest common ones
+// (Entra ID with groups) stay under 16 KiB.
+const MaxTokenBytes = 64 << 10
 
 // Fetcher returns the raw JWKS document.
 type Fetcher func(ctx context.Context) ([]byte, error)
@@ -256,19 +267,31 @@ type Verifier struct {
 // returning the registered claims. The token must carry "exp". Every error
 // wraps ErrInvalid or ErrUnavailable, and so starts "jwks: ".
 func (v *Verifier) Verify(ctx context.Context, token string, extra any) (*jwt.Claims, error) {
-	tok, err := jwt.ParseSigned(token, Algorithms)
+	tok, err := parse(token)
 	if err != nil {
-		return nil, fmt.Errorf("%w: not a signed JWT with an accepted algorithm (%v): %v", ErrInvalid, Algorithms, err)
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	if len(tok.Headers) != 1 {
 		return nil, fmt.Errorf("%w: want exactly one signature", ErrInvalid)
 	}
-	keys, err := v.Keys.lookup(ctx, tok.Headers[0].KeyID)
+	h := tok.Headers[0]
+	keys, err := v.Keys.lookup(ctx, h.KeyID)
 	if err != nil {
 		if errors.Is(err, errUnknownKey) {
 			return nil, fmt.Errorf("%w: signed by an unknown key (%v)", ErrInvalid, err)
 		}
 		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	keys = slices.DeleteFunc(slices.Clone(keys), func(k jose.JSONWebKey) bool { return !fits(k, h.Algorithm) })
+	switch {
+	case len(keys) == 0 && h.KeyID == "":
+		return nil, fmt.Errorf("%w: no key in the key set is for signing with %s", ErrInvalid, h.Algorithm)
+	case len(keys) == 0:
+		return nil, fmt.Errorf("%w: key %q is not for signing with %s", ErrInvalid, h.KeyID, h.Algorithm)
+	case h.KeyID == "" && len(keys) > 1:
+		// Trying each would let one token cost as many verifications as
+		// the set has keys; real issuers name the key.
+		return nil, fmt.Errorf("%w: no key ID (kid), and %d keys could have signed with %s", ErrInvalid, len(keys), h.Algorithm)
 	}
 	var claims jwt.Claims
 	var verified bool
@@ -309,11 +332,50 @@ func (v *Verifier) Verify(ctx context.Context, token string, extra any) (*jwt.Cl
 	return &claims, nil
 }
 
+// parse checks that token is one compact JWS of at most MaxTokenBytes, in
+// base64url without padding or white space (which Go's base64 decoder would
+// skip, making one token many), and signed with one of Algorithms; then
+// parses it. Its errors carry no "jwks: " prefix.
+func parse(token string) (*jwt.JSONWebToken, error) {
+	if len(token) > MaxTokenBytes {
+		return nil, fmt.Errorf("token of %d bytes is larger than %d", len(token), MaxTokenBytes)
+	}
+	if n := strings.Count(token, "."); n != 2 {
+		return nil, fmt.Errorf("not a compact JWS: %d parts, want three", n+1)
+	}
+	for i := 0; i < len(token); i++ {
+		if c := token[i]; !(c == '.' || c == '-' || c == '_' || '0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
+			return nil, fmt.Errorf("not a compact JWS: byte %d is not base64url", i)
+		}
+	}
+	tok, err := jwt.ParseSigned(token, Algorithms)
+	if err != nil {
+		return nil, fmt.Errorf("not a signed JWT with an accepted algorithm (%v): %v", Algorithms, err)
+	}
+	return tok, nil
+}
+
+// fits reports whether key may verify a signature made with alg: a public
+// key of alg's type, published for signing ("use" absent or "sig") and for
+// alg ("alg" absent or alg).
+func fits(key jose.JSONWebKey, alg string) bool {
+	if (key.Use != "" && key.Use != "sig") || (key.Algorithm != "" && key.Algorithm != alg) {
+		return false
+	}
+	switch k := key.Public().Key.(type) {
+	case *rsa.PublicKey:
+		return alg == string(jose.RS256)
+	case *ecdsa.PublicKey:
+		return alg == string(jose.ES256) && k.Curve == elliptic.P256()
+	}
+	return false
+}
+
 // Peek returns a token's issuer and expiry without verifying anything. It
 // is for routing a token to its verifier and for bounding cache lifetimes,
-// never for trusting the token.
+// never for trusting the token. Tokens Verify calls malformed are not ok.
 func Peek(token string) (issuer string, expiry time.Time, ok bool) {
-	tok, err := jwt.ParseSigned(token, Algorithms)
+	tok, err := parse(token)
 	if err != nil {
 		return "", time.Time{}, false
 	}

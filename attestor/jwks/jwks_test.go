@@ -334,7 +334,7 @@ func TestVerify(t *testing.T) {
 			token: func(t *testing.T) string {
 				return mint(t, jose.RS256, rsaKey, "ec1", valid)
 			},
-			wantErr: "signature does not verify",
+			wantErr: `key "ec1" is not for signing with RS256`,
 		},
 		{
 			name: "payload tampered with",

@@ -5,7 +5,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"os"
 	"path/filepath"
@@ -260,6 +263,70 @@ func TestClaimValuesStayInTheirSegment(t *testing.T) {
 			}
 			if !errors.Is(err, attestor.ErrPermissionDenied) || !strings.Contains(err.Error(), tc.msg) {
 				t.Fatalf("Attest error = %v, want ErrPermissionDenied saying %q", err, tc.msg)
+			}
+		})
+	}
+}
+
+// TestHostileTokens: tokens naming our issuer that an attacker crafts never
+// prove an identity. Those the verifier cannot even read are not this
+// attestor's kind (the chain's next attestor refuses them too); the others
+// are refused as unauthenticated.
+func TestHostileTokens(t *testing.T) {
+	ti := newIssuer(t)
+	claims := jwt.Claims{Issuer: issuer, Audience: []string{"meshca"}, Expiry: jwt.NewNumericDate(now.Add(10 * time.Minute))}
+	extra := map[string]any{"repository": "my-org/web", "repository_owner": "my-org"}
+	enc := base64.RawURLEncoding.EncodeToString
+	payload, _ := json.Marshal(map[string]any{"iss": issuer, "aud": "meshca", "exp": now.Add(time.Hour).Unix(), "repository": "my-org/web", "repository_owner": "my-org"})
+	pubDER, _ := x509.MarshalPKIXPublicKey(ti.key.Public())
+	pubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER})
+	hs := func(secret []byte, kid string) string {
+		sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS256, Key: secret}, (&jose.SignerOptions{}).WithHeader("kid", kid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, err := jwt.Signed(sig).Claims(claims).Claims(extra).Serialize()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	unknownKid, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: other}, (&jose.SignerOptions{}).WithHeader("kid", "k2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := ti.token(t, issuer, []string{"meshca"}, extra)
+	tests := []struct {
+		name    string
+		token   string
+		wantErr error
+		msg     string
+	}{
+		{name: "alg none", token: enc([]byte(`{"alg":"none","kid":"k1"}`)) + "." + enc(payload) + ".", wantErr: attestor.ErrNoCredential},
+		{name: "alg None", token: enc([]byte(`{"alg":"None","kid":"k1"}`)) + "." + enc(payload) + ".", wantErr: attestor.ErrNoCredential},
+		{name: "HS256 keyed with the issuer's public key PEM", token: hs(pubPEM, "k1"), wantErr: attestor.ErrNoCredential},
+		{name: "HS256 keyed with the issuer's public key DER", token: hs(pubDER, "k1"), wantErr: attestor.ErrNoCredential},
+		{name: "unknown kid", token: func() string {
+			tok, err := jwt.Signed(unknownKid).Claims(claims).Claims(extra).Serialize()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return tok
+		}(), wantErr: attestor.ErrUnauthenticated, msg: `unknown key ID "k2"`},
+		{name: "1 MiB of claims", token: ti.token(t, issuer, []string{"meshca"}, map[string]any{"repository": "my-org/web", "repository_owner": "my-org", "x": strings.Repeat("A", 1<<20)}),
+			wantErr: attestor.ErrNoCredential},
+		{name: "trailing newline", token: good + "\n", wantErr: attestor.ErrNoCredential},
+		{name: "extra dot", token: good + ".", wantErr: attestor.ErrNoCredential},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			id, err := newAttestor(t, ti, nil).Attest(context.Background(), attestor.Credential{BearerToken: tc.token})
+			if err == nil {
+				t.Fatalf("Attest = %v, want a refusal", id.ID)
+			}
+			if !errors.Is(err, tc.wantErr) || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("Attest error = %v, want %v saying %q", err, tc.wantErr, tc.msg)
 			}
 		})
 	}
