@@ -3,9 +3,13 @@
 // Before anything is decoded a token must be at most MaxTokenBytes of
 // base64url in three parts; a token without a key ID is checked only when
 // exactly one key of the set fits its algorithm. The
-// key set is fetched from a URL, a file, or any function, cached, and fetched
-// again when a token names a key ID it does not hold, at most once per
-// MinRefresh so a flood of forged key IDs cannot hammer the issuer.
+// key set is fetched from a URL, a file, or any function, and cached. It is
+// fetched again, lazily when a token needs it and shared among the tokens
+// arriving meanwhile, once it is RefreshInterval old (a fetched set replaces
+// the cached one, so keys the issuer removed stop verifying), and when a
+// token names a key ID it does not hold, at most once per MinRefresh so a
+// flood of forged key IDs cannot hammer the issuer. When a fetch fails the
+// cached keys go on verifying.
 package jwks
 
 import (
@@ -37,6 +41,11 @@ var Algorithms = []jose.SignatureAlgorithm{jose.RS256, jose.ES256}
 
 // DefaultMinRefresh is the default shortest interval between two fetches.
 const DefaultMinRefresh = 30 * time.Second
+
+// DefaultRefreshInterval is the default age at which a key set is fetched
+// again. A key the issuer removes is trusted at most this long afterwards
+// while the issuer answers.
+const DefaultRefreshInterval = 5 * time.Minute
 
 // DefaultLeeway is the default clock skew allowed on exp, nbf and iat.
 const DefaultLeeway = time.Minute
@@ -89,9 +98,10 @@ func FileFetcher(path string) Fetcher {
 
 // KeySet is a cached JWKS.
 type KeySet struct {
-	fetch      Fetcher
-	clock      clock.Clock
-	minRefresh time.Duration
+	fetch           Fetcher
+	clock           clock.Clock
+	minRefresh      time.Duration
+	refreshInterval time.Duration
 
 	// fetches shares one fetch among the lookups that need it.
 	fetches singleflight.Group
@@ -106,6 +116,11 @@ type KeySet struct {
 // retryFailedAfter limits fetches while the issuer is failing.
 const retryFailedAfter = time.Second
 
+// slowFetchWait is how long a token whose key is cached waits for a
+// scheduled refresh before the cached keys answer: a hung issuer (a
+// black-holed API server) adds at most this to a CSR.
+const slowFetchWait = time.Second
+
 // KeySetConfig configures a KeySet. Zero fields get the documented defaults.
 type KeySetConfig struct {
 	// Fetch returns the key set. Required.
@@ -113,6 +128,10 @@ type KeySetConfig struct {
 	// MinRefresh is the shortest interval between two fetches for unknown
 	// key IDs. Default DefaultMinRefresh.
 	MinRefresh time.Duration
+	// RefreshInterval is the age at which the key set is fetched again when
+	// a token needs it, so that keys the issuer removed stop verifying.
+	// Default DefaultRefreshInterval.
+	RefreshInterval time.Duration
 	// Clock defaults to the wall clock.
 	Clock clock.Clock
 }
@@ -126,27 +145,25 @@ func NewKeySet(cfg KeySetConfig) *KeySet {
 	if cfg.MinRefresh == 0 {
 		cfg.MinRefresh = DefaultMinRefresh
 	}
-	return &KeySet{fetch: cfg.Fetch, clock: clock.OrReal(cfg.Clock), minRefresh: cfg.MinRefresh}
+	if cfg.RefreshInterval <= 0 {
+		cfg.RefreshInterval = DefaultRefreshInterval
+	}
+	return &KeySet{fetch: cfg.Fetch, clock: clock.OrReal(cfg.Clock), minRefresh: cfg.MinRefresh, refreshInterval: cfg.RefreshInterval}
 }
 
 // lookup returns the keys that may have signed a token with this key ID
-// (all of them when kid is empty), fetching when there are none yet or the
-// ID is unknown and the last fetch is old enough. Lookups that need a fetch
-// at the same time share one; each stops waiting for it when its own ctx
-// ends.
+// (all of them when kid is empty), fetching first when plan says so.
+// Lookups that need a fetch at the same time share one; each stops waiting
+// for it when its own ctx ends.
 //
 // Its errors carry no "jwks: " prefix: Verify wraps every one.
 func (k *KeySet) lookup(ctx context.Context, kid string) ([]jose.JSONWebKey, error) {
 	for {
 		k.mu.Lock()
-		if m := k.match(kid); len(m) > 0 {
-			k.mu.Unlock()
-			return m, nil
-		}
-		err := k.mayFetch(kid)
+		keys, fetch, err := k.plan(kid, k.clock.Now())
 		k.mu.Unlock()
-		if err != nil {
-			return nil, err
+		if err != nil || !fetch {
+			return keys, err
 		}
 		// Only the lookup whose function runs sets ran; it learns the
 		// outcome of the fetch. The others look again, as if they had
@@ -154,23 +171,32 @@ func (k *KeySet) lookup(ctx context.Context, kid string) ([]jose.JSONWebKey, err
 		var ran bool
 		ch := k.fetches.DoChan("", func() (any, error) {
 			ran = true
-			return k.refresh(ctx)
+			return k.refresh(ctx, kid)
 		})
+		// A scheduled refresh waits for a slow issuer only briefly: then
+		// the cached keys answer, as when the fetch fails. The fetch goes
+		// on, and serves the tokens after it.
+		var slow <-chan time.Time
+		if keys != nil {
+			slow = k.clock.After(slowFetchWait)
+		}
 		select {
+		case <-slow:
+			return keys, nil
 		case r := <-ch:
 			// The function returned before its result was sent: reading
 			// ran here is no race.
 			if !ran || !r.Val.(bool) {
 				continue
 			}
-			if r.Err != nil {
-				return nil, r.Err
-			}
 			k.mu.Lock()
 			m := k.match(kid)
 			k.mu.Unlock()
-			if len(m) > 0 {
+			switch {
+			case len(m) > 0: // fetched, or kept when the fetch failed
 				return m, nil
+			case r.Err != nil:
+				return nil, r.Err
 			}
 			return nil, fmt.Errorf("%w %q", errUnknownKey, kid)
 		case <-ctx.Done():
@@ -179,25 +205,44 @@ func (k *KeySet) lookup(ctx context.Context, kid string) ([]jose.JSONWebKey, err
 	}
 }
 
-// mayFetch returns why no fetch may start now for kid, or nil. Callers
-// hold mu.
-func (k *KeySet) mayFetch(kid string) error {
-	now := k.clock.Now()
-	if k.loaded && now.Sub(k.loadedAt) < k.minRefresh {
-		return fmt.Errorf("%w %q", errUnknownKey, kid)
+// plan says how a lookup for kid is answered at now: from the cache (keys),
+// by fetching first (fetch), or not at all (err). Callers hold mu.
+//
+//   - Nothing loaded yet: fetch, at most once per retryFailedAfter.
+//   - kid known: the cached keys, fetching first once the set is
+//     refreshInterval old, so that removed keys are dropped. After a failed
+//     fetch the cached keys go on verifying (an issuer outage must not stop
+//     attestation) and the next try waits minRefresh.
+//   - kid unknown: fetch if the set is at least minRefresh old (a flood of
+//     forged key IDs cannot hammer the issuer), at most once per
+//     retryFailedAfter while fetches fail.
+func (k *KeySet) plan(kid string, now time.Time) (keys []jose.JSONWebKey, fetch bool, err error) {
+	failedRecently := func(d time.Duration) bool { return !k.failedAt.IsZero() && now.Sub(k.failedAt) < d }
+	if !k.loaded {
+		if failedRecently(retryFailedAfter) {
+			return nil, false, errors.New("key set fetch failed moments ago")
+		}
+		return nil, true, nil
 	}
-	if !k.failedAt.IsZero() && now.Sub(k.failedAt) < retryFailedAfter {
-		return errors.New("key set fetch failed moments ago")
+	if m := k.match(kid); len(m) > 0 {
+		return m, now.Sub(k.loadedAt) >= k.refreshInterval && !failedRecently(k.minRefresh), nil
 	}
-	return nil
+	switch {
+	case now.Sub(k.loadedAt) < k.minRefresh:
+		return nil, false, fmt.Errorf("%w %q", errUnknownKey, kid)
+	case failedRecently(retryFailedAfter):
+		return nil, false, errors.New("key set fetch failed moments ago")
+	}
+	return nil, true, nil
 }
 
 // refresh fetches the key set, unless a fetch that ended since the caller
-// looked makes it too soon; it reports whether it fetched.
-func (k *KeySet) refresh(ctx context.Context) (bool, error) {
+// looked makes it unneeded for kid; it reports whether it fetched. A fetched
+// set replaces the cached one entirely; a failed fetch keeps it.
+func (k *KeySet) refresh(ctx context.Context, kid string) (bool, error) {
 	k.mu.Lock()
 	now := k.clock.Now()
-	if k.mayFetch("") != nil {
+	if _, fetch, _ := k.plan(kid, now); !fetch {
 		k.mu.Unlock()
 		return false, nil
 	}

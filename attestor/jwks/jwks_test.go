@@ -483,7 +483,7 @@ func TestRefetch(t *testing.T) {
 			name: "unknown kid refetches once per MinRefresh",
 			steps: []step{
 				{name: "first token fetches", kid: "ec1", key: ecKey, wantFetches: 1},
-				{name: "known kid does not fetch", advance: time.Hour, kid: "ec1", key: ecKey, wantFetches: 1},
+				{name: "known kid does not fetch", advance: 2 * minRefresh, kid: "ec1", key: ecKey, wantFetches: 1},
 				{name: "unknown kid refetches exactly once", kid: "nope", key: ecKey, wantErr: `signed by an unknown key`, wantFetches: 2},
 				{name: "second unknown kid within MinRefresh does not refetch", advance: minRefresh - time.Second, kid: "nope2", key: ecKey, wantErr: `unknown key ID "nope2"`, wantFetches: 2},
 				{name: "known kid still fine", kid: "ec1", key: ecKey, wantFetches: 2},
@@ -520,9 +520,11 @@ func TestRefetch(t *testing.T) {
 			steps: []step{
 				{name: "old key", kid: "ec1", key: ecKey, wantFetches: 1},
 				{name: "issuer swaps the key behind ec1", publish: []jose.JSONWebKey{pub("ec1", ecKey2, jose.ES256)}, kid: "ec1", key: ecKey2, wantErr: "signature does not verify", wantFetches: 1},
-				// A known kid never triggers a refetch, even when its
-				// signature fails: the cache keeps the old key.
-				{name: "still the cached key after MinRefresh", advance: time.Hour, kid: "ec1", key: ecKey2, wantErr: "signature does not verify", wantFetches: 1},
+				// A known kid does not trigger a refetch, even when its
+				// signature fails: the cache keeps the old key until the
+				// set is RefreshInterval old.
+				{name: "still the cached key after MinRefresh", advance: minRefresh, kid: "ec1", key: ecKey2, wantErr: "signature does not verify", wantFetches: 1},
+				{name: "the new key after RefreshInterval", advance: jwks.DefaultRefreshInterval - minRefresh, kid: "ec1", key: ecKey2, wantFetches: 2},
 			},
 		},
 	}
