@@ -110,14 +110,74 @@ func staticKeys(tb testing.TB, clk *clocktest.Fake) *jwks.KeySet {
 
 // recorder is a k8s.Metrics that remembers what it saw.
 type recorder struct {
-	mu      sync.Mutex
-	reviews map[string]int
-	hits    int
-	refused map[string]int
+	mu        sync.Mutex
+	reviews   map[string]int
+	hits      int
+	negHits   int
+	inFlight  int
+	throttled int
+	refused   map[string]int
+	lookups   map[string]int
+	renewals  map[string]int
 }
 
 func newRecorder() *recorder {
-	return &recorder{reviews: map[string]int{}, refused: map[string]int{}}
+	return &recorder{reviews: map[string]int{}, refused: map[string]int{}, lookups: map[string]int{}, renewals: map[string]int{}}
+}
+
+func (r *recorder) NegativeCacheHit() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.negHits++
+}
+
+func (r *recorder) ReviewsInFlight(n int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.inFlight = n
+}
+
+func (r *recorder) Throttled() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.throttled++
+}
+
+func (r *recorder) ServiceAccountLookup(result string, _ time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lookups[result]++
+}
+
+func (r *recorder) Renewal(result string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.renewals[result]++
+}
+
+// count returns a counter by name: "negative-hits" or "throttled".
+func (r *recorder) count(what string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch what {
+	case "negative-hits":
+		return r.negHits
+	case "throttled":
+		return r.throttled
+	}
+	panic("recorder: unknown counter " + what)
+}
+
+func (r *recorder) lookupCount(result string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lookups[result]
+}
+
+func (r *recorder) renewalCount(result string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.renewals[result]
 }
 
 func (r *recorder) Review(result string, _ time.Duration) {

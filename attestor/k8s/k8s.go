@@ -56,10 +56,18 @@ type Metrics interface {
 	// Review observes one TokenReview sent: result is "ok",
 	// "unauthenticated" or "error".
 	Review(result string, took time.Duration)
-	// CacheHit counts a TokenReview answered from the cache.
+	// CacheHit counts a token answered from the cache of successful
+	// TokenReviews, NegativeCacheHit one answered from the cache of
+	// refusals.
 	CacheHit()
-	// Refused counts a token refused, by reason ("audience", "expired",
-	// "signature", "denied", "malformed", ...).
+	NegativeCacheHit()
+	// ReviewsInFlight reports how many TokenReviews are being sent now.
+	ReviewsInFlight(n int)
+	// Throttled counts a request that gave up waiting for a TokenReview
+	// slot (TokenReviewConfig.MaxInFlight).
+	Throttled()
+	// Refused counts a token refused, by reason ("malformed", "issuer",
+	// "audience", "expired", "unauthenticated", "denied", ...).
 	Refused(reason string)
 }
 
@@ -67,6 +75,9 @@ type nopMetrics struct{}
 
 func (nopMetrics) Review(string, time.Duration) {}
 func (nopMetrics) CacheHit()                    {}
+func (nopMetrics) NegativeCacheHit()            {}
+func (nopMetrics) ReviewsInFlight(int)          {}
+func (nopMetrics) Throttled()                   {}
 func (nopMetrics) Refused(string)               {}
 
 func (c *Config) setDefaults() error {

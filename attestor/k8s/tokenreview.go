@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-jose/go-jose/v4/jwt"
 	"golang.org/x/sync/singleflight"
 	authnv1 "k8s.io/api/authentication/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -40,15 +41,22 @@ func (r ClientReviewer) Review(ctx context.Context, token string, audiences []st
 	return tr.Status, nil
 }
 
-// CacheConfig bounds the TokenReview cache. Zero fields get defaults.
+// CacheConfig bounds the TokenReview caches. Zero fields get defaults.
+//
+// Successes and refusals are cached apart, so however many refused tokens
+// arrive (forged ones pass the offline checks), they can never evict a
+// success: only other successes, that is other real workloads, can.
 type CacheConfig struct {
-	// Size is the most tokens remembered. Default 10,000; negative is an
-	// error.
+	// Size is the most successful reviews remembered. Default 10,000;
+	// negative is an error.
 	Size int
 	// TTL is how long a positive review is trusted, never past the token's
 	// own expiry. Default 1 minute: a ServiceAccount deleted meanwhile can
 	// get certificates for at most that long.
 	TTL time.Duration
+	// NegativeSize is the most refused tokens remembered. Default 1,000;
+	// negative is an error.
+	NegativeSize int
 	// NegativeTTL is how long a refused token stays refused without asking
 	// again, to keep a flood of bad tokens off the API server. Default 5s.
 	NegativeTTL time.Duration
@@ -59,10 +67,14 @@ type CacheConfig struct {
 type TokenReviewAttestor struct {
 	cfg      Config
 	cc       CacheConfig
+	issuer   string
 	reviewer Reviewer
-	// cache maps a token's SHA-256 to its *cachedReview. Its clock is
-	// cfg.Clock, so a fake clock in tests drives expiry.
-	cache *cache.LRUExpireCache
+	// cache and refused map a token's SHA-256 to its *cachedReview:
+	// successes and refusals apart. Their clock is cfg.Clock, so a fake
+	// clock in tests drives expiry.
+	cache, refused *cache.LRUExpireCache
+	// slots bounds the reviews in flight: a send holds one.
+	slots chan struct{}
 	// reviews shares one review among concurrent calls with the same
 	// token, keyed like cache: never by the token itself.
 	reviews singleflight.Group
@@ -94,10 +106,22 @@ type TokenReviewConfig struct {
 	Config
 	// Reviewer sends TokenReviews to the API server. Required.
 	Reviewer Reviewer
-	// Cache bounds the review cache; zero fields get CacheConfig's
+	// Cache bounds the review caches; zero fields get CacheConfig's
 	// defaults.
 	Cache CacheConfig
+	// Issuer is the "iss" every token must carry, checked offline before
+	// any review. Default DefaultIssuer.
+	Issuer string
+	// MaxInFlight bounds the TokenReviews being sent at once. A review
+	// beyond it waits for a slot until the context of the request that
+	// needs it ends, so a burst of tokens queues instead of failing, and
+	// neither the API server nor client-go's rate limiter sees more than
+	// MaxInFlight at a time. Default 16; negative is an error.
+	MaxInFlight int
 }
+
+// DefaultMaxInFlight is TokenReviewConfig.MaxInFlight's default.
+const DefaultMaxInFlight = 16
 
 // NewTokenReview returns the TokenReview attestor.
 func NewTokenReview(tc TokenReviewConfig) (*TokenReviewAttestor, error) {
@@ -108,11 +132,21 @@ func NewTokenReview(tc TokenReviewConfig) (*TokenReviewAttestor, error) {
 	if r == nil {
 		return nil, errors.New("k8s: a TokenReview reviewer is required")
 	}
-	switch {
-	case cc.Size == 0:
-		cc.Size = 10_000
-	case cc.Size < 0:
-		return nil, fmt.Errorf("k8s: TokenReview cache size %d is negative", cc.Size)
+	for _, n := range []struct {
+		what string
+		v    *int
+		def  int
+	}{
+		{"TokenReview cache size", &cc.Size, 10_000},
+		{"TokenReview negative cache size", &cc.NegativeSize, 1_000},
+		{"TokenReview MaxInFlight", &tc.MaxInFlight, DefaultMaxInFlight},
+	} {
+		switch {
+		case *n.v == 0:
+			*n.v = n.def
+		case *n.v < 0:
+			return nil, fmt.Errorf("k8s: %s %d is negative", n.what, *n.v)
+		}
 	}
 	if cc.TTL == 0 {
 		cc.TTL = time.Minute
@@ -120,26 +154,38 @@ func NewTokenReview(tc TokenReviewConfig) (*TokenReviewAttestor, error) {
 	if cc.NegativeTTL == 0 {
 		cc.NegativeTTL = 5 * time.Second
 	}
+	if tc.Issuer == "" {
+		tc.Issuer = DefaultIssuer
+	}
 	return &TokenReviewAttestor{
 		cfg:      cfg,
 		cc:       cc,
+		issuer:   tc.Issuer,
 		reviewer: r,
 		// meshca's clock.Clock has the Now method cache.Clock asks for.
-		cache: cache.NewLRUExpireCacheWithClock(cc.Size, cfg.Clock),
+		cache:   cache.NewLRUExpireCacheWithClock(cc.Size, cfg.Clock),
+		refused: cache.NewLRUExpireCacheWithClock(cc.NegativeSize, cfg.Clock),
+		slots:   make(chan struct{}, tc.MaxInFlight),
 	}, nil
 }
 
-// Attest implements attestor.Attestor. Concurrent calls with the same token
-// share one review; each stops waiting for it when its own ctx ends.
+// Attest implements attestor.Attestor: the token is checked offline
+// (precheck), then answered from the caches, then reviewed. Concurrent calls
+// with the same token share one review; each stops waiting for it when its
+// own ctx ends.
 func (t *TokenReviewAttestor) Attest(ctx context.Context, c attestor.Credential) (attestor.Identity, error) {
 	if !looksLikeJWT(c.BearerToken) {
 		return attestor.Identity{}, attestor.ErrNoCredential
 	}
+	now := t.cfg.Clock.Now()
+	exp, err := t.precheck(c.BearerToken, now)
+	if err != nil {
+		return attestor.Identity{}, err
+	}
 	sum := sha256.Sum256([]byte(c.BearerToken))
 	key := string(sum[:])
-	now := t.cfg.Clock.Now()
 	if res, ok := t.cached(key, now); ok {
-		t.cfg.Metrics.CacheHit()
+		t.countHit(res)
 		return res.id, res.err
 	}
 	ch := t.reviews.DoChan(key, func() (any, error) {
@@ -148,13 +194,30 @@ func (t *TokenReviewAttestor) Attest(ctx context.Context, c attestor.Credential)
 		if res, ok := t.cached(key, now); ok {
 			return flight{res: res, hit: true}, nil
 		}
+		// Wait for a slot on the caller's context: beyond MaxInFlight,
+		// reviews queue until the request that needs them ends.
+		select {
+		case t.slots <- struct{}{}:
+		case <-ctx.Done():
+			t.cfg.Metrics.Throttled()
+			return flight{res: reviewResult{err: fmt.Errorf("%w: k8s: too many TokenReviews in flight: %w", attestor.ErrUnavailable, ctx.Err())}}, nil
+		}
+		t.cfg.Metrics.ReviewsInFlight(len(t.slots))
+		defer func() {
+			<-t.slots
+			t.cfg.Metrics.ReviewsInFlight(len(t.slots))
+		}()
 		// Others may wait on this review: the caller that started it giving
 		// up must not fail them, so it runs on its own deadline.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), reviewTimeout)
 		defer cancel()
-		res, ttl := t.review(rctx, c.BearerToken, now)
-		if ttl > 0 {
+		res, ttl := t.review(rctx, c.BearerToken, now, exp)
+		switch {
+		case ttl <= 0:
+		case res.err == nil:
 			t.cache.Add(key, &cachedReview{res: res, expires: now.Add(ttl)}, ttl)
+		default:
+			t.refused.Add(key, &cachedReview{res: res, expires: now.Add(ttl)}, ttl)
 		}
 		return flight{res: res}, nil
 	})
@@ -162,7 +225,7 @@ func (t *TokenReviewAttestor) Attest(ctx context.Context, c attestor.Credential)
 	case r := <-ch:
 		f := r.Val.(flight)
 		if f.hit {
-			t.cfg.Metrics.CacheHit()
+			t.countHit(f.res)
 		}
 		return f.res.id, f.res.err
 	case <-ctx.Done():
@@ -170,24 +233,64 @@ func (t *TokenReviewAttestor) Attest(ctx context.Context, c attestor.Credential)
 	}
 }
 
+func (t *TokenReviewAttestor) countHit(res reviewResult) {
+	if res.err == nil {
+		t.cfg.Metrics.CacheHit()
+	} else {
+		t.cfg.Metrics.NegativeCacheHit()
+	}
+}
+
 // cached returns the cached result for key if it is still trusted at now.
 func (t *TokenReviewAttestor) cached(key string, now time.Time) (reviewResult, bool) {
-	v, ok := t.cache.Get(key)
-	if !ok {
-		return reviewResult{}, false
+	for _, c := range []*cache.LRUExpireCache{t.cache, t.refused} {
+		if v, ok := c.Get(key); ok {
+			if e := v.(*cachedReview); now.Before(e.expires) {
+				return e.res, true
+			}
+		}
 	}
-	e := v.(*cachedReview)
-	if !now.Before(e.expires) {
-		return reviewResult{}, false
+	return reviewResult{}, false
+}
+
+// precheck refuses, offline and before any review, a token that cannot be a
+// ServiceAccount token of this cluster for this CA: not a signed JWT, another
+// issuer, none of the accepted audiences, no expiry or expired beyond the
+// leeway. The signature is not checked (that is the API server's job), so a
+// forged token passes; what precheck stops is junk costing a TokenReview.
+// It returns the token's expiry, which bounds how long a review is cached.
+func (t *TokenReviewAttestor) precheck(token string, now time.Time) (time.Time, error) {
+	refuse := func(reason, format string, args ...any) (time.Time, error) {
+		t.cfg.Metrics.Refused(reason)
+		return time.Time{}, fmt.Errorf("%w: k8s: ServiceAccount token: %s", attestor.ErrUnauthenticated, fmt.Sprintf(format, args...))
 	}
-	return e.res, true
+	tok, err := jwt.ParseSigned(token, jwks.Algorithms)
+	if err != nil || len(tok.Headers) != 1 {
+		return refuse("malformed", "not a signed JWT with an accepted algorithm (%v)", jwks.Algorithms)
+	}
+	var claims jwt.Claims
+	if err := tok.UnsafeClaimsWithoutVerification(&claims); err != nil {
+		return refuse("malformed", "malformed claims")
+	}
+	switch {
+	case claims.Issuer != t.issuer:
+		return refuse("issuer", "issuer %q is not %q", claims.Issuer, t.issuer)
+	case !slices.ContainsFunc(t.cfg.Audiences, claims.Audience.Contains):
+		return refuse("audience", "audience %v does not include %s", []string(claims.Audience), strings.Join(t.cfg.Audiences, " or "))
+	case claims.Expiry == nil:
+		return refuse("expired", "no expiry (exp)")
+	case now.After(claims.Expiry.Time().Add(jwks.DefaultLeeway)):
+		return refuse("expired", "expired at %s", claims.Expiry.Time().UTC().Format(time.RFC3339))
+	}
+	return claims.Expiry.Time(), nil
 }
 
 // reviewTimeout bounds one TokenReview.
 const reviewTimeout = 10 * time.Second
 
-// review sends the review and returns the result and how long to cache it.
-func (t *TokenReviewAttestor) review(ctx context.Context, token string, now time.Time) (reviewResult, time.Duration) {
+// review sends the review and returns the result and how long to cache it,
+// never past exp, the token's expiry.
+func (t *TokenReviewAttestor) review(ctx context.Context, token string, now, exp time.Time) (reviewResult, time.Duration) {
 	start := t.cfg.Clock.Now()
 	st, err := t.reviewer.Review(ctx, token, t.cfg.Audiences)
 	took := t.cfg.Clock.Now().Sub(start)
@@ -232,11 +335,7 @@ func (t *TokenReviewAttestor) review(ctx context.Context, token string, now time
 	if err != nil {
 		return reviewResult{err: err}, t.cc.NegativeTTL
 	}
-	// Never trust a review past the token's own expiry. The expiry is read
-	// without verification: it can only shorten the cache lifetime.
-	_, exp, _ := jwks.Peek(token)
-	if exp.IsZero() {
-		return reviewResult{id: id}, 0
-	}
+	// Never trust a review past the token's own expiry. The expiry was
+	// read without verification: it can only shorten the cache lifetime.
 	return reviewResult{id: id}, min(t.cc.TTL, exp.Sub(now))
 }

@@ -468,12 +468,8 @@ func TestTokenReviewCacheLifetime(t *testing.T) {
 			advances:    []time.Duration{0, 9 * time.Minute, 61 * time.Second},
 			wantReviews: []int{1, 1, 2},
 		},
-		{
-			name:        "token without exp never cached",
-			tokenTTL:    -1,
-			advances:    []time.Duration{0, 0, 0},
-			wantReviews: []int{1, 2, 3},
-		},
+		// A token without exp is refused before any review
+		// (TestTokenReviewJunkNeverReviewed), so never cached either.
 		{
 			name:        "refusal cached for NegativeTTL",
 			status:      authnv1.TokenReviewStatus{Error: "token has been invalidated"},

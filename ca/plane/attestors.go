@@ -39,7 +39,9 @@ type Kubernetes struct {
 	Burst int
 	// Audiences accepted; default k8s.DefaultAudiences.
 	Audiences []string
-	// Issuer of the tokens (JWKS mode); default k8s.DefaultIssuer.
+	// Issuer of the tokens; default k8s.DefaultIssuer. JWKS mode verifies
+	// it; TokenReview mode refuses, before any review, a token of another
+	// issuer.
 	Issuer string
 	// JWKSURL or JWKSFile is where the keys are (JWKS mode; at most one);
 	// neither: /openid/v1/jwks through the API server.
@@ -51,6 +53,9 @@ type Kubernetes struct {
 	// k8s.CacheConfig).
 	CacheTTL  time.Duration
 	CacheSize int
+	// MaxInFlightReviews bounds the TokenReviews sent at once (default
+	// k8s.DefaultMaxInFlight).
+	MaxInFlightReviews int
 }
 
 // attestor builds the Kubernetes attestor, or nil when Mode is off.
@@ -66,7 +71,8 @@ func (k *Kubernetes) attestor(ctx context.Context, td spiffeid.TrustDomain, user
 		if err != nil {
 			return nil, err
 		}
-		return k8s.NewTokenReview(k8s.TokenReviewConfig{Config: cfg, Reviewer: k8s.ClientReviewer{Client: client}, Cache: k8s.CacheConfig{TTL: k.CacheTTL, Size: k.CacheSize}})
+		return k8s.NewTokenReview(k8s.TokenReviewConfig{Config: cfg, Reviewer: k8s.ClientReviewer{Client: client}, Issuer: k.Issuer,
+			Cache: k8s.CacheConfig{TTL: k.CacheTTL, Size: k.CacheSize}, MaxInFlight: k.MaxInFlightReviews})
 	case K8sJWKS:
 		var fetch jwks.Fetcher
 		switch {

@@ -72,10 +72,13 @@ func (m *API) Request(protocol, endpoint, code string) {
 
 // K8s implements k8s.Metrics.
 type K8s struct {
-	reviews  *prometheus.CounterVec
-	latency  prometheus.Histogram
-	hits     prometheus.Counter
-	refusals *prometheus.CounterVec
+	reviews   *prometheus.CounterVec
+	latency   prometheus.Histogram
+	hits      prometheus.Counter
+	negHits   prometheus.Counter
+	inFlight  prometheus.Gauge
+	throttled prometheus.Counter
+	refusals  *prometheus.CounterVec
 }
 
 // NewK8s registers the Kubernetes attestors' collectors on reg.
@@ -94,12 +97,24 @@ func NewK8s(reg prometheus.Registerer) *K8s {
 			Name: "meshca_k8s_tokenreview_cache_hits_total",
 			Help: "Tokens answered from the TokenReview cache.",
 		}),
+		negHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshca_k8s_tokenreview_negative_cache_hits_total",
+			Help: "Tokens refused from the cache of refused TokenReviews, without asking the API server.",
+		}),
+		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meshca_k8s_tokenreviews_in_flight",
+			Help: "TokenReviews being sent now; at most the configured bound (16 by default).",
+		}),
+		throttled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshca_k8s_tokenreview_throttled_total",
+			Help: "Requests that ended while waiting for a TokenReview slot; their review was never sent.",
+		}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshca_k8s_token_refusals_total",
-			Help: "ServiceAccount tokens refused, by reason.",
+			Help: "ServiceAccount tokens refused, by reason (malformed, issuer, audience and expired are refused offline, before any TokenReview).",
 		}, []string{"reason"}),
 	}
-	reg.MustRegister(m.reviews, m.latency, m.hits, m.refusals)
+	reg.MustRegister(m.reviews, m.latency, m.hits, m.negHits, m.inFlight, m.throttled, m.refusals)
 	return m
 }
 
@@ -111,6 +126,15 @@ func (m *K8s) Review(result string, took time.Duration) {
 
 // CacheHit implements k8s.Metrics.
 func (m *K8s) CacheHit() { m.hits.Inc() }
+
+// NegativeCacheHit implements k8s.Metrics.
+func (m *K8s) NegativeCacheHit() { m.negHits.Inc() }
+
+// ReviewsInFlight implements k8s.Metrics.
+func (m *K8s) ReviewsInFlight(n int) { m.inFlight.Set(float64(n)) }
+
+// Throttled implements k8s.Metrics.
+func (m *K8s) Throttled() { m.throttled.Inc() }
 
 // Refused implements k8s.Metrics.
 func (m *K8s) Refused(reason string) { m.refusals.WithLabelValues(reason).Inc() }
