@@ -29,19 +29,32 @@ type RevocationChecker interface {
 // certificate.
 var ErrRevoked = errors.New("attestor: certificate revoked")
 
+// Admit is the admission a renewal passes besides the certificate checks:
+// whether id may still get certificates from this CA, as at first issuance
+// (allow and deny lists, the ServiceAccount still existing, ...). It returns
+// nil to admit, an error wrapping ErrPermissionDenied to refuse, and one
+// wrapping ErrUnavailable when it cannot tell now (the caller retries).
+type Admit func(ctx context.Context, id spiffeid.ID) error
+
 // MTLSConfig configures MTLS.
 type MTLSConfig struct {
 	// Bundles holds the trust anchors a renewing SVID must chain to. Required.
 	Bundles x509bundle.Source
 	// Revocations is consulted for every presented certificate. Required.
 	Revocations RevocationChecker
+	// Admit is asked about every renewal that passed the certificate and
+	// revocation checks. Nil admits them all: then only revocation stops
+	// an identity from renewing for ever.
+	Admit Admit
 	// Clock defaults to the wall clock.
 	Clock clock.Clock
 }
 
 // MTLS attests a workload renewing with the X.509-SVID it currently holds,
 // presented as its TLS client certificate: the chain must verify against the
-// trust bundle at the current time and the certificate must not be revoked.
+// trust bundle at the current time, the certificate must not be revoked
+// (checked on every renewal, so revoking a join-token identity's SPIFFE ID
+// ends its renewals), and the identity must pass the configured Admit.
 type MTLS struct {
 	cfg MTLSConfig
 }
@@ -80,6 +93,15 @@ func (m *MTLS) Attest(ctx context.Context, c Credential) (Identity, error) {
 			return Identity{}, refuse(ErrPermissionDenied, "client certificate %s for %s is revoked", serial, id)
 		}
 		return Identity{}, fmt.Errorf("attestor: checking revocation of %s: %w", serial, err)
+	}
+	if m.cfg.Admit != nil {
+		if err := m.cfg.Admit(ctx, id); err != nil {
+			if !errors.Is(err, ErrPermissionDenied) && !errors.Is(err, ErrUnavailable) {
+				// Fail closed on an admission that broke its contract.
+				err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+			}
+			return Identity{}, fmt.Errorf("attestor: renewal of %s: %w", id, err)
+		}
 	}
 	return Identity{ID: id, Kind: KindMTLS, Subject: "serial:" + serial}, nil
 }

@@ -337,3 +337,58 @@ func TestMTLSRevokedInChainIsNotBypassed(t *testing.T) {
 		t.Fatalf("Chain.Attest() error = %v, want ErrPermissionDenied", err)
 	}
 }
+
+// TestMTLSAdmit: a renewal that passes the certificate and revocation
+// checks is put to Admit, with the verified identity; Admit's refusal is
+// the renewal's, and an error of no known kind fails closed as unavailable.
+// A revoked certificate is refused before Admit is asked.
+func TestMTLSAdmit(t *testing.T) {
+	root := newRoot(t, "test root")
+	leaf := root.issue(t, svidTemplate(t, fooID))
+	bundle := x509bundle.FromX509Authorities(td, []*x509.Certificate{root.cert})
+	broken := errors.New("admission broke")
+	tests := []struct {
+		name       string
+		revocation error
+		admit      error
+		wantErr    error
+		wantMsg    string
+		wantAsked  bool
+	}{
+		{name: "admitted", wantAsked: true},
+		{name: "refused", admit: fmt.Errorf("%w: ServiceAccount foo/bar no longer exists", attestor.ErrPermissionDenied),
+			wantErr: attestor.ErrPermissionDenied, wantMsg: "renewal of spiffe://example.org/ns/foo/sa/bar: attestor: permission denied: ServiceAccount foo/bar no longer exists", wantAsked: true},
+		{name: "cannot tell", admit: fmt.Errorf("%w: apiserver down", attestor.ErrUnavailable),
+			wantErr: attestor.ErrUnavailable, wantAsked: true},
+		{name: "error of no known kind", admit: broken, wantErr: attestor.ErrUnavailable, wantMsg: "admission broke", wantAsked: true},
+		{name: "revoked: not asked", revocation: fmt.Errorf("%w: x", attestor.ErrRevoked), wantErr: attestor.ErrPermissionDenied, wantMsg: "is revoked"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var asked []spiffeid.ID
+			m, err := attestor.NewMTLS(attestor.MTLSConfig{
+				Bundles: bundle, Revocations: &fakeRevocations{err: tc.revocation}, Clock: clocktest.New(t0.Add(time.Minute)),
+				Admit: func(_ context.Context, id spiffeid.ID) error {
+					asked = append(asked, id)
+					return tc.admit
+				},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := m.Attest(context.Background(), attestor.Credential{PeerCertificates: []*x509.Certificate{leaf}})
+			if tc.wantAsked != (len(asked) == 1) || (len(asked) == 1 && asked[0] != fooID) {
+				t.Errorf("Admit asked about %v, want asked: %v (about %v)", asked, tc.wantAsked, fooID)
+			}
+			if tc.wantErr == nil {
+				if err != nil || got.ID != fooID {
+					t.Fatalf("Attest() = %v, %v; want %v", got.ID, err, fooID)
+				}
+				return
+			}
+			if !errors.Is(err, tc.wantErr) || !strings.Contains(err.Error(), tc.wantMsg) || !got.ID.IsZero() {
+				t.Fatalf("Attest() = %v, %v; want an error wrapping %v containing %q", got.ID, err, tc.wantErr, tc.wantMsg)
+			}
+		})
+	}
+}

@@ -3,7 +3,9 @@
 // so deleted ServiceAccounts and pods are refused; results cached briefly),
 // or offline verification against the cluster's OIDC JWKS (no API call per
 // CSR). Either way the identity is spiffe://<td>/ns/<namespace>/sa/<name>,
-// subject to namespace and ServiceAccount allow and deny lists.
+// subject to namespace and ServiceAccount allow and deny lists. Admission
+// puts renewals over mTLS of such identities to the same lists and, with a
+// cached lookup, to the ServiceAccount still existing.
 package k8s
 
 import (
@@ -51,7 +53,8 @@ type Config struct {
 	Metrics Metrics
 }
 
-// Metrics is what the Kubernetes attestors report.
+// Metrics is what the Kubernetes attestors and the renewal admission
+// report.
 type Metrics interface {
 	// Review observes one TokenReview sent: result is "ok",
 	// "unauthenticated" or "error".
@@ -69,16 +72,26 @@ type Metrics interface {
 	// Refused counts a token refused, by reason ("malformed", "issuer",
 	// "audience", "expired", "unauthenticated", "denied", ...).
 	Refused(reason string)
+	// ServiceAccountLookup observes one ServiceAccount lookup sent to the
+	// API server for a renewal: result is "found", "not-found" or "error".
+	ServiceAccountLookup(result string, took time.Duration)
+	// Renewal counts a renewal of a Kubernetes-shaped identity by the
+	// admission's decision: "ok", "stale" (admitted on an earlier lookup
+	// because the API server cannot be reached), "denied" (allow/deny
+	// lists), "deleted" (no such ServiceAccount) or "unavailable".
+	Renewal(result string)
 }
 
 type nopMetrics struct{}
 
-func (nopMetrics) Review(string, time.Duration) {}
-func (nopMetrics) CacheHit()                    {}
-func (nopMetrics) NegativeCacheHit()            {}
-func (nopMetrics) ReviewsInFlight(int)          {}
-func (nopMetrics) Throttled()                   {}
-func (nopMetrics) Refused(string)               {}
+func (nopMetrics) Review(string, time.Duration)               {}
+func (nopMetrics) CacheHit()                                  {}
+func (nopMetrics) NegativeCacheHit()                          {}
+func (nopMetrics) ReviewsInFlight(int)                        {}
+func (nopMetrics) Throttled()                                 {}
+func (nopMetrics) Refused(string)                             {}
+func (nopMetrics) ServiceAccountLookup(string, time.Duration) {}
+func (nopMetrics) Renewal(string)                             {}
 
 func (c *Config) setDefaults() error {
 	if c.TrustDomain.IsZero() {
@@ -118,9 +131,10 @@ func parseUsername(u string) (ns, sa string, ok bool) {
 	return ns, sa, ok && ns != "" && sa != "" && !strings.Contains(sa, ":")
 }
 
-// identity builds the SPIFFE ID for ns/sa and applies the allow and deny
-// lists.
-func (c *Config) identity(kind, ns, sa string, details map[string]string) (attestor.Identity, error) {
+// admit applies the allow and deny lists to the ServiceAccount ns/sa. It is
+// the one check both first issuance (identity) and renewal (Admission)
+// make: an error wraps attestor.ErrPermissionDenied.
+func (c *Config) admit(ns, sa string) error {
 	matches := func(patterns []string) bool {
 		for _, p := range patterns {
 			target := ns
@@ -134,8 +148,17 @@ func (c *Config) identity(kind, ns, sa string, details map[string]string) (attes
 		return false
 	}
 	if matches(c.Deny) || (len(c.Allow) > 0 && !matches(c.Allow)) {
+		return fmt.Errorf("%w: ServiceAccount %s/%s may not get certificates from this CA", attestor.ErrPermissionDenied, ns, sa)
+	}
+	return nil
+}
+
+// identity builds the SPIFFE ID for ns/sa and applies the allow and deny
+// lists.
+func (c *Config) identity(kind, ns, sa string, details map[string]string) (attestor.Identity, error) {
+	if err := c.admit(ns, sa); err != nil {
 		c.Metrics.Refused("denied")
-		return attestor.Identity{}, fmt.Errorf("%w: ServiceAccount %s/%s may not get certificates from this CA", attestor.ErrPermissionDenied, ns, sa)
+		return attestor.Identity{}, err
 	}
 	id, err := spiffeid.FromSegments(c.TrustDomain, "ns", ns, "sa", sa)
 	if err != nil {

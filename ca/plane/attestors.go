@@ -56,66 +56,108 @@ type Kubernetes struct {
 	// MaxInFlightReviews bounds the TokenReviews sent at once (default
 	// k8s.DefaultMaxInFlight).
 	MaxInFlightReviews int
+	// ServiceAccountTTL and ServiceAccountMaxStale bound the ServiceAccount
+	// lookups made when a Kubernetes identity renews over mTLS (defaults in
+	// k8s.LookupConfig): a deleted ServiceAccount renews for at most
+	// ServiceAccountTTL; one seen within ServiceAccountMaxStale renews while
+	// the API server is unreachable.
+	ServiceAccountTTL, ServiceAccountMaxStale time.Duration
 }
 
-// attestor builds the Kubernetes attestor, or nil when Mode is off.
-func (k *Kubernetes) attestor(ctx context.Context, td spiffeid.TrustDomain, userAgent string, clk clock.Clock, log *slog.Logger, reg prometheus.Registerer) (attestor.Attestor, error) {
-	if k.Mode == "" || k.Mode == K8sOff {
-		return nil, nil
-	}
+// build returns the Kubernetes attestor, nil when Mode is off, and the
+// admission for renewals over mTLS, which applies to identities of the
+// Kubernetes shape the allow and deny lists (always, whichever way the
+// identity was first issued) and, with Kubernetes attestation on, asks the
+// API server whether the ServiceAccount still exists.
+func (k *Kubernetes) build(td spiffeid.TrustDomain, userAgent string, clk clock.Clock, log *slog.Logger, reg prometheus.Registerer) (attestor.Attestor, *k8s.Admission, error) {
 	cfg := k8s.Config{TrustDomain: td, Audiences: k.Audiences, Allow: k.Allow, Deny: k.Deny, Clock: clk, Logger: log, Metrics: metrics.NewK8s(reg)}
+	admission := func(sas k8s.ServiceAccounts) (*k8s.Admission, error) {
+		return k8s.NewAdmission(k8s.AdmissionConfig{Config: cfg, ServiceAccounts: sas,
+			Lookup: k8s.LookupConfig{TTL: k.ServiceAccountTTL, MaxStale: k.ServiceAccountMaxStale}})
+	}
+	if k.Mode == "" || k.Mode == K8sOff {
+		adm, err := admission(nil)
+		return nil, adm, err
+	}
 	kc := kubeclient.Config{Kubeconfig: k.Kubeconfig, QPS: k.QPS, Burst: k.Burst, UserAgent: userAgent}
 	switch k.Mode {
 	case K8sTokenReview:
 		client, err := kc.Clientset()
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return k8s.NewTokenReview(k8s.TokenReviewConfig{Config: cfg, Reviewer: k8s.ClientReviewer{Client: client}, Issuer: k.Issuer,
+		adm, err := admission(k8s.ClientServiceAccounts{Client: client})
+		if err != nil {
+			return nil, nil, err
+		}
+		tr, err := k8s.NewTokenReview(k8s.TokenReviewConfig{Config: cfg, Reviewer: k8s.ClientReviewer{Client: client}, Issuer: k.Issuer,
 			Cache: k8s.CacheConfig{TTL: k.CacheTTL, Size: k.CacheSize}, MaxInFlight: k.MaxInFlightReviews})
+		return tr, adm, err
 	case K8sJWKS:
-		var fetch jwks.Fetcher
+		var (
+			fetch jwks.Fetcher
+			sas   k8s.ServiceAccounts
+		)
 		switch {
 		case k.JWKSURL != "" && k.JWKSFile != "":
-			return nil, errors.New("plane: a JWKS URL and a JWKS file: choose one")
-		case k.JWKSURL != "":
-			fetch = jwks.URLFetcher(nil, k.JWKSURL)
-		case k.JWKSFile != "":
-			fetch = jwks.FileFetcher(k.JWKSFile)
+			return nil, nil, errors.New("plane: a JWKS URL and a JWKS file: choose one")
+		case k.JWKSURL != "" || k.JWKSFile != "":
+			if k.JWKSFile != "" {
+				fetch = jwks.FileFetcher(k.JWKSFile)
+			} else {
+				fetch = jwks.URLFetcher(nil, k.JWKSURL)
+			}
+			// The keys do not need the API server; renewals do, to see
+			// deleted ServiceAccounts. Without one, say what is lost.
+			if client, err := kc.Clientset(); err == nil {
+				sas = k8s.ClientServiceAccounts{Client: client}
+			} else {
+				log.Warn("no API server for JWKS mode: renewals over mTLS check the allow and deny lists only, and an SVID of a deleted ServiceAccount renews until its SPIFFE ID is revoked", "err", err)
+			}
 		default:
 			client, err := kc.Clientset()
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			fetch = func(ctx context.Context) ([]byte, error) {
 				return client.Discovery().RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
 			}
+			sas = k8s.ClientServiceAccounts{Client: client}
 		}
-		return k8s.NewJWKS(k8s.JWKSConfig{Config: cfg, Issuer: k.Issuer, Keys: jwks.NewKeySet(jwks.KeySetConfig{Fetch: fetch, Clock: clk})})
+		adm, err := admission(sas)
+		if err != nil {
+			return nil, nil, err
+		}
+		jw, err := k8s.NewJWKS(k8s.JWKSConfig{Config: cfg, Issuer: k.Issuer, Keys: jwks.NewKeySet(jwks.KeySetConfig{Fetch: fetch, Clock: clk})})
+		return jw, adm, err
 	}
-	return nil, fmt.Errorf("plane: Kubernetes attestation must be off, tokenreview or jwks, not %q", k.Mode)
+	return nil, nil, fmt.Errorf("plane: Kubernetes attestation must be off, tokenreview or jwks, not %q", k.Mode)
 }
 
 // tokenAttestors builds the bearer-token attestors: one per OIDC issuer
-// (each claims only its own tokens), then Kubernetes.
-func (c *Config) tokenAttestors(ctx context.Context, reg prometheus.Registerer) ([]attestor.Attestor, error) {
+// (each claims only its own tokens), then Kubernetes; and the admission of
+// renewals.
+func (c *Config) tokenAttestors(reg prometheus.Registerer) ([]attestor.Attestor, *k8s.Admission, error) {
 	var out []attestor.Attestor
 	if c.OIDCConfigFile != "" {
 		issuers, err := oidc.LoadFile(c.OIDCConfigFile)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		for _, ic := range issuers {
 			a, err := oidc.New(oidc.Config{Issuer: ic, TrustDomain: c.TrustDomain, Clock: c.Clock})
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			out = append(out, a)
 		}
 	}
-	k, err := c.Kubernetes.attestor(ctx, c.TrustDomain, c.UserAgent, c.Clock, c.Logger, reg)
-	if err != nil || k == nil {
-		return out, err
+	k, adm, err := c.Kubernetes.build(c.TrustDomain, c.UserAgent, c.Clock, c.Logger, reg)
+	if err != nil {
+		return nil, nil, err
 	}
-	return append(out, k), nil
+	if k != nil {
+		out = append(out, k)
+	}
+	return out, adm, nil
 }

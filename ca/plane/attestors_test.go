@@ -2,6 +2,7 @@ package plane
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -9,6 +10,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/meshca/meshca/attestor"
 )
 
 func TestTokenAttestorsFromConfig(t *testing.T) {
@@ -40,7 +43,7 @@ func TestTokenAttestorsFromConfig(t *testing.T) {
 			if err := cfg.setDefaults(); err != nil {
 				t.Fatal(err)
 			}
-			got, err := cfg.tokenAttestors(context.Background(), prometheus.NewRegistry())
+			got, admission, err := cfg.tokenAttestors(prometheus.NewRegistry())
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tc.wantErr)
@@ -49,6 +52,12 @@ func TestTokenAttestorsFromConfig(t *testing.T) {
 			}
 			if err != nil || len(got) != tc.want {
 				t.Fatalf("got %d attestors, %v; want %d", len(got), err, tc.want)
+			}
+			// Renewals pass the allow and deny lists in every mode: the
+			// default Deny refuses kube-system.
+			err = admission.Admit(context.Background(), spiffeid.RequireFromString("spiffe://example.org/ns/kube-system/sa/x"))
+			if !errors.Is(err, attestor.ErrPermissionDenied) {
+				t.Errorf("renewal admission of kube-system = %v, want ErrPermissionDenied", err)
 			}
 		})
 	}

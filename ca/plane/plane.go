@@ -166,7 +166,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	chain, err := cfg.attestors(ctx, auth, st, reg)
+	chain, err := cfg.attestors(auth, st, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -204,12 +204,14 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 // attestors builds the chain in the order credentials are tried: the
 // current SVID over mTLS (renewal), join tokens, then the bearer-token
 // attestors, then Extra.
-func (c *Config) attestors(ctx context.Context, auth *ca.Authority, tokens jointoken.Store, reg prometheus.Registerer) (attestor.Chain, error) {
-	renewal, err := attestor.NewMTLS(attestor.MTLSConfig{Bundles: auth, Revocations: auth, Clock: c.Clock})
+func (c *Config) attestors(auth *ca.Authority, tokens jointoken.Store, reg prometheus.Registerer) (attestor.Chain, error) {
+	bearer, admission, err := c.tokenAttestors(reg)
 	if err != nil {
 		return nil, err
 	}
-	bearer, err := c.tokenAttestors(ctx, reg)
+	// Renewal passes the admission of first issuance again: the allow and
+	// deny lists, and the ServiceAccount still existing (attestor/k8s).
+	renewal, err := attestor.NewMTLS(attestor.MTLSConfig{Bundles: auth, Revocations: auth, Admit: admission.Admit, Clock: c.Clock})
 	if err != nil {
 		return nil, err
 	}

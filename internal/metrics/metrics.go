@@ -79,6 +79,9 @@ type K8s struct {
 	inFlight  prometheus.Gauge
 	throttled prometheus.Counter
 	refusals  *prometheus.CounterVec
+	lookups   *prometheus.CounterVec
+	lookupDur prometheus.Histogram
+	renewals  *prometheus.CounterVec
 }
 
 // NewK8s registers the Kubernetes attestors' collectors on reg.
@@ -113,8 +116,21 @@ func NewK8s(reg prometheus.Registerer) *K8s {
 			Name: "meshca_k8s_token_refusals_total",
 			Help: "ServiceAccount tokens refused, by reason (malformed, issuer, audience and expired are refused offline, before any TokenReview).",
 		}, []string{"reason"}),
+		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshca_k8s_serviceaccount_lookups_total",
+			Help: "ServiceAccount lookups sent to the API server for renewals, by result (found, not-found, error).",
+		}, []string{"result"}),
+		lookupDur: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "meshca_k8s_serviceaccount_lookup_duration_seconds",
+			Help:    "Latency of ServiceAccount lookups, client rate limiting included.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshca_k8s_renewal_admissions_total",
+			Help: "Renewals over mTLS of Kubernetes-shaped identities, by admission result (ok, stale, denied, deleted, unavailable).",
+		}, []string{"result"}),
 	}
-	reg.MustRegister(m.reviews, m.latency, m.hits, m.negHits, m.inFlight, m.throttled, m.refusals)
+	reg.MustRegister(m.reviews, m.latency, m.hits, m.negHits, m.inFlight, m.throttled, m.refusals, m.lookups, m.lookupDur, m.renewals)
 	return m
 }
 
@@ -138,6 +154,15 @@ func (m *K8s) Throttled() { m.throttled.Inc() }
 
 // Refused implements k8s.Metrics.
 func (m *K8s) Refused(reason string) { m.refusals.WithLabelValues(reason).Inc() }
+
+// ServiceAccountLookup implements k8s.Metrics.
+func (m *K8s) ServiceAccountLookup(result string, took time.Duration) {
+	m.lookups.WithLabelValues(result).Inc()
+	m.lookupDur.Observe(took.Seconds())
+}
+
+// Renewal implements k8s.Metrics.
+func (m *K8s) Renewal(result string) { m.renewals.WithLabelValues(result).Inc() }
 
 // Agent implements sds.Metrics and envoy.Metrics for `meshca agent`.
 type Agent struct {
