@@ -293,8 +293,10 @@ func TestRunErrors(t *testing.T) {
 			wantMsg: []string{"--k8s-attestation must be off, tokenreview or jwks"},
 		},
 		{
-			name:    "server JWKS URL and file",
-			args:    func(dir string) []string { return serverArgs(dir, "--k8s-attestation", "jwks", "--k8s-jwks-url", "https://x", "--k8s-jwks-file", "f") },
+			name: "server JWKS URL and file",
+			args: func(dir string) []string {
+				return serverArgs(dir, "--k8s-attestation", "jwks", "--k8s-jwks-url", "https://x", "--k8s-jwks-file", "f")
+			},
 			wantMsg: []string{"--k8s-jwks-url and --k8s-jwks-file: choose one"},
 		},
 		{
