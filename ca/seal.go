@@ -34,7 +34,7 @@ func SealStoredKeys(ctx context.Context, st store.Store, kek []byte, log *slog.L
 	case err != nil:
 		return 0, fmt.Errorf("ca: load CA state: %w", err)
 	}
-	clear := &sealer{} // opens clear keys only
+	unsealed := &sealer{} // opens clear keys only
 	n := 0
 	for _, k := range []*store.CAKey{state.Root, state.Active, state.Next} {
 		if k == nil || k.Key.Alg != sealNone {
@@ -44,7 +44,7 @@ func SealStoredKeys(ctx context.Context, st store.Store, kek []byte, log *slog.L
 		if err != nil {
 			return 0, fmt.Errorf("ca: stored CA certificate: %w", err)
 		}
-		key, err := clear.open(k.Key, cert.PublicKey)
+		key, err := unsealed.open(k.Key, cert.PublicKey)
 		if err != nil {
 			return 0, fmt.Errorf("ca: key of %q: %w", cert.Subject.CommonName, err)
 		}

@@ -101,7 +101,7 @@ func ValidateLeaf(der []byte, issuer *x509.Certificate, id spiffeid.ID, spki []b
 		!exts.ReadASN1(&exts, cbasn1.SEQUENCE) {
 		return fail("no extensions, or unique identifiers present")
 	}
-	var seen [6]bool // in the order of extChecks
+	var seen [len(extChecks)]bool // in the order of extChecks
 	for !exts.Empty() {
 		var ext, oid, value cryptobyte.String
 		var critical bool
@@ -138,7 +138,7 @@ func ValidateLeaf(der []byte, issuer *x509.Certificate, id spiffeid.ID, spki []b
 
 // extChecks are the extensions a leaf must carry, and how each is checked.
 // A check returns "" or what is wrong.
-var extChecks = []struct {
+var extChecks = [...]struct {
 	name  string
 	oid   []byte
 	check func(v cryptobyte.String, issuer *x509.Certificate, id spiffeid.ID) string

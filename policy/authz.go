@@ -285,11 +285,11 @@ func (s *Set) Authorize(req Request) Decision {
 }
 
 func listKeys(keys []string) string {
-	const max = 5
-	if len(keys) <= max {
+	const shown = 5
+	if len(keys) <= shown {
 		return strings.Join(keys, ", ")
 	}
-	return fmt.Sprintf("%s and %d more", strings.Join(keys[:max], ", "), len(keys)-max)
+	return fmt.Sprintf("%s and %d more", strings.Join(keys[:shown], ", "), len(keys)-shown)
 }
 
 // urlPath is the path as Envoy matches it (url_path): without the query

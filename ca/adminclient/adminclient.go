@@ -142,7 +142,7 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		var e server.ErrorResponse
-		json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e)
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&e)
 		return fmt.Errorf("admin API: %s: %s", resp.Status, e.Error)
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {

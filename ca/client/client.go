@@ -112,7 +112,7 @@ func (c *Client) dial(cert *tls.Certificate) error {
 		return fmt.Errorf("client: %w", err)
 	}
 	if c.conn != nil {
-		c.conn.Close()
+		_ = c.conn.Close() // replaced: its calls are done
 	}
 	c.conn, c.svc, c.dialedWith = conn, pb.NewIstioCertificateServiceClient(conn), leaf
 	return nil

@@ -44,7 +44,7 @@ func TestKEKRefusesClearKeysAtStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	clear := p.Authority().RootsPEM()
+	before := p.Authority().RootsPEM()
 	p.Stop()
 	if _, err := start(kek); !errors.Is(err, ca.ErrClearKey) {
 		t.Fatalf("start with a KEK over clear keys = %v, want ca.ErrClearKey", err)
@@ -63,7 +63,7 @@ func TestKEKRefusesClearKeysAtStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Stop()
-	if !bytes.Equal(clear, p.Authority().RootsPEM()) {
+	if !bytes.Equal(before, p.Authority().RootsPEM()) {
 		t.Fatal("the root changed when the keys were sealed")
 	}
 	if _, err := Seal(ctx, dir, kek, nil); err == nil {

@@ -158,7 +158,7 @@ func newDevCmd() *cobra.Command {
 	} {
 		f := fs.Lookup(name)
 		f.DefValue = val
-		f.Value.Set(val)
+		_ = f.Value.Set(val) // valid defaults of existing flags
 	}
 	fs.BoolVar(&cfg.Once, "once", false, "exit after issuing the demo SVID instead of serving until interrupted")
 	fs.BoolVar(&cfg.NoAgent, "no-agent", false, "do not start the agent (SDS and Workload API on <data-dir>/sockets/)")

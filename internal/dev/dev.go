@@ -49,7 +49,7 @@ type Config struct {
 
 // Run starts the plane, issues the demo SVID, starts the agent, and serves
 // until ctx ends (unless Once).
-func Run(ctx context.Context, cfg Config) error {
+func Run(ctx context.Context, cfg Config) (err error) {
 	if cfg.Namespace == "" {
 		cfg.Namespace = "default"
 	}
@@ -79,7 +79,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	defer p.Stop()
+	defer func() { err = errors.Join(err, p.Stop()) }()
 	printPlane(out, p, tokenPath, demoID)
 	if p.Addr("grpc") == nil {
 		return errors.New("dev: the demo needs the gRPC API (--grpc-listen)")
@@ -110,7 +110,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("dev: agent: %w", err)
 	}
-	defer a.Stop()
+	defer func() { err = errors.Join(err, a.Stop()) }()
 	fmt.Fprintf(out, "agent for %s:\n", demoID)
 	fmt.Fprintf(out, "  Envoy SDS:     unix://%s (resources \"default\" and \"ROOTCA\")\n", ac.SDSSocket)
 	fmt.Fprintf(out, "  Workload API:  unix://%s (SPIFFE_ENDPOINT_SOCKET)\n", ac.WorkloadSocket)
@@ -186,7 +186,7 @@ func issueDemo(ctx context.Context, p *plane.Plane, id spiffeid.ID, token, dir s
 	if err != nil {
 		return err
 	}
-	defer c.Close()
+	defer func() { _ = c.Close() }()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	chainPEM, err := c.Sign(ctx, csr, 0, token)

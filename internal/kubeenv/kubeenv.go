@@ -542,15 +542,15 @@ func (p *proc) tail() string {
 	return fmt.Sprintf("\n---- %s log (%s) ----\n%s", p.name, p.logPath, readTail(p.logPath, 0, 8<<10))
 }
 
-func readTail(path string, from, max int64) string {
+func readTail(path string, from, limit int64) string {
 	f, err := os.Open(path)
 	if err != nil {
 		return "(" + err.Error() + ")"
 	}
 	defer f.Close()
 	size := fileSize(path)
-	if size-from > max {
-		from = size - max
+	if size-from > limit {
+		from = size - limit
 	}
 	if _, err := f.Seek(from, io.SeekStart); err != nil {
 		return "(" + err.Error() + ")"

@@ -165,7 +165,7 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		Publish: svids, Clock: cfg.Clock, Logger: cfg.Logger, Metrics: am,
 	})
 	if err != nil {
-		cc.Close()
+		_ = cc.Close() // nothing was sent on it
 		return nil, err
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -173,13 +173,13 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
-		defer cc.Close()
+		defer func() { _ = cc.Close() }()
 		if err := mgr.Run(runCtx); err != nil && !errors.Is(err, context.Canceled) {
 			cfg.Logger.Error("agent stopped renewing", "err", err)
 		}
 	}()
 	if err := a.serve(runCtx); err != nil {
-		a.Stop()
+		_ = a.Stop() // the serve error is the one to report
 		return nil, err
 	}
 	cfg.Logger.Info("agent started", "spiffe_id", cfg.ID.String(), "ca", cfg.CAAddr, "sds", cfg.SDSSocket, "workload_api", cfg.WorkloadSocket)

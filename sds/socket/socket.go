@@ -93,7 +93,7 @@ func Listen(path string, log *slog.Logger) (net.Listener, error) {
 	}
 	ul.SetUnlinkOnClose(false) // the file moves; Close removes it by its final name
 	fail := func(err error) (net.Listener, error) {
-		ul.Close()
+		_ = ul.Close() // the error above is the one to report
 		os.Remove(tmp)
 		return nil, err
 	}
@@ -155,7 +155,7 @@ func checkStale(path string) error {
 	}
 	c, err := net.DialTimeout("unix", path, staleProbeTimeout)
 	if err == nil {
-		c.Close()
+		_ = c.Close() // refused connection
 		return fmt.Errorf("%w: a server answers on %s", ErrInUse, path)
 	}
 	if errors.Is(err, syscall.ECONNREFUSED) {

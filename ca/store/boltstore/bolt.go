@@ -120,13 +120,13 @@ func Open(path string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
 	if err := prepare(db, path, opts.Logger); err != nil {
-		db.Close()
+		_ = db.Close() // the error above is the one to report
 		return nil, err
 	}
 	if created {
 		// bbolt syncs the file but not the directory entry of a new one.
 		if err := syncDir(dir); err != nil {
-			db.Close()
+			_ = db.Close() // the error above is the one to report
 			return nil, fmt.Errorf("boltstore: sync %s: %w", dir, err)
 		}
 	}
@@ -148,7 +148,7 @@ func syncDir(dir string) error {
 	if err != nil {
 		return err
 	}
-	defer d.Close()
+	defer func() { _ = d.Close() }() // read only: Sync reports what matters
 	return d.Sync()
 }
 

@@ -160,7 +160,9 @@ func splitTimeSerial(k []byte) (time.Time, []byte, bool) {
 	if len(k) <= 8 {
 		return time.Time{}, nil, false
 	}
-	return time.Unix(0, int64(binary.BigEndian.Uint64(k))), k[8:], true
+	// Keys hold times from 1970 to 2262 only (see minKeyTime): the value
+	// fits an int64.
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k))), k[8:], true //nolint:gosec // G115: see above
 }
 
 // spiffeIDKey is rec's key in bucketBySPIFFEID.
