@@ -24,7 +24,18 @@ const (
 	maxRSABits = 8192
 )
 
-var oidBasicConstraints = asn1.ObjectIdentifier{2, 5, 29, 19}
+// maxCSRExtensionBytes bounds the extensions of a CSR together. The CA
+// copies none of them (the certificate is built from its own template), so
+// anything beyond a SAN with one SPIFFE ID (at most 2 KiB) and a few usage
+// bits is padding that costs parsing and storage.
+const maxCSRExtensionBytes = 4 << 10
+
+var (
+	oidBasicConstraints  = asn1.ObjectIdentifier{2, 5, 29, 19}
+	oidCSRSubjectAltName = asn1.ObjectIdentifier{2, 5, 29, 17}
+	oidCSRKeyUsage       = asn1.ObjectIdentifier{2, 5, 29, 15}
+	oidCSRExtKeyUsage    = asn1.ObjectIdentifier{2, 5, 29, 37}
+)
 
 // ParseCSR decodes one PEM "CERTIFICATE REQUEST" and checks its signature.
 // Errors wrap ErrInvalidCSR.
@@ -54,7 +65,8 @@ func ParseCSR(pemBytes []byte) (*x509.CertificateRequest, error) {
 
 // CheckCSR checks that csr asks for exactly the identity want and nothing a
 // workload certificate may not have: one URI SAN equal to want, no DNS, IP
-// or email SANs, no CA bit, and an allowed key. Errors wrap ErrInvalidCSR or
+// or email SANs, no CA bit, no unknown critical extension, at most
+// maxCSRExtensionBytes of extensions, and an allowed key. Errors wrap ErrInvalidCSR or
 // ErrIdentityMismatch.
 func CheckCSR(csr *x509.CertificateRequest, want spiffeid.ID) error {
 	if err := checkKey(csr.PublicKey); err != nil {
@@ -81,6 +93,17 @@ func CheckCSR(csr *x509.CertificateRequest, want spiffeid.ID) error {
 	}
 	if len(csr.EmailAddresses) > 0 {
 		return fmt.Errorf("%w: email SANs are not allowed in a workload certificate", ErrInvalidCSR)
+	}
+	size := 0
+	for _, ext := range csr.Extensions {
+		size += len(ext.Value)
+		known := ext.Id.Equal(oidBasicConstraints) || ext.Id.Equal(oidCSRSubjectAltName) || ext.Id.Equal(oidCSRKeyUsage) || ext.Id.Equal(oidCSRExtKeyUsage)
+		if ext.Critical && !known {
+			return fmt.Errorf("%w: critical extension %s is not one the CA honours", ErrInvalidCSR, ext.Id)
+		}
+	}
+	if size > maxCSRExtensionBytes {
+		return fmt.Errorf("%w: extensions of %d bytes are over the %d byte limit", ErrInvalidCSR, size, maxCSRExtensionBytes)
 	}
 	for _, ext := range csr.Extensions {
 		if !ext.Id.Equal(oidBasicConstraints) {

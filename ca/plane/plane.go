@@ -73,6 +73,15 @@ type Config struct {
 	// server.Config).
 	MaxRequestBytes int
 	RequestTimeout  time.Duration
+	// IdleTimeout closes connections idle this long on every listener;
+	// zero: the default 5m (server.Config).
+	IdleTimeout time.Duration
+	// MaxConnections caps each listener's open connections, and
+	// UnauthenticatedRate and UnauthenticatedBurst the requests per source
+	// address that fail authentication (defaults in server.Config).
+	MaxConnections       int
+	UnauthenticatedRate  float64
+	UnauthenticatedBurst int
 	// AdminTokenFile holds the admin API's bearer token, created 0600 with
 	// a random token if missing. Default <DataDir>/admin-token.
 	AdminTokenFile string
@@ -178,6 +187,8 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 		Authority: auth, Attestor: chain, AdminToken: adminToken,
 		GRPCAddr: cfg.GRPCAddr, HTTPSAddr: cfg.HTTPSAddr, MonitorAddr: cfg.MonitorAddr,
 		DNSNames: cfg.DNSNames, IPs: cfg.IPs, MaxRequestBytes: cfg.MaxRequestBytes, RequestTimeout: cfg.RequestTimeout,
+		IdleTimeout: cfg.IdleTimeout, MaxConnections: cfg.MaxConnections,
+		UnauthenticatedRate: cfg.UnauthenticatedRate, UnauthenticatedBurst: cfg.UnauthenticatedBurst,
 		Registry: reg, Clock: cfg.Clock, Logger: log,
 	})
 	if err != nil {

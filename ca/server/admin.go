@@ -32,9 +32,14 @@ type JoinTokenResponse struct {
 func (s *Server) adminAuth(h http.HandlerFunc) http.HandlerFunc {
 	want := sha256.Sum256([]byte(s.cfg.AdminToken))
 	return func(w http.ResponseWriter, r *http.Request) {
+		if err := s.failures.allow(r.RemoteAddr); err != nil {
+			s.reply(w, "admin", nil, err)
+			return
+		}
 		tok, err := bearerToken(r.Header.Values("Authorization"))
 		got := sha256.Sum256([]byte(tok))
 		if err != nil || tok == "" || subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+			s.failures.failed(r.RemoteAddr)
 			s.metrics.Request("http", "admin", codes.Unauthenticated.String())
 			writeJSON(w, http.StatusUnauthorized, ErrorResponse{Error: "admin API: missing or wrong admin token", Code: codes.Unauthenticated.String()})
 			return

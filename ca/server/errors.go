@@ -23,6 +23,8 @@ func classify(log *slog.Logger, err error) (codes.Code, string) {
 	switch {
 	case errors.As(err, &tooBig):
 		return codes.ResourceExhausted, fmt.Sprintf("request body over %d bytes", tooBig.Limit)
+	case errors.Is(err, errThrottled):
+		return codes.ResourceExhausted, err.Error()
 	case errors.Is(err, attestor.ErrUnauthenticated):
 		return codes.Unauthenticated, err.Error()
 	case errors.Is(err, attestor.ErrPermissionDenied), errors.Is(err, ca.ErrIdentityMismatch):
@@ -73,7 +75,12 @@ func (s *Server) reply(w http.ResponseWriter, endpoint string, resp any, err err
 	if err != nil {
 		code, msg := classify(s.cfg.Logger, err)
 		s.metrics.Request("http", endpoint, code.String())
-		writeJSON(w, httpStatus(code), ErrorResponse{Error: msg, Code: code.String()})
+		st := httpStatus(code)
+		if errors.Is(err, errThrottled) {
+			st = http.StatusTooManyRequests
+			w.Header().Set("Retry-After", "1")
+		}
+		writeJSON(w, st, ErrorResponse{Error: msg, Code: code.String()})
 		return
 	}
 	s.metrics.Request("http", endpoint, codes.OK.String())

@@ -28,11 +28,22 @@ type istioService struct {
 // proves. validity_duration is in seconds; 0 (unset in proto3) means the CA's
 // default, as in Istio. The response chain is leaf first, root last.
 func (i *istioService) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
-	resp, err := i.create(ctx, req)
+	var from string
+	if p, ok := peer.FromContext(ctx); ok {
+		from = p.Addr.String()
+	}
+	var resp *pb.IstioCertificateResponse
+	err := i.s.failures.allow(from)
+	if err == nil {
+		resp, err = i.create(ctx, req)
+	}
 	code := codes.OK
 	if err != nil {
 		var msg string
 		code, msg = classify(i.s.cfg.Logger, err)
+		if code == codes.Unauthenticated {
+			i.s.failures.failed(from)
+		}
 		err = status.Error(code, msg)
 	}
 	i.s.metrics.Request("grpc", "CreateCertificate", code.String())

@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -41,7 +42,14 @@ type ErrorResponse struct {
 }
 
 func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
-	resp, err := s.sign(w, r)
+	var resp *SignResponse
+	err := s.failures.allow(r.RemoteAddr)
+	if err == nil {
+		resp, err = s.sign(w, r)
+	}
+	if errors.Is(err, attestor.ErrUnauthenticated) {
+		s.failures.failed(r.RemoteAddr)
+	}
 	s.reply(w, "sign", resp, err)
 }
 

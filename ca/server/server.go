@@ -37,7 +37,34 @@ const (
 	DefaultMaxRequestBytes = 64 << 10
 	DefaultRequestTimeout  = 10 * time.Second
 	DefaultServingTTL      = 24 * time.Hour
+	DefaultIdleTimeout     = 5 * time.Minute
+	DefaultMaxConnections  = 10_000
+	// DefaultUnauthenticatedRate and DefaultUnauthenticatedBurst bound the
+	// requests per source address that fail authentication: a client whose
+	// token is stale retries a few times a minute, not five times a second.
+	DefaultUnauthenticatedRate  = 5.0
+	DefaultUnauthenticatedBurst = 50
 )
+
+// A gRPC connection is closed after maxConnectionAge (with a GOAWAY, so the
+// client opens a new one first) and given maxConnectionAgeGrace to finish
+// the calls on it. Agents keep one connection for days otherwise; a
+// reconnect every half hour costs one TLS handshake, and it spreads agents
+// over the replicas of a scaled-out CA and puts them on its current serving
+// certificate. Calls are bounded by RequestTimeout, so the grace is ample.
+const (
+	maxConnectionAge      = 30 * time.Minute
+	maxConnectionAgeGrace = 5 * time.Minute
+)
+
+// monitorMaxHeaderBytes bounds the request headers on the monitoring port:
+// a Prometheus scrape or a kubelet probe sends a few hundred bytes.
+const monitorMaxHeaderBytes = 16 << 10
+
+// monitorReadHeaderTimeout bounds how long the monitoring port waits for
+// a request's headers (slowloris), and for a TLS-less idle connection's
+// first request.
+const monitorReadHeaderTimeout = 5 * time.Second
 
 // maxHeaderBytes bounds the request metadata of a gRPC call (gRPC's own
 // default is 16 MiB): an authorization header with a JWT is a few KiB.
@@ -66,8 +93,24 @@ type Config struct {
 	ServingTTL time.Duration
 	// MaxRequestBytes bounds one request message or body. Default 64 KiB.
 	MaxRequestBytes int
-	// RequestTimeout bounds the time spent on one call. Default 10s.
+	// RequestTimeout bounds the time spent on one call, and on the TLS
+	// handshake and request headers of a new connection. Default 10s.
 	RequestTimeout time.Duration
+	// IdleTimeout closes a connection on any listener that has carried no
+	// call for this long (gRPC MaxConnectionIdle, HTTP IdleTimeout), so
+	// idle clients cannot hold the CA's descriptors. Default 5m.
+	IdleTimeout time.Duration
+	// MaxConnections caps the connections open at once on each listener;
+	// past it, new ones wait in the kernel's accept queue. Default 10,000;
+	// negative: no cap.
+	MaxConnections int
+	// UnauthenticatedRate (per second) and UnauthenticatedBurst size the
+	// token bucket of each source address (IPv6: each /64) that requests
+	// failing authentication spend; a source with an empty bucket gets
+	// ResourceExhausted (HTTP 429) before its credential is looked at.
+	// Defaults 5/s and 50; a negative rate: no limit.
+	UnauthenticatedRate  float64
+	UnauthenticatedBurst int
 	// Registry receives the server's metrics and is served on /metrics.
 	// Default: a new private registry.
 	Registry *prometheus.Registry
@@ -82,9 +125,10 @@ type Server struct {
 	certs   *servingCerts
 	metrics *metrics.API
 
-	grpc    *grpc.Server
-	https   *http.Server
-	monitor *http.Server
+	grpc     *grpc.Server
+	https    *http.Server
+	monitor  *http.Server
+	failures *failureLimiter // nil: no limit
 
 	mu    sync.Mutex
 	addrs map[string]net.Addr
@@ -109,6 +153,18 @@ func New(cfg Config) (*Server, error) {
 	if cfg.RequestTimeout == 0 {
 		cfg.RequestTimeout = DefaultRequestTimeout
 	}
+	if cfg.IdleTimeout == 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
+	}
+	if cfg.MaxConnections == 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
+	if cfg.UnauthenticatedRate == 0 {
+		cfg.UnauthenticatedRate = DefaultUnauthenticatedRate
+	}
+	if cfg.UnauthenticatedBurst <= 0 {
+		cfg.UnauthenticatedBurst = DefaultUnauthenticatedBurst
+	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
@@ -122,6 +178,9 @@ func New(cfg Config) (*Server, error) {
 		metrics: metrics.NewAPI(cfg.Registry),
 		addrs:   map[string]net.Addr{},
 	}
+	if cfg.UnauthenticatedRate > 0 {
+		s.failures = newFailureLimiter(cfg.UnauthenticatedRate, cfg.UnauthenticatedBurst, cfg.Clock)
+	}
 	tlsCfg := s.certs.tlsConfig()
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
@@ -130,6 +189,11 @@ func New(cfg Config) (*Server, error) {
 		grpc.MaxConcurrentStreams(1000),
 		grpc.ConnectionTimeout(cfg.RequestTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle:     cfg.IdleTimeout,
+			MaxConnectionAge:      maxConnectionAge,
+			MaxConnectionAgeGrace: maxConnectionAgeGrace,
+		}),
 		grpc.ChainUnaryInterceptor(s.deadlineInterceptor),
 	)
 	pb.RegisterIstioCertificateServiceServer(s.grpc, &istioService{s: s})
@@ -148,6 +212,7 @@ func New(cfg Config) (*Server, error) {
 		ReadHeaderTimeout: cfg.RequestTimeout,
 		ReadTimeout:       cfg.RequestTimeout,
 		WriteTimeout:      cfg.RequestTimeout + time.Second,
+		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    cfg.MaxRequestBytes,
 		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
 	}
@@ -156,7 +221,13 @@ func New(cfg Config) (*Server, error) {
 	mon.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mon.HandleFunc("GET /readyz", s.handleReady)
 	mon.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
-	s.monitor = &http.Server{Handler: mon, ReadHeaderTimeout: 5 * time.Second}
+	s.monitor = &http.Server{
+		Handler:           mon,
+		ReadHeaderTimeout: min(monitorReadHeaderTimeout, cfg.RequestTimeout),
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    monitorMaxHeaderBytes,
+		ErrorLog:          slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
+	}
 	return s, nil
 }
 
@@ -188,6 +259,9 @@ func (s *Server) Start() error {
 				o.ln.Close()
 			}
 			return fmt.Errorf("server: listen %s on %s: %w", l.name, l.addr, err)
+		}
+		if s.cfg.MaxConnections > 0 {
+			ln = newLimitListener(ln, s.cfg.MaxConnections)
 		}
 		opened = append(opened, open{l, ln})
 	}

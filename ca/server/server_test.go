@@ -65,6 +65,13 @@ type plane struct {
 // tokens, the given extra attestors, and the static test token.
 func startPlane(t testing.TB, path string, extra ...attestor.Attestor) *plane {
 	t.Helper()
+	return startPlaneWith(t, path, nil, extra...)
+}
+
+// startPlaneWith is startPlane with tune, if not nil, changing the
+// server's Config before it starts.
+func startPlaneWith(t testing.TB, path string, tune func(*server.Config), extra ...attestor.Attestor) *plane {
+	t.Helper()
 	st, err := boltstore.Open(path, boltstore.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -83,7 +90,7 @@ func startPlane(t testing.TB, path string, extra ...attestor.Attestor) *plane {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := server.New(server.Config{
+	cfg := server.Config{
 		Authority:   auth,
 		Attestor:    append(append(attestor.Chain{renewal, joins}, extra...), attestor.NewStaticTokens(map[string]spiffeid.ID{fooToken: fooID})),
 		AdminToken:  adminToken,
@@ -92,7 +99,11 @@ func startPlane(t testing.TB, path string, extra ...attestor.Attestor) *plane {
 		MonitorAddr: "127.0.0.1:0",
 		Clock:       clock.Real{},
 		Registry:    reg,
-	})
+	}
+	if tune != nil {
+		tune(&cfg)
+	}
+	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -90,6 +90,16 @@ func (a *Agent) serveSDSOverTCP(s *envoy.Server) error {
 	return nil
 }
 
+// The monitoring port closes a connection idle for monitorIdleTimeout (a
+// Prometheus scrape or kubelet probe reconnects cheaply, and idle clients
+// must not hold the agent's descriptors), waits monitorReadHeaderTimeout
+// for a request's headers, and takes at most monitorMaxHeaderBytes of them.
+const (
+	monitorIdleTimeout       = 5 * time.Minute
+	monitorReadHeaderTimeout = 5 * time.Second
+	monitorMaxHeaderBytes    = 16 << 10
+)
+
 // serveMonitoring serves /healthz, /readyz (not ready without a valid
 // SVID) and /metrics.
 func (a *Agent) serveMonitoring() error {
@@ -111,7 +121,12 @@ func (a *Agent) serveMonitoring() error {
 		return fmt.Errorf("agent: monitoring: %w", err)
 	}
 	a.monAddr = ln.Addr()
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: monitorReadHeaderTimeout,
+		IdleTimeout:       monitorIdleTimeout,
+		MaxHeaderBytes:    monitorMaxHeaderBytes,
+	}
 	a.stopMon = func() {
 		ctx, cancel := context.WithTimeout(context.Background(), drainGrace)
 		defer cancel()
