@@ -13,16 +13,6 @@ import (
 	"github.com/meshca/meshca/internal/cli"
 )
 
-// usageArgs makes an argument check fail with exit code 2.
-func usageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
-	return func(cmd *cobra.Command, args []string) error {
-		if err := check(cmd, args); err != nil {
-			return cli.Usage("%v", err)
-		}
-		return nil
-	}
-}
-
 func newAuditCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "audit",
@@ -50,7 +40,7 @@ func newAuditCertCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cert [FILE] [--sds SOCKET | --workload-api SOCKET] [--bundle FILE]",
 		Short: "Show what a certificate really says: SPIFFE ID, serial, validity, key, chain, warnings",
-		Args:  usageArgs(cobra.MaximumNArgs(1)),
+		Args:  cli.UsageArgs(cobra.MaximumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			at := time.Now()
 			if now != "" {
@@ -99,7 +89,7 @@ func newAuditIssuedCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "issued --server ADDR [--spiffe-id ID] [--since 24h]",
 		Short: "Who holds which identity, from the CA's issuance log (admin API)",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cli.UsageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := adminclient.New(f.cfg) // no MESHCA_* or config file: flags only, as before
 			if err != nil {

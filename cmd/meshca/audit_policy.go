@@ -63,7 +63,7 @@ func newAuditAuthzCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "authz --policies PATH... (--request FILE|- | --namespace NS [request flags])",
 		Short: "Would the mesh allow this request? Exit 0 allow, 1 deny, 2 usage or input error",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cli.UsageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			set, err := f.load(cmd.Context())
 			if err != nil {
@@ -134,7 +134,7 @@ func newAuditMTLSCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "mtls --policies PATH... --namespace NS [--labels k=v,...] [--port N]",
 		Short: "The effective PeerAuthentication mTLS mode of a workload and port",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cli.UsageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			set, err := f.load(cmd.Context())
 			if err != nil {
@@ -161,7 +161,7 @@ func newAuditLintCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "lint --policies PATH...|--kube",
 		Short: "Validate policies and warn about rules that do not do what they seem to (exit 1 on warnings)",
-		Args:  usageArgs(cobra.NoArgs),
+		Args:  cli.UsageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			set, err := f.load(cmd.Context())
 			if err != nil {

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"sigs.k8s.io/yaml"
 
@@ -168,6 +169,16 @@ func (e *ExitError) Unwrap() error { return e.Err }
 // Usage is an error that exits with code 2.
 func Usage(format string, args ...any) error {
 	return &ExitError{Code: 2, Err: fmt.Errorf(format, args...)}
+}
+
+// UsageArgs makes a cobra argument check fail with exit code 2.
+func UsageArgs(check cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := check(cmd, args); err != nil {
+			return Usage("%v", err)
+		}
+		return nil
+	}
 }
 
 // ExitCode is the process exit code for err: 0 for nil, an ExitError's
