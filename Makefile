@@ -5,14 +5,13 @@ VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo de
 LDFLAGS   := -X main.version=$(VERSION)
 FUZZTIME  ?= 30s
 BENCHTIME ?= 1s
-STATICCHECK_VERSION ?= v0.8.2
 # testenv: kube-apiserver and etcd for integration tests, built from tools/go.mod.
 TESTENV_BIN ?= $(CURDIR)/.testenv/bin
 K8S_VERSION := v1.35.4
 K8S_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
                -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=35
 
-.PHONY: help build run test bench fuzz lint clean testenv peertest
+.PHONY: help build run test bench fuzz lint lint-tools clean testenv peertest
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -38,13 +37,19 @@ fuzz: ## run every fuzz target for FUZZTIME each
 	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; done
 
-lint: ## gofmt, go vet, staticcheck (pinned); govulncheck when its database is reachable
+lint: lint-tools ## gofmt, go vet, staticcheck and golangci-lint (gosec, errcheck, revive; pinned in tools/lint); govulncheck when its database is reachable
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) vet ./...
-	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	$(TESTENV_BIN)/staticcheck ./...
+	$(TESTENV_BIN)/golangci-lint run ./...
 	@if $(GO) run golang.org/x/vuln/cmd/govulncheck@latest -version >/dev/null 2>&1 && \
 	   $(GO) run golang.org/x/vuln/cmd/govulncheck@latest ./... ; then :; \
 	 else echo "govulncheck skipped: tool or vulnerability database not reachable from here"; fi
+
+lint-tools: ## build the pinned linters from tools/lint into .testenv/bin
+	@mkdir -p $(TESTENV_BIN)
+	cd tools/lint && $(GO) build -mod=readonly -trimpath -o $(TESTENV_BIN)/golangci-lint github.com/golangci/golangci-lint/v2/cmd/golangci-lint
+	cd tools/lint && $(GO) build -mod=readonly -trimpath -o $(TESTENV_BIN)/staticcheck honnef.co/go/tools/cmd/staticcheck
 
 clean: ## remove build output (not .meshca/)
 	rm -rf bin

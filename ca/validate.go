@@ -120,10 +120,10 @@ func ValidateLeaf(der []byte, issuer *x509.Certificate, id spiffeid.ID, spki []b
 		if i < 0 {
 			return fail("unexpected extension %x", []byte(oid))
 		}
-		if seen[i] {
+		if seen[i] { //nolint:gosec // G602: i indexes extChecks, and seen has its length
 			return fail("duplicate %s extension", extChecks[i].name)
 		}
-		seen[i] = true
+		seen[i] = true //nolint:gosec // G602: as above
 		if err := extChecks[i].check(value, issuer, id); err != "" {
 			return fail("%s: %s", extChecks[i].name, err)
 		}

@@ -164,7 +164,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	undo = append(undo, func() { st.Close() })
+	undo = append(undo, func() { _ = st.Close() }) // the start-up error is the one to report
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	auth, err := ca.New(ctx, ca.Config{
@@ -197,7 +197,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if err := srv.Start(); err != nil {
 		return nil, err
 	}
-	undo = append(undo, func() { srv.Shutdown(context.Background()) })
+	undo = append(undo, func() { _ = srv.Shutdown(context.Background()) })
 	if err := files.WriteAtomic(cfg.BundlePath(), auth.RootsPEM(), 0o644); err != nil {
 		return nil, err
 	}

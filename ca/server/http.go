@@ -105,7 +105,7 @@ func (s *Server) handleBundle(w http.ResponseWriter, r *http.Request) {
 	switch format {
 	case "", "pem":
 		w.Header().Set("Content-Type", "application/x-pem-file")
-		w.Write(s.cfg.Authority.RootsPEM())
+		_, _ = w.Write(s.cfg.Authority.RootsPEM()) // a client gone mid-answer
 	case "spiffe":
 		auth := s.cfg.Authority
 		b, err := spiffebundle.FromX509Authorities(auth.TrustDomain(), auth.Bundle().X509Authorities()).Marshal()
@@ -115,7 +115,7 @@ func (s *Server) handleBundle(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
-		w.Write(b)
+		_, _ = w.Write(b) // a client gone mid-answer
 	default:
 		writeJSON(w, http.StatusBadRequest, ErrorResponse{Error: "format must be pem or spiffe", Code: codes.InvalidArgument.String()})
 	}
@@ -124,5 +124,5 @@ func (s *Server) handleBundle(w http.ResponseWriter, r *http.Request) {
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(v)
+	_ = json.NewEncoder(w).Encode(v) // a client gone mid-answer
 }

@@ -163,13 +163,13 @@ func TestIdleConnectionsAreClosed(t *testing.T) {
 // TestConnectionCapPerListener: past MaxConnections, a listener accepts
 // nothing more until a connection closes; the cap is per listener.
 func TestConnectionCapPerListener(t *testing.T) {
-	const max = 4
-	p := startPlaneWith(t, filepath.Join(t.TempDir(), "meshca.db"), func(c *server.Config) { c.MaxConnections = max })
+	const limit = 4
+	p := startPlaneWith(t, filepath.Join(t.TempDir(), "meshca.db"), func(c *server.Config) { c.MaxConnections = limit })
 	for _, name := range []string{"grpc", "https", "monitor"} {
 		t.Run(name, func(t *testing.T) {
 			addr := p.srv.Addr(name).String()
 			var held []net.Conn
-			for range max {
+			for range limit {
 				c, err := net.Dial("tcp", addr)
 				if err != nil {
 					t.Fatal(err)
@@ -196,7 +196,7 @@ func TestConnectionCapPerListener(t *testing.T) {
 				return err == nil
 			}
 			if answered() {
-				t.Fatalf("%s answered a connection past its cap of %d", name, max)
+				t.Fatalf("%s answered a connection past its cap of %d", name, limit)
 			}
 			held[0].Close()
 			deadline := time.Now().Add(closedWithin)

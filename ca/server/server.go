@@ -256,7 +256,7 @@ func (s *Server) Start() error {
 		ln, err := net.Listen("tcp", l.addr)
 		if err != nil {
 			for _, o := range opened {
-				o.ln.Close()
+				_ = o.ln.Close() // the start-up error is the one to report
 			}
 			return fmt.Errorf("server: listen %s on %s: %w", l.name, l.addr, err)
 		}

@@ -57,7 +57,7 @@ func ReadRequest(path string, stdin io.Reader) (policy.Request, error) {
 		if err != nil {
 			return policy.Request{}, err
 		}
-		defer f.Close()
+		defer func() { _ = f.Close() }() // read only
 		r = f
 	}
 	req, err := policy.DecodeRequest(r)

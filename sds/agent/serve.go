@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -27,7 +28,12 @@ func (a *Agent) serve(ctx context.Context) error {
 			return err
 		}
 		a.wg.Add(1)
-		go func() { defer a.wg.Done(); s.Run(ctx) }()
+		go func() {
+			defer a.wg.Done()
+			if err := s.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				a.cfg.Logger.Error("SDS server stopped", "err", err)
+			}
+		}()
 		if err := a.serveUnix(a.cfg.SDSSocket, s.Register); err != nil {
 			return err
 		}
@@ -66,7 +72,12 @@ func (a *Agent) serveUnix(path string, register func(*grpc.Server)) error {
 func (a *Agent) start(g *grpc.Server, ln net.Listener) {
 	a.grpc = append(a.grpc, g)
 	a.wg.Add(1)
-	go func() { defer a.wg.Done(); g.Serve(ln) }()
+	go func() {
+		defer a.wg.Done()
+		if err := g.Serve(ln); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			a.cfg.Logger.Error("gRPC listener stopped", "addr", ln.Addr().String(), "err", err)
+		}
+	}()
 }
 
 // serveSDSOverTCP serves SDS on TCP with mTLS: the agent presents the
@@ -130,9 +141,14 @@ func (a *Agent) serveMonitoring() error {
 	a.stopMon = func() {
 		ctx, cancel := context.WithTimeout(context.Background(), drainGrace)
 		defer cancel()
-		srv.Shutdown(ctx)
+		_ = srv.Shutdown(ctx) // past the grace, connections are dropped
 	}
 	a.wg.Add(1)
-	go func() { defer a.wg.Done(); srv.Serve(ln) }()
+	go func() {
+		defer a.wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			a.cfg.Logger.Error("monitoring listener stopped", "err", err)
+		}
+	}()
 	return nil
 }

@@ -94,7 +94,7 @@ func Listen(path string, log *slog.Logger) (net.Listener, error) {
 	ul.SetUnlinkOnClose(false) // the file moves; Close removes it by its final name
 	fail := func(err error) (net.Listener, error) {
 		_ = ul.Close() // the error above is the one to report
-		os.Remove(tmp)
+		_ = os.Remove(tmp)
 		return nil, err
 	}
 	if err := os.Chmod(tmp, Mode); err != nil {
@@ -198,7 +198,7 @@ func (l *listener) Close() error {
 	err := l.UnixListener.Close()
 	l.close.Do(func() {
 		if fi, err := os.Lstat(l.path); err == nil && os.SameFile(fi, l.file) {
-			os.Remove(l.path)
+			_ = os.Remove(l.path) // best effort: a stale socket is replaced at the next Listen
 		}
 	})
 	return err
