@@ -2,11 +2,23 @@ package ca_test
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"math/big"
+	"os"
+	"path/filepath"
 	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock/clocktest"
 	"github.com/meshca/meshca/internal/storetest"
 )
@@ -56,4 +68,180 @@ func FuzzValidateLeaf(f *testing.F) {
 			}
 		}
 	})
+}
+
+// countingStore counts what reaches the store, to check that a refused
+// request stores nothing.
+type countingStore struct {
+	store.Store
+	revocations int
+}
+
+func (c *countingStore) Revoke(ctx context.Context, r store.Revocation) error {
+	err := c.Store.Revoke(ctx, r)
+	if err == nil {
+		c.revocations++
+	}
+	return err
+}
+
+// FuzzRevoke checks the canonicalisation of Revoke's serials and SPIFFE
+// IDs: a refused entry wraps ErrInvalidRevocation and stores nothing; an
+// accepted one is stored in canonical form (lower-case hex without leading
+// zeros, or the ID as go-spiffe prints it), revoking it again gives the
+// same form, and CheckRevoked then refuses a certificate with that serial,
+// or issued to that ID before the revocation.
+func FuzzRevoke(f *testing.F) {
+	for _, s := range []string{"0a", "00:0A:ff", "0xDEADbeef", "ff", "0", "-1", "+1", "", "zz", "1_0"} {
+		f.Add(s, "")
+	}
+	for _, id := range []string{fooID.String(), "spiffe://example.org", "spiffe://Example.org/a", "spiffe://example.org/a/../b", "spiffe://example.org/a//b", "spiffe://example.org/a/", "spiffe://other.org/x", "http://example.org/a"} {
+		f.Add("", id)
+	}
+	f.Add("0a", fooID.String())
+	clk := clocktest.New(t0)
+	st := &countingStore{Store: storetest.NewMem()}
+	a := newAuthority(f, st, clk, nil)
+	f.Fuzz(func(t *testing.T, serial, id string) {
+		ctx := context.Background()
+		before := st.revocations
+		got, err := a.Revoke(ctx, store.Revocation{Serial: serial, SPIFFEID: id, Reason: "fuzz"})
+		if err != nil {
+			if !errors.Is(err, ca.ErrInvalidRevocation) {
+				t.Fatalf("Revoke(%q, %q): %v, want ErrInvalidRevocation (the store does not fail)", serial, id, err)
+			}
+			if st.revocations != before {
+				t.Fatalf("Revoke(%q, %q) refused (%v) but stored an entry", serial, id, err)
+			}
+			return
+		}
+		if st.revocations != before+1 {
+			t.Fatalf("Revoke(%q, %q) accepted; %d entries stored", serial, id, st.revocations-before)
+		}
+		if (serial == "") == (id == "") {
+			t.Fatalf("Revoke accepted serial %q and ID %q together", serial, id)
+		}
+		cert := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: got.RevokedAt.Add(-time.Hour)}
+		var certID spiffeid.ID
+		if serial != "" {
+			n, ok := new(big.Int).SetString(got.Serial, 16)
+			if !ok || n.Sign() <= 0 || n.Text(16) != got.Serial {
+				t.Fatalf("Revoke(serial %q) stored %q, not canonical hex", serial, got.Serial)
+			}
+			cert.SerialNumber = n
+			certID = otherID
+		} else {
+			parsed, err := spiffeid.FromString(got.SPIFFEID)
+			if err != nil || parsed.String() != got.SPIFFEID {
+				t.Fatalf("Revoke(ID %q) stored %q, not a canonical SPIFFE ID: %v", id, got.SPIFFEID, err)
+			}
+			certID = parsed
+		}
+		again, err := a.Revoke(ctx, store.Revocation{Serial: got.Serial, SPIFFEID: got.SPIFFEID})
+		if err != nil || again.Serial != got.Serial || again.SPIFFEID != got.SPIFFEID {
+			t.Fatalf("revoking the canonical form %+v again: (%+v, %v)", got, again, err)
+		}
+		if err := a.CheckRevoked(ctx, cert, certID); err == nil {
+			t.Fatalf("Revoke(%q, %q) stored %+v, yet a certificate it covers is not revoked", serial, id, got)
+		}
+	})
+}
+
+// FuzzLoadCACerts writes fuzzed contents as an Istio cacerts directory and
+// checks that LoadCACerts never panics and that what it accepts is a
+// working parent: its certificate is a CA chaining to an anchor among the
+// roots, and its key signs intermediates that the certificate verifies.
+func FuzzLoadCACerts(f *testing.F) {
+	rootKey, caKey := p256(f), p256(f)
+	root := fuzzCA(f, "Root CA", rootKey, nil, nil)
+	caCert := fuzzCA(f, "Intermediate CA", caKey, root, rootKey)
+	pkcs8, _ := x509.MarshalPKCS8PrivateKey(caKey)
+	sec1, _ := x509.MarshalECPrivateKey(caKey.(*ecdsa.PrivateKey))
+	pemOf := func(typ string, ders ...[]byte) []byte {
+		var out []byte
+		for _, d := range ders {
+			out = append(out, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: d})...)
+		}
+		return out
+	}
+	certs := func(cs ...*x509.Certificate) []byte {
+		var ders [][]byte
+		for _, c := range cs {
+			ders = append(ders, c.Raw)
+		}
+		return pemOf("CERTIFICATE", ders...)
+	}
+	f.Add(certs(caCert), pemOf("PRIVATE KEY", pkcs8), certs(root), certs(caCert, root), true)
+	f.Add(certs(caCert), pemOf("EC PRIVATE KEY", sec1), certs(root), []byte(nil), false)
+	f.Add(certs(root), pemOf("PRIVATE KEY", pkcs8), certs(root), []byte(nil), false)
+	f.Add(certs(root, caCert), pemOf("PRIVATE KEY", pkcs8), certs(caCert), []byte("junk"), true)
+	f.Add([]byte("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"), []byte("x"), []byte{}, []byte{}, true)
+
+	f.Fuzz(func(t *testing.T, caPEM, keyPEM, rootPEM, chainPEM []byte, withChain bool) {
+		dir := t.TempDir()
+		write := func(name string, b []byte, mode os.FileMode) {
+			if err := os.WriteFile(filepath.Join(dir, name), b, mode); err != nil {
+				t.Fatal(err)
+			}
+		}
+		write(ca.CACertFile, caPEM, 0o644)
+		write(ca.CAKeyFile, keyPEM, 0o600)
+		write(ca.RootCertFile, rootPEM, 0o644)
+		if withChain {
+			write(ca.CertChainFile, chainPEM, 0o644)
+		}
+		p, err := ca.LoadCACerts(dir, t0)
+		if err != nil {
+			return
+		}
+		c := p.Certificate()
+		if !c.IsCA || !c.BasicConstraintsValid {
+			t.Fatal("accepted a signing certificate that is not a CA")
+		}
+		anchored := false
+		for _, r := range p.Roots() {
+			anchored = anchored || r.Equal(p.Anchor())
+		}
+		if !anchored {
+			t.Fatal("accepted an anchor that is not among the roots")
+		}
+		key := p256(t)
+		tmpl := &x509.Certificate{
+			SerialNumber: big.NewInt(2), NotBefore: t0, NotAfter: t0.Add(time.Hour),
+			BasicConstraintsValid: true, IsCA: true, KeyUsage: x509.KeyUsageCertSign,
+		}
+		inter, err := p.SignIntermediate(context.Background(), tmpl, key.Public())
+		if err != nil {
+			t.Fatalf("accepted parent cannot sign: %v", err)
+		}
+		if err := inter.CheckSignatureFrom(c); err != nil {
+			t.Fatalf("accepted key does not belong to ca-cert.pem: %v", err)
+		}
+	})
+}
+
+// fuzzCA is testCA for a testing.TB.
+func fuzzCA(tb testing.TB, cn string, key crypto.Signer, parent *x509.Certificate, parentKey crypto.Signer) *x509.Certificate {
+	tb.Helper()
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(time.Now().UnixNano()),
+		Subject:               pkix.Name{CommonName: cn},
+		NotBefore:             t0.Add(-24 * time.Hour),
+		NotAfter:              t0.Add(365 * 24 * time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), parentKey)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return c
 }
