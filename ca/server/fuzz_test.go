@@ -12,6 +12,10 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/attestor/jointoken"
@@ -57,6 +61,7 @@ func (c *writeCounter) writes() int { return c.issuances + c.tokens + c.revocati
 // api is the HTTPS/JSON API's handler over an in-memory store, with the
 // static test token for fooID and the admin token, on a fake clock.
 type api struct {
+	srv  *server.Server
 	h    http.Handler
 	st   *writeCounter
 	auth *ca.Authority
@@ -82,7 +87,7 @@ func newAPI(tb testing.TB) *api {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	return &api{h: srv.HTTPSHandler(), st: st, auth: auth, clk: clk}
+	return &api{srv: srv, h: srv.HTTPSHandler(), st: st, auth: auth, clk: clk}
 }
 
 // do serves one request and checks what every answer must be: a status
@@ -323,6 +328,58 @@ func FuzzAdminIssuances(f *testing.F) {
 			if id != "" && r.SPIFFEID != id {
 				t.Fatalf("filter spiffe_id=%q listed a record of %q", id, r.SPIFFEID)
 			}
+		}
+	})
+}
+
+// FuzzCreateCertificate calls the Istio CSR API (gRPC CreateCertificate)
+// with an arbitrary CSR, validity_duration and authorization metadata (one
+// value a line): client input is refused with InvalidArgument,
+// Unauthenticated or PermissionDenied, never an internal error, and leaves
+// no issuance record; a certificate comes only for exactly one
+// "Bearer <workload token>" value, is recorded once, and names that
+// token's identity alone.
+func FuzzCreateCertificate(f *testing.F) {
+	a := newAPI(f)
+	good := fuzzCSR(f, fooID)
+	bearer := "Bearer " + fooToken
+	f.Add(good, int64(0), bearer)
+	f.Add(good, int64(3600), bearer)
+	f.Add(good, int64(-1), bearer)
+	f.Add(good, int64(1<<62), bearer)
+	f.Add(good, int64(0), bearer+"\n"+bearer)
+	f.Add(good, int64(0), "")
+	f.Add(fuzzCSR(f, otherID), int64(0), bearer)
+	f.Add("-----BEGIN CERTIFICATE REQUEST-----\nMAA=\n-----END CERTIFICATE REQUEST-----\n", int64(60), "bearer "+fooToken)
+	f.Fuzz(func(t *testing.T, csr string, validity int64, authz string) {
+		md := metadata.MD{}
+		if authz != "" {
+			md["authorization"] = strings.Split(authz, "\n")
+		}
+		ctx := metadata.NewIncomingContext(context.Background(), md)
+		before := a.st.writes()
+		resp, err := a.srv.CreateCertificate(ctx, &pb.IstioCertificateRequest{Csr: csr, ValidityDuration: validity})
+		if err != nil {
+			switch status.Code(err) {
+			case codes.InvalidArgument, codes.Unauthenticated, codes.PermissionDenied:
+			default:
+				t.Fatalf("CreateCertificate: %v for client input", err)
+			}
+			if a.st.writes() != before {
+				t.Fatalf("refused (%v) but wrote to the store", err)
+			}
+			return
+		}
+		if a.st.issuances != before+1 || a.st.writes() != before+1 {
+			t.Fatalf("one certificate answered, %d writes made", a.st.writes()-before)
+		}
+		if fields := strings.Fields(authz); len(md["authorization"]) != 1 || len(fields) != 2 || !strings.EqualFold(fields[0], "Bearer") || fields[1] != fooToken {
+			t.Fatalf("signed for authorization %q", md["authorization"])
+		}
+		chain := parseChain(t, resp.GetCertChain())
+		if len(chain[0].URIs) != 1 || chain[0].URIs[0].String() != fooID.String() || chain[0].IsCA ||
+			len(chain[0].DNSNames)+len(chain[0].IPAddresses)+len(chain[0].EmailAddresses) != 0 {
+			t.Fatalf("signed a leaf with URIs %v, IsCA %v", chain[0].URIs, chain[0].IsCA)
 		}
 	})
 }
