@@ -150,52 +150,50 @@ func FuzzRevoke(f *testing.F) {
 	})
 }
 
-// FuzzLoadCACerts writes fuzzed contents as an Istio cacerts directory and
-// checks that LoadCACerts never panics and that what it accepts is a
-// working parent: its certificate is a CA chaining to an anchor among the
-// roots, and its key signs intermediates that the certificate verifies.
+// FuzzLoadCACerts writes an Istio cacerts directory from fuzzed DER
+// (ca-cert.pem, ca-key.pem as one of the three PEM key types,
+// root-cert.pem, and optionally cert-chain.pem holding a further
+// certificate and the root) and checks that LoadCACerts never panics and
+// that what it accepts is a working parent: its certificate is a CA
+// chaining to an anchor among the roots, and its key signs intermediates
+// that the certificate verifies. The PEM layer itself is fuzzed by
+// pki.FuzzParseCertificates; DER here lets mutations reach the chain and
+// key checks.
 func FuzzLoadCACerts(f *testing.F) {
 	rootKey, caKey := p256(f), p256(f)
 	root := fuzzCA(f, "Root CA", rootKey, nil, nil)
 	caCert := fuzzCA(f, "Intermediate CA", caKey, root, rootKey)
 	pkcs8, _ := x509.MarshalPKCS8PrivateKey(caKey)
+	rootPKCS8, _ := x509.MarshalPKCS8PrivateKey(rootKey)
 	sec1, _ := x509.MarshalECPrivateKey(caKey.(*ecdsa.PrivateKey))
-	pemOf := func(typ string, ders ...[]byte) []byte {
-		var out []byte
-		for _, d := range ders {
-			out = append(out, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: d})...)
-		}
-		return out
-	}
-	certs := func(cs ...*x509.Certificate) []byte {
-		var ders [][]byte
-		for _, c := range cs {
-			ders = append(ders, c.Raw)
-		}
-		return pemOf("CERTIFICATE", ders...)
-	}
-	f.Add(certs(caCert), pemOf("PRIVATE KEY", pkcs8), certs(root), certs(caCert, root), true)
-	f.Add(certs(caCert), pemOf("EC PRIVATE KEY", sec1), certs(root), []byte(nil), false)
-	f.Add(certs(root), pemOf("PRIVATE KEY", pkcs8), certs(root), []byte(nil), false)
-	f.Add(certs(root, caCert), pemOf("PRIVATE KEY", pkcs8), certs(caCert), []byte("junk"), true)
-	f.Add([]byte("-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n"), []byte("x"), []byte{}, []byte{}, true)
+	f.Add(caCert.Raw, pkcs8, uint8(0), root.Raw, caCert.Raw, true)
+	f.Add(caCert.Raw, sec1, uint8(1), root.Raw, []byte(nil), false)
+	f.Add(root.Raw, rootPKCS8, uint8(0), root.Raw, []byte(nil), false)
+	f.Add(caCert.Raw, rootPKCS8, uint8(0), root.Raw, []byte(nil), false)
+	f.Add(caCert.Raw, pkcs8, uint8(2), caCert.Raw, root.Raw, true)
+	f.Add([]byte{0x30, 0}, []byte{0x30, 0}, uint8(0), []byte{}, []byte{}, true)
 
+	keyTypes := []string{"PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"}
 	// One directory and one intermediate key for every input: each worker
 	// runs the inputs one at a time, and a cheap input keeps minimisation
 	// quick.
 	dir := f.TempDir()
 	interKey := p256(f)
-	f.Fuzz(func(t *testing.T, caPEM, keyPEM, rootPEM, chainPEM []byte, withChain bool) {
-		write := func(name string, b []byte, mode os.FileMode) {
+	f.Fuzz(func(t *testing.T, caDER, keyDER []byte, keyType uint8, rootDER, chainDER []byte, withChain bool) {
+		write := func(name string, mode os.FileMode, typ string, ders ...[]byte) {
+			var b []byte
+			for _, d := range ders {
+				b = append(b, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: d})...)
+			}
 			if err := os.WriteFile(filepath.Join(dir, name), b, mode); err != nil {
 				t.Fatal(err)
 			}
 		}
-		write(ca.CACertFile, caPEM, 0o644)
-		write(ca.CAKeyFile, keyPEM, 0o600)
-		write(ca.RootCertFile, rootPEM, 0o644)
+		write(ca.CACertFile, 0o644, "CERTIFICATE", caDER)
+		write(ca.CAKeyFile, 0o600, keyTypes[int(keyType)%len(keyTypes)], keyDER)
+		write(ca.RootCertFile, 0o644, "CERTIFICATE", rootDER)
 		if withChain {
-			write(ca.CertChainFile, chainPEM, 0o644)
+			write(ca.CertChainFile, 0o644, "CERTIFICATE", chainDER, rootDER)
 		} else if err := os.Remove(filepath.Join(dir, ca.CertChainFile)); err != nil && !os.IsNotExist(err) {
 			t.Fatal(err)
 		}
