@@ -96,15 +96,17 @@ func setFlag(f *pflag.Flag, val string) error {
 		return f.Value.Set(val)
 	}
 	var items []string
-	if val != "" {
-		items = strings.Split(val, ",")
-	}
-	for i, it := range items {
-		items[i] = strings.TrimSpace(it)
-		// pflag's ipSlice Replace accepts anything and stores nil.
-		if f.Value.Type() == "ipSlice" && net.ParseIP(items[i]) == nil {
-			return fmt.Errorf("%q is not an IP address", items[i])
+	for _, it := range strings.Split(val, ",") {
+		// An empty item ("a,,b", " ") names nothing: kept, it would be an
+		// empty DNS SAN or namespace, and " " would differ from "".
+		if it = strings.TrimSpace(it); it == "" {
+			continue
 		}
+		// pflag's ipSlice Replace accepts anything and stores nil.
+		if f.Value.Type() == "ipSlice" && net.ParseIP(it) == nil {
+			return fmt.Errorf("%q is not an IP address", it)
+		}
+		items = append(items, it)
 	}
 	return sv.Replace(items)
 }
