@@ -143,6 +143,8 @@ func TestSignRefusesBadInput(t *testing.T) {
 		{"DER instead of PEM", der.Bytes, 0, ca.ErrInvalidCSR, "not PEM"},
 		{"wrong PEM type", pemOf("CERTIFICATE", der.Bytes), 0, ca.ErrInvalidCSR, `"CERTIFICATE"`},
 		{"trailing data", append(append([]byte(nil), good...), []byte("junk")...), 0, ca.ErrInvalidCSR, "trailing data"},
+		{"leading data", append([]byte("junk\n"), good...), 0, ca.ErrInvalidCSR, "data before the PEM block"},
+		{"PEM headers", []byte(strings.Replace(string(good), "REQUEST-----\n", "REQUEST-----\nProc-Type: 4,ENCRYPTED\n\n", 1)), 0, ca.ErrInvalidCSR, "PEM headers"},
 		{"garbage DER", pemOf("CERTIFICATE REQUEST", []byte{0x30, 0x03, 0x02, 0x01, 0x01}), 0, ca.ErrInvalidCSR, "invalid CSR"},
 		{"bad signature", pemOf("CERTIFICATE REQUEST", badSig), 0, ca.ErrInvalidCSR, "signature"},
 		{"another identity", csrPEM(t, key, &x509.CertificateRequest{URIs: uris(otherID)}), 0, ca.ErrIdentityMismatch, "asks for spiffe://example.org/ns/foo/sa/other but the credential proves spiffe://example.org/ns/foo/sa/bar"},

@@ -47,6 +47,14 @@ func ParseCSR(pemBytes []byte) (*x509.CertificateRequest, error) {
 	if block == nil {
 		return nil, fmt.Errorf("%w: not PEM", ErrInvalidCSR)
 	}
+	// pem.Decode skips text before the block and accepts RFC 1421
+	// headers: a CSR is exactly one plain block.
+	if !bytes.HasPrefix(bytes.TrimSpace(pemBytes), []byte("-----BEGIN ")) {
+		return nil, fmt.Errorf("%w: data before the PEM block", ErrInvalidCSR)
+	}
+	if len(block.Headers) != 0 {
+		return nil, fmt.Errorf("%w: PEM headers are not allowed", ErrInvalidCSR)
+	}
 	if block.Type != "CERTIFICATE REQUEST" && block.Type != "NEW CERTIFICATE REQUEST" {
 		return nil, fmt.Errorf("%w: PEM block is %q, want \"CERTIFICATE REQUEST\"", ErrInvalidCSR, block.Type)
 	}

@@ -114,8 +114,10 @@ func (a *Authority) Revoke(ctx context.Context, r store.Revocation) (store.Revoc
 		return r, fmt.Errorf("ca: %w: give exactly one of a serial and a SPIFFE ID", ErrInvalidRevocation)
 	}
 	if r.Serial != "" {
-		n, ok := new(big.Int).SetString(strings.TrimPrefix(strings.ToLower(strings.ReplaceAll(r.Serial, ":", "")), "0x"), 16)
-		if !ok || n.Sign() <= 0 {
+		hexDigits := strings.TrimPrefix(strings.ToLower(strings.ReplaceAll(r.Serial, ":", "")), "0x")
+		n, ok := new(big.Int).SetString(hexDigits, 16)
+		// SetString also takes a sign and underscores; a serial is digits.
+		if !ok || n.Sign() <= 0 || strings.ContainsAny(hexDigits, "+-_") {
 			return r, fmt.Errorf("ca: %w: serial %q is not a positive hex number", ErrInvalidRevocation, r.Serial)
 		}
 		r.Serial = n.Text(16)

@@ -67,6 +67,8 @@ func TestRevokeRefusesBadEntries(t *testing.T) {
 		"not a SPIFFE ID":  {SPIFFEID: "https://example.org/x"},
 		"negative serial":  {Serial: "-1f"},
 		"empty after trim": {Serial: "0x"},
+		"plus sign":        {Serial: "+1f"},
+		"underscores":      {Serial: "1_f"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			if _, err := a.Revoke(context.Background(), r); !errors.Is(err, ca.ErrInvalidRevocation) {
