@@ -161,13 +161,9 @@ func LoadCACerts(dir string, now time.Time) (*LocalParent, error) {
 }
 
 func readCerts(path string) ([]*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
+	certs, err := pki.ReadCertificates(path)
 	if err != nil {
 		return nil, fmt.Errorf("ca: read certificates: %w", err)
-	}
-	certs, err := pki.ParseCertificates(b)
-	if err != nil {
-		return nil, fmt.Errorf("ca: %s: %w", path, err)
 	}
 	return certs, nil
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 )
 
@@ -50,4 +51,18 @@ func ParseCertificate(s string) (*x509.Certificate, error) {
 		return nil, errors.New("trailing data after the certificate")
 	}
 	return x509.ParseCertificate(block.Bytes)
+}
+
+// ReadCertificates reads a PEM file with ParseCertificates; its errors name
+// the file.
+func ReadCertificates(path string) ([]*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err // *fs.PathError names the file
+	}
+	certs, err := ParseCertificates(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return certs, nil
 }

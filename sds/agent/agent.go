@@ -245,13 +245,9 @@ func (a *Agent) SDSTCPAddr() net.Addr { return a.sdsTCP }
 
 // readRoots reads a PEM trust bundle: at least one certificate.
 func readRoots(path string) ([]*x509.Certificate, error) {
-	b, err := os.ReadFile(path)
+	roots, err := pki.ReadCertificates(path)
 	if err != nil {
 		return nil, fmt.Errorf("agent: CA roots: %w", err)
-	}
-	roots, err := pki.ParseCertificates(b)
-	if err != nil {
-		return nil, fmt.Errorf("agent: CA roots %s: %w", path, err)
 	}
 	return roots, nil
 }
