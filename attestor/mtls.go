@@ -2,6 +2,7 @@ package attestor
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"k8s.io/apimachinery/pkg/util/cache"
 
 	"github.com/meshca/meshca/internal/clock"
 )
@@ -46,9 +48,18 @@ type MTLSConfig struct {
 	// revocation checks. Nil admits them all: then only revocation stops
 	// an identity from renewing for ever.
 	Admit Admit
+	// VerifiedCacheSize bounds how many verified chains are remembered, so
+	// a client renewing over a connection that TLS already verified does
+	// not pay for a second chain verification on every request. Default
+	// 10,000; negative disables the cache. Revocation and Admit are checked
+	// on every request regardless.
+	VerifiedCacheSize int
 	// Clock defaults to the wall clock.
 	Clock clock.Clock
 }
+
+// DefaultVerifiedCacheSize is MTLSConfig.VerifiedCacheSize's default.
+const DefaultVerifiedCacheSize = 10_000
 
 // MTLS attests a workload renewing with the X.509-SVID it currently holds,
 // presented as its TLS client certificate: the chain must verify against the
@@ -56,7 +67,28 @@ type MTLSConfig struct {
 // (checked on every renewal, so revoking a join-token identity's SPIFFE ID
 // ends its renewals), and the identity must pass the configured Admit.
 type MTLS struct {
-	cfg MTLSConfig
+	cfg      MTLSConfig
+	verified *cache.LRUExpireCache // chainKey → verifiedChain; nil when disabled
+}
+
+// verifiedChain is a chain x509svid.Verify accepted. It holds while the
+// bundle that verified it is still the one served, and until the earliest
+// NotAfter in the chain (the cache entry's expiry).
+type verifiedChain struct {
+	id     spiffeid.ID
+	bundle *x509bundle.Bundle
+}
+
+// chainKey identifies a presented chain: the SHA-256 of its certificates'
+// DER, one after the other (each DER encoding delimits itself).
+func chainKey(chain []*x509.Certificate) [sha256.Size]byte {
+	h := sha256.New()
+	for _, c := range chain {
+		h.Write(c.Raw)
+	}
+	var k [sha256.Size]byte
+	h.Sum(k[:0])
+	return k
 }
 
 // NewMTLS returns the renewal attestor.
@@ -65,7 +97,54 @@ func NewMTLS(cfg MTLSConfig) (*MTLS, error) {
 		return nil, errors.New("attestor: mTLS attestor needs a bundle source and a revocation checker")
 	}
 	cfg.Clock = clock.OrReal(cfg.Clock)
-	return &MTLS{cfg: cfg}, nil
+	if cfg.VerifiedCacheSize == 0 {
+		cfg.VerifiedCacheSize = DefaultVerifiedCacheSize
+	}
+	m := &MTLS{cfg: cfg}
+	if cfg.VerifiedCacheSize > 0 {
+		m.verified = cache.NewLRUExpireCacheWithClock(cfg.VerifiedCacheSize, cfg.Clock)
+	}
+	return m, nil
+}
+
+// verify returns the SPIFFE ID of a chain valid at now against the current
+// bundle, verifying it only when it is not remembered from an earlier
+// request with the same bundle.
+func (m *MTLS) verify(chain []*x509.Certificate, now time.Time) (spiffeid.ID, error) {
+	var key [sha256.Size]byte
+	if m.verified != nil {
+		key = chainKey(chain)
+		if v, ok := m.verified.Get(key); ok {
+			vc := v.(verifiedChain)
+			if b, err := m.cfg.Bundles.GetX509BundleForTrustDomain(vc.id.TrustDomain()); err == nil && b == vc.bundle {
+				return vc.id, nil
+			}
+			m.verified.Remove(key) // the bundle changed: verify again
+		}
+	}
+	id, _, err := x509svid.Verify(chain, m.cfg.Bundles, x509svid.WithTime(now))
+	if err != nil || m.verified == nil {
+		return id, err
+	}
+	b, err := m.cfg.Bundles.GetX509BundleForTrustDomain(id.TrustDomain())
+	if err != nil {
+		return id, nil // verified, but nothing to remember it by
+	}
+	notAfter := chain[0].NotAfter
+	for _, c := range chain[1:] {
+		notAfter = earliest(notAfter, c.NotAfter)
+	}
+	if ttl := notAfter.Sub(now); ttl > 0 {
+		m.verified.Add(key, verifiedChain{id: id, bundle: b}, ttl)
+	}
+	return id, nil
+}
+
+func earliest(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // Attest implements Attestor.
@@ -83,7 +162,7 @@ func (m *MTLS) Attest(ctx context.Context, c Credential) (Identity, error) {
 	if now.Before(leaf.NotBefore) {
 		return Identity{}, refuse(ErrUnauthenticated, "client certificate not valid before %s", leaf.NotBefore.UTC().Format(time.RFC3339))
 	}
-	id, _, err := x509svid.Verify(c.PeerCertificates, m.cfg.Bundles, x509svid.WithTime(now))
+	id, err := m.verify(c.PeerCertificates, now)
 	if err != nil {
 		return Identity{}, refuse(ErrUnauthenticated, "client certificate is not a valid SVID of a trusted domain: %v", err)
 	}
