@@ -34,7 +34,7 @@ test: testenv ## gofmt check, go vet, and all tests with the race detector (inte
 bench: ## issuance benchmarks (in-process, over gRPC) beside the bare x509 cost
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./ca/... 
 
-fuzz: ## run every fuzz target for FUZZTIME each (CI: make fuzz FUZZTIME=5s)
+fuzz: ## run every fuzz target for FUZZTIME each: a duration (10m) or a count of executions (CI: 1000x)
 	@set -e; for pkg in $$(grep -rl --include='*_test.go' --exclude-dir=tools '^func Fuzz' . | xargs -n1 dirname | sort -u); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINIMIZETIME) $$pkg; \
