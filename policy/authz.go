@@ -184,7 +184,7 @@ func (s *Set) Authorize(req Request) Decision {
 
 	var notes []string
 	note := func(p *AuthorizationPolicy, r int, what string) {
-		notes = append(notes, fmt.Sprintf("%s policy %s rule %d %s", p.c.action, p.Key(), r, what))
+		notes = append(notes, fmt.Sprintf("%s policy %s rule %d %s", p.c.action, p.c.key, r, what))
 	}
 	finish := func(d Decision) Decision {
 		if len(notes) > 0 {
@@ -211,13 +211,13 @@ func (s *Set) Authorize(req Request) Decision {
 		verdict, ok := req.CustomVerdicts[p.c.provider]
 		switch {
 		case ok && strings.EqualFold(string(verdict), string(Deny)):
-			return finish(Decision{Deny, ActionCustom, p.Key(), r,
-				fmt.Sprintf("CUSTOM policy %s rule %d matched and provider %q denied", p.Key(), r, p.c.provider)})
+			return finish(Decision{Deny, ActionCustom, p.c.key, r,
+				fmt.Sprintf("CUSTOM policy %s rule %d matched and provider %q denied", p.c.key, r, p.c.provider)})
 		case ok && strings.EqualFold(string(verdict), string(Allow)):
 			note(p, r, fmt.Sprintf("matched and provider %q allowed", p.c.provider))
 		default:
-			pending = &Decision{Deny, ActionCustom, p.Key(), r,
-				fmt.Sprintf("CUSTOM policy %s rule %d matched: provider %q decides (no custom_verdicts entry for it)", p.Key(), r, p.c.provider)}
+			pending = &Decision{Deny, ActionCustom, p.c.key, r,
+				fmt.Sprintf("CUSTOM policy %s rule %d matched: provider %q decides (no custom_verdicts entry for it)", p.c.key, r, p.c.provider)}
 		}
 		break // at most one provider applies to a workload
 	}
@@ -236,11 +236,12 @@ func (s *Set) Authorize(req Request) Decision {
 			note(p, r, "would deny (dry-run)")
 			continue
 		}
-		return finish(Decision{Deny, ActionDeny, p.Key(), r, fmt.Sprintf("DENY policy %s rule %d matched", p.Key(), r)})
+		return finish(Decision{Deny, ActionDeny, p.c.key, r, "DENY policy " + p.c.key + " rule " + strconv.Itoa(r) + " matched"})
 	}
 
 	// ALLOW, noting AUDIT matches on the way.
-	var allowPolicies []string
+	var applicableBuf [16]*AuthorizationPolicy
+	applicable := applicableBuf[:0] // ALLOW policies that apply; keys only if none matched
 	var allowed *Decision
 	for _, i := range idx {
 		p := s.AuthorizationPolicies[i]
@@ -263,19 +264,23 @@ func (s *Set) Authorize(req Request) Decision {
 			}
 			continue
 		}
-		allowPolicies = append(allowPolicies, p.Key())
+		applicable = append(applicable, p)
 		if r >= 0 && allowed == nil {
-			allowed = &Decision{Allow, ActionAllow, p.Key(), r, fmt.Sprintf("ALLOW policy %s rule %d matched", p.Key(), r)}
+			allowed = &Decision{Allow, ActionAllow, p.c.key, r, "ALLOW policy " + p.c.key + " rule " + strconv.Itoa(r) + " matched"}
 		}
 	}
 	var d Decision
 	switch {
 	case allowed != nil:
 		d = *allowed
-	case len(allowPolicies) == 0:
+	case len(applicable) == 0:
 		d = Decision{Allow, "", "", -1, "no ALLOW policy applies to the workload"}
 	default:
-		d = Decision{Deny, ActionAllow, "", -1, "no ALLOW policy matched (applicable: " + listKeys(allowPolicies) + ")"}
+		keys := make([]string, len(applicable))
+		for i, p := range applicable {
+			keys[i] = p.c.key
+		}
+		d = Decision{Deny, ActionAllow, "", -1, "no ALLOW policy matched (applicable: " + listKeys(keys) + ")"}
 	}
 	if pending != nil && d.Decision == Allow {
 		pending.Reason += "; native policies allow (" + d.Reason + ")"

@@ -13,6 +13,7 @@ import (
 // compiled is an AuthorizationPolicy prepared for evaluation: CIDRs parsed,
 // condition keys resolved, path templates turned into regexps.
 type compiled struct {
+	key      string // namespace/name, for decisions: built once, not per request
 	action   Action
 	provider string
 	dryRun   bool
@@ -105,6 +106,7 @@ func compileAuthorizationPolicy(ap *secv1beta1.AuthorizationPolicy, meta Meta) (
 		errs = append(errs, fieldError{path, fmt.Sprintf(format, args...)})
 	}
 	c := compiled{
+		key:      meta.Key(),
 		action:   Action(ap.GetAction().String()),
 		dryRun:   isTrue(meta.Annotations["istio.io/dry-run"]),
 		targeted: ap.GetTargetRef() != nil || len(ap.GetTargetRefs()) > 0,
