@@ -2,11 +2,8 @@ package ca_test
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"math/big"
@@ -161,8 +158,8 @@ func FuzzRevoke(f *testing.F) {
 // key checks.
 func FuzzLoadCACerts(f *testing.F) {
 	rootKey, caKey := p256(f), p256(f)
-	root := fuzzCA(f, "Root CA", rootKey, nil, nil)
-	caCert := fuzzCA(f, "Intermediate CA", caKey, root, rootKey)
+	root := testCA(f, "Root CA", rootKey, nil, nil)
+	caCert := testCA(f, "Intermediate CA", caKey, root, rootKey)
 	pkcs8, _ := x509.MarshalPKCS8PrivateKey(caKey)
 	rootPKCS8, _ := x509.MarshalPKCS8PrivateKey(rootKey)
 	sec1, _ := x509.MarshalECPrivateKey(caKey.(*ecdsa.PrivateKey))
@@ -224,30 +221,4 @@ func FuzzLoadCACerts(f *testing.F) {
 			t.Fatalf("accepted key does not belong to ca-cert.pem: %v", err)
 		}
 	})
-}
-
-// fuzzCA is testCA for a testing.TB.
-func fuzzCA(tb testing.TB, cn string, key crypto.Signer, parent *x509.Certificate, parentKey crypto.Signer) *x509.Certificate {
-	tb.Helper()
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: cn},
-		NotBefore:             t0.Add(-24 * time.Hour),
-		NotAfter:              t0.Add(365 * 24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, key.Public(), parentKey)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return c
 }

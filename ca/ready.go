@@ -43,19 +43,28 @@ func (a *Authority) Ready(ctx context.Context) error {
 	}
 	h := &a.health
 	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.err == nil {
+	failed, probe := h.err, h.err != nil && now.Sub(h.lastPing) >= pingEvery
+	if probe {
+		h.lastPing = now
+	}
+	h.mu.Unlock()
+	if failed == nil {
 		return nil
 	}
-	if now.Sub(h.lastPing) >= pingEvery {
-		h.lastPing = now
-		if err := a.cfg.Store.Ping(ctx); err == nil {
-			a.cfg.Logger.Info("store records again after a failed write", "err_before", h.err)
-			h.err = nil
-			return nil
-		} else if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+	if probe { // outside the lock: a slow disk must not stall other probes
+		err := a.cfg.Store.Ping(ctx)
+		if err == nil {
+			a.cfg.Logger.Info("store records again after a failed write", "err_before", failed)
+		}
+		if !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+			h.mu.Lock()
 			h.err = err
+			h.mu.Unlock()
+			failed = err
+		}
+		if err == nil {
+			return nil
 		}
 	}
-	return fmt.Errorf("ca: the store cannot record: %w", h.err)
+	return fmt.Errorf("ca: the store cannot record: %w", failed)
 }

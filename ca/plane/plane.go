@@ -69,19 +69,9 @@ type Config struct {
 	// server.Config).
 	DNSNames []string
 	IPs      []net.IP
-	// MaxRequestBytes and RequestTimeout bound one call (defaults in
-	// server.Config).
-	MaxRequestBytes int
-	RequestTimeout  time.Duration
-	// IdleTimeout closes connections idle this long on every listener;
-	// zero: the default 5m (server.Config).
-	IdleTimeout time.Duration
-	// MaxConnections caps each listener's open connections, and
-	// UnauthenticatedRate and UnauthenticatedBurst the requests per source
-	// address that fail authentication (defaults in server.Config).
-	MaxConnections       int
-	UnauthenticatedRate  float64
-	UnauthenticatedBurst int
+	// Limits bound what callers can take of the listeners (defaults in
+	// server.Limits).
+	server.Limits
 	// AdminTokenFile holds the admin API's bearer token, created 0600 with
 	// a random token if missing. Default <DataDir>/admin-token.
 	AdminTokenFile string
@@ -186,9 +176,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	srv, err := server.New(server.Config{
 		Authority: auth, Attestor: chain, AdminToken: adminToken,
 		GRPCAddr: cfg.GRPCAddr, HTTPSAddr: cfg.HTTPSAddr, MonitorAddr: cfg.MonitorAddr,
-		DNSNames: cfg.DNSNames, IPs: cfg.IPs, MaxRequestBytes: cfg.MaxRequestBytes, RequestTimeout: cfg.RequestTimeout,
-		IdleTimeout: cfg.IdleTimeout, MaxConnections: cfg.MaxConnections,
-		UnauthenticatedRate: cfg.UnauthenticatedRate, UnauthenticatedBurst: cfg.UnauthenticatedBurst,
+		DNSNames: cfg.DNSNames, IPs: cfg.IPs, Limits: cfg.Limits,
 		Registry: reg, Clock: cfg.Clock, Logger: log,
 	})
 	if err != nil {

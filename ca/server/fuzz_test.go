@@ -86,7 +86,7 @@ func newAPI(tb testing.TB) *api {
 		// Every fuzzed request comes from one address: without this the
 		// per-source limit would answer most of them 429 before the
 		// handlers parse anything. The limit has its own hostile tests.
-		UnauthenticatedRate: -1,
+		Limits: server.Limits{UnauthenticatedRate: -1},
 	})
 	if err != nil {
 		tb.Fatal(err)

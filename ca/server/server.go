@@ -70,6 +70,31 @@ const monitorReadHeaderTimeout = 5 * time.Second
 // default is 16 MiB): an authorization header with a JWT is a few KiB.
 const maxHeaderBytes = 32 << 10
 
+// Limits bound what callers can take of the CA's listeners. Zero fields get
+// the documented defaults when the Server is built.
+type Limits struct {
+	// MaxRequestBytes bounds one request message or body. Default 64 KiB.
+	MaxRequestBytes int
+	// RequestTimeout bounds the time spent on one call, and on the TLS
+	// handshake and request headers of a new connection. Default 10s.
+	RequestTimeout time.Duration
+	// IdleTimeout closes a connection on any listener that has carried no
+	// call for this long (gRPC MaxConnectionIdle, HTTP IdleTimeout), so
+	// idle clients cannot hold the CA's descriptors. Default 5m.
+	IdleTimeout time.Duration
+	// MaxConnections caps the connections open at once on each listener;
+	// past it, new ones wait in the kernel's accept queue. Default 10,000;
+	// negative: no cap.
+	MaxConnections int
+	// UnauthenticatedRate (per second) and UnauthenticatedBurst size the
+	// token bucket of each source address (IPv6: each /64) that requests
+	// failing authentication spend; a source with an empty bucket gets
+	// ResourceExhausted (HTTP 429) before its credential is looked at.
+	// Defaults 5/s and 50; a negative rate: no limit.
+	UnauthenticatedRate  float64
+	UnauthenticatedBurst int
+}
+
 // Config configures a Server. Zero fields get the documented defaults.
 type Config struct {
 	// Authority signs. Required.
@@ -91,26 +116,8 @@ type Config struct {
 	IPs      []net.IP
 	// ServingTTL is the server certificate's lifetime. Default 24h.
 	ServingTTL time.Duration
-	// MaxRequestBytes bounds one request message or body. Default 64 KiB.
-	MaxRequestBytes int
-	// RequestTimeout bounds the time spent on one call, and on the TLS
-	// handshake and request headers of a new connection. Default 10s.
-	RequestTimeout time.Duration
-	// IdleTimeout closes a connection on any listener that has carried no
-	// call for this long (gRPC MaxConnectionIdle, HTTP IdleTimeout), so
-	// idle clients cannot hold the CA's descriptors. Default 5m.
-	IdleTimeout time.Duration
-	// MaxConnections caps the connections open at once on each listener;
-	// past it, new ones wait in the kernel's accept queue. Default 10,000;
-	// negative: no cap.
-	MaxConnections int
-	// UnauthenticatedRate (per second) and UnauthenticatedBurst size the
-	// token bucket of each source address (IPv6: each /64) that requests
-	// failing authentication spend; a source with an empty bucket gets
-	// ResourceExhausted (HTTP 429) before its credential is looked at.
-	// Defaults 5/s and 50; a negative rate: no limit.
-	UnauthenticatedRate  float64
-	UnauthenticatedBurst int
+	// Limits bound what callers can take of the listeners.
+	Limits
 	// Registry receives the server's metrics and is served on /metrics.
 	// Default: a new private registry.
 	Registry *prometheus.Registry
