@@ -22,6 +22,10 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/ca"
@@ -1150,4 +1154,44 @@ func TestTrustBundleAnchorsTheChain(t *testing.T) {
 			t.Fatalf("served %d roots, want both of the bundle", len(got))
 		}
 	})
+}
+
+// shedWith is a CA that sheds every call with a retry hint of d.
+func shedWith(d time.Duration) func(string) error {
+	return func(string) error {
+		st, err := status.New(codes.ResourceExhausted, "CA overloaded").WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(d)})
+		if err != nil {
+			panic(err)
+		}
+		return st.Err()
+	}
+}
+
+// TestRetryHint: a CA that sheds the first request with a retry hint is
+// asked again after the hint spread by jitter (r = 0.5: hint × 1.25), not
+// after the exponential backoff; a hint under BackoffMin waits BackoffMin.
+func TestRetryHint(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		hint time.Duration
+		want time.Duration
+	}{
+		{"hint over the backoff", 8 * time.Second, 10 * time.Second},
+		{"hint under BackoffMin", 300 * time.Millisecond, sds.DefaultBackoffMin},
+		{"hint capped by the client", time.Hour, 5 * time.Minute * 5 / 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t, nil)
+			e.ca.setFail(shedWith(tc.hint))
+			ch, cancel := e.m.Subscribe()
+			defer cancel()
+			e.run(t)
+			if got := e.nextWait(t); got != tc.want {
+				t.Fatalf("wait after a shed request = %s, want %s", got, tc.want)
+			}
+			e.ca.setFail(nil)
+			e.clk.Advance(tc.want)
+			recv(t, ch)
+		})
+	}
 }

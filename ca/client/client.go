@@ -18,9 +18,12 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 	pb "istio.io/api/security/v1alpha1"
 )
 
@@ -185,3 +188,26 @@ func (c *Client) Close() error {
 	defer c.mu.Unlock()
 	return c.conn.Close()
 }
+
+// RetryDelay returns the wait a CA asked for in err, a call it shed with
+// ResourceExhausted or Unavailable and a google.rpc.RetryInfo detail, and
+// whether there was one. Callers should wait at least that long, spread by
+// jitter so that the callers turned away together do not return together.
+func RetryDelay(err error) (time.Duration, bool) {
+	st, ok := status.FromError(err)
+	if !ok || (st.Code() != codes.ResourceExhausted && st.Code() != codes.Unavailable) {
+		return 0, false
+	}
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() {
+			if delay := ri.GetRetryDelay().AsDuration(); delay > 0 {
+				return min(delay, maxRetryDelay), true
+			}
+		}
+	}
+	return 0, false
+}
+
+// maxRetryDelay caps what RetryDelay believes of a CA: an agent whose
+// certificate is running out must not be told to stay away for days.
+const maxRetryDelay = 5 * time.Minute

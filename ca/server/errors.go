@@ -25,6 +25,8 @@ func classify(log *slog.Logger, err error) (codes.Code, string) {
 		return codes.ResourceExhausted, fmt.Sprintf("request body over %d bytes", tooBig.Limit)
 	case errors.Is(err, errThrottled):
 		return codes.ResourceExhausted, err.Error()
+	case errors.As(err, new(*OverloadedError)):
+		return codes.ResourceExhausted, err.Error()
 	case errors.Is(err, attestor.ErrUnauthenticated):
 		return codes.Unauthenticated, err.Error()
 	case errors.Is(err, attestor.ErrPermissionDenied), errors.Is(err, ca.ErrIdentityMismatch):
@@ -76,9 +78,14 @@ func (s *Server) reply(w http.ResponseWriter, endpoint string, resp any, err err
 		code, msg := classify(s.cfg.Logger, err)
 		s.metrics.Request("http", endpoint, code.String())
 		st := httpStatus(code)
-		if errors.Is(err, errThrottled) {
+		var over *OverloadedError
+		switch {
+		case errors.Is(err, errThrottled):
 			st = http.StatusTooManyRequests
 			w.Header().Set("Retry-After", "1")
+		case errors.As(err, &over):
+			st = http.StatusTooManyRequests
+			w.Header().Set("Retry-After", retryAfterSeconds(over.RetryAfter))
 		}
 		writeJSON(w, st, ErrorResponse{Error: msg, Code: code.String()})
 		return

@@ -2,16 +2,21 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/meshca/meshca/attestor"
@@ -35,7 +40,11 @@ func (i *istioService) CreateCertificate(ctx context.Context, req *pb.IstioCerti
 	var resp *pb.IstioCertificateResponse
 	err := i.s.failures.allow(from)
 	if err == nil {
-		resp, err = i.create(ctx, req)
+		var release func()
+		if release, err = i.s.gate.acquire(ctx); err == nil {
+			resp, err = i.create(ctx, req)
+			release()
+		}
 	}
 	code := codes.OK
 	if err != nil {
@@ -44,7 +53,7 @@ func (i *istioService) CreateCertificate(ctx context.Context, req *pb.IstioCerti
 		if code == codes.Unauthenticated {
 			i.s.failures.failed(from)
 		}
-		err = status.Error(code, msg)
+		err = grpcStatus(ctx, code, msg, err)
 	}
 	i.s.metrics.Request("grpc", "CreateCertificate", code.String())
 	return resp, err
@@ -68,6 +77,22 @@ func (i *istioService) create(ctx context.Context, req *pb.IstioCertificateReque
 		return nil, err
 	}
 	return &pb.IstioCertificateResponse{CertChain: issued.ChainPEM}, nil
+}
+
+// grpcStatus is the status error for code and msg. A shed request's
+// carries its retry hint twice: as a google.rpc.RetryInfo detail, which
+// meshca's agent reads, and as the grpc-retry-pushback-ms trailer that
+// gRPC's own retry policy honours.
+func grpcStatus(ctx context.Context, code codes.Code, msg string, err error) error {
+	st := status.New(code, msg)
+	var over *OverloadedError
+	if errors.As(err, &over) {
+		_ = grpc.SetTrailer(ctx, metadata.Pairs("grpc-retry-pushback-ms", strconv.FormatInt(over.RetryAfter.Milliseconds(), 10))) // best effort: the detail says it too
+		if d, derr := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(over.RetryAfter)}); derr == nil {
+			st = d
+		}
+	}
+	return st.Err()
 }
 
 func ttlFromSeconds(sec int64) (time.Duration, error) {

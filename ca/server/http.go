@@ -45,7 +45,11 @@ func (s *Server) handleSign(w http.ResponseWriter, r *http.Request) {
 	var resp *SignResponse
 	err := s.failures.allow(r.RemoteAddr)
 	if err == nil {
-		resp, err = s.sign(w, r)
+		var release func()
+		if release, err = s.gate.acquire(r.Context()); err == nil {
+			resp, err = s.sign(w, r)
+			release()
+		}
 	}
 	if errors.Is(err, attestor.ErrUnauthenticated) {
 		s.failures.failed(r.RemoteAddr)

@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"runtime"
 	"sync"
 	"time"
 
@@ -44,7 +45,25 @@ const (
 	// token is stale retries a few times a minute, not five times a second.
 	DefaultUnauthenticatedRate  = 5.0
 	DefaultUnauthenticatedBurst = 50
+	// DefaultMaxQueuedCSRs and DefaultCSRQueueWait bound the line of CSRs
+	// waiting for a signing slot; DefaultMaxStreamsPerConnection the
+	// calls one connection has open at once (HTTP/2
+	// SETTINGS_MAX_CONCURRENT_STREAMS: past it a client queues its own
+	// calls, at no cost to the CA). One agent has one CSR open; a node
+	// agent requesting for many pods pipelines them.
+	DefaultMaxQueuedCSRs            = 4096
+	DefaultCSRQueueWait             = 500 * time.Millisecond
+	DefaultMaxStreamsPerConnection  = 16
+	defaultInFlightCSRsPerProcessor = 16
 )
+
+// DefaultMaxInFlightCSRs is the default number of CSRs processed at once:
+// enough per core to keep the cores busy while others wait for their
+// record's fsync (group commit needs company), few enough that a storm
+// waits in a bounded line instead of in thousands of goroutines.
+func DefaultMaxInFlightCSRs() int {
+	return defaultInFlightCSRsPerProcessor * runtime.GOMAXPROCS(0)
+}
 
 // A gRPC connection is closed after maxConnectionAge (with a GOAWAY, so the
 // client opens a new one first) and given maxConnectionAgeGrace to finish
@@ -93,6 +112,20 @@ type Limits struct {
 	// Defaults 5/s and 50; a negative rate: no limit.
 	UnauthenticatedRate  float64
 	UnauthenticatedBurst int
+	// MaxInFlightCSRs bounds the CSRs processed at once, attestation,
+	// signing and the durable record included (both APIs share it). A CSR
+	// finding them all busy waits in line for at most CSRQueueWait, with
+	// at most MaxQueuedCSRs in line; one that cannot be served within the
+	// wait is refused at once with ResourceExhausted (HTTP 429) and a
+	// retry hint. Defaults 16 per processor, 500ms and 4096; a negative
+	// MaxInFlightCSRs: no bound.
+	MaxInFlightCSRs int
+	CSRQueueWait    time.Duration
+	MaxQueuedCSRs   int
+	// MaxStreamsPerConnection bounds the gRPC calls open at once on one
+	// connection (HTTP/2 MAX_CONCURRENT_STREAMS); a client with more waits
+	// for one of its own to finish before sending. Default 16.
+	MaxStreamsPerConnection int
 }
 
 // Config configures a Server. Zero fields get the documented defaults.
@@ -136,6 +169,7 @@ type Server struct {
 	https    *http.Server
 	monitor  *http.Server
 	failures *failureLimiter // nil: no limit
+	gate     *gate           // nil: no bound
 
 	mu    sync.Mutex
 	addrs map[string]net.Addr
@@ -172,6 +206,10 @@ func New(cfg Config) (*Server, error) {
 	if cfg.UnauthenticatedBurst <= 0 {
 		cfg.UnauthenticatedBurst = DefaultUnauthenticatedBurst
 	}
+	setDefault(&cfg.MaxInFlightCSRs, DefaultMaxInFlightCSRs())
+	setDefault(&cfg.CSRQueueWait, DefaultCSRQueueWait)
+	setDefault(&cfg.MaxQueuedCSRs, DefaultMaxQueuedCSRs)
+	setDefault(&cfg.MaxStreamsPerConnection, DefaultMaxStreamsPerConnection)
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
 	}
@@ -188,12 +226,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.UnauthenticatedRate > 0 {
 		s.failures = newFailureLimiter(cfg.UnauthenticatedRate, cfg.UnauthenticatedBurst, cfg.Clock)
 	}
+	if cfg.MaxInFlightCSRs > 0 {
+		s.gate = newGate(cfg.MaxInFlightCSRs, max(cfg.MaxQueuedCSRs, 0), cfg.CSRQueueWait, cfg.Clock)
+		s.gate.onShed = s.metrics.Shed
+		s.metrics.Gate(func() float64 { return float64(len(s.gate.slots)) }, func() float64 { return float64(s.gate.queued.Load()) })
+	}
 	tlsCfg := s.certs.tlsConfig()
 	s.grpc = grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tlsCfg)),
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
 		grpc.MaxHeaderListSize(uint32(maxHeaderBytes)),
-		grpc.MaxConcurrentStreams(1000),
+		grpc.MaxConcurrentStreams(uint32(min(max(cfg.MaxStreamsPerConnection, 1), 1<<20))), //nolint:gosec // G115: clamped
 		grpc.ConnectionTimeout(cfg.RequestTimeout),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{
@@ -325,4 +368,12 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fmt.Fprintln(w, "ok")
+}
+
+// setDefault sets *v to def when it is zero.
+func setDefault[T comparable](v *T, def T) {
+	var zero T
+	if *v == zero {
+		*v = def
+	}
 }

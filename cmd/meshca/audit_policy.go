@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -69,9 +68,9 @@ func newAuditAuthzCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			req, err := f.request(cmd)
+			req, err := audit.Request(f.requestFile, cmd.InOrStdin(), f.req, f.claims)
 			if err != nil {
-				return err
+				return cli.Usage("%v", err)
 			}
 			d := set.Authorize(req)
 			if err := render(cmd, d, func(w io.Writer) { audit.DecisionTable(w, d) }); err != nil {
@@ -102,31 +101,6 @@ func newAuditAuthzCmd() *cobra.Command {
 	fs.StringToStringVar(&f.req.Request.Headers, "header", nil, "an HTTP header k=v (repeatable)")
 	fs.StringVar(&f.req.Connection.SNI, "sni", "", "TLS SNI")
 	return cmd
-}
-
-// request reads --request, or builds the request from the flags.
-func (f *policyFlags) request(cmd *cobra.Command) (policy.Request, error) {
-	var req policy.Request
-	if f.requestFile != "" {
-		var err error
-		if req, err = audit.ReadRequest(f.requestFile, cmd.InOrStdin()); err != nil {
-			return req, cli.Usage("--request: %v", err)
-		}
-	} else {
-		if f.req.Workload.Namespace == "" {
-			return req, cli.Usage("give --request, or at least --namespace")
-		}
-		req = f.req
-		req.Protocol = strings.ToUpper(req.Protocol)
-		req.Request.Claims = map[string]any{}
-		for k, v := range f.claims {
-			req.Request.Claims[k] = v
-		}
-	}
-	if err := req.Validate(); err != nil {
-		return req, cli.Usage("%v", err)
-	}
-	return req, nil
 }
 
 func newAuditMTLSCmd() *cobra.Command {

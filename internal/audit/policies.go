@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/dynamic"
@@ -65,4 +66,28 @@ func ReadRequest(path string, stdin io.Reader) (policy.Request, error) {
 		return policy.Request{}, fmt.Errorf("not a request: %w", err)
 	}
 	return req, nil
+}
+
+// Request is the request `meshca audit authz` decides: read from File
+// (a path, or "-" for stdin) when set, else Flags with Claims as its JWT
+// claims; validated either way. Its errors are the user's to fix.
+func Request(file string, stdin io.Reader, flags policy.Request, claims map[string]string) (policy.Request, error) {
+	var req policy.Request
+	if file != "" {
+		var err error
+		if req, err = ReadRequest(file, stdin); err != nil {
+			return req, fmt.Errorf("--request: %w", err)
+		}
+	} else {
+		if flags.Workload.Namespace == "" {
+			return req, errors.New("give --request, or at least --namespace")
+		}
+		req = flags
+		req.Protocol = strings.ToUpper(req.Protocol)
+		req.Request.Claims = map[string]any{}
+		for k, v := range claims {
+			req.Request.Claims[k] = v
+		}
+	}
+	return req, req.Validate()
 }

@@ -52,17 +52,34 @@ func (m *CA) SigningCAExpiry(notAfter time.Time) { m.expiry.Set(float64(notAfter
 
 // API counts requests at the CSR API edge.
 type API struct {
+	reg      prometheus.Registerer
 	requests *prometheus.CounterVec
+	shed     prometheus.Counter
 }
 
 // NewAPI registers the API's collectors on reg.
 func NewAPI(reg prometheus.Registerer) *API {
-	m := &API{requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+	m := &API{reg: reg, requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "meshca_api_requests_total",
 		Help: "CSR API requests by protocol (grpc, http), endpoint and status code.",
-	}, []string{"protocol", "endpoint", "code"})}
-	reg.MustRegister(m.requests)
+	}, []string{"protocol", "endpoint", "code"}), shed: prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meshca_csr_shed_total",
+		Help: "CSRs refused with ResourceExhausted and a retry hint because every signing slot was busy and the line full or too slow.",
+	})}
+	reg.MustRegister(m.requests, m.shed)
 	return m
+}
+
+// Shed counts one CSR shed by the signing gate.
+func (m *API) Shed() { m.shed.Inc() }
+
+// Gate registers gauges read from the signing gate when scraped: the CSRs
+// in progress and those waiting in line for a slot.
+func (m *API) Gate(inFlight, queued func() float64) {
+	m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshca_csr_in_flight", Help: "CSRs being attested, signed and recorded now."}, inFlight),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "meshca_csr_queued", Help: "CSRs waiting in line for a signing slot."}, queued),
+	)
 }
 
 // Request counts one API request.

@@ -1,0 +1,151 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/meshca/meshca/internal/clock"
+)
+
+// Retry hints given with a shed request stay within these bounds: under a
+// second would bring a storm straight back; over a minute delays renewals
+// that have hours of validity left, but not a first certificate for long.
+const (
+	minRetryHint = 250 * time.Millisecond
+	maxRetryHint = time.Minute
+)
+
+// OverloadedError is the answer to a CSR the CA sheds: every signing slot
+// busy and the queue full, or no slot freed within the queue wait. It maps
+// to ResourceExhausted (HTTP 429) with RetryAfter as a google.rpc.RetryInfo
+// detail, a grpc-retry-pushback-ms trailer and a Retry-After header.
+type OverloadedError struct {
+	// RetryAfter is when the queue is expected to have room again; callers
+	// should wait this long, spread by jitter, before retrying.
+	RetryAfter time.Duration
+}
+
+func (e *OverloadedError) Error() string {
+	return fmt.Sprintf("CA overloaded, retry in %s", e.RetryAfter)
+}
+
+// gate bounds the CSRs in progress (attestation, signing and the durable
+// record) to a fixed number of slots. A request finding every slot busy
+// waits in line, at most maxQueued of them and each at most maxWait; one
+// whose expected wait (its place in line times the average time a slot is
+// held, over the slots) is past maxWait, or who finds the line full, is
+// shed at once with a retry hint instead of queueing without bound: a
+// storm of renewals costs bounded memory and CPU, and the requests
+// admitted finish well within their deadline.
+type gate struct {
+	slots     chan struct{}
+	maxQueued int64
+	maxWait   time.Duration
+	clock     clock.Clock
+	// onShed, if set, is called for each request shed (a metric).
+	onShed func()
+
+	queued atomic.Int64
+	// serviceNanos is a moving average of the time a request holds a
+	// slot, for the retry hint.
+	serviceNanos atomic.Int64
+	// shedMu guards the shed count of the current second, which makes
+	// the hint grow with the crowd retrying: the more callers were turned
+	// away, the further apart their retries are spread.
+	shedMu     sync.Mutex
+	shedSecond int64
+	shedCount  int64
+}
+
+func newGate(slots, maxQueued int, maxWait time.Duration, c clock.Clock) *gate {
+	return &gate{slots: make(chan struct{}, slots), maxQueued: int64(maxQueued), maxWait: maxWait, clock: c}
+}
+
+// acquire takes a slot, waiting in line if there is room in it, and
+// returns the function that gives the slot back. A nil gate admits all.
+func (g *gate) acquire(ctx context.Context) (func(), error) {
+	if g == nil {
+		return func() {}, nil
+	}
+	select {
+	case g.slots <- struct{}{}:
+		return g.releaser(), nil
+	default:
+	}
+	// Join the line only if it is short enough to be served within the
+	// wait: a request bound to time out there is better told at once.
+	if q := g.queued.Add(1); q > g.maxQueued || g.expectedWait(q) > g.maxWait {
+		g.queued.Add(-1)
+		return nil, g.shed()
+	}
+	defer g.queued.Add(-1)
+	select {
+	case g.slots <- struct{}{}:
+		return g.releaser(), nil
+	case <-g.clock.After(g.maxWait):
+		return nil, g.shed()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+// expectedWait is how long the q-th in line waits for a slot, from the
+// average time a request holds one (zero until one was measured).
+func (g *gate) expectedWait(q int64) time.Duration {
+	return time.Duration(float64(q) * float64(g.serviceNanos.Load()) / float64(cap(g.slots)))
+}
+
+func (g *gate) releaser() func() {
+	start := g.clock.Now()
+	return func() {
+		took := g.clock.Now().Sub(start).Nanoseconds()
+		// An exponential moving average (1/16 weight) without a lock: a
+		// lost update under a race only delays the average a little.
+		old := g.serviceNanos.Load()
+		if old == 0 {
+			g.serviceNanos.Store(took)
+		} else {
+			g.serviceNanos.Store(old + (took-old)/16)
+		}
+		<-g.slots
+	}
+}
+
+// shed counts one request turned away and returns its error with the
+// hint: the time the slots need to serve those queued and those turned
+// away this second.
+func (g *gate) shed() error {
+	if g.onShed != nil {
+		g.onShed()
+	}
+	now := g.clock.Now().Unix()
+	g.shedMu.Lock()
+	if g.shedSecond != now {
+		g.shedSecond, g.shedCount = now, 0
+	}
+	g.shedCount++
+	crowd := g.shedCount
+	g.shedMu.Unlock()
+	return &OverloadedError{RetryAfter: retryHint(g.queued.Load()+crowd, cap(g.slots), time.Duration(g.serviceNanos.Load()))}
+}
+
+// retryHint is how long slots parallel slots, each taking service per
+// request, need to serve waiting requests, within the hint bounds.
+func retryHint(waiting int64, slots int, service time.Duration) time.Duration {
+	d := float64(waiting) * float64(service) / float64(max(slots, 1))
+	if d >= float64(maxRetryHint) || math.IsNaN(d) {
+		return maxRetryHint
+	}
+	return max(time.Duration(d), minRetryHint)
+}
+
+// retryAfterSeconds is d for a Retry-After header: whole seconds, rounded
+// up, at least 1.
+func retryAfterSeconds(d time.Duration) string {
+	return strconv.FormatInt(max(int64((d+time.Second-1)/time.Second), 1), 10)
+}

@@ -1,0 +1,170 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/meshca/meshca/internal/clock/clocktest"
+)
+
+var epoch = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+// waitFor polls cond (no fixed sleeps: it yields until cond holds).
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func wantOverloaded(t *testing.T, err error) time.Duration {
+	t.Helper()
+	var over *OverloadedError
+	if !errors.As(err, &over) {
+		t.Fatalf("error %v, want *OverloadedError", err)
+	}
+	return over.RetryAfter
+}
+
+func TestGateAdmitsUpToItsSlots(t *testing.T) {
+	g := newGate(2, 0, time.Second, clocktest.New(epoch))
+	r1, err := g.acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r2, err := g.acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No room in line (maxQueued 0): the third is shed at once.
+	if _, err := g.acquire(context.Background()); err == nil {
+		t.Fatal("third request admitted past two slots and no line")
+	} else if d := wantOverloaded(t, err); d != minRetryHint {
+		t.Fatalf("hint %s with nothing measured, want the minimum %s", d, minRetryHint)
+	}
+	r1()
+	r3, err := g.acquire(context.Background())
+	if err != nil {
+		t.Fatalf("slot given back but not reusable: %v", err)
+	}
+	r2()
+	r3()
+}
+
+func TestGateQueue(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// act frees the slot, ends the wait or cancels the waiter.
+		act  func(clk *clocktest.Fake, release func(), cancel context.CancelFunc)
+		want string // "ok", "shed" or "canceled"
+	}{
+		{"slot freed within the wait", func(_ *clocktest.Fake, release func(), _ context.CancelFunc) { release() }, "ok"},
+		{"wait ends first", func(clk *clocktest.Fake, _ func(), _ context.CancelFunc) { clk.Advance(time.Second) }, "shed"},
+		{"caller gives up", func(_ *clocktest.Fake, _ func(), cancel context.CancelFunc) { cancel() }, "canceled"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			clk := clocktest.New(epoch)
+			g := newGate(1, 10, time.Second, clk)
+			release, err := g.acquire(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			got := make(chan error, 1)
+			go func() {
+				r, err := g.acquire(ctx)
+				if err == nil {
+					r()
+				}
+				got <- err
+			}()
+			waitFor(t, "the waiter to queue", func() bool { return g.queued.Load() == 1 && clk.Waiters() == 1 })
+			tc.act(clk, release, cancel)
+			err = <-got
+			switch tc.want {
+			case "ok":
+				if err != nil {
+					t.Fatalf("queued request refused: %v", err)
+				}
+			case "shed":
+				wantOverloaded(t, err)
+			case "canceled":
+				if !errors.Is(err, context.Canceled) {
+					t.Fatalf("error %v, want context.Canceled", err)
+				}
+			}
+			if q := g.queued.Load(); q != 0 {
+				t.Fatalf("%d still counted in line", q)
+			}
+		})
+	}
+}
+
+// TestGateShedsWhoWouldWaitTooLong: once a slot is known to be held 100ms
+// on average, with one slot and a 250ms wait the third in line would wait
+// 300ms, so it is told at once instead of timing out in line.
+func TestGateShedsWhoWouldWaitTooLong(t *testing.T) {
+	clk := clocktest.New(epoch)
+	g := newGate(1, 100, 250*time.Millisecond, clk)
+	release, err := g.acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(100 * time.Millisecond)
+	release() // the average is now 100ms
+	hold, err := g.acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := range 2 { // expected waits 100ms and 200ms: they queue
+		go func() { _, _ = g.acquire(ctx) }()
+		waitFor(t, "the waiters to queue", func() bool { return g.queued.Load() == int64(i+1) })
+	}
+	_, err = g.acquire(ctx)
+	if d := wantOverloaded(t, err); d != 300*time.Millisecond {
+		// two in line and this one turned away, 100ms each on one slot
+		t.Fatalf("hint %s, want 300ms", d)
+	}
+}
+
+func TestRetryHint(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		waiting int64
+		slots   int
+		service time.Duration
+		want    time.Duration
+	}{
+		{"nothing measured yet", 10, 4, 0, minRetryHint},
+		{"short line", 4, 4, 10 * time.Millisecond, minRetryHint},
+		{"long line", 40_000, 32, 8 * time.Millisecond, 10 * time.Second},
+		{"capped", 1 << 40, 1, time.Second, maxRetryHint},
+		{"no slots", 1, 0, time.Second, time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := retryHint(tc.waiting, tc.slots, tc.service); got != tc.want {
+				t.Fatalf("retryHint(%d, %d, %s) = %s, want %s", tc.waiting, tc.slots, tc.service, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRetryAfterSeconds(t *testing.T) {
+	for d, want := range map[time.Duration]string{
+		0: "1", 250 * time.Millisecond: "1", time.Second: "1", 1001 * time.Millisecond: "2", time.Minute: "60",
+	} {
+		if got := retryAfterSeconds(d); got != want {
+			t.Errorf("retryAfterSeconds(%s) = %s, want %s", d, got, want)
+		}
+	}
+}
