@@ -33,9 +33,9 @@ const (
 	// backoffJitter spreads every retry wait over ±20 %, so agents that lost
 	// the CA together do not come back together.
 	backoffJitter = 0.2
-	// retryHintSpread spreads a wait the CA asked for over [hint,
-	// hint×1.5).
-	retryHintSpread = 0.5
+	// retryHintJitter is the most added to a wait the CA asked for (and
+	// at most half of it).
+	retryHintJitter = time.Second
 	// maxChainLen bounds the certificates accepted in one CA response; a
 	// real chain is leaf, one or two intermediates, root.
 	maxChainLen = 16
@@ -324,11 +324,10 @@ func (m *Manager) Run(ctx context.Context) error {
 			r := m.cfg.Rand()
 			wait = Backoff(failures, m.cfg.BackoffMin, m.cfg.BackoffMax, r)
 			if hint, ok := client.RetryDelay(err); ok {
-				// The CA shed the call and said when it expects room:
-				// come back then, spread over half as long again so
-				// the agents it turned away together do not return
-				// together.
-				wait = max(hint+time.Duration(float64(hint)*retryHintSpread*r), m.cfg.BackoffMin)
+				// The CA shed the call and said when it expects room
+				// (it staggers the callers it turns away): come back
+				// then, plus a little jitter.
+				wait = max(hint+time.Duration(float64(min(hint/2, retryHintJitter))*r), m.cfg.BackoffMin)
 			}
 			if cur != nil {
 				// While the SVID is valid, retry at least at half the

@@ -1168,17 +1168,19 @@ func shedWith(d time.Duration) func(string) error {
 }
 
 // TestRetryHint: a CA that sheds the first request with a retry hint is
-// asked again after the hint spread by jitter (r = 0.5: hint × 1.25), not
-// after the exponential backoff; a hint under BackoffMin waits BackoffMin.
+// asked again after the hint plus jitter (r = 0.5: half of the lesser of
+// half the hint and a second), not after the exponential backoff; a hint
+// under BackoffMin waits BackoffMin.
 func TestRetryHint(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		hint time.Duration
 		want time.Duration
 	}{
-		{"hint over the backoff", 8 * time.Second, 10 * time.Second},
+		{"hint over the backoff", 8 * time.Second, 8500 * time.Millisecond},
+		{"short hint", 1200 * time.Millisecond, 1500 * time.Millisecond},
 		{"hint under BackoffMin", 300 * time.Millisecond, sds.DefaultBackoffMin},
-		{"hint capped by the client", time.Hour, 5 * time.Minute * 5 / 4},
+		{"hint capped by the client", time.Hour, 5*time.Minute + 500*time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t, nil)

@@ -113,10 +113,9 @@ func parseChainB(b *testing.B, chain []string) []*x509.Certificate {
 // the handshake and not looked at again.
 type floorService struct {
 	pb.UnimplementedIstioCertificateServiceServer
-	parent  *x509.Certificate
-	key     crypto.Signer
-	chain   []string // intermediate and root PEM, after the leaf
-	leafURI string
+	parent *x509.Certificate
+	key    crypto.Signer
+	chain  []string // intermediate and root PEM, after the leaf
 }
 
 func (f *floorService) CreateCertificate(_ context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {

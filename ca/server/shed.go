@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"fmt"
-	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -54,12 +53,12 @@ type gate struct {
 	// serviceNanos is a moving average of the time a request holds a
 	// slot, for the retry hint.
 	serviceNanos atomic.Int64
-	// shedMu guards the shed count of the current second, which makes
-	// the hint grow with the crowd retrying: the more callers were turned
-	// away, the further apart their retries are spread.
-	shedMu     sync.Mutex
-	shedSecond int64
-	shedCount  int64
+	// retryMu guards nextRetry, the time handed to the last request
+	// shed: each one shed is given the next free moment at the rate the
+	// slots serve, so those turned away together come back one after
+	// another instead of together.
+	retryMu   sync.Mutex
+	nextRetry time.Time
 }
 
 func newGate(slots, maxQueued int, maxWait time.Duration, c clock.Clock) *gate {
@@ -117,31 +116,24 @@ func (g *gate) releaser() func() {
 }
 
 // shed counts one request turned away and returns its error with the
-// hint: the time the slots need to serve those queued and those turned
-// away this second.
+// hint: a moment after those in line and those turned away before it have
+// been served, one per average service time over the slots.
 func (g *gate) shed() error {
 	if g.onShed != nil {
 		g.onShed()
 	}
-	now := g.clock.Now().Unix()
-	g.shedMu.Lock()
-	if g.shedSecond != now {
-		g.shedSecond, g.shedCount = now, 0
+	now := g.clock.Now()
+	per := time.Duration(float64(g.serviceNanos.Load()) / float64(cap(g.slots)))
+	g.retryMu.Lock()
+	defer g.retryMu.Unlock()
+	if base := now.Add(time.Duration(g.queued.Load()) * per); g.nextRetry.Before(base) {
+		g.nextRetry = base
 	}
-	g.shedCount++
-	crowd := g.shedCount
-	g.shedMu.Unlock()
-	return &OverloadedError{RetryAfter: retryHint(g.queued.Load()+crowd, cap(g.slots), time.Duration(g.serviceNanos.Load()))}
-}
-
-// retryHint is how long slots parallel slots, each taking service per
-// request, need to serve waiting requests, within the hint bounds.
-func retryHint(waiting int64, slots int, service time.Duration) time.Duration {
-	d := float64(waiting) * float64(service) / float64(max(slots, 1))
-	if d >= float64(maxRetryHint) || math.IsNaN(d) {
-		return maxRetryHint
+	g.nextRetry = g.nextRetry.Add(per)
+	if limit := now.Add(maxRetryHint); g.nextRetry.After(limit) {
+		g.nextRetry = limit
 	}
-	return max(time.Duration(d), minRetryHint)
+	return &OverloadedError{RetryAfter: max(g.nextRetry.Sub(now), minRetryHint)}
 }
 
 // retryAfterSeconds is d for a Retry-After header: whole seconds, rounded

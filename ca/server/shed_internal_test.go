@@ -137,25 +137,38 @@ func TestGateShedsWhoWouldWaitTooLong(t *testing.T) {
 	}
 }
 
-func TestRetryHint(t *testing.T) {
-	for _, tc := range []struct {
-		name    string
-		waiting int64
-		slots   int
-		service time.Duration
-		want    time.Duration
-	}{
-		{"nothing measured yet", 10, 4, 0, minRetryHint},
-		{"short line", 4, 4, 10 * time.Millisecond, minRetryHint},
-		{"long line", 40_000, 32, 8 * time.Millisecond, 10 * time.Second},
-		{"capped", 1 << 40, 1, time.Second, maxRetryHint},
-		{"no slots", 1, 0, time.Second, time.Second},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := retryHint(tc.waiting, tc.slots, tc.service); got != tc.want {
-				t.Fatalf("retryHint(%d, %d, %s) = %s, want %s", tc.waiting, tc.slots, tc.service, got, tc.want)
-			}
-		})
+// TestRetryHintsStagger: requests shed together are told to come back
+// one average service time (over the slots) apart, after the line, within
+// the hint bounds; once that time has passed, hints start from the line
+// again.
+func TestRetryHintsStagger(t *testing.T) {
+	clk := clocktest.New(epoch)
+	g := newGate(2, 0, time.Second, clk)
+	g.serviceNanos.Store(int64(time.Second)) // 500ms per request over two slots
+	var hints []time.Duration
+	for range 4 {
+		hints = append(hints, wantOverloaded(t, g.shed()))
+	}
+	want := []time.Duration{500 * time.Millisecond, time.Second, 1500 * time.Millisecond, 2 * time.Second}
+	for i := range want {
+		if hints[i] != want[i] {
+			t.Fatalf("hints %v, want %v", hints, want)
+		}
+	}
+	clk.Advance(time.Minute)
+	g.queued.Store(3)
+	if got := wantOverloaded(t, g.shed()); got != 2*time.Second { // three in line, then this one
+		t.Fatalf("hint after the schedule passed = %s, want 2s", got)
+	}
+	g.queued.Store(0)
+	g.serviceNanos.Store(int64(time.Hour))
+	if got := wantOverloaded(t, g.shed()); got != maxRetryHint {
+		t.Fatalf("hint %s, want the cap %s", got, maxRetryHint)
+	}
+	g.serviceNanos.Store(0)
+	clk.Advance(2 * maxRetryHint)
+	if got := wantOverloaded(t, g.shed()); got != minRetryHint {
+		t.Fatalf("hint with nothing measured = %s, want the floor %s", got, minRetryHint)
 	}
 }
 
