@@ -2,7 +2,9 @@ package k8s
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"time"
 
@@ -67,7 +69,9 @@ type AdmissionConfig struct {
 	Config
 	// ServiceAccounts, when set, is asked whether the ServiceAccount of a
 	// renewing identity still exists. Nil applies the allow and deny lists
-	// alone (Kubernetes attestation off).
+	// alone (Kubernetes attestation off). *Informers is asked on every
+	// renewal, without the lookup cache: its answer costs no API call and
+	// is as fresh as its watch.
 	ServiceAccounts ServiceAccounts
 	// Lookup bounds the cache of ServiceAccount lookups; zero fields get
 	// LookupConfig's defaults.
@@ -94,12 +98,20 @@ type AdmissionConfig struct {
 //     closes. A CA restarted while the API server is down thus renews
 //     Kubernetes identities again only once the API server answers.
 //
+// With Informers as ServiceAccounts nothing above is cached: every renewal
+// reads the informer cache, so a deleted ServiceAccount is refused as soon
+// as its watch event arrives, and until the caches have synced renewals are
+// refused with ErrUnavailable. While the API server cannot be reached the
+// caches keep what they last saw.
+//
 // A ServiceAccount deleted and recreated under the same name is the same
 // identity: the lookup is by name, as the SPIFFE ID is.
 type Admission struct {
 	cfg     Config
 	lc      LookupConfig
 	lookups ServiceAccounts
+	// watched is lookups when it answers from informer caches.
+	watched *Informers
 	// cache maps "ns/sa" to its *lookup. Entries live MaxStale (found) or
 	// NegativeTTL (not found); the lookup's own time says whether it is
 	// fresh.
@@ -138,7 +150,9 @@ func NewAdmission(ac AdmissionConfig) (*Admission, error) {
 		}
 	}
 	lc.MaxStale = max(lc.MaxStale, lc.TTL)
-	return &Admission{cfg: cfg, lc: lc, lookups: ac.ServiceAccounts, cache: cache.NewLRUExpireCacheWithClock(lc.Size, cfg.Clock)}, nil
+	a := &Admission{cfg: cfg, lc: lc, lookups: ac.ServiceAccounts, cache: cache.NewLRUExpireCacheWithClock(lc.Size, cfg.Clock)}
+	a.watched, _ = ac.ServiceAccounts.(*Informers)
+	return a, nil
 }
 
 // ServiceAccountOf returns the namespace and ServiceAccount of an identity
@@ -166,29 +180,55 @@ func (a *Admission) Admit(ctx context.Context, id spiffeid.ID) error {
 		return nil
 	}
 	key := ns + "/" + sa
-	now := a.cfg.Clock.Now()
-	last, known := a.last(key)
-	if !known || !a.fresh(last, now) {
-		answer, err := a.lookup(ctx, key, ns, sa)
-		if err != nil {
-			if known && last.exists && now.Sub(last.at) < a.lc.MaxStale {
-				a.cfg.Metrics.Renewal("stale")
-				a.cfg.Logger.Warn("ServiceAccount lookup failed; admitting a renewal on an earlier lookup",
-					"serviceaccount", key, "found_at", last.at, "err", err)
-				return nil
-			}
-			a.cfg.Metrics.Renewal("unavailable")
-			a.cfg.Logger.Warn("ServiceAccount lookup failed; renewal refused until it succeeds", "serviceaccount", key, "err", err)
-			return fmt.Errorf("%w: k8s: cannot confirm that ServiceAccount %s still exists: %w", attestor.ErrUnavailable, key, err)
+	var (
+		exists bool
+		err    error
+	)
+	if a.watched != nil {
+		exists, err = a.watched.Exists(ctx, ns, sa)
+	} else {
+		var stale bool
+		if exists, stale, err = a.cachedExists(ctx, key, ns, sa); stale {
+			return nil
 		}
-		last = answer
 	}
-	if !last.exists {
+	switch {
+	case err != nil:
+		a.cfg.Metrics.Renewal("unavailable")
+		level := slog.LevelWarn
+		if errors.Is(err, ErrNotSynced) { // start-up: no news
+			level = slog.LevelDebug
+		}
+		a.cfg.Logger.Log(ctx, level, "ServiceAccount lookup failed; renewal refused until it succeeds", "serviceaccount", key, "err", err)
+		return fmt.Errorf("%w: k8s: cannot confirm that ServiceAccount %s still exists: %w", attestor.ErrUnavailable, key, err)
+	case !exists:
 		a.cfg.Metrics.Renewal("deleted")
 		return fmt.Errorf("%w: k8s: ServiceAccount %s no longer exists", attestor.ErrPermissionDenied, key)
 	}
 	a.cfg.Metrics.Renewal("ok")
 	return nil
+}
+
+// cachedExists answers from the lookup cache, or looks up. When the lookup
+// fails and the stale rule admits the ServiceAccount on an earlier lookup,
+// it says so (stale), counted and logged.
+func (a *Admission) cachedExists(ctx context.Context, key, ns, sa string) (exists, stale bool, err error) {
+	now := a.cfg.Clock.Now()
+	last, known := a.last(key)
+	if known && a.fresh(last, now) {
+		return last.exists, false, nil
+	}
+	answer, err := a.lookup(ctx, key, ns, sa)
+	if err == nil {
+		return answer.exists, false, nil
+	}
+	if known && last.exists && now.Sub(last.at) < a.lc.MaxStale {
+		a.cfg.Metrics.Renewal("stale")
+		a.cfg.Logger.Warn("ServiceAccount lookup failed; admitting a renewal on an earlier lookup",
+			"serviceaccount", key, "found_at", last.at, "err", err)
+		return true, true, nil
+	}
+	return false, false, err
 }
 
 func (a *Admission) last(key string) (lookup, bool) {

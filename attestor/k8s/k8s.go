@@ -1,11 +1,15 @@
 // Package k8s attests workloads by their projected Kubernetes ServiceAccount
-// tokens, two ways: a TokenReview through client-go (the API server decides,
-// so deleted ServiceAccounts and pods are refused; results cached briefly),
-// or offline verification against the cluster's OIDC JWKS (no API call per
-// CSR). Either way the identity is spiffe://<td>/ns/<namespace>/sa/<name>,
+// tokens, three ways: offline verification against the cluster's OIDC JWKS
+// followed by a check, in client-go informer caches, that the ServiceAccount
+// and pod the token is bound to still exist (InformerAttestor: TokenReview's
+// guarantees with no API call per CSR); a TokenReview through client-go (the
+// API server decides, so deleted ServiceAccounts and pods are refused;
+// results cached briefly); or offline verification alone (JWKSAttestor: no
+// API call, but a deleted ServiceAccount is not noticed until its token
+// expires). Either way the identity is spiffe://<td>/ns/<namespace>/sa/<name>,
 // subject to namespace and ServiceAccount allow and deny lists. Admission
-// puts renewals over mTLS of such identities to the same lists and, with a
-// cached lookup, to the ServiceAccount still existing.
+// puts renewals over mTLS of such identities to the same lists and to the
+// ServiceAccount still existing (a cached lookup, or the informer cache).
 package k8s
 
 import (
@@ -26,6 +30,7 @@ import (
 const (
 	KindTokenReview = "k8s-tokenreview"
 	KindJWKS        = "k8s-jwks"
+	KindInformer    = "k8s-informer"
 )
 
 // DefaultAudiences are the token audiences accepted by default.
@@ -34,7 +39,7 @@ var DefaultAudiences = []string{"meshca"}
 // DefaultDeny refuses the cluster's own control plane unless allowed.
 var DefaultDeny = []string{"kube-system"}
 
-// Config is shared by both modes. Zero fields get the documented defaults.
+// Config is shared by every mode. Zero fields get the documented defaults.
 type Config struct {
 	// TrustDomain of the identities. Required.
 	TrustDomain spiffeid.TrustDomain
