@@ -9,6 +9,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/attestor/jwks"
@@ -22,29 +23,32 @@ import (
 // Kubernetes attestation modes.
 const (
 	K8sOff         = "off"
+	K8sInformer    = "informer"
 	K8sTokenReview = "tokenreview"
 	K8sJWKS        = "jwks"
 )
 
 // Kubernetes configures ServiceAccount token attestation.
 type Kubernetes struct {
-	// Mode is K8sOff (default), K8sTokenReview (ask the API server, cached)
-	// or K8sJWKS (verify offline against the cluster's keys).
+	// Mode is K8sOff (default), K8sInformer (verify offline against the
+	// cluster's keys, then check the bound ServiceAccount and pod in
+	// informer caches: the recommended mode), K8sTokenReview (ask the API
+	// server, cached) or K8sJWKS (verify offline only).
 	Mode string
 	// Kubeconfig is the API server's kubeconfig; "" the in-cluster one.
 	Kubeconfig string
-	// QPS and Burst rate-limit API calls (TokenReviews, JWKS). Zero keeps
+	// QPS and Burst rate-limit API calls (TokenReviews, JWKS, lists). Zero keeps
 	// client-go's defaults (5 and 10); meshca's flags default to 50 and 100.
 	QPS   float32
 	Burst int
 	// Audiences accepted; default k8s.DefaultAudiences.
 	Audiences []string
-	// Issuer of the tokens; default k8s.DefaultIssuer. JWKS mode verifies
-	// it; TokenReview mode refuses, before any review, a token of another
-	// issuer.
+	// Issuer of the tokens; default k8s.DefaultIssuer. The informer and
+	// JWKS modes verify it; TokenReview mode refuses, before any review, a
+	// token of another issuer.
 	Issuer string
-	// JWKSURL or JWKSFile is where the keys are (JWKS mode; at most one);
-	// neither: /openid/v1/jwks through the API server.
+	// JWKSURL or JWKSFile is where the keys are (informer and JWKS modes;
+	// at most one); neither: /openid/v1/jwks through the API server.
 	JWKSURL, JWKSFile string
 	// Allow and Deny are namespace or namespace/ServiceAccount globs. Nil
 	// Deny is k8s.DefaultDeny; an empty non-nil Deny denies nothing.
@@ -60,15 +64,17 @@ type Kubernetes struct {
 	// lookups made when a Kubernetes identity renews over mTLS (defaults in
 	// k8s.LookupConfig): a deleted ServiceAccount renews for at most
 	// ServiceAccountTTL; one seen within ServiceAccountMaxStale renews while
-	// the API server is unreachable.
+	// the API server is unreachable. The informer mode reads its cache
+	// instead, and uses neither.
 	ServiceAccountTTL, ServiceAccountMaxStale time.Duration
 }
 
 // build returns the Kubernetes attestor, nil when Mode is off, and the
 // admission for renewals over mTLS, which applies to identities of the
 // Kubernetes shape the allow and deny lists (always, whichever way the
-// identity was first issued) and, with Kubernetes attestation on, asks the
-// API server whether the ServiceAccount still exists.
+// identity was first issued) and, with Kubernetes attestation on, checks
+// that the ServiceAccount still exists: in the informer mode in the
+// attestor's informer cache, otherwise by asking the API server.
 func (k *Kubernetes) build(td spiffeid.TrustDomain, userAgent string, clk clock.Clock, log *slog.Logger, reg prometheus.Registerer) (attestor.Attestor, *k8s.Admission, error) {
 	cfg := k8s.Config{TrustDomain: td, Audiences: k.Audiences, Allow: k.Allow, Deny: k.Deny, Clock: clk, Logger: log, Metrics: metrics.NewK8s(reg)}
 	admission := func(sas k8s.ServiceAccounts) (*k8s.Admission, error) {
@@ -80,7 +86,25 @@ func (k *Kubernetes) build(td spiffeid.TrustDomain, userAgent string, clk clock.
 		return nil, adm, err
 	}
 	kc := kubeclient.Config{Kubeconfig: k.Kubeconfig, QPS: k.QPS, Burst: k.Burst, UserAgent: userAgent}
+	if k.JWKSURL != "" && k.JWKSFile != "" {
+		return nil, nil, errors.New("plane: a JWKS URL and a JWKS file: choose one")
+	}
 	switch k.Mode {
+	case K8sInformer:
+		client, err := kc.Clientset()
+		if err != nil {
+			return nil, nil, err
+		}
+		objects, err := k8s.NewInformers(k8s.InformersConfig{Client: client, Logger: log})
+		if err != nil {
+			return nil, nil, err
+		}
+		adm, err := admission(objects)
+		if err != nil {
+			return nil, nil, err
+		}
+		inf, err := k8s.NewInformer(k8s.InformerConfig{JWKSConfig: k.jwksConfig(cfg, client, clk), Informers: objects})
+		return inf, adm, err
 	case K8sTokenReview:
 		client, err := kc.Clientset()
 		if err != nil {
@@ -94,44 +118,45 @@ func (k *Kubernetes) build(td spiffeid.TrustDomain, userAgent string, clk clock.
 			Cache: k8s.CacheConfig{TTL: k.CacheTTL, Size: k.CacheSize}, MaxInFlight: k.MaxInFlightReviews})
 		return tr, adm, err
 	case K8sJWKS:
-		var (
-			fetch jwks.Fetcher
-			sas   k8s.ServiceAccounts
-		)
+		var sas k8s.ServiceAccounts
+		// The keys need the API server only when they are fetched through
+		// it; renewals need it to see deleted ServiceAccounts. Without one,
+		// say what is lost.
+		client, err := kc.Clientset()
 		switch {
-		case k.JWKSURL != "" && k.JWKSFile != "":
-			return nil, nil, errors.New("plane: a JWKS URL and a JWKS file: choose one")
-		case k.JWKSURL != "" || k.JWKSFile != "":
-			if k.JWKSFile != "" {
-				fetch = jwks.FileFetcher(k.JWKSFile)
-			} else {
-				fetch = jwks.URLFetcher(nil, k.JWKSURL)
-			}
-			// The keys do not need the API server; renewals do, to see
-			// deleted ServiceAccounts. Without one, say what is lost.
-			if client, err := kc.Clientset(); err == nil {
-				sas = k8s.ClientServiceAccounts{Client: client}
-			} else {
-				log.Warn("no API server for JWKS mode: renewals over mTLS check the allow and deny lists only, and an SVID of a deleted ServiceAccount renews until its SPIFFE ID is revoked", "err", err)
-			}
-		default:
-			client, err := kc.Clientset()
-			if err != nil {
-				return nil, nil, err
-			}
-			fetch = func(ctx context.Context) ([]byte, error) {
-				return client.Discovery().RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
-			}
+		case err == nil:
 			sas = k8s.ClientServiceAccounts{Client: client}
+		case k.JWKSURL == "" && k.JWKSFile == "":
+			return nil, nil, err
+		default:
+			log.Warn("no API server for JWKS mode: renewals over mTLS check the allow and deny lists only, and an SVID of a deleted ServiceAccount renews until its SPIFFE ID is revoked", "err", err)
 		}
 		adm, err := admission(sas)
 		if err != nil {
 			return nil, nil, err
 		}
-		jw, err := k8s.NewJWKS(k8s.JWKSConfig{Config: cfg, Issuer: k.Issuer, Keys: jwks.NewKeySet(jwks.KeySetConfig{Fetch: fetch, Clock: clk})})
+		jw, err := k8s.NewJWKS(k.jwksConfig(cfg, client, clk))
 		return jw, adm, err
 	}
-	return nil, nil, fmt.Errorf("plane: Kubernetes attestation must be off, tokenreview or jwks, not %q", k.Mode)
+	return nil, nil, fmt.Errorf("plane: Kubernetes attestation must be off, informer, tokenreview or jwks, not %q", k.Mode)
+}
+
+// jwksConfig says where the cluster's keys come from: JWKSFile, JWKSURL,
+// or else /openid/v1/jwks through the API server (client, which is nil
+// only when one of the others is set).
+func (k *Kubernetes) jwksConfig(cfg k8s.Config, client kubernetes.Interface, clk clock.Clock) k8s.JWKSConfig {
+	var fetch jwks.Fetcher
+	switch {
+	case k.JWKSFile != "":
+		fetch = jwks.FileFetcher(k.JWKSFile)
+	case k.JWKSURL != "":
+		fetch = jwks.URLFetcher(nil, k.JWKSURL)
+	default:
+		fetch = func(ctx context.Context) ([]byte, error) {
+			return client.Discovery().RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
+		}
+	}
+	return k8s.JWKSConfig{Config: cfg, Issuer: k.Issuer, Keys: jwks.NewKeySet(jwks.KeySetConfig{Fetch: fetch, Clock: clk})}
 }
 
 // tokenAttestors builds the bearer-token attestors: one per OIDC issuer

@@ -33,7 +33,7 @@ func TestTokenAttestorsFromConfig(t *testing.T) {
 		{name: "jwks url and file", k8s: Kubernetes{Mode: K8sJWKS, JWKSFile: jwksFile, JWKSURL: "https://x"}, wantErr: "choose one"},
 		{name: "oidc and jwks", oidc: oidcFile, k8s: Kubernetes{Mode: K8sJWKS, JWKSFile: jwksFile}, want: 2},
 		{name: "tokenreview with a missing kubeconfig", k8s: Kubernetes{Mode: K8sTokenReview, Kubeconfig: filepath.Join(dir, "absent")}, wantErr: "kubeconfig"},
-		{name: "unknown mode", k8s: Kubernetes{Mode: "magic"}, wantErr: "must be off, tokenreview or jwks"},
+		{name: "unknown mode", k8s: Kubernetes{Mode: "magic"}, wantErr: "must be off, informer, tokenreview or jwks"},
 		{name: "bad deny pattern", k8s: Kubernetes{Mode: K8sJWKS, JWKSFile: jwksFile, Deny: []string{"[x"}}, wantErr: "pattern"},
 		{name: "missing oidc config", oidc: filepath.Join(dir, "absent.yaml"), wantErr: "absent.yaml"},
 	}

@@ -5,7 +5,8 @@
 //
 // Start owns start-up (each step undone if a later one fails) and returns a
 // Plane; Stop owns shutdown (servers drained first, then the maintenance
-// loop, then the store). Run is Start, wait for the context, Stop.
+// loop and the attestors' watches, then the store). Run is Start, wait for
+// the context, Stop.
 package plane
 
 import (
@@ -16,6 +17,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -124,13 +126,24 @@ type Plane struct {
 	auth   *ca.Authority
 	srv    *server.Server
 	cancel context.CancelFunc
-	done   chan struct{}
+	// running counts the maintenance loop and the attestors' background
+	// work, which end when cancel is called.
+	running sync.WaitGroup
+}
+
+// background is an attestor with work of its own (the Kubernetes informer
+// mode's watches): it runs from Start until Stop, and the plane is ready
+// only once every such attestor is.
+type background interface {
+	Run(ctx context.Context)
+	Ready(ctx context.Context) error
 }
 
 // Start opens the data file, loads or creates the CA, builds the attestor
-// chain, opens the listeners, writes the bundle file and starts the
-// maintenance loop (rotation, pruning). On error everything started so far
-// is stopped again.
+// chain and starts its background work (the Kubernetes informers: /readyz
+// answers 503 until they have synced), opens the listeners, writes the
+// bundle file and starts the maintenance loop (rotation, pruning). On error
+// everything started so far is stopped again.
 func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -169,12 +182,24 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// The attestors' background work starts now, before the listeners, so
+	// that it has caught up, and the plane is ready, as early as it can.
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	p := &Plane{cfg: cfg, store: st, auth: auth, cancel: cancel}
+	undo = append(undo, func() { cancel(); p.running.Wait() })
+	var waitFor []background
+	for _, a := range chain {
+		if b, ok := a.(background); ok {
+			waitFor = append(waitFor, b)
+			p.running.Go(func() { b.Run(runCtx) })
+		}
+	}
 	adminToken, err := files.Token(cfg.AdminTokenPath())
 	if err != nil {
 		return nil, fmt.Errorf("admin token: %w", err)
 	}
 	srv, err := server.New(server.Config{
-		Authority: auth, Attestor: chain, AdminToken: adminToken,
+		Authority: auth, Attestor: chain, AdminToken: adminToken, Ready: readyAll(waitFor),
 		GRPCAddr: cfg.GRPCAddr, HTTPSAddr: cfg.HTTPSAddr, MonitorAddr: cfg.MonitorAddr,
 		DNSNames: cfg.DNSNames, IPs: cfg.IPs, Limits: cfg.Limits,
 		Registry: reg, Clock: cfg.Clock, Logger: log,
@@ -189,15 +214,28 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if err := files.WriteAtomic(cfg.BundlePath(), auth.RootsPEM(), 0o644); err != nil {
 		return nil, err
 	}
-	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	p := &Plane{cfg: cfg, store: st, auth: auth, srv: srv, cancel: cancel, done: make(chan struct{})}
-	go func() {
-		defer close(p.done)
+	p.srv = srv
+	p.running.Go(func() {
 		if err := auth.Run(runCtx); err != nil && !errors.Is(err, context.Canceled) {
 			log.Error("maintenance loop stopped", "err", err)
 		}
-	}()
+	})
 	return p, nil
+}
+
+// readyAll is ready when every one of bs is; nil when there are none.
+func readyAll(bs []background) func(context.Context) error {
+	if len(bs) == 0 {
+		return nil
+	}
+	return func(ctx context.Context) error {
+		for _, b := range bs {
+			if err := b.Ready(ctx); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 }
 
 // attestors builds the chain in the order credentials are tried: the
@@ -247,13 +285,14 @@ func Run(ctx context.Context, cfg Config) error {
 	return p.Stop()
 }
 
-// Stop drains the servers, ends the maintenance loop and closes the store.
+// Stop drains the servers, ends the maintenance loop and the attestors'
+// background work, and closes the store.
 func (p *Plane) Stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	err := p.srv.Shutdown(ctx)
 	p.cancel()
-	<-p.done
+	p.running.Wait()
 	p.cfg.Logger.Info("stopped")
 	return errors.Join(err, p.store.Close())
 }

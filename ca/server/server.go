@@ -134,6 +134,10 @@ type Config struct {
 	Authority *ca.Authority
 	// Attestor proves callers' identities. Required.
 	Attestor attestor.Attestor
+	// Ready, when set, is asked on /readyz after the Authority: parts the
+	// CA cannot serve without that get ready after start (the Kubernetes
+	// informer caches). Its error is /readyz's 503 answer.
+	Ready func(context.Context) error
 	// AdminToken enables the admin API (/v1/admin/...) on the HTTPS port
 	// for callers presenting it as a bearer token. Empty disables it.
 	AdminToken string
@@ -363,7 +367,11 @@ func (s *Server) deadlineInterceptor(ctx context.Context, req any, _ *grpc.Unary
 }
 
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
-	if err := s.cfg.Authority.Ready(r.Context()); err != nil {
+	err := s.cfg.Authority.Ready(r.Context())
+	if err == nil && s.cfg.Ready != nil {
+		err = s.cfg.Ready(r.Context())
+	}
+	if err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}

@@ -12,19 +12,19 @@ import (
 // addK8sFlags registers the flags of Kubernetes ServiceAccount token
 // attestation into k.
 func addK8sFlags(fs *pflag.FlagSet, k *plane.Kubernetes) {
-	fs.StringVar(&k.Mode, "k8s-attestation", plane.K8sOff, "ServiceAccount token attestation: off, tokenreview (ask the API server, cached) or jwks (verify offline against the cluster's keys)")
+	fs.StringVar(&k.Mode, "k8s-attestation", plane.K8sOff, "ServiceAccount token attestation: off, informer (recommended: verify offline against the cluster's keys, then check the bound ServiceAccount and pod in informer caches; needs list/watch on serviceaccounts and pods), tokenreview (ask the API server, cached) or jwks (verify offline only)")
 	fs.StringVar(&k.Kubeconfig, "kubeconfig", "", "kubeconfig for the API server; empty: in-cluster configuration")
-	fs.Float32Var(&k.QPS, "k8s-qps", 50, "client-go rate limit for API calls (TokenReviews, JWKS), queries per second; client-go's own default is 5")
+	fs.Float32Var(&k.QPS, "k8s-qps", 50, "client-go rate limit for API calls (TokenReviews, JWKS, informer lists), queries per second; client-go's own default is 5")
 	fs.IntVar(&k.Burst, "k8s-burst", 100, "client-go burst above --k8s-qps")
 	fs.StringSliceVar(&k.Audiences, "token-audiences", k8s.DefaultAudiences, "accepted ServiceAccount token audiences (add istio-ca for istio-agent)")
-	fs.StringVar(&k.Issuer, "k8s-issuer", k8s.DefaultIssuer, "ServiceAccount token issuer (both modes: tokenreview refuses other issuers offline)")
-	fs.StringVar(&k.JWKSURL, "k8s-jwks-url", "", "JWKS URL (jwks mode); default: /openid/v1/jwks through the API server")
-	fs.StringVar(&k.JWKSFile, "k8s-jwks-file", "", "JWKS file (jwks mode), instead of fetching it")
+	fs.StringVar(&k.Issuer, "k8s-issuer", k8s.DefaultIssuer, "ServiceAccount token issuer (every mode: tokenreview refuses other issuers offline)")
+	fs.StringVar(&k.JWKSURL, "k8s-jwks-url", "", "JWKS URL (informer and jwks modes); default: /openid/v1/jwks through the API server")
+	fs.StringVar(&k.JWKSFile, "k8s-jwks-file", "", "JWKS file (informer and jwks modes), instead of fetching it")
 	fs.StringSliceVar(&k.Allow, "allow-namespaces", nil, "if set, only these namespaces (ns) or ServiceAccounts (ns/sa) get certificates; glob patterns allowed")
 	fs.StringSliceVar(&k.Deny, "deny-namespaces", k8s.DefaultDeny, "namespaces (ns) or ServiceAccounts (ns/sa) refused; wins over --allow-namespaces")
 	fs.DurationVar(&k.CacheTTL, "tokenreview-cache-ttl", time.Minute, "how long a positive TokenReview is trusted (never past the token's expiry)")
 	fs.IntVar(&k.CacheSize, "tokenreview-cache-size", 10000, "most TokenReview results cached")
 	fs.IntVar(&k.MaxInFlightReviews, "k8s-max-inflight-reviews", 16, "most TokenReviews sent at once; more callers wait for a slot")
-	fs.DurationVar(&k.ServiceAccountTTL, "serviceaccount-cache-ttl", time.Minute, "how long a ServiceAccount found by renewal admission is trusted (a deleted one renews at most this long)")
+	fs.DurationVar(&k.ServiceAccountTTL, "serviceaccount-cache-ttl", time.Minute, "how long a ServiceAccount found by renewal admission is trusted (a deleted one renews at most this long; not used by the informer mode)")
 	fs.DurationVar(&k.ServiceAccountMaxStale, "serviceaccount-max-stale", 24*time.Hour, "while the API server is unreachable, ServiceAccounts seen this recently keep renewing")
 }

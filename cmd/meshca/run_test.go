@@ -290,7 +290,7 @@ func TestRunErrors(t *testing.T) {
 			name:    "server empty Kubernetes attestation mode",
 			args:    func(dir string) []string { return serverArgs(dir) },
 			env:     map[string]string{"MESHCA_K8S_ATTESTATION": ""},
-			wantMsg: []string{"--k8s-attestation must be off, tokenreview or jwks"},
+			wantMsg: []string{"--k8s-attestation must be off, informer, tokenreview or jwks"},
 		},
 		{
 			name: "server JWKS URL and file",

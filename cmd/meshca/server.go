@@ -113,7 +113,7 @@ func (o *serverOptions) planeConfig(cmd *cobra.Command) (plane.Config, error) {
 	}
 	switch k := cfg.Kubernetes; {
 	case k.Mode == "": // plane takes "" as off; the flag must say it
-		return plane.Config{}, errors.New(`--k8s-attestation must be off, tokenreview or jwks, not ""`)
+		return plane.Config{}, errors.New(`--k8s-attestation must be off, informer, tokenreview or jwks, not ""`)
 	case k.JWKSURL != "" && k.JWKSFile != "":
 		return plane.Config{}, errors.New("--k8s-jwks-url and --k8s-jwks-file: choose one")
 	}
