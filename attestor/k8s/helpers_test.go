@@ -1,6 +1,7 @@
 package k8s_test
 
 import (
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -44,7 +45,12 @@ type saToken struct {
 	audiences []string      // default ["meshca"]
 	ttl       time.Duration // exp - now; default 1h; negative: no exp
 	noPod     bool
-	serial    int // distinguishes otherwise identical tokens
+	serial    int    // distinguishes otherwise identical tokens
+	saUID     string // default sa-uid-1
+	podName   string // default pod-1
+	podUID    string // default pod-uid-1
+	node      string // node claim's name; empty: no node claim
+	secret    string // secret claim's name (a Secret-bound token); empty: none
 }
 
 // mint signs tok as the cluster would, issued at now.
@@ -80,10 +86,16 @@ func mint(tb testing.TB, now time.Time, tok saToken) string {
 	}
 	k8sClaims := map[string]any{
 		"namespace":      tok.namespace,
-		"serviceaccount": map[string]string{"name": tok.sa, "uid": "sa-uid-1"},
+		"serviceaccount": map[string]string{"name": tok.sa, "uid": cmp.Or(tok.saUID, "sa-uid-1")},
 	}
 	if !tok.noPod {
-		k8sClaims["pod"] = map[string]string{"name": "pod-1", "uid": "pod-uid-1"}
+		k8sClaims["pod"] = map[string]string{"name": cmp.Or(tok.podName, "pod-1"), "uid": cmp.Or(tok.podUID, "pod-uid-1")}
+	}
+	if tok.node != "" {
+		k8sClaims["node"] = map[string]string{"name": tok.node, "uid": "node-uid-1"}
+	}
+	if tok.secret != "" {
+		k8sClaims["secret"] = map[string]string{"name": tok.secret, "uid": "secret-uid-1"}
 	}
 	extra := map[string]any{"kubernetes.io": k8sClaims, "serial": tok.serial}
 	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: signingKey()},

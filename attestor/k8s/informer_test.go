@@ -1,0 +1,323 @@
+package k8s_test
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"maps"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes/fake"
+
+	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/attestor/k8s"
+	"github.com/meshca/meshca/internal/clock/clocktest"
+)
+
+// liveSA and livePod are the objects the default test token (mint with
+// saToken{}) is bound to, as the API server holds them.
+func liveSA(mod ...func(*corev1.ServiceAccount)) *corev1.ServiceAccount {
+	s := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "foo", Name: "bar", UID: "sa-uid-1"}}
+	for _, m := range mod {
+		m(s)
+	}
+	return s
+}
+
+func livePod(mod ...func(*corev1.Pod)) *corev1.Pod {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "foo", Name: "pod-1", UID: "pod-uid-1", Labels: map[string]string{"app": "x"}},
+		Spec:       corev1.PodSpec{ServiceAccountName: "bar", NodeName: "node-1", Containers: []corev1.Container{{Name: "app", Image: "app:1"}}},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	for _, m := range mod {
+		m(p)
+	}
+	return p
+}
+
+func terminating(m *metav1.ObjectMeta) {
+	ts := metav1.NewTime(epoch.Add(30 * time.Second))
+	m.DeletionTimestamp, m.Finalizers = &ts, []string{"example.org/hold"}
+}
+
+// fakeCluster runs Informers against a fake clientset holding objs and
+// waits until they have synced; the watches end with the test.
+func fakeCluster(t *testing.T, objs ...runtime.Object) (*k8s.Informers, *fake.Clientset) {
+	t.Helper()
+	client := fake.NewClientset(objs...)
+	inf, err := k8s.NewInformers(k8s.InformersConfig{Client: client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { inf.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	eventually(t, "informers synced", func() bool { return inf.Ready(ctx) == nil })
+	return inf, client
+}
+
+// eventually polls cond until it holds (the informers see API changes
+// asynchronously); it fails t after 10 s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not after 10s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func newInformerAttestor(t *testing.T, inf *k8s.Informers, cfg k8s.Config) *k8s.InformerAttestor {
+	t.Helper()
+	clk := clocktest.New(epoch)
+	cfg.TrustDomain, cfg.Clock = td, clk
+	a, err := k8s.NewInformer(k8s.InformerConfig{JWKSConfig: k8s.JWKSConfig{Config: cfg, Keys: staticKeys(t, clk)}, Informers: inf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+// TestInformerAttest is the informer mode's decision table: the token is
+// verified offline, then the ServiceAccount and pod it is bound to must be
+// in the caches as the token names them.
+func TestInformerAttest(t *testing.T) {
+	podDetails := map[string]string{"pod-name": "pod-1", "pod-uid": "pod-uid-1", "sa-uid": "sa-uid-1"}
+	tests := []struct {
+		name        string
+		objs        []runtime.Object
+		cfg         k8s.Config
+		tok         saToken
+		token       string // instead of tok
+		wantErr     error
+		wantRefused string
+		wantDetails map[string]string
+	}{
+		{name: "pod-bound token, ServiceAccount and pod live", objs: []runtime.Object{liveSA(), livePod()}, wantDetails: podDetails},
+		{name: "not pod-bound token, ServiceAccount live", objs: []runtime.Object{liveSA()}, tok: saToken{noPod: true},
+			wantDetails: map[string]string{"sa-uid": "sa-uid-1"}},
+		{name: "token names the pod's node", objs: []runtime.Object{liveSA(), livePod()}, tok: saToken{node: "node-1"}, wantDetails: podDetails},
+		{name: "missing ServiceAccount", objs: []runtime.Object{livePod()},
+			wantErr: attestor.ErrUnauthenticated, wantRefused: "serviceaccount-gone"},
+		{name: "missing ServiceAccount, not pod-bound token", tok: saToken{noPod: true},
+			wantErr: attestor.ErrUnauthenticated, wantRefused: "serviceaccount-gone"},
+		{name: "ServiceAccount UID mismatch (recreated)", objs: []runtime.Object{liveSA(func(s *corev1.ServiceAccount) { s.UID = "sa-uid-2" }), livePod()},
+			wantErr: attestor.ErrUnauthenticated, wantRefused: "serviceaccount-gone"},
+		{name: "ServiceAccount being deleted", objs: []runtime.Object{liveSA(func(s *corev1.ServiceAccount) { terminating(&s.ObjectMeta) }), livePod()},
+			wantErr: attestor.ErrUnauthenticated, wantRefused: "serviceaccount-gone"},
+		{name: "pod missing", objs: []runtime.Object{liveSA()},
+			wantErr: attestor.ErrUnauthenticated, wantRefused: "pod-gone"},
+		{name: "pod of that name in another namespace", objs: []runtime.Object{liveSA(), livePod(func(p *corev1.Pod) { p.Namespace = "other" })},
+			wantErr: attestor.ErrUnauthenticated, wantRefused: "pod-gone"},
+		{name: "pod UID mismatch (recreated)", objs: []runtime.Object{liveSA(), livePod(func(p *corev1.Pod) { p.UID = "pod-uid-2" })},
+			wantErr: attestor.ErrUnauthenticated, wantRefused: "pod-gone"},
+		{name: "pod terminating", objs: []runtime.Object{liveSA(), livePod(func(p *corev1.Pod) { terminating(&p.ObjectMeta) })},
+			wantErr: attestor.ErrUnauthenticated, wantRefused: "pod-gone"},
+		{name: "pod succeeded", objs: []runtime.Object{liveSA(), livePod(func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded })},
+			wantErr: attestor.ErrUnauthenticated, wantRefused: "pod-gone"},
+		{name: "pod failed", objs: []runtime.Object{liveSA(), livePod(func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed })},
+			wantErr: attestor.ErrUnauthenticated, wantRefused: "pod-gone"},
+		{name: "pending pod (not scheduled), token without node", objs: []runtime.Object{liveSA(), livePod(func(p *corev1.Pod) {
+			p.Spec.NodeName, p.Status.Phase = "", corev1.PodPending
+		})}, wantDetails: podDetails},
+		{name: "node mismatch", objs: []runtime.Object{liveSA(), livePod()}, tok: saToken{node: "node-2"},
+			wantErr: attestor.ErrUnauthenticated, wantRefused: "pod-node"},
+		{name: "node claim, pod not on any node", objs: []runtime.Object{liveSA(), livePod(func(p *corev1.Pod) { p.Spec.NodeName = "" })}, tok: saToken{node: "node-1"},
+			wantErr: attestor.ErrUnauthenticated, wantRefused: "pod-node"},
+		{name: "Secret-bound token", objs: []runtime.Object{liveSA()}, tok: saToken{noPod: true, secret: "s"},
+			wantErr: attestor.ErrUnauthenticated, wantRefused: "unsupported-binding"},
+		{name: "Node-bound token", objs: []runtime.Object{liveSA()}, tok: saToken{noPod: true, node: "node-1"},
+			wantErr: attestor.ErrUnauthenticated, wantRefused: "unsupported-binding"},
+		{name: "denied namespace, objects live", objs: []runtime.Object{
+			liveSA(func(s *corev1.ServiceAccount) { s.Namespace = "kube-system" }), livePod(func(p *corev1.Pod) { p.Namespace = "kube-system" }),
+		}, tok: saToken{namespace: "kube-system"}, wantErr: attestor.ErrPermissionDenied, wantRefused: "denied"},
+		{name: "bad signature never reaches the caches", objs: []runtime.Object{liveSA(), livePod()}, token: forge(t),
+			wantErr: attestor.ErrUnauthenticated, wantRefused: "invalid"},
+		{name: "opaque bearer is not ours", token: "join-token", wantErr: attestor.ErrNoCredential},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			inf, _ := fakeCluster(t, tc.objs...)
+			rec := newRecorder()
+			tc.cfg.Metrics = rec
+			a := newInformerAttestor(t, inf, tc.cfg)
+			token := tc.token
+			if token == "" {
+				token = mint(t, epoch, tc.tok)
+			}
+			id, err := a.Attest(context.Background(), attestor.Credential{BearerToken: token})
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) || !id.ID.IsZero() {
+					t.Fatalf("Attest() = %v, %v; want %v", id.ID, err, tc.wantErr)
+				}
+				if tc.wantRefused != "" && rec.refusals(tc.wantRefused) != 1 {
+					t.Errorf("Refused(%q) counted %d times, want 1", tc.wantRefused, rec.refusals(tc.wantRefused))
+				}
+				if tc.wantRefused != "" && tc.wantRefused != "invalid" && tc.wantRefused != "denied" &&
+					err.Error() != "attestor: unauthenticated: ServiceAccount token has been invalidated (the ServiceAccount or pod it is bound to no longer exists)" {
+					t.Errorf("Attest() error %q is not the one opaque message for every binding failure", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Attest() = %v, want success", err)
+			}
+			if id.ID != sa(cmp.Or(tc.tok.namespace, "foo"), "bar") || id.Kind != "k8s-informer" {
+				t.Errorf("Attest() = %v (%s), want foo/bar (k8s-informer)", id.ID, id.Kind)
+			}
+			if !maps.Equal(id.Details, tc.wantDetails) {
+				t.Errorf("Details = %v, want %v", id.Details, tc.wantDetails)
+			}
+		})
+	}
+}
+
+// forge signs a token with a key the cluster never had, under the
+// cluster's key ID.
+func forge(t *testing.T) string {
+	t.Helper()
+	tok := mint(t, epoch, saToken{})
+	other := mint(t, epoch, saToken{serial: 1})
+	// The signature of another token over these claims cannot verify.
+	return tok[:strings.LastIndexByte(tok, '.')] + other[strings.LastIndexByte(other, '.'):]
+}
+
+// TestInformerUnsynced: before the caches have synced, a valid token is
+// refused as Unavailable (retry), never Unauthenticated, and Ready says
+// which caches are still listing; once they sync, the same token passes.
+func TestInformerUnsynced(t *testing.T) {
+	client := fake.NewClientset(liveSA(), livePod())
+	inf, err := k8s.NewInformers(k8s.InformersConfig{Client: client})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := newInformerAttestor(t, inf, k8s.Config{})
+	ctx := context.Background()
+	cred := attestor.Credential{BearerToken: mint(t, epoch, saToken{})}
+
+	_, err = a.Attest(ctx, cred)
+	if !errors.Is(err, attestor.ErrUnavailable) || !errors.Is(err, k8s.ErrNotSynced) || errors.Is(err, attestor.ErrUnauthenticated) {
+		t.Fatalf("Attest() before sync = %v, want ErrUnavailable wrapping ErrNotSynced", err)
+	}
+	if err := a.Ready(ctx); !errors.Is(err, k8s.ErrNotSynced) || !strings.Contains(err.Error(), "serviceaccounts, pods") {
+		t.Fatalf("Ready() before sync = %v, want not synced naming both caches", err)
+	}
+	adm, err := k8s.NewAdmission(k8s.AdmissionConfig{Config: k8s.Config{TrustDomain: td}, ServiceAccounts: inf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := adm.Admit(ctx, sa("foo", "bar")); !errors.Is(err, attestor.ErrUnavailable) {
+		t.Fatalf("renewal admission before sync = %v, want ErrUnavailable", err)
+	}
+
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { a.Run(runCtx); close(done) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, "Ready", func() bool { return a.Ready(ctx) == nil })
+	if _, err := a.Attest(ctx, cred); err != nil {
+		t.Fatalf("Attest() after sync = %v", err)
+	}
+	if err := adm.Admit(ctx, sa("foo", "bar")); err != nil {
+		t.Fatalf("renewal admission after sync = %v", err)
+	}
+}
+
+// TestInformerSeesChanges: a token accepted while its objects live is
+// refused once the informer sees them deleted or replaced, without a
+// restart, and the renewal admission on the same caches refuses the
+// deleted ServiceAccount too, with no lookup.
+func TestInformerSeesChanges(t *testing.T) {
+	ctx := context.Background()
+	inf, client := fakeCluster(t, liveSA(), livePod())
+	rec := newRecorder()
+	a := newInformerAttestor(t, inf, k8s.Config{Metrics: rec})
+	adm, err := k8s.NewAdmission(k8s.AdmissionConfig{Config: k8s.Config{TrustDomain: td, Metrics: rec}, ServiceAccounts: inf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cred := attestor.Credential{BearerToken: mint(t, epoch, saToken{})}
+	refused := func() bool {
+		_, err := a.Attest(ctx, cred)
+		return errors.Is(err, attestor.ErrUnauthenticated)
+	}
+	if _, err := a.Attest(ctx, cred); err != nil {
+		t.Fatalf("Attest() = %v", err)
+	}
+
+	// The pod is replaced under the same name: the token's pod UID is stale.
+	pods := client.CoreV1().Pods("foo")
+	if err := pods.Delete(ctx, "pod-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "pod deletion refused", refused)
+	if _, err := pods.Create(ctx, livePod(func(p *corev1.Pod) { p.UID = types.UID("pod-uid-2") }), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "new pod seen", func() bool {
+		_, err := a.Attest(ctx, attestor.Credential{BearerToken: mint(t, epoch, saToken{podUID: "pod-uid-2"})})
+		return err == nil
+	})
+	if !refused() {
+		t.Fatal("a token of the pod's former UID passes")
+	}
+
+	// The ServiceAccount is deleted: tokens and renewals are refused.
+	if err := adm.Admit(ctx, sa("foo", "bar")); err != nil {
+		t.Fatalf("renewal while the ServiceAccount lives: %v", err)
+	}
+	if err := client.CoreV1().ServiceAccounts("foo").Delete(ctx, "bar", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "ServiceAccount deletion seen by the admission", func() bool {
+		return errors.Is(adm.Admit(ctx, sa("foo", "bar")), attestor.ErrPermissionDenied)
+	})
+	cred = attestor.Credential{BearerToken: mint(t, epoch, saToken{podUID: "pod-uid-2"})}
+	if !refused() {
+		t.Fatal("a token of a deleted ServiceAccount passes")
+	}
+	if n := rec.lookupCount("found") + rec.lookupCount("not-found") + rec.lookupCount("error"); n != 0 {
+		t.Errorf("the admission made %d ServiceAccount lookups, want 0 on informer caches", n)
+	}
+	if rec.renewalCount("deleted") < 1 || rec.renewalCount("ok") < 1 {
+		t.Errorf("renewals counted ok=%d deleted=%d", rec.renewalCount("ok"), rec.renewalCount("deleted"))
+	}
+}
+
+// TestInformersStripObjects: the caches hold only what the checks read, so
+// their memory does not grow with labels, annotations, specs or statuses.
+func TestInformersStripObjects(t *testing.T) {
+	big := livePod(func(p *corev1.Pod) {
+		p.Annotations = map[string]string{"big": strings.Repeat("x", 10_000)}
+		p.ManagedFields = []metav1.ManagedFieldsEntry{{Manager: "kubectl"}}
+		p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
+	})
+	inf, _ := fakeCluster(t, liveSA(func(s *corev1.ServiceAccount) {
+		s.Secrets = []corev1.ObjectReference{{Name: "x"}}
+		s.Labels = map[string]string{"a": "b"}
+	}), big)
+	pod, sa := k8s.CachedPodForTest(inf, "foo", "pod-1"), k8s.CachedServiceAccountForTest(inf, "foo", "bar")
+	wantPod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: "foo", Name: "pod-1", UID: "pod-uid-1", ResourceVersion: pod.ResourceVersion},
+		Spec:       corev1.PodSpec{NodeName: "node-1"},
+		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
+	}
+	if pod == nil || !reflect.DeepEqual(pod, wantPod) {
+		t.Errorf("cached pod = %+v, want only name, namespace, UID, resource version, node and phase", pod)
+	}
+	wantSA := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "foo", Name: "bar", UID: "sa-uid-1", ResourceVersion: sa.ResourceVersion}}
+	if sa == nil || !reflect.DeepEqual(sa, wantSA) {
+		t.Errorf("cached ServiceAccount = %+v, want only name, namespace, UID and resource version", sa)
+	}
+}
