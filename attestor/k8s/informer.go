@@ -28,7 +28,8 @@ import (
 //     those objects are not watched (use the tokenreview mode for them).
 //
 // Until the caches have synced every token is refused with
-// attestor.ErrUnavailable, so callers retry; Ready says when that ends.
+// attestor.ErrUnavailable, before it is verified, so callers retry; Ready
+// says when that ends.
 // Refusals are attestor.ErrUnauthenticated with one message for every
 // binding failure; the precise reason is logged at info and counted in
 // Metrics.Refused.
@@ -68,13 +69,19 @@ func (a *InformerAttestor) Ready(ctx context.Context) error { return a.objects.R
 
 // Attest implements attestor.Attestor.
 func (a *InformerAttestor) Attest(ctx context.Context, c attestor.Credential) (attestor.Identity, error) {
+	if !looksLikeJWT(c.BearerToken) {
+		return attestor.Identity{}, attestor.ErrNoCredential
+	}
+	// Before the caches have synced no token can be decided: say so at
+	// once, without waiting for the cluster's keys, which a starting CA may
+	// not have fetched yet either.
+	if err := a.objects.Ready(ctx); err != nil {
+		a.cfg.Logger.Debug("ServiceAccount token not checked: informer caches not synced")
+		return attestor.Identity{}, fmt.Errorf("%w: %w", attestor.ErrUnavailable, err)
+	}
 	p, err := a.offline.verify(ctx, c.BearerToken)
 	if err != nil {
 		return attestor.Identity{}, err
-	}
-	if err := a.objects.Ready(ctx); err != nil {
-		a.cfg.Logger.Debug("ServiceAccount token not checked: informer caches not synced", "serviceaccount", p.ns+"/"+p.sa)
-		return attestor.Identity{}, fmt.Errorf("%w: %w", attestor.ErrUnavailable, err)
 	}
 	if reason, why := a.bound(&p); reason != "" {
 		a.cfg.Metrics.Refused(reason)

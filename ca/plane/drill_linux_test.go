@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -79,18 +78,6 @@ func drillPlane(t *testing.T, dir string) (*Plane, func() (string, error)) {
 		return certs[0].SerialNumber.Text(16), nil
 	}
 	return p, issue
-}
-
-// readyz returns /readyz's status and body.
-func readyz(t *testing.T, p *Plane) (int, string) {
-	t.Helper()
-	r, err := http.Get("http://" + p.Addr("monitor").String() + "/readyz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Body.Close()
-	b, _ := io.ReadAll(r.Body)
-	return r.StatusCode, string(b)
 }
 
 // waitReady polls /readyz (the store is probed at most once a second).

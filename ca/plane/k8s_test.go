@@ -5,14 +5,17 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -25,22 +28,33 @@ func TestMain(m *testing.M) { kubeenv.Main(m) }
 
 // forwarder relays TCP connections to the API server, so a test can cut
 // the CA off from it (stop) as a network failure or an apiserver outage
-// would, without stopping the apiserver other tests share.
+// would, without stopping the apiserver other tests share; or hold the
+// connections it accepts until release, as an API server slow to answer.
 type forwarder struct {
-	ln     net.Listener
-	target string
+	ln      net.Listener
+	target  string
+	release func()
+	open    chan struct{} // closed: connections are relayed
 
 	mu    sync.Mutex
 	conns []net.Conn
 }
 
 func forward(t *testing.T, target string) *forwarder {
+	f := forwardHeld(t, target)
+	f.release()
+	return f
+}
+
+// forwardHeld is forward with the connections held until release.
+func forwardHeld(t *testing.T, target string) *forwarder {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &forwarder{ln: ln, target: target}
+	f := &forwarder{ln: ln, target: target, open: make(chan struct{})}
+	f.release = sync.OnceFunc(func() { close(f.open) })
 	go f.serve()
 	t.Cleanup(f.stop)
 	return f
@@ -52,21 +66,31 @@ func (f *forwarder) serve() {
 		if err != nil {
 			return
 		}
-		up, err := net.Dial("tcp", f.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
 		f.mu.Lock()
-		f.conns = append(f.conns, c, up)
+		f.conns = append(f.conns, c)
 		f.mu.Unlock()
-		go func() { io.Copy(up, c); up.Close() }()
-		go func() { io.Copy(c, up); c.Close() }()
+		go f.relay(c)
 	}
+}
+
+func (f *forwarder) relay(c net.Conn) {
+	<-f.open
+	up, err := net.Dial("tcp", f.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	f.mu.Lock()
+	f.conns = append(f.conns, up)
+	f.mu.Unlock()
+	go func() { io.Copy(up, c); up.Close() }()
+	io.Copy(c, up)
+	c.Close()
 }
 
 // stop refuses new connections and cuts the open ones.
 func (f *forwarder) stop() {
+	f.release()
 	f.ln.Close()
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -143,4 +167,77 @@ func TestRenewalAdmissionAgainstAPIServer(t *testing.T) {
 	if errors.Is(err, context.DeadlineExceeded) {
 		t.Fatal("the lookup hung instead of failing")
 	}
+}
+
+// readyz returns /readyz's status and body.
+func readyz(t *testing.T, p *Plane) (int, string) {
+	t.Helper()
+	r, err := http.Get("http://" + p.Addr("monitor").String() + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Body.Close()
+	b, _ := io.ReadAll(r.Body)
+	return r.StatusCode, string(b)
+}
+
+// TestInformerModeAgainstAPIServer: `meshca server --k8s-attestation
+// informer` against a real API server. While the API server has not
+// answered, /readyz is 503 saying the informers have not synced, and a
+// CSR with a valid token gets Unavailable (retry), not Unauthenticated.
+// Once synced it is ready and issues; when the ServiceAccount is deleted,
+// its token and the renewal of its SVID are refused.
+func TestInformerModeAgainstAPIServer(t *testing.T) {
+	env := kubeenv.Get(t)
+	ctx := context.Background()
+	const ns = "plane-informer"
+	env.CreateServiceAccount(t, ns, "bar")
+	token := env.Token(t, ns, "bar", []string{"meshca"}, time.Hour)
+	id := spiffeid.RequireFromPath(td, "/ns/"+ns+"/sa/bar")
+	host, err := url.Parse(env.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw := forwardHeld(t, host.Host)
+	p, err := Start(ctx, Config{TrustDomain: td, DataDir: t.TempDir(), GRPCAddr: "127.0.0.1:0", MonitorAddr: "127.0.0.1:0",
+		Kubernetes: Kubernetes{Mode: K8sInformer, Kubeconfig: kubeconfig(t, env, fw.ln.Addr().String())}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Stop() })
+
+	if code, body := readyz(t, p); code != http.StatusServiceUnavailable || !strings.Contains(body, "informer caches not synced") {
+		t.Fatalf("/readyz before the informers synced = %d %q, want 503 saying so", code, body)
+	}
+	_, err = sign(t, p, id, token, nil)
+	wantCode(t, "CSR before the informers synced", err, codes.Unavailable, "retry later")
+
+	fw.release()
+	deadline := time.Now().Add(20 * time.Second)
+	for code, body := readyz(t, p); code != http.StatusOK; code, body = readyz(t, p) {
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz after the API server answered = %d %q, want 200", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cert, err := sign(t, p, id, token, nil)
+	if err != nil {
+		t.Fatalf("CSR once synced: %v", err)
+	}
+	if _, err := sign(t, p, id, "", cert); err != nil {
+		t.Fatalf("renewal while the ServiceAccount exists: %v", err)
+	}
+
+	if err := env.Client.CoreV1().ServiceAccounts(ns).Delete(ctx, "bar", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		_, err = sign(t, p, id, token, nil)
+		if status.Code(err) == codes.Unauthenticated || time.Now().After(deadline) {
+			break
+		}
+	}
+	wantCode(t, "CSR with the token of a deleted ServiceAccount", err, codes.Unauthenticated, "has been invalidated")
+	_, err = sign(t, p, id, "", cert)
+	wantCode(t, "renewal after the ServiceAccount was deleted", err, codes.PermissionDenied, "no longer exists")
 }
