@@ -4,10 +4,8 @@ import (
 	"context"
 	"sync/atomic"
 	"testing"
-	"time"
 
 	authnv1 "k8s.io/api/authentication/v1"
-	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/attestor/k8s"
@@ -26,58 +24,39 @@ func (r *instantReviewer) Review(context.Context, string, []string) (authnv1.Tok
 	return r.status, nil
 }
 
-// BenchmarkJWKSAttest verifies one ES256 projected token per op.
-func BenchmarkJWKSAttest(b *testing.B) {
+// BenchmarkOfflineAttest verifies one ES256 pod-bound projected token per
+// op, side by side: offline only (jwks mode), and offline then the bound
+// ServiceAccount and pod found in synced informer caches (informer mode; a
+// fake clientset feeds client-go's own caches).
+func BenchmarkOfflineAttest(b *testing.B) {
 	clk := clocktest.New(epoch)
-	a, err := k8s.NewJWKS(k8s.JWKSConfig{Config: k8s.Config{TrustDomain: td, Clock: clk}, Issuer: "", Keys: staticKeys(b, clk)})
+	cfg := k8s.JWKSConfig{Config: k8s.Config{TrustDomain: td, Clock: clk}, Keys: staticKeys(b, clk)}
+	jw, err := k8s.NewJWKS(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	objects, _ := fakeCluster(b, liveSA(), livePod())
+	inf, err := k8s.NewInformer(k8s.InformerConfig{JWKSConfig: cfg, Informers: objects})
 	if err != nil {
 		b.Fatal(err)
 	}
 	cred := attestor.Credential{BearerToken: mint(b, epoch, saToken{})}
-	ctx := context.Background()
-	if _, err := a.Attest(ctx, cred); err != nil { // warm the key set
-		b.Fatal(err)
-	}
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := a.Attest(ctx, cred); err != nil {
-			b.Fatal(err)
-		}
-	}
-}
-
-// BenchmarkInformerAttest verifies one ES256 pod-bound token per op, as
-// BenchmarkJWKSAttest, then finds its ServiceAccount and pod in synced
-// informer caches (a fake clientset: the caches are client-go's own).
-func BenchmarkInformerAttest(b *testing.B) {
-	client := fake.NewClientset(liveSA(), livePod())
-	inf, err := k8s.NewInformers(k8s.InformersConfig{Client: client})
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { inf.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
-	for inf.Ready(ctx) != nil {
-		time.Sleep(time.Millisecond)
-	}
-	clk := clocktest.New(epoch)
-	a, err := k8s.NewInformer(k8s.InformerConfig{JWKSConfig: k8s.JWKSConfig{Config: k8s.Config{TrustDomain: td, Clock: clk}, Keys: staticKeys(b, clk)}, Informers: inf})
-	if err != nil {
-		b.Fatal(err)
-	}
-	// The same token as BenchmarkJWKSAttest; the first Attest loads the
-	// key set.
-	cred := attestor.Credential{BearerToken: mint(b, epoch, saToken{})}
-	if _, err := a.Attest(ctx, cred); err != nil {
-		b.Fatal(err)
-	}
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := a.Attest(ctx, cred); err != nil {
-			b.Fatal(err)
-		}
+	for _, m := range []struct {
+		name string
+		a    attestor.Attestor
+	}{{"jwks", jw}, {"informer", inf}} {
+		b.Run(m.name, func(b *testing.B) {
+			ctx := context.Background()
+			if _, err := m.a.Attest(ctx, cred); err != nil { // warm the key set
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := m.a.Attest(ctx, cred); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	josejson "github.com/go-jose/go-jose/v4/json"
 	"github.com/go-jose/go-jose/v4/jwt"
-	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/attestor/k8s"
@@ -27,17 +26,7 @@ import (
 // Everything else is refused as Unauthenticated (or PermissionDenied by the
 // lists), never Unavailable: the caches are synced.
 func FuzzInformerClaims(f *testing.F) {
-	inf, err := k8s.NewInformers(k8s.InformersConfig{Client: fake.NewClientset(liveSA(), livePod())})
-	if err != nil {
-		f.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { inf.Run(ctx); close(done) }()
-	f.Cleanup(func() { cancel(); <-done })
-	for inf.Ready(ctx) != nil {
-		time.Sleep(time.Millisecond)
-	}
+	inf, _ := fakeCluster(f, liveSA(), livePod())
 	clk := clocktest.New(epoch)
 	a, err := k8s.NewInformer(k8s.InformerConfig{JWKSConfig: k8s.JWKSConfig{Config: k8s.Config{TrustDomain: td, Clock: clk}, Keys: staticKeys(f, clk)}, Informers: inf})
 	if err != nil {

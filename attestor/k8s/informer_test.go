@@ -50,7 +50,7 @@ func terminating(m *metav1.ObjectMeta) {
 
 // fakeCluster runs Informers against a fake clientset holding objs and
 // waits until they have synced; the watches end with the test.
-func fakeCluster(t *testing.T, objs ...runtime.Object) (*k8s.Informers, *fake.Clientset) {
+func fakeCluster(t testing.TB, objs ...runtime.Object) (*k8s.Informers, *fake.Clientset) {
 	t.Helper()
 	client := fake.NewClientset(objs...)
 	inf, err := k8s.NewInformers(k8s.InformersConfig{Client: client})
@@ -67,7 +67,7 @@ func fakeCluster(t *testing.T, objs ...runtime.Object) (*k8s.Informers, *fake.Cl
 
 // eventually polls cond until it holds (the informers see API changes
 // asynchronously); it fails t after 10 s.
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
