@@ -95,13 +95,7 @@ func kubeAttestor(t *testing.T, env *kubeenv.Env, client kubernetes.Interface, w
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { a.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	if wait {
-		eventually(t, "informers synced", func() bool { return a.Ready(ctx) == nil })
-	}
+	run(t, a, wait)
 	return a, adm
 }
 
@@ -170,47 +164,36 @@ func refusedEventually(t *testing.T, what string, a *k8s.InformerAttestor, token
 	eventually(t, what, func() bool { return errors.Is(attestKube(a, token), attestor.ErrUnauthenticated) })
 }
 
-// TestInformerKubeDeletedServiceAccount: a token for a ServiceAccount
+// TestInformerKubeServiceAccountDeleted: a token for a ServiceAccount
 // deleted after the token was issued is refused, as is a renewal of its
-// identity.
-func TestInformerKubeDeletedServiceAccount(t *testing.T) {
+// identity. Created again under the same name, the ServiceAccount has a
+// new UID: its new tokens and renewals pass, the old tokens stay refused.
+func TestInformerKubeServiceAccountDeleted(t *testing.T) {
 	env := kubeenv.Get(t)
-	env.CreateServiceAccount(t, "inf-sa-deleted", "bar")
-	a, adm := kubeAttestor(t, env, env.Client, true)
-	token := env.Token(t, "inf-sa-deleted", "bar", []string{"meshca"}, time.Hour)
-	if err := attestKube(a, token); err != nil {
-		t.Fatalf("token of a live ServiceAccount: %v", err)
-	}
-	if err := env.Client.CoreV1().ServiceAccounts("inf-sa-deleted").Delete(context.Background(), "bar", metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	refusedEventually(t, "token of a deleted ServiceAccount refused", a, token)
-	if err := adm.Admit(context.Background(), sa("inf-sa-deleted", "bar")); !errors.Is(err, attestor.ErrPermissionDenied) {
-		t.Fatalf("renewal of a deleted ServiceAccount's identity = %v, want ErrPermissionDenied", err)
-	}
-}
-
-// TestInformerKubeRecreatedServiceAccount: a ServiceAccount deleted and
-// created again under the same name has a new UID; tokens issued to the
-// old one are refused, new ones accepted.
-func TestInformerKubeRecreatedServiceAccount(t *testing.T) {
-	env := kubeenv.Get(t)
-	const ns = "inf-sa-recreated"
+	ctx := context.Background()
+	const ns = "inf-sa-deleted"
 	env.CreateServiceAccount(t, ns, "bar")
-	a, _ := kubeAttestor(t, env, env.Client, true)
+	a, adm := kubeAttestor(t, env, env.Client, true)
 	old := env.Token(t, ns, "bar", []string{"meshca"}, time.Hour)
 	if err := attestKube(a, old); err != nil {
 		t.Fatalf("token of a live ServiceAccount: %v", err)
 	}
-	if err := env.Client.CoreV1().ServiceAccounts(ns).Delete(context.Background(), "bar", metav1.DeleteOptions{}); err != nil {
+	if err := env.Client.CoreV1().ServiceAccounts(ns).Delete(ctx, "bar", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	refusedEventually(t, "token refused after the deletion", a, old)
+	refusedEventually(t, "token of a deleted ServiceAccount refused", a, old)
+	if err := adm.Admit(ctx, sa(ns, "bar")); !errors.Is(err, attestor.ErrPermissionDenied) {
+		t.Fatalf("renewal of a deleted ServiceAccount's identity = %v, want ErrPermissionDenied", err)
+	}
+
 	env.CreateServiceAccount(t, ns, "bar")
 	fresh := env.Token(t, ns, "bar", []string{"meshca"}, time.Hour)
 	eventually(t, "new ServiceAccount's token accepted", func() bool { return attestKube(a, fresh) == nil })
 	if err := attestKube(a, old); !errors.Is(err, attestor.ErrUnauthenticated) {
 		t.Fatalf("token of the ServiceAccount's former UID = %v, want ErrUnauthenticated", err)
+	}
+	if err := adm.Admit(ctx, sa(ns, "bar")); err != nil {
+		t.Fatalf("renewal once the ServiceAccount exists again = %v", err)
 	}
 }
 

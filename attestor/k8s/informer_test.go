@@ -57,12 +57,24 @@ func fakeCluster(t testing.TB, objs ...runtime.Object) (*k8s.Informers, *fake.Cl
 	if err != nil {
 		t.Fatal(err)
 	}
+	run(t, inf, true)
+	return inf, client
+}
+
+// run runs r's watches until the test ends, and waits for them to sync
+// if wait says so.
+func run(t testing.TB, r interface {
+	Run(context.Context)
+	Ready(context.Context) error
+}, wait bool) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { inf.Run(ctx); close(done) }()
+	go func() { r.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
-	eventually(t, "informers synced", func() bool { return inf.Ready(ctx) == nil })
-	return inf, client
+	if wait {
+		eventually(t, "informers synced", func() bool { return r.Ready(ctx) == nil })
+	}
 }
 
 // eventually polls cond until it holds (the informers see API changes
@@ -221,10 +233,7 @@ func TestInformerUnsynced(t *testing.T) {
 		t.Fatalf("renewal admission before sync = %v, want ErrUnavailable", err)
 	}
 
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { a.Run(runCtx); close(done) }()
-	defer func() { cancel(); <-done }()
+	run(t, a, false)
 	eventually(t, "Ready", func() bool { return a.Ready(ctx) == nil })
 	if _, err := a.Attest(ctx, cred); err != nil {
 		t.Fatalf("Attest() after sync = %v", err)
