@@ -233,8 +233,7 @@ func TestInformerUnsynced(t *testing.T) {
 		t.Fatalf("renewal admission before sync = %v, want ErrUnavailable", err)
 	}
 
-	run(t, a, false)
-	eventually(t, "Ready", func() bool { return a.Ready(ctx) == nil })
+	run(t, a, true)
 	if _, err := a.Attest(ctx, cred); err != nil {
 		t.Fatalf("Attest() after sync = %v", err)
 	}

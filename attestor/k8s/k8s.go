@@ -75,7 +75,9 @@ type Metrics interface {
 	// slot (TokenReviewConfig.MaxInFlight).
 	Throttled()
 	// Refused counts a token refused, by reason ("malformed", "issuer",
-	// "audience", "expired", "unauthenticated", "denied", ...).
+	// "audience", "expired", "unauthenticated", "denied", and in the
+	// informer mode "serviceaccount-gone", "pod-gone", "pod-node",
+	// "unsupported-binding", ...).
 	Refused(reason string)
 	// ServiceAccountLookup observes one ServiceAccount lookup sent to the
 	// API server for a renewal: result is "found", "not-found" or "error".

@@ -18,13 +18,19 @@ func TestTokenAttestorsFromConfig(t *testing.T) {
 	dir := t.TempDir()
 	jwksFile := filepath.Join(dir, "jwks.json")
 	os.WriteFile(jwksFile, []byte(`{"keys":[]}`), 0o600)
+	// A kubeconfig for an API server that is not there: building the
+	// attestors does not call it.
+	kubeconfig := filepath.Join(dir, "kubeconfig")
+	os.WriteFile(kubeconfig, []byte("apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:1'}}]\n"+
+		"users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n"), 0o600)
 	oidcFile := filepath.Join(dir, "oidc.yaml")
 	os.WriteFile(oidcFile, []byte("issuers:\n- issuer: https://ci.example\n  jwks_file: "+jwksFile+"\n  audiences: [meshca]\n  spiffe_id: 'spiffe://{{td}}/ci/{{.sub}}'\n"), 0o600)
 	tests := []struct {
 		name    string
 		oidc    string
 		k8s     Kubernetes
-		want    int // attestors after mTLS and join tokens
+		want    int    // attestors after mTLS and join tokens
+		ready   string // an attestor is not ready yet, saying this
 		wantErr string
 	}{
 		{name: "off"},
@@ -32,6 +38,9 @@ func TestTokenAttestorsFromConfig(t *testing.T) {
 		{name: "jwks from a file", k8s: Kubernetes{Mode: K8sJWKS, JWKSFile: jwksFile}, want: 1},
 		{name: "jwks url and file", k8s: Kubernetes{Mode: K8sJWKS, JWKSFile: jwksFile, JWKSURL: "https://x"}, wantErr: "choose one"},
 		{name: "oidc and jwks", oidc: oidcFile, k8s: Kubernetes{Mode: K8sJWKS, JWKSFile: jwksFile}, want: 2},
+		{name: "informer", k8s: Kubernetes{Mode: K8sInformer, Kubeconfig: kubeconfig}, want: 1, ready: "informer caches not synced"},
+		{name: "informer with keys from a file", k8s: Kubernetes{Mode: K8sInformer, Kubeconfig: kubeconfig, JWKSFile: jwksFile}, want: 1, ready: "not synced"},
+		{name: "informer with a missing kubeconfig", k8s: Kubernetes{Mode: K8sInformer, Kubeconfig: filepath.Join(dir, "absent"), JWKSFile: jwksFile}, wantErr: "kubeconfig"},
 		{name: "tokenreview with a missing kubeconfig", k8s: Kubernetes{Mode: K8sTokenReview, Kubeconfig: filepath.Join(dir, "absent")}, wantErr: "kubeconfig"},
 		{name: "unknown mode", k8s: Kubernetes{Mode: "magic"}, wantErr: "must be off, informer, tokenreview or jwks"},
 		{name: "bad deny pattern", k8s: Kubernetes{Mode: K8sJWKS, JWKSFile: jwksFile, Deny: []string{"[x"}}, wantErr: "pattern"},
@@ -52,6 +61,20 @@ func TestTokenAttestorsFromConfig(t *testing.T) {
 			}
 			if err != nil || len(got) != tc.want {
 				t.Fatalf("got %d attestors, %v; want %d", len(got), err, tc.want)
+			}
+			var waitFor []background
+			for _, a := range got {
+				if b, ok := a.(background); ok {
+					waitFor = append(waitFor, b)
+				}
+			}
+			// Their background work is never started here: not ready.
+			if ready := readyAll(waitFor); tc.ready == "" && ready != nil {
+				t.Errorf("an attestor has background work")
+			} else if tc.ready != "" {
+				if err := ready(context.Background()); err == nil || !strings.Contains(err.Error(), tc.ready) {
+					t.Errorf("readiness before the attestors run = %v, want %q", err, tc.ready)
+				}
 			}
 			// Renewals pass the allow and deny lists in every mode: the
 			// default Deny refuses kube-system.

@@ -131,7 +131,7 @@ func NewK8s(reg prometheus.Registerer) *K8s {
 		}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshca_k8s_token_refusals_total",
-			Help: "ServiceAccount tokens refused, by reason (malformed, issuer, audience and expired are refused offline, before any TokenReview).",
+			Help: "ServiceAccount tokens refused, by reason (malformed, issuer, audience and expired are refused offline, before any TokenReview; serviceaccount-gone, pod-gone, pod-node and unsupported-binding by the informer mode's caches).",
 		}, []string{"reason"}),
 		lookups: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "meshca_k8s_serviceaccount_lookups_total",
