@@ -72,6 +72,9 @@ func TestTokenAttestorsFromConfig(t *testing.T) {
 			if ready := readyAll(waitFor); tc.ready == "" && ready != nil {
 				t.Errorf("an attestor has background work")
 			} else if tc.ready != "" {
+				if ready == nil {
+					t.Fatal("no attestor has background work")
+				}
 				if err := ready(context.Background()); err == nil || !strings.Contains(err.Error(), tc.ready) {
 					t.Errorf("readiness before the attestors run = %v, want %q", err, tc.ready)
 				}
