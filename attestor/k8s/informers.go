@@ -116,7 +116,11 @@ func (i *Informers) watchFailed(kind string, err error) {
 		i.log.Debug("Kubernetes watch closed; resuming", "resource", kind, "err", err)
 		return
 	}
-	i.log.Warn("Kubernetes list/watch failed; retrying (grant meshca list and watch on serviceaccounts and pods)", "resource", kind, "err", err)
+	if apierrors.IsForbidden(err) {
+		i.log.Warn("Kubernetes list/watch forbidden; retrying: grant meshca list and watch on serviceaccounts and pods in all namespaces", "resource", kind, "err", err)
+		return
+	}
+	i.log.Warn("Kubernetes list/watch failed; retrying", "resource", kind, "err", err)
 }
 
 // Run lists and watches until ctx ends, then stops the watches. Ready
