@@ -1,0 +1,154 @@
+package load
+
+import (
+	"context"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/tools/bench/internal/csrapi"
+)
+
+// PushbackTrailer is the gRPC trailer in which a server may say how many
+// milliseconds to wait before retrying (gRPC's retry pushback).
+const PushbackTrailer = "grpc-retry-pushback-ms"
+
+// Storm configures Rotation. Zero fields get the defaults noted.
+type Storm struct {
+	// Deadline is the time every workload has to renew. Default 60s.
+	Deadline time.Duration
+	// AttemptTimeout bounds one request (meshca's agent: 30s).
+	AttemptTimeout time.Duration
+	// BackoffMin is the first wait after a shed request, doubled after each
+	// further one up to BackoffMax, each ±20 % (meshca's agent: 1s, 5m).
+	BackoffMin, BackoffMax time.Duration
+}
+
+func (s *Storm) defaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&s.Deadline, 60*time.Second)
+	def(&s.AttemptTimeout, 30*time.Second)
+	def(&s.BackoffMin, time.Second)
+	def(&s.BackoffMax, 5*time.Minute)
+}
+
+// StormResult is what a rotation storm did.
+type StormResult struct {
+	// Renewed counts workloads that got a certificate before the deadline.
+	Renewed int
+	// Failed counts the others by the code of their last attempt; those
+	// still waiting to retry when the deadline passed count as
+	// "deadline".
+	Failed map[string]int
+	// Shed counts ResourceExhausted and Unavailable answers (retried).
+	Shed int
+	// Hinted counts the shed answers that carried a retry hint.
+	Hinted int
+	// Done is when the last workload finished (renewed or failed).
+	Done time.Duration
+	// PeakRSS is the server's peak resident memory, filled by the caller.
+	PeakRSS int64
+	// Latencies are those of the successful attempts (admitted requests).
+	Latencies []time.Duration
+}
+
+// Rotation has perConn workloads on each connection renew at once: workload
+// k of connection i sends csr(i, k). A request the server sheds
+// (ResourceExhausted, Unavailable) is retried after the server's hint if it
+// gave one (google.rpc.RetryInfo, or the PushbackTrailer), else after a
+// jittered exponential backoff; any other error fails the workload.
+func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i, k int) []byte, cfg Storm) StormResult {
+	cfg.defaults()
+	ctx, cancel := context.WithTimeout(ctx, cfg.Deadline)
+	defer cancel()
+	var (
+		mu  sync.Mutex
+		res = StormResult{Failed: map[string]int{}}
+		wg  sync.WaitGroup
+	)
+	begin := time.Now()
+	finish := func(lat time.Duration, fail string, shed, hinted int) {
+		mu.Lock()
+		defer mu.Unlock()
+		res.Shed += shed
+		res.Hinted += hinted
+		if fail == "" {
+			res.Renewed++
+			res.Latencies = append(res.Latencies, lat)
+		} else {
+			res.Failed[fail]++
+		}
+		res.Done = max(res.Done, time.Since(begin))
+	}
+	for i, c := range conns {
+		for k := range perConn {
+			wg.Go(func() { finish(renew(ctx, c, csr(i, k), cfg)) })
+		}
+	}
+	wg.Wait()
+	return res
+}
+
+// renew is one workload: it returns the latency of the attempt that
+// succeeded, or why it failed, and how often it was shed and hinted.
+func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm) (lat time.Duration, fail string, shed, hinted int) {
+	for attempt := 0; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, cfg.AttemptTimeout)
+		var trailer metadata.MD
+		start := time.Now()
+		_, err := c.Sign(actx, csr, "", grpc.Trailer(&trailer))
+		lat = time.Since(start)
+		cancel()
+		if err == nil {
+			return lat, "", shed, hinted
+		}
+		if ctx.Err() != nil {
+			return 0, "deadline", shed, hinted
+		}
+		st := status.Convert(err)
+		if st.Code() != codes.ResourceExhausted && st.Code() != codes.Unavailable {
+			return 0, st.Code().String(), shed, hinted
+		}
+		shed++
+		wait, ok := retryHint(st, trailer)
+		if ok {
+			hinted++
+		} else {
+			wait = cfg.BackoffMin << min(attempt, 20)
+		}
+		wait = min(wait, cfg.BackoffMax)
+		wait = time.Duration(float64(wait) * (0.8 + 0.4*rand.Float64())) // ±20 %
+		select {
+		case <-ctx.Done():
+			return 0, "deadline", shed, hinted
+		case <-time.After(wait):
+		}
+	}
+}
+
+// retryHint is the server's retry delay: a google.rpc.RetryInfo detail of
+// the status, else the pushback trailer.
+func retryHint(st *status.Status, trailer metadata.MD) (time.Duration, bool) {
+	for _, d := range st.Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay() != nil {
+			return ri.GetRetryDelay().AsDuration(), true
+		}
+	}
+	if v := trailer.Get(PushbackTrailer); len(v) == 1 {
+		if ms, err := strconv.Atoi(v[0]); err == nil && ms >= 0 {
+			return time.Duration(ms) * time.Millisecond, true
+		}
+	}
+	return 0, false
+}

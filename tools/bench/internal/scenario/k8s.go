@@ -1,0 +1,161 @@
+package scenario
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/meshca/meshca/tools/bench/internal/kube"
+	"github.com/meshca/meshca/tools/bench/internal/load"
+	"github.com/meshca/meshca/tools/bench/internal/meshca"
+	"github.com/meshca/meshca/tools/bench/internal/pki"
+	"github.com/meshca/meshca/tools/bench/internal/report"
+)
+
+// tokenNamespace holds the ServiceAccounts of the token scenarios.
+const tokenNamespace = "bench"
+
+// K8s measures Kubernetes ServiceAccount tokens in steady state: each
+// client presents its own token (TokenRequest API, audiences meshca and
+// istio-ca) on every CSR, against the floor with an offline JWKS check,
+// Istio's CA server (one TokenReview per CSR at istiod's client-go limits)
+// and meshca in each of Options.K8sModes.
+func (e *Env) K8s(ctx context.Context) (report.Table, error) {
+	k, csrs, names, err := e.tokenSetup(ctx)
+	if err != nil {
+		return report.Table{}, err
+	}
+	toks, err := k.Tokens(ctx, tokenNamespace, names, 1)
+	if err != nil {
+		return report.Table{}, err
+	}
+	targets, skipped, err := e.tokenTargets(ctx, k)
+	defer func() {
+		for _, t := range targets {
+			t.close()
+		}
+	}()
+	if err != nil {
+		return report.Table{}, err
+	}
+	req := func(i, n int) ([]byte, string) { return csrs[i][n%csrsPerClient].PEM, toks[i][0] }
+	all, err := e.rounds(ctx, "k8s", targets, k, func(*target) load.Request { return req })
+	if err != nil {
+		return report.Table{}, err
+	}
+	t := e.closedTable("Kubernetes ServiceAccount tokens (one token per client, reused)", all, true)
+	t.Notes = skipped
+	return t, nil
+}
+
+// tokenSetup starts the API server, creates the clients' ServiceAccounts
+// and their CSRs.
+func (e *Env) tokenSetup(ctx context.Context) (*kube.Env, [][]pki.CSR, []string, error) {
+	k, err := e.Kube()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	idList, names := ids(tokenNamespace, "client", e.Opts.Clients)
+	if err := k.CreateServiceAccounts(ctx, tokenNamespace, names); err != nil {
+		return nil, nil, nil, err
+	}
+	csrs, err := pki.CSRPool(idList, csrsPerClient)
+	return k, csrs, names, err
+}
+
+// tokenTargets starts the token servers — the offline-JWT floor first —
+// and connects the clients (no client certificate). Modes the meshca
+// binary does not offer are skipped, with the reason returned. On error the
+// targets started so far are returned, for the caller to close.
+func (e *Env) tokenTargets(ctx context.Context, k *kube.Env) (targets []*target, skipped []string, err error) {
+	for _, p := range []struct{ name, cred, kind string }{
+		{"floor + offline JWT", "K8s token, JWKS", "floor"},
+		{"Istio's CA server, istiod's limits (80 QPS)", "K8s token, TokenReview", "istio"},
+	} {
+		t, err := e.startPeer(p.name, p.cred, p.kind, k.Kubeconfig)
+		if err != nil {
+			return targets, nil, err
+		}
+		targets = append(targets, t)
+	}
+	for _, mode := range e.Opts.K8sModes {
+		if ok, why := meshca.SupportsMode(e.Meshca, mode); !ok {
+			skipped = append(skipped, fmt.Sprintf("`--k8s-attestation %s` skipped: %s", mode, why))
+			e.logf("skipping meshca --k8s-attestation %s: %s", mode, why)
+			continue
+		}
+		t, err := e.startMeshca("`meshca server --k8s-attestation "+mode+"`", "K8s token", mode, k.Kubeconfig, false)
+		if err != nil {
+			return targets, nil, err
+		}
+		targets = append(targets, t)
+	}
+	for _, t := range targets {
+		if err := t.dial(ctx, e.Opts.Clients, nil); err != nil {
+			return targets, nil, fmt.Errorf("%s: %w", t.name, err)
+		}
+	}
+	return targets, skipped, nil
+}
+
+// Storm measures a storm of new pods: every CSR carries a token never seen
+// before (minted just before, outside the measurement), the clients all at
+// once, Options.StormCSRs per server and round.
+func (e *Env) Storm(ctx context.Context) (report.Table, error) {
+	k, csrs, names, err := e.tokenSetup(ctx)
+	if err != nil {
+		return report.Table{}, err
+	}
+	targets, skipped, err := e.tokenTargets(ctx, k)
+	defer func() {
+		for _, t := range targets {
+			t.close()
+		}
+	}()
+	if err != nil {
+		return report.Table{}, err
+	}
+	n := e.Opts.Clients
+	perClient := (e.Opts.StormCSRs + n - 1) / n
+	all := make([]*series, len(targets))
+	for i, t := range targets {
+		all[i] = &series{name: t.name, cred: t.cred}
+	}
+	for r := range e.Opts.Rounds {
+		for i, t := range targets {
+			toks, err := k.Tokens(ctx, tokenNamespace, names, perClient)
+			if err != nil {
+				return report.Table{}, err
+			}
+			time.Sleep(time.Second) // let the API server finish with the token requests
+			req := func(i, n int) ([]byte, string) { return csrs[i][n%csrsPerClient].PEM, toks[i][n] }
+			m := &meter{server: t.proc, kube: k}
+			m.start()
+			m.s.res = load.Count(ctx, t.conns, req, perClient*n)
+			m.stop()
+			if m.err != nil {
+				return report.Table{}, fmt.Errorf("%s: %w", t.name, m.err)
+			}
+			all[i].samples = append(all[i].samples, m.s)
+			e.logf("storm round %d/%d %-44s p50 %s p99 %s, %s apiserver CPU per CSR, errors %s", r+1, e.Opts.Rounds, t.name,
+				report.Millis(load.Percentile(m.s.res.Latencies, 50)), report.Millis(load.Percentile(m.s.res.Latencies, 99)),
+				report.Micros(m.s.apiCPU/time.Duration(max(1, m.s.res.OK))), report.Codes(m.s.res.Errors))
+		}
+	}
+	floorP99 := load.Percentile(all[0].latencies(), 99)
+	t := report.Table{
+		Title: fmt.Sprintf("Fresh-token storm: %d CSRs per server and round, each with a token never seen, %d at once, %d rounds",
+			perClient*n, n, e.Opts.Rounds),
+		Header: []string{"server", "credential", "CSR/s median (range)", "p50", "p99", "p99 × floor", "server CPU per CSR",
+			"TokenReviews per CSR", "apiserver CPU per CSR", "errors"},
+		Notes: skipped,
+	}
+	for _, s := range all {
+		lat := s.latencies()
+		p99 := load.Percentile(lat, 99)
+		t.Rows = append(t.Rows, []string{s.name, s.cred, rateCell(s.rates()), report.Millis(load.Percentile(lat, 50)),
+			report.Millis(p99), report.Ratio(float64(p99) / float64(max(floorP99, 1))), report.Micros(s.cpuPerCSR()),
+			fmt.Sprintf("%.3f", s.apiPerCSR("tokenreviews")), report.Micros(s.apiCPUPerCSR()), report.Codes(s.errors())})
+	}
+	return t, nil
+}

@@ -1,0 +1,115 @@
+package scenario
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/meshca/meshca/tools/bench/internal/kube"
+	"github.com/meshca/meshca/tools/bench/internal/load"
+	"github.com/meshca/meshca/tools/bench/internal/pki"
+	"github.com/meshca/meshca/tools/bench/internal/report"
+)
+
+// csrsPerClient is how many different CSRs each client cycles through.
+const csrsPerClient = 8
+
+// MTLS measures renewal over mTLS: each client presents an SVID for its
+// own identity and asks for a new one for the same identity. The floor and
+// Istio's CA server get SVIDs under the benchmark's CA; meshca
+// (--k8s-attestation off) gets them from meshca itself, first issued with
+// join tokens, as a machine outside Kubernetes would.
+func (e *Env) MTLS(ctx context.Context) (report.Table, error) {
+	n := e.Opts.Clients
+	idList, _ := ids("bench", "client", n)
+	csrs, err := pki.CSRPool(idList, csrsPerClient)
+	if err != nil {
+		return report.Table{}, err
+	}
+	certs, err := e.clientCerts(idList)
+	if err != nil {
+		return report.Table{}, err
+	}
+	var targets []*target
+	defer func() {
+		for _, t := range targets {
+			t.close()
+		}
+	}()
+	for _, p := range []struct{ name, kind string }{{"floor", "floor"}, {"Istio's CA server", "istio"}} {
+		t, err := e.startPeer(p.name, "mTLS", p.kind, "")
+		if err != nil {
+			return report.Table{}, err
+		}
+		targets = append(targets, t)
+		if err := t.dial(ctx, n, certs); err != nil {
+			return report.Table{}, fmt.Errorf("%s: %w", t.name, err)
+		}
+	}
+	m, err := e.startMeshca("`meshca server`", "mTLS renewal", "off", "", true)
+	if err != nil {
+		return report.Table{}, err
+	}
+	targets = append(targets, m)
+	svids, err := m.meshca.SVIDs(ctx, idList)
+	if err != nil {
+		return report.Table{}, err
+	}
+	if err := m.dial(ctx, n, svids); err != nil {
+		return report.Table{}, fmt.Errorf("meshca: %w", err)
+	}
+	req := func(i, k int) ([]byte, string) { return csrs[i][k%csrsPerClient].PEM, "" }
+	all, err := e.rounds(ctx, "mtls", targets, nil, func(*target) load.Request { return req })
+	if err != nil {
+		return report.Table{}, err
+	}
+	return e.closedTable("mTLS renewal", all, false), nil
+}
+
+// rounds measures each target in turn, Rounds times, with the requests
+// reqFor gives it. The first target is the floor.
+func (e *Env) rounds(ctx context.Context, scenario string, targets []*target, k *kube.Env, reqFor func(*target) load.Request) ([]*series, error) {
+	all := make([]*series, len(targets))
+	for i, t := range targets {
+		all[i] = &series{name: t.name, cred: t.cred}
+	}
+	for r := range e.Opts.Rounds {
+		for i, t := range targets {
+			s, err := e.closedRound(ctx, t, k, reqFor(t))
+			if err != nil {
+				return nil, err
+			}
+			all[i].samples = append(all[i].samples, s)
+			e.logf("%s round %d/%d %-44s %7.0f CSR/s, %s CPU per CSR, p99 %s, errors %s",
+				scenario, r+1, e.Opts.Rounds, t.name+" ("+t.cred+")", s.res.Rate(),
+				report.Micros(s.cpu/time.Duration(max(1, s.res.OK))), report.Millis(load.Percentile(s.res.Latencies, 99)),
+				report.Codes(s.res.Errors))
+		}
+	}
+	return all, nil
+}
+
+// closedTable formats closed-loop series; the first is the floor. With
+// kube, the API server's columns are added.
+func (e *Env) closedTable(title string, all []*series, withKube bool) report.Table {
+	t := report.Table{
+		Title: fmt.Sprintf("%s: %d clients, %d rounds of %s (after %s warm-up)", title, e.Opts.Clients, e.Opts.Rounds, e.Opts.Duration, e.Opts.Warmup),
+		Header: []string{"server", "credential", "CSR/s median (range)", "× floor", "server CPU per CSR",
+			"p50", "p99", "errors", "peak RSS"},
+	}
+	if withKube {
+		t.Header = append(t.Header, "TokenReviews per CSR", "API requests per CSR", "apiserver CPU per CSR")
+	}
+	for _, s := range all {
+		lat := s.latencies()
+		row := []string{s.name, s.cred, rateCell(s.rates()), report.Ratio(s.ratio(all[0])), report.Micros(s.cpuPerCSR()),
+			report.Millis(load.Percentile(lat, 50)), report.Millis(load.Percentile(lat, 99)),
+			report.Codes(s.errors()), report.MiB(s.peakRSS())}
+		if withKube {
+			row = append(row, fmt.Sprintf("%.3f", s.apiPerCSR("tokenreviews")), fmt.Sprintf("%.3f", s.apiPerCSR("*")),
+				report.Micros(s.apiCPUPerCSR()))
+		}
+		t.Rows = append(t.Rows, row)
+	}
+	return t
+}
