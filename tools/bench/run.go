@@ -25,9 +25,10 @@ func run(args []string) error {
 	var o scenario.Options
 	scenarios := fs.String("scenarios", "mtls,k8s,storm,rotation", "scenarios to run, in order: mtls, k8s, storm, rotation")
 	fs.IntVar(&o.Clients, "clients", 32, "clients, each with its own persistent connection")
-	fs.IntVar(&o.Rounds, "rounds", 3, "rounds per server in mtls, k8s and storm, interleaved across servers")
-	fs.DurationVar(&o.Warmup, "warmup", time.Second, "uncounted load before each measured round")
-	fs.DurationVar(&o.Duration, "duration", 5*time.Second, "measured time per server and round (mtls, k8s)")
+	fs.IntVar(&o.Rounds, "rounds", 5, "mtls, k8s: rounds per server, interleaved across servers")
+	fs.DurationVar(&o.Warmup, "warmup", time.Second, "mtls, k8s: uncounted load before each measured round")
+	fs.DurationVar(&o.Duration, "duration", 3*time.Second, "mtls, k8s: measured time per server and round")
+	fs.IntVar(&o.StormRounds, "storm-rounds", 3, "storm: rounds per server, interleaved across servers")
 	fs.IntVar(&o.StormCSRs, "storm-csrs", 640, "storm: CSRs per server and round, each with a token never seen")
 	fs.IntVar(&o.RotationWorkloads, "rotation-workloads", 50000, "rotation: workloads due at once")
 	fs.IntVar(&o.RotationConns, "rotation-conns", 500, "rotation: connections the workloads share")

@@ -26,8 +26,9 @@ type Storm struct {
 	Deadline time.Duration
 	// AttemptTimeout bounds one request (meshca's agent: 30s).
 	AttemptTimeout time.Duration
-	// BackoffMin is the first wait after a shed request, doubled after each
-	// further one up to BackoffMax, each ±20 % (meshca's agent: 1s, 5m).
+	// BackoffMin is the first wait after a shed request without a retry
+	// hint, doubled after each further one up to BackoffMax, each ±20 %;
+	// also the shortest wait after a hint (meshca's agent: 1s, 5m).
 	BackoffMin, BackoffMax time.Duration
 }
 
@@ -67,7 +68,8 @@ type StormResult struct {
 // k of connection i sends csr(i, k). A request the server sheds
 // (ResourceExhausted, Unavailable) is retried after the server's hint if it
 // gave one (google.rpc.RetryInfo, or the PushbackTrailer), else after a
-// jittered exponential backoff; any other error fails the workload.
+// jittered exponential backoff, both as meshca's agent waits; any other
+// error fails the workload.
 func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i, k int) []byte, cfg Storm) StormResult {
 	cfg.defaults()
 	ctx, cancel := context.WithTimeout(ctx, cfg.Deadline)
@@ -121,20 +123,32 @@ func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm) (lat time
 			return 0, st.Code().String(), shed, hinted
 		}
 		shed++
-		wait, ok := retryHint(st, trailer)
-		if ok {
+		wait := backoff(attempt, cfg.BackoffMin, cfg.BackoffMax, rand.Float64())
+		if hint, ok := retryHint(st, trailer); ok {
 			hinted++
-		} else {
-			wait = cfg.BackoffMin << min(attempt, 20)
+			wait = hintWait(hint, cfg.BackoffMin, rand.Float64())
 		}
-		wait = min(wait, cfg.BackoffMax)
-		wait = time.Duration(float64(wait) * (0.8 + 0.4*rand.Float64())) // ±20 %
 		select {
 		case <-ctx.Done():
 			return 0, "deadline", shed, hinted
 		case <-time.After(wait):
 		}
 	}
+}
+
+// backoff is the wait after attempt failed without a hint: min doubled per
+// attempt up to max, ±20 % (r uniform in [0, 1)), as meshca's agent waits.
+func backoff(attempt int, lo, hi time.Duration, r float64) time.Duration {
+	d := min(lo<<min(attempt, 30), hi)
+	return time.Duration(float64(d) * (0.8 + 0.4*r))
+}
+
+// hintWait is the wait after a hint: the hint plus up to half of it, at
+// most a second, of jitter, and never less than lo — what meshca's agent
+// does, so that a server staggering the callers it sheds gets them back
+// when it asked.
+func hintWait(hint, lo time.Duration, r float64) time.Duration {
+	return max(hint+time.Duration(float64(min(hint/2, time.Second))*r), lo)
 }
 
 // retryHint is the server's retry delay: a google.rpc.RetryInfo detail of

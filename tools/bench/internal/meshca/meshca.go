@@ -50,7 +50,7 @@ func SupportsMode(bin, mode string) (bool, string) {
 			if strings.Contains(line, mode) {
 				return true, ""
 			}
-			return false, fmt.Sprintf("this meshca's --k8s-attestation does not offer %q (%s)", mode, strings.TrimSpace(line))
+			return false, fmt.Sprintf("the --k8s-attestation of this meshca binary does not offer %q", mode)
 		}
 	}
 	return false, "this meshca has no --k8s-attestation flag"

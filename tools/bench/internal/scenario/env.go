@@ -35,8 +35,9 @@ type Options struct {
 	Rounds int
 	// Warmup runs before each measured Duration, uncounted.
 	Warmup, Duration time.Duration
-	// StormCSRs is the number of fresh-token CSRs per server and round.
-	StormCSRs int
+	// StormRounds and StormCSRs are the storm's rounds and its fresh-token
+	// CSRs per server and round.
+	StormRounds, StormCSRs int
 	// Rotation storm: workloads, connections and the deadline.
 	RotationWorkloads, RotationConns int
 	RotationDeadline                 time.Duration

@@ -121,7 +121,7 @@ func (e *Env) Storm(ctx context.Context) (report.Table, error) {
 	for i, t := range targets {
 		all[i] = &series{name: t.name, cred: t.cred}
 	}
-	for r := range e.Opts.Rounds {
+	for r := range e.Opts.StormRounds {
 		for i, t := range targets {
 			toks, err := k.Tokens(ctx, tokenNamespace, names, perClient)
 			if err != nil {
@@ -137,7 +137,7 @@ func (e *Env) Storm(ctx context.Context) (report.Table, error) {
 				return report.Table{}, fmt.Errorf("%s: %w", t.name, m.err)
 			}
 			all[i].samples = append(all[i].samples, m.s)
-			e.logf("storm round %d/%d %-44s p50 %s p99 %s, %s apiserver CPU per CSR, errors %s", r+1, e.Opts.Rounds, t.name,
+			e.logf("storm round %d/%d %-44s p50 %s p99 %s, %s apiserver CPU per CSR, errors %s", r+1, e.Opts.StormRounds, t.name,
 				report.Millis(load.Percentile(m.s.res.Latencies, 50)), report.Millis(load.Percentile(m.s.res.Latencies, 99)),
 				report.Micros(m.s.apiCPU/time.Duration(max(1, m.s.res.OK))), report.Codes(m.s.res.Errors))
 		}
@@ -145,7 +145,7 @@ func (e *Env) Storm(ctx context.Context) (report.Table, error) {
 	floorP99 := load.Percentile(all[0].latencies(), 99)
 	t := report.Table{
 		Title: fmt.Sprintf("Fresh-token storm: %d CSRs per server and round, each with a token never seen, %d at once, %d rounds",
-			perClient*n, n, e.Opts.Rounds),
+			perClient*n, n, e.Opts.StormRounds),
 		Header: []string{"server", "credential", "CSR/s median (range)", "p50", "p99", "p99 × floor", "server CPU per CSR",
 			"TokenReviews per CSR", "apiserver CPU per CSR", "errors"},
 		Notes: skipped,

@@ -93,8 +93,8 @@ func (e *Env) rounds(ctx context.Context, scenario string, targets []*target, k 
 // kube, the API server's columns are added.
 func (e *Env) closedTable(title string, all []*series, withKube bool) report.Table {
 	t := report.Table{
-		Title: fmt.Sprintf("%s: %d clients, %d rounds of %s (after %s warm-up)", title, e.Opts.Clients, e.Opts.Rounds, e.Opts.Duration, e.Opts.Warmup),
-		Header: []string{"server", "credential", "CSR/s median (range)", "× floor", "server CPU per CSR",
+		Title: fmt.Sprintf("%s: %d clients, %d × %s per server (after %s warm-up)", title, e.Opts.Clients, e.Opts.Rounds, e.Opts.Duration, e.Opts.Warmup),
+		Header: []string{"server", "credential", "CSR/s median (range)", "× floor", "server CPU per CSR", "× floor",
 			"p50", "p99", "errors", "peak RSS"},
 	}
 	if withKube {
@@ -103,6 +103,7 @@ func (e *Env) closedTable(title string, all []*series, withKube bool) report.Tab
 	for _, s := range all {
 		lat := s.latencies()
 		row := []string{s.name, s.cred, rateCell(s.rates()), report.Ratio(s.ratio(all[0])), report.Micros(s.cpuPerCSR()),
+			report.Ratio(float64(s.cpuPerCSR()) / float64(max(all[0].cpuPerCSR(), 1))),
 			report.Millis(load.Percentile(lat, 50)), report.Millis(load.Percentile(lat, 99)),
 			report.Codes(s.errors()), report.MiB(s.peakRSS())}
 		if withKube {

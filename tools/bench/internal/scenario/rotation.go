@@ -93,9 +93,10 @@ func (e *Env) rotationTable(names []string, rs []load.StormResult, cpu []time.Du
 			report.Int(int64(total)), e.Opts.RotationConns, e.Opts.RotationDeadline),
 		Header: []string{"server", "credential", "renewed", "failed", "shed (with a retry hint)", "all done in", "× floor",
 			"peak RSS", "× floor", "p99 of admitted", "server CPU per renewal"},
-		Notes: []string{"Shed answers (ResourceExhausted, Unavailable) are retried after the server's hint " +
-			"(google.rpc.RetryInfo or the grpc-retry-pushback-ms trailer), else after 1 s doubling, ±20 % jitter, as meshca's agent; " +
-			"any other error fails the workload; \"deadline\" counts workloads still waiting to retry when the deadline passed."},
+		Notes: []string{"Shed answers (ResourceExhausted, Unavailable) are retried as meshca's agent retries: after the server's hint " +
+			"(google.rpc.RetryInfo or the grpc-retry-pushback-ms trailer) plus up to half of it, at most 1 s, of jitter, at least 1 s; " +
+			"without a hint after 1 s doubling, ±20 %. Any other error fails the workload; \"deadline\" counts workloads " +
+			"still waiting to retry when the deadline passed. \"p99 of admitted\" is the latency of the attempts that got a certificate."},
 	}
 	for i, r := range rs {
 		cred := "mTLS"
