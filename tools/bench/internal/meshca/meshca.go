@@ -95,20 +95,20 @@ func Start(cfg Config) (*Server, error) {
 	if s.Proc, err = proc.Start("meshca "+cfg.Mode, filepath.Join(cfg.Dir, "meshca.log"), nil, cfg.Bin, args...); err != nil {
 		return nil, err
 	}
+	// Ready: /readyz says so and the trust bundle is written (meshca
+	// writes it just after its listeners start).
 	hc := http.Client{Timeout: time.Second}
+	bundle := filepath.Join(s.dataDir, "bundle.pem")
+	var b []byte
 	if err := s.Proc.WaitReady(readyTimeout, func() bool {
 		resp, err := hc.Get("http://" + s.Monitor + "/readyz")
 		if err != nil {
 			return false
 		}
 		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
+		b, err = os.ReadFile(bundle)
+		return resp.StatusCode == http.StatusOK && err == nil && len(b) > 0
 	}); err != nil {
-		s.Proc.Stop()
-		return nil, err
-	}
-	b, err := os.ReadFile(filepath.Join(s.dataDir, "bundle.pem"))
-	if err != nil {
 		s.Proc.Stop()
 		return nil, err
 	}
