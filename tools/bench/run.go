@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -84,7 +85,8 @@ func run(args []string) error {
 		"mtls": env.MTLS, "k8s": env.K8s, "storm": env.Storm, "rotation": env.Rotation,
 	}
 	var tables []report.Table
-	for _, name := range strings.Split(*scenarios, ",") {
+	names := strings.Split(*scenarios, ",")
+	for i, name := range names {
 		f, ok := runs[name]
 		if !ok {
 			return fmt.Errorf("unknown scenario %q", name)
@@ -95,6 +97,9 @@ func run(args []string) error {
 		}
 		t.Markdown(os.Stdout)
 		tables = append(tables, t)
+		if !slices.ContainsFunc(names[i+1:], func(n string) bool { return n == "k8s" || n == "storm" }) {
+			env.StopKube() // not needed any more: no idle apiserver beside what follows
+		}
 	}
 	if *jsonOut != "" {
 		return report.WriteJSON(*jsonOut, header, tables)

@@ -81,10 +81,14 @@ func NewEnv(opts Options, work, self, meshcaBin string, log io.Writer) (*Env, er
 	return &Env{Opts: opts, Work: work, Self: self, Meshca: meshcaBin, Log: log, ca: ca, caDir: dir}, nil
 }
 
-// Close stops the API server if one was started.
-func (e *Env) Close() {
+// Close stops what the scenarios left running (the API server).
+func (e *Env) Close() { e.StopKube() }
+
+// StopKube stops the API server if it runs; Kube starts a new one.
+func (e *Env) StopKube() {
 	if e.kube != nil {
 		e.kube.Stop()
+		e.kube = nil
 	}
 }
 
@@ -131,6 +135,13 @@ func (t *target) close() {
 	}
 	t.conns = nil
 	t.proc.Stop()
+}
+
+// closeAll closes every target.
+func closeAll(targets []*target) {
+	for _, t := range targets {
+		t.close()
+	}
 }
 
 // startPeer starts this binary as `serve kind` (floor or istio) on a free

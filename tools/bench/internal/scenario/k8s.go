@@ -21,100 +21,97 @@ const tokenNamespace = "bench"
 // Istio's CA server (one TokenReview per CSR at istiod's client-go limits)
 // and meshca in each of Options.K8sModes.
 func (e *Env) K8s(ctx context.Context) (report.Table, error) {
-	k, csrs, names, err := e.tokenSetup(ctx)
+	b, err := e.tokenSetup(ctx)
 	if err != nil {
 		return report.Table{}, err
 	}
-	toks, err := k.Tokens(ctx, tokenNamespace, names, 1)
+	defer closeAll(b.targets)
+	toks, err := b.k.Tokens(ctx, tokenNamespace, b.names, 1)
 	if err != nil {
 		return report.Table{}, err
 	}
-	targets, skipped, err := e.tokenTargets(ctx, k)
-	defer func() {
-		for _, t := range targets {
-			t.close()
-		}
-	}()
-	if err != nil {
-		return report.Table{}, err
-	}
-	req := func(i, n int) ([]byte, string) { return csrs[i][n%csrsPerClient].PEM, toks[i][0] }
-	all, err := e.rounds(ctx, "k8s", targets, k, func(*target) load.Request { return req })
+	req := func(i, n int) ([]byte, string) { return b.csrs[i][n%csrsPerClient].PEM, toks[i][0] }
+	all, err := e.rounds(ctx, "k8s", b.targets, b.k, func(*target) load.Request { return req })
 	if err != nil {
 		return report.Table{}, err
 	}
 	t := e.closedTable("Kubernetes ServiceAccount tokens (one token per client, reused)", all, true)
-	t.Notes = skipped
+	t.Notes = b.skipped
 	return t, nil
 }
 
-// tokenSetup starts the API server, creates the clients' ServiceAccounts
-// and their CSRs.
-func (e *Env) tokenSetup(ctx context.Context) (*kube.Env, [][]pki.CSR, []string, error) {
-	k, err := e.Kube()
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	idList, names := ids(tokenNamespace, "client", e.Opts.Clients)
-	if err := k.CreateServiceAccounts(ctx, tokenNamespace, names); err != nil {
-		return nil, nil, nil, err
-	}
-	csrs, err := pki.CSRPool(idList, csrsPerClient)
-	return k, csrs, names, err
+// tokenBench is what both token scenarios use: the API server, the
+// clients' ServiceAccounts and CSRs, and the servers under test (the
+// offline-JWT floor first) with the clients connected.
+type tokenBench struct {
+	k       *kube.Env
+	csrs    [][]pki.CSR
+	names   []string
+	targets []*target
+	// skipped says which meshca modes were left out, and why.
+	skipped []string
 }
 
-// tokenTargets starts the token servers — the offline-JWT floor first —
-// and connects the clients (no client certificate). Modes the meshca
-// binary does not offer are skipped, with the reason returned. On error the
-// targets started so far are returned, for the caller to close.
-func (e *Env) tokenTargets(ctx context.Context, k *kube.Env) (targets []*target, skipped []string, err error) {
+// tokenSetup prepares a tokenBench. Modes the meshca binary does not offer
+// are skipped. On error nothing is left running but the API server.
+func (e *Env) tokenSetup(ctx context.Context) (_ *tokenBench, err error) {
+	b := &tokenBench{}
+	if b.k, err = e.Kube(); err != nil {
+		return nil, err
+	}
+	idList, names := ids(tokenNamespace, "client", e.Opts.Clients)
+	if err := b.k.CreateServiceAccounts(ctx, tokenNamespace, names); err != nil {
+		return nil, err
+	}
+	b.names = names
+	if b.csrs, err = pki.CSRPool(idList, csrsPerClient); err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			closeAll(b.targets)
+		}
+	}()
 	for _, p := range []struct{ name, cred, kind string }{
 		{"floor + offline JWT", "K8s token, JWKS", "floor"},
 		{"Istio's CA server, istiod's limits (80 QPS)", "K8s token, TokenReview", "istio"},
 	} {
-		t, err := e.startPeer(p.name, p.cred, p.kind, k.Kubeconfig)
+		t, err := e.startPeer(p.name, p.cred, p.kind, b.k.Kubeconfig)
 		if err != nil {
-			return targets, nil, err
+			return nil, err
 		}
-		targets = append(targets, t)
+		b.targets = append(b.targets, t)
 	}
 	for _, mode := range e.Opts.K8sModes {
 		if ok, why := meshca.SupportsMode(e.Meshca, mode); !ok {
-			skipped = append(skipped, fmt.Sprintf("`--k8s-attestation %s` skipped: %s", mode, why))
+			b.skipped = append(b.skipped, fmt.Sprintf("`--k8s-attestation %s` skipped: %s", mode, why))
 			e.logf("skipping meshca --k8s-attestation %s: %s", mode, why)
 			continue
 		}
-		t, err := e.startMeshca("`meshca server --k8s-attestation "+mode+"`", "K8s token", mode, k.Kubeconfig, false)
+		t, err := e.startMeshca("`meshca server --k8s-attestation "+mode+"`", "K8s token", mode, b.k.Kubeconfig, false)
 		if err != nil {
-			return targets, nil, err
+			return nil, err
 		}
-		targets = append(targets, t)
+		b.targets = append(b.targets, t)
 	}
-	for _, t := range targets {
+	for _, t := range b.targets {
 		if err := t.dial(ctx, e.Opts.Clients, nil); err != nil {
-			return targets, nil, fmt.Errorf("%s: %w", t.name, err)
+			return nil, fmt.Errorf("%s: %w", t.name, err)
 		}
 	}
-	return targets, skipped, nil
+	return b, nil
 }
 
 // Storm measures a storm of new pods: every CSR carries a token never seen
 // before (minted just before, outside the measurement), the clients all at
 // once, Options.StormCSRs per server and round.
 func (e *Env) Storm(ctx context.Context) (report.Table, error) {
-	k, csrs, names, err := e.tokenSetup(ctx)
+	b, err := e.tokenSetup(ctx)
 	if err != nil {
 		return report.Table{}, err
 	}
-	targets, skipped, err := e.tokenTargets(ctx, k)
-	defer func() {
-		for _, t := range targets {
-			t.close()
-		}
-	}()
-	if err != nil {
-		return report.Table{}, err
-	}
+	defer closeAll(b.targets)
+	k, targets := b.k, b.targets
 	n := e.Opts.Clients
 	perClient := (e.Opts.StormCSRs + n - 1) / n
 	all := make([]*series, len(targets))
@@ -123,12 +120,12 @@ func (e *Env) Storm(ctx context.Context) (report.Table, error) {
 	}
 	for r := range e.Opts.StormRounds {
 		for i, t := range targets {
-			toks, err := k.Tokens(ctx, tokenNamespace, names, perClient)
+			toks, err := k.Tokens(ctx, tokenNamespace, b.names, perClient)
 			if err != nil {
 				return report.Table{}, err
 			}
 			time.Sleep(time.Second) // let the API server finish with the token requests
-			req := func(i, n int) ([]byte, string) { return csrs[i][n%csrsPerClient].PEM, toks[i][n] }
+			req := func(i, n int) ([]byte, string) { return b.csrs[i][n%csrsPerClient].PEM, toks[i][n] }
 			m := &meter{server: t.proc, kube: k}
 			m.start()
 			m.s.res = load.Count(ctx, t.conns, req, perClient*n)
@@ -148,7 +145,7 @@ func (e *Env) Storm(ctx context.Context) (report.Table, error) {
 			perClient*n, n, e.Opts.StormRounds),
 		Header: []string{"server", "credential", "CSR/s median (range)", "p50", "p99", "p99 × floor", "server CPU per CSR",
 			"TokenReviews per CSR", "apiserver CPU per CSR", "errors"},
-		Notes: skipped,
+		Notes: b.skipped,
 	}
 	for _, s := range all {
 		lat := s.latencies()

@@ -31,11 +31,7 @@ func (e *Env) MTLS(ctx context.Context) (report.Table, error) {
 		return report.Table{}, err
 	}
 	var targets []*target
-	defer func() {
-		for _, t := range targets {
-			t.close()
-		}
-	}()
+	defer func() { closeAll(targets) }()
 	for _, p := range []struct{ name, kind string }{{"floor", "floor"}, {"Istio's CA server", "istio"}} {
 		t, err := e.startPeer(p.name, "mTLS", p.kind, "")
 		if err != nil {
