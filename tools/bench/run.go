@@ -120,9 +120,9 @@ func runHeader(repo string, args []string) []string {
 		}
 	}
 	commit := "unknown"
-	if out, err := exec.Command("git", "-C", repo, "rev-parse", "--short", "HEAD").Output(); err == nil {
+	if out, err := exec.Command("git", "-C", repo, "rev-parse", "--short", "HEAD").Output(); err == nil { //nolint:gosec // G204: -repo is the user's
 		commit = strings.TrimSpace(string(out))
-		if st, _ := exec.Command("git", "-C", repo, "status", "--porcelain", "--untracked-files=no").Output(); len(st) > 0 {
+		if st, _ := exec.Command("git", "-C", repo, "status", "--porcelain", "--untracked-files=no").Output(); len(st) > 0 { //nolint:gosec // G204: as above
 			commit += " (with uncommitted changes)"
 		}
 	}

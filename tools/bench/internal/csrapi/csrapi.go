@@ -46,7 +46,7 @@ func Dial(ctx context.Context, addr string, roots *x509.CertPool, serverName str
 	cc.Connect()
 	for s := cc.GetState(); s != connectivity.Ready; s = cc.GetState() {
 		if !cc.WaitForStateChange(ctx, s) {
-			cc.Close()
+			_ = cc.Close()
 			return nil, fmt.Errorf("csrapi: connect %s: %w (last state %s)", addr, ctx.Err(), s)
 		}
 	}

@@ -34,12 +34,16 @@ func ParseJWKS(b []byte) (KeySet, error) {
 	for _, k := range set.Keys {
 		switch {
 		case k.Kty == "EC" && k.Crv == "P-256":
-			x, err1 := b64int(k.X)
-			y, err2 := b64int(k.Y)
-			if err := errors.Join(err1, err2); err != nil {
-				return nil, err
+			x, err1 := base64.RawURLEncoding.DecodeString(k.X)
+			y, err2 := base64.RawURLEncoding.DecodeString(k.Y)
+			if err := errors.Join(err1, err2); err != nil || len(x) != 32 || len(y) != 32 {
+				return nil, fmt.Errorf("floor: JWKS: bad EC key %q", k.Kid)
 			}
-			keys[k.Kid] = &ecdsa.PublicKey{Curve: elliptic.P256(), X: x, Y: y}
+			pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), append(append([]byte{4}, x...), y...))
+			if err != nil {
+				return nil, fmt.Errorf("floor: JWKS: %w", err)
+			}
+			keys[k.Kid] = pub
 		case k.Kty == "RSA":
 			n, err1 := b64int(k.N)
 			e, err2 := b64int(k.E)

@@ -37,9 +37,12 @@ func es256(t *testing.T, key *ecdsa.PrivateKey, kid string, claims map[string]an
 func TestVerifier(t *testing.T) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	pt, err := key.PublicKey.Bytes() // 0x04 || x || y
+	if err != nil {
+		t.Fatal(err)
+	}
 	jwks := fmt.Sprintf(`{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":%q,"y":%q}]}`,
-		base64.RawURLEncoding.EncodeToString(key.X.FillBytes(make([]byte, 32))),
-		base64.RawURLEncoding.EncodeToString(key.Y.FillBytes(make([]byte, 32))))
+		base64.RawURLEncoding.EncodeToString(pt[1:33]), base64.RawURLEncoding.EncodeToString(pt[33:]))
 	keys, err := ParseJWKS([]byte(jwks))
 	if err != nil {
 		t.Fatal(err)

@@ -123,10 +123,10 @@ func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm) (lat time
 			return 0, st.Code().String(), shed, hinted
 		}
 		shed++
-		wait := backoff(attempt, cfg.BackoffMin, cfg.BackoffMax, rand.Float64())
+		wait := backoff(attempt, cfg.BackoffMin, cfg.BackoffMax, rand.Float64()) //nolint:gosec // G404: jitter, not a secret
 		if hint, ok := retryHint(st, trailer); ok {
 			hinted++
-			wait = hintWait(hint, cfg.BackoffMin, rand.Float64())
+			wait = hintWait(hint, cfg.BackoffMin, rand.Float64()) //nolint:gosec // G404: jitter
 		}
 		select {
 		case <-ctx.Done():

@@ -54,7 +54,7 @@ func WriteJSON(path string, header []string, tables []Table) error {
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, append(b, '\n'), 0o644)
+	return os.WriteFile(path, append(b, '\n'), 0o600)
 }
 
 // Int formats n with thousands separators.

@@ -131,7 +131,7 @@ type target struct {
 // close closes the connections and stops the server.
 func (t *target) close() {
 	for _, c := range t.conns {
-		c.Close()
+		_ = c.Close()
 	}
 	t.conns = nil
 	t.proc.Stop()
@@ -214,7 +214,7 @@ func (t *target) dial(ctx context.Context, n int, certs []tls.Certificate) error
 	if first != nil {
 		for _, c := range t.conns {
 			if c != nil {
-				c.Close()
+				_ = c.Close()
 			}
 		}
 		t.conns = nil

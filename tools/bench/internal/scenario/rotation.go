@@ -98,12 +98,9 @@ func (e *Env) rotationTable(names []string, rs []load.StormResult, cpu []time.Du
 			"without a hint after 1 s doubling, ±20 %. Any other error fails the workload; \"deadline\" counts workloads " +
 			"still waiting to retry when the deadline passed. \"p99 of admitted\" is the latency of the attempts that got a certificate."},
 	}
+	creds := []string{"mTLS", "mTLS", "mTLS renewal"}
 	for i, r := range rs {
-		cred := "mTLS"
-		if i == 2 {
-			cred = "mTLS renewal"
-		}
-		t.Rows = append(t.Rows, []string{names[i], cred, report.Int(int64(r.Renewed)), report.Codes(r.Failed),
+		t.Rows = append(t.Rows, []string{names[i], creds[i], report.Int(int64(r.Renewed)), report.Codes(r.Failed),
 			fmt.Sprintf("%s (%s)", report.Int(int64(r.Shed)), report.Int(int64(r.Hinted))),
 			report.Seconds(r.Done), report.Ratio(r.Done.Seconds() / max(rs[0].Done.Seconds(), 1e-9)),
 			report.MiB(r.PeakRSS), report.Ratio(float64(r.PeakRSS) / float64(max(rs[0].PeakRSS, 1))),
