@@ -54,8 +54,8 @@ type StormResult struct {
 	Failed map[string]int
 	// Shed counts ResourceExhausted and Unavailable answers (retried).
 	Shed int
-	// Hinted counts the shed answers that carried a retry hint.
-	Hinted int
+	// Hints are the retry delays the server asked for.
+	Hints []time.Duration
 	// Done is when the last workload finished (renewed or failed).
 	Done time.Duration
 	// PeakRSS is the server's peak resident memory, filled by the caller.
@@ -80,11 +80,11 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 		wg  sync.WaitGroup
 	)
 	begin := time.Now()
-	finish := func(lat time.Duration, fail string, shed, hinted int) {
+	finish := func(lat time.Duration, fail string, shed int, hints []time.Duration) {
 		mu.Lock()
 		defer mu.Unlock()
 		res.Shed += shed
-		res.Hinted += hinted
+		res.Hints = append(res.Hints, hints...)
 		if fail == "" {
 			res.Renewed++
 			res.Latencies = append(res.Latencies, lat)
@@ -103,8 +103,9 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 }
 
 // renew is one workload: it returns the latency of the attempt that
-// succeeded, or why it failed, and how often it was shed and hinted.
-func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm) (lat time.Duration, fail string, shed, hinted int) {
+// succeeded, or why it failed, how often it was shed and the retry hints
+// it was given.
+func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm) (lat time.Duration, fail string, shed int, hints []time.Duration) {
 	for attempt := 0; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, cfg.AttemptTimeout)
 		var trailer metadata.MD
@@ -113,24 +114,24 @@ func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm) (lat time
 		lat = time.Since(start)
 		cancel()
 		if err == nil {
-			return lat, "", shed, hinted
+			return lat, "", shed, hints
 		}
 		if ctx.Err() != nil {
-			return 0, "deadline", shed, hinted
+			return 0, "deadline", shed, hints
 		}
 		st := status.Convert(err)
 		if st.Code() != codes.ResourceExhausted && st.Code() != codes.Unavailable {
-			return 0, st.Code().String(), shed, hinted
+			return 0, st.Code().String(), shed, hints
 		}
 		shed++
 		wait := backoff(attempt, cfg.BackoffMin, cfg.BackoffMax, rand.Float64()) //nolint:gosec // G404: jitter, not a secret
 		if hint, ok := retryHint(st, trailer); ok {
-			hinted++
+			hints = append(hints, hint)
 			wait = hintWait(hint, cfg.BackoffMin, rand.Float64()) //nolint:gosec // G404: jitter
 		}
 		select {
 		case <-ctx.Done():
-			return 0, "deadline", shed, hinted
+			return 0, "deadline", shed, hints
 		case <-time.After(wait):
 		}
 	}

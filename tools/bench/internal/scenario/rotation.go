@@ -91,7 +91,7 @@ func (e *Env) rotationTable(names []string, rs []load.StormResult, cpu []time.Du
 	t := report.Table{
 		Title: fmt.Sprintf("Rotation storm: %s workloads due at once over %d mTLS connections, %s deadline",
 			report.Int(int64(total)), e.Opts.RotationConns, e.Opts.RotationDeadline),
-		Header: []string{"server", "credential", "renewed", "failed", "shed (with a retry hint)", "all done in", "× floor",
+		Header: []string{"server", "credential", "renewed", "failed", "shed (with a retry hint)", "retry hints p50 / max", "all done in", "× floor",
 			"peak RSS", "× floor", "p99 of admitted", "server CPU per renewal"},
 		Notes: []string{"Shed answers (ResourceExhausted, Unavailable) are retried as meshca's agent retries: after the server's hint " +
 			"(google.rpc.RetryInfo or the grpc-retry-pushback-ms trailer) plus up to half of it, at most 1 s, of jitter, at least 1 s; " +
@@ -101,11 +101,19 @@ func (e *Env) rotationTable(names []string, rs []load.StormResult, cpu []time.Du
 	creds := []string{"mTLS", "mTLS", "mTLS renewal"}
 	for i, r := range rs {
 		t.Rows = append(t.Rows, []string{names[i], creds[i], report.Int(int64(r.Renewed)), report.Codes(r.Failed),
-			fmt.Sprintf("%s (%s)", report.Int(int64(r.Shed)), report.Int(int64(r.Hinted))),
+			fmt.Sprintf("%s (%s)", report.Int(int64(r.Shed)), report.Int(int64(len(r.Hints)))), hintCell(r.Hints),
 			report.Seconds(r.Done), report.Ratio(r.Done.Seconds() / max(rs[0].Done.Seconds(), 1e-9)),
 			report.MiB(r.PeakRSS), report.Ratio(float64(r.PeakRSS) / float64(max(rs[0].PeakRSS, 1))),
 			report.Millis(load.Percentile(r.Latencies, 99)),
 			report.Micros(cpu[i] / time.Duration(max(r.Renewed, 1)))})
 	}
 	return t
+}
+
+// hintCell is the median and largest retry hint, "—" for none.
+func hintCell(h []time.Duration) string {
+	if len(h) == 0 {
+		return "—"
+	}
+	return report.Seconds(load.Percentile(h, 50)) + " / " + report.Seconds(load.Percentile(h, 100))
 }
