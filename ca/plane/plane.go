@@ -67,6 +67,10 @@ type Config struct {
 	// GRPCAddr, HTTPSAddr and MonitorAddr are the listeners; "" disables
 	// one.
 	GRPCAddr, HTTPSAddr, MonitorAddr string
+	// Profiling serves Go's profiler (/debug/pprof/) on the monitoring
+	// listener. Off by default: a profile shows what the CA is doing to
+	// anyone who can reach that port.
+	Profiling bool
 	// DNSNames and IPs go into the serving certificate (defaults in
 	// server.Config).
 	DNSNames []string
@@ -200,7 +204,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	}
 	srv, err := server.New(server.Config{
 		Authority: auth, Attestor: chain, AdminToken: adminToken, Ready: readyAll(waitFor),
-		GRPCAddr: cfg.GRPCAddr, HTTPSAddr: cfg.HTTPSAddr, MonitorAddr: cfg.MonitorAddr,
+		GRPCAddr: cfg.GRPCAddr, HTTPSAddr: cfg.HTTPSAddr, MonitorAddr: cfg.MonitorAddr, Profiling: cfg.Profiling,
 		DNSNames: cfg.DNSNames, IPs: cfg.IPs, Limits: cfg.Limits,
 		Registry: reg, Clock: cfg.Clock, Logger: log,
 	})

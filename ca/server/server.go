@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"runtime"
 	"sync"
 	"time"
@@ -147,6 +148,9 @@ type Config struct {
 	HTTPSAddr string
 	// MonitorAddr is the plain-HTTP health and metrics address; "" disables it.
 	MonitorAddr string
+	// Profiling adds Go's profiler (/debug/pprof/) to the monitoring
+	// listener. Off by default.
+	Profiling bool
 	// DNSNames and IPs go into the server's TLS certificate. Default
 	// "localhost" and 127.0.0.1, ::1.
 	DNSNames []string
@@ -275,6 +279,11 @@ func New(cfg Config) (*Server, error) {
 	mon.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mon.HandleFunc("GET /readyz", s.handleReady)
 	mon.Handle("GET /metrics", promhttp.HandlerFor(cfg.Registry, promhttp.HandlerOpts{}))
+	if cfg.Profiling {
+		mon.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mon.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mon.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	s.monitor = &http.Server{
 		Handler:           mon,
 		ReadHeaderTimeout: min(monitorReadHeaderTimeout, cfg.RequestTimeout),

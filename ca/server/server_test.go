@@ -632,3 +632,18 @@ func TestClientPicksUpANewBundle(t *testing.T) {
 		t.Fatalf("after the bundle was corrected: %v", err)
 	}
 }
+
+// TestProfiling: the profiler is on the monitoring port only when asked.
+func TestProfiling(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		p := startPlaneWith(t, filepath.Join(t.TempDir(), "meshca.db"), func(c *server.Config) { c.Profiling = on })
+		resp, err := http.Get("http://" + p.srv.Addr("monitor").String() + "/debug/pprof/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if want := map[bool]int{false: http.StatusNotFound, true: http.StatusOK}[on]; resp.StatusCode != want {
+			t.Errorf("Profiling %v: /debug/pprof/ answered %d, want %d", on, resp.StatusCode, want)
+		}
+	}
+}

@@ -46,6 +46,7 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.GRPCAddr, "grpc-listen", ":15012", "gRPC CSR API (Istio CA service) address; empty disables")
 	fs.StringVar(&c.HTTPSAddr, "https-listen", ":8443", "HTTPS/JSON API address; empty disables")
 	fs.StringVar(&c.MonitorAddr, "monitoring-listen", ":15014", "plain-HTTP /healthz, /readyz and /metrics address; empty disables")
+	fs.BoolVar(&c.Profiling, "profiling", false, "serve Go's profiler at /debug/pprof/ on the monitoring listener")
 	fs.StringSliceVar(&c.DNSNames, "dns-names", []string{"localhost"}, "DNS SANs of the server's TLS certificate")
 	fs.IPSliceVar(&c.IPs, "ip-sans", []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, "IP SANs of the server's TLS certificate")
 	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "largest request message or body accepted")
