@@ -39,11 +39,13 @@ func run(args []string) error {
 	bin := fs.String("meshca", "", "meshca binary (default: built from -repo into the work directory)")
 	fs.StringVar(&o.TestenvBin, "testenv-bin", os.Getenv("MESHCA_TESTENV_BIN"), "directory of kube-apiserver and etcd (default $MESHCA_TESTENV_BIN, else <repo>/.testenv/bin)")
 	work := fs.String("work", "", "directory for CA files, data and logs (default: a temporary one, removed after)")
+	meshcaArgs := fs.String("meshca-args", "", "more flags for every `meshca server`, space-separated (e.g. \"--profiling\")")
 	jsonOut := fs.String("json", "", "also write the tables to this JSON file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	o.K8sModes = strings.Split(*modes, ",")
+	o.MeshcaArgs = strings.Fields(*meshcaArgs)
 	var err error
 	if *repo == "" {
 		if *repo, err = repoRoot(); err != nil {

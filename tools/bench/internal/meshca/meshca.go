@@ -64,6 +64,8 @@ type Config struct {
 	Mode, Kubeconfig string
 	// AdminAPI enables the HTTPS listener, for join tokens.
 	AdminAPI bool
+	// Extra are more flags, after those Start sets.
+	Extra []string
 }
 
 // Server is a running `meshca server`.
@@ -92,6 +94,7 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.Kubeconfig != "" {
 		args = append(args, "--kubeconfig", cfg.Kubeconfig)
 	}
+	args = append(args, cfg.Extra...)
 	if s.Proc, err = proc.Start("meshca "+cfg.Mode, filepath.Join(cfg.Dir, "meshca.log"), nil, cfg.Bin, args...); err != nil {
 		return nil, err
 	}

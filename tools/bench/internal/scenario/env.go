@@ -45,6 +45,9 @@ type Options struct {
 	K8sModes []string
 	// TestenvBin holds kube-apiserver and etcd.
 	TestenvBin string
+	// MeshcaArgs are added to every `meshca server` command line (for
+	// example --profiling, or a shedding setting under study).
+	MeshcaArgs []string
 }
 
 // Env is what the scenarios of one run share.
@@ -174,7 +177,7 @@ func (e *Env) startPeer(name, cred, kind, kubeconfig string) (*target, error) {
 
 // startMeshca starts `meshca server --k8s-attestation mode`.
 func (e *Env) startMeshca(name, cred, mode, kubeconfig string, admin bool) (*target, error) {
-	s, err := meshca.Start(meshca.Config{Bin: e.Meshca, Dir: e.dir("meshca-" + mode), Mode: mode, Kubeconfig: kubeconfig, AdminAPI: admin})
+	s, err := meshca.Start(meshca.Config{Bin: e.Meshca, Dir: e.dir("meshca-" + mode), Mode: mode, Kubeconfig: kubeconfig, AdminAPI: admin, Extra: e.Opts.MeshcaArgs})
 	if err != nil {
 		return nil, err
 	}
