@@ -37,6 +37,8 @@ const (
 	DefaultRetention = 30 * 24 * time.Hour
 	// pruneEvery is how often Run prunes expired issuance records.
 	pruneEvery = time.Hour
+	// warnEvery is how often Run logs Warnings.
+	warnEvery = 24 * time.Hour
 )
 
 // Config configures an Authority. Zero fields get the documented defaults.
@@ -82,7 +84,9 @@ type Metrics interface {
 	// Issued counts one Sign call by credential kind and result ("ok" or
 	// the error class) and observes its duration.
 	Issued(kind, result string, took time.Duration)
-	// SigningCAExpiry reports the active intermediate's NotAfter.
+	// SigningCAExpiry reports when the active signing CA stops covering
+	// leaves: the intermediate's NotAfter, or in direct mode the earliest
+	// NotAfter of the plug-in CA certificate's chain.
 	SigningCAExpiry(notAfter time.Time)
 }
 
@@ -129,7 +133,7 @@ func (c *Config) setDefaults() error {
 	if c.Metrics == nil {
 		c.Metrics = nopMetrics{}
 	}
-	if c.MaxTTL > c.IntermediateTTL/2 {
+	if c.MaxTTL > c.IntermediateTTL/2 && leafKey(c.Parent) == nil {
 		c.Logger.Warn("max TTL is over half the intermediate TTL: leaves requested near a rotation are cut short to their issuer's expiry",
 			"max_ttl", c.MaxTTL, "intermediate_ttl", c.IntermediateTTL)
 	}
@@ -138,12 +142,16 @@ func (c *Config) setDefaults() error {
 
 // Authority issues X509-SVIDs. It keeps a short-lived intermediate, signed
 // by its Parent, that it rotates itself (see Rotate), and records every
-// certificate it hands out in the Store before returning it.
+// certificate it hands out in the Store before returning it. In direct mode
+// (a LocalParent that SignsLeaves: Istio's plug-in ca-cert.pem with pathlen
+// 0) the parent's own key signs the leaves and there is nothing to rotate.
 type Authority struct {
 	cfg    Config
 	sealer *sealer
 	parent Parent
 	bundle *x509bundle.Bundle
+	// direct is set when the parent's key signs leaves (direct mode).
+	direct bool
 
 	// active is read lock-free on every Sign; rotation swaps it.
 	active atomic.Pointer[signingCA]
@@ -156,12 +164,16 @@ type Authority struct {
 	health storeHealth
 }
 
-// signingCA is an intermediate ready to sign, with the chain to hand out
-// after the leaf precomputed.
+// signingCA is an intermediate (or, in direct mode, the parent) ready to
+// sign, with the chain to hand out after the leaf precomputed.
 type signingCA struct {
-	cert     *x509.Certificate
-	key      crypto.Signer
-	chainPEM []string // intermediate, parent chain..., anchor
+	cert *x509.Certificate
+	key  crypto.Signer
+	// notAfter bounds the leaves: cert's NotAfter, or in direct mode the
+	// earliest NotAfter of the parent's chain.
+	notAfter time.Time
+	chainDER [][]byte // cert and the parent chain, up to the anchor
+	chainPEM []string // chainDER as PEM, then the anchor
 }
 
 // New loads the CA's state from cfg.Store (creating the root on first start
@@ -181,6 +193,10 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 		}
 	}
 	a.bundle = x509bundle.FromX509Authorities(cfg.TrustDomain, a.parent.Roots())
+	if key := leafKey(a.parent); key != nil {
+		a.startDirect(key)
+		return a, nil
+	}
 	if err := a.Rotate(ctx); err != nil {
 		if a.active.Load() == nil {
 			return nil, err
@@ -211,7 +227,8 @@ func (a *Authority) RootsPEM() []byte {
 	return out
 }
 
-// SigningCertificate returns the active intermediate.
+// SigningCertificate returns the active intermediate, or in direct mode the
+// parent's certificate that signs the leaves.
 func (a *Authority) SigningCertificate() *x509.Certificate { return a.active.Load().cert }
 
 func latest(a, b time.Time) time.Time {

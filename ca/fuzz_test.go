@@ -18,6 +18,7 @@ import (
 	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock/clocktest"
 	"github.com/meshca/meshca/internal/storetest"
+	"github.com/meshca/meshca/internal/testca"
 )
 
 // FuzzParseCSR checks that any input either parses to a CSR whose
@@ -169,6 +170,10 @@ func FuzzLoadCACerts(f *testing.F) {
 	f.Add(caCert.Raw, rootPKCS8, uint8(0), root.Raw, []byte(nil), false)
 	f.Add(caCert.Raw, pkcs8, uint8(2), caCert.Raw, root.Raw, true)
 	f.Add([]byte{0x30, 0}, []byte{0x30, 0}, uint8(0), []byte{}, []byte{}, true)
+	// Istio's own layout: ca-cert with pathlen 0, signing leaves directly.
+	istio := testca.NewIstioCACerts(f, testca.IstioOptions{Now: t0})
+	istioKey, _ := x509.MarshalPKCS8PrivateKey(istio.CAKey)
+	f.Add(istio.CACert.Raw, istioKey, uint8(0), istio.Root.Raw, istio.CACert.Raw, true)
 
 	keyTypes := []string{"PRIVATE KEY", "EC PRIVATE KEY", "RSA PRIVATE KEY"}
 	// One directory and one intermediate key for every input: each worker
@@ -194,7 +199,7 @@ func FuzzLoadCACerts(f *testing.F) {
 		} else if err := os.Remove(filepath.Join(dir, ca.CertChainFile)); err != nil && !os.IsNotExist(err) {
 			t.Fatal(err)
 		}
-		p, err := ca.LoadCACerts(dir, t0)
+		p, err := ca.LoadCACerts(dir, t0, ca.CACertsOptions{})
 		if err != nil {
 			return
 		}
@@ -208,6 +213,21 @@ func FuzzLoadCACerts(f *testing.F) {
 		}
 		if !anchored {
 			t.Fatal("accepted an anchor that is not among the roots")
+		}
+		if p.SignsLeaves() {
+			// Direct mode: the whole issuance path must work with it.
+			a, err := ca.New(context.Background(), ca.Config{TrustDomain: td, Store: storetest.NewMem(), Parent: p, Clock: clocktest.New(t0)})
+			if err != nil {
+				t.Fatalf("accepted parent does not start a CA: %v", err)
+			}
+			iss, err := a.Sign(context.Background(), ca.SignRequest{CSR: csrPEM(t, interKey, fooCSR()), Identity: identity(fooID)})
+			if err != nil {
+				t.Fatalf("accepted parent cannot sign leaves: %v", err)
+			}
+			if err := leafOf(t, iss).CheckSignatureFrom(c); err != nil {
+				t.Fatalf("accepted key does not belong to ca-cert.pem: %v", err)
+			}
+			return
 		}
 		tmpl := &x509.Certificate{
 			SerialNumber: big.NewInt(2), NotBefore: t0, NotAfter: t0.Add(time.Hour),

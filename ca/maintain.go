@@ -8,10 +8,17 @@ import (
 )
 
 // Run is the CA's maintenance loop: it calls Rotate whenever it is due and
-// Prune hourly, until ctx ends. A failed rotation is retried after a minute.
+// Prune hourly, and logs Warnings daily, until ctx ends. A failed rotation
+// is retried after a minute.
 func (a *Authority) Run(ctx context.Context) error {
-	var lastPrune time.Time
+	var lastPrune, lastWarn time.Time
 	for {
+		if now := a.cfg.Clock.Now(); now.Sub(lastWarn) >= warnEvery {
+			for _, w := range a.Warnings() {
+				a.cfg.Logger.Warn(w)
+			}
+			lastWarn = now
+		}
 		if now := a.cfg.Clock.Now(); now.Sub(lastPrune) >= pruneEvery {
 			p, err := a.Prune(ctx)
 			if err != nil {
@@ -22,9 +29,12 @@ func (a *Authority) Run(ctx context.Context) error {
 			}
 			lastPrune = now
 		}
-		wait := a.NextRotation().Sub(a.cfg.Clock.Now())
-		wait = max(wait, time.Second)
-		wait = min(wait, pruneEvery) // re-check and prune regularly anyway
+		// Re-check and prune regularly anyway; a zero NextRotation means
+		// there is nothing to rotate (direct mode).
+		wait := pruneEvery
+		if next := a.NextRotation(); !next.IsZero() {
+			wait = min(max(next.Sub(a.cfg.Clock.Now()), time.Second), pruneEvery)
+		}
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

@@ -8,8 +8,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/meshca/meshca/internal/pki"
@@ -33,6 +31,16 @@ type Parent interface {
 	Roots() []*x509.Certificate
 }
 
+// directParent is a parent whose own key signs workload leaves, with no
+// meshca intermediate under it (direct mode). Only LocalParent can be one:
+// a remote parent (Vault) must never be called once per workload.
+type directParent interface {
+	Parent
+	// leafKey is the key that signs leaves, or nil when the parent signs
+	// intermediates.
+	leafKey() crypto.Signer
+}
+
 // LocalParent is a Parent whose key is a crypto.Signer in this process.
 type LocalParent struct {
 	cert   *x509.Certificate
@@ -40,25 +48,41 @@ type LocalParent struct {
 	chain  []*x509.Certificate
 	anchor *x509.Certificate
 	roots  []*x509.Certificate
+	// notAfter is the earliest NotAfter of cert, its chain and the anchor:
+	// nothing signed under cert can verify past it.
+	notAfter time.Time
+	// direct says that cert's key signs leaves itself (see SignsLeaves).
+	direct bool
 }
 
-// NewLocalParent checks that signer belongs to cert, that cert is a CA, and
-// that cert chains through chain to one of roots at time now.
+// NewLocalParent checks that signer belongs to cert, that cert is a CA that
+// may sign certificates, and that cert chains through chain to one of roots
+// at time now. When no CA certificate under cert could satisfy the path
+// length constraints of the chain (cert has pathlen 0, as Istio's tooling
+// makes ca-cert.pem, or a certificate above it is as tight), the parent
+// signs leaves directly (see SignsLeaves).
 func NewLocalParent(cert *x509.Certificate, signer crypto.Signer, chain, roots []*x509.Certificate, now time.Time) (*LocalParent, error) {
-	if !cert.IsCA || !cert.BasicConstraintsValid {
-		return nil, errors.New("ca: signing certificate is not a CA")
+	p, err := newLocalParent(cert, signer, chain, roots, now)
+	if err != nil {
+		return nil, fmt.Errorf("ca: signing CA certificate %q: %w", cert.Subject.CommonName, err)
 	}
-	if cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageCertSign == 0 {
-		return nil, errors.New("ca: signing certificate may not sign certificates (key usage lacks certSign)")
-	}
-	if cert.MaxPathLen == 0 && cert.MaxPathLenZero {
-		return nil, errors.New("ca: signing certificate has pathlen 0: it cannot sign meshca's intermediates; issue it with pathlen 1 or more (or none)")
-	}
-	if !pki.SamePublicKey(signer.Public(), cert.PublicKey) {
-		return nil, errors.New("ca: signing key does not match the signing certificate")
-	}
-	if len(roots) == 0 {
-		return nil, errors.New("ca: no root certificate")
+	return p, nil
+}
+
+func newLocalParent(cert *x509.Certificate, signer crypto.Signer, chain, roots []*x509.Certificate, now time.Time) (*LocalParent, error) {
+	switch {
+	case !cert.IsCA || !cert.BasicConstraintsValid:
+		return nil, errors.New("not a CA certificate (basicConstraints lacks CA:TRUE)")
+	case cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageCertSign == 0:
+		return nil, errors.New("may not sign certificates (keyUsage lacks keyCertSign)")
+	case !pki.SamePublicKey(signer.Public(), cert.PublicKey):
+		return nil, errors.New("the private key does not match the certificate")
+	case !now.Before(cert.NotAfter):
+		return nil, fmt.Errorf("expired at %s", cert.NotAfter.UTC().Format(time.RFC3339))
+	case now.Before(cert.NotBefore):
+		return nil, fmt.Errorf("not valid before %s", cert.NotBefore.UTC().Format(time.RFC3339))
+	case len(roots) == 0:
+		return nil, errors.New("no root certificate")
 	}
 	rootPool, interPool := x509.NewCertPool(), x509.NewCertPool()
 	for _, r := range roots {
@@ -72,22 +96,82 @@ func NewLocalParent(cert *x509.Certificate, signer crypto.Signer, chain, roots [
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("ca: signing certificate does not chain to the root: %w", err)
+		return nil, fmt.Errorf("does not chain to the root: %w", err)
 	}
 	verified := chains[0] // cert, intermediates..., anchor
-	return &LocalParent{
+	p := &LocalParent{
 		cert:   cert,
 		signer: signer,
 		chain:  verified[:len(verified)-1],
 		anchor: verified[len(verified)-1],
 		roots:  roots,
-	}, nil
+		direct: !allowsIntermediate(verified),
+	}
+	p.notAfter = parentNotAfter(p)
+	if p.direct {
+		if err := p.checkDirect(); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
 }
 
-// SignIntermediate implements Parent.
+// parentNotAfter is the earliest NotAfter of p's certificate, its chain and
+// its anchor: nothing signed under p verifies past it.
+func parentNotAfter(p Parent) time.Time {
+	t := p.Anchor().NotAfter
+	for _, c := range append([]*x509.Certificate{p.Certificate()}, p.Chain()...) {
+		t = earliest(t, c.NotAfter)
+	}
+	return t
+}
+
+// allowsIntermediate reports whether a CA certificate signed by chain[0]
+// would satisfy the path length constraint of every certificate of chain
+// (chain[0] up to the anchor), as x509.Certificate.Verify checks them: the
+// certificate at index i would have i+1 intermediates under it, the i
+// certificates below it in chain and the new one.
+func allowsIntermediate(chain []*x509.Certificate) bool {
+	for i, c := range chain {
+		if c.BasicConstraintsValid && c.MaxPathLen >= 0 && i+1 > c.MaxPathLen {
+			return false
+		}
+	}
+	return true
+}
+
+// checkDirect checks what leaves signed by p's own key need of it.
+func (p *LocalParent) checkDirect() error {
+	if len(p.cert.SubjectKeyId) == 0 {
+		// Go takes a leaf's authorityKeyIdentifier from its issuer's
+		// subjectKeyIdentifier, and ValidateLeaf requires one (RFC 5280
+		// 4.2.1.1).
+		return errors.New("signs leaves directly but has no subjectKeyIdentifier (RFC 5280 4.2.1.2 requires one in a CA certificate)")
+	}
+	return nil
+}
+
+// SignsLeaves reports whether the parent's own key signs workload leaves
+// (direct mode), as istiod signs them with a plug-in ca-cert.pem, instead of
+// meshca's rotating intermediate: because no intermediate fits under it
+// (pathlen 0), or because LoadCACerts was asked to.
+func (p *LocalParent) SignsLeaves() bool { return p.direct }
+
+func (p *LocalParent) leafKey() crypto.Signer {
+	if !p.direct {
+		return nil
+	}
+	return p.signer
+}
+
+// SignIntermediate implements Parent. A parent that signs leaves directly
+// signs no intermediates.
 func (p *LocalParent) SignIntermediate(_ context.Context, tmpl *x509.Certificate, pub crypto.PublicKey) (*x509.Certificate, error) {
-	if tmpl.NotAfter.After(p.cert.NotAfter) {
-		tmpl.NotAfter = p.cert.NotAfter // never outlive the parent
+	if p.direct {
+		return nil, errors.New("ca: the parent signs leaves directly, not intermediates")
+	}
+	if tmpl.NotAfter.After(p.notAfter) {
+		tmpl.NotAfter = p.notAfter // never outlive the parent or its chain
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, pub, p.signer)
 	if err != nil {
@@ -113,89 +197,6 @@ func (p *LocalParent) Anchor() *x509.Certificate { return p.anchor }
 
 // Roots implements Parent.
 func (p *LocalParent) Roots() []*x509.Certificate { return p.roots }
-
-// Istio's plug-in CA certificate file names ("cacerts" Secret layout).
-const (
-	CACertFile    = "ca-cert.pem"
-	CAKeyFile     = "ca-key.pem"
-	RootCertFile  = "root-cert.pem"
-	CertChainFile = "cert-chain.pem"
-)
-
-// LoadCACerts reads Istio's cacerts layout from dir: ca-cert.pem and
-// ca-key.pem (the CA meshca signs its intermediates with), root-cert.pem (the
-// trust anchors) and, optionally, cert-chain.pem (ca-cert.pem's chain; the
-// root, if present in it, is dropped). ca-key.pem must not be readable by
-// others. ca-cert.pem must leave room in its path length for meshca's own
-// intermediate.
-func LoadCACerts(dir string, now time.Time) (*LocalParent, error) {
-	certs, err := readCerts(filepath.Join(dir, CACertFile))
-	if err != nil {
-		return nil, err
-	}
-	roots, err := readCerts(filepath.Join(dir, RootCertFile))
-	if err != nil {
-		return nil, err
-	}
-	var chain []*x509.Certificate
-	if cc, err := readCerts(filepath.Join(dir, CertChainFile)); err == nil {
-		chain = cc
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return nil, err
-	}
-	keyPath := filepath.Join(dir, CAKeyFile)
-	// Group-readable is allowed: a Kubernetes Secret volume with an fsGroup
-	// is 0440 at best. World-readable is not.
-	if fi, err := os.Stat(keyPath); err == nil && fi.Mode().Perm()&0o007 != 0 {
-		return nil, fmt.Errorf("ca: %s is readable by others (mode %v): chmod 600 it", keyPath, fi.Mode().Perm())
-	}
-	keyPEM, err := os.ReadFile(keyPath)
-	if err != nil {
-		return nil, fmt.Errorf("ca: read CA key: %w", err)
-	}
-	signer, err := parsePrivateKeyPEM(keyPEM)
-	if err != nil {
-		return nil, fmt.Errorf("ca: %s: %w", keyPath, err)
-	}
-	return NewLocalParent(certs[0], signer, append(certs[1:], chain...), roots, now)
-}
-
-func readCerts(path string) ([]*x509.Certificate, error) {
-	certs, err := pki.ReadCertificates(path)
-	if err != nil {
-		return nil, fmt.Errorf("ca: read certificates: %w", err)
-	}
-	return certs, nil
-}
-
-func parsePrivateKeyPEM(b []byte) (crypto.Signer, error) {
-	block, _ := pem.Decode(b)
-	if block == nil {
-		return nil, errors.New("not a PEM private key")
-	}
-	var (
-		k   any
-		err error
-	)
-	switch block.Type {
-	case "PRIVATE KEY":
-		k, err = x509.ParsePKCS8PrivateKey(block.Bytes)
-	case "EC PRIVATE KEY":
-		k, err = x509.ParseECPrivateKey(block.Bytes)
-	case "RSA PRIVATE KEY":
-		k, err = x509.ParsePKCS1PrivateKey(block.Bytes)
-	default:
-		return nil, fmt.Errorf("unsupported PEM key type %q", block.Type)
-	}
-	if err != nil {
-		return nil, err
-	}
-	s, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, errors.New("private key cannot sign")
-	}
-	return s, nil
-}
 
 // certPEM encodes one certificate.
 func certPEM(c *x509.Certificate) []byte {

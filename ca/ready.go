@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"sync"
@@ -32,13 +33,19 @@ func (h *storeHealth) observe(err error) error {
 	return err
 }
 
-// Ready is the CA's readiness at now: the signing intermediate is valid,
-// and the store can record (after a failed write, the store is probed with
+// Ready is the CA's readiness at now: the signing intermediate (in direct
+// mode, the parent's chain) is valid, and the store can record (after a failed write, the store is probed with
 // Ping at most once per second, so a CA taken out of service by its own
 // readiness recovers without traffic when the disk has room again).
 func (a *Authority) Ready(ctx context.Context) error {
 	now := a.cfg.Clock.Now()
-	if sc := a.active.Load(); sc == nil || !now.Before(sc.cert.NotAfter) {
+	switch sc := a.active.Load(); {
+	case sc == nil:
+		return errors.New("ca: no signing intermediate")
+	case a.direct && !now.Before(sc.notAfter):
+		return fmt.Errorf("ca: the CA certificate that signs leaves (%s) or its chain expired at %s: replace the cacerts files",
+			sc.cert.Subject.CommonName, sc.notAfter.UTC().Format(time.RFC3339))
+	case !now.Before(sc.notAfter):
 		return errors.New("ca: signing intermediate expired")
 	}
 	h := &a.health
@@ -67,4 +74,47 @@ func (a *Authority) Ready(ctx context.Context) error {
 		}
 	}
 	return fmt.Errorf("ca: the store cannot record: %w", failed)
+}
+
+// maxExpiryWarning bounds how early Warnings speaks of an expiring CA
+// certificate.
+const maxExpiryWarning = 30 * 24 * time.Hour
+
+// ExpiryWarningTime is when a CA certificate valid from notBefore to
+// notAfter is close enough to its end to warn of it: in its last third, and
+// at most 30 days before it. A ten-year root warns 30 days ahead, a 90-day
+// certificate 30 days ahead (when cert-manager would renew it), a 7-day one
+// 56 hours ahead.
+func ExpiryWarningTime(notBefore, notAfter time.Time) time.Time {
+	return notAfter.Add(-min(notAfter.Sub(notBefore)/3, maxExpiryWarning))
+}
+
+// Warnings lists what does not stop the CA from issuing now but needs an
+// operator soon; /readyz shows them below "ok", and Run logs them daily.
+// Today that is a certificate of the parent's chain (the plug-in
+// ca-cert.pem that signs leaves in direct mode, a cacerts chain, the root)
+// past its ExpiryWarningTime, or so close to its end that a leaf of the
+// default lifetime is cut short to it: after it the CA issues nothing until
+// the files are replaced.
+func (a *Authority) Warnings() []string {
+	now := a.cfg.Clock.Now()
+	var out []string
+	certs := append([]*x509.Certificate{a.parent.Certificate()}, a.parent.Chain()...)
+	for i, c := range append(certs, a.parent.Anchor()) {
+		// Due at ExpiryWarningTime, or once a default leaf is cut short.
+		due := earliest(ExpiryWarningTime(c.NotBefore, c.NotAfter), c.NotAfter.Add(-a.cfg.DefaultTTL))
+		if (i > 0 && c.Equal(certs[0])) || now.Before(due) {
+			continue // the parent again at the head of its chain, or not due
+		}
+		role := "the parent CA certificate"
+		switch {
+		case i == 0 && a.direct:
+			role = "the CA certificate that signs leaves"
+		case c.Equal(a.parent.Anchor()):
+			role = "the root"
+		}
+		out = append(out, fmt.Sprintf("%s %q expires at %s, in %s: certificates are cut short to it and none can be issued after it; replace it",
+			role, c.Subject.CommonName, c.NotAfter.UTC().Format(time.RFC3339), c.NotAfter.Sub(now).Round(time.Minute)))
+	}
+	return out
 }

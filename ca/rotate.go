@@ -30,8 +30,12 @@ func lifeFraction(c *x509.Certificate, f float64) time.Time {
 // Rotate brings the intermediates up to date at the current time: it makes
 // an active one if there is none usable, prepares the next one when due,
 // and switches to it when due. State changes are saved atomically before
-// they take effect. It is safe to call at any time.
+// they take effect. It is safe to call at any time. In direct mode there
+// is no intermediate, and it does nothing.
 func (a *Authority) Rotate(ctx context.Context) error {
+	if a.direct {
+		return nil
+	}
 	a.rotateMu.Lock()
 	defer a.rotateMu.Unlock()
 
@@ -97,7 +101,7 @@ func (a *Authority) Rotate(ctx context.Context) error {
 	}
 	if cur := a.active.Load(); cur == nil || !cur.cert.Equal(active.cert) {
 		a.active.Store(active)
-		a.cfg.Metrics.SigningCAExpiry(active.cert.NotAfter)
+		a.cfg.Metrics.SigningCAExpiry(active.notAfter)
 	}
 	a.nextPrepared.Store(next != nil)
 	if prepareErr != nil {
@@ -107,8 +111,12 @@ func (a *Authority) Rotate(ctx context.Context) error {
 	return nil
 }
 
-// NextRotation returns when Rotate next has work to do.
+// NextRotation returns when Rotate next has work to do; the zero Time in
+// direct mode, where it never has.
 func (a *Authority) NextRotation() time.Time {
+	if a.direct {
+		return time.Time{}
+	}
 	s := a.active.Load()
 	if s == nil {
 		return a.cfg.Clock.Now()
@@ -141,16 +149,45 @@ func (a *Authority) newIntermediate(ctx context.Context, now time.Time) (*signin
 		return nil, fmt.Errorf("ca: new intermediate: %w", err)
 	}
 	a.cfg.Logger.Info("new intermediate", "serial", cert.SerialNumber.Text(16), "not_after", cert.NotAfter)
-	return a.newSigningCA(cert, key), nil
+	return a.newSigningCA(cert, key, cert.NotAfter), nil
 }
 
-func (a *Authority) newSigningCA(cert *x509.Certificate, key crypto.Signer) *signingCA {
-	chain := []string{string(certPEM(cert))}
-	for _, c := range a.parent.Chain() {
-		chain = append(chain, string(certPEM(c)))
+// newSigningCA makes an intermediate under the parent (or, in direct mode,
+// the parent's own certificate) ready to sign leaves valid until notAfter.
+func (a *Authority) newSigningCA(cert *x509.Certificate, key crypto.Signer, notAfter time.Time) *signingCA {
+	s := &signingCA{cert: cert, key: key, notAfter: notAfter}
+	chain := a.parent.Chain() // the parent, unless it is the anchor, and its chain
+	if !cert.Equal(a.parent.Certificate()) {
+		chain = append([]*x509.Certificate{cert}, chain...)
 	}
-	chain = append(chain, string(certPEM(a.parent.Anchor())))
-	return &signingCA{cert: cert, key: key, chainPEM: chain}
+	for _, c := range chain {
+		s.chainDER = append(s.chainDER, c.Raw)
+		s.chainPEM = append(s.chainPEM, string(certPEM(c)))
+	}
+	s.chainPEM = append(s.chainPEM, string(certPEM(a.parent.Anchor())))
+	return s
+}
+
+// leafKey is the key that signs leaves when p signs them directly, else
+// nil.
+func leafKey(p Parent) crypto.Signer {
+	if dp, ok := p.(directParent); ok {
+		return dp.leafKey()
+	}
+	return nil
+}
+
+// startDirect makes the parent's own certificate and key, key, the signing
+// CA for good: direct mode, as istiod uses a plug-in ca-cert.pem.
+func (a *Authority) startDirect(key crypto.Signer) {
+	a.direct = true
+	cert := a.parent.Certificate()
+	notAfter := parentNotAfter(a.parent)
+	s := a.newSigningCA(cert, key, notAfter)
+	a.active.Store(s)
+	a.cfg.Metrics.SigningCAExpiry(notAfter)
+	a.cfg.Logger.Info("signing leaves directly with the parent CA certificate, as istiod does with a plug-in ca-cert.pem: no meshca intermediate, nothing to rotate",
+		"subject", cert.Subject.String(), "serial", cert.SerialNumber.Text(16), "not_after", notAfter)
 }
 
 // signingCAFrom opens a stored intermediate and checks it still belongs to
@@ -163,7 +200,7 @@ func (a *Authority) signingCAFrom(k *store.CAKey) (*signingCA, error) {
 	if err := a.verifyIntermediate(cert); err != nil {
 		return nil, fmt.Errorf("ca: stored intermediate %s: %w", cert.SerialNumber.Text(16), err)
 	}
-	return a.newSigningCA(cert, key), nil
+	return a.newSigningCA(cert, key, cert.NotAfter), nil
 }
 
 // verifyIntermediate checks that an intermediate chains through the current

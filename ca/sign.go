@@ -45,7 +45,7 @@ func (i *Issued) Certificate() (*x509.Certificate, error) { return x509.ParseCer
 
 // Sign turns a CSR into an X509-SVID for req.Identity: it checks the
 // lifetime and the CSR, signs a leaf from a fresh template with the active
-// intermediate, re-checks it with ValidateLeaf, and records it durably.
+// intermediate (in direct mode, the parent), re-checks it with ValidateLeaf, and records it durably.
 func (a *Authority) Sign(ctx context.Context, req SignRequest) (*Issued, error) {
 	start := a.cfg.Clock.Now()
 	iss, err := a.sign(ctx, req, start)
@@ -90,9 +90,9 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*
 	s := a.active.Load()
 	// Certificates carry whole seconds; truncate so the record matches.
 	notBefore := latest(now.Add(-a.cfg.Backdate), s.cert.NotBefore).Truncate(time.Second)
-	notAfter := earliest(now.Add(ttl), s.cert.NotAfter).Truncate(time.Second) // never outlive the issuer
+	notAfter := earliest(now.Add(ttl), s.notAfter).Truncate(time.Second) // never outlive the issuer or its chain
 	if !now.Before(notAfter) {
-		return nil, fmt.Errorf("%w: signing intermediate has expired", ErrUnavailable)
+		return nil, fmt.Errorf("%w: signing CA has expired", ErrUnavailable)
 	}
 	tmpl, err := leafTemplate(req.Identity.ID, csr.PublicKey, csr.RawSubjectPublicKeyInfo, notBefore, notAfter)
 	if err != nil {
@@ -130,7 +130,8 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*
 }
 
 // IssueServing issues a TLS server certificate for the CA's own endpoints,
-// with the given DNS and IP SANs, signed by the active intermediate. It is
+// with the given DNS and IP SANs, signed by the active intermediate (in
+// direct mode, the parent), chained like a leaf. It is
 // not an SVID and is not recorded in the issuance log.
 func (a *Authority) IssueServing(dnsNames []string, ips []net.IP, ttl time.Duration) (*tls.Certificate, error) {
 	key, err := generateKey(a.cfg.KeyType)
@@ -140,7 +141,7 @@ func (a *Authority) IssueServing(dnsNames []string, ips []net.IP, ttl time.Durat
 	s := a.active.Load()
 	now := a.cfg.Clock.Now()
 	notBefore := latest(now.Add(-a.cfg.Backdate), s.cert.NotBefore)
-	notAfter := earliest(now.Add(ttl), s.cert.NotAfter)
+	notAfter := earliest(now.Add(ttl), s.notAfter)
 	tmpl, err := servingTemplate(dnsNames, ips, key.Public(), notBefore, notAfter)
 	if err != nil {
 		return nil, err
@@ -153,9 +154,6 @@ func (a *Authority) IssueServing(dnsNames []string, ips []net.IP, ttl time.Durat
 	if err != nil {
 		return nil, err
 	}
-	chain := [][]byte{der, s.cert.Raw}
-	for _, c := range a.parent.Chain() {
-		chain = append(chain, c.Raw)
-	}
+	chain := append([][]byte{der}, s.chainDER...)
 	return &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}, nil
 }

@@ -385,6 +385,9 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fmt.Fprintln(w, "ok")
+	for _, warning := range s.cfg.Authority.Warnings() { // ready, but not for long
+		fmt.Fprintln(w, "warning:", warning)
+	}
 }
 
 // setDefault sets *v to def when it is zero.

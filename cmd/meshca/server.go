@@ -25,6 +25,7 @@ type serverOptions struct {
 	configFile  string
 	trustDomain string
 	cacertsDir  string
+	cacerts     ca.CACertsOptions
 	kekFile     string
 	keyType     string
 	log         cli.LogOptions
@@ -36,6 +37,7 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of every identity issued")
 	fs.StringVar(&c.DataDir, "data-dir", "/var/lib/meshca", "directory of the bbolt data file meshca.db (created 0700)")
 	fs.StringVar(&o.cacertsDir, "cacerts-dir", "", "Istio cacerts directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem); empty: self-signed root kept in the data file")
+	fs.BoolVar(&o.cacerts.SignDirectly, "cacerts-sign-directly", false, "sign workload certificates with ca-cert.pem's key, as istiod does, even when its path length allows meshca's own intermediate (pathlen 0 always does)")
 	fs.StringVar(&o.kekFile, "kek-file", "", "file holding the 32-byte key-encryption key for private keys at rest (raw, hex or base64); env MESHCA_KEK may hold the key itself")
 	fs.StringVar(&o.keyType, "key-type", string(ca.KeyECDSAP256), "CA key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096")
 	fs.DurationVar(&c.RootTTL, "root-ttl", ca.DefaultRootTTL, "lifetime of a generated self-signed root")
@@ -108,9 +110,11 @@ func (o *serverOptions) planeConfig(cmd *cobra.Command) (plane.Config, error) {
 		return plane.Config{}, err
 	}
 	if o.cacertsDir != "" {
-		if cfg.Parent, err = ca.LoadCACerts(o.cacertsDir, clock.Real{}.Now()); err != nil {
+		if cfg.Parent, err = ca.LoadCACerts(o.cacertsDir, clock.Real{}.Now(), o.cacerts); err != nil {
 			return plane.Config{}, err
 		}
+	} else if o.cacerts.SignDirectly {
+		return plane.Config{}, errors.New("--cacerts-sign-directly needs --cacerts-dir")
 	}
 	switch k := cfg.Kubernetes; {
 	case k.Mode == "": // plane takes "" as off; the flag must say it

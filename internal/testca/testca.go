@@ -1,6 +1,7 @@
 // Package testca is a small real CA (ECDSA P-256 root and intermediate)
-// that issues SVIDs for tests of the agent's servers. Import it only from
-// _test.go files.
+// that issues SVIDs for tests of the agent's servers, and Istio's plug-in
+// CA layout as Istio's tooling makes it (istio.go) for tests of the CA.
+// Import it only from _test.go files.
 //
 // Keys are generated per call: a P-256 key takes tens of microseconds, so
 // there is no pool of pre-generated keys to share.
@@ -103,7 +104,7 @@ func NewKey(t testing.TB) *ecdsa.PrivateKey {
 
 // Sign signs tmpl for pub with key, as parent (self-signed when parent is
 // nil), with a new random 128-bit serial.
-func Sign(t testing.TB, tmpl, parent *x509.Certificate, pub any, key *ecdsa.PrivateKey) *x509.Certificate {
+func Sign(t testing.TB, tmpl, parent *x509.Certificate, pub any, key crypto.Signer) *x509.Certificate {
 	t.Helper()
 	c, err := sign(tmpl, parent, pub, key)
 	if err != nil {
@@ -112,7 +113,7 @@ func Sign(t testing.TB, tmpl, parent *x509.Certificate, pub any, key *ecdsa.Priv
 	return c
 }
 
-func sign(tmpl, parent *x509.Certificate, pub any, key *ecdsa.PrivateKey) (*x509.Certificate, error) {
+func sign(tmpl, parent *x509.Certificate, pub any, key crypto.Signer) (*x509.Certificate, error) {
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
 	if err != nil {
 		return nil, err
