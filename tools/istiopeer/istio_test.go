@@ -27,17 +27,24 @@ func (s staticCred) GetPlatformCredential() (string, error) { return string(s), 
 func (staticCred) GetIdentityProvider() string              { return "" }
 func (staticCred) Stop()                                    {}
 
-// startMeshca builds and starts `meshca dev` on free 127.0.0.1 ports and
-// returns its gRPC address and data dir.
-func startMeshca(t *testing.T) (addr, dir string) {
+// buildMeshca builds the meshca binary into dir.
+func buildMeshca(t *testing.T, dir string) string {
 	t.Helper()
-	dir = t.TempDir()
 	bin := filepath.Join(dir, "meshca")
 	build := exec.Command("go", "build", "-o", bin, "./cmd/meshca")
 	build.Dir = "../.."
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build meshca: %v\n%s", err, out)
 	}
+	return bin
+}
+
+// startMeshca builds and starts `meshca dev` on free 127.0.0.1 ports and
+// returns its gRPC address and data dir.
+func startMeshca(t *testing.T) (addr, dir string) {
+	t.Helper()
+	dir = t.TempDir()
+	bin := buildMeshca(t, dir)
 	cmd := exec.Command(bin, "dev", "--data-dir", filepath.Join(dir, "data"),
 		"--grpc-listen", "127.0.0.1:0", "--https-listen", "", "--monitoring-listen", "")
 	stdout, err := cmd.StdoutPipe()
