@@ -172,11 +172,11 @@ func loadIstio(t *testing.T, c *testca.IstioCACerts, now time.Time, o ca.CACerts
 // no intermediate is stored. With P-256 keys and with RSA ones (Istio's
 // tooling makes RSA-4096).
 func TestIstioPathLenZeroSignsDirectly(t *testing.T) {
-	for _, rsaKeys := range []bool{false, true} {
-		t.Run(map[bool]string{false: "p256", true: "rsa"}[rsaKeys], func(t *testing.T) {
+	for _, rsaBits := range []int{0, 2048} {
+		t.Run(map[int]string{0: "p256", 2048: "rsa"}[rsaBits], func(t *testing.T) {
 			ctx := context.Background()
 			clk := clocktest.New(t0)
-			c := testca.NewIstioCACerts(t, testca.IstioOptions{Now: t0, RSA: rsaKeys})
+			c := testca.NewIstioCACerts(t, testca.IstioOptions{Now: t0, RSABits: rsaBits})
 			parent, err := loadIstio(t, c, t0, ca.CACertsOptions{})
 			if err != nil {
 				t.Fatalf("LoadCACerts: %v", err)
@@ -241,13 +241,15 @@ func TestIstioPathLenZeroSignsDirectly(t *testing.T) {
 	}
 }
 
+// noPathLen makes a ca-cert without a path length, so that meshca's
+// intermediate fits under it.
+func noPathLen(tmpl *x509.Certificate) { tmpl.MaxPathLen, tmpl.MaxPathLenZero = -1, false }
+
 // TestCACertsSignDirectlyOption: a ca-cert.pem that allows an intermediate
 // keeps meshca's own rotating one, unless SignDirectly asks for istiod's
 // way.
 func TestCACertsSignDirectlyOption(t *testing.T) {
-	c := testca.NewIstioCACerts(t, testca.IstioOptions{Now: t0, CACert: func(tmpl *x509.Certificate) {
-		tmpl.MaxPathLen, tmpl.MaxPathLenZero = -1, false
-	}})
+	c := testca.NewIstioCACerts(t, testca.IstioOptions{Now: t0, CACert: noPathLen})
 	for _, direct := range []bool{false, true} {
 		parent, err := loadIstio(t, c, t0, ca.CACertsOptions{SignDirectly: direct})
 		if err != nil {

@@ -20,8 +20,8 @@ import (
 // signed by it with basicConstraints critical CA:TRUE, pathlen:0, the DNS
 // SAN istiod.istio-system.svc, both with keyUsage critical
 // digitalSignature, nonRepudiation, keyEncipherment, keyCertSign and a
-// subject key ID. Istio's tooling makes RSA-4096 keys; these are P-256, or
-// RSA-2048 with IstioOptions.RSA, to keep tests fast.
+// subject key ID. Istio's tooling makes RSA-4096 keys; these are P-256
+// unless IstioOptions.RSABits asks for RSA, to keep tests fast.
 type IstioCACerts struct {
 	Root, CACert   *x509.Certificate
 	RootKey, CAKey crypto.Signer
@@ -32,8 +32,8 @@ type IstioOptions struct {
 	// Now is the time the certificates are valid around: from an hour
 	// before it, for ten years, as Istio's 3650 days. Default time.Now().
 	Now time.Time
-	// RSA makes RSA-2048 keys instead of P-256.
-	RSA bool
+	// RSABits, when set, makes RSA keys of that size instead of P-256.
+	RSABits int
 	// CACert, when set, edits ca-cert's template before it is signed (a
 	// path length of 1, no key usage, an expired certificate...).
 	CACert func(tmpl *x509.Certificate)
@@ -46,8 +46,8 @@ func NewIstioCACerts(t testing.TB, o IstioOptions) *IstioCACerts {
 		o.Now = time.Now()
 	}
 	newKey := func() crypto.Signer {
-		if o.RSA {
-			k, err := rsa.GenerateKey(rand.Reader, 2048)
+		if o.RSABits != 0 {
+			k, err := rsa.GenerateKey(rand.Reader, o.RSABits)
 			if err != nil {
 				t.Fatal(err)
 			}
