@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/meshca/meshca/internal/testca"
 )
 
 // runMeshca runs the command line in-process and returns its exit code and
@@ -165,6 +167,27 @@ func TestDevOnce(t *testing.T) {
 	checkNoSecrets(t, dir, stdout2, stderr2)
 }
 
+// TestDevOnceIstioCACerts: `meshca dev` starts on a cacerts directory as
+// Istio's tooling makes it (pathlen 0) and issues the demo SVID signed by
+// ca-cert.pem itself.
+func TestDevOnceIstioCACerts(t *testing.T) {
+	clearMeshcaEnv(t)
+	cacerts := t.TempDir()
+	testca.NewIstioCACerts(t, testca.IstioOptions{}).Write(t, cacerts)
+	code, stdout, stderr := devOnce(t, filepath.Join(t.TempDir(), "data"), "--cacerts-dir", cacerts)
+	if code != 0 {
+		t.Fatalf("dev --once exited %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+	}
+	for _, want := range []string{"[1] Intermediate CA", "[2] Root CA", "verified against the trust bundle"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("stdout does not contain %q:\n%s", want, stdout)
+		}
+	}
+	if strings.Contains(stdout, "[3]") {
+		t.Errorf("a meshca intermediate in the chain:\n%s", stdout)
+	}
+}
+
 // The demo identity and the listeners come from the environment and the
 // config file as for `server`.
 func TestDevOnceConfigured(t *testing.T) {
@@ -298,6 +321,21 @@ func TestRunErrors(t *testing.T) {
 				return serverArgs(dir, "--k8s-attestation", "jwks", "--k8s-jwks-url", "https://x", "--k8s-jwks-file", "f")
 			},
 			wantMsg: []string{"--k8s-jwks-url and --k8s-jwks-file: choose one"},
+		},
+		{
+			name:    "server cacerts-sign-directly without cacerts-dir",
+			args:    func(dir string) []string { return serverArgs(dir, "--cacerts-sign-directly") },
+			wantMsg: []string{"--cacerts-sign-directly needs --cacerts-dir"},
+		},
+		{
+			name: "server cacerts key of another CA",
+			args: func(dir string) []string {
+				c := testca.NewIstioCACerts(t, testca.IstioOptions{})
+				c.CAKey = testca.NewKey(t)
+				c.Write(t, dir)
+				return serverArgs(dir, "--cacerts-dir", dir)
+			},
+			wantMsg: []string{"ca-key.pem does not match ca-cert.pem"},
 		},
 		{
 			name:    "server positional argument",

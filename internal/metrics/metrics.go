@@ -29,7 +29,7 @@ func NewCA(reg prometheus.Registerer) *CA {
 		}, []string{"kind"}),
 		expiry: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "meshca_signing_ca_expiry_timestamp_seconds",
-			Help: "NotAfter of the active signing intermediate, as a Unix time.",
+			Help: "When the active signing CA stops covering leaves, as a Unix time: the intermediate's NotAfter, or in direct mode (Istio cacerts with pathlen 0) the earliest NotAfter of ca-cert.pem's chain.",
 		}),
 	}
 	reg.MustRegister(m.issued, m.duration, m.expiry)
