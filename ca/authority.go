@@ -194,7 +194,9 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 	}
 	a.bundle = x509bundle.FromX509Authorities(cfg.TrustDomain, a.parent.Roots())
 	if key := leafKey(a.parent); key != nil {
-		a.startDirect(key)
+		if err := a.startDirect(key); err != nil {
+			return nil, err
+		}
 		return a, nil
 	}
 	if err := a.Rotate(ctx); err != nil {

@@ -494,3 +494,20 @@ func TestRunInDirectMode(t *testing.T) {
 		t.Errorf("Run returned %v", err)
 	}
 }
+
+// TestDirectModeRefusesUselessCACert: a ca-cert.pem whose name constraints
+// leave out the trust domain loads (its own chain is fine), but the CA
+// refuses to start on it: every leaf it signed would fail verification.
+func TestDirectModeRefusesUselessCACert(t *testing.T) {
+	c := testca.NewIstioCACerts(t, testca.IstioOptions{Now: t0, CACert: func(tmpl *x509.Certificate) {
+		tmpl.PermittedURIDomains = []string{"other.org"}
+	}})
+	parent, err := loadIstio(t, c, t0, ca.CACertsOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = ca.New(context.Background(), ca.Config{TrustDomain: td, Store: storetest.NewMem(), Parent: parent, Clock: clocktest.New(t0)})
+	if err == nil || !strings.Contains(err.Error(), `leaves signed by "Intermediate CA" would not verify`) {
+		t.Fatalf("ca.New = %v, want a refusal at start", err)
+	}
+}

@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/rand"
 	"crypto/x509"
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/meshca/meshca/ca/store"
 )
@@ -179,15 +183,62 @@ func leafKey(p Parent) crypto.Signer {
 
 // startDirect makes the parent's own certificate and key, key, the signing
 // CA for good: direct mode, as istiod uses a plug-in ca-cert.pem.
-func (a *Authority) startDirect(key crypto.Signer) {
+func (a *Authority) startDirect(key crypto.Signer) error {
 	a.direct = true
 	cert := a.parent.Certificate()
 	notAfter := parentNotAfter(a.parent)
 	s := a.newSigningCA(cert, key, notAfter)
+	if err := a.probe(s); err != nil {
+		return fmt.Errorf("ca: leaves signed by %q would not verify: %w", cert.Subject.CommonName, err)
+	}
 	a.active.Store(s)
 	a.cfg.Metrics.SigningCAExpiry(notAfter)
 	a.cfg.Logger.Info("signing leaves directly with the parent CA certificate, as istiod does with a plug-in ca-cert.pem: no meshca intermediate, nothing to rotate",
 		"subject", cert.Subject.String(), "serial", cert.SerialNumber.Text(16), "not_after", notAfter)
+	return nil
+}
+
+// probe signs a throwaway X509-SVID in the trust domain with s, checks it
+// with ValidateLeaf, and verifies it with go-spiffe against the bundle, as
+// peers will: a parent whose own constraints (name constraints that exclude
+// the trust domain) would make every leaf useless is refused at start, not
+// at the first handshake.
+func (a *Authority) probe(s *signingCA) error {
+	key, err := generateKey(KeyECDSAP256)
+	if err != nil {
+		return err
+	}
+	spki, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		return err
+	}
+	id, err := spiffeid.FromSegments(a.cfg.TrustDomain, "meshca", "start-up-probe")
+	if err != nil {
+		return err
+	}
+	now := a.cfg.Clock.Now()
+	tmpl, err := leafTemplate(id, key.Public(), spki, latest(now.Add(-a.cfg.Backdate), s.cert.NotBefore).Truncate(time.Second),
+		earliest(now.Add(MinLeafTTL), s.notAfter).Truncate(time.Second))
+	if err != nil {
+		return err
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.cert, key.Public(), s.key)
+	if err != nil {
+		return err
+	}
+	if err := ValidateLeaf(der, s.cert, id, spki, now); err != nil {
+		return err
+	}
+	chain := make([]*x509.Certificate, 0, 1+len(s.chainDER))
+	for _, d := range append([][]byte{der}, s.chainDER...) {
+		c, err := x509.ParseCertificate(d)
+		if err != nil {
+			return err
+		}
+		chain = append(chain, c)
+	}
+	_, _, err = x509svid.Verify(chain, a.bundle, x509svid.WithTime(now))
+	return err
 }
 
 // signingCAFrom opens a stored intermediate and checks it still belongs to
