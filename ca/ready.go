@@ -34,9 +34,10 @@ func (h *storeHealth) observe(err error) error {
 }
 
 // Ready is the CA's readiness at now: the signing intermediate (in direct
-// mode, the parent's chain) is valid, and the store can record (after a failed write, the store is probed with
-// Ping at most once per second, so a CA taken out of service by its own
-// readiness recovers without traffic when the disk has room again).
+// mode, the parent's chain) is valid, and the store can record (after a
+// failed write, the store is probed with Ping at most once per second, so a
+// CA taken out of service by its own readiness recovers without traffic
+// when the disk has room again).
 func (a *Authority) Ready(ctx context.Context) error {
 	now := a.cfg.Clock.Now()
 	switch sc := a.active.Load(); {

@@ -34,7 +34,9 @@ type Issued struct {
 	// DER is the leaf certificate.
 	DER []byte
 	// ChainPEM is the leaf, its intermediates, and the root, one PEM
-	// certificate each, in that order (as Istio's CA clients expect).
+	// certificate each, in that order (as Istio's CA clients expect). In
+	// direct mode the first intermediate is the parent's certificate (a
+	// plug-in ca-cert.pem), as istiod returns it.
 	ChainPEM []string
 	Record   store.Issuance
 }
@@ -45,7 +47,8 @@ func (i *Issued) Certificate() (*x509.Certificate, error) { return x509.ParseCer
 
 // Sign turns a CSR into an X509-SVID for req.Identity: it checks the
 // lifetime and the CSR, signs a leaf from a fresh template with the active
-// intermediate (in direct mode, the parent), re-checks it with ValidateLeaf, and records it durably.
+// intermediate (in direct mode, the parent), re-checks it with
+// ValidateLeaf, and records it durably.
 func (a *Authority) Sign(ctx context.Context, req SignRequest) (*Issued, error) {
 	start := a.cfg.Clock.Now()
 	iss, err := a.sign(ctx, req, start)
@@ -131,8 +134,8 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*
 
 // IssueServing issues a TLS server certificate for the CA's own endpoints,
 // with the given DNS and IP SANs, signed by the active intermediate (in
-// direct mode, the parent), chained like a leaf. It is
-// not an SVID and is not recorded in the issuance log.
+// direct mode, the parent) and chained like a leaf. It is not an SVID and
+// is not recorded in the issuance log.
 func (a *Authority) IssueServing(dnsNames []string, ips []net.IP, ttl time.Duration) (*tls.Certificate, error) {
 	key, err := generateKey(a.cfg.KeyType)
 	if err != nil {
