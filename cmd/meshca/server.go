@@ -11,7 +11,6 @@ import (
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/plane"
-	"github.com/meshca/meshca/ca/server"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/dev"
 
@@ -51,17 +50,8 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	fs.BoolVar(&c.Profiling, "profiling", false, "serve Go's profiler at /debug/pprof/ on the monitoring listener")
 	fs.StringSliceVar(&c.DNSNames, "dns-names", []string{"localhost"}, "DNS SANs of the server's TLS certificate")
 	fs.IPSliceVar(&c.IPs, "ip-sans", []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, "IP SANs of the server's TLS certificate")
-	fs.IntVar(&c.MaxRequestBytes, "max-request-bytes", server.DefaultMaxRequestBytes, "largest request message or body accepted")
-	fs.DurationVar(&c.RequestTimeout, "request-timeout", server.DefaultRequestTimeout, "deadline for one API call")
-	fs.DurationVar(&c.IdleTimeout, "idle-timeout", server.DefaultIdleTimeout, "close connections idle this long on every listener")
-	fs.IntVar(&c.MaxConnections, "max-connections", server.DefaultMaxConnections, "most connections open at once on each listener; negative: no cap")
-	fs.Float64Var(&c.UnauthenticatedRate, "unauthenticated-rate", server.DefaultUnauthenticatedRate, "requests per second each source address (IPv6: /64) may make that fail authentication, past the burst; then ResourceExhausted/429; negative: no limit")
-	fs.IntVar(&c.UnauthenticatedBurst, "unauthenticated-burst", server.DefaultUnauthenticatedBurst, "burst of requests failing authentication allowed per source address")
-	fs.IntVar(&c.MaxInFlightCSRs, "max-inflight-csrs", 0, "CSRs attested, signed and recorded at once; more wait in line; 0: 16 per CPU; negative: no bound")
-	fs.DurationVar(&c.CSRQueueWait, "csr-queue-wait", server.DefaultCSRQueueWait, "longest wait in line for a signing slot; a CSR that cannot be served within it gets ResourceExhausted/429 with a retry hint at once")
-	fs.IntVar(&c.MaxQueuedCSRs, "max-queued-csrs", server.DefaultMaxQueuedCSRs, "most CSRs waiting in line for a signing slot; negative: no line")
-	fs.IntVar(&c.MaxStreamsPerConnection, "max-streams-per-connection", server.DefaultMaxStreamsPerConnection, "gRPC calls open at once on one connection; a client with more queues its own")
-	addK8sFlags(fs, &c.Kubernetes)
+	c.Limits.AddFlags(fs)
+	c.Kubernetes.AddFlags(fs)
 	fs.StringVar(&c.OIDCConfigFile, "oidc-config", "", "YAML file listing trusted OIDC issuers and how their claims map to SPIFFE IDs (docs/configuration.md)")
 	fs.StringVar(&c.AdminTokenFile, "admin-token-file", "", "bearer token for the admin API (join tokens); created 0600 with a random token if missing (default <data-dir>/admin-token)")
 	o.log.AddFlags(fs)

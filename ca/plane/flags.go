@@ -1,4 +1,4 @@
-package main
+package plane
 
 import (
 	"time"
@@ -6,13 +6,13 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/meshca/meshca/attestor/k8s"
-	"github.com/meshca/meshca/ca/plane"
 )
 
-// addK8sFlags registers the flags of Kubernetes ServiceAccount token
-// attestation into k.
-func addK8sFlags(fs *pflag.FlagSet, k *plane.Kubernetes) {
-	fs.StringVar(&k.Mode, "k8s-attestation", plane.K8sOff, "ServiceAccount token attestation: off, informer (recommended: verify offline against the cluster's keys, then check the bound ServiceAccount and pod in informer caches; needs list/watch on serviceaccounts and pods), tokenreview (ask the API server, cached) or jwks (verify offline only)")
+// AddFlags registers the flags of `meshca server` for Kubernetes
+// ServiceAccount token attestation into k (docs/configuration.md lists
+// them).
+func (k *Kubernetes) AddFlags(fs *pflag.FlagSet) {
+	fs.StringVar(&k.Mode, "k8s-attestation", K8sOff, "ServiceAccount token attestation: off, informer (recommended: verify offline against the cluster's keys, then check the bound ServiceAccount and pod in informer caches; needs list/watch on serviceaccounts and pods), tokenreview (ask the API server, cached) or jwks (verify offline only)")
 	fs.StringVar(&k.Kubeconfig, "kubeconfig", "", "kubeconfig for the API server; empty: in-cluster configuration")
 	fs.Float32Var(&k.QPS, "k8s-qps", 50, "client-go rate limit for API calls (TokenReviews, JWKS, informer lists), queries per second; client-go's own default is 5")
 	fs.IntVar(&k.Burst, "k8s-burst", 100, "client-go burst above --k8s-qps")
