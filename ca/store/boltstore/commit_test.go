@@ -16,13 +16,18 @@ import (
 	"github.com/meshca/meshca/ca/store/boltstore"
 )
 
-// commitCounter is a boltstore.Metrics counting group commits and the
-// records they wrote.
-type commitCounter struct{ commits, records atomic.Int64 }
+// commitCounter is a boltstore.Metrics counting group commits and
+// checkpoints, and the records they wrote.
+type commitCounter struct{ commits, records, checkpoints, checkpointed atomic.Int64 }
 
 func (c *commitCounter) Committed(records int, _ time.Duration) {
 	c.commits.Add(1)
 	c.records.Add(int64(records))
+}
+
+func (c *commitCounter) Checkpointed(records int, _ time.Duration) {
+	c.checkpoints.Add(1)
+	c.checkpointed.Add(int64(records))
 }
 
 // openCounting is open with a commitCounter observing the store.
