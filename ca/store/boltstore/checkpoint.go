@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -128,7 +129,7 @@ func (s *Store) storeSealed() (int, error) {
 	n, _ := slices.BinarySearchFunc(s.order, gen+1, func(j *journaled, g uint64) int { return cmp.Compare(j.gen, g) })
 	recs := s.order[:n:n]
 	s.mu.RUnlock()
-	if _, err := s.store(recs); err != nil {
+	if _, err := s.store(recs, false); err != nil {
 		return 0, fmt.Errorf("boltstore: checkpoint: %w", err)
 	}
 	s.mu.Lock()
@@ -181,15 +182,17 @@ func (s *Store) requestCheckpoint(ctx context.Context) error {
 }
 
 // store writes recs into the data file in transactions of at most
-// storeChunk records, and returns how many it skipped because the data file
-// already held them with the same value (a replay after a crash between
-// steps 2 and 3). A serial stored with another value is an error.
-func (s *Store) store(recs []*journaled) (skipped int, err error) {
+// storeChunk records. A checkpoint's records are new to the data file (the
+// committer checked), or were stored by an attempt that failed later and
+// are stored again, unchanged. A replay's (check) may be stored already by a
+// checkpoint that a crash interrupted: store skips those, returns how many,
+// and fails on a serial stored with another value.
+func (s *Store) store(recs []*journaled, check bool) (skipped int, err error) {
 	for len(recs) > 0 {
 		chunk := recs[:min(len(recs), storeChunk)]
 		recs = recs[len(chunk):]
 		err := s.db.Update(func(tx *bolt.Tx) error {
-			n, err := storeRecords(tx, chunk)
+			n, err := storeRecords(tx, chunk, check)
 			skipped += n
 			return err
 		})
@@ -202,45 +205,56 @@ func (s *Store) store(recs []*journaled) (skipped int, err error) {
 
 // storeRecords puts recs and their index entries in tx, each bucket in key
 // order, and returns how many records it skipped as stored already.
-func storeRecords(tx *bolt.Tx, recs []*journaled) (int, error) {
-	bySerial := slices.Clone(recs)
-	slices.SortFunc(bySerial, func(a, b *journaled) int { return cmp.Compare(a.serial, b.serial) })
-	fresh := bySerial[:0]
+func storeRecords(tx *bolt.Tx, recs []*journaled, check bool) (int, error) {
+	sorted := slices.Clone(recs)
+	slices.SortFunc(sorted, func(a, b *journaled) int { return strings.Compare(a.serial, b.serial) })
+	fresh := sorted[:0]
 	primary := tx.Bucket(bucketIssuances)
-	for _, j := range bySerial {
-		k := []byte(j.serial)
-		if v := primary.Get(k); v != nil {
-			if !bytes.Equal(v, j.value) {
-				return 0, fmt.Errorf("serial %s is stored with another record", j.serial)
+	var key []byte // Put copies its key
+	for _, j := range sorted {
+		key = append(key[:0], j.serial...)
+		if check {
+			if v := primary.Get(key); v != nil {
+				if !bytes.Equal(v, j.value) {
+					return 0, fmt.Errorf("serial %s is stored with another record", j.serial)
+				}
+				continue
 			}
-			continue
 		}
-		if err := primary.Put(k, j.value); err != nil {
+		if err := primary.Put(key, j.value); err != nil {
 			return 0, err
 		}
 		fresh = append(fresh, j)
 	}
-	keys := make([][]byte, len(fresh))
 	for _, index := range []struct {
 		bucket []byte
-		key    func(*journaled) []byte
+		order  func(a, b *journaled) int
+		key    func([]byte, *journaled) []byte
 	}{
-		{bucketByNotAfter, func(j *journaled) []byte { return nanosSerialKey(nil, j.notAfter, j.serial) }},
-		{bucketByIssuedAt, func(j *journaled) []byte { return nanosSerialKey(nil, j.issuedAt, j.serial) }},
-		{bucketBySPIFFEID, func(j *journaled) []byte {
-			return nanosSerialKey(append([]byte(j.spiffeID), 0), j.issuedAt, j.serial)
+		{bucketByNotAfter, func(a, b *journaled) int {
+			return cmp.Or(cmp.Compare(a.notAfter, b.notAfter), strings.Compare(a.serial, b.serial))
+		}, func(k []byte, j *journaled) []byte { return nanosSerialKey(k, j.notAfter, j.serial) }},
+		{bucketByIssuedAt, byIssuedAt, func(k []byte, j *journaled) []byte { return nanosSerialKey(k, j.issuedAt, j.serial) }},
+		{bucketBySPIFFEID, func(a, b *journaled) int {
+			return cmp.Or(strings.Compare(a.spiffeID, b.spiffeID), byIssuedAt(a, b))
+		}, func(k []byte, j *journaled) []byte {
+			return nanosSerialKey(append(append(k, j.spiffeID...), 0), j.issuedAt, j.serial)
 		}},
 	} {
-		for i, j := range fresh {
-			keys[i] = index.key(j)
-		}
-		slices.SortFunc(keys, bytes.Compare)
+		// In the order of the keys, which Go compares faster as fields.
+		slices.SortFunc(fresh, index.order)
 		b := tx.Bucket(index.bucket)
-		for _, k := range keys {
-			if err := b.Put(k, nil); err != nil {
+		for _, j := range fresh {
+			key = index.key(key[:0], j)
+			if err := b.Put(key, nil); err != nil {
 				return 0, err
 			}
 		}
 	}
 	return len(recs) - len(fresh), nil
+}
+
+// byIssuedAt orders records as the IssuedAt index does.
+func byIssuedAt(a, b *journaled) int {
+	return cmp.Or(cmp.Compare(a.issuedAt, b.issuedAt), strings.Compare(a.serial, b.serial))
 }

@@ -159,17 +159,14 @@ func (s *Store) journaledMatching(f store.IssuanceFilter) []*journaled {
 		}
 	}
 	s.mu.RUnlock()
-	slices.SortFunc(out, func(a, b *journaled) int { return compareIndex(a, b.issuedAt, []byte(b.serial)) })
+	slices.SortFunc(out, byIssuedAt)
 	return out
 }
 
 // compareIndex orders j against the index entry (issuedAt, serial) as the
 // index keys sort: by time, then serial.
 func compareIndex(j *journaled, issuedAt int64, serial []byte) int {
-	if c := cmp.Compare(j.issuedAt, issuedAt); c != 0 {
-		return c
-	}
-	return strings.Compare(j.serial, string(serial))
+	return cmp.Or(cmp.Compare(j.issuedAt, issuedAt), strings.Compare(j.serial, string(serial)))
 }
 
 // PruneIssuances implements store.Store. It first has every journaled

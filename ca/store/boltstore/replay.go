@@ -41,7 +41,7 @@ func (s *Store) replay() error {
 		}
 	}
 	if len(recs) > 0 {
-		skipped, err := s.store(recs)
+		skipped, err := s.store(recs, true)
 		if err != nil {
 			return fmt.Errorf("boltstore: replay journal: %w", err)
 		}
@@ -89,7 +89,7 @@ func (s *Store) closeJournal() error {
 	if len(recs) == 0 && s.sealed == nil && s.active.records == 0 {
 		return nil
 	}
-	if _, err := s.store(recs); err != nil {
+	if _, err := s.store(recs, false); err != nil {
 		return fmt.Errorf("boltstore: close: the journal is kept for the next start: %w", err)
 	}
 	f, err := s.resetJournal()
