@@ -52,6 +52,7 @@ const (
 	defaultMaxBatch           = 1000
 	defaultCheckpointRecords  = 8192
 	defaultCheckpointInterval = 10 * time.Second
+	defaultCommitDelay        = 2 * time.Millisecond
 	// initialMmapSize is the address space bbolt maps from the start
 	// (only pages in use take memory). Growing the map means copying out
 	// every page a write transaction holds, and waiting for all readers,
@@ -67,6 +68,10 @@ type Options struct {
 	// MaxBatch caps the number of issuance records written by one group
 	// commit. Zero or less means 1000; at most 1024.
 	MaxBatch int
+	// CommitDelay is the longest a group commit waits for more records
+	// while the process is CPU-bound (see the committer). Zero means 2ms;
+	// negative means never: each batch is written as soon as it is taken.
+	CommitDelay time.Duration
 	// CheckpointRecords is how many journaled records start a checkpoint.
 	// Zero or less means 8192.
 	CheckpointRecords int
@@ -107,6 +112,7 @@ type Store struct {
 
 	// journalPath and nextPath are the journal's files (see checkpoint).
 	journalPath, nextPath string
+	commitDelay           time.Duration
 	ckptRecords           int
 	ckptInterval          time.Duration
 
@@ -161,6 +167,9 @@ func Open(path string, opts Options) (*Store, error) {
 		opts.MaxBatch = defaultMaxBatch
 	}
 	opts.MaxBatch = min(opts.MaxBatch, maxBatchRecords)
+	if opts.CommitDelay == 0 {
+		opts.CommitDelay = defaultCommitDelay
+	}
 	if opts.CheckpointRecords <= 0 {
 		opts.CheckpointRecords = defaultCheckpointRecords
 	}
@@ -207,6 +216,7 @@ func Open(path string, opts Options) (*Store, error) {
 		metrics:      opts.Metrics,
 		journalPath:  JournalPath(path),
 		nextPath:     JournalPath(path) + ".next",
+		commitDelay:  opts.CommitDelay,
 		ckptRecords:  opts.CheckpointRecords,
 		ckptInterval: opts.CheckpointInterval,
 		queue:        make(chan *pending, opts.MaxBatch),

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
+	"runtime/metrics"
 	"time"
 
 	"github.com/meshca/meshca/ca/store"
@@ -120,13 +122,15 @@ func newPending(ctx context.Context, rec *store.Issuance) (*pending, error) {
 }
 
 // committer writes queued issuance records until Close. It blocks for the
-// first record, then takes whatever else is already queued, without waiting,
-// and writes them all in one frame of the journal: one write, one
-// fdatasync. A lone record is thus written at once, and records that arrive
-// during an fdatasync are written together by the next one.
+// first record, then takes whatever else is already queued, and writes them
+// all in one frame of the journal: one write, one fdatasync. A lone record
+// is thus written at once, and records that arrive during an fdatasync are
+// written together by the next one. Under load the batch may also wait a
+// little for company (see linger).
 func (s *Store) committer() {
 	defer close(s.stopped)
 	batch := make([]*pending, 0, s.maxBatch)
+	l := newLingerer(s.commitDelay)
 	for {
 		select {
 		case <-s.done:
@@ -135,19 +139,86 @@ func (s *Store) committer() {
 		case p := <-s.queue:
 			batch = append(batch, p)
 		}
-	drain:
-		for len(batch) < s.maxBatch {
-			select {
-			case p := <-s.queue:
-				batch = append(batch, p)
-			default:
-				break drain
-			}
-		}
+		batch = s.drain(batch)
+		batch = l.linger(s, batch)
 		s.commit(batch)
 		clear(batch) // let the records be collected
 		batch = batch[:0]
 	}
+}
+
+// drain adds to batch the records already queued, up to the batch's cap.
+func (s *Store) drain(batch []*pending) []*pending {
+	for len(batch) < s.maxBatch {
+		select {
+		case p := <-s.queue:
+			batch = append(batch, p)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// lingerGap is how long a lingering batch waits for the next record.
+const lingerGap = 250 * time.Microsecond
+
+// lingerer holds what the committer needs to linger.
+type lingerer struct {
+	delay   time.Duration
+	timer   *time.Timer
+	sample  []metrics.Sample
+	minBusy uint64
+}
+
+func newLingerer(delay time.Duration) *lingerer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &lingerer{
+		delay:   delay,
+		timer:   t,
+		sample:  []metrics.Sample{{Name: "/sched/goroutines/runnable:goroutines"}},
+		minBusy: uint64(runtime.GOMAXPROCS(0)), //nolint:gosec // G115: positive
+	}
+}
+
+// busy reports whether goroutines are waiting for a CPU: at least as many
+// as there are CPUs, so that while the committer waits none is idle.
+func (l *lingerer) busy() bool {
+	metrics.Read(l.sample)
+	return l.sample[0].Value.Kind() == metrics.KindUint64 && l.sample[0].Value.Uint64() >= l.minBusy
+}
+
+// linger lets more records join batch while that costs no CPU time: every
+// fdatasync costs the same CPU however many records it carries, so while
+// other goroutines wait for a CPU (the process is CPU-bound, and a caller
+// waiting longer idles none), the batch waits for the next record, up to
+// lingerGap after each one and commitDelay in all. When the CPUs have no
+// queue (a lone caller, or a process waiting on its clients) it returns at
+// once.
+func (l *lingerer) linger(s *Store, batch []*pending) []*pending {
+	if l.delay <= 0 {
+		return batch
+	}
+	deadline := time.Now().Add(l.delay)
+	for len(batch) < s.maxBatch && l.busy() {
+		wait := min(lingerGap, time.Until(deadline))
+		if wait <= 0 {
+			return batch
+		}
+		l.timer.Reset(wait)
+		select {
+		case p := <-s.queue:
+			l.timer.Stop()
+			batch = s.drain(append(batch, p))
+		case <-l.timer.C:
+			return batch
+		case <-s.done:
+			l.timer.Stop()
+			return batch
+		}
+	}
+	return batch
 }
 
 // failQueued answers the calls still queued at Close.
