@@ -254,3 +254,22 @@ func BenchmarkCheckpoint(b *testing.B) {
 		})
 	}
 }
+
+// TestLoneCallerNotDelayed: group commit waits for company only while the
+// process is CPU-bound, so a lone call is written at once even with a
+// CommitDelay of an hour (the call would otherwise hit its deadline).
+func TestLoneCallerNotDelayed(t *testing.T) {
+	counter := new(commitCounter)
+	s := openWith(t, "", boltstore.Options{CommitDelay: time.Hour, Metrics: counter})
+	for i := range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := s.RecordIssuance(ctx, rec(fmt.Sprintf("%02x", i), "spiffe://example.org/a", i, i+1))
+		cancel()
+		if err != nil {
+			t.Fatalf("lone RecordIssuance: %v", err)
+		}
+	}
+	if n := counter.commits.Load(); n != 3 {
+		t.Errorf("3 lone calls in %d commits", n)
+	}
+}
