@@ -254,8 +254,6 @@ func storeRecords(tx *bolt.Tx, recs []*journaled, check bool) (int, error) {
 	return len(recs) - len(fresh), nil
 }
 
-var fillPercent = 1.0
-
 // byIssuedAt orders records as the IssuedAt index does.
 func byIssuedAt(a, b *journaled) int {
 	return cmp.Or(cmp.Compare(a.issuedAt, b.issuedAt), strings.Compare(a.serial, b.serial))

@@ -102,7 +102,7 @@ func frameAt(data []byte, off int) ([]byte, bool) {
 		return nil, false
 	}
 	n := binary.LittleEndian.Uint32(h[4:])
-	if n > maxFramePayload || uint64(n) > uint64(len(h)-frameHeaderLen) {
+	if n > maxFramePayload || int64(n) > int64(len(h)-frameHeaderLen) {
 		return nil, false
 	}
 	payload := h[frameHeaderLen : frameHeaderLen+int(n)]
