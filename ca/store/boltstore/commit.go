@@ -165,10 +165,9 @@ const lingerGap = 250 * time.Microsecond
 
 // lingerer holds what the committer needs to linger.
 type lingerer struct {
-	delay   time.Duration
-	timer   *time.Timer
-	sample  []metrics.Sample
-	minBusy uint64
+	delay  time.Duration
+	timer  *time.Timer
+	sample []metrics.Sample
 }
 
 func newLingerer(delay time.Duration) *lingerer {
@@ -177,8 +176,7 @@ func newLingerer(delay time.Duration) *lingerer {
 	return &lingerer{
 		delay:   delay,
 		timer:   t,
-		sample:  []metrics.Sample{{Name: "/sched/goroutines/runnable:goroutines"}},
-		minBusy: uint64(runtime.GOMAXPROCS(0)), //nolint:gosec // G115: positive
+		sample: []metrics.Sample{{Name: "/sched/goroutines/runnable:goroutines"}},
 	}
 }
 
@@ -186,14 +184,15 @@ func newLingerer(delay time.Duration) *lingerer {
 // as there are CPUs, so that while the committer waits none is idle.
 func (l *lingerer) busy() bool {
 	metrics.Read(l.sample)
-	return l.sample[0].Value.Kind() == metrics.KindUint64 && l.sample[0].Value.Uint64() >= l.minBusy
+	v := l.sample[0].Value
+	return v.Kind() == metrics.KindUint64 && v.Uint64() >= uint64(runtime.GOMAXPROCS(0)) //nolint:gosec // G115: GOMAXPROCS is positive
 }
 
-// linger lets more records join batch while that costs no CPU time: every
+// linger lets more records join batch while waiting idles no CPU: an
 // fdatasync costs the same CPU however many records it carries, so while
-// other goroutines wait for a CPU (the process is CPU-bound, and a caller
-// waiting longer idles none), the batch waits for the next record, up to
-// lingerGap after each one and commitDelay in all. When the CPUs have no
+// other goroutines wait for a CPU (the process is CPU-bound, and callers
+// that wait longer leave none idle), the batch waits for the next record, up
+// to lingerGap after each one and commitDelay in all. When the CPUs have no
 // queue (a lone caller, or a process waiting on its clients) it returns at
 // once.
 func (l *lingerer) linger(s *Store, batch []*pending) []*pending {
