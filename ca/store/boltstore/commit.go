@@ -174,8 +174,8 @@ func newLingerer(delay time.Duration) *lingerer {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	return &lingerer{
-		delay:   delay,
-		timer:   t,
+		delay:  delay,
+		timer:  t,
 		sample: []metrics.Sample{{Name: "/sched/goroutines/runnable:goroutines"}},
 	}
 }
