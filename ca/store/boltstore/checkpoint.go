@@ -100,13 +100,7 @@ func (s *Store) checkpointAll() error {
 // seal is step 1. It does nothing if a file is sealed already, or if no
 // record is journaled.
 func (s *Store) seal() error {
-	if s.sealed != nil {
-		return nil
-	}
-	s.mu.RLock()
-	empty := len(s.order) == 0
-	s.mu.RUnlock()
-	if empty {
+	if s.sealed != nil || s.journaled() == 0 {
 		return nil
 	}
 	f, err := createJournal(s.nextPath)
@@ -156,13 +150,18 @@ func (s *Store) retire() error {
 	return nil
 }
 
+// journaled returns how many records are journaled and not yet in the data
+// file.
+func (s *Store) journaled() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.order)
+}
+
 // requestCheckpoint has the checkpointer store every record journaled
 // before the call, and waits for it.
 func (s *Store) requestCheckpoint(ctx context.Context) error {
-	s.mu.RLock()
-	empty := len(s.order) == 0
-	s.mu.RUnlock()
-	if empty {
+	if s.journaled() == 0 {
 		return nil
 	}
 	reply := make(chan error, 1)

@@ -50,11 +50,7 @@ func KeyCounts(s *Store) (counts [4]int) {
 
 // Journaled returns how many records are journaled and not yet in the data
 // file.
-func Journaled(s *Store) int {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return len(s.order)
-}
+func Journaled(s *Store) int { return s.journaled() }
 
 // Checkpoint has every journaled record checkpointed, as PruneIssuances
 // does.
