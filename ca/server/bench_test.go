@@ -10,6 +10,7 @@ import (
 	"math/big"
 	"net/url"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -29,7 +30,11 @@ import (
 //	           signature, x509.CreateCertificate, PEM encode — the floor.
 //	Sign/mem   ca.Authority.Sign with an in-memory store: everything meshca
 //	           adds in CPU (checks, template, validator, metrics, chain).
-//	Sign/bolt  the same with the durable bbolt store (fsync, group commit).
+//	Sign/bolt  the same with the durable store: each record journaled
+//	           (group commit, fdatasync before Sign returns) and
+//	           checkpointed into the bbolt file; the store is closed inside
+//	           the measurement, so the final checkpoint is counted too.
+//	Sign/journal  Sign/bolt without checkpoints: the request path alone.
 //	GRPC       a full CreateCertificate call over TLS on 127.0.0.1.
 //
 // Run with: make bench (go test -run "^$" -bench Issuance -benchmem ./ca/server/)
@@ -84,10 +89,24 @@ type nopStore struct{ store.Store }
 
 func (nopStore) RecordIssuance(context.Context, store.Issuance) error { return nil }
 
-// benchAuthority keeps its CA state in a real bbolt file; durable says
-// whether issuance records go there too or are dropped.
-func benchAuthority(b *testing.B, durable bool) *ca.Authority {
-	bolt, err := boltstore.Open(filepath.Join(b.TempDir(), "meshca.db"), boltstore.Options{})
+// storeCounter counts the store's group commits and checkpoints.
+type storeCounter struct{ commits, checkpoints atomic.Int64 }
+
+func (c *storeCounter) Committed(int, time.Duration)    { c.commits.Add(1) }
+func (c *storeCounter) Checkpointed(int, time.Duration) { c.checkpoints.Add(1) }
+
+// report adds the store's work per operation to b's results.
+func (c *storeCounter) report(b *testing.B) {
+	b.ReportMetric(float64(c.commits.Load())/float64(b.N), "commits/op")
+	b.ReportMetric(float64(c.checkpoints.Load()), "checkpoints")
+}
+
+// benchAuthority keeps its CA state in a real store opened with opts;
+// durable says whether issuance records go there too or are dropped.
+func benchAuthority(b *testing.B, durable bool, opts boltstore.Options) (*ca.Authority, *boltstore.Store, *storeCounter) {
+	counter := new(storeCounter)
+	opts.Metrics = counter
+	bolt, err := boltstore.Open(filepath.Join(b.TempDir(), "meshca.db"), opts)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -100,7 +119,7 @@ func benchAuthority(b *testing.B, durable bool) *ca.Authority {
 	if err != nil {
 		b.Fatal(err)
 	}
-	return a
+	return a, bolt, counter
 }
 
 // benchCallers × GOMAXPROCS concurrent callers in the durable benchmarks:
@@ -122,6 +141,13 @@ func cpuTime(b *testing.B) time.Duration {
 // whole process spent per operation, which is what the issuance budget is
 // about and does not depend on how well the goroutines kept the cores busy.
 func runParallel(b *testing.B, callers int, op func() error) {
+	runParallelThen(b, callers, op, nil)
+}
+
+// runParallelThen is runParallel with finish (if not nil) run after the
+// operations and counted in cpu-ns/op: work they left behind, such as the
+// store's last checkpoint.
+func runParallelThen(b *testing.B, callers int, op, finish func() error) {
 	b.SetParallelism(callers)
 	start := cpuTime(b)
 	b.RunParallel(func(pb *testing.PB) {
@@ -132,6 +158,11 @@ func runParallel(b *testing.B, callers int, op func() error) {
 			}
 		}
 	})
+	if finish != nil {
+		if err := finish(); err != nil {
+			b.Fatal(err)
+		}
+	}
 	b.ReportMetric(float64(cpuTime(b)-start)/float64(b.N), "cpu-ns/op")
 }
 
@@ -151,7 +182,7 @@ func BenchmarkIssuance(b *testing.B) {
 		}
 	})
 	b.Run("Sign/mem", func(b *testing.B) {
-		a := benchAuthority(b, false)
+		a, _, _ := benchAuthority(b, false, boltstore.Options{})
 		for b.Loop() {
 			if _, err := a.Sign(ctx, ca.SignRequest{CSR: csr, Identity: id}); err != nil {
 				b.Fatal(err)
@@ -166,18 +197,28 @@ func BenchmarkIssuance(b *testing.B) {
 		runParallel(b, benchCallers, func() error { return bareIssue(csr, parent, key, u) })
 	})
 	b.Run("Sign/mem/parallel", func(b *testing.B) {
-		a := benchAuthority(b, false)
+		a, _, _ := benchAuthority(b, false, boltstore.Options{})
 		runParallel(b, benchCallers, func() error {
 			_, err := a.Sign(ctx, ca.SignRequest{CSR: csr, Identity: id})
 			return err
 		})
 	})
 	b.Run("Sign/bolt/parallel", func(b *testing.B) {
-		a := benchAuthority(b, true)
+		a, st, counter := benchAuthority(b, true, boltstore.Options{})
+		runParallelThen(b, benchCallers, func() error {
+			_, err := a.Sign(ctx, ca.SignRequest{CSR: csr, Identity: id})
+			return err
+		}, st.Close) // the last checkpoint
+		counter.report(b)
+	})
+	// The request path alone: no checkpoint runs while measured.
+	b.Run("Sign/journal/parallel", func(b *testing.B) {
+		a, _, counter := benchAuthority(b, true, boltstore.Options{CheckpointRecords: 1 << 30, CheckpointInterval: time.Hour})
 		runParallel(b, benchCallers, func() error {
 			_, err := a.Sign(ctx, ca.SignRequest{CSR: csr, Identity: id})
 			return err
 		})
+		counter.report(b)
 	})
 	b.Run("GRPC/parallel", func(b *testing.B) {
 		p := startPlane(b, filepath.Join(b.TempDir(), "meshca.db"))

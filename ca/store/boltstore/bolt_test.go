@@ -227,7 +227,18 @@ func TestClosed(t *testing.T) {
 	}
 }
 
-// TestContract runs the store.Store contract suite against boltstore.
+// TestContract runs the store.Store contract suite against boltstore: with
+// the default options (records stay in the journal, as the suite writes
+// few), and with a checkpoint started after every group commit, so that
+// reads find records in the journal, the data file or, while a checkpoint
+// runs, both.
 func TestContract(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store { return open(t, "") })
+	t.Run("journaled", func(t *testing.T) {
+		storetest.Run(t, func(t *testing.T) store.Store { return open(t, "") })
+	})
+	t.Run("checkpointing", func(t *testing.T) {
+		storetest.Run(t, func(t *testing.T) store.Store {
+			return openWith(t, "", boltstore.Options{CheckpointRecords: 1, CheckpointInterval: time.Millisecond})
+		})
+	})
 }

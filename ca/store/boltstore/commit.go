@@ -2,13 +2,14 @@ package boltstore
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"runtime"
+	"runtime/metrics"
 	"time"
 
 	"github.com/meshca/meshca/ca/store"
-	bolt "go.etcd.io/bbolt"
 )
 
 // errDuplicate is returned by RecordIssuance for a serial already recorded.
@@ -18,14 +19,28 @@ var errDuplicate = errors.New("boltstore: duplicate serial")
 // pending is one RecordIssuance call waiting for the committer.
 type pending struct {
 	ctx context.Context
-	// serial, record and the index keys are prepared by the caller, so
-	// the committer does nothing but write them.
-	serial, record           []byte
-	notAfterKey, issuedAtKey []byte
-	spiffeIDKey              []byte
+	// rec was prepared by the caller (its JSON encoded, its fields
+	// checked), so the committer does nothing but write it.
+	rec *journaled
 	// reply receives the outcome; it is buffered so the committer never
 	// blocks on a caller that stopped waiting.
 	reply chan error
+}
+
+// journalFile is a journal file being written, or sealed (see checkpoint).
+type journalFile struct {
+	f *os.File
+	// size is where the next frame goes: every byte before it belongs to
+	// a frame that was synced.
+	size int64
+	// records is how many records the file holds.
+	records int
+	// gen numbers the files in the order they were written.
+	gen uint64
+	// broken is the error of a failed write that could not be undone
+	// (truncating the file back to size failed); until it can, nothing
+	// more is written to the file.
+	broken error
 }
 
 // RecordIssuance implements store.Store. If ctx ends while the record is
@@ -69,41 +84,53 @@ func (s *Store) RecordIssuance(ctx context.Context, rec store.Issuance) error {
 	}
 }
 
-// newPending validates rec and prepares what the committer writes.
-func newPending(ctx context.Context, rec *store.Issuance) (*pending, error) {
+// checkIssuance checks what the keys of a record need.
+func checkIssuance(rec *store.Issuance) error {
 	if err := checkSerial(rec.Serial); err != nil {
-		return nil, fmt.Errorf("boltstore: record issuance: %w", err)
+		return err
 	}
 	if err := checkSPIFFEID(rec.SPIFFEID); err != nil {
-		return nil, fmt.Errorf("boltstore: record issuance %s: %w", rec.Serial, err)
+		return err
 	}
 	if !keyTime(rec.NotAfter) || !keyTime(rec.IssuedAt) {
-		return nil, fmt.Errorf("boltstore: record issuance %s: not_after and issued_at must be between 1970 and 2262", rec.Serial)
+		return errors.New("not_after and issued_at must be between 1970 and 2262")
 	}
-	data, err := json.Marshal(rec)
+	return nil
+}
+
+// newPending checks rec and prepares what the committer writes.
+func newPending(ctx context.Context, rec *store.Issuance) (*pending, error) {
+	if err := checkIssuance(rec); err != nil {
+		return nil, fmt.Errorf("boltstore: record issuance %q: %w", rec.Serial, err)
+	}
+	value, err := appendIssuance(make([]byte, 0, 512), rec)
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: record issuance %s: %w", rec.Serial, err)
 	}
+	if len(value) > maxRecordLen {
+		return nil, fmt.Errorf("boltstore: record issuance %s: record of %d bytes, more than %d", rec.Serial, len(value), maxRecordLen)
+	}
 	return &pending{
-		ctx:         ctx,
-		serial:      []byte(rec.Serial),
-		record:      data,
-		notAfterKey: timeSerialKey(rec.NotAfter, rec.Serial),
-		issuedAtKey: timeSerialKey(rec.IssuedAt, rec.Serial),
-		spiffeIDKey: spiffeIDKey(rec),
-		reply:       make(chan error, 1),
+		ctx: ctx,
+		rec: &journaled{
+			serial: rec.Serial, spiffeID: rec.SPIFFEID,
+			issuedAt: rec.IssuedAt.UnixNano(), notAfter: rec.NotAfter.UnixNano(),
+			value: value,
+		},
+		reply: make(chan error, 1),
 	}, nil
 }
 
 // committer writes queued issuance records until Close. It blocks for the
-// first record, then takes whatever else is already queued, without waiting,
-// and writes them all in one transaction: one fsync. A lone record is thus
-// written at once, and records that arrive during an fsync are written
-// together by the next one. (bbolt's own DB.Batch instead waits up to 10ms
-// for company, which a lone caller would pay in full.)
+// first record, then takes whatever else is already queued, and writes them
+// all in one frame of the journal: one write, one fdatasync. A lone record
+// is thus written at once, and records that arrive during an fdatasync are
+// written together by the next one. Under load the batch may also wait a
+// little for company (see linger).
 func (s *Store) committer() {
 	defer close(s.stopped)
 	batch := make([]*pending, 0, s.maxBatch)
+	l := newLingerer(s.commitDelay)
 	for {
 		select {
 		case <-s.done:
@@ -112,19 +139,85 @@ func (s *Store) committer() {
 		case p := <-s.queue:
 			batch = append(batch, p)
 		}
-	drain:
-		for len(batch) < s.maxBatch {
-			select {
-			case p := <-s.queue:
-				batch = append(batch, p)
-			default:
-				break drain
-			}
-		}
+		batch = s.drain(batch)
+		batch = l.linger(s, batch)
 		s.commit(batch)
 		clear(batch) // let the records be collected
 		batch = batch[:0]
 	}
+}
+
+// drain adds to batch the records already queued, up to the batch's cap.
+func (s *Store) drain(batch []*pending) []*pending {
+	for len(batch) < s.maxBatch {
+		select {
+		case p := <-s.queue:
+			batch = append(batch, p)
+		default:
+			return batch
+		}
+	}
+	return batch
+}
+
+// lingerGap is how long a lingering batch waits for the next record.
+const lingerGap = 250 * time.Microsecond
+
+// lingerer holds what the committer needs to linger.
+type lingerer struct {
+	delay  time.Duration
+	timer  *time.Timer
+	sample []metrics.Sample
+}
+
+func newLingerer(delay time.Duration) *lingerer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &lingerer{
+		delay:  delay,
+		timer:  t,
+		sample: []metrics.Sample{{Name: "/sched/goroutines/runnable:goroutines"}},
+	}
+}
+
+// busy reports whether goroutines are waiting for a CPU: at least as many
+// as there are CPUs, so that while the committer waits none is idle.
+func (l *lingerer) busy() bool {
+	metrics.Read(l.sample)
+	v := l.sample[0].Value
+	return v.Kind() == metrics.KindUint64 && v.Uint64() >= uint64(runtime.GOMAXPROCS(0)) //nolint:gosec // G115: GOMAXPROCS is positive
+}
+
+// linger lets more records join batch while waiting idles no CPU: an
+// fdatasync costs the same CPU however many records it carries, so while
+// other goroutines wait for a CPU (the process is CPU-bound, and callers
+// that wait longer leave none idle), the batch waits for the next record, up
+// to lingerGap after each one and commitDelay in all. When the CPUs have no
+// queue (a lone caller, or a process waiting on its clients) it returns at
+// once.
+func (l *lingerer) linger(s *Store, batch []*pending) []*pending {
+	if l.delay <= 0 {
+		return batch
+	}
+	deadline := time.Now().Add(l.delay)
+	for len(batch) < s.maxBatch && l.busy() {
+		wait := min(lingerGap, time.Until(deadline))
+		if wait <= 0 {
+			return batch
+		}
+		l.timer.Reset(wait)
+		select {
+		case p := <-s.queue:
+			l.timer.Stop()
+			batch = s.drain(append(batch, p))
+		case <-l.timer.C:
+			return batch
+		case <-s.done:
+			l.timer.Stop()
+			return batch
+		}
+	}
+	return batch
 }
 
 // failQueued answers the calls still queued at Close.
@@ -139,66 +232,134 @@ func (s *Store) failQueued() {
 	}
 }
 
-// commit writes batch in one transaction and replies to each caller. A
-// record that cannot be written (a duplicate, or its caller gave up) gets its
-// own error without failing the others.
+// commit writes batch as one frame of the journal, makes its records visible
+// to reads, and replies to each caller. A record that cannot be written (a
+// duplicate, or its caller gave up) gets its own error without failing the
+// others.
 func (s *Store) commit(batch []*pending) {
-	errs := make([]error, len(batch))
+	s.jmu.Lock()
+	defer s.jmu.Unlock()
 	start := time.Now()
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		recs := tx.Bucket(bucketIssuances)
-		byNotAfter := tx.Bucket(bucketByNotAfter)
-		byIssuedAt := tx.Bucket(bucketByIssuedAt)
-		bySPIFFEID := tx.Bucket(bucketBySPIFFEID)
-		for i, p := range batch {
-			if err := p.ctx.Err(); err != nil {
-				errs[i] = fmt.Errorf("boltstore: %w", err)
-				continue
-			}
-			if recs.Get(p.serial) != nil {
-				errs[i] = fmt.Errorf("%w %s", errDuplicate, p.serial)
-				continue
-			}
-			// The keys were validated, so a failing Put is unexpected
-			// (out of space, say). Abort the transaction: nothing of
-			// the batch is written, and every caller hears so.
-			for _, put := range []struct {
-				b    *bolt.Bucket
-				k, v []byte
-			}{
-				{recs, p.serial, p.record},
-				{byNotAfter, p.notAfterKey, nil},
-				{byIssuedAt, p.issuedAtKey, nil},
-				{bySPIFFEID, p.spiffeIDKey, nil},
-			} {
-				if err := put.b.Put(put.k, put.v); err != nil {
-					return err
-				}
+	errs := make([]error, len(batch))
+	n := s.check(batch, errs)
+	var err error
+	if n > 0 {
+		err = s.write(batch, errs, n)
+	}
+	if err != nil {
+		err = fmt.Errorf("boltstore: record issuance: %w", err)
+		s.log.Error("writing issuance records failed", "records", n, "err", err)
+	} else if n > 0 {
+		s.metrics.Committed(n, time.Since(start))
+		if s.active.records >= s.ckptRecords {
+			select {
+			case s.ckptSignal <- struct{}{}:
+			default: // already signalled
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		err = wrap("record issuance", err)
-		s.log.Error("writing issuance records failed", "records", len(batch), "err", err)
-	} else {
-		s.metrics.Committed(len(batch)-countErrors(errs), time.Since(start))
 	}
 	for i, p := range batch {
-		if err != nil {
-			p.reply <- err
-		} else {
-			p.reply <- errs[i]
+		if errs[i] == nil {
+			errs[i] = err
 		}
+		p.reply <- errs[i]
 	}
 }
 
-func countErrors(errs []error) int {
-	n := 0
-	for _, err := range errs {
-		if err != nil {
-			n++
+// check sets errs[i] for the records of batch that must not be written, and
+// returns how many may be.
+func (s *Store) check(batch []*pending, errs []error) int {
+	clear(s.seen)
+	s.mu.RLock()
+	for i, p := range batch {
+		if err := p.ctx.Err(); err != nil {
+			errs[i] = fmt.Errorf("boltstore: %w", err)
+			continue
 		}
+		_, journaled := s.pend[p.rec.serial]
+		_, inBatch := s.seen[p.rec.serial]
+		if journaled || inBatch {
+			errs[i] = fmt.Errorf("%w %s", errDuplicate, p.rec.serial)
+			continue
+		}
+		s.seen[p.rec.serial] = struct{}{}
+	}
+	s.mu.RUnlock()
+	if len(s.seen) == 0 {
+		return 0
+	}
+	// The data file is read after the journaled records: a checkpoint
+	// drops records from s.pend only once they are in the data file, so a
+	// record absent from both was in neither.
+	tx, err := s.db.Begin(false)
+	if err != nil {
+		err = wrap("record issuance", err)
+		for i := range batch {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+		return 0
+	}
+	defer func() { _ = tx.Rollback() }() // read only
+	recs := tx.Bucket(bucketIssuances)
+	n := 0
+	for i, p := range batch {
+		if errs[i] != nil {
+			continue
+		}
+		if recs.Get([]byte(p.rec.serial)) != nil {
+			errs[i] = fmt.Errorf("%w %s", errDuplicate, p.rec.serial)
+			continue
+		}
+		n++
 	}
 	return n
+}
+
+// write appends the n records of batch without an error to the journal as
+// one frame, syncs it, and adds them to the journaled records, all under
+// s.jmu: the records are in s.pend before the file can be sealed.
+func (s *Store) write(batch []*pending, errs []error, n int) error {
+	j := s.active
+	if j.broken != nil {
+		if err := j.f.Truncate(j.size); err != nil {
+			return fmt.Errorf("journal unusable since a failed write: %w", j.broken)
+		}
+		j.broken = nil
+	}
+	b := beginFrame(s.frame[:0])
+	for i, p := range batch {
+		if errs[i] == nil {
+			b = append(append(b, p.rec.value...), '\n')
+		}
+	}
+	endFrame(b, 0)
+	if cap(b) <= 1<<20 { // keep a usual frame's buffer, not a huge one
+		s.frame = b
+	}
+	_, err := j.f.WriteAt(b, j.size)
+	if err == nil {
+		err = fdatasync(j.f)
+	}
+	if err != nil {
+		// Leave nothing after the last good frame: a frame written
+		// after a damaged one would make the file read as corrupt.
+		if terr := j.f.Truncate(j.size); terr != nil {
+			j.broken = errors.Join(err, terr)
+		}
+		return err
+	}
+	j.size += int64(len(b))
+	j.records += n
+	s.mu.Lock()
+	for i, p := range batch {
+		if errs[i] == nil {
+			p.rec.gen = j.gen
+			s.pend[p.rec.serial] = p.rec
+			s.order = append(s.order, p.rec)
+		}
+	}
+	s.mu.Unlock()
+	return nil
 }

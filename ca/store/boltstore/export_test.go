@@ -33,8 +33,8 @@ func CommitBatch(s *Store, recs []store.Issuance, ctxs []context.Context) []erro
 	return errs
 }
 
-// KeyCounts returns the number of keys in each issuance bucket: records, and
-// the NotAfter, IssuedAt and SPIFFE ID indexes.
+// KeyCounts returns the number of keys in each issuance bucket of the data
+// file: records, and the NotAfter, IssuedAt and SPIFFE ID indexes.
 func KeyCounts(s *Store) (counts [4]int) {
 	err := s.db.View(func(tx *bolt.Tx) error {
 		for i, name := range [][]byte{bucketIssuances, bucketByNotAfter, bucketByIssuedAt, bucketBySPIFFEID} {
@@ -47,3 +47,80 @@ func KeyCounts(s *Store) (counts [4]int) {
 	}
 	return counts
 }
+
+// Journaled returns how many records are journaled and not yet in the data
+// file.
+func Journaled(s *Store) int { return s.journaled() }
+
+// Checkpoint has every journaled record checkpointed, as PruneIssuances
+// does.
+func Checkpoint(s *Store) error { return s.requestCheckpoint(context.Background()) }
+
+// Crash stops s as a killed process would: no checkpoint, no journal reset;
+// the files are left as they are and their lock released. Each step of
+// CheckpointSteps, done before, is where a checkpoint stopped.
+func Crash(s *Store) {
+	s.closeOnce.Do(func() {
+		s.closed.Store(true)
+		close(s.done)
+		<-s.stopped
+		<-s.ckptStopped
+		_ = s.active.f.Close()
+		if s.sealed != nil {
+			_ = s.sealed.f.Close()
+		}
+		_ = s.db.Close()
+	})
+}
+
+// CheckpointSteps are the steps of a checkpoint, to run one by one before
+// Crash. They must not run while the checkpointer does (a large
+// CheckpointRecords and CheckpointInterval keep it idle).
+var CheckpointSteps = []struct {
+	Name string
+	Run  func(*Store) error
+}{
+	{"seal", (*Store).seal},
+	{"store", func(s *Store) error { _, err := s.storeSealed(); return err }},
+	{"retire", (*Store).retire},
+}
+
+// Frame returns a journal frame holding values, as the committer writes
+// them (each value followed by a newline).
+func Frame(values ...[]byte) []byte {
+	var payload []byte
+	for _, v := range values {
+		payload = append(append(payload, v...), '\n')
+	}
+	return RawFrame(payload)
+}
+
+// RawFrame returns a valid frame around payload, whatever it holds.
+func RawFrame(payload []byte) []byte {
+	b := append(beginFrame(nil), payload...)
+	endFrame(b, 0)
+	return b
+}
+
+// JournalHeader starts every journal file.
+const JournalHeader = journalHeader
+
+// DecodeJournal decodes a journal file's contents: the records' JSON, and
+// where the valid frames end.
+func DecodeJournal(data []byte) ([][]byte, int, error) {
+	raw, end, err := decodeJournal(data)
+	values := make([][]byte, len(raw))
+	for i, r := range raw {
+		values[i] = r.value
+	}
+	return values, end, err
+}
+
+// ParseRecord checks a journaled record as a replay does.
+func ParseRecord(value []byte) error {
+	_, err := parseRecord(value)
+	return err
+}
+
+// AppendIssuance is the committer's JSON encoding of rec.
+func AppendIssuance(rec *store.Issuance) ([]byte, error) { return appendIssuance(nil, rec) }

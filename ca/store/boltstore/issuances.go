@@ -2,10 +2,13 @@ package boltstore
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/meshca/meshca/ca/store"
@@ -19,18 +22,27 @@ const (
 	pruneChunk = 5000
 )
 
-// Issuance implements store.Store.
+// Issuance implements store.Store. It looks among the journaled records
+// first (see Store.mu).
 func (s *Store) Issuance(ctx context.Context, serial string) (*store.Issuance, error) {
 	if err := s.enter(ctx); err != nil {
 		return nil, err
 	}
-	var rec *store.Issuance
+	s.mu.RLock()
+	j := s.pend[serial]
+	s.mu.RUnlock()
+	rec := new(store.Issuance)
+	if j != nil {
+		if err := json.Unmarshal(j.value, rec); err != nil {
+			return nil, fmt.Errorf("boltstore: issuance %s: %w", serial, err)
+		}
+		return rec, nil
+	}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		v := tx.Bucket(bucketIssuances).Get([]byte(serial))
 		if v == nil {
 			return store.ErrNotFound
 		}
-		rec = new(store.Issuance)
 		return json.Unmarshal(v, rec)
 	})
 	if err != nil {
@@ -39,10 +51,11 @@ func (s *Store) Issuance(ctx context.Context, serial string) (*store.Issuance, e
 	return rec, nil
 }
 
-// Issuances implements store.Store. It walks an index in IssuedAt order from
-// f.IssuedSince: the SPIFFE ID index when f.SPIFFEID is set, else the
-// IssuedAt index, and stops at f.Limit. The deny-list entries are read in the
-// same transaction, those of each SPIFFE ID once.
+// Issuances implements store.Store. It merges two lists in IssuedAt order:
+// the journaled records that match f, and an index of the data file walked
+// from f.IssuedSince (the SPIFFE ID index when f.SPIFFEID is set, else the
+// IssuedAt index), and stops at f.Limit. The deny-list entries are read in
+// the same transaction, those of each SPIFFE ID once.
 func (s *Store) Issuances(ctx context.Context, f store.IssuanceFilter) ([]store.IssuanceWithRevocations, error) {
 	if err := s.enter(ctx); err != nil {
 		return nil, err
@@ -57,29 +70,14 @@ func (s *Store) Issuances(ctx context.Context, f store.IssuanceFilter) ([]store.
 		}
 		index, prefix = bucketBySPIFFEID, append([]byte(f.SPIFFEID), 0)
 	}
+	// The journaled records first, then the transaction (see Store.mu).
+	journal := s.journaledMatching(f)
 	var out []store.IssuanceWithRevocations
 	err := s.db.View(func(tx *bolt.Tx) error {
-		recs := tx.Bucket(bucketIssuances)
 		byID := map[string][]store.Revocation{} // the entries of each ID seen
-		c := tx.Bucket(index).Cursor()
-		start := binary.BigEndian.AppendUint64(bytes.Clone(prefix), seekNanos(f.IssuedSince))
-		for k, _ := c.Seek(start); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
-			if err := ctx.Err(); err != nil {
-				return err
-			}
-			at, serial, ok := splitTimeSerial(k[len(prefix):])
-			if !ok {
-				return fmt.Errorf("malformed index key %q", k)
-			}
-			if at.Before(f.IssuedSince) { // only if IssuedSince is before 1970
-				continue
-			}
-			v := recs.Get(serial)
-			if v == nil {
-				return fmt.Errorf("index entry for missing record %s", serial)
-			}
+		add := func(serial, value []byte) error {
 			var rec store.IssuanceWithRevocations
-			if err := json.Unmarshal(v, &rec.Issuance); err != nil {
+			if err := json.Unmarshal(value, &rec.Issuance); err != nil {
 				return fmt.Errorf("record %s: %w", serial, err)
 			}
 			revs, err := serialRevocation(tx, rec.Serial)
@@ -97,8 +95,49 @@ func (s *Store) Issuances(ctx context.Context, f store.IssuanceFilter) ([]store.
 			// no caller sees another record's changes.
 			rec.Revocations = append(revs, idRevs...)
 			out = append(out, rec)
-			if len(out) == f.Limit {
+			return nil
+		}
+		full := func() bool { return f.Limit > 0 && len(out) == f.Limit }
+		recs := tx.Bucket(bucketIssuances)
+		c := tx.Bucket(index).Cursor()
+		start := binary.BigEndian.AppendUint64(bytes.Clone(prefix), seekNanos(f.IssuedSince))
+		for k, _ := c.Seek(start); k != nil && bytes.HasPrefix(k, prefix) && !full(); k, _ = c.Next() {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			at, serial, ok := splitTimeSerial(k[len(prefix):])
+			if !ok {
+				return fmt.Errorf("malformed index key %q", k)
+			}
+			if at.Before(f.IssuedSince) { // only if IssuedSince is before 1970
+				continue
+			}
+			// Journaled records that come first; one found in both
+			// (being checkpointed) is listed once, from the data file.
+			for len(journal) > 0 && !full() {
+				if c := compareIndex(journal[0], at.UnixNano(), serial); c > 0 {
+					break
+				} else if c < 0 {
+					if err := add([]byte(journal[0].serial), journal[0].value); err != nil {
+						return err
+					}
+				}
+				journal = journal[1:]
+			}
+			if full() {
 				break
+			}
+			v := recs.Get(serial)
+			if v == nil {
+				return fmt.Errorf("index entry for missing record %s", serial)
+			}
+			if err := add(serial, v); err != nil {
+				return err
+			}
+		}
+		for ; len(journal) > 0 && !full(); journal = journal[1:] {
+			if err := add([]byte(journal[0].serial), journal[0].value); err != nil {
+				return err
 			}
 		}
 		return nil
@@ -109,9 +148,38 @@ func (s *Store) Issuances(ctx context.Context, f store.IssuanceFilter) ([]store.
 	return out, nil
 }
 
-// PruneIssuances implements store.Store. It deletes in transactions of at
-// most pruneChunk records; on error it returns how many were deleted before.
+// journaledMatching returns the journaled records that f selects (ignoring
+// its limit), in index order.
+func (s *Store) journaledMatching(f store.IssuanceFilter) []*journaled {
+	var out []*journaled
+	s.mu.RLock()
+	for _, j := range s.order {
+		if (f.SPIFFEID == "" || j.spiffeID == f.SPIFFEID) && !time.Unix(0, j.issuedAt).Before(f.IssuedSince) {
+			out = append(out, j)
+		}
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(out, byIssuedAt)
+	return out
+}
+
+// compareIndex orders j against the index entry (issuedAt, serial) as the
+// index keys sort: by time, then serial.
+func compareIndex(j *journaled, issuedAt int64, serial []byte) int {
+	return cmp.Or(cmp.Compare(j.issuedAt, issuedAt), strings.Compare(j.serial, string(serial)))
+}
+
+// PruneIssuances implements store.Store. It first has every journaled
+// record checkpointed (a record deleted from the data file must not come
+// back from the journal), then deletes in transactions of at most
+// pruneChunk records; on error it returns how many were deleted before.
 func (s *Store) PruneIssuances(ctx context.Context, cutoff time.Time) (int, error) {
+	if err := s.enter(ctx); err != nil {
+		return 0, err
+	}
+	if err := s.requestCheckpoint(ctx); err != nil {
+		return 0, err
+	}
 	total := 0
 	for {
 		if err := s.enter(ctx); err != nil {

@@ -150,8 +150,13 @@ func seekNanos(t time.Time) uint64 {
 
 // timeSerialKey is an index key: t (which fits) then serial.
 func timeSerialKey(t time.Time, serial string) []byte {
-	k := make([]byte, 8, 8+len(serial))
-	binary.BigEndian.PutUint64(k, uint64(t.UnixNano()))
+	return nanosSerialKey(make([]byte, 0, 8+len(serial)), t.UnixNano(), serial)
+}
+
+// nanosSerialKey appends to prefix the index key of a time in Unix
+// nanoseconds (which fits) and a serial.
+func nanosSerialKey(prefix []byte, nanos int64, serial string) []byte {
+	k := binary.BigEndian.AppendUint64(prefix, uint64(nanos)) //nolint:gosec // G115: key times are not negative (see minKeyTime)
 	return append(k, serial...)
 }
 
