@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/binary"
 	"fmt"
 	"math/big"
 	"net"
@@ -33,7 +34,9 @@ func newSerial(at time.Time) (*big.Int, error) {
 	if ms == 0 {
 		ms = 1 // the 48-bit clock wrapped (year 10889): keep the serial positive
 	}
-	b[0], b[1], b[2], b[3], b[4], b[5] = byte(ms>>40), byte(ms>>32), byte(ms>>24), byte(ms>>16), byte(ms>>8), byte(ms)
+	var ts [8]byte
+	binary.BigEndian.PutUint64(ts[:], ms)
+	copy(b[:6], ts[2:])
 	return new(big.Int).SetBytes(b[:]), nil
 }
 
