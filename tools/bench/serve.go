@@ -5,6 +5,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"flag"
+	"net/http"
+	_ "net/http/pprof" // -pprof
 	"time"
 
 	"google.golang.org/grpc"
@@ -32,8 +34,12 @@ func serve(args []string) error {
 	kubeconfig := fs.String("kubeconfig", "", "API server for Kubernetes tokens; empty: mTLS only")
 	qps := fs.Float64("qps", istioca.DefaultQPS, "istio: client-go QPS for TokenReviews (istiod's)")
 	burst := fs.Int("burst", istioca.DefaultBurst, "istio: client-go burst (istiod's)")
+	pprofAddr := fs.String("pprof", "", "serve Go's profiler on this address (to compare a peer's profile with meshca's --profiling)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
+	}
+	if *pprofAddr != "" {
+		go func() { _ = http.ListenAndServe(*pprofAddr, nil) }() //nolint:gosec // a benchmark's debug port on 127.0.0.1
 	}
 	if kind == "istio" {
 		return istioca.Run(istioca.Config{Dir: *dir, Listen: *listen, Kubeconfig: *kubeconfig, QPS: float32(*qps), Burst: *burst})

@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -150,12 +151,18 @@ func closeAll(targets []*target) {
 // startPeer starts this binary as `serve kind` (floor or istio) on a free
 // port, with Kubernetes tokens when kubeconfig is set.
 func (e *Env) startPeer(name, cred, kind, kubeconfig string) (*target, error) {
-	ports, err := proc.FreePorts(1)
+	ports, err := proc.FreePorts(2)
 	if err != nil {
 		return nil, err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(ports[0])
 	args := []string{"serve", kind, "--dir", e.caDir, "--listen", addr}
+	if slices.Contains(e.Opts.MeshcaArgs, "--profiling") {
+		// Profile the peers too, to compare with meshca's.
+		pprof := "127.0.0.1:" + strconv.Itoa(ports[1])
+		args = append(args, "--pprof", pprof)
+		e.logf("%s: Go profiler on http://%s/debug/pprof/", name, pprof)
+	}
 	if kubeconfig != "" {
 		args = append(args, "--kubeconfig", kubeconfig)
 	}
