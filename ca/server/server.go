@@ -49,12 +49,14 @@ const (
 	// DefaultMaxQueuedCSRs and DefaultCSRQueueWait bound the line of CSRs
 	// waiting for a signing slot; DefaultMaxStreamsPerConnection the
 	// calls one connection has open at once (HTTP/2
-	// SETTINGS_MAX_CONCURRENT_STREAMS: past it a client queues its own
-	// calls, at no cost to the CA). One agent has one CSR open; a node
-	// agent requesting for many pods pipelines them.
+	// SETTINGS_MAX_CONCURRENT_STREAMS, at the 100 the HTTP/2 RFC asks
+	// servers not to go under: past it a client queues its own calls, at
+	// no cost to the CA). One agent has one CSR open; a node agent
+	// renewing for the pods of a node sends them at once, and what the
+	// gate cannot serve in time is shed with a hint, cheaply.
 	DefaultMaxQueuedCSRs            = 4096
 	DefaultCSRQueueWait             = 500 * time.Millisecond
-	DefaultMaxStreamsPerConnection  = 16
+	DefaultMaxStreamsPerConnection  = 100
 	defaultInFlightCSRsPerProcessor = 16
 )
 
@@ -125,7 +127,7 @@ type Limits struct {
 	MaxQueuedCSRs   int
 	// MaxStreamsPerConnection bounds the gRPC calls open at once on one
 	// connection (HTTP/2 MAX_CONCURRENT_STREAMS); a client with more waits
-	// for one of its own to finish before sending. Default 16.
+	// for one of its own to finish before sending. Default 100.
 	MaxStreamsPerConnection int
 }
 

@@ -36,8 +36,8 @@ func (e *OverloadedError) Error() string {
 // gate bounds the CSRs in progress (attestation, signing and the durable
 // record) to a fixed number of slots. A request finding every slot busy
 // waits in line, at most maxQueued of them and each at most maxWait; one
-// whose expected wait (its place in line times the average time a slot is
-// held, over the slots) is past maxWait, or who finds the line full, is
+// whose expected wait (its place in line times the measured time between
+// two requests finishing while saturated) is past maxWait, or who finds the line full, is
 // shed at once with a retry hint instead of queueing without bound: a
 // storm of renewals costs bounded memory and CPU, and the requests
 // admitted finish well within their deadline.
@@ -50,8 +50,11 @@ type gate struct {
 	onShed func()
 
 	queued atomic.Int64
+	// pace measures how fast requests finish while every slot is busy.
+	pace pacer
 	// serviceNanos is a moving average of the time a request holds a
-	// slot, for the retry hint.
+	// slot; over the slots, it stands in for the pace until one is
+	// measured.
 	serviceNanos atomic.Int64
 	// retryMu guards nextRetry, the time handed to the last request
 	// shed: each one shed is given the next free moment at the rate the
@@ -93,37 +96,106 @@ func (g *gate) acquire(ctx context.Context) (func(), error) {
 	}
 }
 
-// expectedWait is how long the q-th in line waits for a slot, from the
-// average time a request holds one (zero until one was measured).
+// perRequest is the time the gate needs per request when saturated: the
+// best pace measured lately, or until there is one, the average time a
+// slot is held over the slots (zero before anything finished).
+func (g *gate) perRequest() time.Duration {
+	if p := g.pace.best(g.clock.Now()); p > 0 {
+		return p
+	}
+	return time.Duration(float64(g.serviceNanos.Load()) / float64(cap(g.slots)))
+}
+
+// expectedWait is how long the q-th in line waits for a slot.
 func (g *gate) expectedWait(q int64) time.Duration {
-	return time.Duration(float64(q) * float64(g.serviceNanos.Load()) / float64(cap(g.slots)))
+	return time.Duration(q) * g.perRequest()
 }
 
 func (g *gate) releaser() func() {
 	start := g.clock.Now()
 	return func() {
-		took := g.clock.Now().Sub(start).Nanoseconds()
-		// An exponential moving average (1/16 weight) without a lock: a
-		// lost update under a race only delays the average a little.
-		old := g.serviceNanos.Load()
-		if old == 0 {
-			g.serviceNanos.Store(took)
-		} else {
-			g.serviceNanos.Store(old + (took-old)/16)
-		}
+		now := g.clock.Now()
+		// A moving average without a lock: a lost update under a race
+		// only delays it a little.
+		ewma(&g.serviceNanos, now.Sub(start).Nanoseconds(), 16)
+		g.pace.finished(now, len(g.slots) == cap(g.slots))
 		<-g.slots
+	}
+}
+
+// Pace windows: requests finishing are counted in windows of paceWindow;
+// a window in which every slot stayed busy, with at least paceMinCount
+// finished, gives a pace (its length over the count), and the best of
+// the last paceWindows is the gate's pace. The best, not the average: while
+// the CPUs are also turning a crowd away the pace drops, and the crowd is
+// what the hints are for; a hint a little short costs a retry shed again,
+// a hint too long leaves the CA idle while callers wait.
+const (
+	paceWindow   = 100 * time.Millisecond
+	paceWindows  = 100 // 10 s
+	paceMinCount = 8
+)
+
+type pacer struct {
+	mu        sync.Mutex
+	start     time.Time // of the current window
+	count     int
+	saturated bool // every finish in the current window found all slots busy
+	paces     [paceWindows]struct {
+		at   time.Time
+		pace time.Duration
+	}
+	next int
+}
+
+// finished counts a request done at now; saturated says whether every
+// slot was busy.
+func (p *pacer) finished(now time.Time, saturated bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if el := now.Sub(p.start); el >= paceWindow || el < 0 {
+		if p.saturated && p.count >= paceMinCount && el < 2*paceWindow {
+			p.paces[p.next].at, p.paces[p.next].pace = now, el/time.Duration(p.count)
+			p.next = (p.next + 1) % paceWindows
+		}
+		p.start, p.count, p.saturated = now, 0, true
+	}
+	p.count++
+	p.saturated = p.saturated && saturated
+}
+
+// best is the shortest pace measured in the last paceWindows windows, or
+// zero.
+func (p *pacer) best(now time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var best time.Duration
+	for _, w := range p.paces {
+		if w.pace > 0 && now.Sub(w.at) <= paceWindows*paceWindow && (best == 0 || w.pace < best) {
+			best = w.pace
+		}
+	}
+	return best
+}
+
+// ewma moves the average in v towards x by 1/weight (to x if v is zero).
+func ewma(v *atomic.Int64, x, weight int64) {
+	if old := v.Load(); old == 0 {
+		v.Store(x)
+	} else {
+		v.Store(old + (x-old)/weight)
 	}
 }
 
 // shed counts one request turned away and returns its error with the
 // hint: a moment after those in line and those turned away before it have
-// been served, one per average service time over the slots.
+// been served, at the rate the gate serves when saturated.
 func (g *gate) shed() error {
 	if g.onShed != nil {
 		g.onShed()
 	}
 	now := g.clock.Now()
-	per := time.Duration(float64(g.serviceNanos.Load()) / float64(cap(g.slots)))
+	per := g.perRequest()
 	g.retryMu.Lock()
 	defer g.retryMu.Unlock()
 	if base := now.Add(time.Duration(g.queued.Load()) * per); g.nextRetry.Before(base) {

@@ -181,3 +181,52 @@ func TestRetryAfterSeconds(t *testing.T) {
 		}
 	}
 }
+
+// TestGateMeasuresItsPace: while every slot stays busy, the pace of
+// requests finishing is measured in windows, and the best of the last ten
+// seconds paces the line and the hints: a slower stretch (the CPUs busy
+// turning a crowd away) does not stretch them, until it is all there is.
+func TestGateMeasuresItsPace(t *testing.T) {
+	clk := clocktest.New(epoch)
+	g := newGate(2, 10, time.Second, clk)
+	ctx := context.Background()
+	held := make([]func(), 0, 2)
+	for range 2 {
+		r, _ := g.acquire(ctx)
+		held = append(held, r)
+	}
+	// run finishes n requests gap apart, a new one taking each slot.
+	run := func(n int, gap time.Duration) {
+		for range n {
+			clk.Advance(gap)
+			held[0]()
+			r, err := g.acquire(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held[1:], r)
+		}
+	}
+	if got := g.expectedWait(10); got != 0 {
+		t.Fatalf("expected wait before anything finished = %s, want 0", got)
+	}
+	run(100, 2*time.Millisecond)
+	if got := g.expectedWait(10); got != 20*time.Millisecond {
+		t.Fatalf("expected wait of the 10th at a 2ms pace = %s, want 20ms", got)
+	}
+	run(200, 10*time.Millisecond) // 2 s slower
+	if got := g.perRequest(); got != 2*time.Millisecond {
+		t.Fatalf("per request %s after a slow stretch, want the best pace, 2ms", got)
+	}
+	run(1000, 10*time.Millisecond) // 10 s more: the fast windows are forgotten
+	if got := g.perRequest(); got != 10*time.Millisecond {
+		t.Fatalf("per request %s after ten slow seconds, want 10ms", got)
+	}
+	// A window with a slot free measures nothing.
+	held[0]()
+	clk.Advance(time.Second)
+	held[1]()
+	if got := g.perRequest(); got != 10*time.Millisecond {
+		t.Fatalf("per request %s after unsaturated finishes, want 10ms kept", got)
+	}
+}
