@@ -90,14 +90,6 @@ func (i *issuer) set(failing bool) (calls int) {
 	return i.calls
 }
 
-func rootsPEM(certs ...*x509.Certificate) []byte {
-	var out []byte
-	for _, c := range certs {
-		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	return out
-}
-
 func start(t *testing.T, cfg endpoint.Config) *endpoint.Server {
 	t.Helper()
 	cfg.Addr, cfg.TrustDomain = "127.0.0.1:0", td
@@ -122,7 +114,7 @@ func TestSPIFFEProfile(t *testing.T) {
 	ca := testca.New(t)
 	clk := clocktest.New(time.Now())
 	iss := &issuer{ca: ca, clk: clk}
-	src := bundletest.NewSource(rootsPEM(ca.Root))
+	src := bundletest.NewSource(bundletest.PEM(ca.Root))
 	m := &bundletest.Metrics{}
 	s := start(t, endpoint.Config{Source: src, Issuer: iss, Clock: clk, Metrics: m})
 
@@ -153,7 +145,7 @@ func TestSPIFFEProfile(t *testing.T) {
 
 	// A new root beside the old (a rotation's first step).
 	_, root2 := bundletest.Root(t, "next root")
-	src.Set(rootsPEM(ca.Root, root2))
+	src.Set(bundletest.PEM(ca.Root, root2))
 	b = fetch()
 	if got := b.X509Authorities(); len(got) != 2 {
 		t.Errorf("authorities = %d, want 2", len(got))
@@ -207,7 +199,7 @@ func webCert(t *testing.T, ca *testca.CA, certFile, keyFile string) *x509.Certif
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(certFile, rootsPEM(leaf), 0o600); err != nil {
+	if err := os.WriteFile(certFile, bundletest.PEM(leaf), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
@@ -228,7 +220,7 @@ func startWeb(t *testing.T, clk *clocktest.Fake) (s *endpoint.Server, web *testc
 	roots = x509.NewCertPool()
 	roots.AddCert(web.Root)
 	mesh := testca.New(t)
-	s = start(t, endpoint.Config{Source: bundletest.NewSource(rootsPEM(mesh.Root)), Profile: bundle.ProfileWeb,
+	s = start(t, endpoint.Config{Source: bundletest.NewSource(bundletest.PEM(mesh.Root)), Profile: bundle.ProfileWeb,
 		CertFile: certFile, KeyFile: keyFile, Clock: clk, RefreshHint: time.Hour})
 	return s, web, certFile, keyFile, roots
 }
@@ -323,7 +315,7 @@ func TestBadRequests(t *testing.T) {
 // Start with a message naming the problem.
 func TestConfigErrors(t *testing.T) {
 	ca := testca.New(t)
-	src := bundletest.NewSource(rootsPEM(ca.Root))
+	src := bundletest.NewSource(bundletest.PEM(ca.Root))
 	iss := &issuer{ca: ca, clk: clocktest.New(time.Now())}
 	dir := t.TempDir()
 	for _, tc := range []struct {
@@ -371,7 +363,7 @@ func TestKeyFileMode(t *testing.T) {
 	if err := os.Chmod(keyFile, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s, err := endpoint.New(endpoint.Config{Addr: "127.0.0.1:0", TrustDomain: td, Source: bundletest.NewSource(rootsPEM(web.Root)),
+	s, err := endpoint.New(endpoint.Config{Addr: "127.0.0.1:0", TrustDomain: td, Source: bundletest.NewSource(bundletest.PEM(web.Root)),
 		Profile: bundle.ProfileWeb, CertFile: certFile, KeyFile: keyFile})
 	if err != nil {
 		t.Fatal(err)

@@ -182,3 +182,12 @@ func (m *Metrics) LastSequence() uint64 {
 	defer m.mu.Unlock()
 	return m.sequence
 }
+
+// PEM encodes certs as concatenated PEM certificates.
+func PEM(certs ...*x509.Certificate) []byte {
+	var out []byte
+	for _, c := range certs {
+		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	return out
+}
