@@ -3,7 +3,6 @@ package clustertrustbundle_test
 import (
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -45,14 +44,7 @@ func start(t *testing.T, client kubernetes.Interface, signer string, pem []byte)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := p.Run(ctx); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	t.Cleanup(func() { cancel(); wg.Wait() })
+	bundletest.Run(t, p.Run)
 	return p
 }
 

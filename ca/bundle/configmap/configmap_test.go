@@ -3,7 +3,6 @@ package configmap_test
 import (
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -44,15 +43,7 @@ func start(t *testing.T, client kubernetes.Interface, cfg configmap.Config, pem 
 	if p.Publisher, err = configmap.New(cfg); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := p.Run(ctx); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	p.stop = sync.OnceFunc(func() { cancel(); wg.Wait() })
-	t.Cleanup(p.stop)
+	p.stop = bundletest.Run(t, p.Run)
 	return p
 }
 
