@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -42,19 +43,23 @@ func bundleRBAC(name, signer string) *rbacv1.ClusterRole {
 func TestBundlesEverywhere(t *testing.T) {
 	env := kubeenv.Get(t)
 	ctx := context.Background()
-	const signer = "meshca.test/plane"
-	env.CreateServiceAccount(t, "meshca-system", "meshca")
-	for _, ns := range []string{"plane-bundle-1", "plane-bundle-2"} {
+	// A name of its own per run: the shared API server keeps objects across
+	// go test -count=N, and never finishes deleting a namespace.
+	run := "plane-bundle-" + strconv.FormatInt(time.Now().UnixNano()%(1<<30), 36)
+	signer := "meshca.test/" + run
+	ns1, ns2 := run+"-1", run+"-2"
+	env.CreateServiceAccount(t, run, "meshca")
+	for _, ns := range []string{ns1, ns2} {
 		env.CreateServiceAccount(t, ns, "default")
 	}
-	role := bundleRBAC("meshca-bundles-plane-test", signer)
+	role := bundleRBAC(run, signer)
 	if _, err := env.Client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := env.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: role.Name},
 		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "meshca-system", Name: "meshca"}},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: run, Name: "meshca"}},
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -62,10 +67,10 @@ func TestBundlesEverywhere(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	token := env.Token(t, "meshca-system", "meshca", nil, 0)
+	token := env.Token(t, run, "meshca", nil, 0)
 	p, err := Start(ctx, Config{TrustDomain: td, DataDir: t.TempDir(), GRPCAddr: "127.0.0.1:0", MonitorAddr: "127.0.0.1:0",
 		Kubernetes: Kubernetes{Kubeconfig: kubeconfigToken(t, env, host.Host, token), Deny: []string{}},
-		Bundles: bundle.Config{ConfigMap: "plane-root-cert", ConfigMapNamespaces: []string{"plane-bundle-*"},
+		Bundles: bundle.Config{ConfigMap: "plane-root-cert", ConfigMapNamespaces: []string{run + "-*"},
 			ClusterTrustBundleSigner: signer, EndpointAddr: "127.0.0.1:0"}})
 	if err != nil {
 		t.Fatal(err)
@@ -74,13 +79,13 @@ func TestBundlesEverywhere(t *testing.T) {
 	roots := string(p.Authority().RootsPEM())
 
 	eventually(t, "ConfigMaps and ClusterTrustBundle hold the roots", func() bool {
-		for _, ns := range []string{"plane-bundle-1", "plane-bundle-2"} {
+		for _, ns := range []string{ns1, ns2} {
 			cm, err := env.Client.CoreV1().ConfigMaps(ns).Get(ctx, "plane-root-cert", metav1.GetOptions{})
 			if err != nil || cm.Data[configmap.Key] != roots {
 				return false
 			}
 		}
-		ctb, err := env.Client.CertificatesV1beta1().ClusterTrustBundles().Get(ctx, "meshca.test:plane:example.org", metav1.GetOptions{})
+		ctb, err := env.Client.CertificatesV1beta1().ClusterTrustBundles().Get(ctx, strings.ReplaceAll(signer, "/", ":")+":example.org", metav1.GetOptions{})
 		return err == nil && ctb.Spec.TrustBundle == roots && ctb.Spec.SignerName == signer
 	})
 	if _, err := env.Client.CoreV1().ConfigMaps("default").Get(ctx, "plane-root-cert", metav1.GetOptions{}); err == nil {

@@ -76,11 +76,11 @@ func TestPublish(t *testing.T) {
 	env := kubeenv.Get(t)
 	c := env.Client
 	ctx := context.Background()
-	const signer = "meshca.test/publish"
+	signer := "meshca.test/" + bundletest.Unique("publish")
 	pem1, _ := bundletest.Root(t, "root 1")
 	p := start(t, c, signer, pem1)
 	name := p.ObjectName()
-	if name != "meshca.test:publish:cluster.local" {
+	if name != strings.ReplaceAll(signer, "/", ":")+":cluster.local" {
 		t.Fatalf("name %q", name)
 	}
 	waitHolds(t, c, name, signer, pem1)
@@ -121,16 +121,17 @@ func TestAttestRequired(t *testing.T) {
 	env := kubeenv.Get(t)
 	admin := env.Client
 	ctx := context.Background()
-	const signer = "meshca.test/attest"
-	env.CreateServiceAccount(t, "ctb-attest", "meshca")
+	run := bundletest.Unique("attest")
+	signer := "meshca.test/" + run
+	env.CreateServiceAccount(t, run, "meshca")
 	cfg := rest.AnonymousClientConfig(env.Config)
-	cfg.BearerToken = env.Token(t, "ctb-attest", "meshca", nil, 0)
+	cfg.BearerToken = env.Token(t, run, "meshca", nil, 0)
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	role := &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "meshca-ctb-attest"},
+		ObjectMeta: metav1.ObjectMeta{Name: run},
 		Rules: []rbacv1.PolicyRule{{
 			APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"clustertrustbundles"},
 			Verbs: []string{"get", "list", "watch", "create", "update"},
@@ -140,9 +141,9 @@ func TestAttestRequired(t *testing.T) {
 		t.Fatal(err)
 	}
 	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "meshca-ctb-attest"},
+		ObjectMeta: metav1.ObjectMeta{Name: run},
 		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: "ctb-attest", Name: "meshca"}},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: run, Name: "meshca"}},
 	}
 	if _, err := admin.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)

@@ -93,37 +93,38 @@ func waitHolds(t *testing.T, client kubernetes.Interface, ns, name string, pem [
 func TestEveryNamespace(t *testing.T) {
 	env := kubeenv.Get(t)
 	c := env.Client
-	const name = "every-ns-root-cert"
-	for _, ns := range []string{"every-1", "every-2"} {
+	name, run := bundletest.Unique("every-ns-root-cert"), bundletest.Unique("every")
+	ns1, ns2, ns3 := run+"-1", run+"-2", run+"-3"
+	for _, ns := range []string{ns1, ns2} {
 		createNamespace(t, c, ns)
 	}
 	pem1, _ := bundletest.Root(t, "root 1")
 	p := start(t, c, configmap.Config{Name: name}, pem1)
-	for _, ns := range []string{"every-1", "every-2", "default", "kube-system"} {
+	for _, ns := range []string{ns1, ns2, "default", "kube-system"} {
 		waitHolds(t, c, ns, name, pem1)
 	}
 	if p.metrics.LastPublished(bundle.TargetConfigMap).IsZero() {
 		t.Error("no publish time recorded")
 	}
 
-	createNamespace(t, c, "every-3")
-	waitHolds(t, c, "every-3", name, pem1)
+	createNamespace(t, c, ns3)
+	waitHolds(t, c, ns3, name, pem1)
 
 	ctx := context.Background()
-	cm := get(t, c, "every-1", name)
+	cm := get(t, c, ns1, name)
 	cm.Data[configmap.Key] = "edited"
 	cm.Data["extra"] = "kept"
-	if _, err := c.CoreV1().ConfigMaps("every-1").Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+	if _, err := c.CoreV1().ConfigMaps(ns1).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitHolds(t, c, "every-1", name, pem1)
-	if got := get(t, c, "every-1", name).Data["extra"]; got != "kept" {
+	waitHolds(t, c, ns1, name, pem1)
+	if got := get(t, c, ns1, name).Data["extra"]; got != "kept" {
 		t.Errorf("a key someone added was dropped: %q", got)
 	}
-	if err := c.CoreV1().ConfigMaps("every-2").Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+	if err := c.CoreV1().ConfigMaps(ns2).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitHolds(t, c, "every-2", name, pem1)
+	waitHolds(t, c, ns2, name, pem1)
 
 	_, root2 := bundletest.Root(t, "root 2")
 	pem2 := append(append([]byte{}, pem1...), bundletest.PEM(root2)...)
@@ -139,13 +140,13 @@ func TestEveryNamespace(t *testing.T) {
 	}
 
 	p.stop()
-	if err := c.CoreV1().ConfigMaps("every-3").Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+	if err := c.CoreV1().ConfigMaps(ns3).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	restarted := make(chan error, 1)
 	ctx2, cancel := context.WithCancel(ctx)
 	go func() { restarted <- p.Run(ctx2) }()
-	waitHolds(t, c, "every-3", name, pem2)
+	waitHolds(t, c, ns3, name, pem2)
 	cancel()
 	if err := <-restarted; err != nil {
 		t.Errorf("Run again: %v", err)
@@ -160,35 +161,36 @@ func TestForeignConfigMap(t *testing.T) {
 	env := kubeenv.Get(t)
 	c := env.Client
 	ctx := context.Background()
-	const name = "foreign-root-cert"
-	for _, ns := range []string{"foreign-1", "foreign-2", "unselected-1"} {
+	name, run := bundletest.Unique("foreign-root-cert"), bundletest.Unique("foreign")
+	ns1, ns2, other := run+"-1", run+"-2", bundletest.Unique("unselected")
+	for _, ns := range []string{ns1, ns2, other} {
 		createNamespace(t, c, ns)
 	}
-	theirs := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "foreign-1"}, Data: map[string]string{configmap.Key: "theirs"}}
-	if _, err := c.CoreV1().ConfigMaps("foreign-1").Create(ctx, theirs, metav1.CreateOptions{}); err != nil {
+	theirs := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns1}, Data: map[string]string{configmap.Key: "theirs"}}
+	if _, err := c.CoreV1().ConfigMaps(ns1).Create(ctx, theirs, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	pem1, _ := bundletest.Root(t, "root 1")
-	p := start(t, c, configmap.Config{Name: name, Namespaces: []string{"foreign-*"}}, pem1)
-	waitHolds(t, c, "foreign-2", name, pem1)
+	p := start(t, c, configmap.Config{Name: name, Namespaces: []string{run + "-*"}}, pem1)
+	waitHolds(t, c, ns2, name, pem1)
 	bundletest.Eventually(t, "the foreign ConfigMap counted", func() bool { return p.metrics.ForeignCount(bundle.TargetConfigMap) == 1 })
 	pem2, _ := bundletest.Root(t, "root 2")
 	p.change(t, pem2)
-	waitHolds(t, c, "foreign-2", name, pem2)
-	if got := get(t, c, "foreign-1", name); got.Data[configmap.Key] != "theirs" || got.Labels[bundle.ManagedByLabel] != "" {
+	waitHolds(t, c, ns2, name, pem2)
+	if got := get(t, c, ns1, name); got.Data[configmap.Key] != "theirs" || got.Labels[bundle.ManagedByLabel] != "" {
 		t.Errorf("the foreign ConfigMap was written: %v %v", got.Labels, got.Data)
 	}
-	if got := get(t, c, "unselected-1", name); got != nil {
+	if got := get(t, c, other, name); got != nil {
 		t.Error("a namespace outside --bundle-configmap-namespaces got the ConfigMap")
 	}
 	if n := strings.Count(p.logs.String(), "not meshca's: left alone"); n != 1 {
 		t.Errorf("the foreign ConfigMap logged %d times, want once:\n%s", n, p.logs)
 	}
 
-	if err := c.CoreV1().ConfigMaps("foreign-1").Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+	if err := c.CoreV1().ConfigMaps(ns1).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitHolds(t, c, "foreign-1", name, pem2)
+	waitHolds(t, c, ns1, name, pem2)
 	bundletest.Eventually(t, "no foreign ConfigMap counted", func() bool { return p.metrics.ForeignCount(bundle.TargetConfigMap) == 0 })
 }
 
@@ -198,18 +200,19 @@ func TestTakeOverIstio(t *testing.T) {
 	env := kubeenv.Get(t)
 	c := env.Client
 	ctx := context.Background()
-	createNamespace(t, c, "istio-takeover-1")
+	ns := bundletest.Unique("istio-takeover")
+	createNamespace(t, c, ns)
 	istiods := &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: configmap.IstioName, Namespace: "istio-takeover-1", Labels: map[string]string{"istio.io/config": "true"}},
+		ObjectMeta: metav1.ObjectMeta{Name: configmap.IstioName, Namespace: ns, Labels: map[string]string{"istio.io/config": "true"}},
 		Data:       map[string]string{configmap.Key: "istiod's root", "other": "kept"},
 	}
-	if _, err := c.CoreV1().ConfigMaps("istio-takeover-1").Create(ctx, istiods, metav1.CreateOptions{}); err != nil {
+	if _, err := c.CoreV1().ConfigMaps(ns).Create(ctx, istiods, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	pem, _ := bundletest.Root(t, "root")
-	start(t, c, configmap.Config{Name: configmap.IstioName, TakeOverIstio: true, Namespaces: []string{"istio-takeover-*"}}, pem)
-	waitHolds(t, c, "istio-takeover-1", configmap.IstioName, pem)
-	got := get(t, c, "istio-takeover-1", configmap.IstioName)
+	start(t, c, configmap.Config{Name: configmap.IstioName, TakeOverIstio: true, Namespaces: []string{ns}}, pem)
+	waitHolds(t, c, ns, configmap.IstioName, pem)
+	got := get(t, c, ns, configmap.IstioName)
 	if got.Labels["istio.io/config"] != "true" || got.Data["other"] != "kept" {
 		t.Errorf("istiod's label or key lost: %v %v", got.Labels, got.Data)
 	}

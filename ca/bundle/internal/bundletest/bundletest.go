@@ -15,6 +15,7 @@ import (
 	"encoding/pem"
 	"log/slog"
 	"math/big"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -206,4 +207,12 @@ func Run(t testing.TB, run func(context.Context) error) (stop func()) {
 	stop = sync.OnceFunc(func() { cancel(); wg.Wait() })
 	t.Cleanup(stop)
 	return stop
+}
+
+// Unique returns prefix with a random suffix: a name of its own for each
+// run of a test against a shared API server, which keeps its objects
+// across runs (go test -count=N) and never finishes deleting a namespace
+// (no controller-manager runs).
+func Unique(prefix string) string {
+	return prefix + "-" + strings.ToLower(rand.Text()[:6])
 }
