@@ -23,8 +23,9 @@ import (
 	"github.com/meshca/meshca/internal/kubeenv"
 )
 
-// These tests run against a real kube-apiserver and etcd (make testenv).
-func TestMain(m *testing.M) { kubeenv.Main(m) }
+// These tests run against a real kube-apiserver and etcd (make testenv),
+// which serves ClusterTrustBundles for the bundle's publishers.
+func TestMain(m *testing.M) { kubeenv.Main(m, kubeenv.ClusterTrustBundles()) }
 
 // forwarder relays TCP connections to the API server, so a test can cut
 // the CA off from it (stop) as a network failure or an apiserver outage
@@ -103,9 +104,15 @@ func (f *forwarder) stop() {
 // kubeconfig writes a kubeconfig for env's API server reached at addr.
 func kubeconfig(t *testing.T, env *kubeenv.Env, addr string) string {
 	t.Helper()
+	return kubeconfigToken(t, env, addr, env.Config.BearerToken)
+}
+
+// kubeconfigToken is kubeconfig authenticating with token.
+func kubeconfigToken(t *testing.T, env *kubeenv.Env, addr, token string) string {
+	t.Helper()
 	cfg := clientcmdapi.NewConfig()
 	cfg.Clusters["test"] = &clientcmdapi.Cluster{Server: "https://" + addr, CertificateAuthorityData: env.Config.CAData}
-	cfg.AuthInfos["test"] = &clientcmdapi.AuthInfo{Token: env.Config.BearerToken}
+	cfg.AuthInfos["test"] = &clientcmdapi.AuthInfo{Token: token}
 	cfg.Contexts["test"] = &clientcmdapi.Context{Cluster: "test", AuthInfo: "test"}
 	cfg.CurrentContext = "test"
 	path := filepath.Join(t.TempDir(), "kubeconfig")

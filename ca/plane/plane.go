@@ -27,6 +27,7 @@ import (
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/attestor/jointoken"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/bundle"
 	"github.com/meshca/meshca/ca/server"
 	"github.com/meshca/meshca/ca/store/boltstore"
 	"github.com/meshca/meshca/internal/clock"
@@ -84,6 +85,11 @@ type Config struct {
 	// Kubernetes configures ServiceAccount token attestation; off by
 	// default.
 	Kubernetes Kubernetes
+	// Bundles says where the trust bundle is published besides the APIs
+	// (ca/bundle): ConfigMaps, a ClusterTrustBundle (both through the
+	// Kubernetes client of Kubernetes: its kubeconfig and rate limit), a
+	// SPIFFE bundle endpoint. The zero value publishes it nowhere.
+	Bundles bundle.Config
 	// OIDCConfigFile lists trusted OIDC issuers; "" trusts none.
 	OIDCConfigFile string
 	// Extra attestors are tried after all others (meshca dev's token).
@@ -129,6 +135,7 @@ type Plane struct {
 	store  *boltstore.Store
 	auth   *ca.Authority
 	srv    *server.Server
+	bundle *bundles
 	cancel context.CancelFunc
 	// running counts the maintenance loop and the attestors' background
 	// work, which end when cancel is called.
@@ -146,8 +153,9 @@ type background interface {
 // Start opens the data file, loads or creates the CA, builds the attestor
 // chain and starts its background work (the Kubernetes informers: /readyz
 // answers 503 until they have synced), opens the listeners, writes the
-// bundle file and starts the maintenance loop (rotation, pruning). On error
-// everything started so far is stopped again.
+// bundle file, starts the bundle's publishers (Config.Bundles) and the
+// maintenance loop (rotation, pruning). On error everything started so far
+// is stopped again.
 func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -217,6 +225,19 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	undo = append(undo, func() { _ = srv.Shutdown(context.Background()) })
 	if err := files.WriteAtomic(cfg.BundlePath(), auth.RootsPEM(), 0o644); err != nil {
 		return nil, err
+	}
+	if p.bundle, err = cfg.startBundles(auth, reg); err != nil {
+		return nil, err
+	}
+	if ep := p.bundle.endpoint; ep != nil {
+		undo = append(undo, func() { _ = ep.Shutdown(context.Background()) })
+	}
+	for _, run := range p.bundle.writers {
+		p.running.Go(func() {
+			if err := run(runCtx); err != nil {
+				log.Error("trust bundle publisher stopped", "err", err)
+			}
+		})
 	}
 	p.srv = srv
 	p.running.Go(func() {
@@ -289,21 +310,32 @@ func Run(ctx context.Context, cfg Config) error {
 	return p.Stop()
 }
 
-// Stop drains the servers, ends the maintenance loop and the attestors'
-// background work, and closes the store.
+// Stop drains the servers, ends the maintenance loop, the attestors' and
+// the bundle publishers' background work, and closes the store.
 func (p *Plane) Stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	err := p.srv.Shutdown(ctx)
+	if ep := p.bundle.endpoint; ep != nil {
+		err = errors.Join(err, ep.Shutdown(ctx))
+	}
 	p.cancel()
 	p.running.Wait()
 	p.cfg.Logger.Info("stopped")
 	return errors.Join(err, p.store.Close())
 }
 
-// Addr returns the bound address of a listener ("grpc", "https" or
-// "monitor"), or nil when it is disabled.
-func (p *Plane) Addr(name string) net.Addr { return p.srv.Addr(name) }
+// Addr returns the bound address of a listener ("grpc", "https",
+// "monitor" or "bundle-endpoint"), or nil when it is disabled.
+func (p *Plane) Addr(name string) net.Addr {
+	if name == "bundle-endpoint" {
+		if p.bundle.endpoint == nil {
+			return nil
+		}
+		return p.bundle.endpoint.Addr()
+	}
+	return p.srv.Addr(name)
+}
 
 // Authority is the running CA.
 func (p *Plane) Authority() *ca.Authority { return p.auth }

@@ -52,6 +52,7 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	fs.IPSliceVar(&c.IPs, "ip-sans", []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, "IP SANs of the server's TLS certificate")
 	c.Limits.AddFlags(fs)
 	c.Kubernetes.AddFlags(fs)
+	c.Bundles.AddFlags(fs)
 	fs.StringVar(&c.OIDCConfigFile, "oidc-config", "", "YAML file listing trusted OIDC issuers and how their claims map to SPIFFE IDs (docs/configuration.md)")
 	fs.StringVar(&c.AdminTokenFile, "admin-token-file", "", "bearer token for the admin API (join tokens); created 0600 with a random token if missing (default <data-dir>/admin-token)")
 	o.log.AddFlags(fs)
@@ -158,6 +159,7 @@ func newDevCmd() *cobra.Command {
 		"https-listen":      "127.0.0.1:8443",
 		"monitoring-listen": "127.0.0.1:15014",
 		"log-level":         "warn",
+		"bundle-configmap":  "", // a laptop's run writes nothing into a cluster
 	} {
 		f := fs.Lookup(name)
 		f.DefValue = val

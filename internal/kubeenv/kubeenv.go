@@ -12,6 +12,11 @@
 //
 //	func TestMain(m *testing.M) { kubeenv.Main(m) }
 //
+// Options add kube-apiserver flags, for APIs that are off by default; Main
+// takes them for the shared apiserver:
+//
+//	func TestMain(m *testing.M) { kubeenv.Main(m, kubeenv.ClusterTrustBundles()) }
+//
 // No controller-manager runs: tests create the objects they need themselves
 // (CreateServiceAccount), and service-account tokens come from the real
 // TokenRequest API (Token).
@@ -84,13 +89,41 @@ type Env struct {
 	stopOnce        sync.Once
 }
 
+// Option changes how an Env's kube-apiserver is started.
+type Option func(*options)
+
+type options struct {
+	apiserverArgs []string
+}
+
+func newOptions(opts []Option) options {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	return o
+}
+
+// APIServerArgs adds flags to kube-apiserver's command line, after the
+// package's own; give each flag once (--feature-gates=A=true,B=true).
+func APIServerArgs(args ...string) Option {
+	return func(o *options) { o.apiserverArgs = append(o.apiserverArgs, args...) }
+}
+
+// ClusterTrustBundles serves certificates.k8s.io/v1beta1 ClusterTrustBundles,
+// which kube-apiserver v1.35 leaves off (a beta API with its feature gate).
+func ClusterTrustBundles() Option {
+	return APIServerArgs("--feature-gates=ClusterTrustBundle=true",
+		"--runtime-config=certificates.k8s.io/v1beta1/clustertrustbundles=true")
+}
+
 // Start starts an Env for t and stops it, removing its files, when t ends.
 // It skips t when the binaries are missing (see the package documentation).
-func Start(t testing.TB) *Env {
+func Start(t testing.TB, opts ...Option) *Env {
 	t.Helper()
 	bin := binDir(t)
 	dir := t.TempDir() // cleaned up after the processes are stopped (cleanups run LIFO)
-	e, err := start(bin, dir)
+	e, err := start(bin, dir, newOptions(opts))
 	if err != nil {
 		t.Fatalf("kubeenv: %v", err)
 	}
@@ -111,13 +144,16 @@ var shared struct {
 	env    *Env
 	err    error
 	tmp    string
+	opts   options
 }
 
 // Main runs the tests of a package (m.Run), stops the Env that Get started
-// if any, and exits with the tests' status. Call it from TestMain.
-func Main(m *testing.M) {
+// if any, and exits with the tests' status. Call it from TestMain; opts
+// apply to the Env that Get starts.
+func Main(m *testing.M, opts ...Option) {
 	shared.mu.Lock()
 	shared.inMain = true
+	shared.opts = newOptions(opts)
 	shared.mu.Unlock()
 	code := m.Run()
 	shared.mu.Lock()
@@ -147,7 +183,7 @@ func Get(t testing.TB) *Env {
 		shared.done = true
 		shared.tmp, shared.err = os.MkdirTemp("", "kubeenv-")
 		if shared.err == nil {
-			shared.env, shared.err = start(bin, shared.tmp)
+			shared.env, shared.err = start(bin, shared.tmp, shared.opts)
 		}
 		if shared.err == nil {
 			t.Logf("kubeenv: shared apiserver %s ready in %s", shared.env.Config.Host, shared.env.StartupTime.Round(time.Millisecond))
@@ -268,12 +304,12 @@ func repoRoot() (string, error) {
 // start brings up etcd and kube-apiserver with files under dir. On error
 // nothing is left running. A port taken between choosing and binding it is
 // retried with new ports.
-func start(bin, dir string) (*Env, error) {
+func start(bin, dir string, o options) (*Env, error) {
 	var err error
 	for attempt := 1; attempt <= 3; attempt++ {
 		sub := filepath.Join(dir, "run"+strconv.Itoa(attempt))
 		var e *Env
-		if e, err = startOnce(bin, sub); err == nil {
+		if e, err = startOnce(bin, sub, o); err == nil {
 			return e, nil
 		}
 		if !errors.Is(err, errAddrInUse) {
@@ -285,7 +321,7 @@ func start(bin, dir string) (*Env, error) {
 
 var errAddrInUse = errors.New("address already in use")
 
-func startOnce(bin, dir string) (_ *Env, err error) {
+func startOnce(bin, dir string, o options) (_ *Env, err error) {
 	begin := time.Now()
 	certDir := filepath.Join(dir, "certs")
 	for _, d := range []string{filepath.Join(dir, "etcd"), certDir} {
@@ -326,24 +362,27 @@ func startOnce(bin, dir string) (_ *Env, err error) {
 		return e, err
 	}
 
-	e.apiserver, err = startProc("kube-apiserver", filepath.Join(bin, "kube-apiserver"), filepath.Join(dir, "kube-apiserver.log"),
-		"--etcd-servers="+etcdURL,
+	args := []string{
+		"--etcd-servers=" + etcdURL,
 		"--bind-address=127.0.0.1",
 		"--advertise-address=127.0.0.1",
-		"--secure-port="+strconv.Itoa(ports[1]),
-		"--cert-dir="+certDir,
-		"--token-auth-file="+filepath.Join(dir, "tokens.csv"),
+		"--secure-port=" + strconv.Itoa(ports[1]),
+		"--cert-dir=" + certDir,
+		"--token-auth-file=" + filepath.Join(dir, "tokens.csv"),
 		"--authorization-mode=RBAC",
-		"--service-account-issuer="+Issuer,
-		"--service-account-key-file="+filepath.Join(dir, "sa.pub"),
-		"--service-account-signing-key-file="+filepath.Join(dir, "sa.key"),
-		"--service-account-jwks-uri="+e.JWKSURL,
-		"--api-audiences="+Issuer,
+		"--service-account-issuer=" + Issuer,
+		"--service-account-key-file=" + filepath.Join(dir, "sa.pub"),
+		"--service-account-signing-key-file=" + filepath.Join(dir, "sa.key"),
+		"--service-account-jwks-uri=" + e.JWKSURL,
+		"--api-audiences=" + Issuer,
 		"--service-cluster-ip-range=10.96.0.0/16",
 		"--endpoint-reconciler-type=none",
 		"--enable-priority-and-fairness=false",
 		"--disable-admission-plugins=ServiceAccount",
-		"--profiling=false")
+		"--profiling=false",
+	}
+	e.apiserver, err = startProc("kube-apiserver", filepath.Join(bin, "kube-apiserver"), filepath.Join(dir, "kube-apiserver.log"),
+		append(args, o.apiserverArgs...)...)
 	if err != nil {
 		return e, err
 	}

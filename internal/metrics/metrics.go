@@ -238,3 +238,50 @@ func (m *Agent) Push(streams int) {
 	m.pushes.Inc()
 	m.streams.Set(float64(streams))
 }
+
+// Bundle implements bundle.Metrics: what the trust bundle's publishers
+// (ConfigMaps, ClusterTrustBundle, SPIFFE bundle endpoint) do.
+type Bundle struct {
+	published *prometheus.GaugeVec
+	failures  *prometheus.CounterVec
+	foreign   *prometheus.GaugeVec
+	sequence  prometheus.Gauge
+}
+
+// NewBundle registers the bundle publishers' collectors on reg.
+func NewBundle(reg prometheus.Registerer) *Bundle {
+	m := &Bundle{
+		published: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "meshca_bundle_last_publish_timestamp_seconds",
+			Help: "When an object of the target (configmap, clustertrustbundle) last held the current trust bundle, written or found up to date, as a Unix time.",
+		}, []string{"target"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshca_bundle_publish_errors_total",
+			Help: "Writes of the trust bundle to the target (configmap, clustertrustbundle) that failed and are retried with backoff.",
+		}, []string{"target"}),
+		foreign: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "meshca_bundle_foreign_objects",
+			Help: "Objects of the bundle's name that are not labelled as meshca's and are left alone (configmap: one per namespace).",
+		}, []string{"target"}),
+		sequence: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meshca_bundle_endpoint_sequence",
+			Help: "The spiffe_sequence the SPIFFE bundle endpoint serves.",
+		}),
+	}
+	reg.MustRegister(m.published, m.failures, m.foreign, m.sequence)
+	return m
+}
+
+// Published implements bundle.Metrics.
+func (m *Bundle) Published(target string, t time.Time) {
+	m.published.WithLabelValues(target).Set(float64(t.Unix()))
+}
+
+// Failed implements bundle.Metrics.
+func (m *Bundle) Failed(target string) { m.failures.WithLabelValues(target).Inc() }
+
+// Foreign implements bundle.Metrics.
+func (m *Bundle) Foreign(target string, n int) { m.foreign.WithLabelValues(target).Set(float64(n)) }
+
+// Sequence implements bundle.Metrics.
+func (m *Bundle) Sequence(n uint64) { m.sequence.Set(float64(n)) }
