@@ -21,10 +21,12 @@ const KindMTLS = "mtls"
 
 // RevocationChecker reports whether a certificate may no longer be used.
 type RevocationChecker interface {
-	// CheckRevoked returns nil when cert (an SVID for id) is not revoked, an
-	// error wrapping ErrRevoked when it is, and any other error when it cannot
-	// tell.
-	CheckRevoked(ctx context.Context, cert *x509.Certificate, id spiffeid.ID) error
+	// CheckRevoked returns nil when chain (an SVID for id, verified: the
+	// leaf first, then the CA certificates that verified it, up to the
+	// trust anchor) is not revoked, an error wrapping ErrRevoked when it is
+	// (the leaf, or a CA certificate in the chain), and any other error
+	// when it cannot tell.
+	CheckRevoked(ctx context.Context, chain []*x509.Certificate, id spiffeid.ID) error
 }
 
 // ErrRevoked is wrapped by RevocationChecker implementations for a revoked
@@ -71,12 +73,14 @@ type MTLS struct {
 	verified *cache.LRUExpireCache // chainKey → verifiedChain; nil when disabled
 }
 
-// verifiedChain is a chain x509svid.Verify accepted. It holds while the
-// bundle that verified it is still the one served, and until the earliest
-// NotAfter in the chain (the cache entry's expiry).
+// verifiedChain is a chain x509svid.Verify accepted, with the chain it
+// verified through. It holds while the bundle that verified it is still the
+// one served, and until the earliest NotAfter in the chain (the cache
+// entry's expiry).
 type verifiedChain struct {
-	id     spiffeid.ID
-	bundle *x509bundle.Bundle
+	id       spiffeid.ID
+	bundle   *x509bundle.Bundle
+	verified []*x509.Certificate
 }
 
 // chainKey identifies a presented chain: the SHA-256 of its certificates'
@@ -108,36 +112,43 @@ func NewMTLS(cfg MTLSConfig) (*MTLS, error) {
 }
 
 // verify returns the SPIFFE ID of a chain valid at now against the current
-// bundle, verifying it only when it is not remembered from an earlier
-// request with the same bundle.
-func (m *MTLS) verify(chain []*x509.Certificate, now time.Time) (spiffeid.ID, error) {
+// bundle, and the chain it verified through (leaf first, anchor last),
+// verifying it only when it is not remembered from an earlier request with
+// the same bundle.
+func (m *MTLS) verify(chain []*x509.Certificate, now time.Time) (spiffeid.ID, []*x509.Certificate, error) {
 	var key [sha256.Size]byte
 	if m.verified != nil {
 		key = chainKey(chain)
 		if v, ok := m.verified.Get(key); ok {
 			vc := v.(verifiedChain)
 			if b, err := m.cfg.Bundles.GetX509BundleForTrustDomain(vc.id.TrustDomain()); err == nil && b == vc.bundle {
-				return vc.id, nil
+				return vc.id, vc.verified, nil
 			}
 			m.verified.Remove(key) // the bundle changed: verify again
 		}
 	}
-	id, _, err := x509svid.Verify(chain, m.cfg.Bundles, x509svid.WithTime(now))
-	if err != nil || m.verified == nil {
-		return id, err
+	id, chains, err := x509svid.Verify(chain, m.cfg.Bundles, x509svid.WithTime(now))
+	if err != nil {
+		return id, nil, err
+	}
+	// Every verified chain has the same certificate above the leaf: the
+	// one whose key signed it.
+	verified := chains[0]
+	if m.verified == nil {
+		return id, verified, nil
 	}
 	b, err := m.cfg.Bundles.GetX509BundleForTrustDomain(id.TrustDomain())
 	if err != nil {
-		return id, nil // verified, but nothing to remember it by
+		return id, verified, nil // verified, but nothing to remember it by
 	}
 	notAfter := chain[0].NotAfter
 	for _, c := range chain[1:] {
 		notAfter = earliest(notAfter, c.NotAfter)
 	}
 	if ttl := notAfter.Sub(now); ttl > 0 {
-		m.verified.Add(key, verifiedChain{id: id, bundle: b}, ttl)
+		m.verified.Add(key, verifiedChain{id: id, bundle: b, verified: verified}, ttl)
 	}
-	return id, nil
+	return id, verified, nil
 }
 
 func earliest(a, b time.Time) time.Time {
@@ -162,12 +173,12 @@ func (m *MTLS) Attest(ctx context.Context, c Credential) (Identity, error) {
 	if now.Before(leaf.NotBefore) {
 		return Identity{}, refuse(ErrUnauthenticated, "client certificate not valid before %s", leaf.NotBefore.UTC().Format(time.RFC3339))
 	}
-	id, err := m.verify(c.PeerCertificates, now)
+	id, verified, err := m.verify(c.PeerCertificates, now)
 	if err != nil {
 		return Identity{}, refuse(ErrUnauthenticated, "client certificate is not a valid SVID of a trusted domain: %v", err)
 	}
 	serial := fmt.Sprintf("%x", leaf.SerialNumber)
-	if err := m.cfg.Revocations.CheckRevoked(ctx, leaf, id); err != nil {
+	if err := m.cfg.Revocations.CheckRevoked(ctx, verified, id); err != nil {
 		if errors.Is(err, ErrRevoked) {
 			return Identity{}, refuse(ErrPermissionDenied, "client certificate %s for %s is revoked", serial, id)
 		}

@@ -118,4 +118,6 @@ func BenchmarkMTLSAttest(b *testing.B) {
 
 type nopRevocations struct{}
 
-func (nopRevocations) CheckRevoked(context.Context, *x509.Certificate, spiffeid.ID) error { return nil }
+func (nopRevocations) CheckRevoked(context.Context, []*x509.Certificate, spiffeid.ID) error {
+	return nil
+}

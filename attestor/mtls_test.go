@@ -38,12 +38,14 @@ type fakeRevocations struct {
 type revocationCall struct {
 	serial *big.Int
 	id     spiffeid.ID
+	// chainLen is the length of the verified chain checked.
+	chainLen int
 }
 
-func (f *fakeRevocations) CheckRevoked(_ context.Context, cert *x509.Certificate, id spiffeid.ID) error {
+func (f *fakeRevocations) CheckRevoked(_ context.Context, chain []*x509.Certificate, id spiffeid.ID) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls = append(f.calls, revocationCall{serial: cert.SerialNumber, id: id})
+	f.calls = append(f.calls, revocationCall{serial: chain[0].SerialNumber, id: id, chainLen: len(chain)})
 	return f.err
 }
 
@@ -285,6 +287,10 @@ func TestMTLS(t *testing.T) {
 				if asked[0].serial.Cmp(tc.certs[0].SerialNumber) != 0 || asked[0].id != fooID {
 					t.Errorf("revocation checker asked about serial %x, %v; want %x, %v",
 						asked[0].serial, asked[0].id, tc.certs[0].SerialNumber, fooID)
+				}
+				// The verified chain: what was presented, then the anchor.
+				if asked[0].chainLen != len(tc.certs)+1 {
+					t.Errorf("revocation checker got a chain of %d certificates, want the verified chain of %d", asked[0].chainLen, len(tc.certs)+1)
 				}
 			}
 

@@ -70,6 +70,17 @@ type Config struct {
 	// Retention is how long issuance records are kept after the
 	// certificate expires. Default 30 days.
 	Retention time.Duration
+	// NextParent loads the parent staged for a root rotation (an Istio
+	// cacerts directory under the new root: StagedCACerts; a Vault key
+	// later). It is called when a rotation starts and when it switches.
+	// Nil: a root rotation generates a new self-signed root, which needs
+	// Parent nil.
+	NextParent ParentLoader
+	// RootRotationOverlap is the least time a new root is published beside
+	// the old one before intermediates switch to it: long enough for every
+	// workload to renew once and so receive both roots. Default DefaultTTL
+	// (agents renew at about half of a lifetime).
+	RootRotationOverlap time.Duration
 	// Clock defaults to the wall clock.
 	Clock clock.Clock
 	// Logger defaults to discarding.
@@ -116,8 +127,9 @@ func (c *Config) setDefaults() error {
 	def(&c.MaxTTL, DefaultMaxLeafTTL)
 	def(&c.Backdate, DefaultBackdate)
 	def(&c.Retention, DefaultRetention)
+	def(&c.RootRotationOverlap, c.DefaultTTL)
 	switch {
-	case c.RootTTL < 0, c.IntermediateTTL < 0, c.DefaultTTL < 0, c.MaxTTL < 0, c.Backdate < 0, c.Retention < 0:
+	case c.RootTTL < 0, c.IntermediateTTL < 0, c.DefaultTTL < 0, c.MaxTTL < 0, c.Backdate < 0, c.Retention < 0, c.RootRotationOverlap < 0:
 		return errors.New("ca: lifetimes must be positive")
 	case c.DefaultTTL > c.MaxTTL:
 		return fmt.Errorf("ca: default TTL %s is over the maximum TTL %s", c.DefaultTTL, c.MaxTTL)
@@ -125,6 +137,9 @@ func (c *Config) setDefaults() error {
 		// Otherwise a fresh intermediate could not cover a default leaf
 		// past its rotation, and every start would make a new one.
 		return fmt.Errorf("ca: intermediate TTL %s must be at least twice the default TTL %s", c.IntermediateTTL, c.DefaultTTL)
+	}
+	if c.NextParent != nil && c.Parent == nil {
+		return errors.New("ca: a staged next parent needs a parent: the self-signed root is rotated by generating a new one")
 	}
 	c.Clock = clock.OrReal(c.Clock)
 	if c.Logger == nil {
@@ -145,23 +160,48 @@ func (c *Config) setDefaults() error {
 // certificate it hands out in the Store before returning it. In direct mode
 // (a LocalParent that SignsLeaves: Istio's plug-in ca-cert.pem with pathlen
 // 0) the parent's own key signs the leaves and there is nothing to rotate.
+// Its roots change only through a root rotation (see RotateRoot).
 type Authority struct {
 	cfg    Config
 	sealer *sealer
-	parent Parent
-	bundle *x509bundle.Bundle
-	// direct is set when the parent's key signs leaves (direct mode).
-	direct bool
 
+	// trust is the parent that signs now and the roots trusted, read
+	// lock-free; a root rotation replaces it.
+	trust atomic.Pointer[trust]
 	// active is read lock-free on every Sign; rotation swaps it.
 	active atomic.Pointer[signingCA]
+	// revoked are the intermediates retired by an emergency rotation.
+	revoked atomic.Pointer[revokedCAs]
 	// nextPrepared says whether the next intermediate is ready.
 	nextPrepared atomic.Bool
-	// rotateMu serialises rotations.
+	// rootStepAt is when the root rotation next has work (Unix
+	// nanoseconds; 0 for none).
+	rootStepAt atomic.Int64
+	// rotateMu serialises rotations and the operators' requests.
 	rotateMu sync.Mutex
+	// lastErr is the last failed rotation step, for Status; under
+	// rotateMu.
+	lastErr atomic.Pointer[string]
 	// health remembers a failed store write until the store takes one
 	// again (see Ready).
 	health storeHealth
+}
+
+// trust is what the Authority trusts and signs under at one point of its
+// life: the parent that signs now, and every trusted root.
+type trust struct {
+	parent Parent
+	// direct is set when the parent's key signs leaves (direct mode).
+	direct bool
+	bundle *x509bundle.Bundle
+	// rootsPEM is the bundle as PEM, the last element of every chain
+	// handed out (as Istio's CA does: "the root cert is the last
+	// element", all of them in one).
+	rootsPEM []byte
+	// key identifies what the trust was built from (see trustKey).
+	key string
+	// changed is closed when this trust is replaced.
+	changed chan struct{}
 }
 
 // signingCA is an intermediate (or, in direct mode, the parent) ready to
@@ -173,11 +213,12 @@ type signingCA struct {
 	// earliest NotAfter of the parent's chain.
 	notAfter time.Time
 	chainDER [][]byte // cert and the parent chain, up to the anchor
-	chainPEM []string // chainDER as PEM, then the anchor
+	chainPEM []string // chainDER as PEM
 }
 
 // New loads the CA's state from cfg.Store (creating the root on first start
-// when there is no Parent) and makes sure a valid intermediate is active.
+// when there is no Parent), resumes a root rotation where it was, and makes
+// sure a valid intermediate is active.
 func New(ctx context.Context, cfg Config) (*Authority, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -186,24 +227,14 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Authority{cfg: cfg, sealer: s, parent: cfg.Parent}
-	if a.parent == nil {
-		if a.parent, err = a.loadOrCreateRoot(ctx); err != nil {
-			return nil, err
-		}
-	}
-	a.bundle = x509bundle.FromX509Authorities(cfg.TrustDomain, a.parent.Roots())
-	if key := leafKey(a.parent); key != nil {
-		if err := a.startDirect(key); err != nil {
-			return nil, err
-		}
-		return a, nil
-	}
+	a := &Authority{cfg: cfg, sealer: s}
+	a.revoked.Store(&revokedCAs{})
 	if err := a.Rotate(ctx); err != nil {
 		if a.active.Load() == nil {
 			return nil, err
 		}
-		// Only preparing the next intermediate failed; Run retries it.
+		// Only a step that can wait failed (preparing the next
+		// intermediate, a root rotation's switch); Run retries it.
 		cfg.Logger.Error("rotation at start-up incomplete", "err", err)
 	}
 	return a, nil
@@ -212,22 +243,25 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 // TrustDomain returns the CA's trust domain.
 func (a *Authority) TrustDomain() spiffeid.TrustDomain { return a.cfg.TrustDomain }
 
-// Bundle returns the trust bundle: the root certificates.
-func (a *Authority) Bundle() *x509bundle.Bundle { return a.bundle }
+// Bundle returns the trust bundle: every root trusted now. During a root
+// rotation that is the old and the new root; the value changes as the
+// rotation proceeds (each a new Bundle, never modified). Safe for
+// concurrent use.
+func (a *Authority) Bundle() *x509bundle.Bundle { return a.trust.Load().bundle }
 
-// GetX509BundleForTrustDomain implements x509bundle.Source.
+// GetX509BundleForTrustDomain implements x509bundle.Source with Bundle.
 func (a *Authority) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
-	return a.bundle.GetX509BundleForTrustDomain(td)
+	return a.Bundle().GetX509BundleForTrustDomain(td)
 }
 
-// RootsPEM returns the trust bundle as concatenated PEM certificates.
-func (a *Authority) RootsPEM() []byte {
-	var out []byte
-	for _, r := range a.bundle.X509Authorities() {
-		out = append(out, certPEM(r)...)
-	}
-	return out
-}
+// RootsPEM returns the trust bundle (Bundle) as concatenated PEM
+// certificates. The caller must not modify it.
+func (a *Authority) RootsPEM() []byte { return a.trust.Load().rootsPEM }
+
+// RootsChanged returns a channel closed when the trust bundle next changes
+// (a root rotation publishing or retiring a root): read RootsPEM again
+// then, and call RootsChanged again for the change after.
+func (a *Authority) RootsChanged() <-chan struct{} { return a.trust.Load().changed }
 
 // SigningCertificate returns the active intermediate, or in direct mode the
 // parent's certificate that signs the leaves.

@@ -24,6 +24,10 @@ var (
 	// data file; if it is the CA's own, from before the KEK, seal the store
 	// explicitly (SealStoredKeys, `meshca ca seal`).
 	ErrClearKey = errors.New("ca: the data file holds a CA private key in clear although a key-encryption key is configured: whoever can write the data file could have planted it; if these are this CA's own keys from before the KEK was configured, seal them with `meshca ca seal` (server stopped), then start again")
+	// ErrRotation: an operator's rotation request does not fit the CA's
+	// state (a root rotation in another phase, nothing staged, direct
+	// mode); nothing was done.
+	ErrRotation = errors.New("rotation refused")
 	// ErrUnavailable: the CA cannot sign or record right now; retry later.
 	ErrUnavailable = errors.New("CA unavailable")
 )

@@ -142,7 +142,7 @@ func FuzzRevoke(f *testing.F) {
 		if err != nil || again.Serial != got.Serial || again.SPIFFEID != got.SPIFFEID {
 			t.Fatalf("revoking the canonical form %+v again: (%+v, %v)", got, again, err)
 		}
-		if err := a.CheckRevoked(ctx, cert, certID); err == nil {
+		if err := a.CheckRevoked(ctx, []*x509.Certificate{cert}, certID); err == nil {
 			t.Fatalf("Revoke(%q, %q) stored %+v, yet a certificate it covers is not revoked", serial, id, got)
 		}
 	})

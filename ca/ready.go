@@ -43,7 +43,7 @@ func (a *Authority) Ready(ctx context.Context) error {
 	switch sc := a.active.Load(); {
 	case sc == nil:
 		return errors.New("ca: no signing intermediate")
-	case a.direct && !now.Before(sc.notAfter):
+	case a.trust.Load().direct && !now.Before(sc.notAfter):
 		return fmt.Errorf("ca: the CA certificate that signs leaves (%s) or its chain expired at %s: replace the cacerts files",
 			sc.cert.Subject.CommonName, sc.notAfter.UTC().Format(time.RFC3339))
 	case !now.Before(sc.notAfter):
@@ -100,8 +100,10 @@ func ExpiryWarningTime(notBefore, notAfter time.Time) time.Time {
 func (a *Authority) Warnings() []string {
 	now := a.cfg.Clock.Now()
 	var out []string
-	certs := append([]*x509.Certificate{a.parent.Certificate()}, a.parent.Chain()...)
-	for i, c := range append(certs, a.parent.Anchor()) {
+	tr := a.trust.Load()
+	parent := tr.parent
+	certs := append([]*x509.Certificate{parent.Certificate()}, parent.Chain()...)
+	for i, c := range append(certs, parent.Anchor()) {
 		// Due at ExpiryWarningTime, or once a default leaf is cut short.
 		due := earliest(ExpiryWarningTime(c.NotBefore, c.NotAfter), c.NotAfter.Add(-a.cfg.DefaultTTL))
 		if (i > 0 && c.Equal(certs[0])) || now.Before(due) {
@@ -109,9 +111,9 @@ func (a *Authority) Warnings() []string {
 		}
 		role := "the parent CA certificate"
 		switch {
-		case i == 0 && a.direct:
+		case i == 0 && tr.direct:
 			role = "the CA certificate that signs leaves"
-		case c.Equal(a.parent.Anchor()):
+		case c.Equal(parent.Anchor()):
 			role = "the root"
 		}
 		out = append(out, fmt.Sprintf("%s %q expires at %s, in %s: certificates are cut short to it and none can be issued after it; replace it",

@@ -2,13 +2,12 @@ package ca
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"math/big"
 	"strings"
 	"time"
-
-	"crypto/x509"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -32,9 +31,19 @@ func (a *Authority) revokes(r store.Revocation, serial, id string, notBefore tim
 	return r.SPIFFEID == id && !notBefore.Add(a.cfg.Backdate).After(r.RevokedAt)
 }
 
-// CheckRevoked implements attestor.RevocationChecker with the rule of
-// revokes.
-func (a *Authority) CheckRevoked(ctx context.Context, cert *x509.Certificate, id spiffeid.ID) error {
+// CheckRevoked implements attestor.RevocationChecker: chain (verified, the
+// leaf first) is revoked when it goes through an intermediate revoked by
+// RotateIntermediateNow, or when the deny-list revokes its leaf (the rule
+// of revokes).
+func (a *Authority) CheckRevoked(ctx context.Context, chain []*x509.Certificate, id spiffeid.ID) error {
+	if len(chain) == 0 {
+		return errors.New("ca: no certificate to check")
+	}
+	if c, rc, ok := a.revoked.Load().check(chain); ok {
+		return fmt.Errorf("%w: signed under intermediate %s, revoked at %s by an emergency rotation (%s): renew with a fresh credential",
+			attestor.ErrRevoked, c.SerialNumber.Text(16), stamp(rc.RevokedAt), rc.Reason)
+	}
+	cert := chain[0]
 	serial := cert.SerialNumber.Text(16)
 	revs, err := a.cfg.Store.Revocations(ctx, serial, id.String())
 	if err != nil {

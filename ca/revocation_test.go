@@ -2,6 +2,7 @@ package ca_test
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"testing"
 	"time"
@@ -45,7 +46,7 @@ func TestRevocationOneRule(t *testing.T) {
 			if _, err := a.Revoke(ctx, store.Revocation{SPIFFEID: fooID.String(), RevokedAt: t0.Add(tc.revokeAt)}); err != nil {
 				t.Fatal(err)
 			}
-			checked := errors.Is(a.CheckRevoked(ctx, leafOf(t, iss), fooID), attestor.ErrRevoked)
+			checked := errors.Is(a.CheckRevoked(ctx, []*x509.Certificate{leafOf(t, iss)}, fooID), attestor.ErrRevoked)
 			recs, err := a.Issuances(ctx, store.IssuanceFilter{})
 			if err != nil || len(recs) != 1 {
 				t.Fatalf("Issuances = %v, %v", recs, err)
@@ -156,7 +157,7 @@ func TestIDRevocationOutlivesLongerPastSettings(t *testing.T) {
 	if _, err := short.Prune(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := short.CheckRevoked(ctx, leafOf(t, iss), fooID); !errors.Is(err, attestor.ErrRevoked) {
+	if err := short.CheckRevoked(ctx, []*x509.Certificate{leafOf(t, iss)}, fooID); !errors.Is(err, attestor.ErrRevoked) {
 		t.Fatalf("a revoked certificate valid for 10 more days is no longer revoked: %v", err)
 	}
 }

@@ -1,34 +1,20 @@
 package ca
 
 import (
-	"context"
 	"crypto"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
-	"errors"
+	"encoding/hex"
 	"fmt"
+	"time"
 
 	"github.com/meshca/meshca/ca/store"
 )
 
-// loadOrCreateRoot returns the self-signed root kept in the store, creating
-// and storing one if there is none yet.
-func (a *Authority) loadOrCreateRoot(ctx context.Context) (Parent, error) {
-	st, err := a.cfg.Store.LoadCAState(ctx)
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		st = &store.CAState{}
-	case err != nil:
-		return nil, fmt.Errorf("ca: load CA state: %w", err)
-	}
-	now := a.cfg.Clock.Now()
-	if st.Root != nil {
-		cert, key, err := a.openCAKey(st.Root)
-		if err != nil {
-			return nil, fmt.Errorf("ca: root: %w", err)
-		}
-		return NewLocalParent(cert, key, nil, []*x509.Certificate{cert}, now)
-	}
+// newRoot generates a self-signed root valid from now (backdated) for
+// RootTTL, with its sealed key.
+func (a *Authority) newRoot(now time.Time) (*store.CAKey, error) {
 	key, err := generateKey(a.cfg.KeyType)
 	if err != nil {
 		return nil, err
@@ -49,12 +35,17 @@ func (a *Authority) loadOrCreateRoot(ctx context.Context) (Parent, error) {
 	if err != nil {
 		return nil, err
 	}
-	st.Root = &store.CAKey{CertDER: der, Key: sealed}
-	if _, err := a.cfg.Store.SaveCAState(ctx, st); err != nil {
-		return nil, fmt.Errorf("ca: save new root: %w", err)
-	}
 	a.cfg.Logger.Info("created self-signed root", "trust_domain", a.cfg.TrustDomain.Name(),
-		"serial", cert.SerialNumber.Text(16), "not_after", cert.NotAfter)
+		"serial", cert.SerialNumber.Text(16), "sha256", Fingerprint(cert), "not_after", cert.NotAfter)
+	return &store.CAKey{CertDER: der, Key: sealed}, nil
+}
+
+// selfSignedParent opens the self-signed root k as the parent.
+func (a *Authority) selfSignedParent(k *store.CAKey, now time.Time) (Parent, error) {
+	cert, key, err := a.openCAKey(k)
+	if err != nil {
+		return nil, fmt.Errorf("ca: root: %w", err)
+	}
 	return NewLocalParent(cert, key, nil, []*x509.Certificate{cert}, now)
 }
 
@@ -68,4 +59,13 @@ func (a *Authority) openCAKey(k *store.CAKey) (*x509.Certificate, crypto.Signer,
 		return nil, nil, err
 	}
 	return cert, key, nil
+}
+
+// Fingerprint is the SHA-256 of a certificate's DER in lowercase hex, as
+// `meshca ca status` and the logs name CA certificates.
+func Fingerprint(c *x509.Certificate) string { return derFingerprint(c.Raw) }
+
+func derFingerprint(der []byte) string {
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
 }

@@ -6,10 +6,12 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
@@ -31,18 +33,26 @@ func lifeFraction(c *x509.Certificate, f float64) time.Time {
 	return c.NotBefore.Add(time.Duration(float64(life) * f))
 }
 
-// Rotate brings the intermediates up to date at the current time: it makes
-// an active one if there is none usable, prepares the next one when due,
-// and switches to it when due. State changes are saved atomically before
-// they take effect. It is safe to call at any time. In direct mode there
-// is no intermediate, and it does nothing.
+// Rotate brings the CA up to date at the current time: it takes the root
+// rotation's next step when due (see RotateRoot), makes an active
+// intermediate if there is none usable, prepares the next one when due, and
+// switches to it when due. State changes are saved atomically before they
+// take effect. It is safe to call at any time. In direct mode there is no
+// intermediate to rotate.
 func (a *Authority) Rotate(ctx context.Context) error {
-	if a.direct {
-		return nil
-	}
 	a.rotateMu.Lock()
 	defer a.rotateMu.Unlock()
+	return a.update(ctx, nil)
+}
 
+// update loads the CA state, applies op to it (an operator's request; nil
+// for none), then whatever is due at now: the root rotation's next step,
+// the intermediates' rotation, forgetting revoked intermediates that have
+// expired. A changed state is saved with compare-and-swap before it takes
+// effect, so two writers never both advance: the one that loses gets
+// store.ErrConflict and takes the winner's state at its next call. An
+// error of op changes nothing. Callers hold rotateMu.
+func (a *Authority) update(ctx context.Context, op func(st *store.CAState, now time.Time) error) error {
 	st, err := a.cfg.Store.LoadCAState(ctx)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
@@ -50,12 +60,78 @@ func (a *Authority) Rotate(ctx context.Context) error {
 	case err != nil:
 		return fmt.Errorf("ca: load CA state: %w", err)
 	}
+	before, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
 	now := a.cfg.Clock.Now()
+	if a.cfg.Parent == nil && st.Root == nil {
+		if st.Root, err = a.newRoot(now); err != nil {
+			return err
+		}
+	}
+	if op != nil {
+		if err := op(st, now); err != nil {
+			return err
+		}
+	}
+	// A root step that cannot be taken now (the staged parent unreadable)
+	// must not stop the intermediates' rotation: it is retried.
+	staged, stepErr := a.rootStep(ctx, st, now)
+	tr, err := a.trustFor(ctx, st, now, staged)
+	if err != nil {
+		return err
+	}
+	active, next, prepareErr, err := a.intermediates(ctx, st, tr, now)
+	if err != nil {
+		return err
+	}
+	pruneRevoked(st, now)
+	after, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(before, after) {
+		if _, err := a.cfg.Store.SaveCAState(ctx, st); a.health.observe(err) != nil {
+			return fmt.Errorf("ca: save CA state: %w", err)
+		}
+		a.logChanges(before, st)
+	}
+	a.apply(tr, active, next, st)
+	if err := errors.Join(stepErr, prepareErr); err != nil {
+		msg := err.Error()
+		a.lastErr.Store(&msg)
+		return &laterError{err}
+	}
+	a.lastErr.Store(nil)
+	return nil
+}
+
+// laterError is an update's error about a step that could not be taken
+// now while the rest was saved and took effect: Run retries the step.
+type laterError struct{ err error }
+
+func (e *laterError) Error() string { return e.err.Error() }
+func (e *laterError) Unwrap() error { return e.err }
+
+// intermediates brings st's intermediates up to date at now under tr's
+// parent and returns the signing CA and whether the next intermediate is
+// prepared. A failure to prepare the next one is returned apart: the
+// active one still works, and the caller retries later.
+func (a *Authority) intermediates(ctx context.Context, st *store.CAState, tr *trust, now time.Time) (active *signingCA, next bool, prepareErr, err error) {
+	if tr.direct {
+		st.Active, st.Next = nil, nil
+		if cur := a.active.Load(); cur != nil && cur.cert.Equal(tr.parent.Certificate()) {
+			return cur, false, nil, nil
+		}
+		s, err := a.directSigningCA(tr)
+		return s, false, nil, err
+	}
 	usable := func(k *store.CAKey) (*signingCA, bool) {
 		if k == nil {
 			return nil, false
 		}
-		s, err := a.signingCAFrom(k)
+		s, err := a.signingCAFrom(k, tr.parent)
 		if err != nil {
 			a.cfg.Logger.Warn("discarding stored intermediate", "err", err)
 			return nil, false
@@ -63,76 +139,108 @@ func (a *Authority) Rotate(ctx context.Context) error {
 		// An intermediate is of no use once it cannot cover a default leaf.
 		return s, now.Before(s.cert.NotAfter.Add(-a.cfg.DefaultTTL))
 	}
-	active, ok := usable(st.Active)
-	changed := false
+	act, ok := usable(st.Active)
 	if !ok {
-		if active, err = a.newIntermediate(ctx, now); err != nil {
-			return err
+		if act, err = a.newIntermediate(ctx, tr.parent, now); err != nil {
+			return nil, false, nil, err
+		}
+		if st.Active, err = a.sealed(act); err != nil {
+			return nil, false, nil, err
 		}
 		st.Next = nil
-		changed = true
 	}
-	next, ok := usable(st.Next)
+	nxt, ok := usable(st.Next)
 	if st.Next != nil && !ok {
-		st.Next, next, changed = nil, nil, true
+		st.Next, nxt = nil, nil
 	}
-	var prepareErr error
-	if next == nil && !now.Before(PrepareTime(active.cert)) {
-		if next, prepareErr = a.newIntermediate(ctx, now); prepareErr == nil {
-			if st.Next, err = a.sealed(next); err != nil {
-				return err
+	if nxt == nil && !now.Before(PrepareTime(act.cert)) {
+		if nxt, prepareErr = a.newIntermediate(ctx, tr.parent, now); prepareErr == nil {
+			if st.Next, err = a.sealed(nxt); err != nil {
+				return nil, false, nil, err
 			}
-			changed = true
 		}
 	}
-	if next != nil && !now.Before(ActivateTime(active.cert)) {
-		active, next = next, nil
-		st.Active, st.Next, changed = st.Next, nil, true
+	if nxt != nil && !now.Before(ActivateTime(act.cert)) {
+		act, nxt = nxt, nil
+		st.Active, st.Next = st.Next, nil
 	}
-	// Store the active one if it is new.
-	if st.Active == nil || !bytes.Equal(st.Active.CertDER, active.cert.Raw) {
-		if st.Active, err = a.sealed(active); err != nil {
-			return err
-		}
-		changed = true
+	if prepareErr != nil {
+		prepareErr = fmt.Errorf("ca: preparing the next intermediate: %w", prepareErr)
 	}
-	if changed {
-		if _, err := a.cfg.Store.SaveCAState(ctx, st); a.health.observe(err) != nil {
-			return fmt.Errorf("ca: save CA state: %w", err)
+	return act, nxt != nil, prepareErr, nil
+}
+
+// apply puts a saved state into effect: the trust first, so that a Sign
+// that sees a new signing CA also sees the roots it chains to.
+func (a *Authority) apply(tr *trust, active *signingCA, nextPrepared bool, st *store.CAState) {
+	if cur := a.trust.Load(); cur != tr {
+		a.trust.Store(tr)
+		if cur != nil {
+			close(cur.changed)
 		}
-		a.cfg.Logger.Info("intermediate state updated", "active_serial", active.cert.SerialNumber.Text(16),
-			"active_not_after", active.cert.NotAfter, "next_prepared", st.Next != nil)
 	}
 	if cur := a.active.Load(); cur == nil || !cur.cert.Equal(active.cert) {
 		a.active.Store(active)
 		a.cfg.Metrics.SigningCAExpiry(active.notAfter)
 	}
-	a.nextPrepared.Store(next != nil)
-	if prepareErr != nil {
-		// The active intermediate still works; the caller retries later.
-		return fmt.Errorf("ca: preparing the next intermediate: %w", prepareErr)
+	a.nextPrepared.Store(nextPrepared)
+	a.revoked.Store(revokedFrom(st.RevokedIntermediates))
+	var at int64
+	if t := rootStepTime(st.RootRotation); !t.IsZero() {
+		at = t.UnixNano()
 	}
-	return nil
+	a.rootStepAt.Store(at)
 }
 
-// NextRotation returns when Rotate next has work to do; the zero Time in
-// direct mode, where it never has.
+// logChanges logs, at info, what a saved update changed, from the state as
+// it was before (JSON) to st.
+func (a *Authority) logChanges(before []byte, st *store.CAState) {
+	var old store.CAState
+	_ = json.Unmarshal(before, &old) // it was marshalled from a CAState
+	if !bytes.Equal(keyCert(old.Active), keyCert(st.Active)) || (old.Next == nil) != (st.Next == nil) {
+		attrs := []any{"next_prepared", st.Next != nil}
+		if c, err := x509.ParseCertificate(keyCert(st.Active)); err == nil {
+			attrs = append(attrs, "active_serial", c.SerialNumber.Text(16), "active_not_after", c.NotAfter)
+		}
+		a.cfg.Logger.Info("intermediate state updated", attrs...)
+	}
+	a.logRootRotation(old.RootRotation, st.RootRotation)
+}
+
+func keyCert(k *store.CAKey) []byte {
+	if k == nil {
+		return nil
+	}
+	return k.CertDER
+}
+
+// NextRotation returns when Rotate next has work to do: the intermediate's
+// next step, or the root rotation's when that is earlier; the zero Time
+// when there is none (direct mode, no root rotation under way).
 func (a *Authority) NextRotation() time.Time {
-	if a.direct {
-		return time.Time{}
+	var next time.Time
+	if ns := a.rootStepAt.Load(); ns != 0 {
+		next = time.Unix(0, ns)
 	}
-	s := a.active.Load()
-	if s == nil {
+	tr, s := a.trust.Load(), a.active.Load()
+	switch {
+	case tr == nil || s == nil:
 		return a.cfg.Clock.Now()
+	case tr.direct:
+		return next
 	}
+	inter := PrepareTime(s.cert)
 	if a.nextPrepared.Load() {
-		return ActivateTime(s.cert)
+		inter = ActivateTime(s.cert)
 	}
-	return PrepareTime(s.cert)
+	if next.IsZero() || inter.Before(next) {
+		return inter
+	}
+	return next
 }
 
 // newIntermediate makes a fresh intermediate signed by the parent.
-func (a *Authority) newIntermediate(ctx context.Context, now time.Time) (*signingCA, error) {
+func (a *Authority) newIntermediate(ctx context.Context, parent Parent, now time.Time) (*signingCA, error) {
 	key, err := generateKey(a.cfg.KeyType)
 	if err != nil {
 		return nil, err
@@ -142,33 +250,33 @@ func (a *Authority) newIntermediate(ctx context.Context, now time.Time) (*signin
 	if err != nil {
 		return nil, err
 	}
-	if pnb := a.parent.Certificate().NotBefore; tmpl.NotBefore.Before(pnb) {
+	if pnb := parent.Certificate().NotBefore; tmpl.NotBefore.Before(pnb) {
 		tmpl.NotBefore = pnb
 	}
-	cert, err := a.parent.SignIntermediate(ctx, tmpl, key.Public())
+	cert, err := parent.SignIntermediate(ctx, tmpl, key.Public())
 	if err != nil {
 		return nil, fmt.Errorf("ca: %w: %v", ErrUnavailable, err)
 	}
-	if err := a.verifyIntermediate(cert); err != nil {
+	if err := a.verifyIntermediate(cert, parent); err != nil {
 		return nil, fmt.Errorf("ca: new intermediate: %w", err)
 	}
-	a.cfg.Logger.Info("new intermediate", "serial", cert.SerialNumber.Text(16), "not_after", cert.NotAfter)
-	return a.newSigningCA(cert, key, cert.NotAfter), nil
+	a.cfg.Logger.Info("new intermediate", "serial", cert.SerialNumber.Text(16), "not_after", cert.NotAfter,
+		"root_sha256", Fingerprint(parent.Anchor()))
+	return a.newSigningCA(cert, key, cert.NotAfter, parent), nil
 }
 
 // newSigningCA makes an intermediate under the parent (or, in direct mode,
 // the parent's own certificate) ready to sign leaves valid until notAfter.
-func (a *Authority) newSigningCA(cert *x509.Certificate, key crypto.Signer, notAfter time.Time) *signingCA {
+func (a *Authority) newSigningCA(cert *x509.Certificate, key crypto.Signer, notAfter time.Time, parent Parent) *signingCA {
 	s := &signingCA{cert: cert, key: key, notAfter: notAfter}
-	chain := a.parent.Chain() // the parent, unless it is the anchor, and its chain
-	if !cert.Equal(a.parent.Certificate()) {
+	chain := parent.Chain() // the parent, unless it is the anchor, and its chain
+	if !cert.Equal(parent.Certificate()) {
 		chain = append([]*x509.Certificate{cert}, chain...)
 	}
 	for _, c := range chain {
 		s.chainDER = append(s.chainDER, c.Raw)
 		s.chainPEM = append(s.chainPEM, string(certPEM(c)))
 	}
-	s.chainPEM = append(s.chainPEM, string(certPEM(a.parent.Anchor())))
 	return s
 }
 
@@ -181,21 +289,18 @@ func leafKey(p Parent) crypto.Signer {
 	return nil
 }
 
-// startDirect makes the parent's own certificate and key, key, the signing
-// CA for good: direct mode, as istiod uses a plug-in ca-cert.pem.
-func (a *Authority) startDirect(key crypto.Signer) error {
-	a.direct = true
-	cert := a.parent.Certificate()
-	notAfter := parentNotAfter(a.parent)
-	s := a.newSigningCA(cert, key, notAfter)
-	if err := a.probe(s); err != nil {
-		return fmt.Errorf("ca: leaves signed by %q would not verify: %w", cert.Subject.CommonName, err)
+// directSigningCA makes tr's parent's own certificate and key the signing
+// CA: direct mode, as istiod uses a plug-in ca-cert.pem.
+func (a *Authority) directSigningCA(tr *trust) (*signingCA, error) {
+	cert := tr.parent.Certificate()
+	notAfter := parentNotAfter(tr.parent)
+	s := a.newSigningCA(cert, leafKey(tr.parent), notAfter, tr.parent)
+	if err := a.probe(s, tr.bundle); err != nil {
+		return nil, fmt.Errorf("ca: leaves signed by %q would not verify: %w", cert.Subject.CommonName, err)
 	}
-	a.active.Store(s)
-	a.cfg.Metrics.SigningCAExpiry(notAfter)
 	a.cfg.Logger.Info("signing leaves directly with the parent CA certificate, as istiod does with a plug-in ca-cert.pem: no meshca intermediate, nothing to rotate",
 		"subject", cert.Subject.String(), "serial", cert.SerialNumber.Text(16), "not_after", notAfter)
-	return nil
+	return s, nil
 }
 
 // probe signs a throwaway X509-SVID in the trust domain with s, checks it
@@ -203,7 +308,7 @@ func (a *Authority) startDirect(key crypto.Signer) error {
 // peers will: a parent whose own constraints (name constraints that exclude
 // the trust domain) would make every leaf useless is refused at start, not
 // at the first handshake.
-func (a *Authority) probe(s *signingCA) error {
+func (a *Authority) probe(s *signingCA, bundle *x509bundle.Bundle) error {
 	key, err := generateKey(KeyECDSAP256)
 	if err != nil {
 		return err
@@ -237,36 +342,39 @@ func (a *Authority) probe(s *signingCA) error {
 		}
 		chain = append(chain, c)
 	}
-	_, _, err = x509svid.Verify(chain, a.bundle, x509svid.WithTime(now))
+	_, _, err = x509svid.Verify(chain, bundle, x509svid.WithTime(now))
 	return err
 }
 
 // signingCAFrom opens a stored intermediate and checks it still belongs to
 // the current parent (the parent may have been replaced).
-func (a *Authority) signingCAFrom(k *store.CAKey) (*signingCA, error) {
+func (a *Authority) signingCAFrom(k *store.CAKey, parent Parent) (*signingCA, error) {
+	if cur := a.active.Load(); cur != nil && bytes.Equal(cur.cert.Raw, k.CertDER) && cur.cert.CheckSignatureFrom(parent.Certificate()) == nil {
+		return cur, nil // already open and checked
+	}
 	cert, key, err := a.openCAKey(k)
 	if err != nil {
 		return nil, err
 	}
-	if err := a.verifyIntermediate(cert); err != nil {
+	if err := a.verifyIntermediate(cert, parent); err != nil {
 		return nil, fmt.Errorf("ca: stored intermediate %s: %w", cert.SerialNumber.Text(16), err)
 	}
-	return a.newSigningCA(cert, key, cert.NotAfter), nil
+	return a.newSigningCA(cert, key, cert.NotAfter, parent), nil
 }
 
 // verifyIntermediate checks that an intermediate chains through the current
 // parent to a root now, path length constraints and validity included, so
 // leaves signed by it will verify. It runs once per rotation or start.
-func (a *Authority) verifyIntermediate(cert *x509.Certificate) error {
-	if err := cert.CheckSignatureFrom(a.parent.Certificate()); err != nil {
+func (a *Authority) verifyIntermediate(cert *x509.Certificate, parent Parent) error {
+	if err := cert.CheckSignatureFrom(parent.Certificate()); err != nil {
 		return errors.New("not signed by the current parent")
 	}
 	roots, inters := x509.NewCertPool(), x509.NewCertPool()
-	for _, r := range a.parent.Roots() {
+	for _, r := range parent.Roots() {
 		roots.AddCert(r)
 	}
-	inters.AddCert(a.parent.Certificate())
-	for _, c := range a.parent.Chain() {
+	inters.AddCert(parent.Certificate())
+	for _, c := range parent.Chain() {
 		inters.AddCert(c)
 	}
 	_, err := cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters, CurrentTime: a.cfg.Clock.Now(),

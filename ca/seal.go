@@ -36,7 +36,11 @@ func SealStoredKeys(ctx context.Context, st store.Store, kek []byte, log *slog.L
 	}
 	unsealed := &sealer{} // opens clear keys only
 	n := 0
-	for _, k := range []*store.CAKey{state.Root, state.Active, state.Next} {
+	keys := []*store.CAKey{state.Root, state.Active, state.Next}
+	if rr := state.RootRotation; rr != nil {
+		keys = append(keys, rr.NewRoot)
+	}
+	for _, k := range keys {
 		if k == nil || k.Key.Alg != sealNone {
 			continue
 		}

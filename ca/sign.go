@@ -33,10 +33,12 @@ type SignRequest struct {
 type Issued struct {
 	// DER is the leaf certificate.
 	DER []byte
-	// ChainPEM is the leaf, its intermediates, and the root, one PEM
-	// certificate each, in that order (as Istio's CA clients expect). In
-	// direct mode the first intermediate is the parent's certificate (a
-	// plug-in ca-cert.pem), as istiod returns it.
+	// ChainPEM is the leaf and its intermediates, one PEM certificate
+	// each, then the trust bundle, every root trusted now in one element
+	// (as istiod answers: "the root cert is the last element"; during a
+	// root rotation the old and the new root). In direct mode the first
+	// intermediate is the parent's certificate (a plug-in ca-cert.pem), as
+	// istiod returns it.
 	ChainPEM []string
 	Record   store.Issuance
 }
@@ -125,9 +127,12 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*
 	if err := a.health.observe(a.cfg.Store.RecordIssuance(ctx, rec)); err != nil {
 		return nil, fmt.Errorf("%w: recording the issuance failed: %w", ErrUnavailable, err)
 	}
-	chain := make([]string, 0, len(s.chainPEM)+1)
+	chain := make([]string, 0, len(s.chainPEM)+2)
 	chain = append(chain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
 	chain = append(chain, s.chainPEM...)
+	// Loaded after s: a rotation publishes a root before anything chains
+	// to it, so these roots include the one s chains to.
+	chain = append(chain, string(a.RootsPEM()))
 	a.cfg.Logger.Debug("issued", "spiffe_id", rec.SPIFFEID, "serial", rec.Serial, "kind", rec.CredentialKind, "not_after", rec.NotAfter)
 	return &Issued{DER: der, ChainPEM: chain, Record: rec}, nil
 }

@@ -170,16 +170,16 @@ func TestCheckRevoked(t *testing.T) {
 		return leafOf(t, iss)
 	}
 	bySerial, byID := sign(), sign()
-	if err := a.CheckRevoked(ctx, bySerial, fooID); err != nil {
+	if err := a.CheckRevoked(ctx, []*x509.Certificate{bySerial}, fooID); err != nil {
 		t.Fatalf("fresh certificate reported revoked: %v", err)
 	}
 	if _, err := a.Revoke(ctx, store.Revocation{Serial: bySerial.SerialNumber.Text(16), Reason: "key compromise"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.CheckRevoked(ctx, bySerial, fooID); !errors.Is(err, attestor.ErrRevoked) {
+	if err := a.CheckRevoked(ctx, []*x509.Certificate{bySerial}, fooID); !errors.Is(err, attestor.ErrRevoked) {
 		t.Fatalf("revoked serial: %v", err)
 	}
-	if err := a.CheckRevoked(ctx, byID, fooID); err != nil {
+	if err := a.CheckRevoked(ctx, []*x509.Certificate{byID}, fooID); err != nil {
 		t.Fatalf("other serial of the same ID reported revoked: %v", err)
 	}
 
@@ -189,13 +189,13 @@ func TestCheckRevoked(t *testing.T) {
 	if _, err := a.Revoke(ctx, store.Revocation{SPIFFEID: fooID.String(), Reason: "decommissioned"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.CheckRevoked(ctx, byID, fooID); !errors.Is(err, attestor.ErrRevoked) {
+	if err := a.CheckRevoked(ctx, []*x509.Certificate{byID}, fooID); !errors.Is(err, attestor.ErrRevoked) {
 		t.Fatalf("certificate of revoked ID: %v", err)
 	}
 	// Issued 30s after the revocation: its NotBefore is backdated to
 	// before it, but it was issued after, so it stands.
 	clk.Advance(30 * time.Second)
-	if err := a.CheckRevoked(ctx, sign(), fooID); err != nil {
+	if err := a.CheckRevoked(ctx, []*x509.Certificate{sign()}, fooID); err != nil {
 		t.Fatalf("certificate issued after the ID revocation: %v", err)
 	}
 
@@ -205,7 +205,7 @@ func TestCheckRevoked(t *testing.T) {
 	if _, err := a.Revoke(ctx, store.Revocation{Serial: spelled}); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.CheckRevoked(ctx, other, fooID); !errors.Is(err, attestor.ErrRevoked) {
+	if err := a.CheckRevoked(ctx, []*x509.Certificate{other}, fooID); !errors.Is(err, attestor.ErrRevoked) {
 		t.Fatalf("serial revoked as %q not matched: %v", spelled, err)
 	}
 	for _, bad := range []store.Revocation{{Serial: "xyz"}, {Serial: "0"}, {SPIFFEID: "not-an-id"}} {

@@ -218,8 +218,9 @@ func (m *Manager) Current() *SVID { return m.src.Current() }
 // Subscribe implements Source.
 func (m *Manager) Subscribe() (<-chan struct{}, func()) { return m.src.Subscribe() }
 
-// Roots returns the trust bundle: the root of the latest CA response, or
-// Config.Roots before the first.
+// Roots returns the trust bundle: the one served with the latest SVID (the
+// configured roots and those the CA announced with it), or Config.Roots
+// before the first.
 func (m *Manager) Roots() []*x509.Certificate {
 	if cur := m.Current(); cur != nil {
 		return cur.Roots
@@ -397,7 +398,11 @@ func (m *Manager) fetch(ctx context.Context, cur *SVID, useSVID bool) (*SVID, er
 	if err != nil {
 		return nil, fmt.Errorf("sds: CA request: %w", err)
 	}
-	certs, roots, err := m.checkChain(chain, key.Public(), m.trustedRoots(), m.cfg.Clock.Now())
+	var prev []*x509.Certificate
+	if cur != nil {
+		prev = cur.Roots
+	}
+	certs, roots, err := m.checkChain(chain, key.Public(), m.trustedRoots(), prev, m.cfg.Clock.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -408,11 +413,16 @@ func (m *Manager) fetch(ctx context.Context, cur *SVID, useSVID bool) (*SVID, er
 	return &SVID{ID: m.cfg.ID, Certificates: certs, Key: key, Roots: roots, Version: version}, nil
 }
 
-// checkChain parses the CA's answer (leaf, intermediates, root) and checks
-// that it is an SVID for our ID and our key whose root is one of the
-// trusted roots and that verifies to them at now. It returns the leaf and
-// intermediates, and the roots to serve.
-func (m *Manager) checkChain(chainPEM []string, pub crypto.PublicKey, trusted []*x509.Certificate, now time.Time) (certs, roots []*x509.Certificate, err error) {
+// checkChain parses the CA's answer (leaf, intermediates, then the roots
+// it trusts in one last element, as istiod answers) and checks that it is
+// an SVID for our ID and our key that verifies, at now, to the trusted
+// roots together with those the CA announces. The CA's roots are taken
+// only when one of them is already known (in trusted, or served with
+// prev): that is how a root rotation reaches the agent, the new root
+// announced beside a root it trusts before anything chains to it. It
+// returns the leaf and intermediates, and the roots to serve: trusted and
+// the CA's.
+func (m *Manager) checkChain(chainPEM []string, pub crypto.PublicKey, trusted, prev []*x509.Certificate, now time.Time) (certs, roots []*x509.Certificate, err error) {
 	switch n := len(chainPEM); {
 	case n == 0:
 		return nil, nil, errors.New("sds: CA returned an empty chain")
@@ -421,13 +431,21 @@ func (m *Manager) checkChain(chainPEM []string, pub crypto.PublicKey, trusted []
 	case n > maxChainLen:
 		return nil, nil, fmt.Errorf("sds: CA returned %d certificates, over the limit of %d", n, maxChainLen)
 	}
-	all := make([]*x509.Certificate, len(chainPEM))
-	for i, p := range chainPEM {
-		if all[i], err = pki.ParseCertificate(p); err != nil {
+	n := len(chainPEM)
+	certs = make([]*x509.Certificate, n-1)
+	for i, p := range chainPEM[:n-1] {
+		if certs[i], err = pki.ParseCertificate(p); err != nil {
 			return nil, nil, fmt.Errorf("sds: CA returned a bad chain: element %d: %w", i, err)
 		}
 	}
-	leaf := all[0]
+	announced, err := pki.ParseCertificates([]byte(chainPEM[n-1]))
+	switch {
+	case err != nil:
+		return nil, nil, fmt.Errorf("sds: CA returned a bad chain: element %d (the roots): %w", n-1, err)
+	case len(announced) > maxChainLen:
+		return nil, nil, fmt.Errorf("sds: CA returned %d roots, over the limit of %d", len(announced), maxChainLen)
+	}
+	leaf := certs[0]
 	id, err := x509svid.IDFromCert(leaf)
 	if err != nil {
 		return nil, nil, fmt.Errorf("sds: CA returned a leaf without a SPIFFE ID: %w", err)
@@ -438,23 +456,28 @@ func (m *Manager) checkChain(chainPEM []string, pub crypto.PublicKey, trusted []
 	if !pki.SamePublicKey(leaf.PublicKey, pub) {
 		return nil, nil, errors.New("sds: CA returned a leaf for another key than the CSR's")
 	}
-	n := len(all)
-	certs, root := all[:n-1:n-1], all[n-1]
-	if len(trusted) == 0 {
-		// Nothing to anchor to (no --ca-roots): trust the CA's root on
+	known := append(slices.Clone(trusted), prev...)
+	switch {
+	case len(known) == 0:
+		// Nothing to anchor to (no --ca-roots): trust the CA's roots on
 		// first use; the TLS connection to the CA was verified.
-		trusted = []*x509.Certificate{root}
-		m.cfg.Logger.Warn("no trust bundle configured: trusting the CA's root on first use", "root_subject", root.Subject.String())
-	} else if !slices.ContainsFunc(trusted, root.Equal) {
-		return nil, nil, fmt.Errorf("sds: CA returned a chain to a root that is not in the trust bundle (%s)", root.Subject)
+		m.cfg.Logger.Warn("no trust bundle configured: trusting the CA's roots on first use", "root_subject", announced[0].Subject.String())
+	case !slices.ContainsFunc(announced, func(r *x509.Certificate) bool { return slices.ContainsFunc(known, r.Equal) }):
+		return nil, nil, fmt.Errorf("sds: CA returned a chain to a root that is not in the trust bundle (%s)", announced[0].Subject)
 	}
-	bundle := x509bundle.FromX509Authorities(m.cfg.ID.TrustDomain(), trusted)
+	// Serve the whole bundle and the CA's roots: during a root rotation
+	// peers may chain to either root.
+	roots = slices.Clone(trusted)
+	for _, r := range announced {
+		if !slices.ContainsFunc(roots, r.Equal) {
+			roots = append(roots, r)
+		}
+	}
+	bundle := x509bundle.FromX509Authorities(m.cfg.ID.TrustDomain(), roots)
 	if _, _, err := x509svid.Verify(certs, bundle, x509svid.WithTime(now)); err != nil {
 		return nil, nil, fmt.Errorf("sds: CA returned a chain that does not verify to its root: %w", err)
 	}
-	// Serve the whole bundle: during a root rotation peers may chain to
-	// either root.
-	return certs, slices.Clone(trusted), nil
+	return certs, roots, nil
 }
 
 // trustedRoots is the trust bundle now: LoadRoots' answer when it has one

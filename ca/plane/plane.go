@@ -57,6 +57,11 @@ type Config struct {
 	// Parent signs intermediates, e.g. ca.LoadCACerts of an Istio cacerts
 	// directory. Nil: a self-signed root kept in the data file.
 	Parent ca.Parent
+	// NextParent loads the parent staged for a root rotation (see
+	// ca.Config; ca.StagedCACerts of --cacerts-next-dir). Nil: none.
+	NextParent ca.ParentLoader
+	// RootRotationOverlap is passed to ca.Config (default there).
+	RootRotationOverlap time.Duration
 	// KEK seals private keys at rest (32 bytes). Nil stores them in clear
 	// in the 0600 data file, with a warning.
 	KEK []byte
@@ -183,7 +188,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	auth, err := ca.New(ctx, ca.Config{
-		TrustDomain: cfg.TrustDomain, Store: st, Parent: cfg.Parent, KeyType: cfg.KeyType, KEK: cfg.KEK,
+		TrustDomain: cfg.TrustDomain, Store: st, Parent: cfg.Parent, NextParent: cfg.NextParent, RootRotationOverlap: cfg.RootRotationOverlap, KeyType: cfg.KeyType, KEK: cfg.KEK,
 		RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL,
 		Retention: cfg.Retention, Clock: cfg.Clock, Logger: log, Metrics: metrics.NewCA(reg),
 	})
@@ -245,7 +250,26 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 			log.Error("maintenance loop stopped", "err", err)
 		}
 	})
+	p.running.Go(func() { p.keepBundleFile(runCtx) })
 	return p, nil
+}
+
+// keepBundleFile rewrites the bundle file whenever a root rotation changes
+// the trusted roots, until ctx ends.
+func (p *Plane) keepBundleFile(ctx context.Context) {
+	for {
+		changed := p.auth.RootsChanged()
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+		if err := files.WriteAtomic(p.cfg.BundlePath(), p.auth.RootsPEM(), 0o644); err != nil {
+			p.cfg.Logger.Error("rewriting the bundle file", "err", err)
+			continue
+		}
+		p.cfg.Logger.Info("bundle file rewritten: the trusted roots changed", "path", p.cfg.BundlePath())
+	}
 }
 
 // readyAll is ready when every one of bs is; nil when there are none.

@@ -2,6 +2,7 @@ package server
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"sync"
 	"time"
@@ -22,13 +23,17 @@ type servingCerts struct {
 	mu      sync.Mutex
 	cur     *tls.Certificate
 	renewAt time.Time
+	// issuer is the signing CA that issued cur; a new one (rotation, root
+	// rotation, emergency rotation) replaces cur at the next handshake.
+	issuer *x509.Certificate
 }
 
 func (s *servingCerts) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.clock.Now()
-	if s.cur != nil && now.Before(s.renewAt) {
+	issuer := s.auth.SigningCertificate()
+	if s.cur != nil && now.Before(s.renewAt) && issuer == s.issuer {
 		return s.cur, nil
 	}
 	c, err := s.auth.IssueServing(s.dns, s.ips, s.ttl)
@@ -38,7 +43,7 @@ func (s *servingCerts) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 		}
 		return nil, err
 	}
-	s.cur = c
+	s.cur, s.issuer = c, issuer
 	s.renewAt = c.Leaf.NotBefore.Add(c.Leaf.NotAfter.Sub(c.Leaf.NotBefore) / 2)
 	return c, nil
 }

@@ -61,6 +61,64 @@ type CAState struct {
 	Active *CAKey `json:"active,omitempty"`
 	// Next is the intermediate prepared ahead of the next rotation.
 	Next *CAKey `json:"next,omitempty"`
+	// RootRotation is the root rotation in progress, or the last one
+	// completed; nil when none ever started (or the last was aborted).
+	RootRotation *RootRotation `json:"root_rotation,omitempty"`
+	// RevokedIntermediates were retired by an emergency rotation:
+	// certificates they signed may no longer renew. Each is kept until it
+	// expires.
+	RevokedIntermediates []RevokedCA `json:"revoked_intermediates,omitempty"`
+}
+
+// Phases of a root rotation (RootRotation.Phase), in order.
+const (
+	// PhasePrepared: the new root is published beside the old one;
+	// intermediates are still signed by the old.
+	PhasePrepared = "prepared"
+	// PhaseSwitched: intermediates are signed by the new root; the old
+	// root stays trusted until no leaf under it can be valid.
+	PhaseSwitched = "switched"
+	// PhaseCompleted: the old root is no longer trusted.
+	PhaseCompleted = "completed"
+)
+
+// RootRotation is the persisted state of a root rotation: the roots it
+// replaces and publishes, its phase, and the time of each step.
+type RootRotation struct {
+	// Phase is PhasePrepared, PhaseSwitched or PhaseCompleted.
+	Phase string `json:"phase"`
+	// OldRoots are the trust anchors trusted when the rotation started,
+	// NewRoots those of the parent it switches to (certificate DER). Both
+	// are trusted until the rotation completes.
+	OldRoots [][]byte `json:"old_roots"`
+	NewRoots [][]byte `json:"new_roots"`
+	// NewRoot is the new self-signed root with its sealed key, until the
+	// switch makes it Root; nil when the new root lives elsewhere (a
+	// staged cacerts directory).
+	NewRoot *CAKey `json:"new_root,omitempty"`
+	// OldSigner is the certificate that signed leaves under the old roots
+	// until the switch (the intermediate, or in direct mode the parent);
+	// its key is not kept.
+	OldSigner []byte `json:"old_signer,omitempty"`
+	// PreparedAt is when the new root was published; SwitchAfter the
+	// earliest time intermediates switch to it.
+	PreparedAt  time.Time `json:"prepared_at"`
+	SwitchAfter time.Time `json:"switch_after"`
+	// SwitchedAt is when they did.
+	SwitchedAt time.Time `json:"switched_at,omitzero"`
+	// RetireAfter is when the last leaf chained to the old roots expires
+	// (zero until it is known, shortly after the switch); the rotation
+	// completes then.
+	RetireAfter time.Time `json:"retire_after,omitzero"`
+	// CompletedAt is when the old roots stopped being trusted.
+	CompletedAt time.Time `json:"completed_at,omitzero"`
+}
+
+// RevokedCA is an intermediate replaced by an emergency rotation.
+type RevokedCA struct {
+	CertDER   []byte    `json:"cert"`
+	RevokedAt time.Time `json:"revoked_at"`
+	Reason    string    `json:"reason,omitempty"`
 }
 
 // Issuance is one certificate handed out by the CA.

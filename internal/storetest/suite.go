@@ -104,6 +104,7 @@ func hash(c byte) string {
 
 func testCAState(t *testing.T, open func(*testing.T) store.Store) {
 	ctx := context.Background()
+	at := func(h int) time.Time { return time.Date(2026, 11, 1, h, 0, 0, 0, time.UTC) }
 	s := open(t)
 	if _, err := s.LoadCAState(ctx); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("LoadCAState on an empty store: got %v, want ErrNotFound", err)
@@ -123,6 +124,17 @@ func testCAState(t *testing.T, open func(*testing.T) store.Store) {
 		{"stale update", store.CAState{Version: 1, Root: key(1), Active: key(9)}, 0},
 		{"version from the future", store.CAState{Version: 7, Root: key(9)}, 0},
 		{"rotation", store.CAState{Version: 2, Root: key(1), Active: key(2), Next: key(3)}, 3},
+		{"root rotation prepared", store.CAState{Version: 3, Root: key(1), Active: key(2), Next: key(3), RootRotation: &store.RootRotation{
+			Phase: store.PhasePrepared, OldRoots: [][]byte{{1}}, NewRoots: [][]byte{{4}, {5}}, NewRoot: key(4),
+			PreparedAt: at(0), SwitchAfter: at(24)}}, 4},
+		{"root rotation switched, an intermediate revoked", store.CAState{Version: 4, Root: key(4), Active: key(6), RootRotation: &store.RootRotation{
+			Phase: store.PhaseSwitched, OldRoots: [][]byte{{1}}, NewRoots: [][]byte{{4}, {5}}, OldSigner: []byte{2},
+			PreparedAt: at(0), SwitchAfter: at(24), SwitchedAt: at(25), RetireAfter: at(97)},
+			RevokedIntermediates: []store.RevokedCA{{CertDER: []byte{2}, RevokedAt: at(30), Reason: "key compromise"}, {CertDER: []byte{3}, RevokedAt: at(30)}}}, 5},
+		{"stale root rotation step", store.CAState{Version: 4, Root: key(4), Active: key(9), RootRotation: &store.RootRotation{Phase: store.PhaseCompleted}}, 0},
+		{"root rotation completed", store.CAState{Version: 5, Root: key(4), Active: key(6), RootRotation: &store.RootRotation{
+			Phase: store.PhaseCompleted, OldRoots: [][]byte{{1}}, NewRoots: [][]byte{{4}, {5}}, OldSigner: []byte{2},
+			PreparedAt: at(0), SwitchAfter: at(24), SwitchedAt: at(25), RetireAfter: at(97), CompletedAt: at(97)}}, 6},
 	}
 	want := store.CAState{}
 	for _, step := range steps {

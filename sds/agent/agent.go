@@ -13,6 +13,7 @@ package agent
 import (
 	"context"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -148,7 +149,7 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	// The client presents the SVID the Manager publishes.
 	svids := sds.NewStaticSource(nil)
 	ccfg := client.Config{Addr: cfg.CAAddr, ServerName: cfg.CAServerName,
-		LoadRoots: func() ([]byte, error) { return os.ReadFile(cfg.CARootsFile) }}
+		LoadRoots: func() ([]byte, error) { return caRootsPEM(cfg.CARootsFile, svids) }}
 	if renewWithSVID {
 		ccfg.ClientCertificate = sds.ClientCertificate(svids, cfg.Clock)
 	}
@@ -244,6 +245,23 @@ func (a *Agent) MonitorAddr() net.Addr { return a.monAddr }
 func (a *Agent) SDSTCPAddr() net.Addr { return a.sdsTCP }
 
 // readRoots reads a PEM trust bundle: at least one certificate.
+// caRootsPEM is what the CA client verifies the CA with: the --ca-roots
+// file, and the roots served with the current SVID (which include those the
+// CA announced), so that an agent whose file is never updated (a VM) still
+// reaches the CA once a root rotation has moved it to the new root.
+func caRootsPEM(path string, svids *sds.StaticSource) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if cur := svids.Current(); cur != nil {
+		for _, r := range cur.Roots {
+			b = append(b, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw})...)
+		}
+	}
+	return b, nil
+}
+
 func readRoots(path string) ([]*x509.Certificate, error) {
 	roots, err := pki.ReadCertificates(path)
 	if err != nil {
