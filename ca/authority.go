@@ -139,7 +139,7 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("ca: intermediate TTL %s must be at least twice the default TTL %s", c.IntermediateTTL, c.DefaultTTL)
 	}
 	if c.NextParent != nil && c.Parent == nil {
-		return errors.New("ca: a staged next parent needs a parent: the self-signed root is rotated by generating a new one")
+		return errors.New("ca: a staged next parent (--cacerts-next-dir) needs a parent (--cacerts-dir): a self-signed root is rotated by generating a new one")
 	}
 	c.Clock = clock.OrReal(c.Clock)
 	if c.Logger == nil {

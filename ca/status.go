@@ -94,7 +94,7 @@ func (a *Authority) Status(ctx context.Context) (*Status, error) {
 		out.NextIntermediateRotation = a.nextIntermediateRotation()
 	}
 	if p := tr.parent.Certificate(); !p.Equal(tr.parent.Anchor()) {
-		cs := certStatus("active", p)
+		cs := CertStatusOf("active", p)
 		out.Parent = &cs
 	}
 	rr := st.RootRotation
@@ -108,7 +108,7 @@ func (a *Authority) Status(ctx context.Context) (*Status, error) {
 		case rr != nil && rr.Phase == store.PhaseSwitched && hasRoot(rr.OldRoots, r) && !hasRoot(rr.NewRoots, r):
 			state = "old"
 		}
-		out.Roots = append(out.Roots, certStatus(state, r))
+		out.Roots = append(out.Roots, CertStatusOf(state, r))
 	}
 	if rr != nil {
 		if rr.Phase == store.PhaseCompleted {
@@ -127,7 +127,7 @@ func (a *Authority) Status(ctx context.Context) (*Status, error) {
 	}
 	for _, rc := range st.RevokedIntermediates {
 		if c, err := x509.ParseCertificate(rc.CertDER); err == nil {
-			cs := certStatus("revoked", c)
+			cs := CertStatusOf("revoked", c)
 			cs.RevokedAt, cs.Reason = rc.RevokedAt, rc.Reason
 			out.Intermediates = append(out.Intermediates, cs)
 		}
@@ -160,7 +160,8 @@ func rootRotationStatus(rr *store.RootRotation) *RootRotationStatus {
 	return s
 }
 
-func certStatus(state string, c *x509.Certificate) CertStatus {
+// CertStatusOf describes c in state.
+func CertStatusOf(state string, c *x509.Certificate) CertStatus {
 	return CertStatus{State: state, Subject: c.Subject.String(), Serial: c.SerialNumber.Text(16), FingerprintSHA256: Fingerprint(c),
 		NotBefore: c.NotBefore.UTC(), NotAfter: c.NotAfter.UTC()}
 }
@@ -173,7 +174,7 @@ func appendDER(out []CertStatus, state string, ders [][]byte, keep func(*x509.Ce
 			continue
 		}
 		if c, err := x509.ParseCertificate(d); err == nil && (keep == nil || keep(c)) {
-			out = append(out, certStatus(state, c))
+			out = append(out, CertStatusOf(state, c))
 		}
 	}
 	return out

@@ -1,6 +1,7 @@
 // Package adminclient calls the CA server's admin API (join tokens, the
-// issuance log, revocations): what `meshca token`, `meshca revoke` and
-// `meshca audit issued` use.
+// issuance log, revocations, the CA's status and rotations): what `meshca
+// token`, `meshca revoke`, `meshca audit issued` and `meshca ca` use, and
+// how the CA's answers print as tables (tables.go).
 package adminclient
 
 import (
@@ -9,6 +10,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +21,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spf13/pflag"
+
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/server"
 )
 
@@ -149,4 +154,81 @@ func (c *Client) do(ctx context.Context, method, path string, body, out any) err
 		return fmt.Errorf("admin API: bad response: %w", err)
 	}
 	return nil
+}
+
+// The `meshca ca` admin calls (CARequest.Kind).
+const (
+	CAStatus             = "status"
+	CARotateRoot         = "rotate-root"
+	CARotateIntermediate = "rotate-intermediate"
+)
+
+// CARequest is one `meshca ca` admin call and its flags.
+type CARequest struct {
+	// Kind is CAStatus, CARotateRoot or CARotateIntermediate.
+	Kind string
+	// Advance (the phase to leave) and Abort change what CARotateRoot
+	// does; without them it starts a rotation.
+	Advance string
+	Abort   bool
+	// Now and Reason are those of CARotateIntermediate.
+	server.IntermediateRotationRequest
+}
+
+// AddFlags registers the flags of r.Kind (docs/configuration.md lists
+// them).
+func (r *CARequest) AddFlags(fs *pflag.FlagSet) {
+	switch r.Kind {
+	case CARotateRoot:
+		fs.StringVar(&r.Advance, "advance", "", "take this phase's step now instead of when due: prepared (switch) or switched (complete)")
+		fs.BoolVar(&r.Abort, "abort", false, "drop a prepared rotation's new root")
+	case CARotateIntermediate:
+		fs.BoolVar(&r.Now, "now", false, "required: rotate now (intermediates otherwise rotate by themselves)")
+		fs.StringVar(&r.Reason, "reason", "", "why, for the record")
+	}
+}
+
+// CA makes the admin call r.
+func (c *Client) CA(ctx context.Context, r CARequest) (Answer, error) {
+	switch r.Kind {
+	case CAStatus:
+		return c.CAStatus(ctx)
+	case CARotateRoot:
+		return c.RotateRoot(ctx, r.Advance, r.Abort)
+	case CARotateIntermediate:
+		return c.RotateIntermediate(ctx, r.IntermediateRotationRequest)
+	}
+	return nil, fmt.Errorf("adminclient: unknown call %q", r.Kind)
+}
+
+// CAStatus reads the CA's roots, intermediates and rotations.
+func (c *Client) CAStatus(ctx context.Context) (*Status, error) {
+	var out ca.Status
+	return &Status{&out}, c.do(ctx, http.MethodGet, "/v1/admin/ca", nil, &out)
+}
+
+// RotateRoot starts a root rotation, or with advance (the phase to leave)
+// takes its next step now, or with abort drops a prepared one.
+func (c *Client) RotateRoot(ctx context.Context, advance string, abort bool) (*RootRotation, error) {
+	req := server.RootRotationRequest{Action: ca.RootRotationStart}
+	switch {
+	case abort && advance != "":
+		return nil, errors.New("--advance and --abort: choose one")
+	case abort:
+		req.Action = ca.RootRotationAbort
+	case advance != "":
+		req.Action, req.Phase = ca.RootRotationAdvance, advance
+	}
+	var out server.RootRotationResponse
+	return &RootRotation{&out}, c.do(ctx, http.MethodPost, "/v1/admin/root-rotation", req, &out)
+}
+
+// RotateIntermediate asks for the emergency intermediate rotation; req.Now
+// must be set.
+func (c *Client) RotateIntermediate(ctx context.Context, req server.IntermediateRotationRequest) (*IntermediateRotation, error) {
+	if !req.Now {
+		return nil, errors.New("give --now: this replaces the signing intermediate at once and refuses renewal to every certificate it signed (intermediates otherwise rotate by themselves)")
+	}
+	var out server.IntermediateRotationResponse
+	return &IntermediateRotation{&out}, c.do(ctx, http.MethodPost, "/v1/admin/intermediate-rotation", req, &out)
 }

@@ -34,6 +34,8 @@ func classify(log *slog.Logger, err error) (codes.Code, string) {
 	case errors.Is(err, ca.ErrInvalidCSR), errors.Is(err, ca.ErrInvalidTTL), errors.Is(err, ca.ErrInvalidRevocation), errors.Is(err, ca.ErrInvalidJoinToken),
 		errors.Is(err, errBadRequest):
 		return codes.InvalidArgument, err.Error()
+	case errors.Is(err, ca.ErrRotation):
+		return codes.FailedPrecondition, err.Error()
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded, "deadline exceeded"
 	case errors.Is(err, context.Canceled):
@@ -59,6 +61,8 @@ func httpStatus(c codes.Code) int {
 		return http.StatusForbidden
 	case codes.InvalidArgument:
 		return http.StatusBadRequest
+	case codes.FailedPrecondition:
+		return http.StatusConflict
 	case codes.ResourceExhausted:
 		return http.StatusRequestEntityTooLarge
 	case codes.DeadlineExceeded:

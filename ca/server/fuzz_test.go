@@ -107,7 +107,7 @@ func (a *api) do(t *testing.T, method, target, rawQuery, authz string, body []by
 	w := httptest.NewRecorder()
 	a.h.ServeHTTP(w, r)
 	switch w.Code {
-	case http.StatusOK, http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden, http.StatusRequestEntityTooLarge, http.StatusTooManyRequests:
+	case http.StatusOK, http.StatusBadRequest, http.StatusUnauthorized, http.StatusForbidden, http.StatusConflict, http.StatusRequestEntityTooLarge, http.StatusTooManyRequests:
 	default:
 		t.Fatalf("%s %s: status %d for client input: %s", method, target, w.Code, w.Body.Bytes())
 	}

@@ -265,6 +265,9 @@ func New(cfg Config) (*Server, error) {
 		mux.HandleFunc("POST /v1/admin/join-tokens", s.adminAuth(s.handleCreateJoinToken))
 		mux.HandleFunc("GET /v1/admin/issuances", s.adminAuth(s.handleIssuances))
 		mux.HandleFunc("POST /v1/admin/revocations", s.adminAuth(s.handleRevoke))
+		mux.HandleFunc("GET /v1/admin/ca", s.adminAuth(s.handleCAStatus))
+		mux.HandleFunc("POST /v1/admin/root-rotation", s.adminAuth(s.handleRootRotation))
+		mux.HandleFunc("POST /v1/admin/intermediate-rotation", s.adminAuth(s.handleIntermediateRotation))
 	}
 	s.https = &http.Server{
 		Handler:           http.TimeoutHandler(mux, cfg.RequestTimeout, `{"error":"request timed out"}`),

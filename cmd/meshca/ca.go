@@ -6,12 +6,46 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/meshca/meshca/ca/adminclient"
 	"github.com/meshca/meshca/ca/plane"
+	"github.com/meshca/meshca/internal/cli"
 )
 
 func newCACmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "ca", Short: "Maintain the CA's data file"}
-	cmd.AddCommand(newCASealCmd())
+	cmd := &cobra.Command{Use: "ca", Short: "Inspect and maintain the CA: status, root and intermediate rotation, sealing keys"}
+	cmd.AddCommand(newCASealCmd(),
+		newCAAdminCmd(adminclient.CAStatus, "Show the CA's roots, intermediates and rotations (admin API)"),
+		newCAAdminCmd(adminclient.CARotateRoot, "Replace the root without downtime: publish a new one, switch to it, retire the old (admin API)"),
+		newCAAdminCmd(adminclient.CARotateIntermediate, "Emergency: sign with a fresh intermediate, refuse renewal to what the current one signed (admin API)"))
+	return cmd
+}
+
+// newCAAdminCmd is `meshca ca <kind>`: one admin API call, its answer
+// printed in --output.
+func newCAAdminCmd(kind, short string) *cobra.Command {
+	var (
+		f      adminFlags
+		req    = adminclient.CARequest{Kind: kind}
+		output string
+	)
+	cmd := &cobra.Command{Use: kind, Short: short, Args: cobra.NoArgs, RunE: func(cmd *cobra.Command, _ []string) error {
+		if err := cli.Resolve(cmd.Flags(), &f.configFile); err != nil {
+			return err
+		}
+		c, err := adminclient.New(f.cfg)
+		if err != nil {
+			return err
+		}
+		v, err := c.CA(cmd.Context(), req)
+		if err != nil {
+			return err
+		}
+		return cli.Render(cmd.OutOrStdout(), output, v, v.WriteTable)
+	}}
+	f.addConfigFlag(cmd.Flags())
+	f.addFlags(cmd.Flags())
+	req.AddFlags(cmd.Flags())
+	cmd.Flags().StringVarP(&output, "output", "o", "table", "output: table, json or yaml")
 	return cmd
 }
 

@@ -24,6 +24,7 @@ type serverOptions struct {
 	configFile  string
 	trustDomain string
 	cacertsDir  string
+	cacertsNext string
 	cacerts     ca.CACertsOptions
 	kekFile     string
 	keyType     string
@@ -36,6 +37,7 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of every identity issued")
 	fs.StringVar(&c.DataDir, "data-dir", "/var/lib/meshca", "directory of the data file meshca.db and its issuance journal meshca.journal (created 0700)")
 	fs.StringVar(&o.cacertsDir, "cacerts-dir", "", "Istio cacerts directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem); empty: self-signed root kept in the data file")
+	fs.StringVar(&o.cacertsNext, "cacerts-next-dir", "", "a second cacerts directory under a new root, staged for `meshca ca rotate-root` (read when the rotation starts and switches)")
 	fs.BoolVar(&o.cacerts.SignDirectly, "cacerts-sign-directly", false, "sign workload certificates with ca-cert.pem's key, as istiod does, even when its path length allows meshca's own intermediate (pathlen 0 always does)")
 	fs.StringVar(&o.kekFile, "kek-file", "", "file holding the 32-byte key-encryption key for private keys at rest (raw, hex or base64); env MESHCA_KEK may hold the key itself")
 	fs.StringVar(&o.keyType, "key-type", string(ca.KeyECDSAP256), "CA key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096")
@@ -43,6 +45,7 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.IntermediateTTL, "intermediate-ttl", ca.DefaultIntermediateTTL, "lifetime of the signing intermediate (rotated at half of it)")
 	fs.DurationVar(&c.DefaultTTL, "default-ttl", ca.DefaultLeafTTL, "workload certificate lifetime when none is requested")
 	fs.DurationVar(&c.MaxTTL, "max-ttl", ca.DefaultMaxLeafTTL, "longest workload certificate lifetime a caller may request")
+	fs.DurationVar(&c.RootRotationOverlap, "root-rotation-overlap", ca.DefaultLeafTTL, "least time a new root is published beside the old one before intermediates switch to it (at least the longest lifetime workloads request)")
 	fs.DurationVar(&c.Retention, "retention", ca.DefaultRetention, "how long issuance records are kept after the certificate expires")
 	fs.StringVar(&c.GRPCAddr, "grpc-listen", ":15012", "gRPC CSR API (Istio CA service) address; empty disables")
 	fs.StringVar(&c.HTTPSAddr, "https-listen", ":8443", "HTTPS/JSON API address; empty disables")
@@ -99,6 +102,9 @@ func (o *serverOptions) planeConfig(cmd *cobra.Command) (plane.Config, error) {
 	}
 	if cfg.KEK, err = loadKEK(o.kekFile); err != nil {
 		return plane.Config{}, err
+	}
+	if o.cacertsNext != "" {
+		cfg.NextParent = ca.StagedCACerts(o.cacertsNext, o.cacerts)
 	}
 	if o.cacertsDir != "" {
 		if cfg.Parent, err = ca.LoadCACerts(o.cacertsDir, clock.Real{}.Now(), o.cacerts); err != nil {
