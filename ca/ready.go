@@ -96,10 +96,13 @@ func ExpiryWarningTime(notBefore, notAfter time.Time) time.Time {
 // ca-cert.pem that signs leaves in direct mode, a cacerts chain, the root)
 // past its ExpiryWarningTime, or so close to its end that a leaf of the
 // default lifetime is cut short to it: after it the CA issues nothing until
-// the files are replaced.
+// the files are replaced; and a rotation step that failed (it is retried).
 func (a *Authority) Warnings() []string {
 	now := a.cfg.Clock.Now()
 	var out []string
+	if msg := a.lastErr.Load(); msg != nil {
+		out = append(out, "a rotation step failed and is retried every minute: "+*msg)
+	}
 	tr := a.trust.Load()
 	parent := tr.parent
 	certs := append([]*x509.Certificate{parent.Certificate()}, parent.Chain()...)
