@@ -92,7 +92,11 @@ func (a *Authority) update(ctx context.Context, op func(st *store.CAState, now t
 		return err
 	}
 	if !bytes.Equal(before, after) {
-		if _, err := a.cfg.Store.SaveCAState(ctx, st); a.health.observe(err) != nil {
+		_, err := a.cfg.Store.SaveCAState(ctx, st)
+		if !errors.Is(err, store.ErrConflict) { // another writer, not a store failure
+			_ = a.health.observe(err)
+		}
+		if err != nil {
 			return fmt.Errorf("ca: save CA state: %w", err)
 		}
 		a.logChanges(before, st)

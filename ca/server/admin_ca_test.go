@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/server"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")
@@ -100,4 +101,57 @@ func TestAdminCAStatusGolden(t *testing.T) {
 	if string(want) != string(got)+"\n" {
 		t.Errorf("GET /v1/admin/ca changed shape (run with -update if intended):\n%s", got)
 	}
+}
+
+// FuzzAdminRootRotation posts arbitrary bodies to the rotation endpoints:
+// a refusal (4xx) leaves the CA state as it was; a 200 needs the admin
+// token and a body that names a known action (or "now": true).
+func FuzzAdminRootRotation(f *testing.F) {
+	a := newAPI(f)
+	admin := "Bearer " + adminToken
+	for _, b := range []string{`{"action":"start"}`, `{"action":"advance","phase":"prepared"}`, `{"action":"advance","phase":"switched"}`,
+		`{"action":"abort"}`, `{"action":"start","phase":"x"}`, `{"action":"Start"}`, `{"now":true}`, `{"now":false,"reason":"r"}`, `null`, `{}{}`} {
+		f.Add([]byte(b), admin, b[2] == 'n')
+	}
+	f.Add([]byte(`{"action":"start"}`), "Bearer "+fooToken, false)
+	f.Fuzz(func(t *testing.T, body []byte, authz string, intermediate bool) {
+		path := "/v1/admin/root-rotation"
+		if intermediate {
+			path = "/v1/admin/intermediate-rotation"
+		}
+		before, err := a.st.LoadCAState(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, out := a.do(t, http.MethodPost, path, "", authz, body)
+		after, err := a.st.LoadCAState(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if code != http.StatusOK {
+			if after.Version != before.Version {
+				t.Fatalf("refused with %d (%s) but changed the CA state", code, out)
+			}
+			return
+		}
+		if !strings.Contains(authz, adminToken) {
+			t.Fatalf("rotation done for Authorization %q", authz)
+		}
+		if intermediate {
+			var req server.IntermediateRotationRequest
+			if err := decodeLikeServer(body, &req); err != nil || !req.Now {
+				t.Fatalf("emergency rotation for body %q (%v)", body, err)
+			}
+			return
+		}
+		var req server.RootRotationRequest
+		if err := decodeLikeServer(body, &req); err != nil {
+			t.Fatalf("accepted a body that does not decode: %v", err)
+		}
+		switch req.Action {
+		case ca.RootRotationStart, ca.RootRotationAdvance, ca.RootRotationAbort:
+		default:
+			t.Fatalf("accepted action %q", req.Action)
+		}
+	})
 }

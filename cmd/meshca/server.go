@@ -45,7 +45,7 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.IntermediateTTL, "intermediate-ttl", ca.DefaultIntermediateTTL, "lifetime of the signing intermediate (rotated at half of it)")
 	fs.DurationVar(&c.DefaultTTL, "default-ttl", ca.DefaultLeafTTL, "workload certificate lifetime when none is requested")
 	fs.DurationVar(&c.MaxTTL, "max-ttl", ca.DefaultMaxLeafTTL, "longest workload certificate lifetime a caller may request")
-	fs.DurationVar(&c.RootRotationOverlap, "root-rotation-overlap", ca.DefaultLeafTTL, "least time a new root is published beside the old one before intermediates switch to it (at least the longest lifetime workloads request)")
+	fs.DurationVar(&c.RootRotationOverlap, "root-rotation-overlap", 0, "least time a new root is published beside the old one before intermediates switch to it; 0: --default-ttl (raise it to the longest lifetime workloads request)")
 	fs.DurationVar(&c.Retention, "retention", ca.DefaultRetention, "how long issuance records are kept after the certificate expires")
 	fs.StringVar(&c.GRPCAddr, "grpc-listen", ":15012", "gRPC CSR API (Istio CA service) address; empty disables")
 	fs.StringVar(&c.HTTPSAddr, "https-listen", ":8443", "HTTPS/JSON API address; empty disables")
