@@ -198,6 +198,8 @@ type trust struct {
 	// handed out (as Istio's CA does: "the root cert is the last
 	// element", all of them in one).
 	rootsPEM []byte
+	// rootsStr is rootsPEM as a string, made once for Sign.
+	rootsStr string
 	// key identifies what the trust was built from (see trustKey).
 	key string
 	// changed is closed when this trust is replaced.

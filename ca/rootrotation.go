@@ -328,6 +328,7 @@ func (a *Authority) trustFor(ctx context.Context, st *store.CAState, now time.Ti
 	for _, r := range roots {
 		tr.rootsPEM = append(tr.rootsPEM, certPEM(r)...)
 	}
+	tr.rootsStr = string(tr.rootsPEM)
 	return tr, nil
 }
 

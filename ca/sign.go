@@ -132,7 +132,7 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*
 	chain = append(chain, s.chainPEM...)
 	// Loaded after s: a rotation publishes a root before anything chains
 	// to it, so these roots include the one s chains to.
-	chain = append(chain, string(a.RootsPEM()))
+	chain = append(chain, a.trust.Load().rootsStr)
 	a.cfg.Logger.Debug("issued", "spiffe_id", rec.SPIFFEID, "serial", rec.Serial, "kind", rec.CredentialKind, "not_after", rec.NotAfter)
 	return &Issued{DER: der, ChainPEM: chain, Record: rec}, nil
 }
