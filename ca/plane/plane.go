@@ -180,13 +180,13 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data dir: %w", err)
 	}
-	st, err := boltstore.Open(filepath.Join(cfg.DataDir, DataFile), boltstore.Options{Logger: log})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	st, err := boltstore.Open(filepath.Join(cfg.DataDir, DataFile), boltstore.Options{Logger: log, Metrics: metrics.NewStore(reg)})
 	if err != nil {
 		return nil, err
 	}
 	undo = append(undo, func() { _ = st.Close() }) // the start-up error is the one to report
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	auth, err := ca.New(ctx, ca.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, Parent: cfg.Parent, NextParent: cfg.NextParent, RootRotationOverlap: cfg.RootRotationOverlap, KeyType: cfg.KeyType, KEK: cfg.KEK,
 		RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL,

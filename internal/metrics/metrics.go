@@ -285,3 +285,51 @@ func (m *Bundle) Foreign(target string, n int) { m.foreign.WithLabelValues(targe
 
 // Sequence implements bundle.Metrics.
 func (m *Bundle) Sequence(n uint64) { m.sequence.Set(float64(n)) }
+
+// Store implements boltstore.Metrics: the durable record's group commits
+// and checkpoints.
+type Store struct {
+	records     prometheus.Histogram
+	commit      prometheus.Histogram
+	checkpoint  prometheus.Histogram
+	checkpoints prometheus.Counter
+}
+
+// NewStore registers the store's collectors on reg.
+func NewStore(reg prometheus.Registerer) *Store {
+	m := &Store{
+		records: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "meshca_store_commit_records",
+			Help:    "Issuance records journaled by one group commit (one write and one fdatasync).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
+		}),
+		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "meshca_store_commit_duration_seconds",
+			Help:    "Time of one group commit of the issuance journal, fdatasync included.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14),
+		}),
+		checkpoint: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "meshca_store_checkpoint_duration_seconds",
+			Help:    "Time of one checkpoint of the issuance journal into the data file.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14),
+		}),
+		checkpoints: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshca_store_checkpointed_records_total",
+			Help: "Issuance records copied from the journal into the data file by checkpoints.",
+		}),
+	}
+	reg.MustRegister(m.records, m.commit, m.checkpoint, m.checkpoints)
+	return m
+}
+
+// Committed implements boltstore.Metrics.
+func (m *Store) Committed(records int, took time.Duration) {
+	m.records.Observe(float64(records))
+	m.commit.Observe(took.Seconds())
+}
+
+// Checkpointed implements boltstore.Metrics.
+func (m *Store) Checkpointed(records int, took time.Duration) {
+	m.checkpoint.Observe(took.Seconds())
+	m.checkpoints.Add(float64(records))
+}
