@@ -171,7 +171,7 @@ func refusedEventually(t *testing.T, what string, a *k8s.InformerAttestor, token
 func TestInformerKubeServiceAccountDeleted(t *testing.T) {
 	env := kubeenv.Get(t)
 	ctx := context.Background()
-	const ns = "inf-sa-deleted"
+	ns := uniqueNS("inf-sa-deleted")
 	env.CreateServiceAccount(t, ns, "bar")
 	a, adm := kubeAttestor(t, env, env.Client, true)
 	old := env.Token(t, ns, "bar", []string{"meshca"}, time.Hour)
@@ -202,7 +202,7 @@ func TestInformerKubeServiceAccountDeleted(t *testing.T) {
 // deleted, terminating, or replaced by a pod of the same name (a new UID).
 func TestInformerKubePodBound(t *testing.T) {
 	env := kubeenv.Get(t)
-	const ns = "inf-pods"
+	ns := uniqueNS("inf-pods")
 	env.CreateServiceAccount(t, ns, "bar")
 	a, _ := kubeAttestor(t, env, env.Client, true)
 
@@ -289,7 +289,8 @@ func (g *gate) wrap(rt http.RoundTripper) http.RoundTripper {
 // not Unauthenticated; once the list comes through, the same token passes.
 func TestInformerKubeBeforeSync(t *testing.T) {
 	env := kubeenv.Get(t)
-	env.CreateServiceAccount(t, "inf-sync", "bar")
+	syncNS := uniqueNS("inf-sync")
+	env.CreateServiceAccount(t, syncNS, "bar")
 	g := &gate{resource: "pods", open: make(chan struct{})}
 	a, adm := kubeAttestor(t, env, clientFor(t, env, g.wrap), false)
 	defer func() {
@@ -300,7 +301,7 @@ func TestInformerKubeBeforeSync(t *testing.T) {
 		}
 	}()
 	ctx := context.Background()
-	token := env.Token(t, "inf-sync", "bar", []string{"meshca"}, time.Hour)
+	token := env.Token(t, syncNS, "bar", []string{"meshca"}, time.Hour)
 	eventually(t, "the pods list is held", func() bool { return g.held.Load() > 0 })
 
 	err := a.Ready(ctx)
@@ -313,7 +314,7 @@ func TestInformerKubeBeforeSync(t *testing.T) {
 	}
 	// The ServiceAccounts may have synced already: the admission waits for
 	// every cache all the same.
-	if err := adm.Admit(ctx, sa("inf-sync", "bar")); !errors.Is(err, attestor.ErrUnavailable) {
+	if err := adm.Admit(ctx, sa(syncNS, "bar")); !errors.Is(err, attestor.ErrUnavailable) {
 		t.Fatalf("renewal admission before sync = %v, want ErrUnavailable", err)
 	}
 
@@ -331,8 +332,8 @@ func TestInformerKubeBeforeSync(t *testing.T) {
 // The tokens come from the TokenRequest API through another client.
 func TestInformerKubeNoAPICallPerCSR(t *testing.T) {
 	env := kubeenv.Get(t)
+	ns := uniqueNS("inf-storm")
 	const (
-		ns     = "inf-storm"
 		n      = 1000
 		nPods  = 10
 		minter = 8
@@ -401,3 +402,10 @@ func TestInformerKubeNoAPICallPerCSR(t *testing.T) {
 	t.Logf("%d CSRs with distinct tokens and %d renewals in %s: 0 TokenReviews, 0 API calls (%d non-watch calls before, while syncing)",
 		n, n, took.Round(time.Millisecond), beforeNonWatch)
 }
+
+// nsSeq numbers the namespaces of these tests, so that a run with -count
+// above 1 against the binary's one API server does not meet the objects
+// of the run before.
+var nsSeq atomic.Int64
+
+func uniqueNS(base string) string { return fmt.Sprintf("%s-%d", base, nsSeq.Add(1)) }
