@@ -16,8 +16,9 @@
 //	type Source interface{ RootsPEM() []byte }
 //
 // so a rotation that changes the roots reaches them at the next poll
-// (every SyncInterval, 10 s by default), and a test drives them with a
-// fake Source and a fake clock.
+// (every SyncInterval, 10 s by default) or, when the Source also says when
+// its roots change (Notifier, as ca.Authority does), at once; a test
+// drives them with a fake Source and a fake clock.
 package bundle
 
 import (
@@ -35,6 +36,14 @@ type Source interface {
 	RootsPEM() []byte
 }
 
+// Notifier is a Source that also says when its roots change: the channel
+// RootsChanged returns is closed at the next change (a new one is asked
+// for after each). Poll then publishes at once instead of at its next
+// comparison.
+type Notifier interface {
+	RootsChanged() <-chan struct{}
+}
+
 // ManagedByLabel marks the Kubernetes objects meshca writes; its value is
 // ManagedBy. An object of the publisher's name without it is someone
 // else's, and the ConfigMap publisher leaves it alone.
@@ -48,12 +57,20 @@ const (
 const DefaultSyncInterval = 10 * time.Second
 
 // Poll calls changed with src's bundle at once and then each time it
-// differs from the one before, comparing every interval (measured on clk)
-// until ctx ends. An empty bundle is never passed on: the CA has no roots
+// differs from the one before, comparing every interval (measured on clk),
+// and at once when a Notifier source says its roots changed, until ctx
+// ends. An empty bundle is never passed on: the CA has no roots
 // yet, and publishing nothing would take trust away from every workload.
 func Poll(ctx context.Context, src Source, interval time.Duration, clk clock.Clock, changed func(pem []byte)) {
+	notifier, _ := src.(Notifier)
 	var last []byte
 	for {
+		// Armed before the roots are read: a change after the read
+		// closes it, one before is in the read.
+		var wake <-chan struct{}
+		if notifier != nil {
+			wake = notifier.RootsChanged()
+		}
 		if cur := src.RootsPEM(); len(cur) > 0 && !bytes.Equal(cur, last) {
 			last = bytes.Clone(cur)
 			changed(last)
@@ -62,6 +79,7 @@ func Poll(ctx context.Context, src Source, interval time.Duration, clk clock.Clo
 		case <-ctx.Done():
 			return
 		case <-clk.After(interval):
+		case <-wake:
 		}
 	}
 }

@@ -77,3 +77,57 @@ func TestAddFlags(t *testing.T) {
 		t.Errorf("flags give %+v, want %+v", c, want)
 	}
 }
+
+// notifyingSource is a Source that closes its channel when its roots
+// change, as ca.Authority does.
+type notifyingSource struct {
+	mu      sync.Mutex
+	pem     []byte
+	changed chan struct{}
+}
+
+func (s *notifyingSource) RootsPEM() []byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pem
+}
+
+func (s *notifyingSource) RootsChanged() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.changed
+}
+
+func (s *notifyingSource) set(pem string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pem = []byte(pem)
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// TestPollWakesOnNotice: a Source that says when its roots change has
+// them published at once, without waiting for the next poll (the fake
+// clock never moves here).
+func TestPollWakesOnNotice(t *testing.T) {
+	clk := clocktest.New(time.Unix(1_700_000_000, 0))
+	src := &notifyingSource{pem: []byte("one"), changed: make(chan struct{})}
+	got := make(chan string, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { bundle.Poll(ctx, src, time.Hour, clk, func(pem []byte) { got <- string(pem) }) })
+	defer func() { cancel(); wg.Wait() }()
+	for _, want := range []string{"one", "two", "three"} {
+		if want != "one" {
+			src.set(want)
+		}
+		select {
+		case g := <-got:
+			if g != want {
+				t.Fatalf("changed(%q), want %q", g, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%q not published without a poll", want)
+		}
+	}
+}

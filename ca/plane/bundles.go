@@ -13,6 +13,7 @@ import (
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/ca"
+	cabundle "github.com/meshca/meshca/ca/bundle"
 	"github.com/meshca/meshca/ca/bundle/clustertrustbundle"
 	"github.com/meshca/meshca/ca/bundle/configmap"
 	"github.com/meshca/meshca/ca/bundle/endpoint"
@@ -123,3 +124,7 @@ func (s selfIssuer) IssueSVID(ctx context.Context, id spiffeid.ID, csr []byte) (
 	}
 	return chain, nil
 }
+
+// The publishers hear of a root rotation's steps at once, not at their next
+// poll.
+var _ cabundle.Notifier = (*ca.Authority)(nil)
