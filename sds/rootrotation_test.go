@@ -267,7 +267,7 @@ func TestRootRotationWithAgents(t *testing.T) {
 		if err := s.authority().Rotate(context.Background()); err != nil {
 			t.Fatalf("%s: Rotate: %v", name, err)
 		}
-		if got := phaseOf(t, s.st); got != wantPhase {
+		if got := phaseOf(t, s.authority()); got != wantPhase {
 			t.Fatalf("%s: phase %q, want %q", name, got, wantPhase)
 		}
 		for _, ag := range agents {
@@ -324,16 +324,16 @@ func TestRootRotationWithAgents(t *testing.T) {
 	}
 }
 
-func phaseOf(t *testing.T, st store.Store) string {
+func phaseOf(t *testing.T, a *ca.Authority) string {
 	t.Helper()
-	s, err := st.LoadCAState(context.Background())
+	st, err := a.Status(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.RootRotation == nil {
+	if st.RootRotation == nil {
 		return ""
 	}
-	return s.RootRotation.Phase
+	return st.RootRotation.Phase
 }
 
 // TestEmergencyRotationWithAgents: after an emergency intermediate

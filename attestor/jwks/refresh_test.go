@@ -127,14 +127,8 @@ func TestScheduledRefresh(t *testing.T) {
 // share one refresh, and all see its outcome.
 func TestScheduledRefreshShared(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := newFixture(t, pub("ec1", ecKey, jose.ES256))
+		f := dueRefreshHeld(t)
 		ctx := context.Background()
-		if _, err := f.v.Verify(ctx, mint(t, jose.ES256, ecKey, "ec1", std(epoch)), nil); err != nil {
-			t.Fatal(err)
-		}
-		f.clk.Advance(jwks.DefaultRefreshInterval)
-		f.src.set(jwksDoc(t, pub("ec2", ecKey2, jose.ES256)), nil)
-		f.src.gate = make(chan struct{})
 		tok := mint(t, jose.ES256, ecKey, "ec1", std(f.clk.Now()))
 		errs := make([]error, 20)
 		var wg sync.WaitGroup
@@ -163,14 +157,8 @@ func TestScheduledRefreshShared(t *testing.T) {
 // the refresh goes on and serves the tokens after it.
 func TestScheduledRefreshSlowIssuer(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		f := newFixture(t, pub("ec1", ecKey, jose.ES256))
+		f := dueRefreshHeld(t)
 		ctx := context.Background()
-		if _, err := f.v.Verify(ctx, mint(t, jose.ES256, ecKey, "ec1", std(epoch)), nil); err != nil {
-			t.Fatal(err)
-		}
-		f.clk.Advance(jwks.DefaultRefreshInterval)
-		f.src.set(jwksDoc(t, pub("ec2", ecKey2, jose.ES256)), nil)
-		f.src.gate = make(chan struct{})
 		var err error
 		done := make(chan struct{})
 		go func() {
@@ -198,4 +186,19 @@ func TestScheduledRefreshSlowIssuer(t *testing.T) {
 			t.Errorf("fetches = %d, want 2", got)
 		}
 	})
+}
+
+// dueRefreshHeld returns a verifier that has cached ec1, at the time its
+// scheduled refresh is due, with the issuer now serving only ec2 and every
+// fetch held until f.src.gate is closed.
+func dueRefreshHeld(t *testing.T) *fixture {
+	t.Helper()
+	f := newFixture(t, pub("ec1", ecKey, jose.ES256))
+	if _, err := f.v.Verify(context.Background(), mint(t, jose.ES256, ecKey, "ec1", std(epoch)), nil); err != nil {
+		t.Fatal(err)
+	}
+	f.clk.Advance(jwks.DefaultRefreshInterval)
+	f.src.set(jwksDoc(t, pub("ec2", ecKey2, jose.ES256)), nil)
+	f.src.gate = make(chan struct{})
+	return f
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/attestor/jwks"
 	"github.com/meshca/meshca/attestor/k8s"
+	"github.com/meshca/meshca/internal/clock/clocktest"
 	"github.com/meshca/meshca/internal/kubeenv"
 )
 
@@ -161,7 +162,7 @@ func attestKube(a *k8s.InformerAttestor, token string) error {
 // informer sees an API change a moment after it is made.
 func refusedEventually(t *testing.T, what string, a *k8s.InformerAttestor, token string) {
 	t.Helper()
-	eventually(t, what, func() bool { return errors.Is(attestKube(a, token), attestor.ErrUnauthenticated) })
+	clocktest.Eventually(t, what, func() bool { return errors.Is(attestKube(a, token), attestor.ErrUnauthenticated) })
 }
 
 // TestInformerKubeServiceAccountDeleted: a token for a ServiceAccount
@@ -188,7 +189,7 @@ func TestInformerKubeServiceAccountDeleted(t *testing.T) {
 
 	env.CreateServiceAccount(t, ns, "bar")
 	fresh := env.Token(t, ns, "bar", []string{"meshca"}, time.Hour)
-	eventually(t, "new ServiceAccount's token accepted", func() bool { return attestKube(a, fresh) == nil })
+	clocktest.Eventually(t, "new ServiceAccount's token accepted", func() bool { return attestKube(a, fresh) == nil })
 	if err := attestKube(a, old); !errors.Is(err, attestor.ErrUnauthenticated) {
 		t.Fatalf("token of the ServiceAccount's former UID = %v, want ErrUnauthenticated", err)
 	}
@@ -209,7 +210,7 @@ func TestInformerKubePodBound(t *testing.T) {
 	t.Run("pod deleted", func(t *testing.T) {
 		pod := createPod(t, env, ns, "deleted", "bar", "")
 		token := podToken(t, env, ns, "bar", pod)
-		eventually(t, "token of a live pod accepted", func() bool { return attestKube(a, token) == nil })
+		clocktest.Eventually(t, "token of a live pod accepted", func() bool { return attestKube(a, token) == nil })
 		deletePod(t, env, ns, pod.Name)
 		refusedEventually(t, "token of a deleted pod refused", a, token)
 	})
@@ -221,7 +222,7 @@ func TestInformerKubePodBound(t *testing.T) {
 		if !strings.Contains(jwtPayload(t, token), `"node":{"name":"node-1"`) {
 			t.Fatalf("the API server's token has no node claim: %s", jwtPayload(t, token))
 		}
-		eventually(t, "token of a live pod on its node accepted", func() bool { return attestKube(a, token) == nil })
+		clocktest.Eventually(t, "token of a live pod on its node accepted", func() bool { return attestKube(a, token) == nil })
 		if err := env.Client.CoreV1().Pods(ns).Delete(context.Background(), pod.Name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -234,14 +235,14 @@ func TestInformerKubePodBound(t *testing.T) {
 	t.Run("pod UID does not match the live pod", func(t *testing.T) {
 		pod := createPod(t, env, ns, "recreated", "bar", "")
 		old := podToken(t, env, ns, "bar", pod)
-		eventually(t, "token of a live pod accepted", func() bool { return attestKube(a, old) == nil })
+		clocktest.Eventually(t, "token of a live pod accepted", func() bool { return attestKube(a, old) == nil })
 		deletePod(t, env, ns, pod.Name)
 		again := createPod(t, env, ns, "recreated", "bar", "")
 		if again.UID == pod.UID {
 			t.Fatal("the recreated pod kept its UID")
 		}
 		fresh := podToken(t, env, ns, "bar", again)
-		eventually(t, "token of the new pod accepted", func() bool { return attestKube(a, fresh) == nil })
+		clocktest.Eventually(t, "token of the new pod accepted", func() bool { return attestKube(a, fresh) == nil })
 		if err := attestKube(a, old); !errors.Is(err, attestor.ErrUnauthenticated) {
 			t.Fatalf("token of the pod's former UID = %v, want ErrUnauthenticated", err)
 		}
@@ -302,7 +303,7 @@ func TestInformerKubeBeforeSync(t *testing.T) {
 	}()
 	ctx := context.Background()
 	token := env.Token(t, syncNS, "bar", []string{"meshca"}, time.Hour)
-	eventually(t, "the pods list is held", func() bool { return g.held.Load() > 0 })
+	clocktest.Eventually(t, "the pods list is held", func() bool { return g.held.Load() > 0 })
 
 	err := a.Ready(ctx)
 	if !errors.Is(err, k8s.ErrNotSynced) || !strings.Contains(err.Error(), "pods") {
@@ -319,7 +320,7 @@ func TestInformerKubeBeforeSync(t *testing.T) {
 	}
 
 	close(g.open)
-	eventually(t, "ready once the list comes through", func() bool { return a.Ready(ctx) == nil })
+	clocktest.Eventually(t, "ready once the list comes through", func() bool { return a.Ready(ctx) == nil })
 	if err := attestKube(a, token); err != nil {
 		t.Fatalf("Attest() after sync = %v", err)
 	}

@@ -73,20 +73,7 @@ func run(t testing.TB, r interface {
 	go func() { r.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 	if wait {
-		eventually(t, "informers synced", func() bool { return r.Ready(ctx) == nil })
-	}
-}
-
-// eventually polls cond until it holds (the informers see API changes
-// asynchronously); it fails t after 10 s.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after 10s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
+		clocktest.Eventually(t, "informers synced", func() bool { return r.Ready(ctx) == nil })
 	}
 }
 
@@ -269,11 +256,11 @@ func TestInformerSeesChanges(t *testing.T) {
 	if err := pods.Delete(ctx, "pod-1", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "pod deletion refused", refused)
+	clocktest.Eventually(t, "pod deletion refused", refused)
 	if _, err := pods.Create(ctx, livePod(func(p *corev1.Pod) { p.UID = types.UID("pod-uid-2") }), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "new pod seen", func() bool {
+	clocktest.Eventually(t, "new pod seen", func() bool {
 		_, err := a.Attest(ctx, attestor.Credential{BearerToken: mint(t, epoch, saToken{podUID: "pod-uid-2"})})
 		return err == nil
 	})
@@ -288,7 +275,7 @@ func TestInformerSeesChanges(t *testing.T) {
 	if err := client.CoreV1().ServiceAccounts("foo").Delete(ctx, "bar", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "ServiceAccount deletion seen by the admission", func() bool {
+	clocktest.Eventually(t, "ServiceAccount deletion seen by the admission", func() bool {
 		return errors.Is(adm.Admit(ctx, sa("foo", "bar")), attestor.ErrPermissionDenied)
 	})
 	cred = attestor.Credential{BearerToken: mint(t, epoch, saToken{podUID: "pod-uid-2"})}

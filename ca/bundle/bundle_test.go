@@ -38,7 +38,7 @@ func TestPoll(t *testing.T) {
 	// tick lets one poll pass: it waits for Poll to sleep, then wakes it.
 	tick := func() {
 		t.Helper()
-		bundletest.Eventually(t, "poll waiting", func() bool { return clk.Waiters() == 1 })
+		clocktest.Eventually(t, "poll waiting", func() bool { return clk.Waiters() == 1 })
 		clk.Advance(time.Second)
 	}
 	next("one")

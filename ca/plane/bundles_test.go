@@ -18,6 +18,7 @@ import (
 	"github.com/meshca/meshca/ca/bundle"
 	"github.com/meshca/meshca/ca/bundle/configmap"
 	"github.com/meshca/meshca/ca/store"
+	"github.com/meshca/meshca/internal/clock/clocktest"
 	"github.com/meshca/meshca/internal/kubeenv"
 )
 
@@ -78,7 +79,7 @@ func TestBundlesEverywhere(t *testing.T) {
 	defer p.Stop()
 	roots := string(p.Authority().RootsPEM())
 
-	eventually(t, "ConfigMaps and ClusterTrustBundle hold the roots", func() bool {
+	clocktest.Eventually(t, "ConfigMaps and ClusterTrustBundle hold the roots", func() bool {
 		for _, ns := range []string{ns1, ns2} {
 			cm, err := env.Client.CoreV1().ConfigMaps(ns).Get(ctx, "plane-root-cert", metav1.GetOptions{})
 			if err != nil || cm.Data[configmap.Key] != roots {
@@ -120,18 +121,5 @@ func TestBundlesEverywhere(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
-	}
-}
-
-// eventually polls cond until it holds (the publishers write
-// asynchronously); it fails t after 30 s.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after 30s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -123,6 +123,25 @@ func (a *api) do(t *testing.T, method, target, rawQuery, authz string, body []by
 	return w.Code, w.Body.Bytes()
 }
 
+// postOne posts body to path and checks what reached the store: a refused
+// request wrote nothing; an answered one wrote exactly one record, counted
+// by kind. It returns the answer's body and whether it was a 200.
+func (a *api) postOne(t *testing.T, path, authz string, body []byte, kind *int) ([]byte, bool) {
+	t.Helper()
+	before, kinds := a.st.writes(), *kind
+	code, out := a.do(t, http.MethodPost, path, "", authz, body)
+	if code != http.StatusOK {
+		if a.st.writes() != before {
+			t.Fatalf("refused with %d (%s) but wrote to the store", code, out)
+		}
+		return out, false
+	}
+	if *kind != kinds+1 || a.st.writes() != before+1 {
+		t.Fatalf("one record answered, %d writes made (%d of this kind)", a.st.writes()-before, *kind-kinds)
+	}
+	return out, true
+}
+
 // decodeLikeServer decodes body as the server does: the first JSON value,
 // unknown fields refused.
 func decodeLikeServer(body []byte, dst any) error {
@@ -162,16 +181,9 @@ func FuzzSign(f *testing.F) {
 	f.Add([]byte(`{"csr":1}{}`), "bearer  "+fooToken+" ")
 	f.Add([]byte(`null`), bearer)
 	f.Fuzz(func(t *testing.T, body []byte, authz string) {
-		before := a.st.writes()
-		code, out := a.do(t, http.MethodPost, "/v1/sign", "", authz, body)
-		if code != http.StatusOK {
-			if a.st.writes() != before {
-				t.Fatalf("refused with %d (%s) but wrote to the store", code, out)
-			}
+		out, ok := a.postOne(t, "/v1/sign", authz, body, &a.st.issuances)
+		if !ok {
 			return
-		}
-		if a.st.issuances != before+1 || a.st.writes() != before+1 {
-			t.Fatalf("one issuance answered, %d writes made", a.st.writes()-before)
 		}
 		if fields := strings.Fields(authz); len(fields) != 2 || !strings.EqualFold(fields[0], "Bearer") || fields[1] != fooToken {
 			t.Fatalf("signed for Authorization %q", authz)
@@ -205,16 +217,9 @@ func FuzzAdminJoinTokens(f *testing.F) {
 	f.Add(jsonOf(f, server.JoinTokenRequest{SPIFFEID: vm}), "Bearer "+fooToken)
 	f.Add([]byte(`{"spiffe_id":"spiffe://example.org/a","tl":"1h"}`), admin)
 	f.Fuzz(func(t *testing.T, body []byte, authz string) {
-		before := a.st.writes()
-		code, out := a.do(t, http.MethodPost, "/v1/admin/join-tokens", "", authz, body)
-		if code != http.StatusOK {
-			if a.st.writes() != before {
-				t.Fatalf("refused with %d (%s) but wrote to the store", code, out)
-			}
+		out, ok := a.postOne(t, "/v1/admin/join-tokens", authz, body, &a.st.tokens)
+		if !ok {
 			return
-		}
-		if a.st.tokens != before+1 || a.st.writes() != before+1 {
-			t.Fatalf("one join token answered, %d writes made", a.st.writes()-before)
 		}
 		if !strings.Contains(authz, adminToken) {
 			t.Fatalf("join token created for Authorization %q", authz)
@@ -251,16 +256,9 @@ func FuzzAdminRevocations(f *testing.F) {
 	f.Add(jsonOf(f, server.RevokeRequest{Serial: "ff"}), "Bearer "+fooToken)
 	f.Add([]byte(`{}`), admin)
 	f.Fuzz(func(t *testing.T, body []byte, authz string) {
-		before := a.st.writes()
-		code, out := a.do(t, http.MethodPost, "/v1/admin/revocations", "", authz, body)
-		if code != http.StatusOK {
-			if a.st.writes() != before {
-				t.Fatalf("refused with %d (%s) but wrote to the store", code, out)
-			}
+		_, ok := a.postOne(t, "/v1/admin/revocations", authz, body, &a.st.revocations)
+		if !ok {
 			return
-		}
-		if a.st.revocations != before+1 || a.st.writes() != before+1 {
-			t.Fatalf("one revocation answered, %d writes made", a.st.writes()-before)
 		}
 		if !strings.Contains(authz, adminToken) {
 			t.Fatalf("revoked for Authorization %q", authz)

@@ -195,24 +195,12 @@ func New(cfg Config) (*Server, error) {
 		cfg.DNSNames = []string{"localhost"}
 		cfg.IPs = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
 	}
-	if cfg.ServingTTL == 0 {
-		cfg.ServingTTL = DefaultServingTTL
-	}
-	if cfg.MaxRequestBytes == 0 {
-		cfg.MaxRequestBytes = DefaultMaxRequestBytes
-	}
-	if cfg.RequestTimeout == 0 {
-		cfg.RequestTimeout = DefaultRequestTimeout
-	}
-	if cfg.IdleTimeout == 0 {
-		cfg.IdleTimeout = DefaultIdleTimeout
-	}
-	if cfg.MaxConnections == 0 {
-		cfg.MaxConnections = DefaultMaxConnections
-	}
-	if cfg.UnauthenticatedRate == 0 {
-		cfg.UnauthenticatedRate = DefaultUnauthenticatedRate
-	}
+	setDefault(&cfg.ServingTTL, DefaultServingTTL)
+	setDefault(&cfg.MaxRequestBytes, DefaultMaxRequestBytes)
+	setDefault(&cfg.RequestTimeout, DefaultRequestTimeout)
+	setDefault(&cfg.IdleTimeout, DefaultIdleTimeout)
+	setDefault(&cfg.MaxConnections, DefaultMaxConnections)
+	setDefault(&cfg.UnauthenticatedRate, DefaultUnauthenticatedRate)
 	if cfg.UnauthenticatedBurst <= 0 {
 		cfg.UnauthenticatedBurst = DefaultUnauthenticatedBurst
 	}

@@ -11,18 +11,6 @@ import (
 
 var epoch = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
 
-// waitFor polls cond (no fixed sleeps: it yields until cond holds).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func wantOverloaded(t *testing.T, err error) time.Duration {
 	t.Helper()
 	var over *OverloadedError
@@ -85,7 +73,7 @@ func TestGateQueue(t *testing.T) {
 				}
 				got <- err
 			}()
-			waitFor(t, "the waiter to queue", func() bool { return g.queued.Load() == 1 && clk.Waiters() == 1 })
+			clocktest.Eventually(t, "the waiter to queue", func() bool { return g.queued.Load() == 1 && clk.Waiters() == 1 })
 			tc.act(clk, release, cancel)
 			err = <-got
 			switch tc.want {
@@ -128,7 +116,7 @@ func TestGateShedsWhoWouldWaitTooLong(t *testing.T) {
 	defer cancel()
 	for i := range 2 { // expected waits 100ms and 200ms: they queue
 		go func() { _, _ = g.acquire(ctx) }()
-		waitFor(t, "the waiters to queue", func() bool { return g.queued.Load() == int64(i+1) })
+		clocktest.Eventually(t, "the waiters to queue", func() bool { return g.queued.Load() == int64(i+1) })
 	}
 	_, err = g.acquire(ctx)
 	if d := wantOverloaded(t, err); d != 300*time.Millisecond {

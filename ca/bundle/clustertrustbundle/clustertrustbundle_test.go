@@ -62,7 +62,7 @@ func get(t *testing.T, client kubernetes.Interface, name string) *certificatesv1
 
 func waitHolds(t *testing.T, client kubernetes.Interface, name, signer string, pem []byte) {
 	t.Helper()
-	bundletest.Eventually(t, "ClusterTrustBundle "+name+" holds the bundle", func() bool {
+	clocktest.Eventually(t, "ClusterTrustBundle "+name+" holds the bundle", func() bool {
 		ctb := get(t, client, name)
 		return ctb != nil && ctb.Spec.TrustBundle == string(pem) && ctb.Spec.SignerName == signer &&
 			ctb.Labels[bundle.ManagedByLabel] == bundle.ManagedBy
@@ -108,7 +108,7 @@ func TestPublish(t *testing.T) {
 	_, root2 := bundletest.Root(t, "root 2")
 	pem2 := append(append([]byte{}, pem1...), bundletest.PEM(root2)...)
 	p.src.Set(pem2)
-	bundletest.Eventually(t, "poll waiting", func() bool { return p.clk.Waiters() > 0 })
+	clocktest.Eventually(t, "poll waiting", func() bool { return p.clk.Waiters() > 0 })
 	p.clk.Advance(bundle.DefaultSyncInterval)
 	waitHolds(t, c, name, signer, pem2)
 }
@@ -151,7 +151,7 @@ func TestAttestRequired(t *testing.T) {
 
 	pem, _ := bundletest.Root(t, "root")
 	p := start(t, client, signer, pem)
-	bundletest.Eventually(t, "a refused write counted", func() bool { return p.metrics.Failures(bundle.TargetClusterTrustBundle) > 0 })
+	clocktest.Eventually(t, "a refused write counted", func() bool { return p.metrics.Failures(bundle.TargetClusterTrustBundle) > 0 })
 	if get(t, admin, p.ObjectName()) != nil {
 		t.Fatal("written without attest permission")
 	}

@@ -50,7 +50,7 @@ func start(t *testing.T, client kubernetes.Interface, cfg configmap.Config, pem 
 // change replaces the bundle and lets the poll see it.
 func (p *publisher) change(t *testing.T, pem []byte) {
 	p.src.Set(pem)
-	bundletest.Eventually(t, "poll waiting", func() bool { return p.clk.Waiters() > 0 })
+	clocktest.Eventually(t, "poll waiting", func() bool { return p.clk.Waiters() > 0 })
 	p.clk.Advance(bundle.DefaultSyncInterval)
 }
 
@@ -82,7 +82,7 @@ func holds(t *testing.T, client kubernetes.Interface, ns, name string, pem []byt
 
 func waitHolds(t *testing.T, client kubernetes.Interface, ns, name string, pem []byte) {
 	t.Helper()
-	bundletest.Eventually(t, "ConfigMap "+ns+"/"+name+" holds the bundle", func() bool { return holds(t, client, ns, name, pem) })
+	clocktest.Eventually(t, "ConfigMap "+ns+"/"+name+" holds the bundle", func() bool { return holds(t, client, ns, name, pem) })
 }
 
 // TestEveryNamespace: the ConfigMap appears in every existing namespace
@@ -173,7 +173,7 @@ func TestForeignConfigMap(t *testing.T) {
 	pem1, _ := bundletest.Root(t, "root 1")
 	p := start(t, c, configmap.Config{Name: name, Namespaces: []string{run + "-*"}}, pem1)
 	waitHolds(t, c, ns2, name, pem1)
-	bundletest.Eventually(t, "the foreign ConfigMap counted", func() bool { return p.metrics.ForeignCount(bundle.TargetConfigMap) == 1 })
+	clocktest.Eventually(t, "the foreign ConfigMap counted", func() bool { return p.metrics.ForeignCount(bundle.TargetConfigMap) == 1 })
 	pem2, _ := bundletest.Root(t, "root 2")
 	p.change(t, pem2)
 	waitHolds(t, c, ns2, name, pem2)
@@ -191,7 +191,7 @@ func TestForeignConfigMap(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitHolds(t, c, ns1, name, pem2)
-	bundletest.Eventually(t, "no foreign ConfigMap counted", func() bool { return p.metrics.ForeignCount(bundle.TargetConfigMap) == 0 })
+	clocktest.Eventually(t, "no foreign ConfigMap counted", func() bool { return p.metrics.ForeignCount(bundle.TargetConfigMap) == 0 })
 }
 
 // TestTakeOverIstio: with the opt-in, an istio-ca-root-cert istiod wrote

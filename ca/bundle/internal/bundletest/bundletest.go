@@ -72,19 +72,6 @@ func Root(t testing.TB, cn string) ([]byte, *x509.Certificate) {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), cert
 }
 
-// Eventually polls cond until it holds (informers and the API server answer
-// asynchronously); it fails t after 30 s.
-func Eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not after 30s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // Logs collects what a logger writes, safely from several goroutines.
 type Logs struct {
 	mu sync.Mutex
