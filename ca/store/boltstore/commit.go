@@ -13,7 +13,7 @@ import (
 )
 
 // errDuplicate is returned by RecordIssuance for a serial already recorded.
-// Serials are 128-bit random numbers, so a duplicate means a bug.
+// Serials carry 80 random bits after their time prefix, so a duplicate means a bug.
 var errDuplicate = errors.New("boltstore: duplicate serial")
 
 // pending is one RecordIssuance call waiting for the committer.
