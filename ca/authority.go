@@ -47,9 +47,12 @@ type Config struct {
 	TrustDomain spiffeid.TrustDomain
 	// Store keeps keys, rotation state and the issuance log. Required.
 	Store store.Store
-	// Parent signs intermediates. Nil means a self-signed root generated on
-	// first start and kept (sealed) in Store.
+	// Parent signs intermediates. Nil means a self-signed root made on
+	// first start and kept in Store: its key sealed there, or in RootKeys.
 	Parent Parent
+	// RootKeys keeps the self-signed root's key (Vault Transit); nil
+	// generates it and keeps it sealed in Store. Only with Parent nil.
+	RootKeys RootKeys
 	// KeyType of the CA keys meshca generates (root, intermediates, serving
 	// certificate). Default ecdsa-p256.
 	KeyType KeyType
@@ -99,12 +102,18 @@ type Metrics interface {
 	// leaves: the intermediate's NotAfter, or in direct mode the earliest
 	// NotAfter of the plug-in CA certificate's chain.
 	SigningCAExpiry(notAfter time.Time)
+	// RotationFailing reports whether the last rotation attempt of Run
+	// failed (it is retried): the next intermediate cannot be prepared,
+	// e.g. Vault is unreachable. Leaves are still signed until the active
+	// intermediate's expiry (SigningCAExpiry).
+	RotationFailing(failing bool)
 }
 
 type nopMetrics struct{}
 
 func (nopMetrics) Issued(string, string, time.Duration) {}
 func (nopMetrics) SigningCAExpiry(time.Time)            {}
+func (nopMetrics) RotationFailing(bool)                 {}
 
 func (c *Config) setDefaults() error {
 	if c.TrustDomain.IsZero() {
@@ -138,8 +147,11 @@ func (c *Config) setDefaults() error {
 		// past its rotation, and every start would make a new one.
 		return fmt.Errorf("ca: intermediate TTL %s must be at least twice the default TTL %s", c.IntermediateTTL, c.DefaultTTL)
 	}
-	if c.NextParent != nil && c.Parent == nil {
-		return errors.New("ca: a staged next parent (--cacerts-next-dir) needs a parent (--cacerts-dir): a self-signed root is rotated by generating a new one")
+	switch {
+	case c.NextParent != nil && c.Parent == nil:
+		return errors.New("ca: a staged next parent needs a parent (--cacerts-dir, --vault-pki-path): a self-signed root is rotated by making a new one")
+	case c.RootKeys != nil && c.Parent != nil:
+		return errors.New("ca: a root key manager (Vault Transit) makes a self-signed root: it cannot be combined with a parent CA (--cacerts-dir, Vault PKI)")
 	}
 	c.Clock = clock.OrReal(c.Clock)
 	if c.Logger == nil {

@@ -233,7 +233,7 @@ func FuzzLoadCACerts(f *testing.F) {
 			SerialNumber: big.NewInt(2), NotBefore: t0, NotAfter: t0.Add(time.Hour),
 			BasicConstraintsValid: true, IsCA: true, KeyUsage: x509.KeyUsageCertSign,
 		}
-		inter, err := p.SignIntermediate(context.Background(), tmpl, interKey.Public())
+		inter, err := p.SignIntermediate(context.Background(), tmpl, interKey)
 		if err != nil {
 			t.Fatalf("accepted parent cannot sign: %v", err)
 		}

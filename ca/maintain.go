@@ -7,11 +7,22 @@ import (
 	"time"
 )
 
+// Bounds of the wait before a failed rotation is retried: it doubles from
+// retryFirst with each failure up to retryMax.
+const (
+	retryFirst = 10 * time.Second
+	retryMax   = time.Minute
+)
+
 // Run is the CA's maintenance loop: it calls Rotate whenever it is due and
 // Prune hourly, and logs Warnings daily, until ctx ends. A failed rotation
-// is retried after a minute.
+// (a parent such as Vault unreachable) is retried with backoff, from 10 s
+// up to a minute apart, and reported through Metrics.RotationFailing.
 func (a *Authority) Run(ctx context.Context) error {
-	var lastPrune, lastWarn time.Time
+	var (
+		lastPrune, lastWarn time.Time
+		retry               time.Duration
+	)
 	for {
 		if now := a.cfg.Clock.Now(); now.Sub(lastWarn) >= warnEvery {
 			for _, w := range a.Warnings() {
@@ -40,13 +51,18 @@ func (a *Authority) Run(ctx context.Context) error {
 			return ctx.Err()
 		case <-a.cfg.Clock.After(wait):
 		}
-		if err := a.Rotate(ctx); err != nil {
-			a.cfg.Logger.Error("rotation failed", "err", err)
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-a.cfg.Clock.After(time.Minute):
-			}
+		err := a.Rotate(ctx)
+		a.cfg.Metrics.RotationFailing(err != nil)
+		if err == nil {
+			retry = 0
+			continue
+		}
+		retry = min(max(2*retry, retryFirst), retryMax)
+		a.cfg.Logger.Error("rotation failed", "err", err, "retry_in", retry)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-a.cfg.Clock.After(retry):
 		}
 	}
 }

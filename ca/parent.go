@@ -18,8 +18,11 @@ import (
 // from the store, or Istio cacerts files); a Vault-backed parent implements
 // the same interface.
 type Parent interface {
-	// SignIntermediate signs tmpl for pub and returns the certificate.
-	SignIntermediate(ctx context.Context, tmpl *x509.Certificate, pub crypto.PublicKey) (*x509.Certificate, error)
+	// SignIntermediate signs tmpl for key's public key and returns the
+	// certificate. key is the new intermediate's own key: a parent that
+	// needs proof of possession (a CSR, for Vault's PKI engine) signs one
+	// with it; nothing else may use it.
+	SignIntermediate(ctx context.Context, tmpl *x509.Certificate, key crypto.Signer) (*x509.Certificate, error)
 	// Certificate is the certificate whose key signs intermediates.
 	Certificate() *x509.Certificate
 	// Chain is the certificates from Certificate up to, not including, the
@@ -166,14 +169,14 @@ func (p *LocalParent) leafKey() crypto.Signer {
 
 // SignIntermediate implements Parent. A parent that signs leaves directly
 // signs no intermediates.
-func (p *LocalParent) SignIntermediate(_ context.Context, tmpl *x509.Certificate, pub crypto.PublicKey) (*x509.Certificate, error) {
+func (p *LocalParent) SignIntermediate(_ context.Context, tmpl *x509.Certificate, key crypto.Signer) (*x509.Certificate, error) {
 	if p.direct {
 		return nil, errors.New("ca: the parent signs leaves directly, not intermediates")
 	}
 	if tmpl.NotAfter.After(p.notAfter) {
 		tmpl.NotAfter = p.notAfter // never outlive the parent or its chain
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, pub, p.signer)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, key.Public(), p.signer)
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign intermediate: %w", err)
 	}

@@ -101,7 +101,7 @@ func (a *Authority) Warnings() []string {
 	now := a.cfg.Clock.Now()
 	var out []string
 	if msg := a.lastErr.Load(); msg != nil {
-		out = append(out, "a rotation step failed and is retried every minute: "+*msg)
+		out = append(out, "a rotation step failed and is retried with backoff, at most a minute apart: "+*msg)
 	}
 	tr := a.trust.Load()
 	parent := tr.parent

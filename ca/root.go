@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
@@ -12,10 +13,11 @@ import (
 	"github.com/meshca/meshca/ca/store"
 )
 
-// newRoot generates a self-signed root valid from now (backdated) for
-// RootTTL, with its sealed key.
-func (a *Authority) newRoot(now time.Time) (*store.CAKey, error) {
-	key, err := generateKey(a.cfg.KeyType)
+// newRoot makes a self-signed root valid from now (backdated) for RootTTL,
+// with its sealed key or, with RootKeys, its key's reference; rotation
+// says it is for a root rotation (RootKeys makes a new key).
+func (a *Authority) newRoot(ctx context.Context, now time.Time, rotation bool) (*store.CAKey, error) {
+	key, sealed, err := a.rootKey(ctx, rotation)
 	if err != nil {
 		return nil, err
 	}
@@ -31,18 +33,14 @@ func (a *Authority) newRoot(now time.Time) (*store.CAKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	sealed, err := a.sealer.seal(key)
-	if err != nil {
-		return nil, err
-	}
-	a.cfg.Logger.Info("created self-signed root", "trust_domain", a.cfg.TrustDomain.Name(),
+	a.cfg.Logger.Info("created self-signed root", "trust_domain", a.cfg.TrustDomain.Name(), "key", keyPlace(sealed),
 		"serial", cert.SerialNumber.Text(16), "sha256", Fingerprint(cert), "not_after", cert.NotAfter)
 	return &store.CAKey{CertDER: der, Key: sealed}, nil
 }
 
 // selfSignedParent opens the self-signed root k as the parent.
 func (a *Authority) selfSignedParent(k *store.CAKey, now time.Time) (Parent, error) {
-	cert, key, err := a.openCAKey(k)
+	cert, key, err := a.openRoot(k)
 	if err != nil {
 		return nil, fmt.Errorf("ca: root: %w", err)
 	}
@@ -59,6 +57,15 @@ func (a *Authority) openCAKey(k *store.CAKey) (*x509.Certificate, crypto.Signer,
 		return nil, nil, err
 	}
 	return cert, key, nil
+}
+
+// keyPlace says where a CA key is kept, for logs and status: "store", or
+// the key manager and the key's reference.
+func keyPlace(k store.SealedKey) string {
+	if k.Alg == sealNone || k.Alg == sealAESGCM {
+		return "store"
+	}
+	return k.Alg + ":" + k.KeyID
 }
 
 // Fingerprint is the SHA-256 of a certificate's DER in lowercase hex, as

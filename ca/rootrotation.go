@@ -99,7 +99,7 @@ func (a *Authority) RotateRoot(ctx context.Context, req RootRotationRequest) (st
 	case !errors.As(err, &later):
 		return msg, err
 	case req.Action == RootRotationAdvance && final.RootRotation != nil && final.RootRotation.Phase == req.Phase:
-		return "", fmt.Errorf("%w: the step is due now but failed, and is retried every minute: %v", ErrRotation, later.err)
+		return "", fmt.Errorf("%w: the step is due now but failed, and is retried with backoff, at most a minute apart: %v", ErrRotation, later.err)
 	}
 	// The request was saved; a step after it (preparing the next
 	// intermediate) failed and is retried.
@@ -126,7 +126,7 @@ func (a *Authority) startRootRotation(ctx context.Context, st *store.CAState, no
 		PreparedAt: now, SwitchAfter: now.Add(a.cfg.RootRotationOverlap)}
 	switch {
 	case a.cfg.Parent == nil:
-		k, err := a.newRoot(now)
+		k, err := a.newRoot(ctx, now, true)
 		if err != nil {
 			return "", err
 		}

@@ -66,7 +66,7 @@ func (a *Authority) update(ctx context.Context, op func(st *store.CAState, now t
 	}
 	now := a.cfg.Clock.Now()
 	if a.cfg.Parent == nil && st.Root == nil {
-		if st.Root, err = a.newRoot(now); err != nil {
+		if st.Root, err = a.newRoot(ctx, now, false); err != nil {
 			return err
 		}
 	}
@@ -257,9 +257,9 @@ func (a *Authority) newIntermediate(ctx context.Context, parent Parent, now time
 	if pnb := parent.Certificate().NotBefore; tmpl.NotBefore.Before(pnb) {
 		tmpl.NotBefore = pnb
 	}
-	cert, err := parent.SignIntermediate(ctx, tmpl, key.Public())
+	cert, err := parent.SignIntermediate(ctx, tmpl, key)
 	if err != nil {
-		return nil, fmt.Errorf("ca: %w: %v", ErrUnavailable, err)
+		return nil, fmt.Errorf("ca: %w: %w", ErrUnavailable, err)
 	}
 	if err := a.verifyIntermediate(cert, parent); err != nil {
 		return nil, fmt.Errorf("ca: new intermediate: %w", err)

@@ -40,7 +40,7 @@ type Status struct {
 	NextIntermediateRotation time.Time `json:"next_intermediate_rotation,omitzero"`
 	// RootRotation is the root rotation in progress or last completed.
 	RootRotation *RootRotationStatus `json:"root_rotation,omitempty"`
-	// LastError is the last failed rotation step, retried every minute.
+	// LastError is the last failed rotation step, retried with backoff, at most a minute apart.
 	LastError string `json:"last_error,omitempty"`
 	// Now is the server's time.
 	Now time.Time `json:"now"`

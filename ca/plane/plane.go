@@ -30,6 +30,7 @@ import (
 	"github.com/meshca/meshca/ca/bundle"
 	"github.com/meshca/meshca/ca/server"
 	"github.com/meshca/meshca/ca/store/boltstore"
+	"github.com/meshca/meshca/ca/vault"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/files"
 	"github.com/meshca/meshca/internal/metrics"
@@ -60,6 +61,10 @@ type Config struct {
 	// NextParent loads the parent staged for a root rotation (see
 	// ca.Config; ca.StagedCACerts of --cacerts-next-dir). Nil: none.
 	NextParent ca.ParentLoader
+	// Vault keeps the root in Vault (ca/vault): its key in Transit, or
+	// Vault's PKI engine as the parent. Off unless Vault.Addr is set; not
+	// with Parent.
+	Vault vault.Config
 	// RootRotationOverlap is passed to ca.Config (default there).
 	RootRotationOverlap time.Duration
 	// KEK seals private keys at rest (32 bytes). Nil stores them in clear
@@ -187,8 +192,13 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 		return nil, err
 	}
 	undo = append(undo, func() { _ = st.Close() }) // the start-up error is the one to report
+	root, err := cfg.caRoot(ctx, reg)
+	if err != nil {
+		return nil, err
+	}
 	auth, err := ca.New(ctx, ca.Config{
-		TrustDomain: cfg.TrustDomain, Store: st, Parent: cfg.Parent, NextParent: cfg.NextParent, RootRotationOverlap: cfg.RootRotationOverlap, KeyType: cfg.KeyType, KEK: cfg.KEK,
+		TrustDomain: cfg.TrustDomain, Store: st, Parent: root.parent, NextParent: root.next, RootKeys: root.keys,
+		RootRotationOverlap: cfg.RootRotationOverlap, KeyType: cfg.KeyType, KEK: cfg.KEK,
 		RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL,
 		Retention: cfg.Retention, Clock: cfg.Clock, Logger: log, Metrics: metrics.NewCA(reg),
 	})
@@ -204,6 +214,9 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	p := &Plane{cfg: cfg, store: st, auth: auth, cancel: cancel}
 	undo = append(undo, func() { cancel(); p.running.Wait() })
+	if root.vault != nil {
+		p.running.Go(func() { _ = root.vault.Run(runCtx) }) // ends with runCtx
+	}
 	var waitFor []background
 	for _, a := range chain {
 		if b, ok := a.(background); ok {

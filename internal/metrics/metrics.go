@@ -13,6 +13,8 @@ type CA struct {
 	issued   *prometheus.CounterVec
 	duration *prometheus.HistogramVec
 	expiry   prometheus.Gauge
+	failing  prometheus.Gauge
+	failures prometheus.Counter
 }
 
 // NewCA registers the CA's collectors on reg.
@@ -32,8 +34,60 @@ func NewCA(reg prometheus.Registerer) *CA {
 			Help: "When the active signing CA stops covering leaves, as a Unix time: the intermediate's NotAfter, or in direct mode (Istio cacerts with pathlen 0) the earliest NotAfter of ca-cert.pem's chain.",
 		}),
 	}
-	reg.MustRegister(m.issued, m.duration, m.expiry)
+	m.failing = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "meshca_ca_rotation_failing",
+		Help: "1 while the CA's last rotation attempt failed (the next intermediate cannot be prepared: its parent, e.g. Vault, is unreachable); it is retried with backoff. Alert when it stays 1: leaves are signed until meshca_signing_ca_expiry_timestamp_seconds.",
+	})
+	m.failures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "meshca_ca_rotation_failures_total",
+		Help: "Rotation attempts of the CA that failed and were retried.",
+	})
+	reg.MustRegister(m.issued, m.duration, m.expiry, m.failing, m.failures)
 	return m
+}
+
+// RotationFailing implements ca.Metrics.
+func (m *CA) RotationFailing(failing bool) {
+	if failing {
+		m.failing.Set(1)
+		m.failures.Inc()
+		return
+	}
+	m.failing.Set(0)
+}
+
+// Vault implements vault.Metrics.
+type Vault struct {
+	requests *prometheus.CounterVec
+	expiry   prometheus.Gauge
+}
+
+// NewVault registers the Vault client's collectors on reg.
+func NewVault(reg prometheus.Registerer) *Vault {
+	m := &Vault{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshca_vault_requests_total",
+			Help: "Calls to Vault by operation (login, renew, transit-sign, pki-sign-intermediate, ...) and result.",
+		}, []string{"operation", "result"}),
+		expiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meshca_vault_token_expiry_timestamp_seconds",
+			Help: "When meshca's Vault token expires, as a Unix time (0: never); it is renewed or replaced at two thirds of its life.",
+		}),
+	}
+	reg.MustRegister(m.requests, m.expiry)
+	return m
+}
+
+// Request implements vault.Metrics.
+func (m *Vault) Request(op, result string) { m.requests.WithLabelValues(op, result).Inc() }
+
+// TokenExpiry implements vault.Metrics.
+func (m *Vault) TokenExpiry(t time.Time) {
+	if t.IsZero() {
+		m.expiry.Set(0)
+		return
+	}
+	m.expiry.Set(float64(t.Unix()))
 }
 
 // Issued implements ca.Metrics.
