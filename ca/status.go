@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -54,6 +55,11 @@ type CertStatus struct {
 	FingerprintSHA256 string    `json:"fingerprint_sha256"`
 	NotBefore         time.Time `json:"not_before"`
 	NotAfter          time.Time `json:"not_after"`
+	// Key says where a root's private key is, for a root meshca made:
+	// "store" (sealed in the data file) or "vault-transit:<mount>/keys/
+	// <name>:v<version>"; absent for a root it was given (cacerts, Vault
+	// PKI: the key is where that root lives).
+	Key string `json:"key,omitempty"`
 	// RevokedAt and Reason are those of a revoked intermediate.
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
 	Reason    string    `json:"reason,omitempty"`
@@ -74,6 +80,13 @@ type RootRotationStatus struct {
 	// "complete"; absent once completed. NextStepAt is when.
 	NextStep   string    `json:"next_step,omitempty"`
 	NextStepAt time.Time `json:"next_step_at,omitzero"`
+}
+
+func newRootOf(rr *store.RootRotation) *store.CAKey {
+	if rr == nil {
+		return nil
+	}
+	return rr.NewRoot
 }
 
 // Status reports the CA's state, read from the store.
@@ -108,7 +121,13 @@ func (a *Authority) Status(ctx context.Context) (*Status, error) {
 		case rr != nil && rr.Phase == store.PhaseSwitched && hasRoot(rr.OldRoots, r) && !hasRoot(rr.NewRoots, r):
 			state = "old"
 		}
-		out.Roots = append(out.Roots, CertStatusOf(state, r))
+		cs := CertStatusOf(state, r)
+		for _, k := range []*store.CAKey{st.Root, newRootOf(rr)} {
+			if k != nil && bytes.Equal(k.CertDER, r.Raw) {
+				cs.Key = keyPlace(k.Key)
+			}
+		}
+		out.Roots = append(out.Roots, cs)
 	}
 	if rr != nil {
 		if rr.Phase == store.PhaseCompleted {
