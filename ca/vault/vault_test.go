@@ -166,6 +166,9 @@ func TestTransitRoot(t *testing.T) {
 	if _, ok := roots[0].PublicKey.(*ecdsa.PublicKey); !ok {
 		t.Fatalf("root key %T, want ECDSA P-256 (the default)", roots[0].PublicKey)
 	}
+	if st, err := a.Status(context.Background()); err != nil || st.Roots[0].Key != "vault-transit:transit/keys/meshca-root:v1" {
+		t.Fatalf("status of the root: %+v, %v; want its key in Transit", st.Roots, err)
+	}
 	if k := env.Read(t, "transit/keys/meshca-root"); k.Data["exportable"] != false {
 		t.Fatalf("meshca created an exportable key: %v", k.Data["exportable"])
 	}
