@@ -84,6 +84,12 @@ type Config struct {
 	// workload to renew once and so receive both roots. Default DefaultTTL
 	// (agents renew at about half of a lifetime).
 	RootRotationOverlap time.Duration
+	// RootRotationCrossSign makes a root rotation certify each
+	// intermediate made between its switch and its completion by the old
+	// root too, and hand both out, so that clients that trust only the old
+	// root still verify leaves under the new one. Only for a root meshca
+	// holds (Parent nil). Default off.
+	RootRotationCrossSign bool
 	// Clock defaults to the wall clock.
 	Clock clock.Clock
 	// Logger defaults to discarding.
@@ -226,8 +232,11 @@ type signingCA struct {
 	// notAfter bounds the leaves: cert's NotAfter, or in direct mode the
 	// earliest NotAfter of the parent's chain.
 	notAfter time.Time
-	chainDER [][]byte // cert and the parent chain, up to the anchor
+	chainDER [][]byte // cert and the parent chain, up to the anchor, then cross
 	chainPEM []string // chainDER as PEM
+	// cross is cert certified by the old root of a cross-signing root
+	// rotation (see Config.RootRotationCrossSign); nil when none.
+	cross *x509.Certificate
 }
 
 // New loads the CA's state from cfg.Store (creating the root on first start

@@ -124,6 +124,12 @@ func (a *Authority) startRootRotation(ctx context.Context, st *store.CAState, no
 	}
 	rr := &store.RootRotation{Phase: store.PhasePrepared, OldRoots: certsDER(tr.bundle.X509Authorities()),
 		PreparedAt: now, SwitchAfter: now.Add(a.cfg.RootRotationOverlap)}
+	if a.cfg.RootRotationCrossSign {
+		if a.cfg.Parent != nil {
+			return "", fmt.Errorf("%w: cross-signing needs the old root's key: only a root meshca holds (self-signed, or its key in Vault Transit) can certify the new intermediates; turn --root-rotation-cross-sign off", ErrRotation)
+		}
+		rr.CrossSign = true
+	}
 	switch {
 	case a.cfg.Parent == nil:
 		k, err := a.newRoot(ctx, now, true)
@@ -203,6 +209,14 @@ func (a *Authority) rootStep(ctx context.Context, st *store.CAState, now time.Ti
 		}
 		if !now.Before(rr.RetireAfter) {
 			rr.Phase, rr.CompletedAt = store.PhaseCompleted, now
+			// The old root is no longer trusted: it certifies nothing
+			// more, and its key is dropped.
+			rr.OldRoot = nil
+			for _, k := range []*store.CAKey{st.Active, st.Next} {
+				if k != nil {
+					k.CrossCertDER = nil
+				}
+			}
 		}
 	}
 	return nil, nil
@@ -218,6 +232,9 @@ func (a *Authority) switchRoot(ctx context.Context, st *store.CAState, now time.
 	case rr.NewRoot != nil && a.cfg.Parent != nil:
 		return nil, errors.New("ca: root rotation: the new root is self-signed but the CA now runs on a cacerts directory: abort the rotation")
 	case rr.NewRoot != nil:
+		if rr.CrossSign {
+			rr.OldRoot = st.Root
+		}
 		st.Root, rr.NewRoot = rr.NewRoot, nil
 	case a.cfg.NextParent == nil:
 		return nil, errors.New("ca: root rotation: cannot switch: no staged parent (--cacerts-next-dir) is configured")

@@ -453,3 +453,91 @@ func TestRotateIntermediateNowDirectMode(t *testing.T) {
 		t.Errorf("RotateIntermediateNow in direct mode = %v", err)
 	}
 }
+
+// TestRootRotationCrossSign: with cross-signing, from the switch until
+// completion every chain also carries the intermediate certified by the old
+// root, so a client that trusts only the old root verifies leaves under
+// the new one; it survives a restart; at completion the twin is dropped.
+// A parent meshca does not hold (cacerts) cannot cross-sign.
+func TestRootRotationCrossSign(t *testing.T) {
+	clk := clocktest.New(t0)
+	st := storetest.NewMem()
+	// A 96 h intermediate takes over from the next at 48 h, while a 72 h
+	// leaf issued before the switch keeps the rotation switched.
+	cfg := func(c *ca.Config) { c.RootRotationCrossSign, c.IntermediateTTL = true, 96*time.Hour }
+	a := newAuthority(t, st, clk, cfg)
+	oldRoot := a.Bundle().X509Authorities()[0]
+	rotateRoot(t, a, ca.RootRotationStart, "")
+	if chain, _ := issue(t, a, 72*time.Hour); len(chain) != 2 {
+		t.Fatalf("prepared: %d certificates in the chain, want leaf and intermediate (no twin before the switch)", len(chain))
+	}
+	rotateRoot(t, a, ca.RootRotationAdvance, store.PhasePrepared)
+	var newRoot *x509.Certificate
+	for _, r := range a.Bundle().X509Authorities() {
+		if !r.Equal(oldRoot) {
+			newRoot = r
+		}
+	}
+	onlyOld := x509bundle.FromX509Authorities(td, []*x509.Certificate{oldRoot})
+	onlyNew := x509bundle.FromX509Authorities(td, []*x509.Certificate{newRoot})
+	check := func(a *ca.Authority) {
+		t.Helper()
+		chain, _ := issue(t, a, 0)
+		if len(chain) != 3 || chain[2].CheckSignatureFrom(oldRoot) != nil || chain[1].CheckSignatureFrom(newRoot) != nil ||
+			string(chain[2].RawSubjectPublicKeyInfo) != string(chain[1].RawSubjectPublicKeyInfo) {
+			t.Fatalf("switched: %d certificates; want leaf, intermediate (new root), the same intermediate certified by the old root", len(chain))
+		}
+		for name, b := range map[string]*x509bundle.Bundle{"old root only": onlyOld, "new root only": onlyNew, "both": a.Bundle()} {
+			if err := verifies(chain, b, clk.Now()); err != nil {
+				t.Errorf("switched, a client trusting the %s: %v", name, err)
+			}
+		}
+	}
+	check(a)
+	s, err := a.Status(context.Background())
+	if err != nil || !s.RootRotation.CrossSign || s.Intermediates[len(s.Intermediates)-2].State != "cross-signed" {
+		t.Fatalf("status: %+v %v; want cross_sign and a cross-signed intermediate", s.RootRotation, err)
+	}
+	// A restart opens the stored twin; the next intermediate gets one too.
+	a = newAuthority(t, st, clk, cfg)
+	check(a)
+	first := a.SigningCertificate()
+	clk.Set(ca.ActivateTime(first).Add(time.Minute))
+	if err := a.Rotate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if a.SigningCertificate().Equal(first) || phase(t, st) != store.PhaseSwitched {
+		t.Fatal("want the next intermediate active, the rotation still switched")
+	}
+	check(a)
+	// Completed: the old root certifies nothing more.
+	rotateRoot(t, a, ca.RootRotationAdvance, store.PhaseSwitched)
+	if err := a.Rotate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	chain, _ := issue(t, a, 0)
+	if len(chain) != 2 || verifies(chain, onlyOld, clk.Now()) == nil {
+		t.Fatal("completed: the chain still verifies against the old root alone")
+	}
+	if state, _ := st.LoadCAState(context.Background()); state.RootRotation.OldRoot != nil {
+		t.Fatal("completed: the old root's key is still kept")
+	}
+
+	t.Run("cacerts cannot", func(t *testing.T) {
+		c := testca.NewIstioCACerts(t, testca.IstioOptions{})
+		dir := t.TempDir()
+		c.Write(t, dir)
+		p, err := ca.LoadCACerts(dir, time.Now(), ca.CACertsOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a := newAuthority(t, storetest.NewMem(), clocktest.New(time.Now()), func(c *ca.Config) {
+			c.Parent, c.RootRotationCrossSign = p, true
+			c.NextParent = ca.StagedCACerts(dir, ca.CACertsOptions{})
+		})
+		_, err = a.RotateRoot(context.Background(), ca.RootRotationRequest{Action: ca.RootRotationStart})
+		if !errors.Is(err, ca.ErrRotation) || !strings.Contains(err.Error(), "cross-signing needs the old root's key") {
+			t.Fatalf("RotateRoot: %v", err)
+		}
+	})
+}

@@ -131,11 +131,12 @@ func (a *Authority) intermediates(ctx context.Context, st *store.CAState, tr *tr
 		s, err := a.directSigningCA(tr)
 		return s, false, nil, err
 	}
+	cross := crossRoot(st)
 	usable := func(k *store.CAKey) (*signingCA, bool) {
 		if k == nil {
 			return nil, false
 		}
-		s, err := a.signingCAFrom(k, tr.parent)
+		s, err := a.signingCAFrom(k, tr.parent, cross)
 		if err != nil {
 			a.cfg.Logger.Warn("discarding stored intermediate", "err", err)
 			return nil, false
@@ -145,7 +146,7 @@ func (a *Authority) intermediates(ctx context.Context, st *store.CAState, tr *tr
 	}
 	act, ok := usable(st.Active)
 	if !ok {
-		if act, err = a.newIntermediate(ctx, tr.parent, now); err != nil {
+		if act, err = a.newIntermediate(ctx, tr.parent, cross, now); err != nil {
 			return nil, false, nil, err
 		}
 		if st.Active, err = a.sealed(act); err != nil {
@@ -158,7 +159,7 @@ func (a *Authority) intermediates(ctx context.Context, st *store.CAState, tr *tr
 		st.Next, nxt = nil, nil
 	}
 	if nxt == nil && !now.Before(PrepareTime(act.cert)) {
-		if nxt, prepareErr = a.newIntermediate(ctx, tr.parent, now); prepareErr == nil {
+		if nxt, prepareErr = a.newIntermediate(ctx, tr.parent, cross, now); prepareErr == nil {
 			if st.Next, err = a.sealed(nxt); err != nil {
 				return nil, false, nil, err
 			}
@@ -183,7 +184,7 @@ func (a *Authority) apply(tr *trust, active *signingCA, nextPrepared bool, st *s
 			close(cur.changed)
 		}
 	}
-	if cur := a.active.Load(); cur == nil || !cur.cert.Equal(active.cert) {
+	if cur := a.active.Load(); cur != active { // a new intermediate, or the same with another chain
 		a.active.Store(active)
 		a.cfg.Metrics.SigningCAExpiry(active.notAfter)
 	}
@@ -243,8 +244,18 @@ func (a *Authority) NextRotation() time.Time {
 	return next
 }
 
-// newIntermediate makes a fresh intermediate signed by the parent.
-func (a *Authority) newIntermediate(ctx context.Context, parent Parent, now time.Time) (*signingCA, error) {
+// crossRoot is the old root that certifies new intermediates as well while
+// a cross-signing root rotation is switched; nil otherwise.
+func crossRoot(st *store.CAState) *store.CAKey {
+	if rr := st.RootRotation; rr != nil && rr.Phase == store.PhaseSwitched && rr.CrossSign {
+		return rr.OldRoot
+	}
+	return nil
+}
+
+// newIntermediate makes a fresh intermediate signed by the parent, and
+// certified by the old root cross too when it is not nil.
+func (a *Authority) newIntermediate(ctx context.Context, parent Parent, cross *store.CAKey, now time.Time) (*signingCA, error) {
 	key, err := generateKey(a.cfg.KeyType)
 	if err != nil {
 		return nil, err
@@ -266,16 +277,54 @@ func (a *Authority) newIntermediate(ctx context.Context, parent Parent, now time
 	}
 	a.cfg.Logger.Info("new intermediate", "serial", cert.SerialNumber.Text(16), "not_after", cert.NotAfter,
 		"root_sha256", Fingerprint(parent.Anchor()))
-	return a.newSigningCA(cert, key, cert.NotAfter, parent), nil
+	var twin *x509.Certificate
+	if cross != nil {
+		if twin, err = a.crossSign(cross, cert); err != nil {
+			return nil, fmt.Errorf("ca: %w: cross-signing the intermediate with the old root: %w", ErrUnavailable, err)
+		}
+	}
+	return a.newSigningCA(cert, key, cert.NotAfter, parent, twin), nil
+}
+
+// crossSign certifies the intermediate c (its subject and key) by the old
+// root k as well, for clients that trust only the old root.
+func (a *Authority) crossSign(k *store.CAKey, c *x509.Certificate) (*x509.Certificate, error) {
+	root, key, err := a.openRoot(k)
+	if err != nil {
+		return nil, err
+	}
+	serial, err := newSerial(c.NotBefore)
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: c.Subject, NotBefore: c.NotBefore, NotAfter: earliest(c.NotAfter, root.NotAfter),
+		KeyUsage: c.KeyUsage, BasicConstraintsValid: true, IsCA: true, MaxPathLen: c.MaxPathLen, MaxPathLenZero: c.MaxPathLenZero,
+		SubjectKeyId: c.SubjectKeyId, URIs: c.URIs}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, c.PublicKey, key)
+	if err != nil {
+		return nil, err
+	}
+	twin, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	a.cfg.Logger.Info("intermediate cross-signed by the old root", "serial", c.SerialNumber.Text(16),
+		"cross_serial", twin.SerialNumber.Text(16), "old_root_sha256", Fingerprint(root))
+	return twin, nil
 }
 
 // newSigningCA makes an intermediate under the parent (or, in direct mode,
-// the parent's own certificate) ready to sign leaves valid until notAfter.
-func (a *Authority) newSigningCA(cert *x509.Certificate, key crypto.Signer, notAfter time.Time, parent Parent) *signingCA {
-	s := &signingCA{cert: cert, key: key, notAfter: notAfter}
+// the parent's own certificate) ready to sign leaves valid until notAfter;
+// cross, when not nil, is the intermediate certified by an old root too,
+// handed out last.
+func (a *Authority) newSigningCA(cert *x509.Certificate, key crypto.Signer, notAfter time.Time, parent Parent, cross *x509.Certificate) *signingCA {
+	s := &signingCA{cert: cert, key: key, notAfter: notAfter, cross: cross}
 	chain := parent.Chain() // the parent, unless it is the anchor, and its chain
 	if !cert.Equal(parent.Certificate()) {
 		chain = append([]*x509.Certificate{cert}, chain...)
+	}
+	if cross != nil {
+		chain = append(chain, cross)
 	}
 	for _, c := range chain {
 		s.chainDER = append(s.chainDER, c.Raw)
@@ -298,7 +347,7 @@ func leafKey(p Parent) crypto.Signer {
 func (a *Authority) directSigningCA(tr *trust) (*signingCA, error) {
 	cert := tr.parent.Certificate()
 	notAfter := parentNotAfter(tr.parent)
-	s := a.newSigningCA(cert, leafKey(tr.parent), notAfter, tr.parent)
+	s := a.newSigningCA(cert, leafKey(tr.parent), notAfter, tr.parent, nil)
 	if err := a.probe(s, tr.bundle); err != nil {
 		return nil, fmt.Errorf("ca: leaves signed by %q would not verify: %w", cert.Subject.CommonName, err)
 	}
@@ -351,9 +400,16 @@ func (a *Authority) probe(s *signingCA, bundle *x509bundle.Bundle) error {
 }
 
 // signingCAFrom opens a stored intermediate and checks it still belongs to
-// the current parent (the parent may have been replaced).
-func (a *Authority) signingCAFrom(k *store.CAKey, parent Parent) (*signingCA, error) {
-	if cur := a.active.Load(); cur != nil && bytes.Equal(cur.cert.Raw, k.CertDER) && cur.cert.CheckSignatureFrom(parent.Certificate()) == nil {
+// the current parent (the parent may have been replaced), and its
+// cross-signed twin, if any, to the old root cross (nil: the twin is no
+// longer handed out).
+func (a *Authority) signingCAFrom(k *store.CAKey, parent Parent, cross *store.CAKey) (*signingCA, error) {
+	var twinDER []byte
+	if cross != nil {
+		twinDER = k.CrossCertDER
+	}
+	if cur := a.active.Load(); cur != nil && bytes.Equal(cur.cert.Raw, k.CertDER) && bytes.Equal(rawOf(cur.cross), twinDER) &&
+		cur.cert.CheckSignatureFrom(parent.Certificate()) == nil {
 		return cur, nil // already open and checked
 	}
 	cert, key, err := a.openCAKey(k)
@@ -363,7 +419,27 @@ func (a *Authority) signingCAFrom(k *store.CAKey, parent Parent) (*signingCA, er
 	if err := a.verifyIntermediate(cert, parent); err != nil {
 		return nil, fmt.Errorf("ca: stored intermediate %s: %w", cert.SerialNumber.Text(16), err)
 	}
-	return a.newSigningCA(cert, key, cert.NotAfter, parent), nil
+	var twin *x509.Certificate
+	if twinDER != nil {
+		old, err := x509.ParseCertificate(cross.CertDER)
+		if err != nil {
+			return nil, err
+		}
+		if twin, err = x509.ParseCertificate(twinDER); err != nil {
+			return nil, err
+		}
+		if twin.CheckSignatureFrom(old) != nil || !bytes.Equal(twin.RawSubjectPublicKeyInfo, cert.RawSubjectPublicKeyInfo) {
+			return nil, fmt.Errorf("ca: stored intermediate %s: its cross-signed twin is not the old root's certificate of its key", cert.SerialNumber.Text(16))
+		}
+	}
+	return a.newSigningCA(cert, key, cert.NotAfter, parent, twin), nil
+}
+
+func rawOf(c *x509.Certificate) []byte {
+	if c == nil {
+		return nil
+	}
+	return c.Raw
 }
 
 // verifyIntermediate checks that an intermediate chains through the current
@@ -394,5 +470,5 @@ func (a *Authority) sealed(s *signingCA) (*store.CAKey, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &store.CAKey{CertDER: s.cert.Raw, Key: sealed}, nil
+	return &store.CAKey{CertDER: s.cert.Raw, Key: sealed, CrossCertDER: rawOf(s.cross)}, nil
 }

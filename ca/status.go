@@ -31,7 +31,9 @@ type Status struct {
 	// leaves) when it is not a root: a cacerts ca-cert.pem.
 	Parent *CertStatus `json:"parent,omitempty"`
 	// Intermediates are meshca's own: State is "active", "next"
-	// (prepared, activated at next_intermediate_rotation), "old" (signed
+	// (prepared, activated at next_intermediate_rotation), "cross-signed"
+	// (the active or next one certified by the old root during a
+	// cross-signing root rotation), "old" (signed
 	// leaves under the old root until a root rotation switched, its key
 	// gone; in direct mode the old ca-cert.pem) or "revoked" (by an
 	// emergency rotation).
@@ -80,6 +82,9 @@ type RootRotationStatus struct {
 	// "complete"; absent once completed. NextStepAt is when.
 	NextStep   string    `json:"next_step,omitempty"`
 	NextStepAt time.Time `json:"next_step_at,omitzero"`
+	// CrossSign says that intermediates made from the switch until
+	// completion are certified by the old root too.
+	CrossSign bool `json:"cross_sign,omitempty"`
 }
 
 func newRootOf(rr *store.RootRotation) *store.CAKey {
@@ -140,6 +145,11 @@ func (a *Authority) Status(ctx context.Context) (*Status, error) {
 	if !tr.direct {
 		out.Intermediates = appendDER(out.Intermediates, "active", [][]byte{keyCert(st.Active)}, nil)
 		out.Intermediates = appendDER(out.Intermediates, "next", [][]byte{keyCert(st.Next)}, nil)
+		for _, k := range []*store.CAKey{st.Active, st.Next} {
+			if k != nil && k.CrossCertDER != nil {
+				out.Intermediates = appendDER(out.Intermediates, "cross-signed", [][]byte{k.CrossCertDER}, nil)
+			}
+		}
 	}
 	if rr != nil && rr.Phase == store.PhaseSwitched {
 		out.Intermediates = appendDER(out.Intermediates, "old", [][]byte{rr.OldSigner}, nil)
@@ -167,7 +177,7 @@ func (a *Authority) nextIntermediateRotation() time.Time {
 
 func rootRotationStatus(rr *store.RootRotation) *RootRotationStatus {
 	s := &RootRotationStatus{Phase: rr.Phase, PreparedAt: rr.PreparedAt, SwitchAfter: rr.SwitchAfter, SwitchedAt: rr.SwitchedAt,
-		RetireAfter: rr.RetireAfter, CompletedAt: rr.CompletedAt, NextStepAt: rootStepTime(rr)}
+		RetireAfter: rr.RetireAfter, CompletedAt: rr.CompletedAt, NextStepAt: rootStepTime(rr), CrossSign: rr.CrossSign}
 	switch {
 	case rr.Phase == store.PhasePrepared:
 		s.NextStep = "switch"

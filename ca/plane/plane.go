@@ -65,8 +65,10 @@ type Config struct {
 	// Vault's PKI engine as the parent. Off unless Vault.Addr is set; not
 	// with Parent.
 	Vault vault.Config
-	// RootRotationOverlap is passed to ca.Config (default there).
-	RootRotationOverlap time.Duration
+	// RootRotationOverlap and RootRotationCrossSign are passed to
+	// ca.Config (defaults there).
+	RootRotationOverlap   time.Duration
+	RootRotationCrossSign bool
 	// KEK seals private keys at rest (32 bytes). Nil stores them in clear
 	// in the 0600 data file, with a warning.
 	KEK []byte
@@ -198,7 +200,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	}
 	auth, err := ca.New(ctx, ca.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, Parent: root.parent, NextParent: root.next, RootKeys: root.keys,
-		RootRotationOverlap: cfg.RootRotationOverlap, KeyType: cfg.KeyType, KEK: cfg.KEK,
+		RootRotationOverlap: cfg.RootRotationOverlap, RootRotationCrossSign: cfg.RootRotationCrossSign, KeyType: cfg.KeyType, KEK: cfg.KEK,
 		RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL,
 		Retention: cfg.Retention, Clock: cfg.Clock, Logger: log, Metrics: metrics.NewCA(reg),
 	})

@@ -46,6 +46,10 @@ type SealedKey struct {
 type CAKey struct {
 	CertDER []byte    `json:"cert"`
 	Key     SealedKey `json:"key"`
+	// CrossCertDER is, for an intermediate made while a cross-signing root
+	// rotation is switched, the same intermediate (subject and key)
+	// certified by the old root as well; nil otherwise.
+	CrossCertDER []byte `json:"cross_cert,omitempty"`
 }
 
 // CAState is the CA's key material and rotation state, read and written as a
@@ -96,6 +100,12 @@ type RootRotation struct {
 	// switch makes it Root; nil when the new root lives elsewhere (a
 	// staged cacerts directory).
 	NewRoot *CAKey `json:"new_root,omitempty"`
+	// CrossSign says that, from the switch until completion, every
+	// intermediate is also certified by the old root, for clients that
+	// trust only the old root; OldRoot is that root with its key, kept
+	// for it until completion.
+	CrossSign bool   `json:"cross_sign,omitempty"`
+	OldRoot   *CAKey `json:"old_root,omitempty"`
 	// OldSigner is the certificate that signed leaves under the old roots
 	// until the switch (the intermediate, or in direct mode the parent);
 	// its key is not kept.

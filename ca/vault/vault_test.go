@@ -252,7 +252,9 @@ func TestTransitRootRotation(t *testing.T) {
 	env.Mount(t, "transit", "transit")
 	c := mustClient(t, env, nil, func(c *vault.Config) { c.TransitKey = "meshca-root" })
 	clk := clocktest.New(time.Now())
-	a, err := newAuthority(t, storetest.NewMem(), clk, func(cfg *ca.Config) { cfg.RootKeys = transitKeys(t, c) })
+	a, err := newAuthority(t, storetest.NewMem(), clk, func(cfg *ca.Config) {
+		cfg.RootKeys, cfg.RootRotationCrossSign = transitKeys(t, c), true
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -271,6 +273,11 @@ func TestTransitRootRotation(t *testing.T) {
 	chain := issue(t, a, clk)
 	if err := chain[1].CheckSignatureFrom(roots[1]); err != nil || chain[1].CheckSignatureFrom(old) == nil {
 		t.Fatalf("switched: the intermediate is not signed by the new Transit root (%v)", err)
+	}
+	// Cross-signing: the old root (Transit key version 1) certified the
+	// same intermediate too.
+	if len(chain) != 3 || chain[2].CheckSignatureFrom(old) != nil {
+		t.Fatalf("switched: %d certificates, want the intermediate cross-signed by the old Transit root last", len(chain))
 	}
 }
 

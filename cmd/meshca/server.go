@@ -46,6 +46,7 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&c.DefaultTTL, "default-ttl", ca.DefaultLeafTTL, "workload certificate lifetime when none is requested")
 	fs.DurationVar(&c.MaxTTL, "max-ttl", ca.DefaultMaxLeafTTL, "longest workload certificate lifetime a caller may request")
 	fs.DurationVar(&c.RootRotationOverlap, "root-rotation-overlap", 0, "least time a new root is published beside the old one before intermediates switch to it; 0: --default-ttl (raise it to the longest lifetime workloads request)")
+	fs.BoolVar(&c.RootRotationCrossSign, "root-rotation-cross-sign", false, "during a root rotation, also certify each new intermediate by the old root, for clients that trust only the old root (a root meshca holds only)")
 	fs.DurationVar(&c.Retention, "retention", ca.DefaultRetention, "how long issuance records are kept after the certificate expires")
 	fs.StringVar(&c.GRPCAddr, "grpc-listen", ":15012", "gRPC CSR API (Istio CA service) address; empty disables")
 	fs.StringVar(&c.HTTPSAddr, "https-listen", ":8443", "HTTPS/JSON API address; empty disables")

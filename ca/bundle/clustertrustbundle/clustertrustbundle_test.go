@@ -84,9 +84,11 @@ func TestPublish(t *testing.T) {
 		t.Fatalf("name %q", name)
 	}
 	waitHolds(t, c, name, signer, pem1)
-	if p.metrics.LastPublished(bundle.TargetClusterTrustBundle).IsZero() {
-		t.Error("no publish time recorded")
-	}
+	// The publisher records the time once its write has returned, which
+	// may be after the object is seen.
+	clocktest.Eventually(t, "a publish time recorded", func() bool {
+		return !p.metrics.LastPublished(bundle.TargetClusterTrustBundle).IsZero()
+	})
 
 	other, _ := bundletest.Root(t, "someone else's root")
 	ctb := get(t, c, name)
