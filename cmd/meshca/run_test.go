@@ -294,6 +294,23 @@ func TestRunErrors(t *testing.T) {
 			wantMsg: []string{"key-encryption key must be 32 bytes"},
 		},
 		{
+			name:    "server vault address without TLS",
+			args:    func(dir string) []string { return serverArgs(dir, "--vault-addr", "http://127.0.0.1:8200") },
+			wantMsg: []string{"--vault-addr http://127.0.0.1:8200 is not TLS", "--vault-allow-insecure-http"},
+		},
+		{
+			name: "server vault and cacerts",
+			args: func(dir string) []string {
+				return serverArgs(dir, "--vault-addr", "https://127.0.0.1:8200", "--cacerts-next-dir", dir)
+			},
+			wantMsg: []string{"--vault-addr and --cacerts-dir (or --cacerts-next-dir)", "choose one"},
+		},
+		{
+			name:    "server vault transit key of an unsupported type",
+			args:    func(dir string) []string { return serverArgs(dir, "--vault-addr", "https://127.0.0.1:8200", "--vault-transit-key-type", "ed25519") },
+			wantMsg: []string{`Transit key type "ed25519" cannot sign a root`},
+		},
+		{
 			name:    "server bad key type",
 			args:    func(dir string) []string { return serverArgs(dir, "--key-type", "dsa-1024") },
 			wantMsg: []string{"--key-type"},
