@@ -71,8 +71,8 @@ func (s *Store) RecordIssuance(ctx context.Context, rec store.Issuance) error {
 			return fmt.Errorf("pgstore: %w", ctx.Err())
 		}
 	case <-s.stopped:
-		// The committer replies before it stops, so an outcome sent is
-		// here; anything else was queued after it drained the queue.
+		// The committers reply before they stop, so an outcome sent is
+		// here; anything else was queued after they drained the queue.
 		select {
 		case err := <-p.reply:
 			return err
@@ -99,10 +99,9 @@ func checkIssuance(rec *store.Issuance) error {
 // committer writes queued issuance records until Close. It blocks for the
 // first record, then takes whatever else is already queued and writes them
 // all with one statement: records that arrive during a round trip are
-// written together by the next one, so a lone record goes at once and a
-// crowd shares commits.
+// written together by the next one (another committer's, or its own), so a
+// lone record goes at once and a crowd shares commits.
 func (s *Store) committer() {
-	defer close(s.stopped)
 	batch := make([]*pending, 0, s.maxBatch)
 	for {
 		select {

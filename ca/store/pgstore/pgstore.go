@@ -64,6 +64,7 @@ var ErrSchemaTooNew = errors.New("pgstore: database schema is newer than this me
 
 const (
 	defaultMaxBatch       = 1000
+	defaultCommitters     = 2
 	defaultConnectTimeout = 5 * time.Second
 	defaultCommitTimeout  = 10 * time.Second
 	// maxBatchRecords bounds a batch: each record is five parameters of
@@ -79,6 +80,10 @@ type Options struct {
 	// MaxBatch caps the issuance records written by one group commit.
 	// Zero or less means 1000; at most 10000.
 	MaxBatch int
+	// Committers is how many group commits may be under way at once, each
+	// on a connection of its own: while one waits for the server, the
+	// next gathers the records that arrive. Zero or less means 2.
+	Committers int
 	// ConnectTimeout bounds each connection attempt when the DSN sets no
 	// connect_timeout. Zero or less means 5s.
 	ConnectTimeout time.Duration
@@ -118,10 +123,11 @@ type Store struct {
 	maxBatch      int
 	commitTimeout time.Duration
 
-	// queue feeds the committer (see committer); done is closed by Close,
-	// and the committer closes stopped when it has returned.
+	// queue feeds the committers (see committer); done is closed by
+	// Close, and stopped once every committer has returned.
 	queue         chan *pending
 	done, stopped chan struct{}
+	committers    sync.WaitGroup
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -139,6 +145,9 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		opts.MaxBatch = defaultMaxBatch
 	}
 	opts.MaxBatch = min(opts.MaxBatch, maxBatchRecords)
+	if opts.Committers <= 0 {
+		opts.Committers = defaultCommitters
+	}
 	if opts.ConnectTimeout <= 0 {
 		opts.ConnectTimeout = defaultConnectTimeout
 	}
@@ -196,7 +205,13 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		done:          make(chan struct{}),
 		stopped:       make(chan struct{}),
 	}
-	go s.committer()
+	for range opts.Committers {
+		s.committers.Go(s.committer)
+	}
+	go func() {
+		s.committers.Wait()
+		close(s.stopped)
+	}()
 	return s, nil
 }
 
@@ -206,7 +221,7 @@ func Target(cc *pgx.ConnConfig) string {
 	return fmt.Sprintf("postgres user=%s host=%s port=%d database=%s", cc.User, cc.Host, cc.Port, cc.Database)
 }
 
-// Close stops the committer, failing RecordIssuance calls still queued,
+// Close stops the committers, failing RecordIssuance calls still queued,
 // and closes the connections. Calling it again does nothing.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
