@@ -29,7 +29,7 @@ func (c *commits) Committed(records int, _ time.Duration) {
 	c.mu.Unlock()
 }
 
-// TestGroupCommit: the calls queued while a commit is under way are written
+// TestGroupCommit: the calls queued while commits are under way are written
 // together by the next, in one statement; a duplicate serial, in the batch
 // or already stored, fails only its own call.
 func TestGroupCommit(t *testing.T) {
@@ -60,8 +60,10 @@ func TestGroupCommit(t *testing.T) {
 		errs[key] = ch
 		go func() { ch <- s.RecordIssuance(ctx, storetest.Issuance(serial, idA, 1, 10)) }()
 	}
+	// Both committers take a record and wait.
 	record("first", "01")
-	clocktest.Eventually(t, "the first commit waiting for the lock", func() bool { return pgstore.Queued(s) == 0 && blocked(t, locker) })
+	record("second", "02")
+	clocktest.Eventually(t, "both committers waiting for the lock", func() bool { return pgstore.Queued(s) == 0 && blocked(t, locker) == 2 })
 	const n = 50
 	for i := range n {
 		record(fmt.Sprint(i), fmt.Sprintf("1%03x", i))
@@ -102,22 +104,22 @@ func TestGroupCommit(t *testing.T) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if want := []int{1, 1, n}; !slices.Equal(m.sizes, want) {
+	if want := []int{1, 1, 1, n}; !slices.Equal(m.sizes, want) {
 		t.Errorf("commits of %v records, want %v", m.sizes, want)
 	}
 	all, err := s.Issuances(ctx, store.IssuanceFilter{})
-	if err != nil || len(all) != n+2 {
-		t.Errorf("%d records stored (%v), want %d", len(all), err, n+2)
+	if err != nil || len(all) != n+3 {
+		t.Errorf("%d records stored (%v), want %d", len(all), err, n+3)
 	}
 }
 
-// blocked reports whether a session waits for a lock the locker holds.
-func blocked(t *testing.T, locker *pgx.Conn) bool {
+// blocked is how many sessions wait for a lock the locker holds.
+func blocked(t *testing.T, locker *pgx.Conn) int {
 	var n int
 	err := locker.QueryRow(context.Background(),
 		"SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))", locker.PgConn().PID()).Scan(&n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return n > 0
+	return n
 }
