@@ -62,8 +62,9 @@ func TestGroupCommit(t *testing.T) {
 	}
 	// Both committers take a record and wait.
 	record("first", "01")
+	clocktest.Eventually(t, "a committer waiting for the lock", func() bool { return blocked(t, locker) == 1 })
 	record("second", "02")
-	clocktest.Eventually(t, "both committers waiting for the lock", func() bool { return pgstore.Queued(s) == 0 && blocked(t, locker) == 2 })
+	clocktest.Eventually(t, "both committers waiting for the lock", func() bool { return blocked(t, locker) == 2 })
 	const n = 50
 	for i := range n {
 		record(fmt.Sprint(i), fmt.Sprintf("1%03x", i))
