@@ -116,6 +116,7 @@ func (nopMetrics) Committed(int, time.Duration) {}
 // may share one database.
 type Store struct {
 	pool          *pgxpool.Pool
+	target        string
 	log           *slog.Logger
 	metrics       Metrics
 	clock         clock.Clock
@@ -176,7 +177,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if _, ok := cc.RuntimeParams["application_name"]; !ok {
 		cc.RuntimeParams["application_name"] = "meshca"
 	}
-	target := Target(cc)
+	target := describe(cc)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: %s: %w", target, err)
@@ -195,6 +196,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	opts.Logger.Info("PostgreSQL store open", "target", target, "schema_version", after, "max_conns", cfg.MaxConns)
 	s := &Store{
 		pool:          pool,
+		target:        target,
 		log:           opts.Logger,
 		metrics:       opts.Metrics,
 		clock:         opts.Clock,
@@ -215,9 +217,12 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-// Target describes the database a connection configuration reaches, for
-// logs and errors: user, host, port and database, never the password.
-func Target(cc *pgx.ConnConfig) string {
+// Target names the database the store uses, for logs and errors: user,
+// host, port and database, never the password.
+func (s *Store) Target() string { return s.target }
+
+// describe is Target for a connection configuration.
+func describe(cc *pgx.ConnConfig) string {
 	return fmt.Sprintf("postgres user=%s host=%s port=%d database=%s", cc.User, cc.Host, cc.Port, cc.Database)
 }
 
