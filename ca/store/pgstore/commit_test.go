@@ -134,4 +134,3 @@ func blocked(t *testing.T, watcher, locker *pgx.Conn) int {
 	}
 	return n
 }
-
