@@ -83,8 +83,8 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-// TestPostgresReplicas: two planes on one PostgreSQL database share the
-// CA (one root) and the issuance log; while the database is down a CSR is
+// TestPostgresReplicas: two planes started together on one PostgreSQL
+// database share the CA (one root) and the issuance log; while the database is down a CSR is
 // refused with Unavailable and /readyz fails, and both recover when it is
 // back. The password is in no log line.
 func TestPostgresReplicas(t *testing.T) {
@@ -97,19 +97,30 @@ func TestPostgresReplicas(t *testing.T) {
 	}
 	web := spiffeid.RequireFromPath(td, "/ns/shop/sa/web")
 	var logs syncBuffer
-	start := func(s Storage) *Plane {
-		p, err := Start(ctx, Config{TrustDomain: td, DataDir: t.TempDir(), Storage: s,
+	// Both start at once on the empty database: one creates the CA, the
+	// other loses the compare-and-swap and takes its state.
+	planes := make([]*Plane, 2)
+	var wg sync.WaitGroup
+	for i, s := range []Storage{{DSNFile: dsnFile}, {Store: dsn}} {
+		cfg := Config{TrustDomain: td, DataDir: t.TempDir(), Storage: s,
 			GRPCAddr: "127.0.0.1:0", MonitorAddr: "127.0.0.1:0", Kubernetes: Kubernetes{Deny: []string{}},
 			Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-			Extra:  []attestor.Attestor{attestor.NewStaticTokens(map[string]spiffeid.ID{"web-token": web})}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { p.Stop() })
-		return p
+			Extra:  []attestor.Attestor{attestor.NewStaticTokens(map[string]spiffeid.ID{"web-token": web})}}
+		wg.Go(func() {
+			p, err := Start(ctx, cfg)
+			if err != nil {
+				t.Errorf("replica %d: %v", i, err)
+				return
+			}
+			t.Cleanup(func() { p.Stop() })
+			planes[i] = p
+		})
 	}
-	a := start(Storage{DSNFile: dsnFile})
-	b := start(Storage{Store: dsn})
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	a, b := planes[0], planes[1]
 	if !bytes.Equal(a.Authority().RootsPEM(), b.Authority().RootsPEM()) {
 		t.Fatal("the replicas have different roots")
 	}
