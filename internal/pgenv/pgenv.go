@@ -27,7 +27,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
@@ -44,11 +43,12 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/meshca/meshca/internal/testproc"
 )
 
 const (
-	envBinDir  = "MESHCA_PG_BIN"
-	envRequire = "MESHCA_REQUIRE_TESTENV"
+	envBinDir = "MESHCA_PG_BIN"
 
 	// User is the superuser of every Server.
 	User = "meshca"
@@ -156,7 +156,7 @@ func Start(t testing.TB, opts ...Option) *Server {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("pgenv: ---- postgres log (%s) ----\n%s", s.logPath, readTail(s.logPath, logTailBytes))
+			t.Logf("pgenv: ---- postgres log (%s) ----\n%s", s.logPath, testproc.ReadTail(s.logPath, 0, logTailBytes))
 		}
 		s.destroy()
 	})
@@ -221,8 +221,8 @@ func binDir(t testing.TB) string {
 		return dir
 	}
 	msg := fmt.Sprintf("pgenv: %v; install PostgreSQL (apt-get install postgresql) or set %s", err, envBinDir)
-	if os.Getenv(envRequire) == "1" {
-		t.Fatalf("%s [%s=1]", msg, envRequire)
+	if os.Getenv(testproc.EnvRequire) == "1" {
+		t.Fatalf("%s [%s=1]", msg, testproc.EnvRequire)
 	}
 	t.Skip(msg)
 	return ""
@@ -277,7 +277,7 @@ func start(bin string, o options) (_ *Server, err error) {
 	}
 	defer func() {
 		if err != nil {
-			err = fmt.Errorf("%w\n---- postgres log ----\n%s", err, readTail(s.logPath, 8<<10))
+			err = fmt.Errorf("%w\n---- postgres log ----\n%s", err, testproc.ReadTail(s.logPath, 0, 8<<10))
 			s.destroy()
 		}
 	}()
@@ -303,7 +303,7 @@ func start(bin string, o options) (_ *Server, err error) {
 	}
 	_ = os.Remove(pwFile)
 	for attempt := 1; ; attempt++ {
-		if s.Port, err = freePort(); err != nil {
+		if s.Port, err = testproc.FreePort(); err != nil {
 			return nil, err
 		}
 		if err = s.run(); err == nil || !errors.Is(err, errAddrInUse) || attempt == 3 {
@@ -391,7 +391,7 @@ func (s *Server) run() error {
 		}
 		select {
 		case <-p.done:
-			if strings.Contains(readTail(s.logPath, 4<<10), "already in use") {
+			if strings.Contains(testproc.ReadTail(s.logPath, 0, 4<<10), "already in use") {
 				return fmt.Errorf("postgres exited: %w", errAddrInUse)
 			}
 			return fmt.Errorf("postgres exited early: %v", p.waitErr)
@@ -449,7 +449,7 @@ func (s *Server) Restart(t testing.TB) {
 		t.Fatal("pgenv: Restart: the server is running")
 	}
 	if err := s.run(); err != nil {
-		t.Fatalf("pgenv: Restart: %v\n%s", err, readTail(s.logPath, 8<<10))
+		t.Fatalf("pgenv: Restart: %v\n%s", err, testproc.ReadTail(s.logPath, 0, 8<<10))
 	}
 }
 
@@ -483,27 +483,4 @@ func (p *proc) stop(sig syscall.Signal) error {
 		<-p.done
 		return fmt.Errorf("postgres did not stop within %s after %v; killed", stopTimeout, sig)
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// readTail is the end of the file at path, at most limit bytes.
-func readTail(path string, limit int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return "(" + err.Error() + ")"
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.Size() > limit {
-		_, _ = f.Seek(fi.Size()-limit, io.SeekStart)
-	}
-	b, _ := io.ReadAll(f)
-	return string(b)
 }
