@@ -57,12 +57,14 @@ lint-tools: ## build the pinned linters from tools/lint into .testenv/bin
 clean: ## remove build output (not .meshca/)
 	rm -rf bin
 
-testenv: ## build .testenv/bin/{kube-apiserver,etcd} from tools/ (minutes cold, seconds warm)
+testenv: ## build .testenv/bin/{kube-apiserver,etcd} from tools/ (minutes cold, seconds warm); say if PostgreSQL (Debian's postgresql package) is missing
 	@mkdir -p $(TESTENV_BIN)
 	cd tools && CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -ldflags '$(K8S_LDFLAGS)' \
 	  -o $(TESTENV_BIN)/kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 	cd tools && CGO_ENABLED=0 $(GO) build -mod=readonly -trimpath -ldflags '-s -w' -o $(TESTENV_BIN)/etcd ./etcd
 	@$(TESTENV_BIN)/kube-apiserver --version
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  echo "testenv: PostgreSQL server binaries not found: the PostgreSQL store tests will skip. Install them with: apt-get install postgresql (.ci/run does)"
 
 vault: $(TESTENV_BIN)/vault ## build .testenv/bin/vault (Vault v1.14.0, for the Vault tests) from tools/vault (about 5 min cold, seconds warm)
 

@@ -252,7 +252,13 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 	}
 	a := &Authority{cfg: cfg, sealer: s}
 	a.revoked.Store(&revokedCAs{})
-	if err := a.Rotate(ctx); err != nil {
+	err = a.Rotate(ctx)
+	if errors.Is(err, store.ErrConflict) {
+		// Another replica sharing the store saved first (both started on
+		// an empty database, say): take its state.
+		err = a.Rotate(ctx)
+	}
+	if err != nil {
 		if a.active.Load() == nil {
 			return nil, err
 		}

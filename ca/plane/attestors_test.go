@@ -69,7 +69,7 @@ func TestTokenAttestorsFromConfig(t *testing.T) {
 				}
 			}
 			// Their background work is never started here: not ready.
-			if ready := readyAll(waitFor); tc.ready == "" && ready != nil {
+			if ready := readyAll(waitFor, nil); tc.ready == "" && ready != nil {
 				t.Errorf("an attestor has background work")
 			} else if tc.ready != "" {
 				if ready == nil {

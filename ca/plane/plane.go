@@ -1,5 +1,6 @@
-// Package plane assembles a running CA from one Config: the bbolt store in
-// the data directory, the Authority (root, intermediates, rotation), the
+// Package plane assembles a running CA from one Config: the store (the
+// bbolt file in the data directory, or a PostgreSQL database shared by
+// replicas), the Authority (root, intermediates, rotation), the
 // attestor chain that turns credentials into identities, and the API
 // servers. `meshca server` and `meshca dev` are this package behind flags.
 //
@@ -29,7 +30,6 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/bundle"
 	"github.com/meshca/meshca/ca/server"
-	"github.com/meshca/meshca/ca/store/boltstore"
 	"github.com/meshca/meshca/ca/vault"
 	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/files"
@@ -52,9 +52,13 @@ const shutdownGrace = 10 * time.Second
 type Config struct {
 	// TrustDomain of every identity issued. Required.
 	TrustDomain spiffeid.TrustDomain
-	// DataDir holds the bbolt data file, the bundle and (by default) the
-	// admin token; created 0700. Required.
+	// DataDir holds the bbolt data file (unless Storage names
+	// PostgreSQL), the bundle and (by default) the admin token; created
+	// 0700. Required.
 	DataDir string
+	// Storage says where the CA's state is kept; the zero value is the
+	// bbolt file in DataDir.
+	Storage Storage
 	// Parent signs intermediates, e.g. ca.LoadCACerts of an Istio cacerts
 	// directory. Nil: a self-signed root kept in the data file.
 	Parent ca.Parent
@@ -144,7 +148,7 @@ func (c *Config) setDefaults() error {
 // Plane is a running CA.
 type Plane struct {
 	cfg    Config
-	store  *boltstore.Store
+	store  *openedStore
 	auth   *ca.Authority
 	srv    *server.Server
 	bundle *bundles
@@ -189,7 +193,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	st, err := boltstore.Open(filepath.Join(cfg.DataDir, DataFile), boltstore.Options{Logger: log, Metrics: metrics.NewStore(reg)})
+	st, err := cfg.openStore(ctx, reg, log)
 	if err != nil {
 		return nil, err
 	}
@@ -231,7 +235,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 		return nil, fmt.Errorf("admin token: %w", err)
 	}
 	srv, err := server.New(server.Config{
-		Authority: auth, Attestor: chain, AdminToken: adminToken, Ready: readyAll(waitFor),
+		Authority: auth, Attestor: chain, AdminToken: adminToken, Ready: readyAll(waitFor, st.ready),
 		GRPCAddr: cfg.GRPCAddr, HTTPSAddr: cfg.HTTPSAddr, MonitorAddr: cfg.MonitorAddr, Profiling: cfg.Profiling,
 		DNSNames: cfg.DNSNames, IPs: cfg.IPs, Limits: cfg.Limits,
 		Registry: reg, Clock: cfg.Clock, Logger: log,
@@ -287,12 +291,18 @@ func (p *Plane) keepBundleFile(ctx context.Context) {
 	}
 }
 
-// readyAll is ready when every one of bs is; nil when there are none.
-func readyAll(bs []background) func(context.Context) error {
-	if len(bs) == 0 {
+// readyAll is ready when every one of bs is and store (if set) is; nil
+// when there is nothing to ask.
+func readyAll(bs []background, store func(context.Context) error) func(context.Context) error {
+	if len(bs) == 0 && store == nil {
 		return nil
 	}
 	return func(ctx context.Context) error {
+		if store != nil {
+			if err := store(ctx); err != nil {
+				return err
+			}
+		}
 		for _, b := range bs {
 			if err := b.Ready(ctx); err != nil {
 				return err
@@ -325,18 +335,25 @@ func (c *Config) attestors(auth *ca.Authority, tokens jointoken.Store, reg prome
 	return append(chain, c.Extra...), nil
 }
 
-// Seal seals, with kek, the CA keys that the data file in dataDir holds in
-// clear (from before a KEK was configured), and returns how many. It is
-// `meshca ca seal`: an explicit, logged step, because with a KEK the CA
-// refuses clear keys at start (they could have been planted). The server
-// must be stopped: the data file is locked while it runs.
-func Seal(ctx context.Context, dataDir string, kek []byte, log *slog.Logger) (int, error) {
-	st, err := boltstore.Open(filepath.Join(dataDir, DataFile), boltstore.Options{Logger: log})
-	if err != nil {
-		return 0, err
+// Seal seals, with cfg.KEK, the CA keys that the store of cfg (its data
+// file, or its database) holds in clear (from before a KEK was
+// configured), and returns how many and where. It is `meshca ca seal`: an
+// explicit, logged step, because with a KEK the CA refuses clear keys at
+// start (they could have been planted). With bbolt the server must be
+// stopped (the data file is locked while it runs); with PostgreSQL the
+// change is a compare-and-swap like any rotation step, so running replicas
+// are no obstacle (they keep the keys they loaded, and refuse clear keys
+// only at their next start).
+func Seal(ctx context.Context, cfg Config) (int, string, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return 0, "", err
 	}
-	n, err := ca.SealStoredKeys(ctx, st, kek, log)
-	return n, errors.Join(err, st.Close())
+	st, err := cfg.openStore(ctx, prometheus.NewRegistry(), cfg.Logger)
+	if err != nil {
+		return 0, "", err
+	}
+	n, err := ca.SealStoredKeys(ctx, st, cfg.KEK, cfg.Logger)
+	return n, st.where, errors.Join(err, st.Close())
 }
 
 // Run starts the plane, serves until ctx ends, and stops it.

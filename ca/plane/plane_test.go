@@ -52,8 +52,10 @@ func TestKEKRefusesClearKeysAtStart(t *testing.T) {
 	if got := algs(); !slices.Equal(got, []string{"none", "none"}) {
 		t.Fatalf("a refused start changed the keys: %v", got)
 	}
-	if n, err := Seal(ctx, dir, kek, nil); err != nil || n != 2 {
-		t.Fatalf("Seal = %d, %v", n, err)
+	sealCfg := cfg
+	sealCfg.KEK = kek
+	if n, where, err := Seal(ctx, sealCfg); err != nil || n != 2 || where != filepath.Join(dir, DataFile) {
+		t.Fatalf("Seal = %d, %q, %v", n, where, err)
 	}
 	if got := algs(); !slices.Equal(got, []string{"aes-256-gcm", "aes-256-gcm"}) {
 		t.Fatalf("after Seal keys are %v", got)
@@ -66,7 +68,7 @@ func TestKEKRefusesClearKeysAtStart(t *testing.T) {
 	if !bytes.Equal(before, p.Authority().RootsPEM()) {
 		t.Fatal("the root changed when the keys were sealed")
 	}
-	if _, err := Seal(ctx, dir, kek, nil); err == nil {
+	if _, _, err := Seal(ctx, sealCfg); err == nil {
 		t.Fatal("Seal while the plane runs succeeded: the data file must be locked")
 	}
 }

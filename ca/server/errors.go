@@ -12,6 +12,7 @@ import (
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/store"
 )
 
 // classify maps an error from the attestor or the CA to the status the
@@ -40,7 +41,7 @@ func classify(log *slog.Logger, err error) (codes.Code, string) {
 		return codes.DeadlineExceeded, "deadline exceeded"
 	case errors.Is(err, context.Canceled):
 		return codes.Canceled, "request canceled"
-	case errors.Is(err, ca.ErrUnavailable), errors.Is(err, attestor.ErrUnavailable):
+	case errors.Is(err, ca.ErrUnavailable), errors.Is(err, attestor.ErrUnavailable), errors.Is(err, store.ErrUnavailable):
 		log.Warn("CA unavailable", "err", err)
 		return codes.Unavailable, "CA temporarily unavailable, retry later"
 	}

@@ -2,10 +2,11 @@
 // meshca's CA keeps its state: CA keys and certificates with their rotation
 // state, the issuance log, the revocation deny-list and join tokens.
 //
-// The embedded implementation is boltstore (a single bbolt file). The interface
-// is kept small and made of single atomic operations so that a shared backend
-// (PostgreSQL, or the Kubernetes API) can implement it later for several
-// replicas; nothing outside a Store implementation opens its files.
+// The embedded implementation is boltstore (a single bbolt file); pgstore
+// keeps the same state in PostgreSQL, shared by several replicas. The
+// interface is kept small and made of single atomic operations so that every
+// guarantee it states holds across replicas sharing one backend; nothing
+// outside a Store implementation opens its files or tables.
 package store
 
 import (
@@ -26,6 +27,12 @@ var (
 	ErrJoinTokenUsed    = jointoken.ErrUsed
 	ErrJoinTokenExpired = jointoken.ErrExpired
 )
+
+// ErrUnavailable is wrapped by the errors of a store that cannot be reached
+// right now (a lost database connection, a server shutting down or out of
+// space): the call may succeed if retried later. The API edge maps it to
+// Unavailable.
+var ErrUnavailable = errors.New("store: unavailable")
 
 // ErrConflict is returned by SaveCAState when the stored state changed since it
 // was loaded (its Version no longer matches).

@@ -69,11 +69,11 @@ func newCASealCmd() *cobra.Command {
 			if cfg.KEK == nil {
 				return errors.New("give the key-encryption key: --kek-file or MESHCA_KEK")
 			}
-			n, err := plane.Seal(cmd.Context(), cfg.DataDir, cfg.KEK, cfg.Logger)
+			n, where, err := plane.Seal(cmd.Context(), cfg)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "sealed %d CA key(s) in %s\n", n, cfg.DataDir)
+			fmt.Fprintf(cmd.OutOrStdout(), "sealed %d CA key(s) in %s\n", n, where)
 			return nil
 		},
 	}

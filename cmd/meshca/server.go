@@ -36,6 +36,7 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&o.configFile, "config", "", "YAML config file whose keys are these flag names (env MESHCA_CONFIG)")
 	fs.StringVar(&o.trustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain of every identity issued")
 	fs.StringVar(&c.DataDir, "data-dir", "/var/lib/meshca", "directory of the data file meshca.db and its issuance journal meshca.journal (created 0700)")
+	c.Storage.AddFlags(fs)
 	fs.StringVar(&o.cacertsDir, "cacerts-dir", "", "Istio cacerts directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem); empty: self-signed root kept in the data file")
 	fs.StringVar(&o.cacertsNext, "cacerts-next-dir", "", "a second cacerts directory under a new root, staged for `meshca ca rotate-root` (read when the rotation starts and switches)")
 	fs.BoolVar(&o.cacerts.SignDirectly, "cacerts-sign-directly", false, "sign workload certificates with ca-cert.pem's key, as istiod does, even when its path length allows meshca's own intermediate (pathlen 0 always does)")

@@ -15,7 +15,7 @@ var rules = []struct {
 	why       string
 }{
 	{"", []string{"/cmd/"}, "nothing imports cmd"},
-	{"", []string{"/internal/testca", "/internal/storetest", "/internal/kubeenv", "/internal/clock/clocktest", "/ca/bundle/internal/bundletest"}, "test helpers are imported by _test.go files only"},
+	{"", []string{"/internal/testca", "/internal/storetest", "/internal/kubeenv", "/internal/pgenv", "/internal/clock/clocktest", "/ca/bundle/internal/bundletest"}, "test helpers are imported by _test.go files only"},
 	{"/ca", []string{"/sds"}, "the CA never imports the agent"},
 	{"/ca/bundle", []string{"/ca=", "/ca/server", "/ca/store", "/ca/plane", "/ca/client", "/ca/adminclient", "/attestor"}, "the bundle's publishers read the CA through bundle.Source only"},
 	{"/attestor", []string{"/ca", "/sds", "/policy"}, "attestors are imported by the CA, not the other way (an attestor declares what it needs of the store, as jointoken.Store)"},

@@ -340,8 +340,8 @@ func (m *Bundle) Foreign(target string, n int) { m.foreign.WithLabelValues(targe
 // Sequence implements bundle.Metrics.
 func (m *Bundle) Sequence(n uint64) { m.sequence.Set(float64(n)) }
 
-// Store implements boltstore.Metrics: the durable record's group commits
-// and checkpoints.
+// Store implements boltstore.Metrics and pgstore.Metrics: the durable
+// record's group commits and, for bbolt, its journal's checkpoints.
 type Store struct {
 	records     prometheus.Histogram
 	commit      prometheus.Histogram
@@ -349,17 +349,19 @@ type Store struct {
 	checkpoints prometheus.Counter
 }
 
-// NewStore registers the store's collectors on reg.
-func NewStore(reg prometheus.Registerer) *Store {
+// NewStore registers the store's collectors on reg: those of the group
+// commits, and with journal those of the checkpoints of boltstore's
+// journal (a store without one would show them empty forever).
+func NewStore(reg prometheus.Registerer, journal bool) *Store {
 	m := &Store{
 		records: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "meshca_store_commit_records",
-			Help:    "Issuance records journaled by one group commit (one write and one fdatasync).",
+			Help:    "Issuance records written by one group commit (bbolt: one journal write and fdatasync; PostgreSQL: one INSERT and commit).",
 			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
 		}),
 		commit: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "meshca_store_commit_duration_seconds",
-			Help:    "Time of one group commit of the issuance journal, fdatasync included.",
+			Help:    "Time of one group commit of issuance records, fdatasync or database commit included.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 14),
 		}),
 		checkpoint: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -372,11 +374,14 @@ func NewStore(reg prometheus.Registerer) *Store {
 			Help: "Issuance records copied from the journal into the data file by checkpoints.",
 		}),
 	}
-	reg.MustRegister(m.records, m.commit, m.checkpoint, m.checkpoints)
+	reg.MustRegister(m.records, m.commit)
+	if journal {
+		reg.MustRegister(m.checkpoint, m.checkpoints)
+	}
 	return m
 }
 
-// Committed implements boltstore.Metrics.
+// Committed implements boltstore.Metrics and pgstore.Metrics.
 func (m *Store) Committed(records int, took time.Duration) {
 	m.records.Observe(float64(records))
 	m.commit.Observe(took.Seconds())

@@ -86,10 +86,10 @@ func (s *Store) RecordIssuance(ctx context.Context, rec store.Issuance) error {
 
 // checkIssuance checks what the keys of a record need.
 func checkIssuance(rec *store.Issuance) error {
-	if err := checkSerial(rec.Serial); err != nil {
+	if err := store.CheckSerial(rec.Serial); err != nil {
 		return err
 	}
-	if err := checkSPIFFEID(rec.SPIFFEID); err != nil {
+	if err := store.CheckSPIFFEID(rec.SPIFFEID); err != nil {
 		return err
 	}
 	if !keyTime(rec.NotAfter) || !keyTime(rec.IssuedAt) {

@@ -65,7 +65,7 @@ func (s *Store) Issuances(ctx context.Context, f store.IssuanceFilter) ([]store.
 	}
 	index, prefix := bucketByIssuedAt, []byte(nil)
 	if f.SPIFFEID != "" {
-		if err := checkSPIFFEID(f.SPIFFEID); err != nil {
+		if err := store.CheckSPIFFEID(f.SPIFFEID); err != nil {
 			return nil, fmt.Errorf("boltstore: issuances: %w", err)
 		}
 		index, prefix = bucketBySPIFFEID, append([]byte(f.SPIFFEID), 0)

@@ -19,10 +19,10 @@ func (s *Store) CreateJoinToken(ctx context.Context, t store.JoinToken) error {
 	if err := s.enter(ctx); err != nil {
 		return err
 	}
-	if err := checkSerial(t.Hash); err != nil || len(t.Hash) != 64 {
+	if err := store.CheckSerial(t.Hash); err != nil || len(t.Hash) != 64 {
 		return errors.New("boltstore: join token hash must be 64 lowercase hex digits")
 	}
-	if err := checkSPIFFEID(t.SPIFFEID); err != nil {
+	if err := store.CheckSPIFFEID(t.SPIFFEID); err != nil {
 		return fmt.Errorf("boltstore: join token: %w", err)
 	}
 	if !t.UsedAt.IsZero() || !t.ExpiresAt.After(t.CreatedAt) {

@@ -28,12 +28,12 @@ func (s *Store) Revoke(ctx context.Context, r store.Revocation) error {
 	}
 	var bucket, key []byte
 	if r.Serial != "" {
-		if err := checkSerial(r.Serial); err != nil {
+		if err := store.CheckSerial(r.Serial); err != nil {
 			return fmt.Errorf("boltstore: revoke: %w", err)
 		}
 		bucket, key = bucketRevokedSerials, []byte(r.Serial)
 	} else {
-		if err := checkSPIFFEID(r.SPIFFEID); err != nil {
+		if err := store.CheckSPIFFEID(r.SPIFFEID); err != nil {
 			return fmt.Errorf("boltstore: revoke: %w", err)
 		}
 		bucket = bucketRevokedIDs

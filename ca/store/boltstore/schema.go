@@ -2,14 +2,11 @@ package boltstore
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"math"
 	"os"
-	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/meshca/meshca/ca/store"
 	bolt "go.etcd.io/bbolt"
@@ -19,12 +16,10 @@ const (
 	// schemaVersion is the layout of the buckets below; Open refuses a file
 	// written with another one rather than misreading it.
 	schemaVersion = "1"
-
-	// Limits that keep keys well under bbolt's maximum key size and make
-	// the 0x00 separator in index keys unambiguous.
-	maxSerialLen   = 64   // RFC 5280 allows 20 octets: 40 hex digits
-	maxSPIFFEIDLen = 2048 // the SPIFFE ID specification's limit
 )
+
+// store.CheckSerial and store.CheckSPIFFEID keep keys well under bbolt's
+// maximum key size and make the 0x00 separator in index keys unambiguous.
 
 // Buckets. Timestamps in keys are 8-byte big-endian Unix nanoseconds, so keys
 // sort in time order; records with times before 1970 or after 2262 are
@@ -100,33 +95,6 @@ func prepare(db *bolt.DB, path string, log *slog.Logger) error {
 	})
 	if err != nil {
 		return fmt.Errorf("boltstore: initialise %s: %w", path, err)
-	}
-	return nil
-}
-
-func checkSerial(serial string) error {
-	if serial == "" || len(serial) > maxSerialLen {
-		return fmt.Errorf("serial %q is not 1 to %d hex digits", serial, maxSerialLen)
-	}
-	for _, c := range []byte(serial) {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return fmt.Errorf("serial %q is not lowercase hex", serial)
-		}
-	}
-	return nil
-}
-
-func checkSPIFFEID(id string) error {
-	switch {
-	case id == "":
-		return errors.New("missing SPIFFE ID")
-	case len(id) > maxSPIFFEIDLen:
-		return fmt.Errorf("SPIFFE ID longer than %d bytes", maxSPIFFEIDLen)
-	case strings.IndexByte(id, 0) >= 0:
-		return errors.New("SPIFFE ID contains a NUL byte")
-	case !utf8.ValidString(id):
-		// JSON would store it altered, unlike the index keys.
-		return errors.New("SPIFFE ID is not valid UTF-8")
 	}
 	return nil
 }

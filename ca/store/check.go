@@ -1,0 +1,50 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"unicode/utf8"
+)
+
+// Limits every Store enforces, so that a record accepted by one backend is
+// accepted by all (a bbolt index key, a PostgreSQL text column).
+const (
+	// MaxSerialLen bounds a serial: RFC 5280 allows 20 octets, 40 hex
+	// digits.
+	MaxSerialLen = 64
+	// MaxSPIFFEIDLen is the SPIFFE ID specification's limit.
+	MaxSPIFFEIDLen = 2048
+)
+
+// CheckSerial checks that serial is 1 to MaxSerialLen lowercase hex digits
+// (as Issuance.Serial and JoinToken.Hash are).
+func CheckSerial(serial string) error {
+	if serial == "" || len(serial) > MaxSerialLen {
+		return fmt.Errorf("serial %q is not 1 to %d hex digits", serial, MaxSerialLen)
+	}
+	for _, c := range []byte(serial) {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return fmt.Errorf("serial %q is not lowercase hex", serial)
+		}
+	}
+	return nil
+}
+
+// CheckSPIFFEID checks what a store needs of a SPIFFE ID: set, at most
+// MaxSPIFFEIDLen bytes of valid UTF-8 without a NUL byte (a key separator
+// in bbolt, refused by PostgreSQL's text).
+func CheckSPIFFEID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("missing SPIFFE ID")
+	case len(id) > MaxSPIFFEIDLen:
+		return fmt.Errorf("SPIFFE ID longer than %d bytes", MaxSPIFFEIDLen)
+	case strings.IndexByte(id, 0) >= 0:
+		return errors.New("SPIFFE ID contains a NUL byte")
+	case !utf8.ValidString(id):
+		// JSON would store it altered, unlike the index keys.
+		return errors.New("SPIFFE ID is not valid UTF-8")
+	}
+	return nil
+}
