@@ -46,7 +46,7 @@ const (
 	DefaultPKIPath             = "pki/root/sign-intermediate"
 	DefaultAppRoleMount        = "approle"
 	DefaultKubernetesMount     = "kubernetes"
-	DefaultKubernetesTokenFile = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+	DefaultKubernetesTokenFile = "/var/run/secrets/kubernetes.io/serviceaccount/token" // #nosec G101 -- a path, not a credential
 	DefaultTimeout             = 30 * time.Second
 )
 

@@ -306,8 +306,10 @@ func TestRunErrors(t *testing.T) {
 			wantMsg: []string{"--vault-addr and --cacerts-dir (or --cacerts-next-dir)", "choose one"},
 		},
 		{
-			name:    "server vault transit key of an unsupported type",
-			args:    func(dir string) []string { return serverArgs(dir, "--vault-addr", "https://127.0.0.1:8200", "--vault-transit-key-type", "ed25519") },
+			name: "server vault transit key of an unsupported type",
+			args: func(dir string) []string {
+				return serverArgs(dir, "--vault-addr", "https://127.0.0.1:8200", "--vault-transit-key-type", "ed25519")
+			},
 			wantMsg: []string{`Transit key type "ed25519" cannot sign a root`},
 		},
 		{
