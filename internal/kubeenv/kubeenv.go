@@ -36,15 +36,14 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/internal/testproc"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -56,9 +55,6 @@ import (
 const (
 	// Issuer is the service-account token issuer of every Env.
 	Issuer = "https://kubernetes.default.svc.cluster.local"
-
-	envBinDir  = "MESHCA_TESTENV_BIN"
-	envRequire = "MESHCA_REQUIRE_TESTENV"
 
 	readyTimeout = 90 * time.Second
 	stopTimeout  = 10 * time.Second
@@ -85,7 +81,7 @@ type Env struct {
 	// as already expired ones.
 	SigningKeyFile string
 
-	etcd, apiserver *proc
+	etcd, apiserver *testproc.Proc
 	stopOnce        sync.Once
 }
 
@@ -121,7 +117,7 @@ func ClusterTrustBundles() Option {
 // It skips t when the binaries are missing (see the package documentation).
 func Start(t testing.TB, opts ...Option) *Env {
 	t.Helper()
-	bin := binDir(t)
+	bin := testproc.BinDir(t, "testenv", "kube-apiserver", "etcd")
 	dir := t.TempDir() // cleaned up after the processes are stopped (cleanups run LIFO)
 	e, err := start(bin, dir, newOptions(opts))
 	if err != nil {
@@ -173,7 +169,7 @@ func Main(m *testing.M, opts ...Option) {
 // fails, the process logs written during t are printed.
 func Get(t testing.TB) *Env {
 	t.Helper()
-	bin := binDir(t)
+	bin := testproc.BinDir(t, "testenv", "kube-apiserver", "etcd")
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
 	if !shared.inMain {
@@ -193,7 +189,7 @@ func Get(t testing.TB) *Env {
 		t.Fatalf("kubeenv: shared env: %v", shared.err)
 	}
 	e := shared.env
-	etcdOff, apiOff := fileSize(e.etcd.logPath), fileSize(e.apiserver.logPath)
+	etcdOff, apiOff := fileSize(e.etcd.LogPath), fileSize(e.apiserver.LogPath)
 	t.Cleanup(func() {
 		if t.Failed() {
 			e.logTails(t, etcdOff, apiOff)
@@ -244,63 +240,6 @@ func (e *Env) Token(t testing.TB, ns, sa string, audiences []string, ttl time.Du
 	return resp.Status.Token
 }
 
-// binDir returns the directory holding kube-apiserver and etcd, or skips t
-// (fails it under MESHCA_REQUIRE_TESTENV=1) when they are missing.
-func binDir(t testing.TB) string {
-	t.Helper()
-	dir, err := findBinaries()
-	if err == nil {
-		return dir
-	}
-	msg := fmt.Sprintf("kubeenv: %v; run `make testenv` to build them (or set %s)", err, envBinDir)
-	if os.Getenv(envRequire) == "1" {
-		t.Fatalf("%s [%s=1]", msg, envRequire)
-	}
-	t.Skip(msg)
-	return ""
-}
-
-func findBinaries() (string, error) {
-	dir := os.Getenv(envBinDir)
-	if dir == "" {
-		root, err := repoRoot()
-		if err != nil {
-			return "", err
-		}
-		dir = filepath.Join(root, ".testenv", "bin")
-	}
-	for _, name := range []string{"kube-apiserver", "etcd"} {
-		fi, err := os.Stat(filepath.Join(dir, name))
-		if err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 {
-			return "", fmt.Errorf("no executable %s in %s", name, dir)
-		}
-	}
-	return dir, nil
-}
-
-// repoRoot walks up from the working directory (a test's package directory)
-// to the directory whose go.mod declares module github.com/meshca/meshca.
-func repoRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", err
-	}
-	for {
-		if b, err := os.ReadFile(filepath.Join(dir, "go.mod")); err == nil {
-			for _, line := range strings.Split(string(b), "\n") {
-				if f := strings.Fields(line); len(f) == 2 && f[0] == "module" && f[1] == "github.com/meshca/meshca" {
-					return dir, nil
-				}
-			}
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("repository root (go.mod of github.com/meshca/meshca) not found")
-		}
-		dir = parent
-	}
-}
-
 // start brings up etcd and kube-apiserver with files under dir. On error
 // nothing is left running. A port taken between choosing and binding it is
 // retried with new ports.
@@ -345,11 +284,11 @@ func startOnce(bin, dir string, o options) (_ *Env, err error) {
 	defer func() {
 		if err != nil {
 			e.stop()
-			err = fmt.Errorf("%w%s%s", err, e.etcd.tail(), e.apiserver.tail())
+			err = fmt.Errorf("%w%s%s", err, e.etcd.Tail(), e.apiserver.Tail())
 		}
 	}()
 
-	e.etcd, err = startProc("etcd", filepath.Join(bin, "etcd"), filepath.Join(dir, "etcd.log"),
+	e.etcd, err = testproc.Start("etcd", filepath.Join(bin, "etcd"), filepath.Join(dir, "etcd.log"), nil,
 		"--data-dir="+filepath.Join(dir, "etcd"),
 		"--listen-client-urls="+etcdURL,
 		"--listen-peer-urls=http://127.0.0.1:0",
@@ -381,7 +320,7 @@ func startOnce(bin, dir string, o options) (_ *Env, err error) {
 		"--disable-admission-plugins=ServiceAccount",
 		"--profiling=false",
 	}
-	e.apiserver, err = startProc("kube-apiserver", filepath.Join(bin, "kube-apiserver"), filepath.Join(dir, "kube-apiserver.log"),
+	e.apiserver, err = testproc.Start("kube-apiserver", filepath.Join(bin, "kube-apiserver"), filepath.Join(dir, "kube-apiserver.log"), nil,
 		append(args, o.apiserverArgs...)...)
 	if err != nil {
 		return e, err
@@ -481,32 +420,25 @@ func etcdHealthy(base string) bool {
 	return resp.StatusCode == http.StatusOK && strings.Contains(string(b), `"health":"true"`)
 }
 
-// waitFor polls cond until it holds, p exits, or timeout passes.
-func waitFor(p *proc, timeout time.Duration, cond func() bool) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		if cond() {
-			return nil
+// waitFor waits for cond as testproc's WaitFor does, and says when p
+// exited because its port was taken (start retries with other ports).
+func waitFor(p *testproc.Proc, timeout time.Duration, cond func() bool) error {
+	err := p.WaitFor(timeout, cond)
+	select {
+	case <-p.Done():
+		if strings.Contains(testproc.ReadTail(p.LogPath, 0, 8<<10), "address already in use") {
+			return fmt.Errorf("%s exited: %w", p.Name, errAddrInUse)
 		}
-		select {
-		case <-p.done:
-			if strings.Contains(p.tail(), "address already in use") {
-				return fmt.Errorf("%s exited: %w", p.name, errAddrInUse)
-			}
-			return fmt.Errorf("%s exited early: %v", p.name, p.waitErr)
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after %s", p.name, timeout)
-		}
+	default:
 	}
+	return err
 }
 
 // stop stops the apiserver, then etcd.
 func (e *Env) stop() {
 	e.stopOnce.Do(func() {
-		e.apiserver.stop()
-		e.etcd.stop()
+		e.apiserver.Stop()
+		e.etcd.Stop()
 	})
 }
 
@@ -514,88 +446,14 @@ func (e *Env) stop() {
 func (e *Env) logTails(t testing.TB, etcdOff, apiOff int64) {
 	t.Helper()
 	for _, l := range []struct {
-		p   *proc
+		p   *testproc.Proc
 		off int64
 	}{{e.etcd, etcdOff}, {e.apiserver, apiOff}} {
 		if l.p == nil {
 			continue
 		}
-		t.Logf("kubeenv: ---- %s log (%s) ----\n%s", l.p.name, l.p.logPath, readTail(l.p.logPath, l.off, logTailBytes))
+		t.Logf("kubeenv: ---- %s log (%s) ----\n%s", l.p.Name, l.p.LogPath, testproc.ReadTail(l.p.LogPath, l.off, logTailBytes))
 	}
-}
-
-type proc struct {
-	name    string
-	logPath string
-	cmd     *exec.Cmd
-	done    chan struct{}
-	waitErr error
-}
-
-func startProc(name, path, logPath string, args ...string) (*proc, error) {
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(path, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	cmd.SysProcAttr = sysProcAttr()
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &proc{name: name, logPath: logPath, cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.waitErr = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// stop sends SIGTERM and kills the process if it has not exited after
-// stopTimeout. It is a no-op on a nil or exited process.
-func (p *proc) stop() {
-	if p == nil {
-		return
-	}
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(stopTimeout):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-// tail is the end of p's log, formatted for an error message.
-func (p *proc) tail() string {
-	if p == nil {
-		return ""
-	}
-	return fmt.Sprintf("\n---- %s log (%s) ----\n%s", p.name, p.logPath, readTail(p.logPath, 0, 8<<10))
-}
-
-func readTail(path string, from, limit int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return "(" + err.Error() + ")"
-	}
-	defer f.Close()
-	size := fileSize(path)
-	if size-from > limit {
-		from = size - limit
-	}
-	if _, err := f.Seek(from, io.SeekStart); err != nil {
-		return "(" + err.Error() + ")"
-	}
-	b, _ := io.ReadAll(f)
-	return string(b)
 }
 
 func fileSize(path string) int64 {

@@ -3,8 +3,6 @@ package kubeenv
 import (
 	"context"
 	"encoding/json"
-	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -101,18 +99,5 @@ func TestDiscoveryShared(t *testing.T) {
 	}
 	if k := jwks.Keys[0]; k.Kty != "EC" || k.Crv != "P-256" || k.Alg != "ES256" || k.Kid == "" {
 		t.Errorf("JWKS key = %+v, want an EC P-256 ES256 key with a kid", k)
-	}
-}
-
-func TestMissingBinaries(t *testing.T) {
-	t.Setenv(envBinDir, t.TempDir())
-	_, err := findBinaries()
-	if err == nil || !strings.Contains(err.Error(), "no executable kube-apiserver") {
-		t.Fatalf("findBinaries with an empty dir: err = %v", err)
-	}
-	t.Setenv(envBinDir, "")
-	if _, err := repoRoot(); err != nil {
-		wd, _ := os.Getwd()
-		t.Fatalf("repoRoot from %s: %v", wd, err)
 	}
 }

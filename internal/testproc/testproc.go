@@ -142,6 +142,7 @@ func (p *Proc) Done() <-chan struct{} { return p.done }
 func (p *Proc) Err() error { return p.waitErr }
 
 // WaitFor polls cond until it holds, the process exits, or timeout passes.
+// The error does not include the log: add Tail.
 func (p *Proc) WaitFor(timeout time.Duration, cond func() bool) error {
 	deadline := time.Now().Add(timeout)
 	for {
@@ -150,11 +151,11 @@ func (p *Proc) WaitFor(timeout time.Duration, cond func() bool) error {
 		}
 		select {
 		case <-p.done:
-			return fmt.Errorf("%s exited early: %v%s", p.Name, p.waitErr, p.Tail())
+			return fmt.Errorf("%s exited early: %v", p.Name, p.waitErr)
 		case <-time.After(50 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%s not ready after %s%s", p.Name, timeout, p.Tail())
+			return fmt.Errorf("%s not ready after %s", p.Name, timeout)
 		}
 	}
 }

@@ -103,7 +103,7 @@ func start(bin, dir string) (*Env, error) {
 	})
 	if err != nil {
 		e.Stop()
-		return nil, err
+		return nil, fmt.Errorf("%w%s", err, e.proc.Tail())
 	}
 	return e, nil
 }
