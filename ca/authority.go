@@ -90,6 +90,14 @@ type Config struct {
 	// root still verify leaves under the new one. Only for a root meshca
 	// holds (Parent nil). Default off.
 	RootRotationCrossSign bool
+	// Leader says whether this replica leads, and its term (a number that
+	// grows with each new leader, such as a Kubernetes Lease's
+	// leaderTransitions), when several replicas share Store. Only the
+	// leader takes the root rotation's scheduled steps and prunes; its
+	// writes are fenced by the term (store.CAState.LeaderFence), so a
+	// leader that lost its lease without knowing yet takes none once a
+	// newer one has written. Nil: this replica is alone, and leads.
+	Leader func() (term uint64, leading bool)
 	// Clock defaults to the wall clock.
 	Clock clock.Clock
 	// Logger defaults to discarding.

@@ -14,6 +14,11 @@ const (
 	retryMax   = time.Minute
 )
 
+// sharedEvery bounds Run's wait when several replicas share the store
+// (Config.Leader set): another replica's root rotation step, or this one
+// becoming the leader, is taken up within it.
+const sharedEvery = 30 * time.Second
+
 // Run is the CA's maintenance loop: it calls Rotate whenever it is due and
 // Prune hourly, and logs Warnings daily, until ctx ends. A failed rotation
 // (a parent such as Vault unreachable) is retried with backoff, from 10 s
@@ -30,7 +35,8 @@ func (a *Authority) Run(ctx context.Context) error {
 			}
 			lastWarn = now
 		}
-		if now := a.cfg.Clock.Now(); now.Sub(lastPrune) >= pruneEvery {
+		if _, leading := a.leading(); leading && a.cfg.Clock.Now().Sub(lastPrune) >= pruneEvery {
+			now := a.cfg.Clock.Now()
 			p, err := a.Prune(ctx)
 			if err != nil {
 				a.cfg.Logger.Error("pruning failed", "err", err)
@@ -45,6 +51,9 @@ func (a *Authority) Run(ctx context.Context) error {
 		wait := pruneEvery
 		if next := a.NextRotation(); !next.IsZero() {
 			wait = min(max(next.Sub(a.cfg.Clock.Now()), time.Second), pruneEvery)
+		}
+		if a.cfg.Leader != nil {
+			wait = min(wait, sharedEvery)
 		}
 		select {
 		case <-ctx.Done():

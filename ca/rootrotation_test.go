@@ -541,3 +541,38 @@ func TestRootRotationCrossSign(t *testing.T) {
 		}
 	})
 }
+
+// TestRootRotationLeaderFence: with several replicas, only the leader
+// takes the scheduled steps, and a leader whose term is older than one
+// that has written the state takes none (it lost its lease without
+// knowing); operators' requests are taken by any replica.
+func TestRootRotationLeaderFence(t *testing.T) {
+	clk := clocktest.New(t0)
+	st := storetest.NewMem()
+	leader := func(term uint64, leading bool) func(*ca.Config) {
+		return func(c *ca.Config) { c.Leader = func() (uint64, bool) { return term, leading } }
+	}
+	newer := newAuthority(t, st, clk, leader(7, true))
+	follower := newAuthority(t, st, clk, leader(7, false))
+	stale := newAuthority(t, st, clk, leader(6, true))
+	rotateRoot(t, follower, ca.RootRotationStart, "")
+	clk.Advance(25 * time.Hour) // past the overlap: the switch is due
+	for name, a := range map[string]*ca.Authority{"a follower": follower, "a stale leader": stale} {
+		if err := a.Rotate(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if p := phase(t, st); p != store.PhasePrepared {
+			t.Fatalf("%s took the switch (phase %s)", name, p)
+		}
+	}
+	if err := newer.Rotate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if p := phase(t, st); p != store.PhaseSwitched {
+		t.Fatalf("the leader did not take the switch (phase %s)", p)
+	}
+	s, err := st.LoadCAState(context.Background())
+	if err != nil || s.LeaderFence != 7 {
+		t.Fatalf("fence %d, want the leader's term 7", s.LeaderFence)
+	}
+}

@@ -77,7 +77,13 @@ func (a *Authority) update(ctx context.Context, op func(st *store.CAState, now t
 	}
 	// A root step that cannot be taken now (the staged parent unreadable)
 	// must not stop the intermediates' rotation: it is retried.
-	staged, stepErr := a.rootStep(ctx, st, now)
+	var (
+		staged  Parent
+		stepErr error
+	)
+	if a.fenced(st) {
+		staged, stepErr = a.rootStep(ctx, st, now)
+	}
 	tr, err := a.trustFor(ctx, st, now, staged)
 	if err != nil {
 		return err
@@ -109,6 +115,30 @@ func (a *Authority) update(ctx context.Context, op func(st *store.CAState, now t
 	}
 	a.lastErr.Store(nil)
 	return nil
+}
+
+// fenced reports whether this replica may take scheduled steps on st: it
+// leads, and no newer leader has written st. A leader's first update
+// under a term raises st's fence to it.
+func (a *Authority) fenced(st *store.CAState) bool {
+	term, leading := a.leading()
+	switch {
+	case !leading:
+		return false
+	case st.LeaderFence > term:
+		a.cfg.Logger.Warn("a newer leader has taken over: this replica takes no scheduled step", "term", term, "fence", st.LeaderFence)
+		return false
+	}
+	st.LeaderFence = term
+	return true
+}
+
+// leading is Config.Leader, or (0, true) for a replica alone.
+func (a *Authority) leading() (uint64, bool) {
+	if a.cfg.Leader == nil {
+		return 0, true
+	}
+	return a.cfg.Leader()
 }
 
 // laterError is an update's error about a step that could not be taken

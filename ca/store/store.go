@@ -75,6 +75,10 @@ type CAState struct {
 	// RootRotation is the root rotation in progress, or the last one
 	// completed; nil when none ever started (or the last was aborted).
 	RootRotation *RootRotation `json:"root_rotation,omitempty"`
+	// LeaderFence is the highest leader term (ca.Config.Leader) that has
+	// written this state: a replica whose term is lower lost its lease,
+	// perhaps without knowing yet, and takes no scheduled step.
+	LeaderFence uint64 `json:"leader_fence,omitempty"`
 	// RevokedIntermediates were retired by an emergency rotation:
 	// certificates they signed may no longer renew. Each is kept until it
 	// expires.
