@@ -90,6 +90,14 @@ type Config struct {
 	// root still verify leaves under the new one. Only for a root meshca
 	// holds (Parent nil). Default off.
 	RootRotationCrossSign bool
+	// Replica, when set, names this replica among several that share
+	// Store: it makes its own intermediates and keeps their keys in memory
+	// only (a restart makes a new one), recording the certificates in
+	// store.CAState.ReplicaIntermediates. It needs a root no replica holds
+	// a key of in the store: Parent (cacerts, Vault PKI) or RootKeys
+	// (Vault Transit). Empty: the intermediates are kept, sealed, in
+	// Store.
+	Replica string
 	// Leader says whether this replica leads, and its term (a number that
 	// grows with each new leader, such as a Kubernetes Lease's
 	// leaderTransitions), when several replicas share Store. Only the
@@ -164,6 +172,8 @@ func (c *Config) setDefaults() error {
 	switch {
 	case c.NextParent != nil && c.Parent == nil:
 		return errors.New("ca: a staged next parent needs a parent (--cacerts-dir, --vault-pki-path): a self-signed root is rotated by making a new one")
+	case c.Replica != "" && c.Parent == nil && c.RootKeys == nil:
+		return errors.New("ca: replicas sharing a store need a root whose key no replica keeps in it: Vault (--vault-addr) or Istio cacerts (--cacerts-dir)")
 	case c.RootKeys != nil && c.Parent != nil:
 		return errors.New("ca: a root key manager (Vault Transit) makes a self-signed root: it cannot be combined with a parent CA (--cacerts-dir, Vault PKI)")
 	}
@@ -211,6 +221,9 @@ type Authority struct {
 	// health remembers a failed store write until the store takes one
 	// again (see Ready).
 	health storeHealth
+	// local holds this replica's intermediates (Config.Replica), keys in
+	// memory only; under rotateMu.
+	local store.CAState
 }
 
 // trust is what the Authority trusts and signs under at one point of its

@@ -19,24 +19,36 @@ import (
 // Kubernetes token; a new join token outside Kubernetes). Peers still
 // accept the certificates it signed until they expire: to stop that, rotate
 // the root. It returns the revoked intermediate and the new one. In direct
-// mode there is no intermediate, and it is refused with ErrRotation.
+// mode there is no intermediate, and it is refused with ErrRotation. With
+// several replicas (Config.Replica), every replica's intermediates are
+// revoked: each replaces its own at its next look at the shared state.
 func (a *Authority) RotateIntermediateNow(ctx context.Context, reason string) (revoked, active *x509.Certificate, err error) {
 	a.rotateMu.Lock()
 	defer a.rotateMu.Unlock()
 	err = a.update(ctx, func(st *store.CAState, now time.Time) error {
-		if tr := a.trust.Load(); tr == nil || tr.direct || st.Active == nil {
+		held := st
+		if a.cfg.Replica != "" {
+			held = &a.local
+		}
+		if tr := a.trust.Load(); tr == nil || tr.direct || held.Active == nil {
 			return fmt.Errorf("%w: no meshca intermediate signs leaves: the cacerts CA certificate does (direct mode); to replace it, rotate the root with a staged directory", ErrRotation)
 		}
 		var err error
-		if revoked, err = x509.ParseCertificate(st.Active.CertDER); err != nil {
+		if revoked, err = x509.ParseCertificate(held.Active.CertDER); err != nil {
 			return fmt.Errorf("ca: stored intermediate: %w", err)
 		}
-		for _, k := range []*store.CAKey{st.Active, st.Next} {
-			if k != nil {
-				st.RevokedIntermediates = append(st.RevokedIntermediates, store.RevokedCA{CertDER: k.CertDER, RevokedAt: now, Reason: reason})
+		ders := [][]byte{keyCert(held.Active), keyCert(held.Next)}
+		for _, r := range st.ReplicaIntermediates {
+			ders = append(ders, r.CertDER)
+		}
+		seen := map[string]bool{}
+		for _, der := range ders {
+			if der != nil && !seen[string(der)] {
+				seen[string(der)] = true
+				st.RevokedIntermediates = append(st.RevokedIntermediates, store.RevokedCA{CertDER: der, RevokedAt: now, Reason: reason})
 			}
 		}
-		st.Active, st.Next = nil, nil // update makes a fresh one
+		st.Active, st.Next = nil, nil // update makes a fresh one (a replica: its revoked ones are unusable)
 		return nil
 	})
 	if err != nil && !isLater(err) {
@@ -68,6 +80,12 @@ func revokedFrom(list []store.RevokedCA) *revokedCAs {
 		}
 	}
 	return r
+}
+
+// has reports whether c's key is revoked.
+func (r *revokedCAs) has(c *x509.Certificate) bool {
+	_, ok := r.byKey[sha256.Sum256(c.RawSubjectPublicKeyInfo)]
+	return ok
 }
 
 // check returns the revoked CA among the certificates of chain above its

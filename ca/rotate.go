@@ -2,6 +2,7 @@ package ca
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -9,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
@@ -88,9 +90,22 @@ func (a *Authority) update(ctx context.Context, op func(st *store.CAState, now t
 	if err != nil {
 		return err
 	}
-	active, next, prepareErr, err := a.intermediates(ctx, st, tr, now)
+	// A replica among several keeps its intermediates to itself: they are
+	// brought up to date in a view of its own, and only their certificates
+	// go into the shared state.
+	slots := st
+	if a.cfg.Replica != "" {
+		slots = &store.CAState{Active: a.local.Active, Next: a.local.Next, RootRotation: st.RootRotation, RevokedIntermediates: st.RevokedIntermediates}
+	}
+	active, next, prepareErr, err := a.intermediates(ctx, slots, tr, now)
 	if err != nil {
 		return err
+	}
+	if a.cfg.Replica != "" {
+		// Kept even if the save below fails: the retry records them
+		// instead of asking the parent again.
+		a.local.Active, a.local.Next = slots.Active, slots.Next
+		recordReplica(st, a.cfg.Replica, slots, now)
 	}
 	pruneRevoked(st, now)
 	after, err := json.Marshal(st)
@@ -162,6 +177,7 @@ func (a *Authority) intermediates(ctx context.Context, st *store.CAState, tr *tr
 		return s, false, nil, err
 	}
 	cross := crossRoot(st)
+	revoked := revokedFrom(st.RevokedIntermediates)
 	usable := func(k *store.CAKey) (*signingCA, bool) {
 		if k == nil {
 			return nil, false
@@ -169,6 +185,9 @@ func (a *Authority) intermediates(ctx context.Context, st *store.CAState, tr *tr
 		s, err := a.signingCAFrom(k, tr.parent, cross)
 		if err != nil {
 			a.cfg.Logger.Warn("discarding stored intermediate", "err", err)
+			return nil, false
+		}
+		if revoked.has(s.cert) { // an emergency rotation, perhaps on another replica
 			return nil, false
 		}
 		// An intermediate is of no use once it cannot cover a default leaf.
@@ -203,6 +222,40 @@ func (a *Authority) intermediates(ctx context.Context, st *store.CAState, tr *tr
 		prepareErr = fmt.Errorf("ca: preparing the next intermediate: %w", prepareErr)
 	}
 	return act, nxt != nil, prepareErr, nil
+}
+
+// recordReplica writes replica's intermediates (in slots) into the shared
+// state st, keeping the other replicas' records that have not expired, in
+// a stable order (an unchanged state is not written again).
+func recordReplica(st *store.CAState, replica string, slots *store.CAState, now time.Time) {
+	since := map[string]time.Time{}
+	var kept []store.ReplicaCA
+	for _, r := range st.ReplicaIntermediates {
+		if r.Replica == replica {
+			since[string(r.CertDER)] = r.Since
+			continue
+		}
+		if c, err := x509.ParseCertificate(r.CertDER); err == nil && now.Before(c.NotAfter) {
+			kept = append(kept, r)
+		}
+	}
+	for _, s := range []struct {
+		state string
+		k     *store.CAKey
+	}{{"active", slots.Active}, {"next", slots.Next}} {
+		if s.k == nil {
+			continue
+		}
+		t, ok := since[string(s.k.CertDER)]
+		if !ok {
+			t = now
+		}
+		kept = append(kept, store.ReplicaCA{Replica: replica, State: s.state, CertDER: s.k.CertDER, Since: t})
+	}
+	slices.SortFunc(kept, func(x, y store.ReplicaCA) int {
+		return cmp.Or(cmp.Compare(x.Replica, y.Replica), cmp.Compare(x.State, y.State))
+	})
+	st.ReplicaIntermediates = kept
 }
 
 // apply puts a saved state into effect: the trust first, so that a Sign

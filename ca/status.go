@@ -30,7 +30,8 @@ type Status struct {
 	// Parent is the certificate that signs intermediates (in direct mode,
 	// leaves) when it is not a root: a cacerts ca-cert.pem.
 	Parent *CertStatus `json:"parent,omitempty"`
-	// Intermediates are meshca's own: State is "active", "next"
+	// Intermediates are meshca's own (with several replicas, each
+	// replica's, named by Replica): State is "active", "next"
 	// (prepared, activated at next_intermediate_rotation), "cross-signed"
 	// (the active or next one certified by the old root during a
 	// cross-signing root rotation), "old" (signed
@@ -57,6 +58,9 @@ type CertStatus struct {
 	FingerprintSHA256 string    `json:"fingerprint_sha256"`
 	NotBefore         time.Time `json:"not_before"`
 	NotAfter          time.Time `json:"not_after"`
+	// Replica names the replica that holds an intermediate, when several
+	// share the store.
+	Replica string `json:"replica,omitempty"`
 	// Key says where a root's private key is, for a root meshca made:
 	// "store" (sealed in the data file) or "vault-transit:<mount>/keys/
 	// <name>:v<version>"; absent for a root it was given (cacerts, Vault
@@ -141,6 +145,13 @@ func (a *Authority) Status(ctx context.Context) (*Status, error) {
 			})
 		}
 		out.RootRotation = rootRotationStatus(rr)
+	}
+	for _, r := range st.ReplicaIntermediates {
+		if c, err := x509.ParseCertificate(r.CertDER); err == nil && !tr.direct {
+			cs := CertStatusOf(r.State, c)
+			cs.Replica = r.Replica
+			out.Intermediates = append(out.Intermediates, cs)
+		}
 	}
 	if !tr.direct {
 		out.Intermediates = appendDER(out.Intermediates, "active", [][]byte{keyCert(st.Active)}, nil)

@@ -198,6 +198,10 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 		return nil, err
 	}
 	undo = append(undo, func() { _ = st.Close() }) // the start-up error is the one to report
+	if st.replica != "" {
+		log = log.With("replica", st.replica)
+		log.Info("the store is shared: this replica makes its own intermediate and keeps its key in memory")
+	}
 	root, err := cfg.caRoot(ctx, reg)
 	if err != nil {
 		return nil, err
@@ -206,7 +210,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 		TrustDomain: cfg.TrustDomain, Store: st, Parent: root.parent, NextParent: root.next, RootKeys: root.keys,
 		RootRotationOverlap: cfg.RootRotationOverlap, RootRotationCrossSign: cfg.RootRotationCrossSign, KeyType: cfg.KeyType, KEK: cfg.KEK,
 		RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL,
-		Retention: cfg.Retention, Clock: cfg.Clock, Logger: log, Metrics: metrics.NewCA(reg),
+		Retention: cfg.Retention, Replica: st.replica, Clock: cfg.Clock, Logger: log, Metrics: metrics.NewCA(reg),
 	})
 	if err != nil {
 		return nil, err

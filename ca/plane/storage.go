@@ -2,6 +2,8 @@ package plane
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -84,6 +86,22 @@ type openedStore struct {
 	// ready, when set, is part of /readyz: a shared store is probed for
 	// itself, since a lost database may not show in a failed write first.
 	ready func(context.Context) error
+	// replica names this replica when the store is shared (PostgreSQL):
+	// it then keeps its own intermediates (ca.Config.Replica).
+	replica string
+}
+
+// replicaName names a replica sharing the store: its host name (the pod's
+// name in Kubernetes) and a random suffix, new at each start, since a
+// restarted replica holds a new intermediate.
+func replicaName() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "meshca"
+	}
+	b := make([]byte, 3)
+	_, _ = rand.Read(b) // crypto/rand does not fail
+	return host + "-" + hex.EncodeToString(b)
 }
 
 // openStore opens the store c.Storage names. reg receives its metrics: the
@@ -105,7 +123,7 @@ func (c *Config) openStore(ctx context.Context, reg prometheus.Registerer, log *
 	if err != nil {
 		return nil, err
 	}
-	return &openedStore{Store: st, where: st.Target(), ready: throttledPing(st, c.Clock, pgStoreReadyEvery)}, nil
+	return &openedStore{Store: st, where: st.Target(), ready: throttledPing(st, c.Clock, pgStoreReadyEvery), replica: replicaName()}, nil
 }
 
 // throttledPing pings s at most once per every and otherwise answers as

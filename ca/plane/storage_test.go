@@ -3,20 +3,24 @@ package plane
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 
 	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock/clocktest"
 	"github.com/meshca/meshca/internal/pgenv"
+	"github.com/meshca/meshca/internal/testca"
 )
 
 func TestStorageDSN(t *testing.T) {
@@ -84,9 +88,12 @@ func (s *syncBuffer) String() string {
 }
 
 // TestPostgresReplicas: two planes started together on one PostgreSQL
-// database share the CA (one root) and the issuance log; while the database is down a CSR is
+// database, under one Istio cacerts root, share the root and the issuance
+// log, and each signs with its own intermediate, recorded with its name,
+// its key nowhere in the database; while the database is down a CSR is
 // refused with Unavailable and /readyz fails, and both recover when it is
-// back. The password is in no log line.
+// back. The password is in no log line. A self-signed root, whose key
+// would be in the database, is refused.
 func TestPostgresReplicas(t *testing.T) {
 	srv := pgenv.Start(t)
 	ctx := context.Background()
@@ -96,13 +103,24 @@ func TestPostgresReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 	web := spiffeid.RequireFromPath(td, "/ns/shop/sa/web")
+	c := testca.NewIstioCACerts(t, testca.IstioOptions{CACert: func(tmpl *x509.Certificate) { tmpl.MaxPathLen, tmpl.MaxPathLenZero = 1, false }})
+	cacerts := t.TempDir()
+	c.Write(t, cacerts)
+	parent, err := ca.LoadCACerts(cacerts, time.Now(), ca.CACertsOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Start(ctx, Config{TrustDomain: td, DataDir: t.TempDir(), Storage: Storage{Store: dsn}, Kubernetes: Kubernetes{Deny: []string{}}}); err == nil ||
+		!strings.Contains(err.Error(), "need a root whose key no replica keeps") {
+		t.Fatalf("a self-signed root on a shared store: %v", err)
+	}
 	var logs syncBuffer
 	// Both start at once on the empty database: one creates the CA, the
 	// other loses the compare-and-swap and takes its state.
 	planes := make([]*Plane, 2)
 	var wg sync.WaitGroup
 	for i, s := range []Storage{{DSNFile: dsnFile}, {Store: dsn}} {
-		cfg := Config{TrustDomain: td, DataDir: t.TempDir(), Storage: s,
+		cfg := Config{TrustDomain: td, DataDir: t.TempDir(), Storage: s, Parent: parent,
 			GRPCAddr: "127.0.0.1:0", MonitorAddr: "127.0.0.1:0", Kubernetes: Kubernetes{Deny: []string{}},
 			Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 			Extra:  []attestor.Attestor{attestor.NewStaticTokens(map[string]spiffeid.ID{"web-token": web})}}
@@ -123,6 +141,13 @@ func TestPostgresReplicas(t *testing.T) {
 	a, b := planes[0], planes[1]
 	if !bytes.Equal(a.Authority().RootsPEM(), b.Authority().RootsPEM()) {
 		t.Fatal("the replicas have different roots")
+	}
+	if a.Authority().SigningCertificate().Equal(b.Authority().SigningCertificate()) {
+		t.Fatal("the replicas share an intermediate")
+	}
+	status, err := a.Authority().Status(ctx)
+	if err != nil || len(status.Intermediates) != 2 || status.Intermediates[0].Replica == "" || status.Intermediates[0].Replica == status.Intermediates[1].Replica {
+		t.Fatalf("status: %+v, %v; want each replica's intermediate with its name", status.Intermediates, err)
 	}
 	leaf, err := sign(t, a, web, "web-token", nil)
 	if err != nil {

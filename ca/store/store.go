@@ -75,6 +75,11 @@ type CAState struct {
 	// RootRotation is the root rotation in progress, or the last one
 	// completed; nil when none ever started (or the last was aborted).
 	RootRotation *RootRotation `json:"root_rotation,omitempty"`
+	// ReplicaIntermediates are, when several replicas share the store, the
+	// intermediates each holds: every replica makes its own, whose key
+	// never leaves it (Active and Next are then unused). Public records
+	// only, kept until they expire.
+	ReplicaIntermediates []ReplicaCA `json:"replica_intermediates,omitempty"`
 	// LeaderFence is the highest leader term (ca.Config.Leader) that has
 	// written this state: a replica whose term is lower lost its lease,
 	// perhaps without knowing yet, and takes no scheduled step.
@@ -133,6 +138,18 @@ type RootRotation struct {
 	RetireAfter time.Time `json:"retire_after,omitzero"`
 	// CompletedAt is when the old roots stopped being trusted.
 	CompletedAt time.Time `json:"completed_at,omitzero"`
+}
+
+// ReplicaCA records an intermediate one replica holds (its key is in that
+// replica's memory only).
+type ReplicaCA struct {
+	// Replica names the replica (its host name and a per-start suffix).
+	Replica string `json:"replica"`
+	// State is "active" (signs leaves) or "next" (prepared).
+	State   string `json:"state"`
+	CertDER []byte `json:"cert"`
+	// Since is when the record was first written.
+	Since time.Time `json:"since"`
 }
 
 // RevokedCA is an intermediate replaced by an emergency rotation.
