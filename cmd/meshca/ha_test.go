@@ -1,0 +1,277 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/meshca/meshca/ca/adminclient"
+	"github.com/meshca/meshca/ca/client"
+	"github.com/meshca/meshca/ca/server"
+	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/pgenv"
+	"github.com/meshca/meshca/internal/pki"
+	"github.com/meshca/meshca/internal/testca"
+)
+
+// runMainEnv, set to 1, makes the test binary run meshca's main with its
+// arguments instead of the tests: the server processes of the HA tests.
+const runMainEnv = "MESHCA_TEST_RUN_MAIN"
+
+func TestMain(m *testing.M) {
+	if os.Getenv(runMainEnv) == "1" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+// lockedBuffer is a bytes.Buffer safe for a process writing and a test
+// reading.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// serverProc is a `meshca server` process.
+type serverProc struct {
+	cmd        *exec.Cmd
+	logs       lockedBuffer
+	grpc, http string
+	done       chan struct{}
+}
+
+var listeningRE = regexp.MustCompile(`msg=listening .*api=(\S+) addr=(\S+)`)
+
+// startServerProc runs `meshca server args...` as its own process (the
+// test binary running main) and waits until its gRPC and HTTPS listeners
+// are up. It is killed when t ends.
+func startServerProc(t *testing.T, args ...string) *serverProc {
+	t.Helper()
+	p := &serverProc{done: make(chan struct{})}
+	p.cmd = exec.Command(os.Args[0], append([]string{"server", "--log-format", "text"}, args...)...) // #nosec G204 -- the test binary itself
+	p.cmd.Env = append(os.Environ(), runMainEnv+"=1")
+	p.cmd.Stdout, p.cmd.Stderr = &p.logs, &p.logs
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("server %d output:\n%s", p.cmd.Process.Pid, p.logs.String())
+		}
+	})
+	clocktest.Eventually(t, "the server process listens", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("the server exited:\n%s", p.logs.String())
+		default:
+		}
+		for _, m := range listeningRE.FindAllStringSubmatch(p.logs.String(), -1) {
+			switch m[1] {
+			case "grpc":
+				p.grpc = m[2]
+			case "https":
+				p.http = m[2]
+			}
+		}
+		return p.grpc != "" && p.http != ""
+	})
+	return p
+}
+
+// TestHAServerProcesses runs two `meshca server` processes on one
+// PostgreSQL database under one Istio cacerts root: a join token created on
+// A is consumed on B and refused as a replay on A; a revocation made on A
+// is enforced by B; `meshca audit issued` against A lists what B issued;
+// 1,000 concurrent uses of 100 join tokens split across both succeed
+// exactly once per token.
+func TestHAServerProcesses(t *testing.T) {
+	pg := pgenv.Start(t)
+	dir := t.TempDir()
+	dsnFile := filepath.Join(dir, "dsn")
+	if err := os.WriteFile(dsnFile, []byte(pg.NewDatabase(t)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cacerts := filepath.Join(dir, "cacerts")
+	c := testca.NewIstioCACerts(t, testca.IstioOptions{CACert: func(tmpl *x509.Certificate) { tmpl.MaxPathLen, tmpl.MaxPathLenZero = 1, false }})
+	if err := os.Mkdir(cacerts, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	c.Write(t, cacerts)
+	tokenFile := filepath.Join(dir, "admin-token")
+	if err := os.WriteFile(tokenFile, []byte("ha-test-admin-token-0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	common := []string{"--trust-domain", "example.org", "--store-dsn-file", dsnFile, "--cacerts-dir", cacerts,
+		"--admin-token-file", tokenFile, "--grpc-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0", "--monitoring-listen", "",
+		// 900 replays come from this one address: the per-address budget
+		// of failed attempts would rightly refuse most of them.
+		"--unauthenticated-rate", "-1"}
+	a := startServerProc(t, append([]string{"--data-dir", filepath.Join(dir, "a")}, common...)...)
+	b := startServerProc(t, append([]string{"--data-dir", filepath.Join(dir, "b")}, common...)...)
+
+	rootFile := filepath.Join(cacerts, "root-cert.pem")
+	roots := x509.NewCertPool()
+	roots.AddCert(c.Root)
+	ctx := context.Background()
+	admin := func(p *serverProc) *adminclient.Client {
+		ac, err := adminclient.New(adminclient.Config{Addr: p.http, CAFile: rootFile, TokenFile: tokenFile})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ac
+	}
+	csrClient := func(p *serverProc) *client.Client {
+		cl, err := client.New(client.Config{Addr: p.grpc, Roots: roots, ServerName: "localhost"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		return cl
+	}
+	ca, cb := csrClient(a), csrClient(b)
+	id := spiffeid.RequireFromString("spiffe://example.org/vm/db-1")
+	key, err := pki.GenerateKey(pki.KeyECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := client.NewCSR(key, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A join token created on A, used on B, replayed on A.
+	jt, err := admin(a).CreateJoinToken(ctx, server.JoinTokenRequest{SPIFFEID: id.String(), TTL: "1h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := cb.Sign(ctx, csr, time.Hour, jt.Token)
+	if err != nil {
+		t.Fatalf("the token on B: %v", err)
+	}
+	if _, err := ca.Sign(ctx, csr, time.Hour, jt.Token); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("the token replayed on A: %v, want Unauthenticated", err)
+	}
+	leaf, err := pki.ParseCertificate(chain[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// `meshca audit issued` against A counts B's certificate; A's log has
+	// its record.
+	var out, errOut bytes.Buffer
+	if code := run([]string{"audit", "issued", "--server", a.http, "--ca-file", rootFile, "--admin-token-file", tokenFile, "-o", "json"}, &out, &errOut); code != 0 ||
+		!strings.Contains(out.String(), `"spiffe_id": "`+id.String()+`",
+      "issued": 1,`) {
+		t.Fatalf("meshca audit issued against A: %d\n%s%s\nwant the identity B issued, once", code, out.String(), errOut.String())
+	}
+	recs, err := admin(a).Issuances(ctx, id.String(), time.Hour)
+	if err != nil || len(recs.Issuances) != 1 || recs.Issuances[0].Serial != leaf.SerialNumber.Text(16) {
+		t.Fatalf("A's log: %+v, %v; want B's serial %s", recs, err, leaf.SerialNumber.Text(16))
+	}
+
+	// Revoked on A, refused on B: renewal over mTLS with the certificate.
+	cert := &tls.Certificate{PrivateKey: key}
+	for _, p := range chain[:len(chain)-1] { // the last element is the bundle
+		c, err := pki.ParseCertificate(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert.Certificate = append(cert.Certificate, c.Raw)
+	}
+	renewB, err := client.New(client.Config{Addr: b.grpc, Roots: roots, ServerName: "localhost",
+		ClientCertificate: func() (*tls.Certificate, error) { return cert, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer renewB.Close()
+	if _, err := renewB.Sign(ctx, csr, time.Hour, ""); err != nil {
+		t.Fatalf("renewal on B before the revocation: %v", err)
+	}
+	if _, err := admin(a).Revoke(ctx, server.RevokeRequest{Serial: leaf.SerialNumber.Text(16), Reason: "ha test"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := renewB.Sign(ctx, csr, time.Hour, ""); status.Code(err) == codes.OK {
+		t.Fatal("B renewed a certificate revoked on A")
+	}
+
+	// 1,000 concurrent uses of 100 tokens across both replicas.
+	const tokens, uses = 100, 10
+	toks := make([]string, tokens)
+	for i := range toks {
+		r, err := admin(a).CreateJoinToken(ctx, server.JoinTokenRequest{SPIFFEID: fmt.Sprintf("spiffe://example.org/vm/n-%d", i), TTL: "1h"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		toks[i] = r.Token
+	}
+	var (
+		wins    [tokens]atomic.Int32
+		other   atomic.Int32
+		wg      sync.WaitGroup
+		limiter = make(chan struct{}, 64)
+	)
+	for i := range tokens * uses {
+		wg.Go(func() {
+			limiter <- struct{}{}
+			defer func() { <-limiter }()
+			n := i % tokens
+			cl := ca
+			if i%2 == 1 {
+				cl = cb
+			}
+			csr, err := client.NewCSR(key, spiffeid.RequireFromString(fmt.Sprintf("spiffe://example.org/vm/n-%d", n)))
+			if err != nil {
+				other.Add(1)
+				return
+			}
+			_, err = cl.Sign(ctx, csr, time.Hour, toks[n])
+			switch code := status.Code(err); {
+			case err == nil:
+				wins[n].Add(1)
+			case code != codes.Unauthenticated && !errors.Is(err, context.Canceled):
+				other.Add(1)
+				t.Logf("use %d: %v", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	for n := range wins {
+		if w := wins[n].Load(); w != 1 {
+			t.Errorf("token %d used %d times, want exactly once", n, w)
+		}
+	}
+	if n := other.Load(); n != 0 {
+		t.Errorf("%d uses failed otherwise than as replays", n)
+	}
+}
