@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
-	"net/url"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,80 +23,6 @@ import (
 // These tests run against a real kube-apiserver and etcd (make testenv),
 // which serves ClusterTrustBundles for the bundle's publishers.
 func TestMain(m *testing.M) { kubeenv.Main(m, kubeenv.ClusterTrustBundles()) }
-
-// forwarder relays TCP connections to the API server, so a test can cut
-// the CA off from it (stop) as a network failure or an apiserver outage
-// would, without stopping the apiserver other tests share; or hold the
-// connections it accepts until release, as an API server slow to answer.
-type forwarder struct {
-	ln      net.Listener
-	target  string
-	release func()
-	open    chan struct{} // closed: connections are relayed
-
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func forward(t *testing.T, target string) *forwarder {
-	f := forwardHeld(t, target)
-	f.release()
-	return f
-}
-
-// forwardHeld is forward with the connections held until release.
-func forwardHeld(t *testing.T, target string) *forwarder {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := &forwarder{ln: ln, target: target, open: make(chan struct{})}
-	f.release = sync.OnceFunc(func() { close(f.open) })
-	go f.serve()
-	t.Cleanup(f.stop)
-	return f
-}
-
-func (f *forwarder) serve() {
-	for {
-		c, err := f.ln.Accept()
-		if err != nil {
-			return
-		}
-		f.mu.Lock()
-		f.conns = append(f.conns, c)
-		f.mu.Unlock()
-		go f.relay(c)
-	}
-}
-
-func (f *forwarder) relay(c net.Conn) {
-	<-f.open
-	up, err := net.Dial("tcp", f.target)
-	if err != nil {
-		c.Close()
-		return
-	}
-	f.mu.Lock()
-	f.conns = append(f.conns, up)
-	f.mu.Unlock()
-	go func() { io.Copy(up, c); up.Close() }()
-	io.Copy(c, up)
-	c.Close()
-}
-
-// stop refuses new connections and cuts the open ones.
-func (f *forwarder) stop() {
-	f.release()
-	f.ln.Close()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	for _, c := range f.conns {
-		c.Close()
-	}
-	f.conns = nil
-}
 
 // kubeconfig writes a kubeconfig for env's API server reached at addr.
 func kubeconfig(t *testing.T, env *kubeenv.Env, addr string) string {
@@ -135,12 +58,8 @@ func TestRenewalAdmissionAgainstAPIServer(t *testing.T) {
 	for _, sa := range []string{"kept", "gone", "unseen"} {
 		env.CreateServiceAccount(t, ns, sa)
 	}
-	host, err := url.Parse(env.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fw := forward(t, host.Host)
-	p, _ := startTest(t, t.TempDir(), Kubernetes{Mode: K8sTokenReview, Kubeconfig: kubeconfig(t, env, fw.ln.Addr().String()), Deny: []string{}})
+	fw := env.Forward(t)
+	p, _ := startTest(t, t.TempDir(), Kubernetes{Mode: K8sTokenReview, Kubeconfig: kubeconfig(t, env, fw.Addr()), Deny: []string{}})
 
 	issue := func(sa string) (spiffeid.ID, *svid) {
 		t.Helper()
@@ -155,7 +74,8 @@ func TestRenewalAdmissionAgainstAPIServer(t *testing.T) {
 	gone, goneSVID := issue("gone")
 	unseen, unseenSVID := issue("unseen")
 
-	if keptSVID, err = sign(t, p, kept, "", keptSVID); err != nil {
+	keptSVID, err := sign(t, p, kept, "", keptSVID)
+	if err != nil {
 		t.Fatalf("renewal of an existing ServiceAccount: %v", err)
 	}
 
@@ -165,7 +85,7 @@ func TestRenewalAdmissionAgainstAPIServer(t *testing.T) {
 	_, err = sign(t, p, gone, "", goneSVID)
 	wantCode(t, "renewal after the ServiceAccount was deleted", err, codes.PermissionDenied, "ServiceAccount renewal/gone no longer exists")
 
-	fw.stop() // the API server is unreachable from now on
+	fw.Stop() // the API server is unreachable from now on
 	if _, err := sign(t, p, kept, "", keptSVID); err != nil {
 		t.Fatalf("renewal while the API server is unreachable, ServiceAccount seen before: %v", err)
 	}
@@ -201,13 +121,9 @@ func TestInformerModeAgainstAPIServer(t *testing.T) {
 	env.CreateServiceAccount(t, ns, "bar")
 	token := env.Token(t, ns, "bar", []string{"meshca"}, time.Hour)
 	id := spiffeid.RequireFromPath(td, "/ns/"+ns+"/sa/bar")
-	host, err := url.Parse(env.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fw := forwardHeld(t, host.Host)
+	fw := env.ForwardHeld(t)
 	p, err := Start(ctx, Config{TrustDomain: td, DataDir: t.TempDir(), GRPCAddr: "127.0.0.1:0", MonitorAddr: "127.0.0.1:0",
-		Kubernetes: Kubernetes{Mode: K8sInformer, Kubeconfig: kubeconfig(t, env, fw.ln.Addr().String())}})
+		Kubernetes: Kubernetes{Mode: K8sInformer, Kubeconfig: kubeconfig(t, env, fw.Addr())}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +135,7 @@ func TestInformerModeAgainstAPIServer(t *testing.T) {
 	_, err = sign(t, p, id, token, nil)
 	wantCode(t, "CSR before the informers synced", err, codes.Unavailable, "retry later")
 
-	fw.release()
+	fw.Release()
 	deadline := time.Now().Add(20 * time.Second)
 	for code, body := readyz(t, p); code != http.StatusOK; code, body = readyz(t, p) {
 		if time.Now().After(deadline) {

@@ -392,3 +392,38 @@ func (m *Store) Checkpointed(records int, took time.Duration) {
 	m.checkpoint.Observe(took.Seconds())
 	m.checkpoints.Add(float64(records))
 }
+
+// Leader implements leader.Metrics: this replica's part in the election of
+// one leader among replicas (--leader-elect).
+type Leader struct {
+	leading     prometheus.Gauge
+	transitions prometheus.Counter
+}
+
+// NewLeader registers the leader elector's collectors on reg.
+func NewLeader(reg prometheus.Registerer) *Leader {
+	m := &Leader{
+		leading: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "meshca_leader",
+			Help: "1 while this replica holds the leader Lease and runs the leader's jobs (root rotation steps, pruning, bundle ConfigMaps and ClusterTrustBundle), else 0.",
+		}),
+		transitions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshca_leader_transitions_total",
+			Help: "Changes of the leader Lease's holder to a new leader that this replica observed (its first observation included); a steady rise means leadership flaps.",
+		}),
+	}
+	reg.MustRegister(m.leading, m.transitions)
+	return m
+}
+
+// Leading implements leader.Metrics.
+func (m *Leader) Leading(leading bool) {
+	if leading {
+		m.leading.Set(1)
+		return
+	}
+	m.leading.Set(0)
+}
+
+// NewLeader implements leader.Metrics.
+func (m *Leader) NewLeader() { m.transitions.Inc() }
