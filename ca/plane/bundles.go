@@ -26,10 +26,9 @@ import (
 type bundles struct {
 	// endpoint serves on every replica: it only reads.
 	endpoint *endpoint.Server
-	// writers write Kubernetes objects. Each Run can be started and
-	// stopped by a leader elector (the HA issue); until then every replica
-	// runs them, which their idempotent writes make safe.
-	writers []func(context.Context) error
+	// writers write Kubernetes objects, by what they write: with leader
+	// election only the leader runs them.
+	writers map[string]func(context.Context) error
 }
 
 // startBundles builds the publishers Config.Bundles asks for and starts
@@ -38,7 +37,7 @@ type bundles struct {
 func (c *Config) startBundles(auth *ca.Authority, reg prometheus.Registerer) (*bundles, error) {
 	b := c.Bundles
 	m := metrics.NewBundle(reg)
-	out := &bundles{}
+	out := &bundles{writers: map[string]func(context.Context) error{}}
 	if b.ConfigMap != "" || b.ClusterTrustBundleSigner != "" {
 		client, err := c.bundleClient()
 		if err != nil {
@@ -50,7 +49,7 @@ func (c *Config) startBundles(auth *ca.Authority, reg prometheus.Registerer) (*b
 			if err != nil {
 				return nil, err
 			}
-			out.writers = append(out.writers, p.Run)
+			out.writers["bundle ConfigMaps"] = p.Run
 		}
 		if client != nil && b.ClusterTrustBundleSigner != "" {
 			p, err := clustertrustbundle.New(clustertrustbundle.Config{Client: client, Source: auth, SignerName: b.ClusterTrustBundleSigner,
@@ -58,7 +57,7 @@ func (c *Config) startBundles(auth *ca.Authority, reg prometheus.Registerer) (*b
 			if err != nil {
 				return nil, err
 			}
-			out.writers = append(out.writers, p.Run)
+			out.writers["bundle ClusterTrustBundle"] = p.Run
 		}
 	}
 	if b.EndpointAddr == "" {

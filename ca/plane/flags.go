@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/meshca/meshca/attestor/k8s"
+	"github.com/meshca/meshca/ca/leader"
 )
 
 // AddFlags registers the flags of `meshca server` for Kubernetes
@@ -27,4 +28,16 @@ func (k *Kubernetes) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&k.MaxInFlightReviews, "k8s-max-inflight-reviews", 16, "most TokenReviews sent at once; more callers wait for a slot")
 	fs.DurationVar(&k.ServiceAccountTTL, "serviceaccount-cache-ttl", time.Minute, "how long a ServiceAccount found by renewal admission is trusted (a deleted one renews at most this long; not used by the informer mode)")
 	fs.DurationVar(&k.ServiceAccountMaxStale, "serviceaccount-max-stale", 24*time.Hour, "while the API server is unreachable, ServiceAccounts seen this recently keep renewing")
+}
+
+// AddFlags registers the flags of `meshca server` for leader election into
+// l (docs/configuration.md lists them).
+func (l *LeaderElection) AddFlags(fs *pflag.FlagSet) {
+	fs.BoolVar(&l.Enabled, "leader-elect", false, "elect one leader among replicas sharing a store (PostgreSQL) on a Kubernetes Lease: only the leader takes root rotation steps, prunes and writes the bundle ConfigMaps and ClusterTrustBundle; every replica serves CSRs")
+	fs.StringVar(&l.Namespace, "leader-elect-namespace", "", "namespace of the leader Lease; empty: the pod's namespace, else "+leader.DefaultNamespace)
+	fs.StringVar(&l.Name, "leader-elect-name", leader.DefaultName, "name of the leader Lease")
+	fs.StringVar(&l.Identity, "leader-elect-identity", "", "this replica's holder identity in the Lease, unique among running replicas; empty: <hostname>_<pid> (in a pod, the hostname is the pod's name)")
+	fs.DurationVar(&l.LeaseDuration, "leader-elect-lease-duration", leader.DefaultLeaseDuration, "how long the other replicas wait, after the leader's last renewal, before taking the Lease (whole seconds)")
+	fs.DurationVar(&l.RenewDeadline, "leader-elect-renew-deadline", leader.DefaultRenewDeadline, "how long the leader tries to renew before it stops its jobs; plus --leader-elect-retry-period, must be below --leader-elect-lease-duration")
+	fs.DurationVar(&l.RetryPeriod, "leader-elect-retry-period", leader.DefaultRetryPeriod, "how often the leader renews the Lease and the others try to take it")
 }

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -101,6 +102,10 @@ type Config struct {
 	// Kubernetes configures ServiceAccount token attestation; off by
 	// default.
 	Kubernetes Kubernetes
+	// LeaderElection elects the replica that takes the root rotation's
+	// scheduled steps, prunes and writes the bundle's ConfigMaps and
+	// ClusterTrustBundle, when several share Storage; off by default.
+	LeaderElection LeaderElection
 	// Bundles says where the trust bundle is published besides the APIs
 	// (ca/bundle): ConfigMaps, a ClusterTrustBundle (both through the
 	// Kubernetes client of Kubernetes: its kubeconfig and rate limit), a
@@ -170,8 +175,10 @@ type background interface {
 // chain and starts its background work (the Kubernetes informers: /readyz
 // answers 503 until they have synced), opens the listeners, writes the
 // bundle file, starts the bundle's publishers (Config.Bundles) and the
-// maintenance loop (rotation, pruning). On error everything started so far
-// is stopped again.
+// maintenance loop (rotation, pruning). With Config.LeaderElection it
+// contends for the leader Lease, and runs the ConfigMap and
+// ClusterTrustBundle publishers only while it leads. On error everything
+// started so far is stopped again.
 func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
@@ -206,11 +213,15 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if err != nil {
 		return nil, err
 	}
+	el, err := cfg.elector(reg)
+	if err != nil {
+		return nil, err
+	}
 	auth, err := ca.New(ctx, ca.Config{
 		TrustDomain: cfg.TrustDomain, Store: st, Parent: root.parent, NextParent: root.next, RootKeys: root.keys,
 		RootRotationOverlap: cfg.RootRotationOverlap, RootRotationCrossSign: cfg.RootRotationCrossSign, KeyType: cfg.KeyType, KEK: cfg.KEK,
 		RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL,
-		Retention: cfg.Retention, Replica: st.replica, Clock: cfg.Clock, Logger: log, Metrics: metrics.NewCA(reg),
+		Retention: cfg.Retention, Replica: st.replica, Leader: leaderFunc(el), Clock: cfg.Clock, Logger: log, Metrics: metrics.NewCA(reg),
 	})
 	if err != nil {
 		return nil, err
@@ -260,13 +271,13 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if ep := p.bundle.endpoint; ep != nil {
 		undo = append(undo, func() { _ = ep.Shutdown(context.Background()) })
 	}
-	for _, run := range p.bundle.writers {
-		p.running.Go(func() {
-			if err := run(runCtx); err != nil {
-				log.Error("trust bundle publisher stopped", "err", err)
-			}
-		})
+	jobs := maps.Clone(p.bundle.writers)
+	if el != nil {
+		// A new leader takes up the root rotation's due steps at once,
+		// not at the maintenance loop's next look.
+		jobs["root rotation steps on becoming the leader"] = auth.Rotate
 	}
+	p.runLeaderJobs(runCtx, el, jobs)
 	p.srv = srv
 	p.running.Go(func() {
 		if err := auth.Run(runCtx); err != nil && !errors.Is(err, context.Canceled) {

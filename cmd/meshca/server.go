@@ -57,6 +57,7 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	fs.IPSliceVar(&c.IPs, "ip-sans", []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, "IP SANs of the server's TLS certificate")
 	c.Limits.AddFlags(fs)
 	c.Kubernetes.AddFlags(fs)
+	c.LeaderElection.AddFlags(fs)
 	c.Bundles.AddFlags(fs)
 	c.Vault.AddFlags(fs)
 	fs.StringVar(&c.OIDCConfigFile, "oidc-config", "", "YAML file listing trusted OIDC issuers and how their claims map to SPIFFE IDs (docs/configuration.md)")
