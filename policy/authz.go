@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -23,6 +24,13 @@ type Request struct {
 	// CustomVerdicts says what each CUSTOM provider would answer, Allow
 	// or Deny, keyed by provider name.
 	CustomVerdicts map[string]Verdict `json:"custom_verdicts"`
+	// FilterMetadata is the dynamic metadata Envoy's filters set for the
+	// request or connection, by filter name and then key, which
+	// experimental.envoy.filters.FILTER[KEY] conditions match: for the
+	// MySQL proxy {"envoy.filters.network.mysql_proxy": {"db.table":
+	// ["update"]}}. A condition value "v" matches a string value, "[v]" a
+	// list with a string element matching v; other values match neither.
+	FilterMetadata map[string]map[string]any `json:"filter_metadata"`
 }
 
 // Workload identifies the destination workload.
@@ -96,12 +104,15 @@ type attrs struct {
 	presenter    string
 	audiences    []string
 	claims       map[string]any
-	method, path string
+	method, path string // path as normalized for the sidecar
+	rawPath      string // path without query and fragment, as sent
+	pathRefused  bool   // Envoy answers 400 before any filter
 	host         string // lower-cased
 	headers      map[string]string
+	metadata     map[string]map[string]any
 }
 
-func newAttrs(r *Request) *attrs {
+func newAttrs(r *Request, norm PathNormalization) *attrs {
 	a := &attrs{
 		tcp:          strings.EqualFold(r.Protocol, "TCP"),
 		principal:    strings.TrimPrefix(r.Source.Principal, "spiffe://"),
@@ -111,9 +122,16 @@ func newAttrs(r *Request) *attrs {
 		audiences:    r.Request.Audiences,
 		claims:       r.Request.Claims,
 		method:       r.Request.Method,
-		path:         urlPath(r.Request.Path),
+		rawPath:      urlPath(r.Request.Path),
 		host:         strings.ToLower(r.Request.Host),
 		headers:      r.Request.Headers,
+		metadata:     r.FilterMetadata,
+	}
+	a.path = a.rawPath
+	if !a.tcp { // on TCP there is no path, and no HTTP connection manager
+		var ok bool
+		a.path, ok = normalizePath(a.rawPath, norm)
+		a.pathRefused = !ok
 	}
 	if a.principal != "" {
 		a.namespace = namespaceOf(a.principal)
@@ -163,11 +181,6 @@ func namespaceOf(principal string) string {
 	return ns
 }
 
-func trustDomainOf(principal string) string {
-	td, _, _ := strings.Cut(principal, "/")
-	return td
-}
-
 // Authorize returns the decision a workload's sidecar would make for req,
 // following Istio's evaluation order: CUSTOM, then DENY, then ALLOW. AUDIT
 // policies and dry-run policies never change the decision (they are noted in
@@ -178,11 +191,18 @@ func trustDomainOf(principal string) string {
 // provider, the result is DENY with action CUSTOM: the request is allowed
 // only if the provider allows it, which this package cannot know.
 func (s *Set) Authorize(req Request) Decision {
-	a := newAttrs(&req)
+	a := newAttrs(&req, s.opts.PathNormalization)
+	if a.pathRefused {
+		return Decision{Deny, "", "", -1, fmt.Sprintf("path %q is refused by the sidecar (400 Bad Request) before authorization: "+
+			"%s path normalization fails on a NUL byte", a.rawPath, s.opts.PathNormalization)}
+	}
 	var buf [32]int
 	idx := s.applicable(req.Workload.Namespace, req.Workload.Labels, buf[:0])
 
 	var notes []string
+	if a.path != a.rawPath {
+		notes = append(notes, fmt.Sprintf("path %q matched as %q (%s path normalization)", a.rawPath, a.path, s.opts.PathNormalization))
+	}
 	note := func(p *AuthorizationPolicy, r int, what string) {
 		notes = append(notes, fmt.Sprintf("%s policy %s rule %d %s", p.c.action, p.c.key, r, what))
 	}
@@ -364,13 +384,10 @@ func (s *Set) ruleMatches(r *rule, a *attrs, ignoreHTTP bool) bool {
 }
 
 func (s *Set) sourceMatches(m *sourceMatch, a *attrs, ignoreHTTP bool) bool {
-	principal := func(p string) bool { return s.principalMatches(p, a.principal) }
-	return field(m.principals, m.notPrincipals, principal) &&
+	return field(m.principals, m.notPrincipals, a.principalMatches) &&
 		field(m.namespaces, m.notNamespaces, func(p string) bool { return a.principal != "" && matchString(p, a.namespace) }) &&
-		field(m.serviceAccounts, m.notServiceAccounts, func(sa string) bool {
-			return a.principal != "" && strings.HasSuffix(a.principal, "/ns/"+strings.Replace(sa, "/", "/sa/", 1))
-		}) &&
-		field(m.trustDomains, m.notTrustDomains, func(p string) bool { return a.principal != "" && matchString(p, trustDomainOf(a.principal)) }) &&
+		field(m.serviceAccounts, m.notServiceAccounts, a.serviceAccountMatches) &&
+		field(m.trustDomains, m.notTrustDomains, a.trustDomainMatches) &&
 		(ignoreHTTP || field(m.requestPrincipals, m.notRequestPrincipals, func(p string) bool { return matchString(p, a.reqPrincipal) })) &&
 		cidrField(m.ipBlocks, m.notIPBlocks, a.srcIP) &&
 		cidrField(m.remoteIPBlocks, m.notRemoteIPBlocks, a.remIP)
@@ -400,7 +417,14 @@ func (s *Set) conditionMatches(c *condition, a *attrs) bool {
 	case condDestinationPort:
 		return field(c.values, c.notValues, func(p string) bool { return p == a.port })
 	case condSourcePrincipal:
-		return field(c.values, c.notValues, func(p string) bool { return s.principalMatches(p, a.principal) })
+		return field(c.values, c.notValues, a.principalMatches)
+	case condSourceTrustDomain:
+		return field(c.values, c.notValues, a.trustDomainMatches)
+	case condSourceServiceAccount:
+		return field(c.accounts, c.notAccounts, a.serviceAccountMatches)
+	case condFilterMetadata:
+		v, ok := a.metadata[c.arg[0]][c.arg[1]]
+		return field(c.values, c.notValues, func(p string) bool { return ok && metadataMatches(p, v) })
 	}
 	var vals []string
 	switch c.kind {
@@ -458,9 +482,28 @@ func claimValues(claims map[string]any, path []string) []string {
 	return nil
 }
 
+// metadataMatches is one value of an experimental.envoy.filters condition
+// against a metadata value, as Istio's envoyFilterGenerator builds the
+// matcher: "[v]" (Istio trims every leading "[" and trailing "]") matches a
+// list one of whose string elements matches v; any other value matches a
+// string. Either way the string match is Istio's (exact, "*" for non-empty,
+// prefix*, *suffix).
+func metadataMatches(pattern string, v any) bool {
+	if strings.HasPrefix(pattern, "[") && strings.HasSuffix(pattern, "]") {
+		l, _ := v.([]any)
+		inner := strings.Trim(pattern, "[]")
+		return slices.ContainsFunc(l, func(e any) bool {
+			s, ok := e.(string)
+			return ok && matchString(inner, s)
+		})
+	}
+	s, ok := v.(string)
+	return ok && matchString(pattern, s)
+}
+
 // field implements one rule field and its not-form: some value must match
 // (when values are given) and no not-value may match.
-func field(values, notValues []string, match func(string) bool) bool {
+func field[T any](values, notValues []T, match func(T) bool) bool {
 	if len(values) > 0 {
 		ok := false
 		for _, v := range values {
@@ -532,37 +575,21 @@ func matchString(pattern, v string) bool {
 	return v == pattern
 }
 
-// principalMatches matches a policy principal against a peer identity
-// ("TD/ns/NS/sa/SA", no "spiffe://"). A plaintext peer (empty identity)
-// matches no principal, not even "*". A policy principal whose trust domain
-// is the mesh trust domain, an alias, or "cluster.local" also matches peers
-// in the trust domain or any alias, as Istio rewrites it for each of them.
-func (s *Set) principalMatches(pattern, principal string) bool {
-	if principal == "" {
-		return false
-	}
-	if matchString(pattern, principal) {
-		return true
-	}
-	ptd, _, ok := strings.Cut(pattern, "/")
-	if !ok || strings.Contains(ptd, "*") || !(ptd == "cluster.local" || s.localTrustDomain(ptd)) {
-		return false
-	}
-	vtd, vrest, ok := strings.Cut(principal, "/")
-	if !ok || vtd == ptd || !s.localTrustDomain(vtd) {
-		return false
-	}
-	return matchString(pattern, ptd+"/"+vrest)
+// principalMatches matches a policy principal (already rewritten for the
+// trust bundle) against the peer identity ("TD/ns/NS/sa/SA", no
+// "spiffe://") with Istio's string match. A plaintext peer (no identity)
+// matches no principal, not even "*".
+func (a *attrs) principalMatches(pattern string) bool {
+	return a.principal != "" && matchString(pattern, a.principal)
 }
 
-func (s *Set) localTrustDomain(td string) bool {
-	if td == s.opts.TrustDomain {
-		return true
-	}
-	for _, a := range s.opts.TrustDomainAliases {
-		if td == a {
-			return true
-		}
-	}
-	return false
+// serviceAccountMatches matches the peer identity against a service
+// account's pattern; a plaintext peer matches none.
+func (a *attrs) serviceAccountMatches(sa serviceAccount) bool {
+	return a.principal != "" && sa.re.MatchString(a.principal)
+}
+
+// trustDomainMatches matches the peer identity against a trust domain value.
+func (a *attrs) trustDomainMatches(pattern string) bool {
+	return trustDomainMatches(pattern, a.principal)
 }

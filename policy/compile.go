@@ -35,7 +35,7 @@ type sourceMatch struct {
 	principals, notPrincipals               []string
 	requestPrincipals, notRequestPrincipals []string
 	namespaces, notNamespaces               []string
-	serviceAccounts, notServiceAccounts     []string // normalised to "ns/sa"
+	serviceAccounts, notServiceAccounts     []serviceAccount
 	trustDomains, notTrustDomains           []string
 	ipBlocks, notIPBlocks                   []netip.Prefix
 	remoteIPBlocks, notRemoteIPBlocks       []netip.Prefix
@@ -46,6 +46,15 @@ type operationMatch struct {
 	ports, notPorts     []string
 	methods, notMethods []string
 	paths, notPaths     []pathMatcher
+}
+
+// serviceAccount is a service account a policy names, "NS/SA" after the
+// policy's namespace is filled in, with the pattern Istio's
+// srcServiceAccountGenerator matches peer identities with:
+// spiffe://.+/ns/NS/(.+/|)sa/SA(/.+)? (whole identity, RE2).
+type serviceAccount struct {
+	name string
+	re   *regexp.Regexp // on the identity without "spiffe://"
 }
 
 type pathMatcher struct {
@@ -68,6 +77,9 @@ const (
 	condDestinationIP
 	condDestinationPort
 	condSNI
+	condSourceServiceAccount
+	condSourceTrustDomain
+	condFilterMetadata
 )
 
 var condKeys = map[string]condKind{
@@ -75,6 +87,8 @@ var condKeys = map[string]condKind{
 	"remote.ip":              condRemoteIP,
 	"source.namespace":       condSourceNamespace,
 	"source.principal":       condSourcePrincipal,
+	"source.serviceAccount":  condSourceServiceAccount,
+	"source.trustDomain":     condSourceTrustDomain,
 	"request.auth.principal": condRequestPrincipal,
 	"request.auth.audiences": condAudiences,
 	"request.auth.presenter": condPresenter,
@@ -94,13 +108,23 @@ func (k condKind) httpOnly() bool {
 }
 
 type condition struct {
-	kind              condKind
-	arg               []string // header name (lower-cased) or claim path
-	values, notValues []string
-	cidrs, notCIDRs   []netip.Prefix
+	kind condKind
+	// arg is the header name (lower-cased), the claim path, or the filter
+	// and metadata key of an experimental.envoy.filters condition.
+	arg                   []string
+	values, notValues     []string // principals and trust domains rewritten for the trust bundle
+	cidrs, notCIDRs       []netip.Prefix
+	accounts, notAccounts []serviceAccount // source.serviceAccount
 }
 
-func compileAuthorizationPolicy(ap *secv1beta1.AuthorizationPolicy, meta Meta) (compiled, []fieldError) {
+// envoyFilterPrefix starts the keys of conditions on Envoy filter metadata,
+// such as experimental.envoy.filters.network.mysql_proxy[db.table].
+const envoyFilterPrefix = "experimental.envoy.filters."
+
+// compileAuthorizationPolicy validates ap and prepares it for evaluation;
+// principals and trust domains are rewritten for tb as Istio's
+// Model.MigrateTrustDomain does.
+func compileAuthorizationPolicy(ap *secv1beta1.AuthorizationPolicy, meta Meta, tb trustBundle) (compiled, []fieldError) {
 	var errs []fieldError
 	bad := func(path, format string, args ...any) {
 		errs = append(errs, fieldError{path, fmt.Sprintf(format, args...)})
@@ -140,11 +164,13 @@ func compileAuthorizationPolicy(ap *secv1beta1.AuthorizationPolicy, meta Meta) (
 				continue
 			}
 			cs := sourceMatch{
-				principals: s.GetPrincipals(), notPrincipals: s.GetNotPrincipals(),
+				principals: tb.principals(s.GetPrincipals()), notPrincipals: tb.principals(s.GetNotPrincipals()),
 				requestPrincipals: s.GetRequestPrincipals(), notRequestPrincipals: s.GetNotRequestPrincipals(),
 				namespaces: s.GetNamespaces(), notNamespaces: s.GetNotNamespaces(),
-				trustDomains: s.GetTrustDomains(), notTrustDomains: s.GetNotTrustDomains(),
+				trustDomains: tb.trustDomains(s.GetTrustDomains()), notTrustDomains: tb.trustDomains(s.GetNotTrustDomains()),
 			}
+			checkWildcards(s.GetTrustDomains(), fp+".trustDomains", true, bad)
+			checkWildcards(s.GetNotTrustDomains(), fp+".notTrustDomains", true, bad)
 			if len(cs.requestPrincipals)+len(cs.notRequestPrincipals) > 0 {
 				cr.usesHTTP = true
 			}
@@ -183,7 +209,7 @@ func compileAuthorizationPolicy(ap *secv1beta1.AuthorizationPolicy, meta Meta) (
 		}
 		for j, w := range r.GetWhen() {
 			wp := fmt.Sprintf("%s.when[%d]", rp, j)
-			cc, ok := compileCondition(w, wp, bad)
+			cc, ok := compileCondition(w, wp, meta.Namespace, tb, bad)
 			if !ok {
 				continue
 			}
@@ -197,10 +223,22 @@ func compileAuthorizationPolicy(ap *secv1beta1.AuthorizationPolicy, meta Meta) (
 	return c, errs
 }
 
-func compileCondition(w *secv1beta1.Condition, wp string, bad func(string, string, ...any)) (condition, bool) {
+func compileCondition(w *secv1beta1.Condition, wp, policyNS string, tb trustBundle, bad func(string, string, ...any)) (condition, bool) {
 	key := w.GetKey()
 	var cc condition
 	switch {
+	case strings.HasPrefix(key, envoyFilterPrefix):
+		// Istio's validateMapKey, then envoyFilterGenerator's split:
+		// "experimental.envoy.filters.a.b[c]" is filter
+		// "envoy.filters.a.b", metadata key "c" (everything after the first
+		// "[" but the last "]", taken literally).
+		open := strings.Index(key, "[")
+		if !strings.HasSuffix(key, "]") || open < 0 || open >= len(key)-2 {
+			bad(wp+".key", "invalid filter metadata key %q (want experimental.envoy.filters.FILTER[KEY])", key)
+			return cc, false
+		}
+		filter, mdKey, _ := strings.Cut(strings.TrimSuffix(strings.TrimPrefix(key, "experimental."), "]"), "[")
+		cc.kind, cc.arg = condFilterMetadata, []string{filter, mdKey}
 	case strings.HasPrefix(key, "request.headers["):
 		name, ok := bracketArgs(strings.TrimPrefix(key, "request.headers"))
 		if !ok || len(name) != 1 {
@@ -235,8 +273,34 @@ func compileCondition(w *secv1beta1.Condition, wp string, bad func(string, strin
 	case condDestinationPort:
 		checkPorts(cc.values, wp+".values", bad)
 		checkPorts(cc.notValues, wp+".notValues", bad)
+	case condSourcePrincipal:
+		cc.values, cc.notValues = tb.principals(cc.values), tb.principals(cc.notValues)
+	case condSourceTrustDomain:
+		checkWildcards(cc.values, wp+".values", false, bad)
+		checkWildcards(cc.notValues, wp+".notValues", false, bad)
+		cc.values, cc.notValues = tb.trustDomains(cc.values), tb.trustDomains(cc.notValues)
+	case condSourceServiceAccount:
+		cc.accounts = serviceAccounts(cc.values, policyNS, wp+".values", bad)
+		cc.notAccounts = serviceAccounts(cc.notValues, policyNS, wp+".notValues", bad)
 	}
 	return cc, true
+}
+
+// checkWildcards is Istio's CheckWildcardValues (and, for the source's
+// trustDomains, CheckTrustDomainValues): at most one "*", only at the start
+// or the end; no "/" in a trust domain.
+func checkWildcards(in []string, path string, trustDomain bool, bad func(string, string, ...any)) {
+	for i, s := range in {
+		p := fmt.Sprintf("%s[%d]", path, i)
+		switch n := strings.Count(s, "*"); {
+		case n > 1:
+			bad(p, "invalid value %q: at most one '*' is allowed", s)
+		case n == 1 && !strings.HasPrefix(s, "*") && !strings.HasSuffix(s, "*"):
+			bad(p, "invalid value %q: '*' is only allowed at the start or the end", s)
+		case trustDomain && strings.Contains(s, "/"):
+			bad(p, "invalid trust domain %q: must not contain '/'", s)
+		}
+	}
 }
 
 // bracketArgs parses "[a][b]..." into its non-empty parts.
@@ -305,17 +369,33 @@ func checkPorts(in []string, path string, bad func(string, string, ...any)) {
 	}
 }
 
-func serviceAccounts(in []string, policyNS, path string, bad func(string, string, ...any)) []string {
-	var out []string
+// maxServiceAccounts and maxServiceAccountLen are the limits of Istio's
+// CheckServiceAccount (pkg/config/security).
+const (
+	maxServiceAccounts   = 16
+	maxServiceAccountLen = 320
+)
+
+// serviceAccounts validates service account values as Istio's
+// CheckServiceAccount does and compiles each into the identity pattern of
+// its srcServiceAccountGenerator; a bare NAME is in the policy's namespace.
+func serviceAccounts(in []string, policyNS, path string, bad func(string, string, ...any)) []serviceAccount {
+	if len(in) > maxServiceAccounts {
+		bad(path, "may not have more than %d values", maxServiceAccounts)
+		return nil
+	}
+	var out []serviceAccount
 	for i, s := range in {
-		if strings.Contains(s, "*") || s == "" || strings.Count(s, "/") > 1 {
-			bad(fmt.Sprintf("%s[%d]", path, i), "invalid service account %q (want NAMESPACE/NAME or NAME, no wildcards)", s)
+		ns, sa, qualified := strings.Cut(s, "/")
+		if !qualified {
+			ns, sa = policyNS, s
+		}
+		if strings.Contains(s, "*") || ns == "" || sa == "" || strings.Contains(sa, "/") || len(s) > maxServiceAccountLen {
+			bad(fmt.Sprintf("%s[%d]", path, i), "invalid service account %q (want NAMESPACE/NAME or NAME, no wildcards, at most %d characters)", s, maxServiceAccountLen)
 			continue
 		}
-		if !strings.Contains(s, "/") {
-			s = policyNS + "/" + s
-		}
-		out = append(out, s)
+		re := regexp.MustCompile("^.+/ns/" + regexp.QuoteMeta(ns) + "/(?:.+/|)sa/" + regexp.QuoteMeta(sa) + "(?:/.+)?$")
+		out = append(out, serviceAccount{name: ns + "/" + sa, re: re})
 	}
 	return out
 }

@@ -41,8 +41,9 @@ type LintOptions struct {
 // author meant, sorted by policy, rule and message:
 //
 //   - a rule using peer identity (principals, namespaces, service accounts,
-//     trust domains, or the source.principal / source.namespace conditions)
-//     on a workload whose effective mTLS mode (MTLSMode at port 0, with the
+//     trust domains, or the source.principal, source.namespace,
+//     source.serviceAccount and source.trustDomain conditions) on a
+//     workload whose effective mTLS mode (MTLSMode at port 0, with the
 //     selector labels of the policy) is not STRICT, since plaintext callers
 //     have no identity. A DENY rule that uses only the not-forms is not
 //     reported: it denies plaintext callers, which errs toward denying and
@@ -61,7 +62,9 @@ type LintOptions struct {
 //     can match;
 //   - when o.Workloads is not nil, a selector matching no known workload
 //     (in the policy's namespace; in any namespace for an
-//     AuthorizationPolicy in the root namespace).
+//     AuthorizationPolicy in the root namespace);
+//   - PeerAuthentication parts istiod ignores: a selector policy in the root
+//     namespace, portLevelMtls on a policy without a selector.
 //
 // Policies with targetRef(s) attach to gateways and waypoints; only the
 // checks that do not depend on sidecars (trust domains, duplicate and
@@ -73,12 +76,8 @@ func (s *Set) Lint(o LintOptions) []Finding {
 	for _, p := range s.AuthorizationPolicies {
 		l.policy(p)
 	}
-	if o.Workloads != nil {
-		for _, p := range s.PeerAuthentications {
-			if sel := p.Spec.GetSelector().GetMatchLabels(); len(sel) > 0 && !l.anyWorkload(p.Namespace, false, sel) {
-				l.add(p.Key(), -1, fmt.Sprintf("PeerAuthentication selector %s matches no known workload in namespace %s", labelString(sel), p.Namespace))
-			}
-		}
+	for _, p := range s.PeerAuthentications {
+		l.peerAuthentication(p)
 	}
 	sort.Slice(l.out, func(i, j int) bool {
 		a, b := l.out[i], l.out[j]
@@ -196,6 +195,25 @@ func (l *linter) policy(p *AuthorizationPolicy) {
 	}
 }
 
+// peerAuthentication reports the parts of p that istiod ignores, and a
+// selector matching no known workload.
+func (l *linter) peerAuthentication(p *PeerAuthentication) {
+	sel := p.Spec.GetSelector().GetMatchLabels()
+	switch {
+	case len(sel) > 0 && p.Namespace == l.s.opts.RootNamespace:
+		// pilot/pkg/security/authn/policy_applier.go, ComposePeerAuthentication.
+		l.add(p.Key(), -1, fmt.Sprintf("PeerAuthentication with a selector in the root namespace %s is ignored: it applies to no workload", p.Namespace))
+		return
+	case len(sel) == 0 && len(p.Spec.GetPortLevelMtls()) > 0:
+		// pkg/config/validation: "mesh/namespace peer authentication cannot
+		// have port level mTLS"; the CRD schema says "portLevelMtls requires selector".
+		l.add(p.Key(), -1, "PeerAuthentication portLevelMtls without a selector is ignored, and Istio's validation refuses it")
+	}
+	if l.o.Workloads != nil && len(sel) > 0 && !l.anyWorkload(p.Namespace, false, sel) {
+		l.add(p.Key(), -1, fmt.Sprintf("PeerAuthentication selector %s matches no known workload in namespace %s", labelString(sel), p.Namespace))
+	}
+}
+
 func (l *linter) anyWorkload(ns string, anyNS bool, sel map[string]string) bool {
 	for _, w := range l.o.Workloads {
 		if (anyNS || w.Namespace == ns) && selectorMatches(sel, w.Labels) {
@@ -258,7 +276,7 @@ func identityWarning(r *secv1beta1.Rule, action Action) (fields, why string) {
 		allPositive = allPositive && pos
 	}
 	for _, w := range r.GetWhen() {
-		if k := w.GetKey(); k == "source.principal" || k == "source.namespace" {
+		if k := w.GetKey(); k == "source.principal" || k == "source.namespace" || k == "source.serviceAccount" || k == "source.trustDomain" {
 			whenPositive = use(k, len(w.GetValues())) || whenPositive
 			neg = use(k+" notValues", len(w.GetNotValues())) || neg
 		}
@@ -383,7 +401,7 @@ func excludedSource(m *sourceMatch) string {
 		return "requestPrincipals are all excluded by notRequestPrincipals"
 	case excluded(m.namespaces, m.notNamespaces):
 		return "namespaces are all excluded by notNamespaces"
-	case excluded(m.serviceAccounts, m.notServiceAccounts):
+	case excludedAccounts(m.serviceAccounts, m.notServiceAccounts):
 		return "serviceAccounts are all excluded by notServiceAccounts"
 	case excluded(m.trustDomains, m.notTrustDomains):
 		return "trustDomains are all excluded by notTrustDomains"
@@ -416,6 +434,10 @@ func excludedCond(c *condition) string {
 		ex = excludedCIDRs(c.cidrs, c.notCIDRs)
 	case condDestinationPort:
 		ex = excludedExact(c.values, c.notValues)
+	case condSourceServiceAccount:
+		ex = excludedAccounts(c.accounts, c.notAccounts)
+	case condFilterMetadata:
+		ex = excludedMetadata(c.values, c.notValues)
 	default:
 		ex = excluded(c.values, c.notValues)
 	}
@@ -445,6 +467,29 @@ func allCovered[T any](values, notValues []T, covers func(not, v T) bool) bool {
 // this is sound.
 func excluded(values, notValues []string) bool {
 	return allCovered(values, notValues, func(n, v string) bool { return n == v || (n == "*" && v != "") })
+}
+
+// excludedAccounts: every service account is a not-service-account.
+func excludedAccounts(values, notValues []serviceAccount) bool {
+	return allCovered(values, notValues, func(n, v serviceAccount) bool { return n.name == v.name })
+}
+
+// excludedMetadata: every filter metadata value is a not-value, or "*"
+// covers it among string values, or "[*]" among list values. A string
+// pattern never covers a list pattern, nor the other way round.
+func excludedMetadata(values, notValues []string) bool {
+	isList := func(v string) bool { return strings.HasPrefix(v, "[") && strings.HasSuffix(v, "]") }
+	return allCovered(values, notValues, func(n, v string) bool {
+		switch {
+		case n == v:
+			return true
+		case n == "*":
+			return !isList(v)
+		case isList(n) && strings.Trim(n, "[]") == "*":
+			return isList(v) && strings.Trim(v, "[]") != ""
+		}
+		return false
+	})
 }
 
 // excludedExact: every value equals a not-value (ports).

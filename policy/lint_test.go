@@ -135,6 +135,16 @@ func TestLint(t *testing.T) {
 				w("foo/stale", -1, "selector app=sleep matches no known workload in namespace foo"),
 				w("istio-system/mesh-gone", -1, "selector app=gone matches no known workload in any namespace"),
 			}},
+		// istio/istio pilot/pkg/security/authn/policy_applier.go (ComposePeerAuthentication)
+		// and pkg/config/validation (ValidatePeerAuthentication).
+		{name: "PeerAuthentication parts istiod ignores",
+			opts: LintOptions{Workloads: workloads},
+			policies: pa("istio-system", "gw", "", "{selector: {matchLabels: {app: gone}}, mtls: {mode: STRICT}}") +
+				pa("foo", "ns", "", "{mtls: {mode: STRICT}, portLevelMtls: {'80': {mode: DISABLE}}}"),
+			want: []Finding{
+				w("foo/ns", -1, "PeerAuthentication portLevelMtls without a selector is ignored, and Istio's validation refuses it"),
+				w("istio-system/gw", -1, "PeerAuthentication with a selector in the root namespace istio-system is ignored: it applies to no workload"),
+			}},
 		{name: "selector check skipped without workloads",
 			policies: ap("foo", "stale", "{selector: {matchLabels: {app: gone}}, rules: [{}]}")},
 	}

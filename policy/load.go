@@ -27,10 +27,17 @@ type Options struct {
 	RootNamespace string
 	// TrustDomain is the mesh trust domain. Default "cluster.local".
 	TrustDomain string
-	// TrustDomainAliases are meshConfig.trustDomainAliases: a principal in a
-	// policy written for the trust domain, an alias or "cluster.local" also
-	// matches peers whose identity is in the trust domain or any alias.
+	// TrustDomainAliases are meshConfig.trustDomainAliases. Policies are
+	// rewritten for the trust domain and its aliases as Istio does
+	// (pilot/pkg/security/trustdomain): a principal "TD/ns/NS/sa/SA" whose
+	// TD is "cluster.local" or one of them (or a "*" pattern matching one)
+	// stands for that identity in each of them, and a trust domain value
+	// naming one of them stands for all of them.
 	TrustDomainAliases []string
+	// PathNormalization is meshConfig.pathNormalization: how the sidecar
+	// rewrites request paths before authorization. Default PathBase;
+	// "DEFAULT" means PathBase too.
+	PathNormalization PathNormalization
 }
 
 func (o Options) withDefaults() Options {
@@ -38,7 +45,10 @@ func (o Options) withDefaults() Options {
 		o.RootNamespace = "istio-system"
 	}
 	if o.TrustDomain == "" {
-		o.TrustDomain = "cluster.local"
+		o.TrustDomain = localClusterDomain
+	}
+	if m, err := parsePathNormalization(string(o.PathNormalization)); err == nil {
+		o.PathNormalization = m
 	}
 	return o
 }
@@ -173,6 +183,9 @@ type builder struct {
 func (o Options) builder() *builder { return &builder{opts: o.withDefaults()} }
 
 func (b *builder) build() (*Set, error) {
+	if _, err := parsePathNormalization(string(b.opts.PathNormalization)); err != nil {
+		return nil, err
+	}
 	checkDuplicates(b)
 	if len(b.errs) > 0 {
 		return nil, b.errs
@@ -301,7 +314,7 @@ func (b *builder) parseDoc(file string, idx int, doc []byte) {
 		}
 	case *secv1beta1.AuthorizationPolicy:
 		var c compiled
-		c, verrs = compileAuthorizationPolicy(m, meta)
+		c, verrs = compileAuthorizationPolicy(m, meta, b.opts.trustBundle())
 		verrs = append(verrs, emptyStrings(m.ProtoReflect(), "spec")...)
 		if len(verrs) == 0 {
 			b.set.AuthorizationPolicies = append(b.set.AuthorizationPolicies, &AuthorizationPolicy{Meta: meta, Spec: m, c: c})
@@ -314,11 +327,12 @@ func (b *builder) parseDoc(file string, idx int, doc []byte) {
 
 type fieldError struct{ path, msg string }
 
+// validatePeerAuthentication refuses what no Istio version would take.
+// portLevelMtls on a policy without a selector is not among it: istiod
+// ignores it there (ComposePeerAuthentication reads it from workload
+// policies only), so loading takes it and Lint warns.
 func validatePeerAuthentication(pa *secv1beta1.PeerAuthentication) []fieldError {
 	var errs []fieldError
-	if pa.PortLevelMtls != nil && len(pa.GetSelector().GetMatchLabels()) == 0 {
-		errs = append(errs, fieldError{"spec.portLevelMtls", "only a policy with a workload selector may set port-level mTLS"})
-	}
 	if pa.PortLevelMtls != nil && len(pa.PortLevelMtls) == 0 {
 		errs = append(errs, fieldError{"spec.portLevelMtls", "must not be empty"})
 	}

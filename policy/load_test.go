@@ -48,7 +48,6 @@ func TestLoadErrors(t *testing.T) {
 		{"selector and targetRefs", ap("foo", "p", "{selector: {matchLabels: {a: b}}, targetRefs: [{kind: Gateway, name: g}]}"), "only one of selector"},
 		{"serviceAccounts wildcard", ap("foo", "p", "{rules: [{from: [{source: {serviceAccounts: ['ns/*']}}]}]}"), "spec.rules[0].from[0].source.serviceAccounts[0]"},
 		{"bad portLevelMtls port", pa("foo", "p", "", "{selector: {matchLabels: {a: b}}, portLevelMtls: {'0': {mode: STRICT}}}"), "spec.portLevelMtls[0]: port must be in 1-65535"},
-		{"portLevelMtls without selector", pa("foo", "p", "", "{mtls: {mode: STRICT}, portLevelMtls: {'8080': {mode: DISABLE}}}"), "spec.portLevelMtls: only a policy with a workload selector"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -162,6 +161,7 @@ func FuzzLoad(f *testing.F) {
 		f.Add([]byte(tc.policies))
 	}
 	f.Add([]byte(pa("foo", "p", "2024-01-01T00:00:00Z", "{selector: {matchLabels: {a: b}}, portLevelMtls: {'80': {mode: STRICT}}}")))
+	f.Add([]byte(ap("foo", "md", "{rules: [{when: [{key: 'experimental.envoy.filters.network.mysql_proxy[db.table]', values: ['[update]']}, {key: source.serviceAccount, values: [a/b]}, {key: source.trustDomain, notValues: ['*.org']}]}]}")))
 	f.Add([]byte("---\n---\n"))
 	f.Add([]byte("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x}\nspec: [1]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {

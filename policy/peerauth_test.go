@@ -65,3 +65,47 @@ func TestMTLSMode(t *testing.T) {
 		})
 	}
 }
+
+// TestMTLSModeIgnoredParts follows istio/istio
+// pilot/pkg/security/authn/policy_applier.go (ComposePeerAuthentication:
+// a policy with a selector counts only outside the root namespace, and
+// portLevelMtls is read from the workload policy alone; its test "ignore
+// non-emptypb selector in root namespace") and the PeerAuthentication API
+// note "policies with workload selectors are ignored when deployed in the
+// root namespace". Istio's validation refuses portLevelMtls without a
+// selector, but istiod ignores it where it gets one, and so does MTLSMode.
+func TestMTLSModeIgnoredParts(t *testing.T) {
+	const src = "istio/istio pilot/pkg/security/authn/policy_applier.go ComposePeerAuthentication"
+	app := map[string]string{"app": "reviews"}
+	other := map[string]string{"app": "other"}
+	rootSel := pa("istio-system", "gw", "2020-01-01T00:00:00Z", "{selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}}")
+	mesh := pa("istio-system", "default", "2024-01-01T00:00:00Z", "{mtls: {mode: DISABLE}}")
+	cases := []struct {
+		name, policies, ns string
+		labels             map[string]string
+		port               uint32
+		mode               MTLSMode
+		by                 string
+	}{
+		{"root selector ignored for the workload it selects", rootSel, "istio-system", app, 0, MTLSPermissive, ""},
+		{"root selector ignored for other root workloads", rootSel, "istio-system", other, 0, MTLSPermissive, ""},
+		{"root selector ignored in other namespaces", rootSel, "foo", app, 0, MTLSPermissive, ""},
+		{"older root selector does not beat the mesh policy", rootSel + mesh, "istio-system", app, 0, MTLSDisable, "istio-system/default"},
+		{"root selector port level ignored", pa("istio-system", "gw", "", "{selector: {matchLabels: {app: reviews}}, portLevelMtls: {'8080': {mode: STRICT}}}"), "istio-system", app, 8080, MTLSPermissive, ""},
+		{"mesh-wide mode for root workloads", mesh, "istio-system", other, 0, MTLSDisable, "istio-system/default"},
+		{"namespace policy port level ignored", pa("foo", "ns", "", "{mtls: {mode: STRICT}, portLevelMtls: {'8080': {mode: DISABLE}}}"), "foo", app, 8080, MTLSStrict, "foo/ns"},
+		{"mesh policy port level ignored", pa("istio-system", "default", "", "{mtls: {mode: PERMISSIVE}, portLevelMtls: {'8080': {mode: STRICT}}}"), "foo", app, 8080, MTLSPermissive, "istio-system/default"},
+		{"selector port level still applies", pa("foo", "ns", "", "{mtls: {mode: STRICT}, portLevelMtls: {'8080': {mode: DISABLE}}}") + pa("foo", "wl", "", "{selector: {matchLabels: {app: reviews}}, portLevelMtls: {'8080': {mode: DISABLE}}}"), "foo", app, 8080, MTLSDisable, "foo/wl"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			set, err := Parse("pa.yaml", []byte(tc.policies))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if mode, by := set.MTLSMode(tc.ns, tc.labels, tc.port); mode != tc.mode || by != tc.by {
+				t.Errorf("MTLSMode = %s, %q; want %s, %q (%s)", mode, by, tc.mode, tc.by, src)
+			}
+		})
+	}
+}

@@ -32,6 +32,8 @@ func FuzzDecodeRequest(f *testing.F) {
 	f.Add([]byte(`{"protocol":"udp"} trailing`))
 	f.Add([]byte(`{"workload":{"namespace":"foo"},"source":{"ip":"::ffff:10.0.0.1%eth0"}}`))
 	f.Add([]byte(`{"workloads":{}}`))
+	f.Add([]byte(`{"protocol":"TCP","workload":{"namespace":"foo"},"filter_metadata":{"envoy.filters.network.mysql_proxy":{"db.table":["update",1,null]},"x":{}}}`))
+	f.Add([]byte(`{"workload":{"namespace":"foo"},"request":{"path":"/public/%2e%2e/admin%00"},"filter_metadata":{}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		req, err := DecodeRequest(bytes.NewReader(data))
 		if err != nil {

@@ -124,28 +124,28 @@ func selectorMatches(sel, labels map[string]string) bool {
 // MTLSPermissive or MTLSDisable) for a workload's port, and the "namespace/name" of
 // the policy that set it ("" for the PERMISSIVE default).
 //
-// Precedence follows Istio: a policy with a selector matching the workload
-// in its namespace, over a namespace-wide policy (no selector), over a
-// mesh-wide policy (no selector, in the root namespace). A mode of UNSET
-// inherits from the next level up. portLevelMtls applies only on selector
-// policies; pass port 0 to ask about the workload as a whole. Among several
+// Precedence follows Istio (ComposePeerAuthentication in
+// pilot/pkg/security/authn/policy_applier.go): a policy with a selector
+// matching the workload in its namespace, over a namespace-wide policy (no
+// selector), over a mesh-wide policy (no selector, in the root namespace).
+// A policy with a selector in the root namespace is ignored, for workloads
+// in the root namespace too. A mode of UNSET inherits from the next level
+// up. portLevelMtls applies only on selector policies (elsewhere it is
+// ignored); pass port 0 to ask about the workload as a whole. Among several
 // policies at one level the oldest wins (creationTimestamp, then name); a
 // missing creationTimestamp counts as oldest.
 func (s *Set) MTLSMode(namespace string, labels map[string]string, port uint32) (mode MTLSMode, policy string) {
 	var workload, ns, mesh *PeerAuthentication
+	root := s.opts.RootNamespace
 	for _, p := range s.PeerAuthentications {
 		sel := p.Spec.GetSelector().GetMatchLabels()
 		switch {
-		// Istio ignores selector policies in the root namespace.
-		case p.Namespace == namespace && len(sel) > 0 && p.Namespace != s.opts.RootNamespace:
-			if selectorMatches(sel, labels) {
-				workload = older(workload, p)
-			}
-		case p.Namespace == namespace:
-			ns = older(ns, p)
-		}
-		if p.Namespace == s.opts.RootNamespace && len(sel) == 0 {
+		case len(sel) == 0 && p.Namespace == root:
 			mesh = older(mesh, p)
+		case len(sel) == 0 && p.Namespace == namespace:
+			ns = older(ns, p)
+		case len(sel) > 0 && p.Namespace == namespace && p.Namespace != root && selectorMatches(sel, labels):
+			workload = older(workload, p)
 		}
 	}
 	if workload != nil {

@@ -24,6 +24,7 @@ type policyFlags struct {
 	rootNS      string
 	trustDomain string
 	tdAliases   []string
+	pathNorm    string
 	requestFile string
 	req         policy.Request    // from the request flags
 	claims      map[string]string // --claim, into req
@@ -34,6 +35,7 @@ func (f *policyFlags) addLoad(fs *pflag.FlagSet) {
 	fs.StringVar(&f.rootNS, "root-namespace", "istio-system", "Istio's root namespace: policies there apply mesh-wide")
 	fs.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "the mesh trust domain")
 	fs.StringArrayVar(&f.tdAliases, "trust-domain-alias", nil, "a trust domain alias (repeatable)")
+	fs.StringVar(&f.pathNorm, "path-normalization", "BASE", "meshConfig.pathNormalization: NONE, BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES")
 	fs.BoolVar(&f.kube, "kube", false, "read the policies from the cluster (security.istio.io CRDs) instead of files")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for --kube (default: in-cluster, then $KUBECONFIG / ~/.kube/config)")
 }
@@ -44,7 +46,8 @@ func (f *policyFlags) load(ctx context.Context) (*policy.Set, error) {
 		kc := f.kubeConfig()
 		src.Kube = &kc
 	}
-	set, err := audit.LoadPolicies(ctx, src, policy.Options{RootNamespace: f.rootNS, TrustDomain: f.trustDomain, TrustDomainAliases: f.tdAliases})
+	set, err := audit.LoadPolicies(ctx, src, policy.Options{RootNamespace: f.rootNS, TrustDomain: f.trustDomain,
+		TrustDomainAliases: f.tdAliases, PathNormalization: policy.PathNormalization(f.pathNorm)})
 	if err != nil {
 		return nil, cli.Usage("%v", err)
 	}

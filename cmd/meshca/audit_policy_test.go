@@ -65,6 +65,35 @@ func TestAuditAuthzJSONContract(t *testing.T) {
 	}
 }
 
+// TestAuditIstioSemantics: path normalization, filter metadata and trust
+// domain aliasing through the CLI flags and the request JSON.
+func TestAuditIstioSemantics(t *testing.T) {
+	pols := filepath.Join("testdata", "audit", "policies")
+	mysql := []string{"audit", "authz", "--policies", filepath.Join("testdata", "audit", "istio"), "--request", filepath.Join("testdata", "audit", "request-mysql.json"), "-o", "json"}
+	dotdot := []string{"audit", "authz", "--policies", pols, "--namespace", "shop", "--labels", "app=checkout",
+		"--source-principal", "cluster.local/ns/web/sa/frontend", "--method", "GET", "--path", "/api/../admin/users", "-o", "json"}
+	tests := []struct {
+		name string
+		args []string
+		code int
+	}{
+		{"authz_dotdot_base.json", dotdot, 1},
+		{"authz_dotdot_none.json", append(dotdot, "--path-normalization", "NONE"), 0},
+		{"authz_mysql_allowed.json", mysql, 0},
+		{"authz_mysql_renamed_td.json", append(mysql, "--trust-domain", "example.org"), 1},
+		{"authz_mysql_td_alias.json", append(mysql, "--trust-domain", "example.org", "--trust-domain-alias", "cluster.local"), 0},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := runMeshca(t, tc.args...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d\n%s%s", code, tc.code, stdout, stderr)
+			}
+			golden(t, tc.name+".golden", stdout)
+		})
+	}
+}
+
 func TestAuditPolicyUsageErrorsExit2(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad.yaml")
@@ -84,6 +113,7 @@ func TestAuditPolicyUsageErrorsExit2(t *testing.T) {
 		"bad source IP":     {"audit", "authz", "--policies", pols, "--namespace", "x", "--source-ip", "10.0.0.1:1234"},
 		"bad verdict":       {"audit", "authz", "--policies", pols, "--request", badVerdict},
 		"missing path":      {"audit", "mtls", "--policies", "/nonexistent", "--namespace", "x"},
+		"bad normalization": {"audit", "authz", "--policies", pols, "--namespace", "x", "--path-normalization", "RFC"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			code, _, stderr := runMeshca(t, args...)
