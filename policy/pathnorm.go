@@ -208,6 +208,9 @@ func dotKind(s string, afterDot int) (kind int, consumed int) {
 // kept, guarding against nested escapes that would decode into a new one.
 // ok is false for a NUL byte, raw or escaped.
 func canonicalPath(s string) (string, bool) {
+	if plainPath(s) {
+		return s, true // the common case: nothing to rewrite, nothing to allocate
+	}
 	out := make([]byte, 0, len(s)+8)
 	ok := true
 	if s == "" || !isURLSlash(s[0]) {
@@ -271,6 +274,20 @@ func canonicalPath(s string) (string, bool) {
 		}
 	}
 	return string(out), ok
+}
+
+// plainPath reports whether canonicalPath would return s unchanged because
+// it starts with "/" and holds only bytes copied as they are.
+func plainPath(s string) bool {
+	if s == "" || s[0] != '/' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := pathClass(s[i]); c != pathPass && c != pathUnescape {
+			return false
+		}
+	}
+	return true
 }
 
 // upToPreviousSlash drops the last segment of out, which ends in "/",
