@@ -1,6 +1,28 @@
 // Package client is the caller's side of meshca's CSR API: it builds CSRs
 // for a SPIFFE ID and calls istio.v1.auth.IstioCertificateService over TLS,
 // authenticating with a bearer token or with the caller's current SVID.
+//
+// # Several replicas
+//
+// A client may reach several replicas of one CA: several addresses
+// (Config.Addrs), or one name that resolves to several addresses (gRPC's
+// DNS resolver resolves Config.Addr). All replicas share the trust bundle,
+// and each presents a serving certificate under it, so one TLS
+// configuration verifies them all. The client uses gRPC's own machinery:
+//   - round_robin balancing: calls go to the replicas it is connected to in
+//     turn, and a replica whose connection fails (refused, reset, GOAWAY)
+//     is left out until it reconnects;
+//   - a retry policy: a call that fails with Unavailable is tried again,
+//     up to retryAttempts in all, after a short jittered wait, which
+//     round_robin sends to another replica; calls a replica never started
+//     (GOAWAY while it shuts down) gRPC retries transparently;
+//   - an idle timeout: connections close after idleTimeout without calls,
+//     so a client that calls twice a day holds no connection to every
+//     replica in between, and its next call connects afresh.
+//
+// ResourceExhausted (a replica shedding load) is not retried here: it
+// carries a retry hint (RetryDelay) for the caller's own backoff, and
+// retrying at once would add load to a CA that asked for less.
 package client
 
 import (
@@ -13,7 +35,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +47,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 	pb "istio.io/api/security/v1alpha1"
 )
@@ -38,8 +64,13 @@ func NewCSR(key crypto.Signer, id spiffeid.ID) ([]byte, error) {
 
 // Config configures a Client.
 type Config struct {
-	// Addr is the CA's gRPC address (host:port). Required.
+	// Addr is the CA's gRPC address: host:port (a name is resolved by
+	// gRPC's DNS resolver, and every address it resolves to is a replica),
+	// or a gRPC target such as dns:///meshca.example:15012.
 	Addr string
+	// Addrs are the host:port addresses of several replicas of the CA,
+	// besides Addr if that is set too. At least one address is required.
+	Addrs []string
 	// Roots verify the CA's serving certificate. Required unless LoadRoots
 	// is set.
 	Roots *x509.CertPool
@@ -47,8 +78,10 @@ type Config struct {
 	// read before every call (a mounted ConfigMap); when it changes, the
 	// connection is replaced, so a rotated CA root is picked up.
 	LoadRoots func() ([]byte, error)
-	// ServerName overrides the name checked in the CA's certificate.
-	// Default: the host part of Addr.
+	// ServerName overrides the name checked in the CA's certificate, the
+	// same for every replica. Default: with one address, the host part of
+	// it; with several, each replica is checked against its own address
+	// (ServerName of it).
 	ServerName string
 	// ClientCertificate, when set, is the certificate to present for mTLS
 	// renewal (an empty tls.Certificate presents none). It is asked before
@@ -73,8 +106,18 @@ type Client struct {
 
 // New prepares a client; the connection is made on first use.
 func New(cfg Config) (*Client, error) {
-	if cfg.Addr == "" || (cfg.Roots == nil && cfg.LoadRoots == nil) {
+	if cfg.Addr != "" {
+		cfg.Addrs = append([]string{cfg.Addr}, cfg.Addrs...)
+	}
+	if len(cfg.Addrs) == 0 || (cfg.Roots == nil && cfg.LoadRoots == nil) {
 		return nil, errors.New("client: address and roots are required")
+	}
+	if len(cfg.Addrs) > 1 {
+		for _, a := range cfg.Addrs {
+			if _, err := ServerName(a); err != nil || strings.Contains(a, "://") {
+				return nil, fmt.Errorf("client: CA replica address %q: want host:port", a)
+			}
+		}
 	}
 	c := &Client{cfg: cfg}
 	if cfg.LoadRoots != nil {
@@ -110,7 +153,10 @@ func (c *Client) dial(cert *tls.Certificate) error {
 		leaf = cert.Certificate[0]
 		tlsCfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
 	}
-	conn, err := grpc.NewClient(c.cfg.Addr, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)))
+	target, opts := c.target()
+	opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
+		grpc.WithDefaultServiceConfig(serviceConfig), grpc.WithIdleTimeout(idleTimeout))
+	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return fmt.Errorf("client: %w", err)
 	}
@@ -119,6 +165,76 @@ func (c *Client) dial(cert *tls.Certificate) error {
 	}
 	c.conn, c.svc, c.dialedWith = conn, pb.NewIstioCertificateServiceClient(conn), leaf
 	return nil
+}
+
+// Settings of the connection to the CA (see "Several replicas").
+const (
+	// retryAttempts is how many times one call is tried in all: enough to
+	// step past a replica that failed under it (or two), few enough that a
+	// CA that is down everywhere is left to the caller's backoff.
+	retryAttempts = 3
+	// idleTimeout closes the connections after a minute without calls.
+	idleTimeout = time.Minute
+	// replicasScheme names the resolver that hands gRPC the Addrs.
+	replicasScheme = "meshca-replicas"
+)
+
+// serviceConfig selects round_robin and retries the CSR API's calls that
+// fail with Unavailable after a jittered 0.1–1 s (gRPC waits a random time
+// up to the backoff, and honours a grpc-retry-pushback-ms trailer).
+var serviceConfig = fmt.Sprintf(`{
+  "loadBalancingConfig": [{"round_robin": {}}],
+  "methodConfig": [{
+    "name": [{"service": %q}],
+    "retryPolicy": {
+      "maxAttempts": %d,
+      "initialBackoff": "0.1s",
+      "maxBackoff": "1s",
+      "backoffMultiplier": 2,
+      "retryableStatusCodes": ["UNAVAILABLE"]
+    }
+  }]
+}`, pb.IstioCertificateService_ServiceDesc.ServiceName, retryAttempts)
+
+// target is what grpc.NewClient dials: the one address as it is, or a
+// resolver holding every replica, each checked against its own name
+// unless ServerName is set.
+func (c *Client) target() (string, []grpc.DialOption) {
+	if len(c.cfg.Addrs) == 1 {
+		return c.cfg.Addrs[0], nil
+	}
+	eps := make([]resolver.Endpoint, len(c.cfg.Addrs))
+	for i, a := range c.cfg.Addrs {
+		addr := resolver.Address{Addr: a}
+		if c.cfg.ServerName == "" {
+			addr.ServerName, _ = ServerName(a) // checked in New
+		}
+		eps[i] = resolver.Endpoint{Addresses: []resolver.Address{addr}}
+	}
+	// One resolver per connection: a manual resolver serves one at a time.
+	r := manual.NewBuilderWithScheme(replicasScheme)
+	r.InitialState(resolver.State{Endpoints: eps})
+	return replicasScheme + ":///ca", []grpc.DialOption{grpc.WithResolvers(r)}
+}
+
+// ServerName is the name a CA at addr is expected to present in its
+// certificate: the host of addr (host:port, or a gRPC target
+// scheme:///host:port), or "localhost" for a loopback or unspecified IP,
+// which the CA's default serving certificate names.
+func ServerName(addr string) (string, error) {
+	if i := strings.Index(addr, "://"); i >= 0 {
+		// A target: scheme://[authority]/endpoint.
+		rest := addr[i+3:]
+		addr = rest[strings.Index(rest, "/")+1:]
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", fmt.Errorf("client: CA address: %w", err)
+	}
+	if ip := net.ParseIP(host); ip != nil && (ip.IsLoopback() || ip.IsUnspecified()) {
+		return "localhost", nil
+	}
+	return host, nil
 }
 
 // service returns the stub to call, redialling if the client certificate

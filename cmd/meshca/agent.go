@@ -29,9 +29,9 @@ type agentOptions struct {
 func (o *agentOptions) addFlags(fs *pflag.FlagSet) {
 	c := &o.cfg
 	fs.StringVar(&o.configFile, "config", "", "YAML config file whose keys are these flag names (env MESHCA_CONFIG)")
-	fs.StringVar(&c.CAAddr, "ca-addr", "127.0.0.1:15012", "the CA's gRPC CSR API address")
+	fs.StringSliceVar(&c.CAAddrs, "ca-addr", []string{"127.0.0.1:15012"}, "the CA's gRPC CSR API address; several replicas' addresses comma-separated or repeated, or one name resolving to several")
 	fs.StringVar(&c.CARootsFile, "ca-roots", "", "PEM trust bundle (e.g. a mounted ConfigMap): verifies the CA and is served until the CA sends its own (required)")
-	fs.StringVar(&c.CAServerName, "ca-server-name", "", "name expected in the CA's certificate (default: the host of --ca-addr; localhost for 127.0.0.1)")
+	fs.StringVar(&c.CAServerName, "ca-server-name", "", "name expected in every CA replica's certificate (default: the host of --ca-addr, localhost for 127.0.0.1; with several, each replica's own)")
 	fs.StringVar(&o.trustDomain, "trust-domain", "cluster.local", "trust domain, with --namespace and --service-account")
 	fs.StringVar(&o.spiffeID, "spiffe-id", "", "the workload's SPIFFE ID; default spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>")
 	fs.StringVar(&o.namespace, "namespace", "", "the workload's namespace (env MESHCA_NAMESPACE, e.g. from the downward API)")

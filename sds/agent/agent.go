@@ -46,14 +46,23 @@ const maxRecvMsgSize = 1 << 20
 type Config struct {
 	// ID is the workload's SPIFFE ID. Required.
 	ID spiffeid.ID
-	// CAAddr is the CA's gRPC CSR API address. Required.
+	// CAAddr is the CA's gRPC CSR API address: host:port (every address
+	// a name resolves to is a replica) or a gRPC target
+	// (dns:///name:port).
 	CAAddr string
+	// CAAddrs are the host:port addresses of several replicas of the CA,
+	// besides CAAddr if that is set too: requests go to the reachable ones
+	// in turn, and one that fails with Unavailable is retried on another
+	// (ca/client, "Several replicas"). At least one address is required.
+	CAAddrs []string
 	// CARootsFile is a PEM trust bundle (e.g. a mounted ConfigMap): it
 	// verifies the CA and is served; it is re-read before every request.
 	// Required.
 	CARootsFile string
-	// CAServerName is the name expected in the CA's certificate. Default:
-	// the host of CAAddr, "localhost" for a loopback or unspecified IP.
+	// CAServerName is the name expected in the CA's certificate, from
+	// every replica. Default: the host of the CA's address, "localhost"
+	// for a loopback or unspecified IP; with several addresses, each
+	// replica's own (client.ServerName).
 	CAServerName string
 	// TokenFile is a projected ServiceAccount token, read anew for every
 	// request (kubelet rotates it). Exactly one of TokenFile and
@@ -89,7 +98,7 @@ func (c *Config) setDefaults() error {
 	switch {
 	case c.ID.IsZero():
 		return errors.New("agent: SPIFFE ID is required")
-	case c.CAAddr == "":
+	case c.CAAddr == "" && len(c.CAAddrs) == 0:
 		return errors.New("agent: CA address is required")
 	case c.CARootsFile == "":
 		return errors.New("agent: CA roots file is required")
@@ -98,14 +107,17 @@ func (c *Config) setDefaults() error {
 	case c.TokenFile == "" && c.JoinTokenFile == "":
 		return errors.New("agent: a token file (Kubernetes) or a join token file (elsewhere) is required")
 	}
-	if c.CAServerName == "" {
-		host, _, err := net.SplitHostPort(c.CAAddr)
+	if c.CAAddr != "" {
+		c.CAAddrs = append([]string{c.CAAddr}, c.CAAddrs...)
+		c.CAAddr = ""
+	}
+	for _, a := range c.CAAddrs {
+		name, err := client.ServerName(a)
 		if err != nil {
-			return fmt.Errorf("agent: CA address: %w", err)
+			return fmt.Errorf("agent: %w", err)
 		}
-		c.CAServerName = host
-		if ip := net.ParseIP(host); ip != nil && (ip.IsLoopback() || ip.IsUnspecified()) {
-			c.CAServerName = "localhost"
+		if len(c.CAAddrs) == 1 && c.CAServerName == "" {
+			c.CAServerName = name
 		}
 	}
 	if len(c.SDSTCPAllow) == 0 {
@@ -148,7 +160,7 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	// The client presents the SVID the Manager publishes.
 	svids := sds.NewStaticSource(nil)
-	ccfg := client.Config{Addr: cfg.CAAddr, ServerName: cfg.CAServerName,
+	ccfg := client.Config{Addrs: cfg.CAAddrs, ServerName: cfg.CAServerName,
 		LoadRoots: func() ([]byte, error) { return caRootsPEM(cfg.CARootsFile, svids) }}
 	if renewWithSVID {
 		ccfg.ClientCertificate = sds.ClientCertificate(svids, cfg.Clock)
@@ -183,7 +195,7 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 		_ = a.Stop() // the serve error is the one to report
 		return nil, err
 	}
-	cfg.Logger.Info("agent started", "spiffe_id", cfg.ID.String(), "ca", cfg.CAAddr, "sds", cfg.SDSSocket, "workload_api", cfg.WorkloadSocket)
+	cfg.Logger.Info("agent started", "spiffe_id", cfg.ID.String(), "ca", cfg.CAAddrs, "sds", cfg.SDSSocket, "workload_api", cfg.WorkloadSocket)
 	return a, nil
 }
 

@@ -1,0 +1,289 @@
+package agent
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/resolver"
+
+	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/plane"
+	"github.com/meshca/meshca/ca/store"
+	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/testca"
+)
+
+// TestAgentFailsOver runs three CA replicas under one root (a shared
+// Istio cacerts parent, each replica with its own store and its own
+// intermediate) and an agent that knows all three, renewing over mTLS. The
+// replica that issued the current SVID is stopped (gracefully: GOAWAY,
+// then connections refused), the next renewal must come from another
+// replica; then that one is killed (its connections reset, its port
+// closed), and the next renewal must come from the third. Each renewal is
+// presented with an SVID another replica issued, so mTLS renewal works
+// against any replica. Time on the agent's clock from the renewal falling
+// due to the new SVID must stay within one minimum backoff: no replica
+// that is down costs the agent a long wait.
+func TestAgentFailsOver(t *testing.T) {
+	tests := []struct {
+		name string
+		// point configures cfg to reach the replicas at addrs.
+		point func(t *testing.T, cfg *Config, addrs []string)
+	}{
+		{"three addresses", func(_ *testing.T, cfg *Config, addrs []string) { cfg.CAAddrs = addrs }},
+		{"one name resolving to three addresses", func(t *testing.T, cfg *Config, addrs []string) {
+			// No name resolves to several loopback addresses on these
+			// machines (localhost is 127.0.0.1 only), so a resolver
+			// stands in for DNS: like gRPC's DNS resolver, it hands the
+			// channel bare addresses for one name.
+			const scheme = "failover-test"
+			resolver.Register(staticResolver{scheme: scheme, addrs: addrs})
+			cfg.CAAddr, cfg.CAServerName = scheme+":///meshca.example:15012", "localhost"
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			id := spiffeid.RequireFromString("spiffe://example.org/ns/web/sa/frontend")
+			replicas := startReplicas(t, dir, id, 3)
+			addrs := make([]string, len(replicas))
+			for i, r := range replicas {
+				addrs[i] = r.relay.addr()
+			}
+			tokenFile := filepath.Join(dir, "token")
+			if err := os.WriteFile(tokenFile, []byte("web-token"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			clk := clocktest.New(time.Now())
+			var logs syncBuffer
+			cfg := Config{ID: id, CARootsFile: filepath.Join(dir, "cacerts", ca.RootCertFile), JoinTokenFile: tokenFile,
+				Clock: clk, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+			tt.point(t, &cfg, addrs)
+			a, err := Start(context.Background(), cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Stop()
+			clocktest.Eventually(t, "the first SVID", func() bool { return a.mgr.Current() != nil })
+
+			for _, down := range []struct {
+				how  string
+				stop func(*replica)
+			}{
+				{"stopped", func(r *replica) { _ = r.stop() }},
+				{"killed", func(r *replica) { r.relay.kill() }},
+			} {
+				cur := a.mgr.Current()
+				from := issuerOf(t, replicas, cur.Certificates[0])
+				down.stop(from)
+				from.down = true
+				// Past the renewal time (at most 60 % of the lifetime left
+				// when the SVID arrived), with the SVID still valid, so it
+				// is presented.
+				due := clk.Now().Add(cur.NotAfter().Sub(clk.Now()) * 61 / 100)
+				clk.Set(due)
+				for a.mgr.Current() == cur {
+					// The Manager waits on the clock only after a failed
+					// attempt: each step lets it retry once.
+					clocktest.Eventually(t, "a renewal or a retry wait", func() bool { return a.mgr.Current() != cur || clk.Waiters() > 0 })
+					if a.mgr.Current() == cur {
+						clk.Advance(100 * time.Millisecond)
+					}
+				}
+				// One failed attempt and the minimum backoff (1 s, +20 %)
+				// at most; a replica that is down must not cost more.
+				if took := clk.Now().Sub(due); took > 1200*time.Millisecond {
+					t.Errorf("replica %s: the renewal came %s after it was due, want ≤ 1.2s; log:\n%s", down.how, took, logs.String())
+				}
+				next := a.mgr.Current()
+				if by := issuerOf(t, replicas, next.Certificates[0]); by.down {
+					t.Fatalf("replica %s: the renewal came from a replica that is down", down.how)
+				}
+			}
+			if n := strings.Count(logs.String(), "msg=\"SVID updated\""); n != 3 {
+				t.Fatalf("%d SVIDs, want 3", n)
+			}
+			if n := strings.Count(logs.String(), "mtls=true"); n != 2 {
+				t.Errorf("%d renewals over mTLS, want 2; log:\n%s", n, logs.String())
+			}
+		})
+	}
+}
+
+// replica is a CA plane behind a relay the test can cut.
+type replica struct {
+	plane *plane.Plane
+	stop  func() error // plane.Stop, once
+	relay *relay
+	down  bool
+}
+
+// startReplicas starts n planes on one Istio cacerts parent (written to
+// dir/cacerts), each with its own data directory, whose static token
+// "web-token" proves id.
+func startReplicas(t *testing.T, dir string, id spiffeid.ID, n int) []*replica {
+	t.Helper()
+	// A ca-cert with room for one more CA below it: each replica makes
+	// its own intermediate.
+	c := testca.NewIstioCACerts(t, testca.IstioOptions{CACert: func(tmpl *x509.Certificate) { tmpl.MaxPathLen, tmpl.MaxPathLenZero = 1, false }})
+	cacerts := filepath.Join(dir, "cacerts")
+	if err := os.Mkdir(cacerts, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	c.Write(t, cacerts)
+	rs := make([]*replica, n)
+	for i := range rs {
+		parent, err := ca.LoadCACerts(cacerts, time.Now(), ca.CACertsOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := plane.Start(context.Background(), plane.Config{
+			TrustDomain: id.TrustDomain(), DataDir: filepath.Join(dir, "ca", string(rune('a'+i))), Parent: parent,
+			GRPCAddr: "127.0.0.1:0", Kubernetes: plane.Kubernetes{Deny: []string{}},
+			Extra: []attestor.Attestor{attestor.NewStaticTokens(map[string]spiffeid.ID{"web-token": id})},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rs[i] = &replica{plane: p, stop: sync.OnceValue(p.Stop), relay: newRelay(t, p.Addr("grpc").String())}
+		t.Cleanup(func() { _ = rs[i].stop() })
+	}
+	return rs
+}
+
+// issuerOf returns the replica whose log records leaf.
+func issuerOf(t *testing.T, rs []*replica, leaf *x509.Certificate) *replica {
+	t.Helper()
+	for _, r := range rs {
+		if r.down {
+			continue // its store is closed; it issued nothing since
+		}
+		recs, err := r.plane.Authority().Issuances(context.Background(), store.IssuanceFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rec := range recs {
+			if rec.Serial == leaf.SerialNumber.Text(16) {
+				return r
+			}
+		}
+	}
+	t.Fatalf("no replica that is up issued serial %s", leaf.SerialNumber.Text(16))
+	return nil
+}
+
+// relay forwards TCP connections to a replica, as the network between an
+// agent and a CA does, until kill cuts it as a crashed machine would:
+// every connection reset, the port closed.
+type relay struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	wg     sync.WaitGroup
+}
+
+func newRelay(t *testing.T, target string) *relay {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &relay{ln: ln, target: target}
+	r.wg.Go(r.accept)
+	t.Cleanup(r.kill)
+	return r
+}
+
+func (r *relay) addr() string { return r.ln.Addr().String() }
+
+func (r *relay) accept() {
+	for {
+		c, err := r.ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", r.target)
+		if err != nil {
+			_ = c.Close() // the replica is gone: so is this connection
+			continue
+		}
+		r.mu.Lock()
+		r.conns = append(r.conns, c, up)
+		r.mu.Unlock()
+		pipe := func(dst, src net.Conn) {
+			_, _ = io.Copy(dst, src)
+			_ = dst.Close() // one side ended: end the other
+		}
+		r.wg.Go(func() { pipe(up, c) })
+		r.wg.Go(func() { pipe(c, up) })
+	}
+}
+
+// kill closes the port and resets every connection (RST, not FIN).
+func (r *relay) kill() {
+	_ = r.ln.Close()
+	r.mu.Lock()
+	for _, c := range r.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		_ = c.Close()
+	}
+	r.conns = nil
+	r.mu.Unlock()
+	r.wg.Wait()
+}
+
+// staticResolver resolves every target of its scheme to addrs, as gRPC's
+// DNS resolver resolves a name to its addresses.
+type staticResolver struct {
+	scheme string
+	addrs  []string
+}
+
+func (s staticResolver) Scheme() string { return s.scheme }
+
+func (s staticResolver) Build(_ resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
+	var st resolver.State
+	for _, a := range s.addrs {
+		st.Addresses = append(st.Addresses, resolver.Address{Addr: a})
+	}
+	if err := cc.UpdateState(st); err != nil {
+		return nil, errors.Join(errors.New("static resolver"), err)
+	}
+	return s, nil
+}
+
+func (staticResolver) ResolveNow(resolver.ResolveNowOptions) {}
+func (staticResolver) Close()                                {}
+
+// syncBuffer is a log destination safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
