@@ -27,11 +27,13 @@ import (
 
 // TestAgentFailsOver runs three CA replicas under one root (a shared
 // Istio cacerts parent, each replica with its own store and its own
-// intermediate) and an agent that knows all three, renewing over mTLS. The
-// replica that issued the current SVID is stopped (gracefully: GOAWAY,
-// then connections refused), the next renewal must come from another
-// replica; then that one is killed (its connections reset, its port
-// closed), and the next renewal must come from the third. Each renewal is
+// intermediate) and an agent that reaches all three (three addresses, one
+// name resolving to three, or one address in front of three as a
+// Service), renewing over mTLS. The replica that issued the current SVID
+// is stopped (gracefully: GOAWAY, then its port closed), and the next
+// renewal must come from another replica; then that one is killed (its
+// connections reset, its port closed), and the next renewal must come
+// from the third. Each renewal is
 // presented with an SVID another replica issued, so mTLS renewal works
 // against any replica. Time on the agent's clock from the renewal falling
 // due to the new SVID must stay within one minimum backoff: no replica
@@ -51,6 +53,12 @@ func TestAgentFailsOver(t *testing.T) {
 			const scheme = "failover-test"
 			resolver.Register(staticResolver{scheme: scheme, addrs: addrs})
 			cfg.CAAddr, cfg.CAServerName = scheme+":///meshca.example:15012", "localhost"
+		}},
+		{"one address in front of three replicas", func(t *testing.T, cfg *Config, addrs []string) {
+			// A Kubernetes Service as kube-proxy serves it (and as
+			// istio-agent reaches the CA): each connection to one address
+			// goes to a replica that accepts it.
+			cfg.CAAddr = newRelay(t, addrs...).addr()
 		}},
 	}
 	for _, tt := range tests {
@@ -82,7 +90,7 @@ func TestAgentFailsOver(t *testing.T) {
 				how  string
 				stop func(*replica)
 			}{
-				{"stopped", func(r *replica) { _ = r.stop() }},
+				{"stopped", func(r *replica) { _ = r.stop(); r.relay.kill() }}, // its port closed with it
 				{"killed", func(r *replica) { r.relay.kill() }},
 			} {
 				// The Manager waits for the renewal time it took from the
@@ -189,22 +197,25 @@ func issuerOf(t *testing.T, rs []*replica, leaf *x509.Certificate) *replica {
 
 // relay forwards TCP connections to a replica, as the network between an
 // agent and a CA does, until kill cuts it as a crashed machine would:
-// every connection reset, the port closed.
+// every connection reset, the port closed. Given several targets, it
+// forwards each connection to the next one that accepts it, as kube-proxy
+// spreads a Service's connections over its ready endpoints.
 type relay struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	conns  []net.Conn
-	wg     sync.WaitGroup
+	ln      net.Listener
+	targets []string
+	next    int // the target to try first; only accept uses it
+	mu      sync.Mutex
+	conns   []net.Conn
+	wg      sync.WaitGroup
 }
 
-func newRelay(t *testing.T, target string) *relay {
+func newRelay(t *testing.T, targets ...string) *relay {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &relay{ln: ln, target: target}
+	r := &relay{ln: ln, targets: targets}
 	r.wg.Go(r.accept)
 	t.Cleanup(r.kill)
 	return r
@@ -218,9 +229,9 @@ func (r *relay) accept() {
 		if err != nil {
 			return
 		}
-		up, err := net.Dial("tcp", r.target)
-		if err != nil {
-			_ = c.Close() // the replica is gone: so is this connection
+		up := r.dial()
+		if up == nil {
+			_ = c.Close() // no replica: no connection
 			continue
 		}
 		r.mu.Lock()
@@ -233,6 +244,18 @@ func (r *relay) accept() {
 		r.wg.Go(func() { pipe(up, c) })
 		r.wg.Go(func() { pipe(c, up) })
 	}
+}
+
+// dial connects to the next target that accepts, or returns nil.
+func (r *relay) dial() net.Conn {
+	for range r.targets {
+		target := r.targets[r.next%len(r.targets)]
+		r.next++
+		if up, err := net.Dial("tcp", target); err == nil {
+			return up
+		}
+	}
+	return nil
 }
 
 // kill closes the port and resets every connection (RST, not FIN).
