@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -113,6 +114,36 @@ func TestAgentRefusesBadOptions(t *testing.T) {
 			_, err := o.config()
 			if err == nil || !strings.Contains(err.Error(), tc.msg) {
 				t.Fatalf("err = %v, want %q", err, tc.msg)
+			}
+		})
+	}
+}
+
+// TestAgentCAAddrFlag: --ca-addr keeps its one-address form and takes
+// several replicas comma-separated or repeated.
+func TestAgentCAAddrFlag(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"default", nil, []string{"127.0.0.1:15012"}},
+		{"one address", []string{"--ca-addr", "meshca.meshca-system.svc:15012"}, []string{"meshca.meshca-system.svc:15012"}},
+		{"comma-separated", []string{"--ca-addr", "ca-0:15012,ca-1:15012"}, []string{"ca-0:15012", "ca-1:15012"}},
+		{"repeated", []string{"--ca-addr", "ca-0:15012", "--ca-addr", "ca-1:15012"}, []string{"ca-0:15012", "ca-1:15012"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var o agentOptions
+			cmd := &cobra.Command{}
+			o.addFlags(cmd.Flags())
+			args := append([]string{"--spiffe-id", "spiffe://example.org/x", "--ca-roots", "r", "--token-file", "t"}, tc.args...)
+			if err := cmd.Flags().Parse(args); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := o.config()
+			if err != nil || !slices.Equal(cfg.CAAddrs, tc.want) || cfg.CAAddr != "" {
+				t.Fatalf("config() = %q %q, %v; want %q", cfg.CAAddr, cfg.CAAddrs, err, tc.want)
 			}
 		})
 	}
