@@ -13,8 +13,8 @@
 //     turn, and a replica whose connection fails (refused, reset, GOAWAY)
 //     is left out until it reconnects;
 //   - a retry policy: a call that fails with Unavailable is tried again,
-//     up to retryAttempts in all, after a short jittered wait, which
-//     round_robin sends to another replica; calls a replica never started
+//     up to retryAttempts in all, after a short jittered wait, on the next
+//     replica in round_robin's turn; calls a replica never started
 //     (GOAWAY while it shuts down) gRPC retries transparently;
 //   - an idle timeout: connections close after idleTimeout without calls,
 //     so a client that calls twice a day holds no connection to every
@@ -180,8 +180,9 @@ const (
 )
 
 // serviceConfig selects round_robin and retries the CSR API's calls that
-// fail with Unavailable after a jittered 0.1–1 s (gRPC waits a random time
-// up to the backoff, and honours a grpc-retry-pushback-ms trailer).
+// fail with Unavailable: gRPC waits a random time up to 0.1 s before the
+// second attempt, up to 0.2 s before the third (or what a
+// grpc-retry-pushback-ms trailer says).
 var serviceConfig = fmt.Sprintf(`{
   "loadBalancingConfig": [{"round_robin": {}}],
   "methodConfig": [{
