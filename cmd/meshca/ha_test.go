@@ -109,13 +109,17 @@ func startServerProc(t *testing.T, args ...string) *serverProc {
 	return p
 }
 
-// TestHAServerProcesses runs two `meshca server` processes on one
-// PostgreSQL database under one Istio cacerts root: a join token created on
-// A is consumed on B and refused as a replay on A; a revocation made on A
-// is enforced by B; `meshca audit issued` against A lists what B issued;
-// 1,000 concurrent uses of 100 join tokens split across both succeed
-// exactly once per token.
-func TestHAServerProcesses(t *testing.T) {
+// haPair is two `meshca server` processes on one PostgreSQL database under
+// one Istio cacerts root (pathlen 1: each makes its own intermediate), with
+// one admin token.
+type haPair struct {
+	a, b                *serverProc
+	roots               *x509.CertPool
+	rootFile, tokenFile string
+}
+
+func startHAPair(t *testing.T, extra ...string) haPair {
+	t.Helper()
 	pg := pgenv.Start(t)
 	dir := t.TempDir()
 	dsnFile := filepath.Join(dir, "dsn")
@@ -128,29 +132,41 @@ func TestHAServerProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Write(t, cacerts)
-	tokenFile := filepath.Join(dir, "admin-token")
-	if err := os.WriteFile(tokenFile, []byte("ha-test-admin-token-0123456789abcdef"), 0o600); err != nil {
+	h := haPair{roots: x509.NewCertPool(), rootFile: filepath.Join(cacerts, "root-cert.pem"), tokenFile: filepath.Join(dir, "admin-token")}
+	h.roots.AddCert(c.Root)
+	if err := os.WriteFile(h.tokenFile, []byte("ha-test-admin-token-0123456789abcdef"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	common := []string{"--trust-domain", "example.org", "--store-dsn-file", dsnFile, "--cacerts-dir", cacerts,
-		"--admin-token-file", tokenFile, "--grpc-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0", "--monitoring-listen", "",
-		// 900 replays come from this one address: the per-address budget
-		// of failed attempts would rightly refuse most of them.
-		"--unauthenticated-rate", "-1"}
-	a := startServerProc(t, append([]string{"--data-dir", filepath.Join(dir, "a")}, common...)...)
-	b := startServerProc(t, append([]string{"--data-dir", filepath.Join(dir, "b")}, common...)...)
+	common := append([]string{"--trust-domain", "example.org", "--store-dsn-file", dsnFile, "--cacerts-dir", cacerts,
+		"--admin-token-file", h.tokenFile, "--grpc-listen", "127.0.0.1:0", "--https-listen", "127.0.0.1:0", "--monitoring-listen", ""}, extra...)
+	h.a = startServerProc(t, append([]string{"--data-dir", filepath.Join(dir, "a")}, common...)...)
+	h.b = startServerProc(t, append([]string{"--data-dir", filepath.Join(dir, "b")}, common...)...)
+	return h
+}
 
-	rootFile := filepath.Join(cacerts, "root-cert.pem")
-	roots := x509.NewCertPool()
-	roots.AddCert(c.Root)
-	ctx := context.Background()
-	admin := func(p *serverProc) *adminclient.Client {
-		ac, err := adminclient.New(adminclient.Config{Addr: p.http, CAFile: rootFile, TokenFile: tokenFile})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ac
+// admin is an admin API client of p.
+func (h haPair) admin(t *testing.T, p *serverProc) *adminclient.Client {
+	t.Helper()
+	ac, err := adminclient.New(adminclient.Config{Addr: p.http, CAFile: h.rootFile, TokenFile: h.tokenFile})
+	if err != nil {
+		t.Fatal(err)
 	}
+	return ac
+}
+
+// TestHAServerProcesses runs two `meshca server` processes on one
+// PostgreSQL database under one Istio cacerts root: a join token created on
+// A is consumed on B and refused as a replay on A; a revocation made on A
+// is enforced by B; `meshca audit issued` against A lists what B issued;
+// 1,000 concurrent uses of 100 join tokens split across both succeed
+// exactly once per token.
+func TestHAServerProcesses(t *testing.T) {
+	// 900 replays come from this one address: the per-address budget of
+	// failed attempts would rightly refuse most of them.
+	h := startHAPair(t, "--unauthenticated-rate", "-1")
+	a, b, roots, rootFile, tokenFile := h.a, h.b, h.roots, h.rootFile, h.tokenFile
+	ctx := context.Background()
+	admin := func(p *serverProc) *adminclient.Client { return h.admin(t, p) }
 	csrClient := func(p *serverProc) *client.Client {
 		cl, err := client.New(client.Config{Addr: p.grpc, Roots: roots, ServerName: "localhost"})
 		if err != nil {
@@ -274,4 +290,127 @@ func TestHAServerProcesses(t *testing.T) {
 	if n := other.Load(); n != 0 {
 		t.Errorf("%d uses failed otherwise than as replays", n)
 	}
+}
+
+// TestHAKillReplicaUnderLoad: 16 workloads renew over mTLS as fast as they
+// can through clients that know both `meshca server` processes; one
+// process is killed with SIGKILL in the middle. The workloads go on through
+// the other, and afterwards every certificate a workload received is in
+// the shared issuance log, and no serial is there twice.
+func TestHAKillReplicaUnderLoad(t *testing.T) {
+	h := startHAPair(t)
+	a, b, roots := h.a, h.b, h.roots
+	ctx := context.Background()
+	adminB := h.admin(t, b)
+
+	const workers = 16
+	var (
+		mu       sync.Mutex
+		received = map[string]int{} // serial → times received
+		stop     atomic.Bool
+		wg       sync.WaitGroup
+		done     [workers]atomic.Int64
+	)
+	for w := range workers {
+		id := spiffeid.RequireFromString(fmt.Sprintf("spiffe://example.org/vm/w-%d", w))
+		jt, err := adminB.CreateJoinToken(ctx, server.JoinTokenRequest{SPIFFEID: id.String(), TTL: "1h"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, err := pki.GenerateKey(pki.KeyECDSAP256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		csr, err := client.NewCSR(key, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var current atomic.Pointer[tls.Certificate]
+		cl, err := client.New(client.Config{Addrs: []string{a.grpc, b.grpc}, Roots: roots, ServerName: "localhost",
+			ClientCertificate: func() (*tls.Certificate, error) { return current.Load(), nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cl.Close() })
+		keep := func(chain []string) {
+			cert := &tls.Certificate{PrivateKey: key}
+			for _, p := range chain[:len(chain)-1] {
+				c, err := pki.ParseCertificate(p)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				cert.Certificate = append(cert.Certificate, c.Raw)
+			}
+			leaf, _ := x509.ParseCertificate(cert.Certificate[0])
+			mu.Lock()
+			received[leaf.SerialNumber.Text(16)]++
+			mu.Unlock()
+			current.Store(cert)
+			done[w].Add(1)
+		}
+		chain, err := cl.Sign(ctx, csr, time.Hour, jt.Token)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keep(chain)
+		wg.Go(func() {
+			for !stop.Load() {
+				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				chain, err := cl.Sign(cctx, csr, time.Hour, "")
+				cancel()
+				if err != nil {
+					continue // the kill: the client moves on to the other replica
+				}
+				keep(chain)
+			}
+		})
+	}
+	total := func() (n int64) {
+		for i := range done {
+			n += done[i].Load()
+		}
+		return n
+	}
+	clocktest.Eventually(t, "load before the kill", func() bool { return total() > 200 })
+	if err := a.cmd.Process.Kill(); err != nil { // SIGKILL
+		t.Fatal(err)
+	}
+	<-a.done
+	atKill := total()
+	clocktest.Eventually(t, "every workload renews after the kill", func() bool {
+		for i := range done {
+			if done[i].Load() < 3 {
+				return false
+			}
+		}
+		return total() > atKill+200
+	})
+	stop.Store(true)
+	wg.Wait()
+
+	logged := map[string]int{}
+	for w := range workers {
+		recs, err := adminB.Issuances(ctx, fmt.Sprintf("spiffe://example.org/vm/w-%d", w), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs.Issuances {
+			logged[r.Serial]++
+		}
+	}
+	for serial, n := range received {
+		if n != 1 {
+			t.Errorf("serial %s received %d times", serial, n)
+		}
+		if logged[serial] == 0 {
+			t.Errorf("serial %s was received but is not in the log", serial)
+		}
+	}
+	for serial, n := range logged {
+		if n != 1 {
+			t.Errorf("serial %s is in the log %d times", serial, n)
+		}
+	}
+	t.Logf("%d certificates received (%d after the kill), %d in the log", total(), total()-atKill, len(logged))
 }
