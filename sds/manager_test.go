@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/internal/testlog"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -209,24 +211,6 @@ func (m *fakeMetrics) get() (ok, fail int, expiry time.Time) {
 	return m.ok, m.fail, m.expiry
 }
 
-// syncBuffer collects log output from the Manager's goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // env is a Manager wired to a fake CA backed by a real Authority, all on
 // one fake clock.
 type env struct {
@@ -235,7 +219,7 @@ type env struct {
 	ca      *fakeCA
 	m       *sds.Manager
 	metrics *fakeMetrics
-	logs    *syncBuffer
+	logs    *testlog.Buffer
 
 	mu     sync.Mutex
 	tokens int // Token calls
@@ -246,7 +230,7 @@ func newEnv(t *testing.T, mod func(*sds.Config)) *env {
 	e := &env{
 		clk:     &recClock{Fake: clocktest.New(t0), waits: make(chan time.Duration, 1000)},
 		metrics: &fakeMetrics{},
-		logs:    &syncBuffer{},
+		logs:    &testlog.Buffer{},
 	}
 	e.auth = newAuthority(t, e.clk.Fake)
 	e.ca = &fakeCA{auth: e.auth}

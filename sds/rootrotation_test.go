@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/internal/testlog"
+
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -111,7 +113,7 @@ type agent struct {
 	m     *sds.Manager
 	waits chan time.Duration
 	wake  time.Time // when its pending wait ends
-	logs  *syncBuffer
+	logs  *testlog.Buffer
 }
 
 // agentClock reports each wait of one agent.
@@ -133,7 +135,7 @@ func (c agentClock) After(d time.Duration) <-chan time.Time {
 // with a projected ServiceAccount token does.
 func startAgent(t *testing.T, name string, s *caServer, id spiffeid.ID, token string, mtls bool) *agent {
 	t.Helper()
-	ag := &agent{name: name, waits: make(chan time.Duration, 100), logs: &syncBuffer{}}
+	ag := &agent{name: name, waits: make(chan time.Duration, 100), logs: &testlog.Buffer{}}
 	svids := sds.NewStaticSource(nil)
 	m, err := sds.NewManager(sds.Config{
 		ID: id, CA: s.client(svids, mtls), RenewWithSVID: mtls, Publish: svids,

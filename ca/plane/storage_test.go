@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/internal/testlog"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 
@@ -69,24 +71,6 @@ func TestStorageDSN(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log destination safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestPostgresReplicas: two planes started together on one PostgreSQL
 // database, under one Istio cacerts root, share the root and the issuance
 // log, and each signs with its own intermediate, recorded with its name,
@@ -114,7 +98,7 @@ func TestPostgresReplicas(t *testing.T) {
 		!strings.Contains(err.Error(), "need a root whose key no replica keeps") {
 		t.Fatalf("a self-signed root on a shared store: %v", err)
 	}
-	var logs syncBuffer
+	var logs testlog.Buffer
 	// Both start at once on the empty database: one creates the CA, the
 	// other loses the compare-and-swap and takes its state.
 	planes := make([]*Plane, 2)

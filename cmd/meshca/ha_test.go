@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/internal/testlog"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -41,29 +43,10 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// lockedBuffer is a bytes.Buffer safe for a process writing and a test
-// reading.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // serverProc is a `meshca server` process.
 type serverProc struct {
 	cmd        *exec.Cmd
-	logs       lockedBuffer
+	logs       testlog.Buffer
 	grpc, http string
 	done       chan struct{}
 }

@@ -11,9 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/meshca/meshca/internal/testlog"
 
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -28,24 +29,6 @@ import (
 	"github.com/meshca/meshca/sds/agent"
 )
 
-// syncBuffer is a log sink shared by the server's and the agent's handlers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestLogsHoldNoSecrets runs the server and an agent at debug level through
 // a join-token bootstrap, a renewal over mTLS, SDS and Workload API reads,
 // a replayed join token, a wrong bearer token and a wrong admin token, and
@@ -58,7 +41,7 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	kek := bytes.Repeat([]byte{5}, 32)
 	t.Setenv("MESHCA_KEK", hex.EncodeToString(kek))
 

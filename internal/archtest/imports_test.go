@@ -28,7 +28,7 @@ var rules = []struct {
 
 // testHelpers are the packages only tests use.
 var testHelpers = []string{"/internal/testca", "/internal/storetest", "/internal/kubeenv", "/internal/pgenv", "/internal/vaultenv",
-	"/internal/testproc", "/internal/clock/clocktest", "/ca/bundle/internal/bundletest"}
+	"/internal/testproc", "/internal/testlog", "/internal/clock/clocktest", "/ca/bundle/internal/bundletest"}
 
 func TestImportDirection(t *testing.T) {
 	out, err := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, module+"/...").CombinedOutput()

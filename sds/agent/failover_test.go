@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/internal/testlog"
+
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/resolver"
 
@@ -75,7 +77,7 @@ func TestAgentFailsOver(t *testing.T) {
 				t.Fatal(err)
 			}
 			clk := clocktest.New(time.Now())
-			var logs syncBuffer
+			var logs testlog.Buffer
 			cfg := Config{ID: id, CARootsFile: filepath.Join(dir, "cacerts", ca.RootCertFile), JoinTokenFile: tokenFile,
 				Clock: clk, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 			tt.point(t, &cfg, addrs)
@@ -295,21 +297,3 @@ func (s staticResolver) Build(_ resolver.Target, cc resolver.ClientConn, _ resol
 
 func (staticResolver) ResolveNow(resolver.ResolveNowOptions) {}
 func (staticResolver) Close()                                {}
-
-// syncBuffer is a log destination safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
