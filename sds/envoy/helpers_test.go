@@ -55,10 +55,18 @@ type harness struct {
 
 func newHarness(t testing.TB) *harness {
 	t.Helper()
+	return newHarnessWith(t, Config{})
+}
+
+// newHarnessWith is newHarness with cfg; its Source and Metrics are the
+// harness's.
+func newHarnessWith(t testing.TB, cfg Config) *harness {
+	t.Helper()
 	h := &harness{t: t, ca: testca.New(t), metrics: &fakeMetrics{}, runDone: make(chan struct{})}
 	h.svid = h.ca.Issue(t, 1)
 	h.src = sds.NewStaticSource(h.svid)
-	srv, err := New(Config{Source: h.src, Metrics: h.metrics})
+	cfg.Source, cfg.Metrics = h.src, h.metrics
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,11 @@
 //   - resource names "default" (chain and key) and "ROOTCA" (trusted CA),
 //     as Istio's bootstrap asks for them, and SPIRE's names: the workload's
 //     SPIFFE ID (chain and key) and "spiffe://<trust domain>" (trusted CA);
+//   - with Config.SPIFFEValidator, the trust bundles as SPIRE's agent
+//     serves them to Envoy 1.18 and later: "ROOTCA", "spiffe://<trust
+//     domain>" and "ALL" configure Envoy's SPIFFE certificate validator
+//     (envoy.tls.cert_validator.spiffe) with one bundle per trust domain,
+//     so each trust domain's peers verify by that trust domain's roots;
 //   - a name that is not served gets no response and no error: Envoy waits
 //     for it, as it would for a secret that is not ready yet;
 //   - a NACK is logged and counted and never answered with the same
@@ -87,16 +92,22 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics receives counts; default: none kept.
 	Metrics Metrics
+	// SPIFFEValidator serves the validation contexts (RootCAName, the
+	// trust domains' IDs, and AllName) as configurations of Envoy's SPIFFE
+	// certificate validator instead of trusted CAs. Default false: trusted
+	// CAs, and no AllName.
+	SPIFFEValidator bool
 }
 
 // Server is an SDS server for one workload's SVID.
 type Server struct {
-	src   sds.Source
-	log   *slog.Logger
-	m     Metrics
-	cache *cache.LinearCache
-	xds   serverv3.Server
-	stop  context.CancelFunc // ends every stream
+	src    sds.Source
+	log    *slog.Logger
+	m      Metrics
+	spiffe bool // Config.SPIFFEValidator
+	cache  *cache.LinearCache
+	xds    serverv3.Server
+	stop   context.CancelFunc // ends every stream
 
 	streams atomic.Int64 // open SotW and delta streams
 
@@ -119,6 +130,7 @@ func New(cfg Config) (*Server, error) {
 		src:        cfg.Source,
 		log:        cfg.Logger,
 		m:          cfg.Metrics,
+		spiffe:     cfg.SPIFFEValidator,
 		published:  map[string]*tlsv3.Secret{},
 		deltaNames: map[int64]map[string]struct{}{},
 	}
@@ -174,7 +186,7 @@ func (s *Server) sync() {
 	if svid == s.last {
 		return
 	}
-	next, err := secrets(svid)
+	next, err := secrets(svid, s.spiffe)
 	if err != nil {
 		// Keep serving what Envoy has; the next change may be usable.
 		s.log.Error("envoy: cannot publish the SVID", "spiffe_id", svid.ID.String(), "svid_version", svid.Version, "err", err)
