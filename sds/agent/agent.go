@@ -82,6 +82,11 @@ type Config struct {
 	SDSTCPAddr string
 	// SDSTCPAllow are the SPIFFE IDs allowed on SDSTCPAddr. Default: ID.
 	SDSTCPAllow []spiffeid.ID
+	// SDSSPIFFEValidator serves SDS's trust bundles ("ROOTCA",
+	// "spiffe://<td>", "ALL") as configs of Envoy's SPIFFE certificate
+	// validator, as SPIRE's agent does (envoy.Config.SPIFFEValidator).
+	// Default false: trusted CAs.
+	SDSSPIFFEValidator bool
 	// WorkloadSocket is the SPIFFE Workload API Unix socket; "" disables
 	// it.
 	WorkloadSocket string

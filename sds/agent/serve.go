@@ -23,7 +23,7 @@ import (
 // serve starts the SDS and Workload API servers and the monitoring port.
 func (a *Agent) serve(ctx context.Context) error {
 	if a.cfg.SDSSocket != "" || a.cfg.SDSTCPAddr != "" {
-		s, err := envoy.New(envoy.Config{Source: a.mgr, Logger: a.cfg.Logger, Metrics: a.metrics})
+		s, err := envoy.New(envoy.Config{Source: a.mgr, Logger: a.cfg.Logger, Metrics: a.metrics, SPIFFEValidator: a.cfg.SDSSPIFFEValidator})
 		if err != nil {
 			return err
 		}
