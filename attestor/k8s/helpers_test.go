@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
+	"maps"
 	"sync"
 	"testing"
 	"time"
@@ -131,10 +132,11 @@ type recorder struct {
 	refused   map[string]int
 	lookups   map[string]int
 	renewals  map[string]int
+	imperson  map[string]int
 }
 
 func newRecorder() *recorder {
-	return &recorder{reviews: map[string]int{}, refused: map[string]int{}, lookups: map[string]int{}, renewals: map[string]int{}}
+	return &recorder{reviews: map[string]int{}, refused: map[string]int{}, lookups: map[string]int{}, renewals: map[string]int{}, imperson: map[string]int{}}
 }
 
 func (r *recorder) NegativeCacheHit() {
@@ -208,6 +210,19 @@ func (r *recorder) Refused(reason string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.refused[reason]++
+}
+
+func (r *recorder) Impersonation(result string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.imperson[result]++
+}
+
+// impersonations returns the impersonations counted by result.
+func (r *recorder) impersonations() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return maps.Clone(r.imperson)
 }
 
 func (r *recorder) cacheHits() int {

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 
-	corev1 "k8s.io/api/core/v1"
-
 	"github.com/meshca/meshca/attestor"
 )
 
@@ -130,7 +128,7 @@ func (a *InformerAttestor) bound(p *projected) (reason, why string) {
 		return refusedPod, fmt.Sprintf("pod UID is %s, the token's %q (deleted and created again)", pod.UID, k.Pod.UID)
 	case pod.DeletionTimestamp != nil:
 		return refusedPod, "pod terminating"
-	case pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed:
+	case finished(pod):
 		return refusedPod, fmt.Sprintf("pod finished (%s)", pod.Status.Phase)
 	case k.Node != nil && pod.Spec.NodeName != k.Node.Name:
 		return refusedNode, fmt.Sprintf("pod runs on node %q, the token names %q", pod.Spec.NodeName, k.Node.Name)

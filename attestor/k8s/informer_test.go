@@ -305,11 +305,11 @@ func TestInformersStripObjects(t *testing.T) {
 	pod, sa := k8s.CachedPodForTest(inf, "foo", "pod-1"), k8s.CachedServiceAccountForTest(inf, "foo", "bar")
 	wantPod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: "foo", Name: "pod-1", UID: "pod-uid-1", ResourceVersion: pod.ResourceVersion},
-		Spec:       corev1.PodSpec{NodeName: "node-1"},
+		Spec:       corev1.PodSpec{NodeName: "node-1", ServiceAccountName: "bar"},
 		Status:     corev1.PodStatus{Phase: corev1.PodRunning},
 	}
 	if pod == nil || !reflect.DeepEqual(pod, wantPod) {
-		t.Errorf("cached pod = %+v, want only name, namespace, UID, resource version, node and phase", pod)
+		t.Errorf("cached pod = %+v, want only name, namespace, UID, resource version, node, ServiceAccount and phase", pod)
 	}
 	wantSA := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "foo", Name: "bar", UID: "sa-uid-1", ResourceVersion: sa.ResourceVersion}}
 	if sa == nil || !reflect.DeepEqual(sa, wantSA) {

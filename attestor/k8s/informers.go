@@ -26,7 +26,7 @@ import (
 //
 // Each object is stripped, before it is cached, to what the binding checks
 // read: name, namespace, UID, resource version and deletion timestamp, and
-// for a pod its node and phase. A pod then takes about 1.5 KB of memory
+// for a pod its node, ServiceAccount and phase. A pod then takes about 1.5 KB of memory
 // (object, strings and index entries) where the full object takes several
 // to tens of KB, so a cluster of 100,000 pods costs about 150 MB.
 //
@@ -40,6 +40,9 @@ type Informers struct {
 	// step.
 	kinds  []string
 	caches []cache.SharedIndexInformer
+	// podIndex is the pods' cache, indexed also by node and ServiceAccount
+	// (podsOnNodeIndex) for the node checks of impersonation.
+	podIndex cache.Indexer
 	// synced latches once every cache has synced, which is for good: the
 	// hot path then reads one atomic instead of the caches' locks.
 	synced atomic.Bool
@@ -84,8 +87,31 @@ func NewInformers(cfg InformersConfig) (*Informers, error) {
 		}
 		i.kinds, i.caches = append(i.kinds, kind), append(i.caches, inf.si)
 	}
-	i.sas, i.pods = sas.Lister(), pods.Lister()
+	if err := pods.Informer().AddIndexers(cache.Indexers{podsOnNodeIndex: indexPodOnNode}); err != nil {
+		return nil, fmt.Errorf("k8s: pods informer: %w", err)
+	}
+	i.sas, i.pods, i.podIndex = sas.Lister(), pods.Lister(), pods.Informer().GetIndexer()
 	return i, nil
+}
+
+// podsOnNodeIndex indexes the pods that may still run (not Succeeded or
+// Failed) by "<node>/<namespace>/<ServiceAccount>". Names of nodes,
+// namespaces and ServiceAccounts cannot hold a "/", so keys are unique.
+const podsOnNodeIndex = "node-serviceaccount"
+
+func podOnNodeKey(node, ns, sa string) string { return node + "/" + ns + "/" + sa }
+
+func indexPodOnNode(obj any) ([]string, error) {
+	p, ok := obj.(*corev1.Pod)
+	if !ok || p.Spec.NodeName == "" || p.Spec.ServiceAccountName == "" || finished(p) {
+		return nil, nil
+	}
+	return []string{podOnNodeKey(p.Spec.NodeName, p.Namespace, p.Spec.ServiceAccountName)}, nil
+}
+
+// finished reports whether p's containers have all ended for good.
+func finished(p *corev1.Pod) bool {
+	return p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed
 }
 
 // strip is the caches' transform: it keeps of a ServiceAccount or a Pod only
@@ -98,7 +124,7 @@ func strip(obj any) (any, error) {
 	case *corev1.Pod:
 		return &corev1.Pod{
 			ObjectMeta: stripMeta(&o.ObjectMeta),
-			Spec:       corev1.PodSpec{NodeName: o.Spec.NodeName},
+			Spec:       corev1.PodSpec{NodeName: o.Spec.NodeName, ServiceAccountName: o.Spec.ServiceAccountName},
 			Status:     corev1.PodStatus{Phase: o.Status.Phase},
 		}, nil
 	}
@@ -182,6 +208,14 @@ func (i *Informers) pod(ns, name string) *corev1.Pod {
 		return nil
 	}
 	return p
+}
+
+// runsOn reports whether a pod of ServiceAccount ns/sa that has not
+// finished is scheduled to node, terminating ones included (they still run
+// until they end). Callers check Ready first.
+func (i *Informers) runsOn(node, ns, sa string) bool {
+	keys, err := i.podIndex.IndexKeys(podsOnNodeIndex, podOnNodeKey(node, ns, sa))
+	return err == nil && len(keys) > 0 // err: only an unknown index
 }
 
 // Exists implements ServiceAccounts from the cache: a ServiceAccount being

@@ -73,9 +73,9 @@ type projected struct {
 
 // details are what the issuance log records of the token.
 func (p *projected) details() map[string]string {
-	d := map[string]string{"sa-uid": p.claims.K8s.ServiceAccount.UID}
+	d := map[string]string{DetailServiceAccountUID: p.claims.K8s.ServiceAccount.UID}
 	if pod := p.claims.K8s.Pod; pod != nil {
-		d["pod-name"], d["pod-uid"] = pod.Name, pod.UID
+		d[DetailPodName], d[DetailPodUID] = pod.Name, pod.UID
 	}
 	return d
 }

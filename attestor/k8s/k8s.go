@@ -31,6 +31,20 @@ const (
 	KindTokenReview = "k8s-tokenreview"
 	KindJWKS        = "k8s-jwks"
 	KindInformer    = "k8s-informer"
+	// KindImpersonation is recorded for a certificate that a trusted node
+	// agent obtained for a pod on its node (NodeAuthorizer).
+	KindImpersonation = "k8s-node-impersonation"
+)
+
+// Keys of attestor.Identity.Details set by the Kubernetes attestors: the
+// pod a token is bound to, and its ServiceAccount's UID. NodeAuthorizer
+// adds the impersonation's keys.
+const (
+	DetailPodName           = "pod-name"
+	DetailPodUID            = "pod-uid"
+	DetailServiceAccountUID = "sa-uid"
+	DetailImpersonatedBy    = "impersonated-by"
+	DetailNode              = "node"
 )
 
 // DefaultAudiences are the token audiences accepted by default.
@@ -87,6 +101,9 @@ type Metrics interface {
 	// because the API server cannot be reached), "denied" (allow/deny
 	// lists), "deleted" (no such ServiceAccount) or "unavailable".
 	Renewal(result string)
+	// Impersonation counts a node agent's request for another identity
+	// (NodeAuthorizer) by its result: "ok" or the reason it was refused.
+	Impersonation(result string)
 }
 
 type nopMetrics struct{}
@@ -99,6 +116,7 @@ func (nopMetrics) Throttled()                                 {}
 func (nopMetrics) Refused(string)                             {}
 func (nopMetrics) ServiceAccountLookup(string, time.Duration) {}
 func (nopMetrics) Renewal(string)                             {}
+func (nopMetrics) Impersonation(string)                       {}
 
 func (c *Config) setDefaults() error {
 	if c.TrustDomain.IsZero() {

@@ -321,15 +321,15 @@ func (t *TokenReviewAttestor) review(ctx context.Context, token string, now, exp
 	}
 	details := map[string]string{}
 	for k, name := range map[string]string{
-		"authentication.kubernetes.io/pod-name": "pod-name",
-		"authentication.kubernetes.io/pod-uid":  "pod-uid",
+		"authentication.kubernetes.io/pod-name": DetailPodName,
+		"authentication.kubernetes.io/pod-uid":  DetailPodUID,
 	} {
 		if v := st.User.Extra[k]; len(v) > 0 {
 			details[name] = v[0]
 		}
 	}
 	if st.User.UID != "" {
-		details["sa-uid"] = st.User.UID
+		details[DetailServiceAccountUID] = st.User.UID
 	}
 	id, err := t.cfg.identity(KindTokenReview, ns, sa, details)
 	if err != nil {

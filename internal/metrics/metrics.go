@@ -153,6 +153,7 @@ type K8s struct {
 	lookups   *prometheus.CounterVec
 	lookupDur prometheus.Histogram
 	renewals  *prometheus.CounterVec
+	imperson  *prometheus.CounterVec
 }
 
 // NewK8s registers the Kubernetes attestors' collectors on reg.
@@ -200,8 +201,12 @@ func NewK8s(reg prometheus.Registerer) *K8s {
 			Name: "meshca_k8s_renewal_admissions_total",
 			Help: "Renewals over mTLS of Kubernetes-shaped identities, by admission result (ok, stale, denied, deleted, unavailable).",
 		}, []string{"result"}),
+		imperson: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshca_k8s_impersonations_total",
+			Help: "Requests of trusted node agents (Istio ambient's ztunnel) for a certificate of another identity, by result (ok, or the reason refused: not-configured, no-pod-cache, untrusted, malformed, denied, not-synced, caller-pod, not-on-node).",
+		}, []string{"result"}),
 	}
-	reg.MustRegister(m.reviews, m.latency, m.hits, m.negHits, m.inFlight, m.throttled, m.refusals, m.lookups, m.lookupDur, m.renewals)
+	reg.MustRegister(m.reviews, m.latency, m.hits, m.negHits, m.inFlight, m.throttled, m.refusals, m.lookups, m.lookupDur, m.renewals, m.imperson)
 	return m
 }
 
@@ -234,6 +239,9 @@ func (m *K8s) ServiceAccountLookup(result string, took time.Duration) {
 
 // Renewal implements k8s.Metrics.
 func (m *K8s) Renewal(result string) { m.renewals.WithLabelValues(result).Inc() }
+
+// Impersonation implements k8s.Metrics.
+func (m *K8s) Impersonation(result string) { m.imperson.WithLabelValues(result).Inc() }
 
 // Agent implements sds.Metrics and envoy.Metrics for `meshca agent`.
 type Agent struct {

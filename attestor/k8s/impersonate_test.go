@@ -1,0 +1,172 @@
+package k8s_test
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/attestor/k8s"
+)
+
+// ztunnelPod is the node agent's pod, Running on node-1, as ztunnel's
+// caller identity below names it.
+func ztunnelPod(mod ...func(*corev1.Pod)) *corev1.Pod {
+	return livePod(append([]func(*corev1.Pod){func(p *corev1.Pod) {
+		p.Namespace, p.Name, p.UID, p.Spec.ServiceAccountName = "istio-system", "ztunnel-abc", "zt-uid-1", "ztunnel"
+	}}, mod...)...)
+}
+
+// workload is a pod of ServiceAccount ns/sa on node, Pending as a pod
+// whose certificate ztunnel asks for while it starts.
+func workload(ns, name, sa, node string, mod ...func(*corev1.Pod)) *corev1.Pod {
+	return livePod(append([]func(*corev1.Pod){func(p *corev1.Pod) {
+		p.Namespace, p.Name, p.UID, p.Spec.ServiceAccountName, p.Spec.NodeName = ns, name, types.UID("uid-"+name), sa, node
+		p.Status.Phase = corev1.PodPending
+	}}, mod...)...)
+}
+
+// ztunnelCaller is the identity the informer mode proves for ztunnel's
+// pod-bound token.
+func ztunnelCaller(mod ...func(*attestor.Identity)) attestor.Identity {
+	id := attestor.Identity{
+		ID: sa("istio-system", "ztunnel"), Kind: k8s.KindInformer, Subject: "system:serviceaccount:istio-system:ztunnel",
+		Details: map[string]string{k8s.DetailPodName: "ztunnel-abc", k8s.DetailPodUID: "zt-uid-1", k8s.DetailServiceAccountUID: "sa-uid-z"},
+	}
+	for _, m := range mod {
+		m(&id)
+	}
+	return id
+}
+
+// TestNodeAuthorizer is the impersonation decision table: istiod's node
+// authorizer (security/pkg/server/ca/node_auth.go) with meshca's stricter
+// caller checks; every refusal is the same opaque error, the reason is
+// counted.
+func TestNodeAuthorizer(t *testing.T) {
+	onNode1 := []runtime.Object{ztunnelPod(), workload("foo", "bar-1", "bar", "node-1")}
+	trusted := []string{"istio-system/ztunnel"}
+	tests := []struct {
+		name       string
+		objs       []runtime.Object
+		trusted    []string
+		noCaches   bool
+		allow      []string
+		caller     attestor.Identity
+		requested  string
+		wantReason string
+	}{
+		{name: "pod of the ServiceAccount on the caller's node", objs: onNode1, wantReason: "ok"},
+		{name: "terminating pod of the ServiceAccount on the node still counts", objs: []runtime.Object{ztunnelPod(),
+			workload("foo", "bar-1", "bar", "node-1", func(p *corev1.Pod) { terminating(&p.ObjectMeta) })}, wantReason: "ok"},
+		{name: "ServiceAccount's pod on another node", objs: []runtime.Object{ztunnelPod(), workload("foo", "bar-1", "bar", "node-2")},
+			wantReason: "not-on-node"},
+		{name: "no pod of the ServiceAccount anywhere", objs: []runtime.Object{ztunnelPod(), workload("foo", "other-1", "other", "node-1")},
+			wantReason: "not-on-node"},
+		{name: "same ServiceAccount name, other namespace", objs: []runtime.Object{ztunnelPod(), workload("elsewhere", "bar-1", "bar", "node-1")},
+			wantReason: "not-on-node"},
+		{name: "ServiceAccount's pod on the node has finished", objs: []runtime.Object{ztunnelPod(),
+			workload("foo", "bar-1", "bar", "node-1", func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded })}, wantReason: "not-on-node"},
+		{name: "ServiceAccount's pod on the node failed", objs: []runtime.Object{ztunnelPod(),
+			workload("foo", "bar-1", "bar", "node-1", func(p *corev1.Pod) { p.Status.Phase = corev1.PodFailed })}, wantReason: "not-on-node"},
+		{name: "caller not a trusted node account", objs: onNode1, trusted: []string{"istio-system/other"}, wantReason: "untrusted"},
+		{name: "no trusted node accounts", objs: onNode1, trusted: []string{}, wantReason: "not-configured"},
+		{name: "mode without pod caches", objs: onNode1, noCaches: true, wantReason: "no-pod-cache"},
+		{name: "caller proved by a TokenReview", objs: onNode1, caller: ztunnelCaller(func(i *attestor.Identity) { i.Kind = k8s.KindTokenReview }),
+			wantReason: "untrusted"},
+		{name: "caller renewing over mTLS", objs: onNode1, caller: attestor.Identity{ID: sa("istio-system", "ztunnel"), Kind: "mtls", Subject: "serial 1"},
+			wantReason: "untrusted"},
+		{name: "caller token not bound to a pod", objs: onNode1, caller: ztunnelCaller(func(i *attestor.Identity) {
+			i.Details = map[string]string{k8s.DetailServiceAccountUID: "sa-uid-z"}
+		}), wantReason: "caller-pod"},
+		{name: "caller pod UID mismatch", objs: onNode1, caller: ztunnelCaller(func(i *attestor.Identity) { i.Details[k8s.DetailPodUID] = "zt-uid-0" }),
+			wantReason: "caller-pod"},
+		{name: "caller pod gone", objs: []runtime.Object{workload("foo", "bar-1", "bar", "node-1")}, wantReason: "caller-pod"},
+		{name: "caller pod runs as another ServiceAccount", objs: []runtime.Object{
+			ztunnelPod(func(p *corev1.Pod) { p.Spec.ServiceAccountName = "other" }), workload("foo", "bar-1", "bar", "node-1"),
+		}, wantReason: "caller-pod"},
+		{name: "caller pod not Running", objs: []runtime.Object{
+			ztunnelPod(func(p *corev1.Pod) { p.Status.Phase = corev1.PodPending }), workload("foo", "bar-1", "bar", "node-1"),
+		}, wantReason: "caller-pod"},
+		{name: "caller pod terminating", objs: []runtime.Object{
+			ztunnelPod(func(p *corev1.Pod) { terminating(&p.ObjectMeta) }), workload("foo", "bar-1", "bar", "node-1"),
+		}, wantReason: "caller-pod"},
+		{name: "requested identity not a SPIFFE ID", objs: onNode1, requested: "foo/bar", wantReason: "malformed"},
+		{name: "requested identity empty", objs: onNode1, requested: " ", wantReason: "malformed"},
+		{name: "requested identity of another trust domain", objs: onNode1, requested: "spiffe://other.org/ns/foo/sa/bar", wantReason: "malformed"},
+		{name: "requested identity not ns/sa", objs: onNode1, requested: "spiffe://example.org/ns/foo/sa/bar/extra", wantReason: "malformed"},
+		{name: "requested identity a bare path", objs: onNode1, requested: "spiffe://example.org/workload", wantReason: "malformed"},
+		{name: "requested identity in a denied namespace", objs: []runtime.Object{ztunnelPod(), workload("kube-system", "dns-1", "coredns", "node-1")},
+			requested: "spiffe://example.org/ns/kube-system/sa/coredns", wantReason: "denied"},
+		{name: "requested identity outside the allow list", objs: onNode1, allow: []string{"istio-system", "team-*"}, wantReason: "denied"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			inf, _ := fakeCluster(t, tc.objs...)
+			if tc.noCaches {
+				inf = nil
+			}
+			rec := newRecorder()
+			if tc.trusted == nil {
+				tc.trusted = trusted
+			}
+			na, err := k8s.NewNodeAuthorizer(k8s.NodeAuthorizerConfig{
+				Config:              k8s.Config{TrustDomain: td, Allow: tc.allow, Metrics: rec},
+				TrustedNodeAccounts: tc.trusted, Informers: inf,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.caller.ID.IsZero() {
+				tc.caller = ztunnelCaller()
+			}
+			if tc.requested == "" {
+				tc.requested = "spiffe://example.org/ns/foo/sa/bar"
+			}
+			id, err := na.Impersonate(context.Background(), tc.caller, tc.requested)
+			if got := rec.impersonations(); !maps.Equal(got, map[string]int{tc.wantReason: 1}) {
+				t.Errorf("Impersonation counted %v, want %s once", got, tc.wantReason)
+			}
+			if tc.wantReason != "ok" {
+				if !errors.Is(err, attestor.ErrUnauthenticated) || !errors.Is(err, k8s.ErrImpersonationRefused) || !id.ID.IsZero() ||
+					err.Error() != "attestor: unauthenticated: request impersonation authentication failure" {
+					t.Fatalf("Impersonate() = %v, %v; want the one opaque refusal", id.ID, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Impersonate() = %v", err)
+			}
+			want := attestor.Identity{ID: sa("foo", "bar"), Kind: k8s.KindImpersonation, Subject: "system:serviceaccount:istio-system:ztunnel",
+				Details: map[string]string{"impersonated-by": "spiffe://example.org/ns/istio-system/sa/ztunnel", "node": "node-1",
+					"pod-name": "ztunnel-abc", "pod-uid": "zt-uid-1"}}
+			if id.ID != want.ID || id.Kind != want.Kind || id.Subject != want.Subject || !maps.Equal(id.Details, want.Details) {
+				t.Fatalf("Impersonate() = %+v, want %+v", id, want)
+			}
+		})
+	}
+}
+
+// TestNodeAuthorizerConfig: trusted node accounts must be exact
+// <namespace>/<serviceaccount> names.
+func TestNodeAuthorizerConfig(t *testing.T) {
+	for _, acct := range []string{"ztunnel", "istio-system/", "/ztunnel", "istio-*/ztunnel", "a/b/c", "Istio/ztunnel"} {
+		_, err := k8s.NewNodeAuthorizer(k8s.NodeAuthorizerConfig{Config: k8s.Config{TrustDomain: td}, TrustedNodeAccounts: []string{acct}})
+		if err == nil {
+			t.Errorf("trusted node account %q accepted", acct)
+		}
+	}
+	if _, err := k8s.NewNodeAuthorizer(k8s.NodeAuthorizerConfig{Config: k8s.Config{TrustDomain: td},
+		TrustedNodeAccounts: []string{"istio-system/ztunnel", "kube-system/ztunnel.v2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k8s.NewNodeAuthorizer(k8s.NodeAuthorizerConfig{Config: k8s.Config{TrustDomain: spiffeid.TrustDomain{}}}); err == nil {
+		t.Error("no trust domain accepted")
+	}
+}
