@@ -67,56 +67,73 @@ type Kubernetes struct {
 	// the API server is unreachable. The informer mode reads its cache
 	// instead, and uses neither.
 	ServiceAccountTTL, ServiceAccountMaxStale time.Duration
+	// TrustedNodeAccounts ("ns/sa") may ask for the identities of the pods
+	// on their node (Istio ambient's ztunnel; k8s.NodeAuthorizer). It
+	// needs the informer mode: in the others every such request is
+	// refused, with a warning at start and in the log of each.
+	TrustedNodeAccounts []string
 }
 
-// build returns the Kubernetes attestor, nil when Mode is off, and the
+// kubeParts are what Kubernetes builds: the attestor (nil when off), the
+// admission of renewals over mTLS, and the node authorizer of
+// impersonation requests.
+type kubeParts struct {
+	attestor  attestor.Attestor
+	admission *k8s.Admission
+	nodes     *k8s.NodeAuthorizer
+}
+
+// build returns the Kubernetes attestor, nil when Mode is off; the
 // admission for renewals over mTLS, which applies to identities of the
 // Kubernetes shape the allow and deny lists (always, whichever way the
 // identity was first issued) and, with Kubernetes attestation on, checks
 // that the ServiceAccount still exists: in the informer mode in the
-// attestor's informer cache, otherwise by asking the API server.
-func (k *Kubernetes) build(td spiffeid.TrustDomain, userAgent string, clk clock.Clock, log *slog.Logger, reg prometheus.Registerer) (attestor.Attestor, *k8s.Admission, error) {
+// attestor's informer cache, otherwise by asking the API server; and the
+// node authorizer, which reads the informer mode's pod cache.
+func (k *Kubernetes) build(td spiffeid.TrustDomain, userAgent string, clk clock.Clock, log *slog.Logger, reg prometheus.Registerer) (kubeParts, error) {
 	cfg := k8s.Config{TrustDomain: td, Audiences: k.Audiences, Allow: k.Allow, Deny: k.Deny, Clock: clk, Logger: log, Metrics: metrics.NewK8s(reg)}
-	admission := func(sas k8s.ServiceAccounts) (*k8s.Admission, error) {
-		return k8s.NewAdmission(k8s.AdmissionConfig{Config: cfg, ServiceAccounts: sas,
+	parts := func(a attestor.Attestor, sas k8s.ServiceAccounts, pods *k8s.Informers) (kubeParts, error) {
+		adm, err := k8s.NewAdmission(k8s.AdmissionConfig{Config: cfg, ServiceAccounts: sas,
 			Lookup: k8s.LookupConfig{TTL: k.ServiceAccountTTL, MaxStale: k.ServiceAccountMaxStale}})
+		if err != nil {
+			return kubeParts{}, err
+		}
+		nodes, err := k8s.NewNodeAuthorizer(k8s.NodeAuthorizerConfig{Config: cfg, TrustedNodeAccounts: k.TrustedNodeAccounts, Informers: pods})
+		return kubeParts{attestor: a, admission: adm, nodes: nodes}, err
 	}
 	if k.Mode == "" || k.Mode == K8sOff {
-		adm, err := admission(nil)
-		return nil, adm, err
+		return parts(nil, nil, nil)
 	}
 	kc := kubeclient.Config{Kubeconfig: k.Kubeconfig, QPS: k.QPS, Burst: k.Burst, UserAgent: userAgent}
 	if k.JWKSURL != "" && k.JWKSFile != "" {
-		return nil, nil, errors.New("plane: a JWKS URL and a JWKS file: choose one")
+		return kubeParts{}, errors.New("plane: a JWKS URL and a JWKS file: choose one")
 	}
 	switch k.Mode {
 	case K8sInformer:
 		client, err := kc.Clientset()
 		if err != nil {
-			return nil, nil, err
+			return kubeParts{}, err
 		}
 		objects, err := k8s.NewInformers(k8s.InformersConfig{Client: client, Logger: log})
 		if err != nil {
-			return nil, nil, err
-		}
-		adm, err := admission(objects)
-		if err != nil {
-			return nil, nil, err
+			return kubeParts{}, err
 		}
 		inf, err := k8s.NewInformer(k8s.InformerConfig{JWKSConfig: k.jwksConfig(cfg, client, clk), Informers: objects})
-		return inf, adm, err
+		if err != nil {
+			return kubeParts{}, err
+		}
+		return parts(inf, objects, objects)
 	case K8sTokenReview:
 		client, err := kc.Clientset()
 		if err != nil {
-			return nil, nil, err
-		}
-		adm, err := admission(k8s.ClientServiceAccounts{Client: client})
-		if err != nil {
-			return nil, nil, err
+			return kubeParts{}, err
 		}
 		tr, err := k8s.NewTokenReview(k8s.TokenReviewConfig{Config: cfg, Reviewer: k8s.ClientReviewer{Client: client}, Issuer: k.Issuer,
 			Cache: k8s.CacheConfig{TTL: k.CacheTTL, Size: k.CacheSize}, MaxInFlight: k.MaxInFlightReviews})
-		return tr, adm, err
+		if err != nil {
+			return kubeParts{}, err
+		}
+		return parts(tr, k8s.ClientServiceAccounts{Client: client}, nil)
 	case K8sJWKS:
 		var sas k8s.ServiceAccounts
 		// The keys need the API server only when they are fetched through
@@ -127,18 +144,17 @@ func (k *Kubernetes) build(td spiffeid.TrustDomain, userAgent string, clk clock.
 		case err == nil:
 			sas = k8s.ClientServiceAccounts{Client: client}
 		case k.JWKSURL == "" && k.JWKSFile == "":
-			return nil, nil, err
+			return kubeParts{}, err
 		default:
 			log.Warn("no API server for JWKS mode: renewals over mTLS check the allow and deny lists only, and an SVID of a deleted ServiceAccount renews until its SPIFFE ID is revoked", "err", err)
 		}
-		adm, err := admission(sas)
-		if err != nil {
-			return nil, nil, err
-		}
 		jw, err := k8s.NewJWKS(k.jwksConfig(cfg, client, clk))
-		return jw, adm, err
+		if err != nil {
+			return kubeParts{}, err
+		}
+		return parts(jw, sas, nil)
 	}
-	return nil, nil, fmt.Errorf("plane: Kubernetes attestation must be off, informer, tokenreview or jwks, not %q", k.Mode)
+	return kubeParts{}, fmt.Errorf("plane: Kubernetes attestation must be off, informer, tokenreview or jwks, not %q", k.Mode)
 }
 
 // jwksConfig says where the cluster's keys come from: JWKSFile, JWKSURL,
@@ -160,29 +176,29 @@ func (k *Kubernetes) jwksConfig(cfg k8s.Config, client kubernetes.Interface, clk
 }
 
 // tokenAttestors builds the bearer-token attestors: one per OIDC issuer
-// (each claims only its own tokens), then Kubernetes; and the admission of
-// renewals.
-func (c *Config) tokenAttestors(reg prometheus.Registerer) ([]attestor.Attestor, *k8s.Admission, error) {
+// (each claims only its own tokens), then Kubernetes; and Kubernetes'
+// other parts (the admission of renewals, the node authorizer).
+func (c *Config) tokenAttestors(reg prometheus.Registerer) ([]attestor.Attestor, kubeParts, error) {
 	var out []attestor.Attestor
 	if c.OIDCConfigFile != "" {
 		issuers, err := oidc.LoadFile(c.OIDCConfigFile)
 		if err != nil {
-			return nil, nil, err
+			return nil, kubeParts{}, err
 		}
 		for _, ic := range issuers {
 			a, err := oidc.New(oidc.Config{Issuer: ic, TrustDomain: c.TrustDomain, Clock: c.Clock})
 			if err != nil {
-				return nil, nil, err
+				return nil, kubeParts{}, err
 			}
 			out = append(out, a)
 		}
 	}
-	k, adm, err := c.Kubernetes.build(c.TrustDomain, c.UserAgent, c.Clock, c.Logger, reg)
+	k, err := c.Kubernetes.build(c.TrustDomain, c.UserAgent, c.Clock, c.Logger, reg)
 	if err != nil {
-		return nil, nil, err
+		return nil, kubeParts{}, err
 	}
-	if k != nil {
-		out = append(out, k)
+	if k.attestor != nil {
+		out = append(out, k.attestor)
 	}
-	return out, adm, nil
+	return out, k, nil
 }

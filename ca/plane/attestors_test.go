@@ -44,6 +44,12 @@ func TestTokenAttestorsFromConfig(t *testing.T) {
 		{name: "tokenreview with a missing kubeconfig", k8s: Kubernetes{Mode: K8sTokenReview, Kubeconfig: filepath.Join(dir, "absent")}, wantErr: "kubeconfig"},
 		{name: "unknown mode", k8s: Kubernetes{Mode: "magic"}, wantErr: "must be off, informer, tokenreview or jwks"},
 		{name: "bad deny pattern", k8s: Kubernetes{Mode: K8sJWKS, JWKSFile: jwksFile, Deny: []string{"[x"}}, wantErr: "pattern"},
+		{name: "informer with trusted node accounts", k8s: Kubernetes{Mode: K8sInformer, Kubeconfig: kubeconfig, TrustedNodeAccounts: []string{"istio-system/ztunnel"}},
+			want: 1, ready: "not synced"},
+		{name: "jwks with trusted node accounts (refused at each request)", k8s: Kubernetes{Mode: K8sJWKS, JWKSFile: jwksFile, TrustedNodeAccounts: []string{"istio-system/ztunnel"}},
+			want: 1},
+		{name: "malformed trusted node account", k8s: Kubernetes{Mode: K8sInformer, Kubeconfig: kubeconfig, TrustedNodeAccounts: []string{"ztunnel"}},
+			wantErr: "not <namespace>/<serviceaccount>"},
 		{name: "missing oidc config", oidc: filepath.Join(dir, "absent.yaml"), wantErr: "absent.yaml"},
 	}
 	for _, tc := range tests {
@@ -52,7 +58,7 @@ func TestTokenAttestorsFromConfig(t *testing.T) {
 			if err := cfg.setDefaults(); err != nil {
 				t.Fatal(err)
 			}
-			got, admission, err := cfg.tokenAttestors(prometheus.NewRegistry())
+			got, kube, err := cfg.tokenAttestors(prometheus.NewRegistry())
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tc.wantErr)
@@ -81,9 +87,14 @@ func TestTokenAttestorsFromConfig(t *testing.T) {
 			}
 			// Renewals pass the allow and deny lists in every mode: the
 			// default Deny refuses kube-system.
-			err = admission.Admit(context.Background(), spiffeid.RequireFromString("spiffe://example.org/ns/kube-system/sa/x"))
+			err = kube.admission.Admit(context.Background(), spiffeid.RequireFromString("spiffe://example.org/ns/kube-system/sa/x"))
 			if !errors.Is(err, attestor.ErrPermissionDenied) {
 				t.Errorf("renewal admission of kube-system = %v, want ErrPermissionDenied", err)
+			}
+			// Every mode has a node authorizer: without the informer mode
+			// (or trusted node accounts) it refuses every impersonation.
+			if kube.nodes == nil {
+				t.Error("no node authorizer")
 			}
 		})
 	}

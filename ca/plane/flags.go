@@ -28,6 +28,7 @@ func (k *Kubernetes) AddFlags(fs *pflag.FlagSet) {
 	fs.IntVar(&k.MaxInFlightReviews, "k8s-max-inflight-reviews", 16, "most TokenReviews sent at once; more callers wait for a slot")
 	fs.DurationVar(&k.ServiceAccountTTL, "serviceaccount-cache-ttl", time.Minute, "how long a ServiceAccount found by renewal admission is trusted (a deleted one renews at most this long; not used by the informer mode)")
 	fs.DurationVar(&k.ServiceAccountMaxStale, "serviceaccount-max-stale", 24*time.Hour, "while the API server is unreachable, ServiceAccounts seen this recently keep renewing")
+	fs.StringSliceVar(&k.TrustedNodeAccounts, "trusted-node-accounts", nil, "ServiceAccounts (ns/sa, exact) that may get certificates for the pods on their node, as Istio's CA_TRUSTED_NODE_ACCOUNTS (Istio ambient: istio-system/ztunnel); needs --k8s-attestation=informer")
 }
 
 // AddFlags registers the flags of `meshca server` for leader election into

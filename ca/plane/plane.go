@@ -28,6 +28,7 @@ import (
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/attestor/jointoken"
+	"github.com/meshca/meshca/attestor/k8s"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/bundle"
 	"github.com/meshca/meshca/ca/server"
@@ -226,7 +227,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	chain, err := cfg.attestors(auth, st, reg)
+	chain, nodes, err := cfg.attestors(auth, st, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +251,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 		return nil, fmt.Errorf("admin token: %w", err)
 	}
 	srv, err := server.New(server.Config{
-		Authority: auth, Attestor: chain, AdminToken: adminToken, Ready: readyAll(waitFor, st.ready),
+		Authority: auth, Attestor: chain, Impersonator: nodes, AdminToken: adminToken, Ready: readyAll(waitFor, st.ready),
 		GRPCAddr: cfg.GRPCAddr, HTTPSAddr: cfg.HTTPSAddr, MonitorAddr: cfg.MonitorAddr, Profiling: cfg.Profiling,
 		DNSNames: cfg.DNSNames, IPs: cfg.IPs, Limits: cfg.Limits,
 		Registry: reg, Clock: cfg.Clock, Logger: log,
@@ -329,25 +330,26 @@ func readyAll(bs []background, store func(context.Context) error) func(context.C
 
 // attestors builds the chain in the order credentials are tried: the
 // current SVID over mTLS (renewal), join tokens, then the bearer-token
-// attestors, then Extra.
-func (c *Config) attestors(auth *ca.Authority, tokens jointoken.Store, reg prometheus.Registerer) (attestor.Chain, error) {
-	bearer, admission, err := c.tokenAttestors(reg)
+// attestors, then Extra; and the node authorizer of impersonation
+// requests.
+func (c *Config) attestors(auth *ca.Authority, tokens jointoken.Store, reg prometheus.Registerer) (attestor.Chain, *k8s.NodeAuthorizer, error) {
+	bearer, kube, err := c.tokenAttestors(reg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	// Renewal passes the admission of first issuance again: the allow and
 	// deny lists, and the ServiceAccount still existing (attestor/k8s).
-	renewal, err := attestor.NewMTLS(attestor.MTLSConfig{Bundles: auth, Revocations: auth, Admit: admission.Admit, Clock: c.Clock})
+	renewal, err := attestor.NewMTLS(attestor.MTLSConfig{Bundles: auth, Revocations: auth, Admit: kube.admission.Admit, Clock: c.Clock})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	joins, err := jointoken.New(jointoken.Config{Store: tokens, Clock: c.Clock, Logger: c.Logger})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	chain := attestor.Chain{renewal, joins}
 	chain = append(chain, bearer...)
-	return append(chain, c.Extra...), nil
+	return append(chain, c.Extra...), kube.nodes, nil
 }
 
 // Seal seals, with cfg.KEK, the CA keys that the store of cfg (its data

@@ -30,8 +30,13 @@ type istioService struct {
 }
 
 // CreateCertificate signs the CSR for the identity the caller's credential
-// proves. validity_duration is in seconds; 0 (unset in proto3) means the CA's
-// default, as in Istio. The response chain is leaf first, root last.
+// proves, or, when the request's metadata holds an ImpersonatedIdentity
+// (Istio ambient's ztunnel), for that identity if the Impersonator allows
+// the caller to hold it. validity_duration is in seconds; 0 (unset in
+// proto3) means the CA's default, as in Istio. The response chain is
+// ca.Issued.ChainPEM: the leaf, each intermediate in its own element, then
+// the trusted roots together in the last, the order ztunnel and
+// istio-agent read.
 func (i *istioService) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
 	var from string
 	if p, ok := peer.FromContext(ctx); ok {
@@ -71,6 +76,11 @@ func (i *istioService) create(ctx context.Context, req *pb.IstioCertificateReque
 	id, err := i.s.cfg.Attestor.Attest(ctx, cred)
 	if err != nil {
 		return nil, err
+	}
+	if requested, ok := impersonation(req.GetMetadata()); ok {
+		if id, err = i.s.impersonate(ctx, id, requested); err != nil {
+			return nil, err
+		}
 	}
 	issued, err := i.s.cfg.Authority.Sign(ctx, ca.SignRequest{CSR: []byte(req.GetCsr()), TTL: ttl, Identity: id, Peer: cred.Peer})
 	if err != nil {

@@ -137,6 +137,10 @@ type Config struct {
 	Authority *ca.Authority
 	// Attestor proves callers' identities. Required.
 	Attestor attestor.Attestor
+	// Impersonator decides the gRPC API's requests for another identity
+	// than the caller's (an ImpersonatedIdentity in the request's
+	// metadata: Istio ambient's ztunnel). Nil refuses them all.
+	Impersonator Impersonator
 	// Ready, when set, is asked on /readyz after the Authority: parts the
 	// CA cannot serve without that get ready after start (the Kubernetes
 	// informer caches). Its error is /readyz's 503 answer.
