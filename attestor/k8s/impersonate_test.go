@@ -170,3 +170,32 @@ func TestNodeAuthorizerConfig(t *testing.T) {
 		t.Error("no trust domain accepted")
 	}
 }
+
+// FuzzImpersonatedIdentity hands arbitrary ImpersonatedIdentity strings,
+// as a caller sends them, to a node authorizer whose caches hold the
+// trusted ztunnel's pod and a pod of foo/bar on its node. Exactly the
+// SPIFFE ID spiffe://example.org/ns/foo/sa/bar is granted (a SPIFFE ID
+// has one spelling); everything else is the one opaque refusal.
+func FuzzImpersonatedIdentity(f *testing.F) {
+	inf, _ := fakeCluster(f, ztunnelPod(), workload("foo", "bar-1", "bar", "node-1"))
+	na, err := k8s.NewNodeAuthorizer(k8s.NodeAuthorizerConfig{Config: k8s.Config{TrustDomain: td}, TrustedNodeAccounts: []string{"istio-system/ztunnel"}, Informers: inf})
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, seed := range []string{"spiffe://example.org/ns/foo/sa/bar", "spiffe://example.org/ns/foo/sa/bar/", "spiffe://EXAMPLE.org/ns/foo/sa/bar",
+		"spiffe://example.org/ns/foo/sa/bar?x", "spiffe://example.org//ns/foo/sa/bar", "spiffe://example.org/ns/foo/sa/%62ar", "", "spiffe://"} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, requested string) {
+		id, err := na.Impersonate(context.Background(), ztunnelCaller(), requested)
+		if requested == "spiffe://example.org/ns/foo/sa/bar" {
+			if err != nil || id.ID != sa("foo", "bar") {
+				t.Fatalf("Impersonate(%q) = %v, %v", requested, id.ID, err)
+			}
+			return
+		}
+		if err == nil || !errors.Is(err, k8s.ErrImpersonationRefused) || !id.ID.IsZero() {
+			t.Fatalf("Impersonate(%q) = %v, %v; want the opaque refusal", requested, id.ID, err)
+		}
+	})
+}
