@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
-	gojwtsvid "github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	gojwtsvid "github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 
 	"github.com/meshca/meshca/internal/jwtsvid"
 )
