@@ -106,6 +106,16 @@ type Config struct {
 	// leader that lost its lease without knowing yet takes none once a
 	// newer one has written. Nil: this replica is alone, and leads.
 	Leader func() (term uint64, leading bool)
+	// JWTSVIDTTL is a JWT-SVID's lifetime when none is requested.
+	// Default 5m (DefaultJWTSVIDTTL).
+	JWTSVIDTTL time.Duration
+	// JWTSVIDMaxTTL is the longest JWT-SVID lifetime a caller may request.
+	// Default 1h; at most half of JWTKeyTTL.
+	JWTSVIDMaxTTL time.Duration
+	// JWTKeyTTL is the JWT signing key's lifetime: the next key is made
+	// and published at 40 % of it, signs from 50 %, and the old one stays
+	// published until its last token expires. Default IntermediateTTL.
+	JWTKeyTTL time.Duration
 	// Clock defaults to the wall clock.
 	Clock clock.Clock
 	// Logger defaults to discarding.
@@ -129,6 +139,9 @@ type Metrics interface {
 	// e.g. Vault is unreachable. Leaves are still signed until the active
 	// intermediate's expiry (SigningCAExpiry).
 	RotationFailing(failing bool)
+	// JWTSVIDMinted counts one MintJWTSVID call by credential kind and
+	// result, as Issued.
+	JWTSVIDMinted(kind, result string)
 }
 
 type nopMetrics struct{}
@@ -136,6 +149,7 @@ type nopMetrics struct{}
 func (nopMetrics) Issued(string, string, time.Duration) {}
 func (nopMetrics) SigningCAExpiry(time.Time)            {}
 func (nopMetrics) RotationFailing(bool)                 {}
+func (nopMetrics) JWTSVIDMinted(string, string)         {}
 
 func (c *Config) setDefaults() error {
 	if c.TrustDomain.IsZero() {
@@ -159,9 +173,19 @@ func (c *Config) setDefaults() error {
 	def(&c.Backdate, DefaultBackdate)
 	def(&c.Retention, DefaultRetention)
 	def(&c.RootRotationOverlap, c.DefaultTTL)
+	def(&c.JWTSVIDTTL, DefaultJWTSVIDTTL)
+	def(&c.JWTSVIDMaxTTL, DefaultJWTSVIDMaxTTL)
+	def(&c.JWTKeyTTL, c.IntermediateTTL)
 	switch {
-	case c.RootTTL < 0, c.IntermediateTTL < 0, c.DefaultTTL < 0, c.MaxTTL < 0, c.Backdate < 0, c.Retention < 0, c.RootRotationOverlap < 0:
+	case c.RootTTL < 0, c.IntermediateTTL < 0, c.DefaultTTL < 0, c.MaxTTL < 0, c.Backdate < 0, c.Retention < 0, c.RootRotationOverlap < 0,
+		c.JWTSVIDTTL < 0, c.JWTSVIDMaxTTL < 0, c.JWTKeyTTL < 0:
 		return errors.New("ca: lifetimes must be positive")
+	case c.JWTSVIDTTL > c.JWTSVIDMaxTTL || c.JWTSVIDTTL < MinJWTSVIDTTL:
+		return fmt.Errorf("ca: JWT-SVID TTL %s must be between %s and the maximum JWT-SVID TTL %s", c.JWTSVIDTTL, MinJWTSVIDTTL, c.JWTSVIDMaxTTL)
+	case c.JWTKeyTTL < 2*c.JWTSVIDMaxTTL:
+		// Otherwise a key switched to at half its life could not cover
+		// the longest token.
+		return fmt.Errorf("ca: JWT key TTL %s must be at least twice the maximum JWT-SVID TTL %s", c.JWTKeyTTL, c.JWTSVIDMaxTTL)
 	case c.DefaultTTL > c.MaxTTL:
 		return fmt.Errorf("ca: default TTL %s is over the maximum TTL %s", c.DefaultTTL, c.MaxTTL)
 	case c.IntermediateTTL < 2*c.DefaultTTL:
@@ -221,6 +245,9 @@ type Authority struct {
 	// health remembers a failed store write until the store takes one
 	// again (see Ready).
 	health storeHealth
+	// jwt is the JWT-SVID signing key and bundle in effect, read
+	// lock-free on every MintJWTSVID; rotation swaps it.
+	jwt atomic.Pointer[jwtSigner]
 	// local holds this replica's intermediates (Config.Replica), keys in
 	// memory only; under rotateMu.
 	local store.CAState

@@ -23,7 +23,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock/clocktest"
 	"github.com/meshca/meshca/internal/storetest"
 	"github.com/meshca/meshca/internal/testca"
@@ -209,11 +208,12 @@ func TestIstioPathLenZeroSignsDirectly(t *testing.T) {
 			if err := a.Rotate(ctx); err != nil {
 				t.Fatalf("Rotate in direct mode: %v", err)
 			}
-			if !a.NextRotation().IsZero() {
-				t.Errorf("NextRotation = %s, want none", a.NextRotation())
+			// Only the JWT signing key rotates.
+			if got, want := a.NextRotation(), clk.Now().Add(-ca.DefaultBackdate).Add((ca.DefaultIntermediateTTL+ca.DefaultBackdate)*4/10); !got.Equal(want) {
+				t.Errorf("NextRotation = %s, want the JWT key's prepare time %s", got, want)
 			}
-			if _, err := st.LoadCAState(ctx); !errors.Is(err, store.ErrNotFound) {
-				t.Errorf("direct mode stored CA state (%v): no root or intermediate should be made", err)
+			if s, err := st.LoadCAState(ctx); err != nil || s.Root != nil || s.Active != nil || s.JWTKeys == nil {
+				t.Errorf("direct mode stored CA state (%v): no root or intermediate should be made, only the JWT key", err)
 			}
 			if err := a.Ready(ctx); err != nil {
 				t.Errorf("Ready: %v", err)

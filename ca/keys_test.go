@@ -123,8 +123,8 @@ func TestKEKRefusesClearKeysUntilSealed(t *testing.T) {
 	if _, err := ca.SealStoredKeys(ctx, st, nil, nil); err == nil {
 		t.Fatal("SealStoredKeys without a KEK succeeded")
 	}
-	if n, err := ca.SealStoredKeys(ctx, st, kek, nil); err != nil || n != 2 {
-		t.Fatalf("SealStoredKeys = %d, %v; want the root and the active intermediate", n, err)
+	if n, err := ca.SealStoredKeys(ctx, st, kek, nil); err != nil || n != 3 {
+		t.Fatalf("SealStoredKeys = %d, %v; want the root, the active intermediate and the JWT key", n, err)
 	}
 	s, _ := st.LoadCAState(ctx)
 	if s.Root.Key.Alg != "aes-256-gcm" || s.Active.Key.Alg != "aes-256-gcm" {

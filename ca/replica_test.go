@@ -3,6 +3,7 @@ package ca_test
 import (
 	"context"
 	"crypto/x509"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -48,8 +49,12 @@ func TestReplicasOwnIntermediates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if state.Active != nil || state.Next != nil || state.Root != nil {
+	if state.Active != nil || state.Next != nil || state.Root != nil || state.JWTKeys != nil {
 		t.Fatal("a private key is in the shared store")
+	}
+	// JWT-SVIDs would need each replica's key published by all: refused.
+	if _, err := a.MintJWTSVID(context.Background(), identity(fooID), []string{"x"}, 0); !errors.Is(err, ca.ErrJWTUnavailable) {
+		t.Errorf("MintJWTSVID on a replica: %v, want ErrJWTUnavailable", err)
 	}
 	held := map[string]string{}
 	for _, r := range state.ReplicaIntermediates {

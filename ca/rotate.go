@@ -107,6 +107,10 @@ func (a *Authority) update(ctx context.Context, op func(st *store.CAState, now t
 		a.local.Active, a.local.Next = slots.Active, slots.Next
 		recordReplica(st, a.cfg.Replica, slots, now)
 	}
+	jwt, err := a.rotateJWTKeys(st, now)
+	if err != nil {
+		return err
+	}
 	pruneRevoked(st, now)
 	after, err := json.Marshal(st)
 	if err != nil {
@@ -123,6 +127,7 @@ func (a *Authority) update(ctx context.Context, op func(st *store.CAState, now t
 		a.logChanges(before, st)
 	}
 	a.apply(tr, active, next, st)
+	a.jwt.Store(jwt)
 	if err := errors.Join(stepErr, prepareErr); err != nil {
 		msg := err.Error()
 		a.lastErr.Store(&msg)
@@ -292,6 +297,10 @@ func (a *Authority) logChanges(before []byte, st *store.CAState) {
 		}
 		a.cfg.Logger.Info("intermediate state updated", attrs...)
 	}
+	oa, on, or := jwtKeyIDs(old.JWTKeys)
+	if na, nn, nr := jwtKeyIDs(st.JWTKeys); oa != na || on != nn || or != nr {
+		a.cfg.Logger.Info("JWT signing keys updated", "active_kid", na, "next_kid", nn, "retired", nr)
+	}
 	a.logRootRotation(old.RootRotation, st.RootRotation)
 }
 
@@ -314,7 +323,11 @@ func (a *Authority) NextRotation() time.Time {
 	switch {
 	case tr == nil || s == nil:
 		return a.cfg.Clock.Now()
-	case tr.direct:
+	}
+	if j := a.jwt.Load(); j != nil && j.key != nil && (next.IsZero() || j.next.Before(next)) {
+		next = j.next
+	}
+	if tr.direct {
 		return next
 	}
 	inter := PrepareTime(s.cert)

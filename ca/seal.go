@@ -58,6 +58,11 @@ func SealStoredKeys(ctx context.Context, st store.Store, kek []byte, log *slog.L
 		log.Info("sealing stored CA key", "subject", cert.Subject.CommonName, "serial", cert.SerialNumber.Text(16))
 		n++
 	}
+	m, err := sealJWTKeys(state.JWTKeys, unsealed, sl, log)
+	if err != nil {
+		return 0, err
+	}
+	n += m
 	if n == 0 {
 		return 0, nil
 	}
@@ -65,5 +70,33 @@ func SealStoredKeys(ctx context.Context, st store.Store, kek []byte, log *slog.L
 		return 0, fmt.Errorf("ca: save sealed keys: %w", err)
 	}
 	log.Warn("sealed stored CA keys with the key-encryption key", "count", n)
+	return n, nil
+}
+
+// sealJWTKeys seals the JWT signing keys of k held in clear, as
+// SealStoredKeys does the CA keys, and returns how many it sealed.
+func sealJWTKeys(k *store.JWTKeys, unsealed, sl *sealer, log *slog.Logger) (int, error) {
+	if k == nil {
+		return 0, nil
+	}
+	n := 0
+	for _, j := range []*store.JWTKey{k.Active, k.Next} {
+		if j == nil || j.Key.Alg != sealNone {
+			continue
+		}
+		pub, err := x509.ParsePKIXPublicKey(j.PublicKeyDER)
+		if err != nil {
+			return 0, fmt.Errorf("ca: stored JWT key %q: %w", j.ID, err)
+		}
+		key, err := unsealed.open(j.Key, pub)
+		if err != nil {
+			return 0, fmt.Errorf("ca: JWT key %q: %w", j.ID, err)
+		}
+		if j.Key, err = sl.seal(key); err != nil {
+			return 0, fmt.Errorf("ca: seal JWT key %q: %w", j.ID, err)
+		}
+		log.Info("sealing stored JWT signing key", "kid", j.ID)
+		n++
+	}
 	return n, nil
 }

@@ -88,6 +88,35 @@ type CAState struct {
 	// certificates they signed may no longer renew. Each is kept until it
 	// expires.
 	RevokedIntermediates []RevokedCA `json:"revoked_intermediates,omitempty"`
+	// JWTKeys are the JWT-SVID signing keys; nil until the first is made
+	// (and always when several replicas share the store).
+	JWTKeys *JWTKeys `json:"jwt_keys,omitempty"`
+}
+
+// JWTKeys are the trust domain's JWT-SVID signing keys, rotated like the
+// intermediates: Next is published in the JWT bundle before it signs, and
+// a retired key stays published until the last token it signed expires.
+type JWTKeys struct {
+	// Active signs JWT-SVIDs now.
+	Active *JWTKey `json:"active,omitempty"`
+	// Next is prepared (and published) ahead of the next rotation.
+	Next *JWTKey `json:"next,omitempty"`
+	// Retired signed before; public keys only, each kept until NotAfter.
+	Retired []JWTKey `json:"retired,omitempty"`
+}
+
+// JWTKey is one JWT-SVID signing key.
+type JWTKey struct {
+	// ID is the key ID (kid) in the tokens' header and in the bundle.
+	ID string `json:"kid"`
+	// PublicKeyDER is the public key, PKIX DER.
+	PublicKeyDER []byte `json:"public_key"`
+	// Key is the sealed private key; empty once the key is retired.
+	Key SealedKey `json:"key,omitzero"`
+	// NotBefore is when the key was made. NotAfter is when it stops
+	// being published: no token it signs outlives it.
+	NotBefore time.Time `json:"not_before"`
+	NotAfter  time.Time `json:"not_after"`
 }
 
 // Phases of a root rotation (RootRotation.Phase), in order.

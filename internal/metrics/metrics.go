@@ -15,6 +15,7 @@ type CA struct {
 	expiry   prometheus.Gauge
 	failing  prometheus.Gauge
 	failures prometheus.Counter
+	jwt      *prometheus.CounterVec
 }
 
 // NewCA registers the CA's collectors on reg.
@@ -42,7 +43,11 @@ func NewCA(reg prometheus.Registerer) *CA {
 		Name: "meshca_ca_rotation_failures_total",
 		Help: "Rotation attempts of the CA that failed and were retried.",
 	})
-	reg.MustRegister(m.issued, m.duration, m.expiry, m.failing, m.failures)
+	m.jwt = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "meshca_jwt_svid_total",
+		Help: "JWT-SVID requests handled, by credential kind and result (JWT-SVIDs are not recorded in the issuance log).",
+	}, []string{"kind", "result"})
+	reg.MustRegister(m.issued, m.duration, m.expiry, m.failing, m.failures, m.jwt)
 	return m
 }
 
@@ -88,6 +93,14 @@ func (m *Vault) TokenExpiry(t time.Time) {
 		return
 	}
 	m.expiry.Set(float64(t.Unix()))
+}
+
+// JWTSVIDMinted implements ca.Metrics.
+func (m *CA) JWTSVIDMinted(kind, result string) {
+	if kind == "" {
+		kind = "none"
+	}
+	m.jwt.WithLabelValues(kind, result).Inc()
 }
 
 // Issued implements ca.Metrics.
