@@ -99,8 +99,9 @@ func (s *Server) sign(w http.ResponseWriter, r *http.Request) (*SignResponse, er
 	}, nil
 }
 
-// handleBundle serves the trust bundle as PEM, or as a SPIFFE bundle (JWKS)
-// with ?format=spiffe or "Accept: application/json".
+// handleBundle serves the trust bundle as PEM, or as a SPIFFE bundle (JWKS,
+// with the JWT-SVID keys beside the roots) with ?format=spiffe or "Accept:
+// application/json".
 func (s *Server) handleBundle(w http.ResponseWriter, r *http.Request) {
 	format := r.URL.Query().Get("format")
 	if format == "" && strings.Contains(r.Header.Get("Accept"), "application/json") {
@@ -112,7 +113,9 @@ func (s *Server) handleBundle(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(s.cfg.Authority.RootsPEM()) // a client gone mid-answer
 	case "spiffe":
 		auth := s.cfg.Authority
-		b, err := spiffebundle.FromX509Authorities(auth.TrustDomain(), auth.Bundle().X509Authorities()).Marshal()
+		sb := spiffebundle.FromX509Authorities(auth.TrustDomain(), auth.Bundle().X509Authorities())
+		sb.SetJWTAuthorities(auth.JWTBundle().JWTAuthorities())
+		b, err := sb.Marshal()
 		if err != nil {
 			s.cfg.Logger.Error("marshal SPIFFE bundle", "err", err)
 			writeJSON(w, http.StatusInternalServerError, ErrorResponse{Error: "internal error", Code: codes.Internal.String()})

@@ -249,6 +249,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.ChainUnaryInterceptor(s.deadlineInterceptor),
 	)
 	pb.RegisterIstioCertificateServiceServer(s.grpc, &istioService{s: s})
+	s.grpc.RegisterService(&jwtServiceDesc, &jwtService{s: s})
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/sign", s.handleSign)

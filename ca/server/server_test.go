@@ -523,6 +523,9 @@ func TestHTTPBundle(t *testing.T) {
 		if !sb.X509Authorities()[0].Equal(p.auth.Bundle().X509Authorities()[0]) {
 			t.Error("SPIFFE bundle holds the wrong root")
 		}
+		if got := len(sb.JWTAuthorities()); got != 1 || !bytes.Contains(b, []byte(`"use":"jwt-svid"`)) {
+			t.Errorf("SPIFFE bundle has %d jwt-svid keys, want the JWT signing key: %s", got, b)
+		}
 	}
 	if code, _ := get(base+"?format=der", ""); code != 400 {
 		t.Errorf("unknown format answered %d", code)

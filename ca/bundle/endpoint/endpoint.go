@@ -1,7 +1,8 @@
 // Package endpoint serves the trust bundle as a SPIFFE bundle endpoint
 // (SPIFFE Trust Domain and Bundle, section 5): GET / over HTTPS answers the
 // bundle as a JWKS, one key of use "x509-svid" per root with the
-// certificate in x5c, with spiffe_refresh_hint (how often a federated peer
+// certificate in x5c, one of use "jwt-svid" per JWT signing key (when the
+// Source is a JWTSource, as ca.Authority is), with spiffe_refresh_hint (how often a federated peer
 // should fetch it again) and spiffe_sequence. go-spiffe's spiffebundle
 // marshals it and its federation client reads it.
 //
@@ -40,6 +41,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -92,6 +94,11 @@ type Config struct {
 	Metrics bundle.Metrics
 }
 
+// JWTSource is a Source that also has JWT-SVID signing keys to publish.
+type JWTSource interface {
+	JWTBundle() *jwtbundle.Bundle
+}
+
 // Server is a SPIFFE bundle endpoint.
 type Server struct {
 	cfg   Config
@@ -108,6 +115,7 @@ type Server struct {
 // document is one bundle as served.
 type document struct {
 	pem  []byte
+	jwt  *jwtbundle.Bundle // nil without a JWTSource
 	json []byte
 	seq  uint64
 }
@@ -230,13 +238,20 @@ func (s *Server) serveBundle(w http.ResponseWriter, _ *http.Request) {
 // bundle has changed since the last request.
 func (s *Server) document() (*document, error) {
 	pem := s.cfg.Source.RootsPEM()
-	if d := s.doc.Load(); d != nil && bytes.Equal(d.pem, pem) {
+	var jwt *jwtbundle.Bundle
+	if js, ok := s.cfg.Source.(JWTSource); ok {
+		jwt = js.JWTBundle()
+	}
+	same := func(d *document) bool {
+		return d != nil && bytes.Equal(d.pem, pem) && (d.jwt == jwt || (d.jwt != nil && jwt != nil && d.jwt.Equal(jwt)))
+	}
+	if d := s.doc.Load(); same(d) {
 		return d, nil
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old := s.doc.Load()
-	if old != nil && bytes.Equal(old.pem, pem) {
+	if same(old) {
 		return old, nil // built by another request meanwhile
 	}
 	roots, err := pki.ParseCertificates(pem)
@@ -252,13 +267,16 @@ func (s *Server) document() (*document, error) {
 		seq = old.seq + 1
 	}
 	b := spiffebundle.FromX509Authorities(s.cfg.TrustDomain, roots)
+	if jwt != nil {
+		b.SetJWTAuthorities(jwt.JWTAuthorities())
+	}
 	b.SetRefreshHint(s.cfg.RefreshHint)
 	b.SetSequenceNumber(seq)
 	doc, err := b.Marshal()
 	if err != nil {
 		return nil, fmt.Errorf("endpoint: bundle: %w", err)
 	}
-	d := &document{pem: bytes.Clone(pem), json: doc, seq: seq}
+	d := &document{pem: bytes.Clone(pem), jwt: jwt, json: doc, seq: seq}
 	s.doc.Store(d)
 	s.cfg.Metrics.Sequence(seq)
 	if old != nil {
