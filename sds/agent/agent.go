@@ -141,6 +141,7 @@ type Agent struct {
 	mgr     *sds.Manager
 	reg     *prometheus.Registry
 	metrics *metrics.Agent
+	jwt     *sds.JWTCache // nil without a Workload API socket
 	grpc    []*grpc.Server
 	stopMon func()
 	monAddr net.Addr
@@ -188,6 +189,13 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	a := &Agent{cfg: cfg, mgr: mgr, reg: reg, metrics: am, cancel: cancel}
+	if cfg.WorkloadSocket != "" {
+		if err := a.startJWT(runCtx, ccfg, token, renewWithSVID); err != nil {
+			cancel()
+			_ = cc.Close() // nothing was sent on it
+			return nil, err
+		}
+	}
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -202,6 +210,30 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 	}
 	cfg.Logger.Info("agent started", "spiffe_id", cfg.ID.String(), "ca", cfg.CAAddrs, "sds", cfg.SDSSocket, "workload_api", cfg.WorkloadSocket)
 	return a, nil
+}
+
+// startJWT makes the JWT-SVID cache of the Workload API, with a CA client
+// of its own (so that a redial for a renewed SVID never cuts a JWT call)
+// and the CSRs' credential: the ServiceAccount token, or the X.509-SVID
+// over mTLS.
+func (a *Agent) startJWT(ctx context.Context, ccfg client.Config, token func(context.Context) (string, error), renewWithSVID bool) error {
+	jc, err := client.New(ccfg)
+	if err != nil {
+		return err
+	}
+	jcfg := sds.JWTConfig{ID: a.cfg.ID, CA: jc, Token: token, Clock: a.cfg.Clock, Logger: a.cfg.Logger}
+	if renewWithSVID {
+		jcfg.Token = nil // the join token is single-use: the SVID proves the workload
+	}
+	if a.jwt, err = sds.NewJWTCache(jcfg); err != nil {
+		_ = jc.Close() // nothing was sent on it
+		return err
+	}
+	a.wg.Go(func() {
+		defer func() { _ = jc.Close() }()
+		_ = a.jwt.Run(ctx) // ends with ctx
+	})
+	return nil
 }
 
 // credential returns what proves the workload on requests not made over

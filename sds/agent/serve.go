@@ -42,7 +42,7 @@ func (a *Agent) serve(ctx context.Context) error {
 		}
 	}
 	if a.cfg.WorkloadSocket != "" {
-		s, err := workload.New(workload.Config{Source: a.mgr, Logger: a.cfg.Logger})
+		s, err := workload.New(workload.Config{Source: a.mgr, JWT: a.jwt, Logger: a.cfg.Logger})
 		if err != nil {
 			return err
 		}

@@ -3,7 +3,13 @@
 //
 // FetchX509SVID streams the current X.509-SVID as soon as there is one and
 // again on every change; FetchX509Bundles streams the trust domain's roots
-// and again whenever they change. The JWT methods answer Unimplemented.
+// and again whenever they change. With a JWT source (Config.JWT), the JWT
+// profile is served too: FetchJWTSVID returns a JWT-SVID for the audiences
+// asked (cached per audience set, renewed at half its life),
+// FetchJWTBundles streams the JWT bundle and again on every key rotation,
+// and ValidateJWTSVID checks a token against it (a bad token is
+// InvalidArgument, as the specification says). Without one, the JWT
+// methods answer Unimplemented.
 // Every call must carry the metadata "workload.spiffe.io: true", as the
 // Workload API specification requires (it keeps a browser or a confused
 // proxy from reaching the socket with a forged request).
@@ -27,8 +33,11 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -45,8 +54,24 @@ const securityHeader = "workload.spiffe.io"
 type Config struct {
 	// Source gives the SVID to serve and says when it changes.
 	Source sds.Source
+	// JWT mints JWT-SVIDs and holds the JWT bundle (sds.JWTCache); nil:
+	// the JWT methods answer Unimplemented.
+	JWT JWTSource
 	// Logger receives the server's logs; default: discarded.
 	Logger *slog.Logger
+}
+
+// JWTSource is what the JWT profile needs: sds.JWTCache is one.
+type JWTSource interface {
+	// ID is the workload's SPIFFE ID.
+	ID() spiffeid.ID
+	// Now is the time tokens are validated at.
+	Now() time.Time
+	// FetchJWTSVID returns a JWT-SVID for the audiences.
+	FetchJWTSVID(ctx context.Context, audiences []string) (string, error)
+	// Bundle returns the trust domain's JWT bundle and a channel closed
+	// when it next changes.
+	Bundle(ctx context.Context) (*jwtbundle.Bundle, <-chan struct{}, error)
 }
 
 // Server implements the SPIFFE Workload API for one workload's SVID.
@@ -54,6 +79,7 @@ type Server struct {
 	workloadpb.UnimplementedSpiffeWorkloadAPIServer
 
 	src  sds.Source
+	jwt  JWTSource
 	log  *slog.Logger
 	done chan struct{}
 	once sync.Once
@@ -64,7 +90,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Source == nil {
 		return nil, errors.New("workload: Config.Source is required")
 	}
-	s := &Server{src: cfg.Source, log: cfg.Logger, done: make(chan struct{})}
+	s := &Server{src: cfg.Source, jwt: cfg.JWT, log: cfg.Logger, done: make(chan struct{})}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -202,30 +228,3 @@ func concatDER(certs []*x509.Certificate) []byte {
 	return out
 }
 
-// The JWT profile is not served: meshca issues X.509-SVIDs only.
-
-const jwtUnimplemented = "JWT-SVIDs are not served by this Workload API (meshca issues X.509-SVIDs only)"
-
-// FetchJWTSVID answers Unimplemented.
-func (s *Server) FetchJWTSVID(ctx context.Context, _ *workloadpb.JWTSVIDRequest) (*workloadpb.JWTSVIDResponse, error) {
-	if err := checkHeader(ctx); err != nil {
-		return nil, err
-	}
-	return nil, status.Error(codes.Unimplemented, jwtUnimplemented)
-}
-
-// FetchJWTBundles answers Unimplemented.
-func (s *Server) FetchJWTBundles(_ *workloadpb.JWTBundlesRequest, stream grpc.ServerStreamingServer[workloadpb.JWTBundlesResponse]) error {
-	if err := checkHeader(stream.Context()); err != nil {
-		return err
-	}
-	return status.Error(codes.Unimplemented, jwtUnimplemented)
-}
-
-// ValidateJWTSVID answers Unimplemented.
-func (s *Server) ValidateJWTSVID(ctx context.Context, _ *workloadpb.ValidateJWTSVIDRequest) (*workloadpb.ValidateJWTSVIDResponse, error) {
-	if err := checkHeader(ctx); err != nil {
-		return nil, err
-	}
-	return nil, status.Error(codes.Unimplemented, jwtUnimplemented)
-}
