@@ -227,4 +227,3 @@ func concatDER(certs []*x509.Certificate) []byte {
 	}
 	return out
 }
-
