@@ -6,6 +6,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/meshca/meshca/attestor/k8s"
+	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/leader"
 )
 
@@ -29,6 +30,20 @@ func (k *Kubernetes) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&k.ServiceAccountTTL, "serviceaccount-cache-ttl", time.Minute, "how long a ServiceAccount found by renewal admission is trusted (a deleted one renews at most this long; not used by the informer mode)")
 	fs.DurationVar(&k.ServiceAccountMaxStale, "serviceaccount-max-stale", 24*time.Hour, "while the API server is unreachable, ServiceAccounts seen this recently keep renewing")
 	fs.StringSliceVar(&k.TrustedNodeAccounts, "trusted-node-accounts", nil, "ServiceAccounts (ns/sa, exact) that may get certificates for the pods on their node, as Istio's CA_TRUSTED_NODE_ACCOUNTS (Istio ambient: istio-system/ztunnel); needs --k8s-attestation=informer")
+}
+
+// JWT sets the JWT-SVIDs' lifetimes and their signing key's; zero fields
+// get ca.Config's defaults.
+type JWT struct {
+	TTL, MaxTTL, KeyTTL time.Duration
+}
+
+// AddFlags registers the flags of `meshca server` for JWT-SVIDs into j
+// (docs/configuration.md lists them).
+func (j *JWT) AddFlags(fs *pflag.FlagSet) {
+	fs.DurationVar(&j.TTL, "jwt-svid-ttl", ca.DefaultJWTSVIDTTL, "JWT-SVID lifetime when none is requested (the Workload API requests none)")
+	fs.DurationVar(&j.MaxTTL, "jwt-svid-max-ttl", ca.DefaultJWTSVIDMaxTTL, "longest JWT-SVID lifetime a caller may request; at most half of --jwt-key-ttl")
+	fs.DurationVar(&j.KeyTTL, "jwt-key-ttl", 0, "lifetime of the JWT signing key: the next is made and published at 40 %, signs from 50 %; 0: --intermediate-ttl")
 }
 
 // AddFlags registers the flags of `meshca server` for leader election into

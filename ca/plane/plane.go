@@ -83,6 +83,9 @@ type Config struct {
 	// RootTTL, IntermediateTTL, DefaultTTL, MaxTTL and Retention are passed
 	// to ca.Config (defaults there).
 	RootTTL, IntermediateTTL, DefaultTTL, MaxTTL, Retention time.Duration
+	// JWT sets the JWT-SVIDs' lifetimes and their signing key's (defaults
+	// in ca.Config).
+	JWT JWT
 	// GRPCAddr, HTTPSAddr and MonitorAddr are the listeners; "" disables
 	// one.
 	GRPCAddr, HTTPSAddr, MonitorAddr string
@@ -222,7 +225,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 		TrustDomain: cfg.TrustDomain, Store: st, Parent: root.parent, NextParent: root.next, RootKeys: root.keys,
 		RootRotationOverlap: cfg.RootRotationOverlap, RootRotationCrossSign: cfg.RootRotationCrossSign, KeyType: cfg.KeyType, KEK: cfg.KEK,
 		RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL,
-		Retention: cfg.Retention, Replica: st.replica, Leader: leaderFunc(el), Clock: cfg.Clock, Logger: log, Metrics: metrics.NewCA(reg),
+		Retention: cfg.Retention, JWTSVIDTTL: cfg.JWT.TTL, JWTSVIDMaxTTL: cfg.JWT.MaxTTL, JWTKeyTTL: cfg.JWT.KeyTTL, Replica: st.replica, Leader: leaderFunc(el), Clock: cfg.Clock, Logger: log, Metrics: metrics.NewCA(reg),
 	})
 	if err != nil {
 		return nil, err

@@ -56,6 +56,7 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringSliceVar(&c.DNSNames, "dns-names", []string{"localhost"}, "DNS SANs of the server's TLS certificate")
 	fs.IPSliceVar(&c.IPs, "ip-sans", []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, "IP SANs of the server's TLS certificate")
 	c.Limits.AddFlags(fs)
+	c.JWT.AddFlags(fs)
 	c.Kubernetes.AddFlags(fs)
 	c.LeaderElection.AddFlags(fs)
 	c.Bundles.AddFlags(fs)
