@@ -1,0 +1,136 @@
+package workload
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/jwtsvid"
+	"github.com/meshca/meshca/sds"
+)
+
+// fakeJWTCA signs with its current key and publishes its keys; mints
+// counts MintJWTSVID calls.
+type fakeJWTCA struct {
+	t     *testing.T
+	clk   *clocktest.Fake
+	mu    sync.Mutex
+	key   crypto.Signer
+	kid   string
+	keys  map[string]crypto.PublicKey
+	mints int
+}
+
+func (f *fakeJWTCA) rotate() {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	kid, _ := jwtsvid.KeyID(k.Public())
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.key, f.kid = k, kid
+	f.keys[kid] = k.Public()
+}
+
+func (f *fakeJWTCA) MintJWTSVID(_ context.Context, aud []string, _ string) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mints++
+	now := f.clk.Now()
+	return jwtsvid.Sign(f.key, f.kid, jwtsvid.Claims{ID: jwtID, Audience: aud, IssuedAt: now, ExpiresAt: now.Add(5 * time.Minute)})
+}
+
+func (f *fakeJWTCA) JWTBundle(context.Context, spiffeid.TrustDomain) (*jwtbundle.Bundle, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return jwtbundle.FromJWTAuthorities(jwtID.TrustDomain(), f.keys), nil
+}
+
+var jwtID = spiffeid.RequireFromString("spiffe://example.org/ns/a/sa/b")
+
+// TestJWTCacheAndBundleStream: one token per audience set, renewed at half
+// its life; FetchJWTBundles sends the bundle again once the CA has
+// published a new key.
+func TestJWTCacheAndBundleStream(t *testing.T) {
+	clk := clocktest.New(time.Now())
+	ca := &fakeJWTCA{t: t, clk: clk, keys: map[string]crypto.PublicKey{}}
+	ca.rotate()
+	cache, err := sds.NewJWTCache(sds.JWTConfig{ID: jwtID, CA: ca, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Config{Source: sds.NewStaticSource(nil), JWT: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(securityHeader, "true"))
+	fetch := func(aud ...string) string {
+		t.Helper()
+		r, err := srv.FetchJWTSVID(ctx, &workloadpb.JWTSVIDRequest{Audience: aud})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.GetSvids()[0].GetSvid()
+	}
+	first := fetch("a", "b")
+	if fetch("b", "a", "a") != first || ca.mints != 1 {
+		t.Fatalf("the same audience set minted again (%d mints)", ca.mints)
+	}
+	fetch("c")
+	clk.Advance(150 * time.Second) // half of 5 minutes
+	if fetch("a", "b"); ca.mints != 3 {
+		t.Errorf("not renewed at half life (%d mints)", ca.mints)
+	}
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream := &rotatingStream{ctx: sctx, cancel: cancel, next: func() {
+		ca.rotate()
+		if err := cache.Refresh(context.Background()); err != nil {
+			t.Error(err)
+		}
+	}}
+	if err := srv.FetchJWTBundles(&workloadpb.JWTBundlesRequest{}, stream); err != nil {
+		t.Fatal(err)
+	}
+	if len(stream.keys) != 2 || stream.keys[0] != 1 || stream.keys[1] != 2 {
+		t.Errorf("bundles sent with %v keys, want 1 then 2", stream.keys)
+	}
+}
+
+// rotatingStream records the keys of each bundle sent, calls next after
+// the first and ends the stream after the second.
+type rotatingStream struct {
+	fakeStream[workloadpb.JWTBundlesResponse]
+	ctx    context.Context
+	cancel context.CancelFunc
+	next   func()
+	keys   []int
+}
+
+func (s *rotatingStream) Context() context.Context { return s.ctx }
+func (s *rotatingStream) Send(r *workloadpb.JWTBundlesResponse) error {
+	b, err := jwtbundle.Parse(jwtID.TrustDomain(), r.GetBundles()[jwtID.TrustDomain().IDString()])
+	if err != nil {
+		return err
+	}
+	s.keys = append(s.keys, len(b.JWTAuthorities()))
+	if len(s.keys) == 1 {
+		s.next()
+	} else {
+		s.cancel()
+	}
+	return nil
+}
