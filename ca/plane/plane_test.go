@@ -54,7 +54,7 @@ func TestKEKRefusesClearKeysAtStart(t *testing.T) {
 	}
 	sealCfg := cfg
 	sealCfg.KEK = kek
-	if n, where, err := Seal(ctx, sealCfg); err != nil || n != 2 || where != filepath.Join(dir, DataFile) {
+	if n, where, err := Seal(ctx, sealCfg); err != nil || n != 3 || where != filepath.Join(dir, DataFile) {
 		t.Fatalf("Seal = %d, %q, %v", n, where, err)
 	}
 	if got := algs(); !slices.Equal(got, []string{"aes-256-gcm", "aes-256-gcm"}) {

@@ -487,7 +487,7 @@ func TestCASealClearStore(t *testing.T) {
 		t.Fatalf("dev --once with a KEK over clear keys: exit %d, want 1 naming meshca ca seal\n%s%s", code, stdout, stderr)
 	}
 	code, stdout, stderr = runMeshca(t, "ca", "seal", "--data-dir", dir)
-	if code != 0 || !strings.Contains(stdout, "sealed 2 CA key(s)") {
+	if code != 0 || !strings.Contains(stdout, "sealed 3 CA key(s)") {
 		t.Fatalf("ca seal: exit %d\n%s%s", code, stdout, stderr)
 	}
 	if code, stdout, stderr := devOnce(t, dir); code != 0 {
