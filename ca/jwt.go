@@ -45,11 +45,13 @@ var (
 	ErrJWTUnavailable = errors.New("JWT-SVIDs are not available when several replicas share the store")
 )
 
-// JWTPrepareTime and JWTActivateTime are when the next JWT signing key is
-// made and published (40 % of the active key's life) and when it starts
-// signing (50 %): as for the intermediates, a key is in every holder's
-// bundle for a tenth of its life before the first token it signs.
-func JWTPrepareTime(k *store.JWTKey) time.Time  { return timeFraction(k.NotBefore, k.NotAfter, 0.4) }
+// JWTPrepareTime is when the next JWT signing key is made and published:
+// at 40 % of the active key's life, so that it is in every holder's bundle
+// for a tenth of that life before the first token it signs.
+func JWTPrepareTime(k *store.JWTKey) time.Time { return timeFraction(k.NotBefore, k.NotAfter, 0.4) }
+
+// JWTActivateTime is when the next JWT signing key starts signing: at half
+// the active key's life, as for the intermediates.
 func JWTActivateTime(k *store.JWTKey) time.Time { return timeFraction(k.NotBefore, k.NotAfter, 0.5) }
 
 func timeFraction(from, to time.Time, f float64) time.Time {
