@@ -61,27 +61,7 @@ func (s *Store) RecordIssuance(ctx context.Context, rec store.Issuance) error {
 	case <-s.done:
 		return ErrClosed
 	}
-	select {
-	case err := <-p.reply:
-		return err
-	case <-ctx.Done():
-		// Prefer the outcome if it arrived at the same time.
-		select {
-		case err := <-p.reply:
-			return err
-		default:
-			return fmt.Errorf("boltstore: %w", ctx.Err())
-		}
-	case <-s.stopped:
-		// The committer replies before it stops, so an outcome sent is
-		// here; anything else was enqueued after it drained the queue.
-		select {
-		case err := <-p.reply:
-			return err
-		default:
-			return ErrClosed
-		}
-	}
+	return store.AwaitCommit(ctx, p.reply, s.stopped, "boltstore", ErrClosed)
 }
 
 // checkIssuance checks what the keys of a record need.

@@ -60,26 +60,7 @@ func (s *Store) RecordIssuance(ctx context.Context, rec store.Issuance) error {
 	case <-s.done:
 		return ErrClosed
 	}
-	select {
-	case err := <-p.reply:
-		return err
-	case <-ctx.Done():
-		select { // prefer the outcome if it arrived at the same time
-		case err := <-p.reply:
-			return err
-		default:
-			return fmt.Errorf("pgstore: %w", ctx.Err())
-		}
-	case <-s.stopped:
-		// The committers reply before they stop, so an outcome sent is
-		// here; anything else was queued after they drained the queue.
-		select {
-		case err := <-p.reply:
-			return err
-		default:
-			return ErrClosed
-		}
-	}
+	return store.AwaitCommit(ctx, p.reply, s.stopped, "pgstore", ErrClosed)
 }
 
 // checkIssuance checks what the columns of a record need.
