@@ -21,6 +21,8 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/ca/store/boltstore"
+	"github.com/meshca/meshca/ca/store/pgstore"
+	"github.com/meshca/meshca/internal/pgenv"
 )
 
 // The issuance benchmarks run side by side in one process so their ratios
@@ -219,6 +221,34 @@ func BenchmarkIssuance(b *testing.B) {
 			return err
 		})
 		counter.report(b)
+	})
+	// The durable record on PostgreSQL (internal/pgenv, on the same cores
+	// and disk): cpu-ns/op is meshca's process only, the server's CPU is
+	// reported apart (pg-cpu-ns/op); there are no checkpoints.
+	b.Run("Sign/postgres/parallel", func(b *testing.B) {
+		srv := pgenv.Start(b)
+		st, err := pgstore.Open(ctx, srv.NewDatabase(b), pgstore.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { st.Close() })
+		a, err := ca.New(ctx, ca.Config{TrustDomain: td, Store: st})
+		if err != nil {
+			b.Fatal(err)
+		}
+		pgCPU := func() time.Duration {
+			d, err := srv.CPUTime()
+			if err != nil {
+				b.Fatal(err)
+			}
+			return d
+		}
+		pg0 := pgCPU()
+		runParallel(b, benchCallers, func() error {
+			_, err := a.Sign(ctx, ca.SignRequest{CSR: csr, Identity: id})
+			return err
+		})
+		b.ReportMetric(float64(pgCPU()-pg0)/float64(b.N), "pg-cpu-ns/op")
 	})
 	b.Run("GRPC/parallel", func(b *testing.B) {
 		p := startPlane(b, filepath.Join(b.TempDir(), "meshca.db"))
