@@ -44,6 +44,10 @@ type Status struct {
 	NextIntermediateRotation time.Time `json:"next_intermediate_rotation,omitzero"`
 	// RootRotation is the root rotation in progress or last completed.
 	RootRotation *RootRotationStatus `json:"root_rotation,omitempty"`
+	// JWTKeys are the JWT-SVID signing keys: State "active", "next"
+	// (published, signs from the next rotation) or "retired" (published
+	// until the last token it signed expires).
+	JWTKeys []JWTKeyStatus `json:"jwt_keys,omitempty"`
 	// LastError is the last failed rotation step, retried with backoff, at most a minute apart.
 	LastError string `json:"last_error,omitempty"`
 	// Now is the server's time.
@@ -69,6 +73,15 @@ type CertStatus struct {
 	// RevokedAt and Reason are those of a revoked intermediate.
 	RevokedAt time.Time `json:"revoked_at,omitzero"`
 	Reason    string    `json:"reason,omitempty"`
+}
+
+// JWTKeyStatus is one JWT-SVID signing key.
+type JWTKeyStatus struct {
+	State     string    `json:"state"`
+	KeyID     string    `json:"kid"`
+	NotBefore time.Time `json:"not_before"`
+	// NotAfter is when the key stops being published.
+	NotAfter time.Time `json:"not_after"`
 }
 
 // RootRotationStatus is a root rotation's phase and the time of each step.
@@ -170,6 +183,18 @@ func (a *Authority) Status(ctx context.Context) (*Status, error) {
 			cs := CertStatusOf("revoked", c)
 			cs.RevokedAt, cs.Reason = rc.RevokedAt, rc.Reason
 			out.Intermediates = append(out.Intermediates, cs)
+		}
+	}
+	if k := st.JWTKeys; k != nil {
+		add := func(state string, j *store.JWTKey) {
+			if j != nil {
+				out.JWTKeys = append(out.JWTKeys, JWTKeyStatus{State: state, KeyID: j.ID, NotBefore: j.NotBefore, NotAfter: j.NotAfter})
+			}
+		}
+		add("active", k.Active)
+		add("next", k.Next)
+		for i := range k.Retired {
+			add("retired", &k.Retired[i])
 		}
 	}
 	if msg := a.lastErr.Load(); msg != nil {
