@@ -41,6 +41,11 @@ const (
 	warnEvery = 24 * time.Hour
 )
 
+// startConflictRetries bounds how often New takes another replica's state
+// and tries again when its save loses the compare-and-swap (each replica
+// writes its own record at start, so several starting together conflict).
+const startConflictRetries = 8
+
 // Config configures an Authority. Zero fields get the documented defaults.
 type Config struct {
 	// TrustDomain of every identity this CA issues. Required.
@@ -301,9 +306,9 @@ func New(ctx context.Context, cfg Config) (*Authority, error) {
 	a := &Authority{cfg: cfg, sealer: s}
 	a.revoked.Store(&revokedCAs{})
 	err = a.Rotate(ctx)
-	if errors.Is(err, store.ErrConflict) {
-		// Another replica sharing the store saved first (both started on
-		// an empty database, say): take its state.
+	for i := 0; i < startConflictRetries && errors.Is(err, store.ErrConflict); i++ {
+		// Another replica sharing the store saved first (several started
+		// together): take its state and try again.
 		err = a.Rotate(ctx)
 	}
 	if err != nil {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/meshca/meshca/ca/store"
 )
 
 // Bounds of the wait before a failed rotation is retried: it doubles from
@@ -52,7 +54,7 @@ func (a *Authority) Run(ctx context.Context) error {
 		if next := a.NextRotation(); !next.IsZero() {
 			wait = min(max(next.Sub(a.cfg.Clock.Now()), time.Second), pruneEvery)
 		}
-		if a.cfg.Leader != nil {
+		if a.cfg.Leader != nil || a.cfg.Replica != "" {
 			wait = min(wait, sharedEvery)
 		}
 		select {
@@ -61,6 +63,11 @@ func (a *Authority) Run(ctx context.Context) error {
 		case <-a.cfg.Clock.After(wait):
 		}
 		err := a.Rotate(ctx)
+		if errors.Is(err, store.ErrConflict) {
+			// Another replica saved first: not a failure; look again
+			// soon at the state it wrote.
+			err = a.Rotate(ctx)
+		}
 		a.cfg.Metrics.RotationFailing(err != nil)
 		if err == nil {
 			retry = 0

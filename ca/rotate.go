@@ -83,7 +83,10 @@ func (a *Authority) update(ctx context.Context, op func(st *store.CAState, now t
 		staged  Parent
 		stepErr error
 	)
-	if a.fenced(st) {
+	// The leader takes scheduled steps; an operator's request takes the
+	// step it asked for on whichever replica received it (the
+	// compare-and-swap keeps that safe).
+	if a.fenced(st) || op != nil {
 		staged, stepErr = a.rootStep(ctx, st, now)
 	}
 	tr, err := a.trustFor(ctx, st, now, staged)
@@ -317,7 +320,9 @@ func keyCert(k *store.CAKey) []byte {
 func (a *Authority) NextRotation() time.Time {
 	var next time.Time
 	if ns := a.rootStepAt.Load(); ns != 0 {
-		next = time.Unix(0, ns)
+		if _, leading := a.leading(); leading { // a follower takes no step
+			next = time.Unix(0, ns)
+		}
 	}
 	tr, s := a.trust.Load(), a.active.Load()
 	switch {
@@ -370,6 +375,11 @@ func (a *Authority) newIntermediate(ctx context.Context, parent Parent, cross *s
 	}
 	if err := a.verifyIntermediate(cert, parent); err != nil {
 		return nil, fmt.Errorf("ca: new intermediate: %w", err)
+	}
+	if life := cert.NotAfter.Sub(now); life < 2*a.cfg.DefaultTTL {
+		// It would be replaced at once, and again at every update.
+		return nil, fmt.Errorf("ca: the parent made the intermediate valid for %s only, not %s: it must cover twice --default-ttl (%s); raise the parent's limit (Vault: the mount's max_lease_ttl) or lower --intermediate-ttl",
+			life.Round(time.Minute), a.cfg.IntermediateTTL, a.cfg.DefaultTTL)
 	}
 	a.cfg.Logger.Info("new intermediate", "serial", cert.SerialNumber.Text(16), "not_after", cert.NotAfter,
 		"root_sha256", Fingerprint(parent.Anchor()))

@@ -18,6 +18,10 @@ import (
 // knows its parent and signs with its stored intermediate.
 const VaultPKIChainFile = "vault-pki-chain.pem"
 
+// VaultPKINextChainFile caches the chain of the issuer staged for a root
+// rotation (--vault-pki-next-path) likewise.
+const VaultPKINextChainFile = "vault-pki-next-chain.pem"
+
 // caRoot is where the CA's root lives: Config.Parent and NextParent as
 // given, or Vault's (Transit keeps a self-signed root's key; PKI is the
 // parent), with the Vault client to keep logged in.
@@ -55,7 +59,7 @@ func (c *Config) caRoot(ctx context.Context, reg prometheus.Registerer) (caRoot,
 	root := caRoot{parent: parent, vault: client}
 	if next := vc.PKINextPath; next != "" {
 		root.next = func(ctx context.Context, now time.Time) (ca.Parent, error) {
-			return client.PKIParent(ctx, next, "", now)
+			return client.PKIParent(ctx, next, filepath.Join(c.DataDir, VaultPKINextChainFile), now)
 		}
 	}
 	return root, nil

@@ -277,7 +277,7 @@ func (c *Client) call(ctx context.Context, op, path string, data map[string]any,
 		var re *api.ResponseError
 		switch {
 		case !errors.As(err, &re) && ctx.Err() == nil:
-			return nil, fmt.Errorf("%w: %s %s: %v", ErrUnreachable, op, path, err)
+			return nil, fmt.Errorf("%w: %s %s: %w", ErrUnreachable, op, path, err)
 		case re == nil || re.StatusCode != http.StatusForbidden:
 			return nil, fmt.Errorf("vault: %s %s: %w", op, path, err)
 		}
@@ -286,7 +286,7 @@ func (c *Client) call(ctx context.Context, op, path string, data map[string]any,
 		}
 		c.cfg.Logger.Info("vault refused the token; logging in again", "op", op)
 		if lerr := c.login(ctx, gen); lerr != nil {
-			return nil, fmt.Errorf("vault: %s %s: %w (logging in again: %v)", op, path, ErrPermission, lerr)
+			return nil, fmt.Errorf("vault: %s %s: %w (logging in again: %w)", op, path, ErrPermission, lerr)
 		}
 	}
 }
