@@ -169,14 +169,14 @@ func (p *LocalParent) leafKey() crypto.Signer {
 
 // SignIntermediate implements Parent. A parent that signs leaves directly
 // signs no intermediates.
-func (p *LocalParent) SignIntermediate(_ context.Context, tmpl *x509.Certificate, key crypto.Signer) (*x509.Certificate, error) {
+func (p *LocalParent) SignIntermediate(ctx context.Context, tmpl *x509.Certificate, key crypto.Signer) (*x509.Certificate, error) {
 	if p.direct {
 		return nil, errors.New("ca: the parent signs leaves directly, not intermediates")
 	}
 	if tmpl.NotAfter.After(p.notAfter) {
 		tmpl.NotAfter = p.notAfter // never outlive the parent or its chain
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, key.Public(), p.signer)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, key.Public(), withContext(ctx, p.signer))
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign intermediate: %w", err)
 	}
@@ -200,6 +200,21 @@ func (p *LocalParent) Anchor() *x509.Certificate { return p.anchor }
 
 // Roots implements Parent.
 func (p *LocalParent) Roots() []*x509.Certificate { return p.roots }
+
+// ContextSigner is a crypto.Signer whose signatures are remote calls (Vault
+// Transit): WithContext returns a signer whose calls end with ctx.
+type ContextSigner interface {
+	crypto.Signer
+	WithContext(ctx context.Context) crypto.Signer
+}
+
+// withContext binds s's calls to ctx when it makes any.
+func withContext(ctx context.Context, s crypto.Signer) crypto.Signer {
+	if cs, ok := s.(ContextSigner); ok {
+		return cs.WithContext(ctx)
+	}
+	return s
+}
 
 // certPEM encodes one certificate.
 func certPEM(c *x509.Certificate) []byte {

@@ -25,7 +25,7 @@ func (a *Authority) newRoot(ctx context.Context, now time.Time, rotation bool) (
 	if err != nil {
 		return nil, err
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), withContext(ctx, key))
 	if err != nil {
 		return nil, fmt.Errorf("ca: create root: %w", err)
 	}

@@ -385,7 +385,7 @@ func (a *Authority) newIntermediate(ctx context.Context, parent Parent, cross *s
 		"root_sha256", Fingerprint(parent.Anchor()))
 	var twin *x509.Certificate
 	if cross != nil {
-		if twin, err = a.crossSign(cross, cert); err != nil {
+		if twin, err = a.crossSign(ctx, cross, cert); err != nil {
 			return nil, fmt.Errorf("ca: %w: cross-signing the intermediate with the old root: %w", ErrUnavailable, err)
 		}
 	}
@@ -394,7 +394,7 @@ func (a *Authority) newIntermediate(ctx context.Context, parent Parent, cross *s
 
 // crossSign certifies the intermediate c (its subject and key) by the old
 // root k as well, for clients that trust only the old root.
-func (a *Authority) crossSign(k *store.CAKey, c *x509.Certificate) (*x509.Certificate, error) {
+func (a *Authority) crossSign(ctx context.Context, k *store.CAKey, c *x509.Certificate) (*x509.Certificate, error) {
 	root, key, err := a.openRoot(k)
 	if err != nil {
 		return nil, err
@@ -406,7 +406,7 @@ func (a *Authority) crossSign(k *store.CAKey, c *x509.Certificate) (*x509.Certif
 	tmpl := &x509.Certificate{SerialNumber: serial, Subject: c.Subject, NotBefore: c.NotBefore, NotAfter: earliest(c.NotAfter, root.NotAfter),
 		KeyUsage: c.KeyUsage, BasicConstraintsValid: true, IsCA: true, MaxPathLen: c.MaxPathLen, MaxPathLenZero: c.MaxPathLenZero,
 		SubjectKeyId: c.SubjectKeyId, URIs: c.URIs}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, c.PublicKey, key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root, c.PublicKey, withContext(ctx, key))
 	if err != nil {
 		return nil, err
 	}

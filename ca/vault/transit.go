@@ -199,6 +199,18 @@ type transitSigner struct {
 	name    string
 	version int
 	pub     crypto.PublicKey
+	// ctx bounds the Transit calls (see WithContext); Background when
+	// none was given.
+	ctx context.Context
+}
+
+// WithContext implements ca.ContextSigner: the returned signer's Transit
+// calls end with ctx (a rotation cancelled at shutdown, or a leader's job
+// stopped when it loses its lease).
+func (s *transitSigner) WithContext(ctx context.Context) crypto.Signer {
+	c := *s
+	c.ctx = ctx
+	return &c
 }
 
 func newTransitSigner(c *Client, mount, name string, version int, pub crypto.PublicKey) (*transitSigner, error) {
@@ -211,7 +223,7 @@ func newTransitSigner(c *Client, mount, name string, version int, pub crypto.Pub
 	default:
 		return nil, fmt.Errorf("vault: Transit key %s: %T keys are not supported", name, pub)
 	}
-	return &transitSigner{c: c, mount: mount, name: name, version: version, pub: pub}, nil
+	return &transitSigner{c: c, mount: mount, name: name, version: version, pub: pub, ctx: context.Background()}, nil
 }
 
 // Public implements crypto.Signer.
@@ -251,9 +263,9 @@ func (s *transitSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts)
 			data["salt_length"] = "hash"
 		}
 	}
-	// crypto.Signer has no context: the call is bounded by the client's
-	// timeout.
-	sec, err := s.c.call(context.Background(), "transit-sign", joinPath(s.mount, "sign", s.name), data, false)
+	// crypto.Signer has no context: the call is bounded by the one given
+	// to WithContext, if any, and by the client's timeout.
+	sec, err := s.c.call(s.ctx, "transit-sign", joinPath(s.mount, "sign", s.name), data, false)
 	if err != nil {
 		return nil, err
 	}

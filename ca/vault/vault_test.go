@@ -426,3 +426,29 @@ func TestPKIRootRotation(t *testing.T) {
 		t.Fatalf("a leaf from before the switch: %v", err)
 	}
 }
+
+// TestTransitSignerHonoursContext: a Transit signature bound to a context
+// ends with it (a rotation stopped at shutdown or on a lost lease), and
+// the signer satisfies ca.ContextSigner.
+func TestTransitSignerHonoursContext(t *testing.T) {
+	env := vaultenv.Start(t)
+	env.Mount(t, "transit", "transit")
+	c := mustClient(t, env, nil, func(c *vault.Config) { c.TransitKey = "meshca-root" })
+	key, _, err := transitKeys(t, c).Current(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, ok := key.(ca.ContextSigner)
+	if !ok {
+		t.Fatal("the Transit signer is not a ca.ContextSigner")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	digest := make([]byte, 32)
+	if _, err := cs.WithContext(ctx).Sign(rand.Reader, digest, crypto.SHA256); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Sign with a cancelled context: %v, want context.Canceled", err)
+	}
+	if _, err := cs.Sign(rand.Reader, digest, crypto.SHA256); err != nil {
+		t.Fatalf("Sign: %v", err)
+	}
+}
