@@ -3,7 +3,9 @@ package store
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strings"
+	"time"
 	"unicode/utf8"
 )
 
@@ -45,6 +47,31 @@ func CheckSPIFFEID(id string) error {
 	case !utf8.ValidString(id):
 		// JSON would store it altered, unlike the index keys.
 		return errors.New("SPIFFE ID is not valid UTF-8")
+	}
+	return nil
+}
+
+// Stored times are Unix nanoseconds in an int64, ordered as the Go values
+// are: record, token and revocation times must lie between 1970 and 2262.
+var (
+	MinTime = time.Unix(0, 0)
+	MaxTime = time.Unix(0, math.MaxInt64)
+)
+
+// StorableTime reports whether t lies between MinTime and MaxTime.
+func StorableTime(t time.Time) bool { return !t.Before(MinTime) && !t.After(MaxTime) }
+
+// CheckIssuance checks what every store needs of a record: its serial,
+// its SPIFFE ID and storable times.
+func CheckIssuance(rec *Issuance) error {
+	if err := CheckSerial(rec.Serial); err != nil {
+		return err
+	}
+	if err := CheckSPIFFEID(rec.SPIFFEID); err != nil {
+		return err
+	}
+	if !StorableTime(rec.NotAfter) || !StorableTime(rec.IssuedAt) {
+		return errors.New("not_after and issued_at must be between 1970 and 2262")
 	}
 	return nil
 }

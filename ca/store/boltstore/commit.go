@@ -64,23 +64,9 @@ func (s *Store) RecordIssuance(ctx context.Context, rec store.Issuance) error {
 	return store.AwaitCommit(ctx, p.reply, s.stopped, "boltstore", ErrClosed)
 }
 
-// checkIssuance checks what the keys of a record need.
-func checkIssuance(rec *store.Issuance) error {
-	if err := store.CheckSerial(rec.Serial); err != nil {
-		return err
-	}
-	if err := store.CheckSPIFFEID(rec.SPIFFEID); err != nil {
-		return err
-	}
-	if !keyTime(rec.NotAfter) || !keyTime(rec.IssuedAt) {
-		return errors.New("not_after and issued_at must be between 1970 and 2262")
-	}
-	return nil
-}
-
 // newPending checks rec and prepares what the committer writes.
 func newPending(ctx context.Context, rec *store.Issuance) (*pending, error) {
-	if err := checkIssuance(rec); err != nil {
+	if err := store.CheckIssuance(rec); err != nil {
 		return nil, fmt.Errorf("boltstore: record issuance %q: %w", rec.Serial, err)
 	}
 	value, err := appendIssuance(make([]byte, 0, 512), rec)

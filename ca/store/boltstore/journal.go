@@ -190,7 +190,7 @@ func parseRecord(value []byte) (*journaled, error) {
 	if err := json.Unmarshal(value, &rec); err != nil {
 		return nil, err
 	}
-	if err := checkIssuance(&rec); err != nil {
+	if err := store.CheckIssuance(&rec); err != nil {
 		return nil, err
 	}
 	return &journaled{

@@ -23,7 +23,7 @@ func (s *Store) Revoke(ctx context.Context, r store.Revocation) error {
 	if (r.Serial == "") == (r.SPIFFEID == "") {
 		return errors.New("boltstore: revoke: exactly one of serial and SPIFFE ID must be set")
 	}
-	if !keyTime(r.RevokedAt) {
+	if !store.StorableTime(r.RevokedAt) {
 		return errors.New("boltstore: revoke: revoked_at must be between 1970 and 2262")
 	}
 	var bucket, key []byte

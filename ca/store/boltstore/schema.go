@@ -50,12 +50,6 @@ var (
 	bucketRevokedIDs = []byte("revocations_by_spiffe_id")
 )
 
-// Time range that fits in a key (see above).
-var (
-	minKeyTime = time.Unix(0, 0)
-	maxKeyTime = time.Unix(0, math.MaxInt64)
-)
-
 // prepare tightens the file's mode, checks its schema and creates the
 // buckets.
 func prepare(db *bolt.DB, path string, log *slog.Logger) error {
@@ -99,18 +93,13 @@ func prepare(db *bolt.DB, path string, log *slog.Logger) error {
 	return nil
 }
 
-// keyTime reports whether t fits in a key.
-func keyTime(t time.Time) bool {
-	return !t.Before(minKeyTime) && !t.After(maxKeyTime)
-}
-
 // seekNanos is the key timestamp to start a scan from for t, which need not
 // fit in a key.
 func seekNanos(t time.Time) uint64 {
 	switch {
-	case t.Before(minKeyTime):
+	case t.Before(store.MinTime):
 		return 0
-	case t.After(maxKeyTime):
+	case t.After(store.MaxTime):
 		return math.MaxInt64
 	}
 	return uint64(t.UnixNano())
@@ -124,7 +113,7 @@ func timeSerialKey(t time.Time, serial string) []byte {
 // nanosSerialKey appends to prefix the index key of a time in Unix
 // nanoseconds (which fits) and a serial.
 func nanosSerialKey(prefix []byte, nanos int64, serial string) []byte {
-	k := binary.BigEndian.AppendUint64(prefix, uint64(nanos)) //nolint:gosec // G115: key times are not negative (see minKeyTime)
+	k := binary.BigEndian.AppendUint64(prefix, uint64(nanos)) //nolint:gosec // G115: key times are not negative (see store.MinTime)
 	return append(k, serial...)
 }
 
@@ -133,7 +122,7 @@ func splitTimeSerial(k []byte) (time.Time, []byte, bool) {
 	if len(k) <= 8 {
 		return time.Time{}, nil, false
 	}
-	// Keys hold times from 1970 to 2262 only (see minKeyTime): the value
+	// Keys hold times from 1970 to 2262 only (see store.MinTime): the value
 	// fits an int64.
 	return time.Unix(0, int64(binary.BigEndian.Uint64(k))), k[8:], true //nolint:gosec // G115: see above
 }

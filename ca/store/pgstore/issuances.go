@@ -41,7 +41,7 @@ func (s *Store) RecordIssuance(ctx context.Context, rec store.Issuance) error {
 	if err := s.enter(ctx); err != nil {
 		return err
 	}
-	if err := checkIssuance(&rec); err != nil {
+	if err := store.CheckIssuance(&rec); err != nil {
 		return fmt.Errorf("pgstore: record issuance %q: %w", rec.Serial, err)
 	}
 	data, err := json.Marshal(&rec)
@@ -61,20 +61,6 @@ func (s *Store) RecordIssuance(ctx context.Context, rec store.Issuance) error {
 		return ErrClosed
 	}
 	return store.AwaitCommit(ctx, p.reply, s.stopped, "pgstore", ErrClosed)
-}
-
-// checkIssuance checks what the columns of a record need.
-func checkIssuance(rec *store.Issuance) error {
-	if err := store.CheckSerial(rec.Serial); err != nil {
-		return err
-	}
-	if err := store.CheckSPIFFEID(rec.SPIFFEID); err != nil {
-		return err
-	}
-	if !storable(rec.NotAfter) || !storable(rec.IssuedAt) {
-		return errors.New("not_after and issued_at must be between 1970 and 2262")
-	}
-	return nil
 }
 
 // committer writes queued issuance records until Close. It blocks for the

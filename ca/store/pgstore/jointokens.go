@@ -29,7 +29,7 @@ func (s *Store) CreateJoinToken(ctx context.Context, t store.JoinToken) error {
 	if !t.UsedAt.IsZero() || !t.ExpiresAt.After(t.CreatedAt) {
 		return errors.New("pgstore: join token must be unused and expire after its creation")
 	}
-	if !storable(t.CreatedAt) || !storable(t.ExpiresAt) {
+	if !store.StorableTime(t.CreatedAt) || !store.StorableTime(t.ExpiresAt) {
 		return errors.New("pgstore: join token times must be between 1970 and 2262")
 	}
 	_, err := s.pool.Exec(ctx, `INSERT INTO meshca_join_tokens (hash, spiffe_id, created_at_ns, expires_at_ns) VALUES ($1, $2, $3, $4)`,

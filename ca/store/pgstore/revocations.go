@@ -21,7 +21,7 @@ func (s *Store) Revoke(ctx context.Context, r store.Revocation) error {
 	if (r.Serial == "") == (r.SPIFFEID == "") {
 		return errors.New("pgstore: revoke: exactly one of serial and SPIFFE ID must be set")
 	}
-	if !storable(r.RevokedAt) {
+	if !store.StorableTime(r.RevokedAt) {
 		return errors.New("pgstore: revoke: revoked_at must be between 1970 and 2262")
 	}
 	data, err := json.Marshal(r)

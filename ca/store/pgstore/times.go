@@ -3,21 +3,15 @@ package pgstore
 import (
 	"math"
 	"time"
+
+	"github.com/meshca/meshca/ca/store"
 )
 
 // Times are stored as Unix nanoseconds (bigint), exact and ordered as the
 // Go values are. Records, tokens and revocation times must lie between 1970
 // and 2262 (as boltstore requires too); bounds given for a scan or a prune
-// may lie anywhere and are clamped.
-var (
-	minTime = time.Unix(0, 0)
-	maxTime = time.Unix(0, math.MaxInt64)
-)
-
-// storable reports whether t can be stored.
-func storable(t time.Time) bool {
-	return !t.Before(minTime) && !t.After(maxTime)
-}
+// may lie anywhere and are clamped (store.StorableTime says which may be
+// stored).
 
 // nanos is t in Unix nanoseconds, clamped to the int64 range: a bound
 // before 1677 compares below every stored time, one after 2262 above
@@ -26,7 +20,7 @@ func nanos(t time.Time) int64 {
 	switch {
 	case t.Before(time.Unix(0, math.MinInt64)):
 		return math.MinInt64
-	case t.After(maxTime):
+	case t.After(store.MaxTime):
 		return math.MaxInt64
 	}
 	return t.UnixNano()
