@@ -41,20 +41,37 @@ func startCA(t *testing.T, dir, listen string, id spiffeid.ID) *plane.Plane {
 	return p
 }
 
-// TestAgentEndToEnd runs the CA plane and an agent beside it, as make run
-// does, and reads the SVID back through the Workload API (go-spiffe's own
-// client), SDS (go-control-plane's client) and /readyz.
-func TestAgentEndToEnd(t *testing.T) {
-	dir, err := os.MkdirTemp("", "agent") // short: Unix socket paths are limited to 108 bytes
+// caFixture is a CA plane for the agent tests, in a short temporary
+// directory (Unix socket paths are limited to 108 bytes), and a token file
+// for id.
+type caFixture struct {
+	dir, tokenFile string
+	id             spiffeid.ID
+	p              *plane.Plane
+}
+
+func newCAFixture(t *testing.T) caFixture {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "agent")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	id := spiffeid.RequireFromString("spiffe://example.org/ns/web/sa/frontend")
-	p := startCA(t, dir, "127.0.0.1:0", id)
-	defer p.Stop()
-	tokenFile := filepath.Join(dir, "token")
-	os.WriteFile(tokenFile, []byte("web-token\n"), 0o600)
+	f := caFixture{dir: dir, tokenFile: filepath.Join(dir, "token"), id: spiffeid.RequireFromString("spiffe://example.org/ns/web/sa/frontend")}
+	f.p = startCA(t, dir, "127.0.0.1:0", f.id)
+	t.Cleanup(func() { f.p.Stop() })
+	if err := os.WriteFile(f.tokenFile, []byte("web-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// TestAgentEndToEnd runs the CA plane and an agent beside it, as make run
+// does, and reads the SVID back through the Workload API (go-spiffe's own
+// client), SDS (go-control-plane's client) and /readyz.
+func TestAgentEndToEnd(t *testing.T) {
+	f := newCAFixture(t)
+	dir, id, p, tokenFile := f.dir, f.id, f.p, f.tokenFile
 
 	ao := Config{
 		ID: id, CAAddr: p.Addr("grpc").String(), CARootsFile: filepath.Join(dir, "ca", "bundle.pem"), TokenFile: tokenFile,

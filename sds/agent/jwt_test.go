@@ -5,12 +5,10 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	gojwtsvid "github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
@@ -28,16 +26,8 @@ import (
 // a key not in the bundle, and the token once expired (the agent's clock
 // moved past its exp).
 func TestJWTSVIDEndToEnd(t *testing.T) {
-	dir, err := os.MkdirTemp("", "agent") // short: Unix socket paths are limited to 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	id := spiffeid.RequireFromString("spiffe://example.org/ns/web/sa/frontend")
-	p := startCA(t, dir, "127.0.0.1:0", id)
-	defer p.Stop()
-	tokenFile := filepath.Join(dir, "token")
-	os.WriteFile(tokenFile, []byte("web-token\n"), 0o600)
+	f := newCAFixture(t)
+	dir, id, p, tokenFile := f.dir, f.id, f.p, f.tokenFile
 	clk := clocktest.New(time.Now())
 	ao := Config{
 		ID: id, CAAddr: p.Addr("grpc").String(), CARootsFile: filepath.Join(dir, "ca", "bundle.pem"), TokenFile: tokenFile,

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -12,7 +11,6 @@ import (
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -23,18 +21,8 @@ import (
 // server: with it, ROOTCA is a SPIFFE validator config and ALL is served;
 // without it, ROOTCA is a trusted CA and ALL is not served.
 func TestAgentSDSSPIFFEValidator(t *testing.T) {
-	dir, err := os.MkdirTemp("", "agent") // short: Unix socket paths are limited to 108 bytes
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	id := spiffeid.RequireFromString("spiffe://example.org/ns/web/sa/frontend")
-	p := startCA(t, dir, "127.0.0.1:0", id)
-	defer p.Stop()
-	tokenFile := filepath.Join(dir, "token")
-	if err := os.WriteFile(tokenFile, []byte("web-token\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	f := newCAFixture(t)
+	dir, id, p, tokenFile := f.dir, f.id, f.p, f.tokenFile
 
 	tests := []struct {
 		name      string
