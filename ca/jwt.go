@@ -128,18 +128,12 @@ func (a *Authority) mintJWTSVID(ctx context.Context, id attestor.Identity, audie
 	if s == nil || s.key == nil {
 		return nil, ErrJWTUnavailable
 	}
-	switch {
-	case ttl < 0:
-		return nil, fmt.Errorf("%w: %s is negative", ErrInvalidTTL, ttl)
-	case ttl == 0:
-		ttl = a.cfg.JWTSVIDTTL
-	case ttl > a.cfg.JWTSVIDMaxTTL:
-		return nil, fmt.Errorf("%w: requested %s is over the JWT-SVID maximum %s", ErrInvalidTTL, ttl, a.cfg.JWTSVIDMaxTTL)
-	case ttl < MinJWTSVIDTTL:
-		return nil, fmt.Errorf("%w: requested %s is under the JWT-SVID minimum %s", ErrInvalidTTL, ttl, MinJWTSVIDTTL)
+	ttl, err := lifetime(ttl, a.cfg.JWTSVIDTTL, MinJWTSVIDTTL, a.cfg.JWTSVIDMaxTTL, "JWT-SVID ")
+	if err != nil {
+		return nil, err
 	}
-	if id.ID.TrustDomain() != a.cfg.TrustDomain {
-		return nil, fmt.Errorf("%w: identity %s is not in trust domain %s", ErrIdentityMismatch, id.ID, a.cfg.TrustDomain.Name())
+	if err := a.inTrustDomain(id.ID); err != nil {
+		return nil, err
 	}
 	if err := checkAudiences(audiences); err != nil {
 		return nil, err

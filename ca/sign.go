@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/ca/store"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
 // SignRequest asks for one X509-SVID.
@@ -70,20 +71,38 @@ func (a *Authority) Sign(ctx context.Context, req SignRequest) (*Issued, error) 
 	return iss, err
 }
 
-func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*Issued, error) {
-	ttl := req.TTL
+// lifetime is the lifetime a caller asked for (0: def), checked against
+// the bounds; what names the kind of credential in errors ("" for a
+// certificate).
+func lifetime(ttl, def, minTTL, maxTTL time.Duration, what string) (time.Duration, error) {
 	switch {
 	case ttl < 0:
-		return nil, fmt.Errorf("%w: %s is negative", ErrInvalidTTL, ttl)
+		return 0, fmt.Errorf("%w: %s is negative", ErrInvalidTTL, ttl)
 	case ttl == 0:
-		ttl = a.cfg.DefaultTTL
-	case ttl > a.cfg.MaxTTL:
-		return nil, fmt.Errorf("%w: requested %s is over the maximum %s", ErrInvalidTTL, ttl, a.cfg.MaxTTL)
-	case ttl < MinLeafTTL:
-		return nil, fmt.Errorf("%w: requested %s is under the minimum %s", ErrInvalidTTL, ttl, MinLeafTTL)
+		return def, nil
+	case ttl > maxTTL:
+		return 0, fmt.Errorf("%w: requested %s is over the %smaximum %s", ErrInvalidTTL, ttl, what, maxTTL)
+	case ttl < minTTL:
+		return 0, fmt.Errorf("%w: requested %s is under the %sminimum %s", ErrInvalidTTL, ttl, what, minTTL)
 	}
-	if req.Identity.ID.TrustDomain() != a.cfg.TrustDomain {
-		return nil, fmt.Errorf("%w: identity %s is not in trust domain %s", ErrIdentityMismatch, req.Identity.ID, a.cfg.TrustDomain.Name())
+	return ttl, nil
+}
+
+// inTrustDomain refuses an identity of another trust domain.
+func (a *Authority) inTrustDomain(id spiffeid.ID) error {
+	if id.TrustDomain() != a.cfg.TrustDomain {
+		return fmt.Errorf("%w: identity %s is not in trust domain %s", ErrIdentityMismatch, id, a.cfg.TrustDomain.Name())
+	}
+	return nil
+}
+
+func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*Issued, error) {
+	ttl, err := lifetime(req.TTL, a.cfg.DefaultTTL, MinLeafTTL, a.cfg.MaxTTL, "")
+	if err != nil {
+		return nil, err
+	}
+	if err := a.inTrustDomain(req.Identity.ID); err != nil {
+		return nil, err
 	}
 	csr, err := ParseCSR(req.CSR)
 	if err != nil {
