@@ -575,4 +575,9 @@ func TestRootRotationLeaderFence(t *testing.T) {
 	if err != nil || s.LeaderFence != 7 {
 		t.Fatalf("fence %d, want the leader's term 7", s.LeaderFence)
 	}
+	// An operator's request takes its step on a follower too.
+	rotateRoot(t, follower, ca.RootRotationAdvance, store.PhaseSwitched)
+	if p := phase(t, st); p != store.PhaseCompleted {
+		t.Fatalf("an advance sent to a follower left the rotation %s, want completed", p)
+	}
 }
