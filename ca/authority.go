@@ -121,6 +121,15 @@ type Config struct {
 	// and published at 40 % of it, signs from 50 %, and the old one stays
 	// published until its last token expires. Default IntermediateTTL.
 	JWTKeyTTL time.Duration
+	// JWTPublishDelay is, with Replica, how long a replica's new JWT
+	// signing key is published in the shared state before it signs, when
+	// other keys are already published: other replicas read the shared
+	// state every 30 s and agents fetch the JWT bundle every minute, so a
+	// token never reaches a validator before its key. A replica is
+	// therefore unable to sign JWT-SVIDs (Unavailable, and agents try
+	// another replica) for this long after it starts. Default 2m
+	// (DefaultJWTPublishDelay).
+	JWTPublishDelay time.Duration
 	// Clock defaults to the wall clock.
 	Clock clock.Clock
 	// Logger defaults to discarding.
@@ -181,9 +190,10 @@ func (c *Config) setDefaults() error {
 	def(&c.JWTSVIDTTL, DefaultJWTSVIDTTL)
 	def(&c.JWTSVIDMaxTTL, DefaultJWTSVIDMaxTTL)
 	def(&c.JWTKeyTTL, c.IntermediateTTL)
+	def(&c.JWTPublishDelay, DefaultJWTPublishDelay)
 	switch {
 	case c.RootTTL < 0, c.IntermediateTTL < 0, c.DefaultTTL < 0, c.MaxTTL < 0, c.Backdate < 0, c.Retention < 0, c.RootRotationOverlap < 0,
-		c.JWTSVIDTTL < 0, c.JWTSVIDMaxTTL < 0, c.JWTKeyTTL < 0:
+		c.JWTSVIDTTL < 0, c.JWTSVIDMaxTTL < 0, c.JWTKeyTTL < 0, c.JWTPublishDelay < 0:
 		return errors.New("ca: lifetimes must be positive")
 	case c.JWTSVIDTTL > c.JWTSVIDMaxTTL || c.JWTSVIDTTL < MinJWTSVIDTTL:
 		return fmt.Errorf("ca: JWT-SVID TTL %s must be between %s and the maximum JWT-SVID TTL %s", c.JWTSVIDTTL, MinJWTSVIDTTL, c.JWTSVIDMaxTTL)

@@ -1,6 +1,7 @@
 package ca
 
 import (
+	"cmp"
 	"context"
 	"crypto"
 	"crypto/x509"
@@ -25,6 +26,11 @@ const (
 	DefaultJWTSVIDTTL = 5 * time.Minute
 	// DefaultJWTSVIDMaxTTL is the longest a caller may ask for.
 	DefaultJWTSVIDMaxTTL = time.Hour
+	// DefaultJWTPublishDelay is how long a replica's new JWT signing key
+	// is published before it signs (Config.JWTPublishDelay): the 30 s
+	// other replicas take to read the shared state, plus the minute
+	// agents take to fetch the bundle again, with margin.
+	DefaultJWTPublishDelay = 2 * time.Minute
 	// MinJWTSVIDTTL is the shortest: under it a token could expire on
 	// its way.
 	MinJWTSVIDTTL = 30 * time.Second
@@ -34,16 +40,11 @@ const (
 	MaxJWTAudienceBytes = 256
 )
 
-// Errors of MintJWTSVID, besides ErrInvalidTTL, ErrIdentityMismatch and
-// ErrUnavailable.
-var (
-	// ErrInvalidJWTRequest: no audience, an empty or overlong one, or too
-	// many.
-	ErrInvalidJWTRequest = errors.New("invalid JWT-SVID request")
-	// ErrJWTUnavailable: this CA does not sign JWT-SVIDs (several replicas
-	// share its store: each would need its own key, published by all).
-	ErrJWTUnavailable = errors.New("JWT-SVIDs are not available when several replicas share the store")
-)
+// ErrInvalidJWTRequest is MintJWTSVID's error for no audience, an empty or
+// overlong one, or too many; besides it, MintJWTSVID returns ErrInvalidTTL,
+// ErrIdentityMismatch and ErrUnavailable (among them, on a replica whose
+// new key is still being published: Config.JWTPublishDelay).
+var ErrInvalidJWTRequest = errors.New("invalid JWT-SVID request")
 
 // JWTPrepareTime is when the next JWT signing key is made and published:
 // at 40 % of the active key's life, so that it is in every holder's bundle
@@ -61,8 +62,10 @@ func timeFraction(from, to time.Time, f float64) time.Time {
 // jwtSigner is the JWT signing key in effect, and the bundle published
 // with it; read lock-free on every MintJWTSVID.
 type jwtSigner struct {
-	kid      string
-	key      crypto.Signer // nil: JWT-SVIDs are not available
+	kid string
+	key crypto.Signer
+	// from is when key starts signing (store.JWTKey.SignsFrom).
+	from     time.Time
 	notAfter time.Time
 	bundle   *jwtbundle.Bundle
 	// next is when the keys next need a rotation step.
@@ -81,9 +84,9 @@ type JWTSVID struct {
 
 // JWTBundle returns the public keys that JWT-SVIDs of the trust domain are
 // checked with: the active key, the next one once prepared, and retired
-// ones until the last token they signed expires. It is empty when several
-// replicas share the store (ErrJWTUnavailable). Each rotation makes a new
-// Bundle; the caller must not modify it.
+// ones until the last token they signed expires; with several replicas,
+// every replica's. Each rotation makes a new Bundle; the caller must not
+// modify it.
 func (a *Authority) JWTBundle() *jwtbundle.Bundle {
 	if s := a.jwt.Load(); s != nil {
 		return s.bundle
@@ -111,7 +114,7 @@ func (a *Authority) MintJWTSVID(ctx context.Context, id attestor.Identity, audie
 		result = "invalid"
 	case errors.Is(err, ErrIdentityMismatch):
 		result = "denied"
-	case errors.Is(err, ErrUnavailable), errors.Is(err, ErrJWTUnavailable):
+	case errors.Is(err, ErrUnavailable):
 		result = "unavailable"
 	default:
 		result = "error"
@@ -125,8 +128,11 @@ func (a *Authority) mintJWTSVID(ctx context.Context, id attestor.Identity, audie
 		return nil, err
 	}
 	s := a.jwt.Load()
-	if s == nil || s.key == nil {
-		return nil, ErrJWTUnavailable
+	if s == nil {
+		return nil, fmt.Errorf("%w: no JWT signing key", ErrUnavailable)
+	}
+	if now.Before(s.from) {
+		return nil, fmt.Errorf("%w: this replica's new JWT signing key is being published; it signs from %s", ErrUnavailable, s.from.UTC().Format(time.RFC3339))
 	}
 	ttl, err := lifetime(ttl, a.cfg.JWTSVIDTTL, MinJWTSVIDTTL, a.cfg.JWTSVIDMaxTTL, "JWT-SVID ")
 	if err != nil {
@@ -172,17 +178,40 @@ func checkAudiences(aud []string) error {
 	return nil
 }
 
-// rotateJWTKeys brings st's JWT signing keys up to date at now: a usable
+// rotateJWTKeys brings the JWT signing keys up to date at now and returns
+// the signer to apply once st is saved. A CA alone keeps its keys, sealed,
+// in st.JWTKeys. A replica among several keeps its own in memory and
+// records their public keys in st.ReplicaJWTKeys, and its bundle is every
+// key recorded there.
+func (a *Authority) rotateJWTKeys(st *store.CAState, now time.Time) (*jwtSigner, error) {
+	if a.cfg.Replica == "" {
+		k, err := a.rotateJWTKeySet(st.JWTKeys, now)
+		if err != nil {
+			return nil, err
+		}
+		st.JWTKeys = k
+		return a.jwtSignerFrom(k, publishedJWTKeys(k))
+	}
+	k, err := a.rotateJWTKeySet(a.local.JWTKeys, now)
+	if err != nil {
+		return nil, err
+	}
+	// Kept even if the save fails, as the intermediates are: the retry
+	// records the same keys.
+	a.local.JWTKeys = k
+	recordReplicaJWT(st, a.cfg.Replica, k, now, a.cfg.JWTPublishDelay, a.cfg.JWTSVIDMaxTTL+a.cfg.Backdate)
+	published := make([]store.JWTKey, 0, len(st.ReplicaJWTKeys))
+	for _, r := range st.ReplicaJWTKeys {
+		published = append(published, r.JWTKey)
+	}
+	return a.jwtSignerFrom(k, published)
+}
+
+// rotateJWTKeySet brings k (nil: none yet) up to date at now: a usable
 // active key, the next one prepared at JWTPrepareTime and switched to at
 // JWTActivateTime, the retired ones pruned once no token they signed can
-// be valid. It returns the signer to apply once st is saved. Replicas
-// sharing the store sign no JWT-SVIDs (ErrJWTUnavailable), so none is
-// made.
-func (a *Authority) rotateJWTKeys(st *store.CAState, now time.Time) (*jwtSigner, error) {
-	if a.cfg.Replica != "" {
-		return &jwtSigner{bundle: jwtbundle.New(a.cfg.TrustDomain)}, nil
-	}
-	k := st.JWTKeys
+// be valid.
+func (a *Authority) rotateJWTKeySet(k *store.JWTKeys, now time.Time) (*store.JWTKeys, error) {
 	if k == nil {
 		k = &store.JWTKeys{}
 	}
@@ -221,8 +250,72 @@ func (a *Authority) rotateJWTKeys(st *store.CAState, now time.Time) (*jwtSigner,
 	if len(k.Retired) == 0 {
 		k.Retired = nil
 	}
-	st.JWTKeys = k
-	return a.jwtSignerFrom(k)
+	return k, nil
+}
+
+// recordReplicaJWT writes replica's JWT keys k into the shared state st as
+// public records, keeping the other replicas' until they stop being
+// published. A key of replica's not recorded yet, while other keys are,
+// signs only from delay after now (store.JWTKey.SignsFrom). A record of
+// replica's for a key it no longer holds (an earlier process of the same
+// name) is kept as retired, for lastToken more at most: that key signs no
+// more.
+func recordReplicaJWT(st *store.CAState, replica string, k *store.JWTKeys, now time.Time, delay, lastToken time.Duration) {
+	held := map[string]bool{k.Active.ID: true}
+	if k.Next != nil {
+		held[k.Next.ID] = true
+	}
+	for _, j := range k.Retired {
+		held[j.ID] = true
+	}
+	recorded := map[string]bool{}
+	others := false
+	var kept []store.ReplicaJWTKey
+	for _, r := range st.ReplicaJWTKeys {
+		if !now.Before(r.NotAfter) {
+			continue
+		}
+		if r.Replica == replica && held[r.ID] {
+			recorded[r.ID] = true
+			continue
+		}
+		if r.Replica == replica && r.State != "retired" {
+			r.State, r.Key, r.NotAfter = "retired", store.SealedKey{}, earliest(r.NotAfter, now.Add(lastToken))
+		}
+		kept = append(kept, r)
+		others = true
+	}
+	add := func(state string, j *store.JWTKey) {
+		if j == nil {
+			return
+		}
+		if others && !recorded[j.ID] && state != "retired" {
+			if at := now.Add(delay); j.SignsFrom.Before(at) {
+				j.SignsFrom = at
+			}
+		}
+		pub := *j
+		pub.Key = store.SealedKey{}
+		kept = append(kept, store.ReplicaJWTKey{Replica: replica, State: state, JWTKey: pub})
+	}
+	add("active", k.Active)
+	add("next", k.Next)
+	for i := range k.Retired {
+		add("retired", &k.Retired[i])
+	}
+	slices.SortFunc(kept, func(x, y store.ReplicaJWTKey) int {
+		return cmp.Or(cmp.Compare(x.Replica, y.Replica), cmp.Compare(x.State, y.State), cmp.Compare(x.ID, y.ID))
+	})
+	st.ReplicaJWTKeys = kept
+}
+
+// publishedJWTKeys are the keys of k in its trust domain's bundle.
+func publishedJWTKeys(k *store.JWTKeys) []store.JWTKey {
+	published := append([]store.JWTKey{*k.Active}, k.Retired...)
+	if k.Next != nil {
+		published = append(published, *k.Next)
+	}
+	return published
 }
 
 // newJWTKey makes a JWT signing key of Config.KeyType, published until
@@ -250,14 +343,10 @@ func (a *Authority) newJWTKey(now time.Time) (*store.JWTKey, error) {
 	return &store.JWTKey{ID: kid, PublicKeyDER: der, Key: sealed, NotBefore: now.Add(-a.cfg.Backdate), NotAfter: now.Add(a.cfg.JWTKeyTTL)}, nil
 }
 
-// jwtSignerFrom opens the active key (reusing the one in effect when it
-// is the same) and builds the bundle of every published key.
-func (a *Authority) jwtSignerFrom(k *store.JWTKeys) (*jwtSigner, error) {
+// jwtSignerFrom opens k's active key (reusing the one in effect when it
+// is the same) and builds the bundle of the published keys.
+func (a *Authority) jwtSignerFrom(k *store.JWTKeys, published []store.JWTKey) (*jwtSigner, error) {
 	b := jwtbundle.New(a.cfg.TrustDomain)
-	published := append([]store.JWTKey{*k.Active}, k.Retired...)
-	if k.Next != nil {
-		published = append(published, *k.Next)
-	}
 	for _, j := range published {
 		pub, err := x509.ParsePKIXPublicKey(j.PublicKeyDER)
 		if err != nil {
@@ -267,7 +356,7 @@ func (a *Authority) jwtSignerFrom(k *store.JWTKeys) (*jwtSigner, error) {
 			return nil, fmt.Errorf("ca: stored JWT key %q: %w", j.ID, err)
 		}
 	}
-	s := &jwtSigner{kid: k.Active.ID, notAfter: k.Active.NotAfter, bundle: b, next: JWTPrepareTime(k.Active)}
+	s := &jwtSigner{kid: k.Active.ID, from: k.Active.SignsFrom, notAfter: k.Active.NotAfter, bundle: b, next: JWTPrepareTime(k.Active)}
 	if k.Next != nil {
 		s.next = JWTActivateTime(k.Active)
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/jwtsvid"
 	"github.com/meshca/meshca/internal/storetest"
 	"github.com/meshca/meshca/internal/testca"
 )
@@ -52,10 +53,6 @@ func TestReplicasOwnIntermediates(t *testing.T) {
 	}
 	if state.Active != nil || state.Next != nil || state.Root != nil || state.JWTKeys != nil {
 		t.Fatal("a private key is in the shared store")
-	}
-	// JWT-SVIDs would need each replica's key published by all: refused.
-	if _, err := a.MintJWTSVID(context.Background(), identity(fooID), []string{"x"}, 0); !errors.Is(err, ca.ErrJWTUnavailable) {
-		t.Errorf("MintJWTSVID on a replica: %v, want ErrJWTUnavailable", err)
 	}
 	held := map[string]string{}
 	for _, r := range state.ReplicaIntermediates {
@@ -104,6 +101,112 @@ func TestReplicasOwnIntermediates(t *testing.T) {
 			t.Fatalf("ca.New: %v", err)
 		}
 	})
+}
+
+// TestReplicaJWTKeys: each replica signs JWT-SVIDs with a key of its own,
+// whose public key it records in the shared state and whose private key
+// stays with it. The first replica signs at once; one that starts while
+// other keys are published signs only after the publication delay, when
+// every replica has read its key. Every replica's bundle holds every
+// key, so a token from one validates with the bundle of another. A
+// restarted replica of the same name retires its predecessor's key.
+func TestReplicaJWTKeys(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	c := testca.NewIstioCACerts(t, testca.IstioOptions{CACert: func(tmpl *x509.Certificate) { tmpl.MaxPathLen, tmpl.MaxPathLenZero = 1, false }})
+	dir := t.TempDir()
+	c.Write(t, dir)
+	parent, err := ca.LoadCACerts(dir, now, ca.CACertsOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk := clocktest.New(now)
+	st := storetest.NewMem()
+	replica := func(name string) *ca.Authority {
+		return newAuthority(t, st, clk, func(cfg *ca.Config) { cfg.Parent, cfg.Replica = parent, name })
+	}
+	mint := func(r *ca.Authority) (*ca.JWTSVID, error) {
+		return r.MintJWTSVID(ctx, identity(fooID), []string{"aud"}, 0)
+	}
+
+	a := replica("a")
+	fromA, err := mint(a)
+	if err != nil {
+		t.Fatalf("the first replica cannot sign at once: %v", err)
+	}
+	b := replica("b")
+	if _, err := mint(b); !errors.Is(err, ca.ErrUnavailable) {
+		t.Fatalf("a new replica signs before its key is published: %v, want ErrUnavailable", err)
+	}
+	// Within the delay, a reads the shared state (every 30 s in Run).
+	clk.Advance(30 * time.Second)
+	if err := a.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(ca.DefaultJWTPublishDelay)
+	fromB, err := mint(b)
+	if err != nil {
+		t.Fatalf("after the publication delay: %v", err)
+	}
+	if fromA.KeyID == fromB.KeyID {
+		t.Fatal("two replicas share one JWT signing key")
+	}
+	for _, tc := range []struct {
+		name  string
+		tok   *ca.JWTSVID
+		other *ca.Authority
+	}{{"a's token, b's bundle", fromA, b}, {"b's token, a's bundle", fromB, a}} {
+		if _, _, err := jwtsvid.Validate(tc.tok.Token, tc.other, []string{"aud"}, clk.Now()); err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+		}
+	}
+	state := mustState(t, st)
+	if state.JWTKeys != nil {
+		t.Fatal("replicas use the single CA's JWT keys")
+	}
+	held := map[string]string{}
+	for _, r := range state.ReplicaJWTKeys {
+		if len(r.Key.Data) != 0 || r.Key.Alg != "" {
+			t.Fatalf("replica %s's private JWT key is in the shared store", r.Replica)
+		}
+		held[r.Replica+"/"+r.State] = r.ID
+	}
+	if held["a/active"] != fromA.KeyID || held["b/active"] != fromB.KeyID || len(held) != 2 {
+		t.Fatalf("records %v", held)
+	}
+	s, err := a.Status(ctx)
+	if err != nil || len(s.JWTKeys) != 2 || s.JWTKeys[1].Replica != "b" || s.JWTKeys[1].SignsFrom.IsZero() {
+		t.Fatalf("status JWT keys: %+v %v", s.JWTKeys, err)
+	}
+
+	// a restarts under the same name: it cannot have its predecessor's
+	// key, which stays published (retired) until its last token expires.
+	a2 := replica("a")
+	if _, err := mint(a2); !errors.Is(err, ca.ErrUnavailable) {
+		t.Fatalf("a restarted replica signs before its key is published: %v", err)
+	}
+	var old *store.ReplicaJWTKey
+	for _, r := range mustState(t, st).ReplicaJWTKeys {
+		if r.ID == fromA.KeyID {
+			old = &r
+		}
+	}
+	if old == nil || old.State != "retired" || old.NotAfter.After(clk.Now().Add(ca.DefaultJWTSVIDMaxTTL+ca.DefaultBackdate)) {
+		t.Fatalf("the predecessor's key: %+v, want retired until its last token expires", old)
+	}
+	if _, _, err := jwtsvid.Validate(fromA.Token, a2, []string{"aud"}, clk.Now()); err != nil {
+		t.Errorf("the predecessor's token with the restarted replica's bundle: %v", err)
+	}
+	clk.Advance(ca.DefaultJWTSVIDMaxTTL + ca.DefaultBackdate + time.Second)
+	if err := a2.Rotate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if a2.JWTBundle().HasJWTAuthority(fromA.KeyID) {
+		t.Error("the predecessor's key is still published after its last token expired")
+	}
+	if _, err := mint(a2); err != nil {
+		t.Errorf("the restarted replica after the delay: %v", err)
+	}
 }
 
 func mustState(t *testing.T, st store.Store) *store.CAState {

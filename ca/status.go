@@ -77,9 +77,14 @@ type CertStatus struct {
 
 // JWTKeyStatus is one JWT-SVID signing key.
 type JWTKeyStatus struct {
-	State     string    `json:"state"`
+	State string `json:"state"`
+	// Replica holds the key, when several replicas share the store.
+	Replica   string    `json:"replica,omitempty"`
 	KeyID     string    `json:"kid"`
 	NotBefore time.Time `json:"not_before"`
+	// SignsFrom is when a replica's new key starts signing, after its
+	// publication; absent when it signed from NotBefore.
+	SignsFrom time.Time `json:"signs_from,omitzero"`
 	// NotAfter is when the key stops being published.
 	NotAfter time.Time `json:"not_after"`
 }
@@ -185,17 +190,22 @@ func (a *Authority) Status(ctx context.Context) (*Status, error) {
 			out.Intermediates = append(out.Intermediates, cs)
 		}
 	}
+	addJWT := func(state, replica string, j *store.JWTKey) {
+		if j != nil {
+			out.JWTKeys = append(out.JWTKeys, JWTKeyStatus{State: state, Replica: replica, KeyID: j.ID, NotBefore: j.NotBefore,
+				SignsFrom: j.SignsFrom, NotAfter: j.NotAfter})
+		}
+	}
 	if k := st.JWTKeys; k != nil {
-		add := func(state string, j *store.JWTKey) {
-			if j != nil {
-				out.JWTKeys = append(out.JWTKeys, JWTKeyStatus{State: state, KeyID: j.ID, NotBefore: j.NotBefore, NotAfter: j.NotAfter})
-			}
-		}
-		add("active", k.Active)
-		add("next", k.Next)
+		addJWT("active", "", k.Active)
+		addJWT("next", "", k.Next)
 		for i := range k.Retired {
-			add("retired", &k.Retired[i])
+			addJWT("retired", "", &k.Retired[i])
 		}
+	}
+	for i := range st.ReplicaJWTKeys {
+		r := &st.ReplicaJWTKeys[i]
+		addJWT(r.State, r.Replica, &r.JWTKey)
 	}
 	if msg := a.lastErr.Load(); msg != nil {
 		out.LastError = *msg

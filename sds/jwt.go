@@ -18,10 +18,16 @@ import (
 )
 
 // DefaultJWTBundleRefresh is how often the JWTCache asks the CA for its JWT
-// bundle once a workload has used the JWT profile. The CA publishes a new
-// key a tenth of the key's life (hours by default) before it signs with
-// it, so a few minutes is ample.
-const DefaultJWTBundleRefresh = 5 * time.Minute
+// bundle once a workload has used the JWT profile. A CA alone publishes a
+// new key hours before it signs with it; a CA replica that starts beside
+// others publishes its key two minutes (ca.DefaultJWTPublishDelay) before,
+// which this must stay well under.
+const DefaultJWTBundleRefresh = time.Minute
+
+// missRefreshEvery bounds how often a token signed by a key not in the
+// bundle makes the cache ask the CA again (RefreshAfterMiss): tokens with
+// made-up key IDs must not turn into CA calls.
+const missRefreshEvery = 10 * time.Second
 
 // maxCachedJWTSVIDs bounds the JWT-SVIDs cached (one per audience set).
 const maxCachedJWTSVIDs = 256
@@ -63,6 +69,7 @@ type JWTCache struct {
 	bundle  *jwtbundle.Bundle    // nil before the first fetch
 	changed chan struct{}        // closed when bundle changes
 	wanted  bool                 // a workload has used the JWT profile
+	fetched time.Time            // when the CA was last asked
 }
 
 type cachedJWT struct {
@@ -172,6 +179,9 @@ func (c *JWTCache) Bundle(ctx context.Context) (*jwtbundle.Bundle, <-chan struct
 func (c *JWTCache) Refresh(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	c.mu.Lock()
+	c.fetched = c.cfg.Clock.Now()
+	c.mu.Unlock()
 	b, err := c.cfg.CA.JWTBundle(ctx, c.cfg.ID.TrustDomain())
 	if err != nil {
 		c.cfg.Logger.Warn("fetching the JWT bundle failed", "err", err)
@@ -187,6 +197,23 @@ func (c *JWTCache) Refresh(ctx context.Context) error {
 	c.changed = make(chan struct{})
 	c.cfg.Logger.Info("JWT bundle updated", "keys", len(b.JWTAuthorities()))
 	return nil
+}
+
+// RefreshAfterMiss fetches the bundle again after a token was signed by a
+// key not in it (a CA replica's new key may be younger than the last
+// fetch), unless the CA was asked less than 10 s ago. It reports whether
+// it fetched a new bundle.
+func (c *JWTCache) RefreshAfterMiss(ctx context.Context) bool {
+	c.mu.Lock()
+	recent := c.cfg.Clock.Now().Sub(c.fetched) < missRefreshEvery
+	before := c.bundle
+	c.mu.Unlock()
+	if recent || c.Refresh(ctx) != nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bundle != before
 }
 
 // Run fetches the bundle every BundleRefresh once a workload has used the

@@ -36,6 +36,8 @@ func (k *Kubernetes) AddFlags(fs *pflag.FlagSet) {
 // get ca.Config's defaults.
 type JWT struct {
 	TTL, MaxTTL, KeyTTL time.Duration
+	// PublishDelay is ca.Config.JWTPublishDelay (replicas only).
+	PublishDelay time.Duration
 }
 
 // AddFlags registers the flags of `meshca server` for JWT-SVIDs into j
@@ -44,6 +46,7 @@ func (j *JWT) AddFlags(fs *pflag.FlagSet) {
 	fs.DurationVar(&j.TTL, "jwt-svid-ttl", ca.DefaultJWTSVIDTTL, "JWT-SVID lifetime when none is requested (the Workload API requests none)")
 	fs.DurationVar(&j.MaxTTL, "jwt-svid-max-ttl", ca.DefaultJWTSVIDMaxTTL, "longest JWT-SVID lifetime a caller may request; at most half of --jwt-key-ttl")
 	fs.DurationVar(&j.KeyTTL, "jwt-key-ttl", 0, "lifetime of the JWT signing key: the next is made and published at 40 %, signs from 50 %; 0: --intermediate-ttl")
+	fs.DurationVar(&j.PublishDelay, "jwt-key-publish-delay", ca.DefaultJWTPublishDelay, "with several replicas, how long a replica's new JWT signing key is published before it signs (agents fetch the JWT bundle every minute)")
 }
 
 // AddFlags registers the flags of `meshca server` for leader election into

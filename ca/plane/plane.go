@@ -225,7 +225,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 		TrustDomain: cfg.TrustDomain, Store: st, Parent: root.parent, NextParent: root.next, RootKeys: root.keys,
 		RootRotationOverlap: cfg.RootRotationOverlap, RootRotationCrossSign: cfg.RootRotationCrossSign, KeyType: cfg.KeyType, KEK: cfg.KEK,
 		RootTTL: cfg.RootTTL, IntermediateTTL: cfg.IntermediateTTL, DefaultTTL: cfg.DefaultTTL, MaxTTL: cfg.MaxTTL,
-		Retention: cfg.Retention, JWTSVIDTTL: cfg.JWT.TTL, JWTSVIDMaxTTL: cfg.JWT.MaxTTL, JWTKeyTTL: cfg.JWT.KeyTTL, Replica: st.replica, Leader: leaderFunc(el), Clock: cfg.Clock, Logger: log, Metrics: metrics.NewCA(reg),
+		Retention: cfg.Retention, JWTSVIDTTL: cfg.JWT.TTL, JWTSVIDMaxTTL: cfg.JWT.MaxTTL, JWTKeyTTL: cfg.JWT.KeyTTL, JWTPublishDelay: cfg.JWT.PublishDelay, Replica: st.replica, Leader: leaderFunc(el), Clock: cfg.Clock, Logger: log, Metrics: metrics.NewCA(reg),
 	})
 	if err != nil {
 		return nil, err

@@ -35,7 +35,7 @@ func classify(log *slog.Logger, err error) (codes.Code, string) {
 	case errors.Is(err, ca.ErrInvalidCSR), errors.Is(err, ca.ErrInvalidTTL), errors.Is(err, ca.ErrInvalidRevocation), errors.Is(err, ca.ErrInvalidJoinToken),
 		errors.Is(err, ca.ErrInvalidJWTRequest), errors.Is(err, errBadRequest):
 		return codes.InvalidArgument, err.Error()
-	case errors.Is(err, ca.ErrRotation), errors.Is(err, ca.ErrJWTUnavailable):
+	case errors.Is(err, ca.ErrRotation):
 		return codes.FailedPrecondition, err.Error()
 	case errors.Is(err, context.DeadlineExceeded):
 		return codes.DeadlineExceeded, "deadline exceeded"

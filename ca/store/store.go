@@ -91,6 +91,21 @@ type CAState struct {
 	// JWTKeys are the JWT-SVID signing keys; nil until the first is made
 	// (and always when several replicas share the store).
 	JWTKeys *JWTKeys `json:"jwt_keys,omitempty"`
+	// ReplicaJWTKeys are, when several replicas share the store, the
+	// JWT-SVID signing keys each holds: every replica makes its own, whose
+	// private key never leaves it, and the trust domain's JWT bundle is
+	// every key recorded here. Public keys only, each kept until its
+	// NotAfter.
+	ReplicaJWTKeys []ReplicaJWTKey `json:"replica_jwt_keys,omitempty"`
+}
+
+// ReplicaJWTKey is a JWT signing key one replica holds (Key empty).
+type ReplicaJWTKey struct {
+	// Replica names the replica (ca.Config.Replica).
+	Replica string `json:"replica"`
+	// State is "active", "next" or "retired", as in JWTKeys.
+	State string `json:"state"`
+	JWTKey
 }
 
 // JWTKeys are the trust domain's JWT-SVID signing keys, rotated like the
@@ -117,6 +132,11 @@ type JWTKey struct {
 	// being published: no token it signs outlives it.
 	NotBefore time.Time `json:"not_before"`
 	NotAfter  time.Time `json:"not_after"`
+	// SignsFrom, when set, is the earliest time the key signs: a
+	// replica's key made while others serve the trust domain's JWT
+	// bundle is published first, so that every replica and agent has it
+	// before a token it signed reaches a validator.
+	SignsFrom time.Time `json:"signs_from,omitzero"`
 }
 
 // Phases of a root rotation (RootRotation.Phase), in order.

@@ -27,6 +27,7 @@ import (
 	"github.com/meshca/meshca/ca/client"
 	"github.com/meshca/meshca/ca/server"
 	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/jwtsvid"
 	"github.com/meshca/meshca/internal/pgenv"
 	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/testca"
@@ -146,7 +147,7 @@ func (h haPair) admin(t *testing.T, p *serverProc) *adminclient.Client {
 func TestHAServerProcesses(t *testing.T) {
 	// 900 replays come from this one address: the per-address budget of
 	// failed attempts would rightly refuse most of them.
-	h := startHAPair(t, "--unauthenticated-rate", "-1")
+	h := startHAPair(t, "--unauthenticated-rate", "-1", "--jwt-key-publish-delay", "2s")
 	a, b, roots, rootFile, tokenFile := h.a, h.b, h.roots, h.rootFile, h.tokenFile
 	ctx := context.Background()
 	admin := func(p *serverProc) *adminclient.Client { return h.admin(t, p) }
@@ -217,6 +218,7 @@ func TestHAServerProcesses(t *testing.T) {
 	if _, err := renewB.Sign(ctx, csr, time.Hour, ""); err != nil {
 		t.Fatalf("renewal on B before the revocation: %v", err)
 	}
+	haJWTSVIDs(t, renewB, cert, a, roots)
 	if _, err := admin(a).Revoke(ctx, server.RevokeRequest{Serial: leaf.SerialNumber.Text(16), Reason: "ha test"}); err != nil {
 		t.Fatal(err)
 	}
@@ -272,6 +274,50 @@ func TestHAServerProcesses(t *testing.T) {
 	}
 	if n := other.Load(); n != 0 {
 		t.Errorf("%d uses failed otherwise than as replays", n)
+	}
+}
+
+// haJWTSVIDs: each replica signs JWT-SVIDs with its own key; A, started
+// first, signs at once, B once its key has been published (2 s here), and
+// a token of either validates with the bundle from the other (A reads B's
+// key at its next look at the shared state, within 30 s).
+func haJWTSVIDs(t *testing.T, onB *client.Client, cert *tls.Certificate, a *serverProc, roots *x509.CertPool) {
+	ctx := context.Background()
+	onA, err := client.New(client.Config{Addr: a.grpc, Roots: roots, ServerName: "localhost",
+		ClientCertificate: func() (*tls.Certificate, error) { return cert, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer onA.Close()
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	aud := []string{"db"}
+	fromA, err := onA.MintJWTSVID(ctx, aud, "")
+	if err != nil {
+		t.Fatalf("JWT-SVID from A: %v", err)
+	}
+	validates := func(tok string, by *client.Client) error {
+		b, err := by.JWTBundle(ctx, td)
+		if err != nil {
+			return err
+		}
+		_, _, err = jwtsvid.Validate(tok, b, aud, time.Now())
+		return err
+	}
+	if err := validates(fromA, onB); err != nil {
+		t.Fatalf("A's JWT-SVID with B's bundle: %v", err)
+	}
+	var fromB string
+	clocktest.Eventually(t, "B signs JWT-SVIDs once its key is published", func() bool {
+		fromB, err = onB.MintJWTSVID(ctx, aud, "")
+		if err != nil && status.Code(err) != codes.Unavailable {
+			t.Fatalf("JWT-SVID from B: %v", err)
+		}
+		return err == nil
+	})
+	for deadline := time.Now().Add(time.Minute); validates(fromB, onA) != nil; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("B's JWT-SVID with A's bundle after a minute: %v", validates(fromB, onA))
+		}
 	}
 }
 

@@ -103,6 +103,13 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workloadpb.ValidateJW
 		return nil, status.Error(codes.Unavailable, "the JWT bundle is not available right now")
 	}
 	tok, claims, err := jwtsvid.Validate(req.GetSvid(), b, []string{req.GetAudience()}, s.jwt.Now())
+	if errors.Is(err, jwtsvid.ErrUntrusted) && s.jwt.RefreshAfterMiss(ctx) {
+		// Signed by a key younger than the bundle, perhaps: a CA
+		// replica's new one.
+		if b, _, err = s.jwt.Bundle(ctx); err == nil {
+			tok, claims, err = jwtsvid.Validate(req.GetSvid(), b, []string{req.GetAudience()}, s.jwt.Now())
+		}
+	}
 	if err != nil {
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}

@@ -134,3 +134,70 @@ func (s *rotatingStream) Send(r *workloadpb.JWTBundlesResponse) error {
 	}
 	return nil
 }
+
+// TestValidateRefreshesAfterMiss: a token signed by a key younger than
+// the cached bundle (a CA replica that just started) validates after one
+// fetch of the bundle; a token of an unknown key within 10 s of that fetch
+// asks the CA nothing and is refused.
+func TestValidateRefreshesAfterMiss(t *testing.T) {
+	clk := clocktest.New(time.Now())
+	ca := &countingJWTCA{fakeJWTCA: fakeJWTCA{t: t, clk: clk, keys: map[string]crypto.PublicKey{}}}
+	ca.rotate()
+	cache, err := sds.NewJWTCache(sds.JWTConfig{ID: jwtID, CA: ca, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Config{Source: sds.NewStaticSource(nil), JWT: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(securityHeader, "true"))
+	if _, _, err := cache.Bundle(ctx); err != nil { // cached with the first key only
+		t.Fatal(err)
+	}
+	validate := func(tok string) error {
+		_, err := srv.ValidateJWTSVID(ctx, &workloadpb.ValidateJWTSVIDRequest{Audience: "aud", Svid: tok})
+		return err
+	}
+	mint := func() string {
+		tok, err := ca.MintJWTSVID(ctx, []string{"aud"}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+
+	clk.Advance(missRefreshEveryForTest)
+	ca.rotate() // another replica's key, not in the cached bundle
+	if err := validate(mint()); err != nil {
+		t.Fatalf("a token of a new key after a refresh: %v", err)
+	}
+	fetches := ca.fetches
+	// A made-up key right after: refused without asking the CA.
+	forged := &fakeJWTCA{t: t, clk: clk, keys: map[string]crypto.PublicKey{}}
+	forged.rotate()
+	tok, err := forged.MintJWTSVID(ctx, []string{"aud"}, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := validate(tok); err == nil {
+		t.Fatal("a token of a key the CA never published validates")
+	}
+	if ca.fetches != fetches {
+		t.Errorf("a miss within 10 s of the last fetch asked the CA again (%d fetches, want %d)", ca.fetches, fetches)
+	}
+}
+
+// missRefreshEveryForTest is sds's rate limit of refreshes after a miss.
+const missRefreshEveryForTest = 10 * time.Second
+
+// countingJWTCA counts JWTBundle calls.
+type countingJWTCA struct {
+	fakeJWTCA
+	fetches int
+}
+
+func (c *countingJWTCA) JWTBundle(ctx context.Context, td spiffeid.TrustDomain) (*jwtbundle.Bundle, error) {
+	c.fetches++
+	return c.fakeJWTCA.JWTBundle(ctx, td)
+}

@@ -72,6 +72,9 @@ type JWTSource interface {
 	// Bundle returns the trust domain's JWT bundle and a channel closed
 	// when it next changes.
 	Bundle(ctx context.Context) (*jwtbundle.Bundle, <-chan struct{}, error)
+	// RefreshAfterMiss fetches the bundle again after a token signed by
+	// a key not in it, rate-limited, and reports whether it changed.
+	RefreshAfterMiss(ctx context.Context) bool
 }
 
 // Server implements the SPIFFE Workload API for one workload's SVID.
