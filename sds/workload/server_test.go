@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/testca"
@@ -428,5 +429,31 @@ func none[R any](t *testing.T, ch chan result[R]) {
 		}
 		t.Fatal("unexpected response")
 	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// TestFetchWITSVIDUnimplemented: the Workload API spec's WIT-SVID profile
+// (FetchWITSVID, newer than go-spiffe v2.6's proto) is answered
+// Unimplemented, as the spec requires of an endpoint without WIT-SVIDs,
+// and the connection keeps serving.
+func TestFetchWITSVIDUnimplemented(t *testing.T) {
+	h := newHarness(t, true)
+	cc, err := grpc.NewClient(h.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx := withHeader(context.Background())
+	var out emptypb.Empty
+	err = cc.Invoke(ctx, "/SpiffeWorkloadAPI/FetchWITSVID", &emptypb.Empty{}, &out)
+	if status.Code(err) != codes.Unimplemented {
+		t.Fatalf("FetchWITSVID: %v, want Unimplemented", err)
+	}
+	st, err := workloadpb.NewSpiffeWorkloadAPIClient(cc).FetchX509Bundles(ctx, &workloadpb.X509BundlesRequest{})
+	if err == nil {
+		_, err = st.Recv()
+	}
+	if err != nil {
+		t.Fatalf("the connection after FetchWITSVID: %v", err)
 	}
 }
