@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -21,8 +22,17 @@ const jwtService = "meshca.ca.v1.JWTService"
 // (Config.ClientCertificate). It returns the token; its lifetime is the
 // CA's default for JWT-SVIDs.
 func (c *Client) MintJWTSVID(ctx context.Context, audiences []string, token string) (string, error) {
+	return c.MintJWTSVIDTTL(ctx, audiences, token, 0)
+}
+
+// MintJWTSVIDTTL is MintJWTSVID for a lifetime of ttl (0: the CA's
+// default), within the CA's bounds (--jwt-svid-max-ttl).
+func (c *Client) MintJWTSVIDTTL(ctx context.Context, audiences []string, token string, ttl time.Duration) (string, error) {
 	if token != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	}
+	if ttl != 0 {
+		ctx = metadata.AppendToOutgoingContext(ctx, "meshca-jwt-ttl", ttl.String()) // server.JWTTTLMetadata
 	}
 	var resp workloadpb.JWTSVIDResponse
 	if err := c.invoke(ctx, "MintJWTSVID", &workloadpb.JWTSVIDRequest{Audience: audiences}, &resp); err != nil {

@@ -3,11 +3,13 @@ package server
 import (
 	"context"
 	"fmt"
+	"time"
 
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
 	"github.com/meshca/meshca/ca"
@@ -17,13 +19,18 @@ import (
 // Istio's CSR service (which is X.509 only). Its messages are the SPIFFE
 // Workload API's: MintJWTSVID takes a JWTSVIDRequest (audiences, and
 // optionally the SPIFFE ID, which must be the caller's) and answers a
-// JWTSVIDResponse with one token of the CA's default JWT-SVID lifetime;
-// FetchJWTBundle takes a JWTBundlesRequest and answers a
+// JWTSVIDResponse with one token of the CA's default JWT-SVID lifetime, or
+// of the lifetime in the request metadata JWTTTLMetadata (the Workload
+// API's message has no field for it); FetchJWTBundle takes a JWTBundlesRequest and answers a
 // JWTBundlesResponse with the trust domain's JWT bundle (a JWKS) keyed by
 // the trust domain's ID. Callers prove their identity as for a CSR (a
 // bearer token, or their X.509-SVID over mTLS); the bundle is public and
 // asks for no credential.
 const JWTServiceName = "meshca.ca.v1.JWTService"
+
+// JWTTTLMetadata is the gRPC metadata key of MintJWTSVID's requested
+// lifetime, a Go duration ("10m"); absent: the CA's default.
+const JWTTTLMetadata = "meshca-jwt-ttl"
 
 // jwtService implements JWTServiceName.
 type jwtService struct{ s *Server }
@@ -103,7 +110,13 @@ func (j *jwtService) mint(ctx context.Context, req *workloadpb.JWTSVIDRequest) (
 			return nil, fmt.Errorf("%w: the credential proves %s, not %q", ca.ErrIdentityMismatch, id.ID, want)
 		}
 	}
-	svid, err := j.s.cfg.Authority.MintJWTSVID(ctx, id, req.GetAudience(), 0)
+	var ttl time.Duration
+	if v := metadata.ValueFromIncomingContext(ctx, JWTTTLMetadata); len(v) > 0 {
+		if ttl, err = time.ParseDuration(v[0]); err != nil || len(v) > 1 || ttl <= 0 {
+			return nil, fmt.Errorf("%w: %s must be one positive Go duration such as 10m", ca.ErrInvalidTTL, JWTTTLMetadata)
+		}
+	}
+	svid, err := j.s.cfg.Authority.MintJWTSVID(ctx, id, req.GetAudience(), ttl)
 	if err != nil {
 		return nil, err
 	}

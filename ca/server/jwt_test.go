@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"testing"
+	"time"
 
 	gojwtsvid "github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"google.golang.org/grpc/codes"
@@ -45,6 +46,19 @@ func TestJWTService(t *testing.T) {
 	if got, err := gojwtsvid.ParseAndValidate(tok, bundle, []string{"cache"}); err != nil || got.ID != fooID {
 		t.Fatalf("token with the X.509-SVID as credential: %v %v", got, err)
 	}
+
+	// A lifetime asked for in the metadata, within --jwt-svid-max-ttl.
+	tok, err = c.MintJWTSVIDTTL(ctx, []string{"db"}, fooToken, 10*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := gojwtsvid.ParseAndValidate(tok, bundle, []string{"db"}); err != nil || got.Expiry.Sub(time.Now()) < 9*time.Minute || got.Expiry.Sub(time.Now()) > 10*time.Minute {
+		t.Fatalf("token asked for 10m: %v, expires %v", err, got.Expiry)
+	}
+	_, err = c.MintJWTSVIDTTL(ctx, []string{"db"}, fooToken, 2*time.Hour)
+	wantCode(t, err, codes.InvalidArgument, "")
+	_, err = c.MintJWTSVIDTTL(ctx, []string{"db"}, fooToken, -time.Minute)
+	wantCode(t, err, codes.InvalidArgument, "meshca-jwt-ttl")
 
 	_, err = c.MintJWTSVID(ctx, nil, fooToken)
 	wantCode(t, err, codes.InvalidArgument, "audience")
