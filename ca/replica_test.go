@@ -24,19 +24,7 @@ import (
 // on one replica revokes every replica's intermediate; the other replaces
 // its own at its next look. A restarted replica makes a new one.
 func TestReplicasOwnIntermediates(t *testing.T) {
-	now := time.Now()
-	c := testca.NewIstioCACerts(t, testca.IstioOptions{CACert: func(tmpl *x509.Certificate) { tmpl.MaxPathLen, tmpl.MaxPathLenZero = 1, false }})
-	dir := t.TempDir()
-	c.Write(t, dir)
-	parent, err := ca.LoadCACerts(dir, now, ca.CACertsOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	clk := clocktest.New(now)
-	st := storetest.NewMem()
-	replica := func(name string) *ca.Authority {
-		return newAuthority(t, st, clk, func(cfg *ca.Config) { cfg.Parent, cfg.Replica = parent, name })
-	}
+	replica, clk, st := newReplicas(t)
 	a, b := replica("a"), replica("b")
 	if a.SigningCertificate().Equal(b.SigningCertificate()) {
 		t.Fatal("two replicas share one intermediate")
@@ -112,19 +100,7 @@ func TestReplicasOwnIntermediates(t *testing.T) {
 // restarted replica of the same name retires its predecessor's key.
 func TestReplicaJWTKeys(t *testing.T) {
 	ctx := context.Background()
-	now := time.Now()
-	c := testca.NewIstioCACerts(t, testca.IstioOptions{CACert: func(tmpl *x509.Certificate) { tmpl.MaxPathLen, tmpl.MaxPathLenZero = 1, false }})
-	dir := t.TempDir()
-	c.Write(t, dir)
-	parent, err := ca.LoadCACerts(dir, now, ca.CACertsOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	clk := clocktest.New(now)
-	st := storetest.NewMem()
-	replica := func(name string) *ca.Authority {
-		return newAuthority(t, st, clk, func(cfg *ca.Config) { cfg.Parent, cfg.Replica = parent, name })
-	}
+	replica, clk, st := newReplicas(t)
 	mint := func(r *ca.Authority) (*ca.JWTSVID, error) {
 		return r.MintJWTSVID(ctx, identity(fooID), []string{"aud"}, 0)
 	}
@@ -207,6 +183,25 @@ func TestReplicaJWTKeys(t *testing.T) {
 	if _, err := mint(a2); err != nil {
 		t.Errorf("the restarted replica after the delay: %v", err)
 	}
+}
+
+// newReplicas returns a maker of replicas sharing one store under one
+// cacerts root (pathlen 1: each replica makes its own intermediate), on a
+// fake clock.
+func newReplicas(t *testing.T) (replica func(name string) *ca.Authority, clk *clocktest.Fake, st *storetest.Mem) {
+	now := time.Now()
+	c := testca.NewIstioCACerts(t, testca.IstioOptions{CACert: func(tmpl *x509.Certificate) { tmpl.MaxPathLen, tmpl.MaxPathLenZero = 1, false }})
+	dir := t.TempDir()
+	c.Write(t, dir)
+	parent, err := ca.LoadCACerts(dir, now, ca.CACertsOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk = clocktest.New(now)
+	st = storetest.NewMem()
+	return func(name string) *ca.Authority {
+		return newAuthority(t, st, clk, func(cfg *ca.Config) { cfg.Parent, cfg.Replica = parent, name })
+	}, clk, st
 }
 
 func mustState(t *testing.T, st store.Store) *store.CAState {

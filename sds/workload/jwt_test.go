@@ -21,15 +21,37 @@ import (
 )
 
 // fakeJWTCA signs with its current key and publishes its keys; mints
-// counts MintJWTSVID calls.
+// counts MintJWTSVID calls, fetches JWTBundle calls.
 type fakeJWTCA struct {
-	t     *testing.T
-	clk   *clocktest.Fake
-	mu    sync.Mutex
-	key   crypto.Signer
-	kid   string
-	keys  map[string]crypto.PublicKey
-	mints int
+	t       *testing.T
+	clk     *clocktest.Fake
+	mu      sync.Mutex
+	key     crypto.Signer
+	kid     string
+	keys    map[string]crypto.PublicKey
+	mints   int
+	fetches int
+}
+
+// newFakeJWTCA returns a fakeJWTCA with one key.
+func newFakeJWTCA(t *testing.T, clk *clocktest.Fake) *fakeJWTCA {
+	f := &fakeJWTCA{t: t, clk: clk, keys: map[string]crypto.PublicKey{}}
+	f.rotate()
+	return f
+}
+
+// newJWTServer returns a Server whose JWT profile is a JWTCache of ca,
+// and a context with the security header.
+func newJWTServer(t *testing.T, ca *fakeJWTCA) (*sds.JWTCache, *Server, context.Context) {
+	cache, err := sds.NewJWTCache(sds.JWTConfig{ID: jwtID, CA: ca, Clock: ca.clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := New(Config{Source: sds.NewStaticSource(nil), JWT: cache})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cache, srv, metadata.NewIncomingContext(context.Background(), metadata.Pairs(securityHeader, "true"))
 }
 
 func (f *fakeJWTCA) rotate() {
@@ -55,6 +77,7 @@ func (f *fakeJWTCA) MintJWTSVID(_ context.Context, aud []string, _ string) (stri
 func (f *fakeJWTCA) JWTBundle(context.Context, spiffeid.TrustDomain) (*jwtbundle.Bundle, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.fetches++
 	return jwtbundle.FromJWTAuthorities(jwtID.TrustDomain(), f.keys), nil
 }
 
@@ -65,17 +88,8 @@ var jwtID = spiffeid.RequireFromString("spiffe://example.org/ns/a/sa/b")
 // published a new key.
 func TestJWTCacheAndBundleStream(t *testing.T) {
 	clk := clocktest.New(time.Now())
-	ca := &fakeJWTCA{t: t, clk: clk, keys: map[string]crypto.PublicKey{}}
-	ca.rotate()
-	cache, err := sds.NewJWTCache(sds.JWTConfig{ID: jwtID, CA: ca, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := New(Config{Source: sds.NewStaticSource(nil), JWT: cache})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(securityHeader, "true"))
+	ca := newFakeJWTCA(t, clk)
+	cache, srv, ctx := newJWTServer(t, ca)
 	fetch := func(aud ...string) string {
 		t.Helper()
 		r, err := srv.FetchJWTSVID(ctx, &workloadpb.JWTSVIDRequest{Audience: aud})
@@ -141,17 +155,8 @@ func (s *rotatingStream) Send(r *workloadpb.JWTBundlesResponse) error {
 // asks the CA nothing and is refused.
 func TestValidateRefreshesAfterMiss(t *testing.T) {
 	clk := clocktest.New(time.Now())
-	ca := &countingJWTCA{fakeJWTCA: fakeJWTCA{t: t, clk: clk, keys: map[string]crypto.PublicKey{}}}
-	ca.rotate()
-	cache, err := sds.NewJWTCache(sds.JWTConfig{ID: jwtID, CA: ca, Clock: clk})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := New(Config{Source: sds.NewStaticSource(nil), JWT: cache})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs(securityHeader, "true"))
+	ca := newFakeJWTCA(t, clk)
+	cache, srv, ctx := newJWTServer(t, ca)
 	if _, _, err := cache.Bundle(ctx); err != nil { // cached with the first key only
 		t.Fatal(err)
 	}
@@ -174,9 +179,7 @@ func TestValidateRefreshesAfterMiss(t *testing.T) {
 	}
 	fetches := ca.fetches
 	// A made-up key right after: refused without asking the CA.
-	forged := &fakeJWTCA{t: t, clk: clk, keys: map[string]crypto.PublicKey{}}
-	forged.rotate()
-	tok, err := forged.MintJWTSVID(ctx, []string{"aud"}, "")
+	tok, err := newFakeJWTCA(t, clk).MintJWTSVID(ctx, []string{"aud"}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,14 +193,3 @@ func TestValidateRefreshesAfterMiss(t *testing.T) {
 
 // missRefreshEveryForTest is sds's rate limit of refreshes after a miss.
 const missRefreshEveryForTest = 10 * time.Second
-
-// countingJWTCA counts JWTBundle calls.
-type countingJWTCA struct {
-	fakeJWTCA
-	fetches int
-}
-
-func (c *countingJWTCA) JWTBundle(ctx context.Context, td spiffeid.TrustDomain) (*jwtbundle.Bundle, error) {
-	c.fetches++
-	return c.fakeJWTCA.JWTBundle(ctx, td)
-}
