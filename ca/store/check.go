@@ -17,6 +17,12 @@ const (
 	MaxSerialLen = 64
 	// MaxSPIFFEIDLen is the SPIFFE ID specification's limit.
 	MaxSPIFFEIDLen = 2048
+	// MaxRequestKeyLen bounds IssuedRequest.Request (a Kubernetes UID is
+	// 36 bytes).
+	MaxRequestKeyLen = 256
+	// MaxChainLen bounds the PEM chain of an IssuedRequest, all of it:
+	// what Kubernetes accepts in a PodCertificateRequest's status.
+	MaxChainLen = 100 << 10
 )
 
 // CheckSerial checks that serial is 1 to MaxSerialLen lowercase hex digits
@@ -72,6 +78,28 @@ func CheckIssuance(rec *Issuance) error {
 	}
 	if !StorableTime(rec.NotAfter) || !StorableTime(rec.IssuedAt) {
 		return errors.New("not_after and issued_at must be between 1970 and 2262")
+	}
+	return nil
+}
+
+// CheckIssuedRequest checks what every store needs of an answer: a request
+// key of 1 to MaxRequestKeyLen bytes of valid UTF-8 without a NUL byte, the
+// serial of rec, and a chain of 1 to MaxChainLen bytes in all.
+func CheckIssuedRequest(req *IssuedRequest, rec *Issuance) error {
+	switch k := req.Request; {
+	case k == "" || len(k) > MaxRequestKeyLen:
+		return fmt.Errorf("request key %q is not 1 to %d bytes", k, MaxRequestKeyLen)
+	case strings.IndexByte(k, 0) >= 0 || !utf8.ValidString(k):
+		return errors.New("request key is not valid UTF-8 without NUL bytes")
+	case req.Serial != rec.Serial:
+		return fmt.Errorf("answer to request %s names serial %q, the record %q", k, req.Serial, rec.Serial)
+	}
+	size := 0
+	for _, c := range req.ChainPEM {
+		size += len(c)
+	}
+	if len(req.ChainPEM) == 0 || size == 0 || size > MaxChainLen {
+		return fmt.Errorf("answer to request %s: a chain of 1 to %d bytes is required", req.Request, MaxChainLen)
 	}
 	return nil
 }

@@ -247,6 +247,22 @@ type Revocation struct {
 // of the token is stored. It is the join token attestor's type.
 type JoinToken = jointoken.Token
 
+// IssuedRequest is the answer the CA gave a request that must be answered
+// with one certificate at most, however often it is asked and by whichever
+// replica (a Kubernetes PodCertificateRequest, by its UID): the chain handed
+// out, kept so that a retry after a crash, or another replica, sends that
+// certificate again instead of signing a second one. It lives as long as the
+// issuance record of its Serial: PruneIssuances deletes both together.
+type IssuedRequest struct {
+	// Request is the request's key, unique among all requests
+	// (CheckIssuedRequest).
+	Request string `json:"request"`
+	// Serial is the certificate's issuance record.
+	Serial string `json:"serial"`
+	// ChainPEM is the chain as handed out, leaf first.
+	ChainPEM []string `json:"chain"`
+}
+
 // IssuanceWithRevocations is an issuance record with the deny-list entries
 // that name its serial or its SPIFFE ID, whether or not they cover it: the
 // CA, not the store, decides whether the certificate is revoked.
@@ -293,9 +309,18 @@ type Store interface {
 	// one point in time. The store only gathers the entries; whether one
 	// revokes the certificate is the CA's rule to apply.
 	Issuances(ctx context.Context, f IssuanceFilter) ([]IssuanceWithRevocations, error)
-	// PruneIssuances deletes records whose NotAfter is before cutoff and
-	// returns how many were deleted.
+	// PruneIssuances deletes records whose NotAfter is before cutoff, with
+	// the IssuedRequest of each, and returns how many records were deleted.
 	PruneIssuances(ctx context.Context, cutoff time.Time) (int, error)
+
+	// RecordIssuanceOnce durably records rec, as RecordIssuance does, and
+	// req (whose Serial must be rec's) together, in one atomic operation:
+	// if req.Request already has an answer, recorded by any process that
+	// shares the store, it records neither and returns ErrConflict.
+	RecordIssuanceOnce(ctx context.Context, rec Issuance, req IssuedRequest) error
+	// IssuedRequest returns the answer recorded for a request key, or
+	// ErrNotFound.
+	IssuedRequest(ctx context.Context, request string) (*IssuedRequest, error)
 
 	// Revoke adds r to the deny-list: exactly one of r.Serial and
 	// r.SPIFFEID set, and r.RevokedAt, or it is an error. Revoking a

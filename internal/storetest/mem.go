@@ -34,6 +34,8 @@ type Mem struct {
 	bySerial map[string]store.Revocation
 	byID     map[string][]store.Revocation
 	tokens   map[string]store.JoinToken
+	// answers are the IssuedRequests by request key.
+	answers map[string]store.IssuedRequest
 }
 
 var _ store.Store = (*Mem)(nil)
@@ -45,6 +47,7 @@ func NewMem() *Mem {
 		bySerial: map[string]store.Revocation{},
 		byID:     map[string][]store.Revocation{},
 		tokens:   map[string]store.JoinToken{},
+		answers:  map[string]store.IssuedRequest{},
 	}
 }
 
@@ -115,6 +118,11 @@ func (m *Mem) RecordIssuance(ctx context.Context, rec store.Issuance) error {
 		return err
 	}
 	defer m.mu.Unlock()
+	return m.record(rec)
+}
+
+// record checks and stores rec; m.mu is held.
+func (m *Mem) record(rec store.Issuance) error {
 	switch {
 	case rec.Serial == "" || rec.SPIFFEID == "":
 		return errors.New("storetest: record issuance: a serial and a SPIFFE ID are required")
@@ -126,6 +134,39 @@ func (m *Mem) RecordIssuance(ctx context.Context, rec store.Issuance) error {
 	}
 	m.records[rec.Serial] = clone(rec)
 	return nil
+}
+
+// RecordIssuanceOnce implements store.Store.
+func (m *Mem) RecordIssuanceOnce(ctx context.Context, rec store.Issuance, req store.IssuedRequest) error {
+	if err := m.lock(ctx); err != nil {
+		return err
+	}
+	defer m.mu.Unlock()
+	if err := store.CheckIssuedRequest(&req, &rec); err != nil {
+		return fmt.Errorf("storetest: record issuance once: %w", err)
+	}
+	if _, ok := m.answers[req.Request]; ok {
+		return fmt.Errorf("storetest: request %s already answered: %w", req.Request, store.ErrConflict)
+	}
+	if err := m.record(rec); err != nil {
+		return err
+	}
+	m.answers[req.Request] = clone(req)
+	return nil
+}
+
+// IssuedRequest implements store.Store.
+func (m *Mem) IssuedRequest(ctx context.Context, request string) (*store.IssuedRequest, error) {
+	if err := m.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	req, ok := m.answers[request]
+	if !ok {
+		return nil, fmt.Errorf("storetest: issued request %s: %w", request, store.ErrNotFound)
+	}
+	req = clone(req)
+	return &req, nil
 }
 
 // Issuance implements store.Store.
@@ -184,6 +225,11 @@ func (m *Mem) PruneIssuances(ctx context.Context, cutoff time.Time) (int, error)
 		if rec.NotAfter.Before(cutoff) {
 			delete(m.records, serial)
 			n++
+		}
+	}
+	for key, req := range m.answers {
+		if _, ok := m.records[req.Serial]; !ok {
+			delete(m.answers, key)
 		}
 	}
 	return n, nil

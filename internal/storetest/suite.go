@@ -37,6 +37,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Issuances", testIssuances},
 		{"IssuancesWithRevocations", testIssuancesWithRevocations},
 		{"PruneIssuances", testPruneIssuances},
+		{"IssuedRequests", testIssuedRequests},
+		{"IssuedRequestAnsweredOnce", testIssuedRequestAnsweredOnce},
+		{"PruneIssuedRequests", testPruneIssuedRequests},
 		{"Revocations", testRevocations},
 		{"RevokeInvalid", testRevokeInvalid},
 		{"PruneRevocations", testPruneRevocations},
@@ -754,6 +757,10 @@ func testContextDone(t *testing.T, open func(*testing.T) store.Store) {
 		{"Issuance", func(ctx context.Context) error { _, err := s.Issuance(ctx, "0a"); return err }},
 		{"Issuances", func(ctx context.Context) error { _, err := s.Issuances(ctx, store.IssuanceFilter{}); return err }},
 		{"PruneIssuances", func(ctx context.Context) error { _, err := s.PruneIssuances(ctx, t0.Add(time.Hour*100)); return err }},
+		{"RecordIssuanceOnce", func(ctx context.Context) error {
+			return s.RecordIssuanceOnce(ctx, Issuance("0c", idA, 1, 2), Answer("req-0c", "0c"))
+		}},
+		{"IssuedRequest", func(ctx context.Context) error { _, err := s.IssuedRequest(ctx, "req-0c"); return err }},
 		{"Revoke", func(ctx context.Context) error {
 			return s.Revoke(ctx, store.Revocation{Serial: "0b", RevokedAt: t0})
 		}},

@@ -228,6 +228,9 @@ func (s *Store) pruneChunk(cutoff time.Time) (int, error) {
 				if err := recs.Delete(serial); err != nil {
 					return err
 				}
+				if err := deleteIssuedRequest(tx, serial); err != nil {
+					return err
+				}
 			}
 			if err := byNotAfter.Delete(k); err != nil {
 				return err

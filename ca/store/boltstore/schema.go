@@ -48,6 +48,13 @@ var (
 	// bucketRevokedIDs: SPIFFE ID + 0x00 + RevokedAt → JSON
 	// store.Revocation; an identity may be revoked several times.
 	bucketRevokedIDs = []byte("revocations_by_spiffe_id")
+	// bucketIssuedRequests: request key → JSON store.IssuedRequest.
+	// Added without a schema change: a file written before has none, and
+	// an older build ignores the buckets it does not know.
+	bucketIssuedRequests = []byte("issued_requests")
+	// bucketIssuedRequestsBySerial: serial → request key; for
+	// PruneIssuances.
+	bucketIssuedRequestsBySerial = []byte("issued_requests_by_serial")
 )
 
 // prepare tightens the file's mode, checks its schema and creates the
@@ -80,7 +87,8 @@ func prepare(db *bolt.DB, path string, log *slog.Logger) error {
 			return fmt.Errorf("data file has schema version %q, this build reads %q", v, schemaVersion)
 		}
 		for _, name := range [][]byte{bucketCA, bucketIssuances, bucketByNotAfter, bucketByIssuedAt,
-			bucketBySPIFFEID, bucketRevokedSerials, bucketRevokedIDs, bucketJoinTokens} {
+			bucketBySPIFFEID, bucketRevokedSerials, bucketRevokedIDs, bucketJoinTokens,
+			bucketIssuedRequests, bucketIssuedRequestsBySerial} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}

@@ -179,3 +179,52 @@ func TestMigrationOnce(t *testing.T) {
 		t.Errorf("%d migrations recorded up to version %d, want %d", n, version, pgstore.SchemaVersion())
 	}
 }
+
+// TestIssuedRequestRacedAcrossReplicas: 50 requests, each answered at once
+// by both replicas with a certificate of their own: exactly one answer per
+// request is kept, with its record; the loser's record is rolled back.
+func TestIssuedRequestRacedAcrossReplicas(t *testing.T) {
+	const requests = 50
+	ctx := context.Background()
+	a, b := replicas(t)
+	var wins, conflicts atomic.Int32
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range 2 * requests {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		wg.Go(func() {
+			<-start
+			serial := fmt.Sprintf("%04x", i+1)
+			err := s.RecordIssuanceOnce(ctx, storetest.Issuance(serial, idA, 1, 2), storetest.Answer(fmt.Sprintf("pcr/%d", i/2), serial))
+			switch {
+			case err == nil:
+				wins.Add(1)
+			case errors.Is(err, store.ErrConflict):
+				conflicts.Add(1)
+			default:
+				t.Errorf("request %d: %v", i/2, err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if wins.Load() != requests || conflicts.Load() != requests {
+		t.Fatalf("%d answers kept and %d refused, want %d each", wins.Load(), conflicts.Load(), requests)
+	}
+	recs, err := b.Issuances(ctx, store.IssuanceFilter{})
+	if err != nil || len(recs) != requests {
+		t.Fatalf("%d records (%v), want %d", len(recs), err, requests)
+	}
+	for i := range requests {
+		ans, err := a.IssuedRequest(ctx, fmt.Sprintf("pcr/%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Issuance(ctx, ans.Serial); err != nil {
+			t.Errorf("request %d answered with serial %s, which has no record: %v", i, ans.Serial, err)
+		}
+	}
+}
