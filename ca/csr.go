@@ -2,6 +2,7 @@ package ca
 
 import (
 	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
@@ -130,6 +131,11 @@ func CheckCSR(csr *x509.CertificateRequest, want spiffeid.ID) error {
 	}
 	return nil
 }
+
+// CheckPublicKey checks that the CA certifies keys of pub's type and size:
+// ECDSA P-256 or P-384, or RSA of 2048 to 8192 bits. Errors wrap
+// ErrInvalidCSR.
+func CheckPublicKey(pub crypto.PublicKey) error { return checkKey(pub) }
 
 func checkKey(pub any) error {
 	switch k := pub.(type) {

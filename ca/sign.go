@@ -2,6 +2,7 @@ package ca
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
@@ -22,8 +23,19 @@ import (
 type SignRequest struct {
 	// CSR is the PEM certificate signing request.
 	CSR []byte
+	// PublicKey is, instead of a CSR, the DER SubjectPublicKeyInfo of a
+	// key whose possession a party the CA trusts has already checked (the
+	// Kubernetes API server checks a PodCertificateRequest's proof of
+	// possession). The key is checked as a CSR's is (CheckPublicKey); the
+	// identity is the request's. Set exactly one of CSR and PublicKey.
+	PublicKey []byte
 	// TTL is the requested lifetime; zero means Config.DefaultTTL.
 	TTL time.Duration
+	// WholeLifetime makes TTL the certificate's whole validity, from its
+	// backdated NotBefore to its NotAfter, instead of the time from now
+	// on: for callers bound by NotAfter−NotBefore (a
+	// PodCertificateRequest's maxExpirationSeconds).
+	WholeLifetime bool
 	// Identity is what the caller's credential proved.
 	Identity attestor.Identity
 	// Peer is the caller's network address, for the record.
@@ -53,11 +65,18 @@ func (i *Issued) Certificate() (*x509.Certificate, error) { return x509.ParseCer
 // intermediate (in direct mode, the parent), re-checks it with
 // ValidateLeaf, and records it durably.
 func (a *Authority) Sign(ctx context.Context, req SignRequest) (*Issued, error) {
+	return a.observedSign(ctx, req, "")
+}
+
+// observedSign is sign, counted in the metrics.
+func (a *Authority) observedSign(ctx context.Context, req SignRequest, once string) (*Issued, error) {
 	start := a.cfg.Clock.Now()
-	iss, err := a.sign(ctx, req, start)
+	iss, err := a.sign(ctx, req, start, once)
 	result := "ok"
 	switch {
 	case err == nil:
+	case errors.Is(err, store.ErrConflict):
+		result = "answered-elsewhere"
 	case errors.Is(err, ErrInvalidCSR), errors.Is(err, ErrInvalidTTL):
 		result = "invalid"
 	case errors.Is(err, ErrIdentityMismatch):
@@ -96,7 +115,36 @@ func (a *Authority) inTrustDomain(id spiffeid.ID) error {
 	return nil
 }
 
-func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*Issued, error) {
+// subjectKey returns the key a request certifies and its DER
+// SubjectPublicKeyInfo: the CSR's, checked (CheckCSR), or PublicKey's.
+func subjectKey(req SignRequest) (crypto.PublicKey, []byte, error) {
+	if len(req.PublicKey) > 0 {
+		if len(req.CSR) > 0 {
+			return nil, nil, fmt.Errorf("%w: give a CSR or a public key, not both", ErrInvalidCSR)
+		}
+		pub, err := x509.ParsePKIXPublicKey(req.PublicKey)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: public key: %v", ErrInvalidCSR, err)
+		}
+		if err := CheckPublicKey(pub); err != nil {
+			return nil, nil, err
+		}
+		spki, err := x509.MarshalPKIXPublicKey(pub) // the encoding the certificate carries
+		return pub, spki, err
+	}
+	csr, err := ParseCSR(req.CSR)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := CheckCSR(csr, req.Identity.ID); err != nil {
+		return nil, nil, err
+	}
+	return csr.PublicKey, csr.RawSubjectPublicKeyInfo, nil
+}
+
+// sign signs and records; with once set, the record goes with the answer
+// to that request key (SignOnce).
+func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time, once string) (*Issued, error) {
 	ttl, err := lifetime(req.TTL, a.cfg.DefaultTTL, MinLeafTTL, a.cfg.MaxTTL, "")
 	if err != nil {
 		return nil, err
@@ -104,33 +152,34 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*
 	if err := a.inTrustDomain(req.Identity.ID); err != nil {
 		return nil, err
 	}
-	csr, err := ParseCSR(req.CSR)
+	pub, spki, err := subjectKey(req)
 	if err != nil {
-		return nil, err
-	}
-	if err := CheckCSR(csr, req.Identity.ID); err != nil {
 		return nil, err
 	}
 	s := a.active.Load()
+	start, end := latest(now.Add(-a.cfg.Backdate), s.cert.NotBefore), now.Add(ttl)
+	if req.WholeLifetime {
+		end = start.Add(ttl)
+	}
 	// Certificates carry whole seconds; truncate so the record matches.
-	notBefore := latest(now.Add(-a.cfg.Backdate), s.cert.NotBefore).Truncate(time.Second)
-	notAfter := earliest(now.Add(ttl), s.notAfter).Truncate(time.Second) // never outlive the issuer or its chain
+	notBefore := start.Truncate(time.Second)
+	notAfter := earliest(end, s.notAfter).Truncate(time.Second) // never outlive the issuer or its chain
 	if !now.Before(notAfter) {
 		return nil, fmt.Errorf("%w: signing CA has expired", ErrUnavailable)
 	}
-	tmpl, err := leafTemplate(req.Identity.ID, csr.PublicKey, csr.RawSubjectPublicKeyInfo, notBefore, notAfter)
+	tmpl, err := leafTemplate(req.Identity.ID, pub, spki, notBefore, notAfter)
 	if err != nil {
 		return nil, err
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.cert, csr.PublicKey, s.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.cert, pub, s.key)
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign leaf: %w", err)
 	}
-	if err := ValidateLeaf(der, s.cert, req.Identity.ID, csr.RawSubjectPublicKeyInfo, now); err != nil {
+	if err := ValidateLeaf(der, s.cert, req.Identity.ID, spki, now); err != nil {
 		a.cfg.Logger.Error("issued certificate refused by the validator", "spiffe_id", req.Identity.ID.String(), "err", err)
 		return nil, err
 	}
-	spkiSum := sha256.Sum256(csr.RawSubjectPublicKeyInfo)
+	spkiSum := sha256.Sum256(spki)
 	rec := store.Issuance{
 		Serial:          tmpl.SerialNumber.Text(16),
 		SPIFFEID:        req.Identity.ID.String(),
@@ -143,15 +192,15 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time) (*
 		IssuedAt:        now,
 		Details:         req.Identity.Details,
 	}
-	if err := a.health.observe(a.cfg.Store.RecordIssuance(ctx, rec)); err != nil {
-		return nil, fmt.Errorf("%w: recording the issuance failed: %w", ErrUnavailable, err)
-	}
 	chain := make([]string, 0, len(s.chainPEM)+2)
 	chain = append(chain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
 	chain = append(chain, s.chainPEM...)
 	// Loaded after s: a rotation publishes a root before anything chains
 	// to it, so these roots include the one s chains to.
 	chain = append(chain, a.trust.Load().rootsStr)
+	if err := a.record(ctx, rec, once, chain); err != nil {
+		return nil, err
+	}
 	a.cfg.Logger.Debug("issued", "spiffe_id", rec.SPIFFEID, "serial", rec.Serial, "kind", rec.CredentialKind, "not_after", rec.NotAfter)
 	return &Issued{DER: der, ChainPEM: chain, Record: rec}, nil
 }
