@@ -17,6 +17,10 @@
 //
 //	func TestMain(m *testing.M) { kubeenv.Main(m, kubeenv.ClusterTrustBundles()) }
 //
+// PodCertificates also runs the Node authorizer and NodeRestriction and
+// gives each node a token, so that a test makes requests as a kubelet does
+// (CreateNode, CreatePod, NodeClient).
+//
 // No controller-manager runs: tests create the objects they need themselves
 // (CreateServiceAccount), and service-account tokens come from the real
 // TokenRequest API (Token).
@@ -37,6 +41,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -81,6 +86,9 @@ type Env struct {
 	// as already expired ones.
 	SigningKeyFile string
 
+	// nodeTokens are the static tokens of the nodes of PodCertificates.
+	nodeTokens map[string]string
+
 	etcd, apiserver *testproc.Proc
 	stopOnce        sync.Once
 }
@@ -90,6 +98,13 @@ type Option func(*options)
 
 type options struct {
 	apiserverArgs []string
+	// featureGates ("Name=true") and runtimeConfig ("group/version/
+	// resource=true") are joined into one flag each; options may repeat
+	// an entry.
+	featureGates, runtimeConfig []string
+	// nodes get a static token as system:node:<name> in system:nodes,
+	// and the apiserver runs the Node authorizer and NodeRestriction.
+	nodes []string
 }
 
 func newOptions(opts []Option) options {
@@ -101,7 +116,9 @@ func newOptions(opts []Option) options {
 }
 
 // APIServerArgs adds flags to kube-apiserver's command line, after the
-// package's own; give each flag once (--feature-gates=A=true,B=true).
+// package's own; give each flag once (--feature-gates=A=true,B=true), and
+// not --feature-gates or --runtime-config with ClusterTrustBundles or
+// PodCertificates.
 func APIServerArgs(args ...string) Option {
 	return func(o *options) { o.apiserverArgs = append(o.apiserverArgs, args...) }
 }
@@ -109,8 +126,50 @@ func APIServerArgs(args ...string) Option {
 // ClusterTrustBundles serves certificates.k8s.io/v1beta1 ClusterTrustBundles,
 // which kube-apiserver v1.35 leaves off (a beta API with its feature gate).
 func ClusterTrustBundles() Option {
-	return APIServerArgs("--feature-gates=ClusterTrustBundle=true",
-		"--runtime-config=certificates.k8s.io/v1beta1/clustertrustbundles=true")
+	return func(o *options) {
+		o.featureGates = append(o.featureGates, "ClusterTrustBundle=true")
+		o.runtimeConfig = append(o.runtimeConfig, "certificates.k8s.io/v1beta1/clustertrustbundles=true")
+	}
+}
+
+// NodeName is the node PodCertificates registers when given none.
+const NodeName = "kubeenv-node-1"
+
+// PodCertificates serves what Kubernetes pod certificates (KEP-4317) need,
+// off by default in v1.35: certificates.k8s.io/v1beta1
+// PodCertificateRequests and ClusterTrustBundles with their feature gates
+// (PodCertificateRequest, ClusterTrustBundle, ClusterTrustBundleProjection);
+// and, so that requests can be made as a kubelet makes them, the Node
+// authorizer (--authorization-mode=Node,RBAC), the NodeRestriction
+// admission plugin and a static token for each node, the user
+// system:node:<name> in group system:nodes (NodeClient). nodes defaults to
+// NodeName.
+func PodCertificates(nodes ...string) Option {
+	if len(nodes) == 0 {
+		nodes = []string{NodeName}
+	}
+	return func(o *options) {
+		ClusterTrustBundles()(o)
+		o.featureGates = append(o.featureGates, "PodCertificateRequest=true", "ClusterTrustBundleProjection=true")
+		o.runtimeConfig = append(o.runtimeConfig, "certificates.k8s.io/v1beta1/podcertificaterequests=true")
+		o.nodes = append(o.nodes, nodes...)
+	}
+}
+
+// args are the apiserver flags of the options.
+func (o options) args() []string {
+	var args []string
+	if len(o.nodes) > 0 {
+		args = append(args, "--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction")
+	} else {
+		args = append(args, "--authorization-mode=RBAC")
+	}
+	for flag, values := range map[string][]string{"--feature-gates": o.featureGates, "--runtime-config": o.runtimeConfig} {
+		if len(values) > 0 {
+			args = append(args, flag+"="+strings.Join(slices.Compact(slices.Sorted(slices.Values(values))), ","))
+		}
+	}
+	return append(args, o.apiserverArgs...)
 }
 
 // Start starts an Env for t and stops it, removing its files, when t ends.
@@ -275,12 +334,12 @@ func startOnce(bin, dir string, o options) (_ *Env, err error) {
 	etcdURL := "http://127.0.0.1:" + strconv.Itoa(ports[0])
 	host := "https://127.0.0.1:" + strconv.Itoa(ports[1])
 
-	token, err := writeSecrets(dir)
+	token, nodeTokens, err := writeSecrets(dir, o.nodes)
 	if err != nil {
 		return nil, err
 	}
 
-	e := &Env{Issuer: Issuer, JWKSURL: host + "/openid/v1/jwks", SigningKeyFile: filepath.Join(dir, "sa.key")}
+	e := &Env{Issuer: Issuer, JWKSURL: host + "/openid/v1/jwks", SigningKeyFile: filepath.Join(dir, "sa.key"), nodeTokens: nodeTokens}
 	defer func() {
 		if err != nil {
 			e.stop()
@@ -308,7 +367,6 @@ func startOnce(bin, dir string, o options) (_ *Env, err error) {
 		"--secure-port=" + strconv.Itoa(ports[1]),
 		"--cert-dir=" + certDir,
 		"--token-auth-file=" + filepath.Join(dir, "tokens.csv"),
-		"--authorization-mode=RBAC",
 		"--service-account-issuer=" + Issuer,
 		"--service-account-key-file=" + filepath.Join(dir, "sa.pub"),
 		"--service-account-signing-key-file=" + filepath.Join(dir, "sa.key"),
@@ -321,7 +379,7 @@ func startOnce(bin, dir string, o options) (_ *Env, err error) {
 		"--profiling=false",
 	}
 	e.apiserver, err = testproc.Start("kube-apiserver", filepath.Join(bin, "kube-apiserver"), filepath.Join(dir, "kube-apiserver.log"), nil,
-		append(args, o.apiserverArgs...)...)
+		append(args, o.args()...)...)
 	if err != nil {
 		return e, err
 	}
@@ -364,36 +422,43 @@ func startOnce(bin, dir string, o options) (_ *Env, err error) {
 }
 
 // writeSecrets writes the service-account signing key pair and the static
-// token file into dir and returns the admin token.
-func writeSecrets(dir string) (string, error) {
+// token file into dir and returns the admin token and the nodes' tokens.
+func writeSecrets(dir string, nodes []string) (string, map[string]string, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	der, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	pub, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
-	tok := make([]byte, 32)
-	if _, err := rand.Read(tok); err != nil {
-		return "", err
+	newToken := func() string {
+		tok := make([]byte, 32)
+		_, _ = rand.Read(tok) // crypto/rand.Read does not fail
+		return hex.EncodeToString(tok)
 	}
-	token := hex.EncodeToString(tok)
+	token := newToken()
+	tokens := token + ",admin,admin-uid,system:masters\n"
+	nodeTokens := map[string]string{}
+	for _, n := range nodes {
+		nodeTokens[n] = newToken()
+		tokens += fmt.Sprintf("%s,system:node:%s,node-uid-%s,system:nodes\n", nodeTokens[n], n, n)
+	}
 	files := map[string][]byte{
 		"sa.key":     pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}),
 		"sa.pub":     pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}),
-		"tokens.csv": []byte(token + ",admin,admin-uid,system:masters\n"),
+		"tokens.csv": []byte(tokens),
 	}
 	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
-			return "", err
+			return "", nil, err
 		}
 	}
-	return token, nil
+	return token, nodeTokens, nil
 }
 
 func freePorts(n int) ([]int, error) {

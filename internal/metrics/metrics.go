@@ -448,3 +448,33 @@ func (m *Leader) Leading(leading bool) {
 
 // NewLeader implements leader.Metrics.
 func (m *Leader) NewLeader() { m.transitions.Inc() }
+
+// PodCert implements podcert.Metrics: the pod certificate signer
+// (--pod-certificate-signer).
+type PodCert struct {
+	requests *prometheus.CounterVec
+	issued   prometheus.Histogram
+}
+
+// NewPodCert registers the pod certificate signer's collectors on reg.
+func NewPodCert(reg prometheus.Registerer) *PodCert {
+	m := &PodCert{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshca_podcert_requests_total",
+			Help: "PodCertificateRequests answered, by result (issued, resent: the certificate signed for it before, sent again; denied, failed) and the condition's reason; and attempts retried (result retry, reason signing or status-update).",
+		}, []string{"result", "reason"}),
+		issued: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "meshca_podcert_issue_seconds",
+			Help:    "Time from a PodCertificateRequest's creation to its Issued status, as the kubelet waits for it.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
+		}),
+	}
+	reg.MustRegister(m.requests, m.issued)
+	return m
+}
+
+// Request implements podcert.Metrics.
+func (m *PodCert) Request(result, reason string) { m.requests.WithLabelValues(result, reason).Inc() }
+
+// Issued implements podcert.Metrics.
+func (m *PodCert) Issued(took time.Duration) { m.issued.Observe(took.Seconds()) }

@@ -1,0 +1,113 @@
+package kubeenv
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"reflect"
+	"testing"
+	"time"
+
+	certificatesv1beta1 "k8s.io/api/certificates/v1beta1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// TestOptionsArgs: the options' feature gates and runtime config are
+// merged into one flag each.
+func TestOptionsArgs(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts []Option
+		want []string
+	}{
+		{"none", nil, []string{"--authorization-mode=RBAC"}},
+		{"cluster trust bundles", []Option{ClusterTrustBundles()}, []string{"--authorization-mode=RBAC",
+			"--feature-gates=ClusterTrustBundle=true", "--runtime-config=certificates.k8s.io/v1beta1/clustertrustbundles=true"}},
+		{"pod certificates, with cluster trust bundles again", []Option{ClusterTrustBundles(), PodCertificates("n1", "n2")}, []string{
+			"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+			"--feature-gates=ClusterTrustBundle=true,ClusterTrustBundleProjection=true,PodCertificateRequest=true",
+			"--runtime-config=certificates.k8s.io/v1beta1/clustertrustbundles=true,certificates.k8s.io/v1beta1/podcertificaterequests=true"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := newOptions(tc.opts).args()
+			// The two joined flags come in map order.
+			if len(got) != len(tc.want) {
+				t.Fatalf("args %q, want %q", got, tc.want)
+			}
+			for _, w := range tc.want {
+				found := false
+				for _, g := range got {
+					found = found || g == w
+				}
+				if !found {
+					t.Errorf("args %q lack %q", got, w)
+				}
+			}
+		})
+	}
+}
+
+// TestPodCertificates: with PodCertificates, a node creates its Node and a
+// PodCertificateRequest for a pod on it, as a kubelet does; it may not
+// answer the request itself, nor ask for a pod on another node.
+func TestPodCertificates(t *testing.T) {
+	e := Start(t, PodCertificates("n1", "n2"))
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	n1 := e.CreateNode(t, "n1")
+	e.CreateNode(t, "n2")
+	sa := e.CreateServiceAccount(t, "shop", "web")
+	p := e.CreatePod(t, "shop", "web-0", "web", "n1")
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte(p.UID))
+	pop, err := ecdsa.SignASN1(rand.Reader, key, sum[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &certificatesv1beta1.PodCertificateRequest{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "web-0-"},
+		Spec: certificatesv1beta1.PodCertificateRequestSpec{SignerName: "example.com/signer", PodName: p.Name, PodUID: p.UID,
+			ServiceAccountName: sa.Name, ServiceAccountUID: sa.UID, NodeName: types.NodeName(n1.Name), NodeUID: n1.UID,
+			PKIXPublicKey: der, ProofOfPossession: pop},
+	}
+	// The admission plugin reads informer caches, which may lag the pod
+	// just created: a refusal other than Forbidden may pass.
+	var created *certificatesv1beta1.PodCertificateRequest
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		created, err = e.NodeClient(t, "n1").CertificatesV1beta1().PodCertificateRequests("shop").Create(ctx, req, metav1.CreateOptions{})
+		if err == nil || apierrors.IsForbidden(err) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("create as n1: %v", err)
+	}
+	if got := created.Spec.MaxExpirationSeconds; got == nil || *got != 86400 {
+		t.Errorf("maxExpirationSeconds defaulted to %v, want 86400", got)
+	}
+	created.Status.Conditions = []metav1.Condition{{Type: "Denied", Status: metav1.ConditionTrue, Reason: "ByTheNode", LastTransitionTime: metav1.Now()}}
+	if _, err := e.NodeClient(t, "n1").CertificatesV1beta1().PodCertificateRequests("shop").UpdateStatus(ctx, created, metav1.UpdateOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the node answered its own request: %v", err)
+	}
+	other := req.DeepCopy()
+	if _, err := e.NodeClient(t, "n2").CertificatesV1beta1().PodCertificateRequests("shop").Create(ctx, other, metav1.CreateOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("n2 asked for a pod of n1: %v", err)
+	}
+	if !reflect.DeepEqual(created.Spec.PKIXPublicKey, der) {
+		t.Error("the key changed")
+	}
+}
