@@ -52,7 +52,7 @@ func (j *JWT) AddFlags(fs *pflag.FlagSet) {
 // AddFlags registers the flags of `meshca server` for leader election into
 // l (docs/configuration.md lists them).
 func (l *LeaderElection) AddFlags(fs *pflag.FlagSet) {
-	fs.BoolVar(&l.Enabled, "leader-elect", false, "elect one leader among replicas sharing a store (PostgreSQL) on a Kubernetes Lease: only the leader takes root rotation steps, prunes and writes the bundle ConfigMaps and ClusterTrustBundle; every replica serves CSRs")
+	fs.BoolVar(&l.Enabled, "leader-elect", false, "elect one leader among replicas sharing a store (PostgreSQL) on a Kubernetes Lease: only the leader takes root rotation steps, prunes, writes the bundle ConfigMaps and ClusterTrustBundle and answers PodCertificateRequests; every replica serves CSRs")
 	fs.StringVar(&l.Namespace, "leader-elect-namespace", "", "namespace of the leader Lease; empty: the pod's namespace, else "+leader.DefaultNamespace)
 	fs.StringVar(&l.Name, "leader-elect-name", leader.DefaultName, "name of the leader Lease")
 	fs.StringVar(&l.Identity, "leader-elect-identity", "", "this replica's holder identity in the Lease, unique among running replicas; empty: <hostname>_<pid> (in a pod, the hostname is the pod's name)")

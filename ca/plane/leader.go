@@ -14,9 +14,9 @@ import (
 
 // LeaderElection configures the election of one leader among replicas
 // that share a store (ca/leader). The leader alone takes the root
-// rotation's scheduled steps, prunes, and writes the trust bundle's
-// ConfigMaps and ClusterTrustBundle; every replica serves CSRs and the
-// SPIFFE bundle endpoint.
+// rotation's scheduled steps, prunes, writes the trust bundle's
+// ConfigMaps and ClusterTrustBundle and answers PodCertificateRequests;
+// every replica serves CSRs and the SPIFFE bundle endpoint.
 type LeaderElection struct {
 	// Enabled turns the election on. Off (the default), this replica
 	// leads alone.

@@ -28,7 +28,6 @@ import (
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/attestor/jointoken"
-	"github.com/meshca/meshca/attestor/k8s"
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/bundle"
 	"github.com/meshca/meshca/ca/server"
@@ -110,6 +109,9 @@ type Config struct {
 	// scheduled steps, prunes and writes the bundle's ConfigMaps and
 	// ClusterTrustBundle, when several share Storage; off by default.
 	LeaderElection LeaderElection
+	// PodCertificates makes meshca a Kubernetes pod certificate signer;
+	// off by default.
+	PodCertificates PodCertificates
 	// Bundles says where the trust bundle is published besides the APIs
 	// (ca/bundle): ConfigMaps, a ClusterTrustBundle (both through the
 	// Kubernetes client of Kubernetes: its kubeconfig and rate limit), a
@@ -150,6 +152,9 @@ func (c *Config) setDefaults() error {
 	c.Clock = clock.OrReal(c.Clock)
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Bundles.ClusterTrustBundleSigner == "" { // pods of the signer trust its roots
+		c.Bundles.ClusterTrustBundleSigner = c.PodCertificates.Signer
 	}
 	return nil
 }
@@ -230,7 +235,11 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if err != nil {
 		return nil, err
 	}
-	chain, nodes, err := cfg.attestors(auth, st, reg)
+	chain, kube, err := cfg.attestors(auth, st, reg)
+	if err != nil {
+		return nil, err
+	}
+	pods, err := cfg.podCertificates(auth, kube.admission, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -254,7 +263,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 		return nil, fmt.Errorf("admin token: %w", err)
 	}
 	srv, err := server.New(server.Config{
-		Authority: auth, Attestor: chain, Impersonator: nodes, AdminToken: adminToken, Ready: readyAll(waitFor, st.ready),
+		Authority: auth, Attestor: chain, Impersonator: kube.nodes, AdminToken: adminToken, Ready: readyAll(waitFor, st.ready),
 		GRPCAddr: cfg.GRPCAddr, HTTPSAddr: cfg.HTTPSAddr, MonitorAddr: cfg.MonitorAddr, Profiling: cfg.Profiling,
 		DNSNames: cfg.DNSNames, IPs: cfg.IPs, Limits: cfg.Limits,
 		Registry: reg, Clock: cfg.Clock, Logger: log,
@@ -276,6 +285,9 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 		undo = append(undo, func() { _ = ep.Shutdown(context.Background()) })
 	}
 	jobs := maps.Clone(p.bundle.writers)
+	if pods != nil {
+		jobs["pod certificates"] = pods.Run
+	}
 	if el != nil {
 		// A new leader takes up the root rotation's due steps at once,
 		// not at the maintenance loop's next look.
@@ -333,26 +345,26 @@ func readyAll(bs []background, store func(context.Context) error) func(context.C
 
 // attestors builds the chain in the order credentials are tried: the
 // current SVID over mTLS (renewal), join tokens, then the bearer-token
-// attestors, then Extra; and the node authorizer of impersonation
-// requests.
-func (c *Config) attestors(auth *ca.Authority, tokens jointoken.Store, reg prometheus.Registerer) (attestor.Chain, *k8s.NodeAuthorizer, error) {
+// attestors, then Extra; and Kubernetes' other parts (the node authorizer
+// of impersonation requests, the allow and deny lists).
+func (c *Config) attestors(auth *ca.Authority, tokens jointoken.Store, reg prometheus.Registerer) (attestor.Chain, kubeParts, error) {
 	bearer, kube, err := c.tokenAttestors(reg)
 	if err != nil {
-		return nil, nil, err
+		return nil, kube, err
 	}
 	// Renewal passes the admission of first issuance again: the allow and
 	// deny lists, and the ServiceAccount still existing (attestor/k8s).
 	renewal, err := attestor.NewMTLS(attestor.MTLSConfig{Bundles: auth, Revocations: auth, Admit: kube.admission.Admit, Clock: c.Clock})
 	if err != nil {
-		return nil, nil, err
+		return nil, kube, err
 	}
 	joins, err := jointoken.New(jointoken.Config{Store: tokens, Clock: c.Clock, Logger: c.Logger})
 	if err != nil {
-		return nil, nil, err
+		return nil, kube, err
 	}
 	chain := attestor.Chain{renewal, joins}
 	chain = append(chain, bearer...)
-	return append(chain, c.Extra...), kube.nodes, nil
+	return append(chain, c.Extra...), kube, nil
 }
 
 // Seal seals, with cfg.KEK, the CA keys that the store of cfg (its data
