@@ -22,7 +22,7 @@ import (
 
 // These tests run against a real kube-apiserver and etcd (make testenv),
 // which serves ClusterTrustBundles for the bundle's publishers.
-func TestMain(m *testing.M) { kubeenv.Main(m, kubeenv.ClusterTrustBundles()) }
+func TestMain(m *testing.M) { kubeenv.Main(m, kubeenv.PodCertificates()) }
 
 // kubeconfig writes a kubeconfig for env's API server reached at addr.
 func kubeconfig(t *testing.T, env *kubeenv.Env, addr string) string {

@@ -1,0 +1,169 @@
+package plane
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/pem"
+	"net/url"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	certificatesv1beta1 "k8s.io/api/certificates/v1beta1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/meshca/meshca/ca"
+	"github.com/meshca/meshca/ca/store"
+	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/kubeenv"
+)
+
+// podCertRBAC is the ClusterRole docs/pod-certificates.md gives the pod
+// certificate signer and its ClusterTrustBundle, for signer.
+func podCertRBAC(name, signer string) *rbacv1.ClusterRole {
+	return &rbacv1.ClusterRole{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"podcertificaterequests"}, Verbs: []string{"list", "watch"}},
+			{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"podcertificaterequests/status"}, Verbs: []string{"update"}},
+			{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"signers"}, ResourceNames: []string{signer}, Verbs: []string{"sign", "attest"}},
+			{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"clustertrustbundles"}, Verbs: []string{"list", "watch", "create", "update"}},
+		},
+	}
+}
+
+// TestPodCertificatesAgainstAPIServer: `meshca server
+// --pod-certificate-signer`, as a ServiceAccount holding exactly the
+// documented RBAC, answers a request a node makes for a pod on it, within
+// moments, with a chain that verifies to the roots of the signer-linked
+// ClusterTrustBundle it publishes (by default, for the same signer) with
+// the pod's SPIFFE ID; during a root rotation the ClusterTrustBundle holds
+// both roots.
+func TestPodCertificatesAgainstAPIServer(t *testing.T) {
+	env := kubeenv.Get(t)
+	ctx := context.Background()
+	run := "plane-podcert-" + strconv.FormatInt(time.Now().UnixNano()%(1<<30), 36)
+	signer := "meshca.test/" + run
+	env.CreateServiceAccount(t, run, "meshca")
+	role := podCertRBAC(run, signer)
+	if _, err := env.Client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: run, Name: "meshca"}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	host, err := url.Parse(env.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := Start(ctx, Config{TrustDomain: td, DataDir: t.TempDir(), GRPCAddr: "127.0.0.1:0",
+		Kubernetes:      Kubernetes{Kubeconfig: kubeconfigToken(t, env, host.Host, env.Token(t, run, "meshca", nil, 0)), Deny: []string{}},
+		PodCertificates: PodCertificates{Signer: signer}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop()
+
+	node := env.CreateNode(t, kubeenv.NodeName)
+	sa := env.CreateServiceAccount(t, run, "web")
+	pod := env.CreatePod(t, run, "web-0", "web", node.Name)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte(pod.UID))
+	pop, err := ecdsa.SignASN1(rand.Reader, key, sum[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &certificatesv1beta1.PodCertificateRequest{
+		ObjectMeta: metav1.ObjectMeta{GenerateName: "web-0-"},
+		Spec: certificatesv1beta1.PodCertificateRequestSpec{SignerName: signer, PodName: pod.Name, PodUID: pod.UID,
+			ServiceAccountName: sa.Name, ServiceAccountUID: sa.UID, NodeName: types.NodeName(node.Name), NodeUID: node.UID,
+			PKIXPublicKey: der, ProofOfPossession: pop},
+	}
+	nodeClient := env.NodeClient(t, node.Name).CertificatesV1beta1().PodCertificateRequests(run)
+	clocktest.Eventually(t, "the node's request accepted", func() bool { // NodeRestriction's caches may lag the pod
+		created, err := nodeClient.Create(ctx, req, metav1.CreateOptions{})
+		if apierrors.IsForbidden(err) {
+			t.Fatal(err)
+		}
+		req = created
+		return err == nil
+	})
+	var got *certificatesv1beta1.PodCertificateRequest
+	clocktest.Eventually(t, "the request issued", func() bool {
+		got, err = env.Client.CertificatesV1beta1().PodCertificateRequests(run).Get(ctx, req.Name, metav1.GetOptions{})
+		return err == nil && len(got.Status.Conditions) > 0
+	})
+	if c := got.Status.Conditions[0]; c.Type != "Issued" {
+		t.Fatalf("condition %+v", c)
+	}
+
+	ctbName := strings.ReplaceAll(signer, "/", ":") + ":" + td.Name()
+	ctbRoots := func() *x509.CertPool {
+		ctb, err := env.Client.CertificatesV1beta1().ClusterTrustBundles().Get(ctx, ctbName, metav1.GetOptions{})
+		if err != nil || ctb.Spec.SignerName != signer {
+			return nil
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM([]byte(ctb.Spec.TrustBundle)) {
+			return nil
+		}
+		return pool
+	}
+	clocktest.Eventually(t, "the ClusterTrustBundle published", func() bool { return ctbRoots() != nil })
+	var chain []*x509.Certificate
+	for rest := []byte(got.Status.CertificateChain); ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain = append(chain, c)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: ctbRoots(), Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		t.Fatalf("the chain does not verify to the ClusterTrustBundle: %v", err)
+	}
+	if want := "spiffe://" + td.Name() + "/ns/" + run + "/sa/web"; len(chain[0].URIs) != 1 || chain[0].URIs[0].String() != want {
+		t.Fatalf("URI SANs %v, want %s", chain[0].URIs, want)
+	}
+	if !key.PublicKey.Equal(chain[0].PublicKey) {
+		t.Fatal("the certificate is not for the node's key")
+	}
+	recs, err := p.Authority().Issuances(ctx, store.IssuanceFilter{SPIFFEID: "spiffe://" + td.Name() + "/ns/" + run + "/sa/web"})
+	if err != nil || len(recs) != 1 || recs[0].Details["request-uid"] != string(req.UID) {
+		t.Fatalf("issuance log: %+v, %v", recs, err)
+	}
+
+	if _, err := p.Authority().RotateRoot(ctx, ca.RootRotationRequest{Action: ca.RootRotationStart}); err != nil {
+		t.Fatal(err)
+	}
+	clocktest.Eventually(t, "the ClusterTrustBundle holds the old and the new root", func() bool {
+		pool := ctbRoots()
+		return pool != nil && len(pool.Subjects()) == 2 //nolint:staticcheck // Subjects is enough to count a pool's roots
+	})
+}
