@@ -9,16 +9,20 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	certificatesv1beta1 "k8s.io/api/certificates/v1beta1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
+	"sigs.k8s.io/yaml"
 
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/store"
@@ -26,18 +30,34 @@ import (
 	"github.com/meshca/meshca/internal/kubeenv"
 )
 
+// docYAML returns the YAML block of docs/pod-certificates.md that holds
+// "kind: <kind>", with meshca.io/spiffe replaced by signer.
+func docYAML(t *testing.T, kind, signer string) []byte {
+	t.Helper()
+	doc, err := os.ReadFile(filepath.Join("..", "..", "docs", "pod-certificates.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, block := range strings.Split(string(doc), "```yaml\n")[1:] {
+		block, _, _ = strings.Cut(block, "```")
+		if strings.Contains(block, "\nkind: "+kind+"\n") {
+			return []byte(strings.ReplaceAll(block, "meshca.io/spiffe", signer))
+		}
+	}
+	t.Fatalf("docs/pod-certificates.md has no YAML block of kind %s", kind)
+	return nil
+}
+
 // podCertRBAC is the ClusterRole docs/pod-certificates.md gives the pod
 // certificate signer and its ClusterTrustBundle, for signer.
-func podCertRBAC(name, signer string) *rbacv1.ClusterRole {
-	return &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: name},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"podcertificaterequests"}, Verbs: []string{"list", "watch"}},
-			{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"podcertificaterequests/status"}, Verbs: []string{"update"}},
-			{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"signers"}, ResourceNames: []string{signer}, Verbs: []string{"sign", "attest"}},
-			{APIGroups: []string{"certificates.k8s.io"}, Resources: []string{"clustertrustbundles"}, Verbs: []string{"list", "watch", "create", "update"}},
-		},
+func podCertRBAC(t *testing.T, name, signer string) *rbacv1.ClusterRole {
+	t.Helper()
+	role := &rbacv1.ClusterRole{}
+	if err := yaml.UnmarshalStrict(docYAML(t, "ClusterRole", signer), role); err != nil {
+		t.Fatal(err)
 	}
+	role.Name = name
+	return role
 }
 
 // TestPodCertificatesAgainstAPIServer: `meshca server
@@ -53,7 +73,7 @@ func TestPodCertificatesAgainstAPIServer(t *testing.T) {
 	run := "plane-podcert-" + strconv.FormatInt(time.Now().UnixNano()%(1<<30), 36)
 	signer := "meshca.test/" + run
 	env.CreateServiceAccount(t, run, "meshca")
-	role := podCertRBAC(run, signer)
+	role := podCertRBAC(t, run, signer)
 	if _, err := env.Client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -157,6 +177,15 @@ func TestPodCertificatesAgainstAPIServer(t *testing.T) {
 	recs, err := p.Authority().Issuances(ctx, store.IssuanceFilter{SPIFFEID: "spiffe://" + td.Name() + "/ns/" + run + "/sa/web"})
 	if err != nil || len(recs) != 1 || recs[0].Details["request-uid"] != string(req.UID) {
 		t.Fatalf("issuance log: %+v, %v", recs, err)
+	}
+
+	// The documented pod is valid.
+	documented := &corev1.Pod{}
+	if err := yaml.UnmarshalStrict(docYAML(t, "Pod", signer), documented); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Client.CoreV1().Pods(run).Create(ctx, documented, metav1.CreateOptions{}); err != nil {
+		t.Errorf("the documented pod: %v", err)
 	}
 
 	if _, err := p.Authority().RotateRoot(ctx, ca.RootRotationRequest{Action: ca.RootRotationStart}); err != nil {
