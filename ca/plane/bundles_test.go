@@ -4,7 +4,6 @@ import (
 	"context"
 	"io"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -53,24 +52,9 @@ func TestBundlesEverywhere(t *testing.T) {
 	for _, ns := range []string{ns1, ns2} {
 		env.CreateServiceAccount(t, ns, "default")
 	}
-	role := bundleRBAC(run, signer)
-	if _, err := env.Client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := env.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: role.Name},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: run, Name: "meshca"}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	host, err := url.Parse(env.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	token := env.Token(t, run, "meshca", nil, 0)
+	kubeconfig := kubeconfigAs(t, env, bundleRBAC(run, signer), run, "meshca")
 	p, err := Start(ctx, Config{TrustDomain: td, DataDir: t.TempDir(), GRPCAddr: "127.0.0.1:0", MonitorAddr: "127.0.0.1:0",
-		Kubernetes: Kubernetes{Kubeconfig: kubeconfigToken(t, env, host.Host, token), Deny: []string{}},
+		Kubernetes: Kubernetes{Kubeconfig: kubeconfig, Deny: []string{}},
 		Bundles: bundle.Config{ConfigMap: "plane-root-cert", ConfigMapNamespaces: []string{run + "-*"},
 			ClusterTrustBundleSigner: signer, EndpointAddr: "127.0.0.1:0"}})
 	if err != nil {

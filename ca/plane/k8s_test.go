@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -21,13 +23,37 @@ import (
 )
 
 // These tests run against a real kube-apiserver and etcd (make testenv),
-// which serves ClusterTrustBundles for the bundle's publishers.
+// which serves ClusterTrustBundles for the bundle's publishers and
+// PodCertificateRequests for the pod certificate signer.
 func TestMain(m *testing.M) { kubeenv.Main(m, kubeenv.PodCertificates()) }
 
 // kubeconfig writes a kubeconfig for env's API server reached at addr.
 func kubeconfig(t *testing.T, env *kubeenv.Env, addr string) string {
 	t.Helper()
 	return kubeconfigToken(t, env, addr, env.Config.BearerToken)
+}
+
+// kubeconfigAs creates role, binds it to the ServiceAccount ns/sa (which
+// must exist) with a ClusterRoleBinding, and returns a kubeconfig that
+// authenticates as that ServiceAccount.
+func kubeconfigAs(t *testing.T, env *kubeenv.Env, role *rbacv1.ClusterRole, ns, sa string) string {
+	t.Helper()
+	ctx := context.Background()
+	if _, err := env.Client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name},
+		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: ns, Name: sa}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	host, err := url.Parse(env.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kubeconfigToken(t, env, host.Host, env.Token(t, ns, sa, nil, 0))
 }
 
 // kubeconfigToken is kubeconfig authenticating with token.

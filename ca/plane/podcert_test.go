@@ -5,10 +5,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -19,9 +17,7 @@ import (
 	certificatesv1beta1 "k8s.io/api/certificates/v1beta1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/yaml"
 
 	"github.com/meshca/meshca/ca"
@@ -73,23 +69,9 @@ func TestPodCertificatesAgainstAPIServer(t *testing.T) {
 	run := "plane-podcert-" + strconv.FormatInt(time.Now().UnixNano()%(1<<30), 36)
 	signer := "meshca.test/" + run
 	env.CreateServiceAccount(t, run, "meshca")
-	role := podCertRBAC(t, run, signer)
-	if _, err := env.Client.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := env.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: role.Name},
-		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Namespace: run, Name: "meshca"}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	host, err := url.Parse(env.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kubeconfig := kubeconfigAs(t, env, podCertRBAC(t, run, signer), run, "meshca")
 	p, err := Start(ctx, Config{TrustDomain: td, DataDir: t.TempDir(), GRPCAddr: "127.0.0.1:0",
-		Kubernetes:      Kubernetes{Kubeconfig: kubeconfigToken(t, env, host.Host, env.Token(t, run, "meshca", nil, 0)), Deny: []string{}},
+		Kubernetes:      Kubernetes{Kubeconfig: kubeconfig, Deny: []string{}},
 		PodCertificates: PodCertificates{Signer: signer}})
 	if err != nil {
 		t.Fatal(err)
@@ -103,30 +85,7 @@ func TestPodCertificatesAgainstAPIServer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256([]byte(pod.UID))
-	pop, err := ecdsa.SignASN1(rand.Reader, key, sum[:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := &certificatesv1beta1.PodCertificateRequest{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: "web-0-"},
-		Spec: certificatesv1beta1.PodCertificateRequestSpec{SignerName: signer, PodName: pod.Name, PodUID: pod.UID,
-			ServiceAccountName: sa.Name, ServiceAccountUID: sa.UID, NodeName: types.NodeName(node.Name), NodeUID: node.UID,
-			PKIXPublicKey: der, ProofOfPossession: pop},
-	}
-	nodeClient := env.NodeClient(t, node.Name).CertificatesV1beta1().PodCertificateRequests(run)
-	clocktest.Eventually(t, "the node's request accepted", func() bool { // NodeRestriction's caches may lag the pod
-		created, err := nodeClient.Create(ctx, req, metav1.CreateOptions{})
-		if apierrors.IsForbidden(err) {
-			t.Fatal(err)
-		}
-		req = created
-		return err == nil
-	})
+	req := env.CreatePodCertificateRequest(t, kubeenv.PodCertificateRequest(t, pod, sa, node, signer, key))
 	var got *certificatesv1beta1.PodCertificateRequest
 	clocktest.Eventually(t, "the request issued", func() bool {
 		got, err = env.Client.CertificatesV1beta1().PodCertificateRequests(run).Get(ctx, req.Name, metav1.GetOptions{})

@@ -50,7 +50,6 @@ func BenchmarkPodCertificates500(b *testing.B) {
 	for i := range pods {
 		ps = append(ps, c.pod(b, "web-"+strconv.Itoa(i)))
 	}
-	node := c.env.NodeClient(b, c.node.Name)
 	for _, qps := range []float32{50, 1000} {
 		b.Run(fmt.Sprintf("k8s-qps=%g", qps), func(b *testing.B) {
 			cfg := rest.CopyConfig(c.env.Config)
@@ -63,7 +62,7 @@ func BenchmarkPodCertificates500(b *testing.B) {
 			for i := range b.N {
 				b.StopTimer()
 				signer := "meshca.test/bench-" + strconv.FormatInt(time.Now().UnixNano()%(1<<30), 36) + "-" + strconv.Itoa(i)
-				createRequests(b, node, ps, signer, requests)
+				createRequests(b, c, ps, signer, requests)
 				st, err := boltstore.Open(filepath.Join(b.TempDir(), "meshca.db"), boltstore.Options{})
 				if err != nil {
 					b.Fatal(err)
@@ -102,17 +101,14 @@ func BenchmarkPodCertificates500(b *testing.B) {
 
 // createRequests creates n requests to signer as the node, spread over
 // pods, 16 at a time.
-func createRequests(b *testing.B, node kubernetes.Interface, pods []pod, signer string, n int) {
+func createRequests(b *testing.B, c *cluster, pods []pod, signer string, n int) {
 	b.Helper()
 	var wg sync.WaitGroup
 	next := make(chan int)
 	for range 16 {
 		wg.Go(func() {
 			for i := range next {
-				p := pods[i%len(pods)]
-				req := request(b, p, "", signer, key(b, keyP256, true))
-				req.GenerateName = p.name + "-"
-				createAsNode(b, node, req)
+				c.request(b, pods[i%len(pods)], signer, key(b, keyP256, true), nil)
 			}
 		})
 	}

@@ -40,8 +40,6 @@ type fixture struct {
 	auth    *ca.Authority
 	clk     *clocktest.Fake
 	metrics *metrics
-	cancel  context.CancelFunc
-	done    chan struct{}
 }
 
 // newFixture starts a Controller, with its Config changed by mod, after
@@ -60,25 +58,8 @@ func newFixture(t *testing.T, mod func(*podcert.Config), prepare func(*fixture))
 	if mod != nil {
 		mod(&cfg)
 	}
-	c, err := podcert.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	f.cancel, f.done = cancel, make(chan struct{})
-	go func() {
-		defer close(f.done)
-		if err := c.Run(ctx); err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
-	t.Cleanup(f.stop)
+	run(t, cfg)
 	return f
-}
-
-func (f *fixture) stop() {
-	f.cancel()
-	<-f.done
 }
 
 func (f *fixture) create(t *testing.T, req *certificatesv1beta1.PodCertificateRequest) {
@@ -345,14 +326,8 @@ func TestCAUnavailableRetried(t *testing.T) {
 	client := fake.NewClientset()
 	clk := clocktest.New(t0)
 	m := &metrics{}
-	c, err := podcert.New(podcert.Config{Client: client, SignerName: signer, Authority: newAuthority(t, st, clk), Identities: admission(t), Clock: clk, Metrics: m})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _ = c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	run(t, podcert.Config{Client: client, SignerName: signer, Authority: newAuthority(t, st, clk), Identities: admission(t), Clock: clk, Metrics: m})
+	ctx := context.Background()
 	req := request(t, web, "waits", signer, key(t, keyP256, false))
 	req.UID = "uid-waits"
 	if _, err := client.CertificatesV1beta1().PodCertificateRequests(req.Namespace).Create(ctx, req, metav1.CreateOptions{}); err != nil {

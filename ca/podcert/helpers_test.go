@@ -8,7 +8,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"crypto/x509"
 	"encoding/pem"
 	"log/slog"
@@ -25,6 +24,7 @@ import (
 	"github.com/meshca/meshca/ca"
 	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock/clocktest"
+	"github.com/meshca/meshca/internal/kubeenv"
 	"github.com/meshca/meshca/internal/testlog"
 )
 
@@ -89,24 +89,10 @@ func pkix(t testing.TB, k crypto.Signer) []byte {
 	return der
 }
 
-// proof is the kubelet's proof of possession: podUID's ASCII bytes signed
-// with k (ECDSA ASN.1 over SHA-256, RSA-PSS, Ed25519).
+// proof is the kubelet's proof of possession for k.
 func proof(t testing.TB, k crypto.Signer, podUID types.UID) []byte {
 	t.Helper()
-	var (
-		sig []byte
-		err error
-	)
-	switch k := k.(type) {
-	case ed25519.PrivateKey:
-		sig = ed25519.Sign(k, []byte(podUID))
-	case *rsa.PrivateKey:
-		sum := sha256.Sum256([]byte(podUID))
-		sig, err = rsa.SignPSS(rand.Reader, k, crypto.SHA256, sum[:], nil)
-	case *ecdsa.PrivateKey:
-		sum := sha256.Sum256([]byte(podUID))
-		sig, err = ecdsa.SignASN1(rand.Reader, k, sum[:])
-	}
+	sig, err := kubeenv.ProofOfPossession(k, podUID)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,8 +15,6 @@ import (
 
 	certificatesv1beta1 "k8s.io/api/certificates/v1beta1"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
@@ -72,26 +70,7 @@ func (c *cluster) request(t testing.TB, p pod, signer string, k crypto.Signer, m
 	if mod != nil {
 		mod(req)
 	}
-	return createAsNode(t, c.env.NodeClient(t, c.node.Name), req)
-}
-
-// createAsNode creates req with the node's client; NodeRestriction reads
-// informer caches that may lag a pod just created, so a refusal other than
-// Forbidden is tried again.
-func createAsNode(t testing.TB, node kubernetes.Interface, req *certificatesv1beta1.PodCertificateRequest) *certificatesv1beta1.PodCertificateRequest {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	for {
-		got, err := node.CertificatesV1beta1().PodCertificateRequests(req.Namespace).Create(ctx, req, metav1.CreateOptions{})
-		if err == nil {
-			return got
-		}
-		if apierrors.IsForbidden(err) || ctx.Err() != nil {
-			t.Fatalf("create request as the node: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return c.env.CreatePodCertificateRequest(t, req)
 }
 
 // running is a Controller running until the test ends or stop is called.

@@ -2,12 +2,22 @@ package kubeenv
 
 import (
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"fmt"
 	"testing"
 	"time"
 
+	certificatesv1beta1 "k8s.io/api/certificates/v1beta1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 )
@@ -70,4 +80,62 @@ func (e *Env) CreatePod(t testing.TB, ns, name, sa, node string) *corev1.Pod {
 		t.Fatalf("kubeenv: create pod %s/%s: %v", ns, name, err)
 	}
 	return p
+}
+
+// ProofOfPossession is what a kubelet puts in a PodCertificateRequest's
+// proofOfPossession: the ASCII bytes of podUID signed with key (ECDSA,
+// ASN.1, over SHA-256; RSA-PSS over SHA-256; Ed25519).
+func ProofOfPossession(key crypto.Signer, podUID types.UID) ([]byte, error) {
+	sum := sha256.Sum256([]byte(podUID))
+	switch k := key.(type) {
+	case ed25519.PrivateKey:
+		return ed25519.Sign(k, []byte(podUID)), nil
+	case *rsa.PrivateKey:
+		return rsa.SignPSS(rand.Reader, k, crypto.SHA256, sum[:], nil)
+	case *ecdsa.PrivateKey:
+		return ecdsa.SignASN1(rand.Reader, k, sum[:])
+	}
+	return nil, fmt.Errorf("kubeenv: no proof of possession for a %T", key)
+}
+
+// PodCertificateRequest returns the request the kubelet of pod's node
+// makes for pod (running as sa on node) to signer, for key: named
+// <pod>-<random>, with key's public key and its proof of possession.
+func PodCertificateRequest(t testing.TB, pod *corev1.Pod, sa *corev1.ServiceAccount, node *corev1.Node, signer string, key crypto.Signer) *certificatesv1beta1.PodCertificateRequest {
+	t.Helper()
+	der, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pop, err := ProofOfPossession(key, pod.UID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &certificatesv1beta1.PodCertificateRequest{
+		ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, GenerateName: pod.Name + "-"},
+		Spec: certificatesv1beta1.PodCertificateRequestSpec{SignerName: signer, PodName: pod.Name, PodUID: pod.UID,
+			ServiceAccountName: sa.Name, ServiceAccountUID: sa.UID, NodeName: types.NodeName(node.Name), NodeUID: node.UID,
+			PKIXPublicKey: der, ProofOfPossession: pop},
+	}
+}
+
+// CreatePodCertificateRequest creates req as its node (NodeClient), and
+// returns it as created. NodeRestriction reads informer caches that may
+// lag a pod just created, so a refusal other than Forbidden is tried again
+// for up to 30 s.
+func (e *Env) CreatePodCertificateRequest(t testing.TB, req *certificatesv1beta1.PodCertificateRequest) *certificatesv1beta1.PodCertificateRequest {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	reqs := e.NodeClient(t, string(req.Spec.NodeName)).CertificatesV1beta1().PodCertificateRequests(req.Namespace)
+	for {
+		got, err := reqs.Create(ctx, req, metav1.CreateOptions{})
+		if err == nil {
+			return got
+		}
+		if apierrors.IsForbidden(err) || ctx.Err() != nil {
+			t.Fatalf("kubeenv: create PodCertificateRequest as node %s: %v", req.Spec.NodeName, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }

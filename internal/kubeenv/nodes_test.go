@@ -5,16 +5,12 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
-	"crypto/x509"
 	"reflect"
 	"testing"
 	"time"
 
-	certificatesv1beta1 "k8s.io/api/certificates/v1beta1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 )
 
 // TestOptionsArgs: the options' feature gates and runtime config are
@@ -67,35 +63,8 @@ func TestPodCertificates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256([]byte(p.UID))
-	pop, err := ecdsa.SignASN1(rand.Reader, key, sum[:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := &certificatesv1beta1.PodCertificateRequest{
-		ObjectMeta: metav1.ObjectMeta{GenerateName: "web-0-"},
-		Spec: certificatesv1beta1.PodCertificateRequestSpec{SignerName: "example.com/signer", PodName: p.Name, PodUID: p.UID,
-			ServiceAccountName: sa.Name, ServiceAccountUID: sa.UID, NodeName: types.NodeName(n1.Name), NodeUID: n1.UID,
-			PKIXPublicKey: der, ProofOfPossession: pop},
-	}
-	// The admission plugin reads informer caches, which may lag the pod
-	// just created: a refusal other than Forbidden may pass.
-	var created *certificatesv1beta1.PodCertificateRequest
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		created, err = e.NodeClient(t, "n1").CertificatesV1beta1().PodCertificateRequests("shop").Create(ctx, req, metav1.CreateOptions{})
-		if err == nil || apierrors.IsForbidden(err) || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("create as n1: %v", err)
-	}
+	req := PodCertificateRequest(t, p, sa, n1, "example.com/signer", key)
+	created := e.CreatePodCertificateRequest(t, req)
 	if got := created.Spec.MaxExpirationSeconds; got == nil || *got != 86400 {
 		t.Errorf("maxExpirationSeconds defaulted to %v, want 86400", got)
 	}
@@ -107,7 +76,7 @@ func TestPodCertificates(t *testing.T) {
 	if _, err := e.NodeClient(t, "n2").CertificatesV1beta1().PodCertificateRequests("shop").Create(ctx, other, metav1.CreateOptions{}); !apierrors.IsForbidden(err) {
 		t.Errorf("n2 asked for a pod of n1: %v", err)
 	}
-	if !reflect.DeepEqual(created.Spec.PKIXPublicKey, der) {
+	if !reflect.DeepEqual(created.Spec.PKIXPublicKey, req.Spec.PKIXPublicKey) {
 		t.Error("the key changed")
 	}
 }
