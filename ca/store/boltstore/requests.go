@@ -13,8 +13,9 @@ import (
 // RecordIssuanceOnce implements store.Store. The record skips the journal:
 // it goes straight into the data file, with its indexes and the answer, in
 // one bbolt transaction (fsynced before the call returns). Concurrent calls
-// share a transaction (bbolt's Batch); a call that fails (a conflict) is
-// taken out and run alone, so it fails alone.
+// share a transaction (bbolt's Batch, which waits up to 10 ms for
+// company); a call that fails (a conflict) is taken out and run alone, so
+// it fails alone.
 func (s *Store) RecordIssuanceOnce(ctx context.Context, rec store.Issuance, req store.IssuedRequest) error {
 	if err := s.enter(ctx); err != nil {
 		return err
