@@ -17,6 +17,11 @@ const (
 	MaxSerialLen = 64
 	// MaxSPIFFEIDLen is the SPIFFE ID specification's limit.
 	MaxSPIFFEIDLen = 2048
+	// MaxTrustDomainLen is the SPIFFE ID specification's limit on a trust
+	// domain name.
+	MaxTrustDomainLen = 255
+	// MaxFederatedBundleLen bounds a stored federated bundle document.
+	MaxFederatedBundleLen = 4 << 20
 )
 
 // CheckSerial checks that serial is 1 to MaxSerialLen lowercase hex digits
@@ -72,6 +77,38 @@ func CheckIssuance(rec *Issuance) error {
 	}
 	if !StorableTime(rec.NotAfter) || !StorableTime(rec.IssuedAt) {
 		return errors.New("not_after and issued_at must be between 1970 and 2262")
+	}
+	return nil
+}
+
+// CheckFederatedBundle checks what every store needs of a federated
+// bundle: a trust domain name of lowercase letters, digits, dots, dashes
+// and underscores (as spiffeid allows), a bundle of at most
+// MaxFederatedBundleLen bytes, and storable times.
+func CheckFederatedBundle(b *FederatedBundle) error {
+	if err := CheckTrustDomain(b.TrustDomain); err != nil {
+		return err
+	}
+	switch {
+	case len(b.Bundle) == 0:
+		return fmt.Errorf("federated bundle of %s is empty", b.TrustDomain)
+	case len(b.Bundle) > MaxFederatedBundleLen:
+		return fmt.Errorf("federated bundle of %s is longer than %d bytes", b.TrustDomain, MaxFederatedBundleLen)
+	case !StorableTime(b.RefreshedAt) || !StorableTime(b.ChangedAt):
+		return errors.New("refreshed_at and changed_at must be between 1970 and 2262")
+	}
+	return nil
+}
+
+// CheckTrustDomain checks a trust domain name as a store keeps it.
+func CheckTrustDomain(td string) error {
+	if td == "" || len(td) > MaxTrustDomainLen {
+		return fmt.Errorf("trust domain %q is not 1 to %d characters", td, MaxTrustDomainLen)
+	}
+	for _, c := range []byte(td) {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '.' || c == '-' || c == '_') {
+			return fmt.Errorf("trust domain %q has a character other than a-z, 0-9, '.', '-' and '_'", td)
+		}
 	}
 	return nil
 }

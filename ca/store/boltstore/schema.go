@@ -48,6 +48,10 @@ var (
 	// bucketRevokedIDs: SPIFFE ID + 0x00 + RevokedAt → JSON
 	// store.Revocation; an identity may be revoked several times.
 	bucketRevokedIDs = []byte("revocations_by_spiffe_id")
+	// bucketFederated: trust domain name → JSON store.FederatedBundle.
+	// Added after schema 1 without changing it: an older build ignores it,
+	// and Open creates it in an older file.
+	bucketFederated = []byte("federated_bundles")
 )
 
 // prepare tightens the file's mode, checks its schema and creates the
@@ -80,7 +84,7 @@ func prepare(db *bolt.DB, path string, log *slog.Logger) error {
 			return fmt.Errorf("data file has schema version %q, this build reads %q", v, schemaVersion)
 		}
 		for _, name := range [][]byte{bucketCA, bucketIssuances, bucketByNotAfter, bucketByIssuedAt,
-			bucketBySPIFFEID, bucketRevokedSerials, bucketRevokedIDs, bucketJoinTokens} {
+			bucketBySPIFFEID, bucketRevokedSerials, bucketRevokedIDs, bucketJoinTokens, bucketFederated} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
