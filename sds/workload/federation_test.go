@@ -109,7 +109,9 @@ func TestFederatedJWTBundles(t *testing.T) {
 	defer cancel()
 	sent := make(chan *workloadpb.JWTBundlesResponse, 4)
 	done := make(chan error, 1)
-	go func() { done <- srv.FetchJWTBundles(&workloadpb.JWTBundlesRequest{}, &chanStream{ctx: sctx, sent: sent}) }()
+	go func() {
+		done <- srv.FetchJWTBundles(&workloadpb.JWTBundlesRequest{}, &chanStream{ctx: sctx, sent: sent})
+	}()
 	recvBundles := func() map[string][]byte {
 		t.Helper()
 		select {
