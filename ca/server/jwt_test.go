@@ -52,7 +52,7 @@ func TestJWTService(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, err := gojwtsvid.ParseAndValidate(tok, bundle, []string{"db"}); err != nil || got.Expiry.Sub(time.Now()) < 9*time.Minute || got.Expiry.Sub(time.Now()) > 10*time.Minute {
+	if got, err := gojwtsvid.ParseAndValidate(tok, bundle, []string{"db"}); err != nil || time.Until(got.Expiry) < 9*time.Minute || time.Until(got.Expiry) > 10*time.Minute {
 		t.Fatalf("token asked for 10m: %v, expires %v", err, got.Expiry)
 	}
 	_, err = c.MintJWTSVIDTTL(ctx, []string{"db"}, fooToken, 2*time.Hour)

@@ -156,7 +156,7 @@ func TestFederationEndToEnd(t *testing.T) {
 	// ROOTCA only a.test's.
 	names := []string{envoy.AllName, "spiffe://b.test", envoy.RootCAName}
 	want := map[string][]string{envoy.AllName: {"a.test", "b.test"}, "spiffe://b.test": {"b.test"}, envoy.RootCAName: {"a.test"}}
-	s := openSDS(t, ctx, cfg.SDSSocket, names)
+	s := openSDS(ctx, t, cfg.SDSSocket, names)
 	got := s.until(t, func(got map[string]*validator) bool { return len(got) == len(names) })
 	for name, tds := range want {
 		if !slices.Equal(got[name].tds(), tds) {
@@ -275,7 +275,7 @@ func (v *validator) tds() []string {
 	return v.names
 }
 
-func openSDS(t *testing.T, ctx context.Context, sock string, names []string) *sdsStream {
+func openSDS(ctx context.Context, t *testing.T, sock string, names []string) *sdsStream {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
