@@ -12,9 +12,16 @@ import (
 )
 
 // DefaultFederationRefresh is how often RunFederation asks the CA for the
-// federated trust domains' bundles. The CA itself fetches them every few
-// minutes (their refresh hint), so a minute adds little delay.
-const DefaultFederationRefresh = time.Minute
+// federated trust domains' bundles: as often as the CA itself fetches them
+// by default (SPIRE's refresh hint), and a peer's new root is published
+// long before anything chains to it.
+const DefaultFederationRefresh = 5 * time.Minute
+
+// idleFederationFactor stretches the wait after the CA answered no
+// federated trust domain (or has no bundle service): a CA that federates
+// with no one, the common case, is asked every half hour by default, not
+// every five minutes, by each of its agents.
+const idleFederationFactor = 6
 
 // FederationCA is what RunFederation needs of the CA: ca/client.Client is
 // one.
@@ -27,9 +34,9 @@ type FederationCA interface {
 // RunFederation asks ca for the federated bundles now and every `every`
 // (DefaultFederationRefresh when 0) until ctx ends, and serves what it
 // answers with every SVID (SetFederated). A failed request keeps the
-// bundles held and is retried with backoff, at most `every` apart; a CA
-// that does not serve them (Unimplemented: older than its bundle service)
-// is asked again at the next tick.
+// bundles held and is retried with backoff, at most `every` apart. A CA
+// that answers none, or does not serve them (Unimplemented: older than
+// its bundle service), is asked again after six times `every`.
 func (m *Manager) RunFederation(ctx context.Context, ca FederationCA, every time.Duration) error {
 	if every <= 0 {
 		every = DefaultFederationRefresh
@@ -45,6 +52,7 @@ func (m *Manager) RunFederation(ctx context.Context, ca FederationCA, every time
 			return ctx.Err()
 		case status.Code(err) == codes.Unimplemented:
 			m.cfg.Logger.Debug("the CA serves no federated bundles (it has no bundle service)", "err", err)
+			wait = every * idleFederationFactor
 		case err != nil:
 			wait = Backoff(failures, m.cfg.BackoffMin, every, m.cfg.Rand())
 			failures++
@@ -52,6 +60,9 @@ func (m *Manager) RunFederation(ctx context.Context, ca FederationCA, every time
 		default:
 			failures = 0
 			m.SetFederated(bundles)
+			if len(bundles) == 0 {
+				wait = every * idleFederationFactor
+			}
 		}
 		select {
 		case <-ctx.Done():
