@@ -103,6 +103,7 @@ func TestSetFederated(t *testing.T) {
 	e.m.SetFederated(federated(4, p1.Root))
 	recv(t, changed)
 	held := e.m.Current()
+	e.nextWait(t) // the Manager waits for the renewal time
 	e.clk.Advance(leafTTL / 2)
 	recv(t, changed)
 	renewed := e.m.Current()
