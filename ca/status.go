@@ -48,6 +48,9 @@ type Status struct {
 	// (published, signs from the next rotation) or "retired" (published
 	// until the last token it signed expires).
 	JWTKeys []JWTKeyStatus `json:"jwt_keys,omitempty"`
+	// Federation are the stored bundles of the trust domains the CA
+	// federates with (--federation-config).
+	Federation []FederatedStatus `json:"federation,omitempty"`
 	// LastError is the last failed rotation step, retried with backoff, at most a minute apart.
 	LastError string `json:"last_error,omitempty"`
 	// Now is the server's time.
@@ -206,6 +209,9 @@ func (a *Authority) Status(ctx context.Context) (*Status, error) {
 	for i := range st.ReplicaJWTKeys {
 		r := &st.ReplicaJWTKeys[i]
 		addJWT(r.State, r.Replica, &r.JWTKey)
+	}
+	if out.Federation, err = federatedStatus(ctx, a.cfg.Store); err != nil {
+		return nil, err
 	}
 	if msg := a.lastErr.Load(); msg != nil {
 		out.LastError = *msg

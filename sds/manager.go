@@ -11,9 +11,11 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -198,6 +200,11 @@ type Manager struct {
 	cfg     Config
 	src     *StaticSource
 	running atomic.Bool
+
+	// pubMu serialises publishing: Run's new SVIDs and SetFederated's
+	// bundles. federated are the bundles served with every SVID.
+	pubMu     sync.Mutex
+	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle
 }
 
 var _ Source = (*Manager)(nil)
@@ -345,7 +352,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		}
 		failures, mtlsFailed = 0, false
 		m.cfg.Metrics.Renewed(true)
-		m.src.Set(svid)
+		m.publish(svid)
 		m.cfg.Metrics.Expiry(svid.NotAfter())
 
 		leaf := svid.Certificates[0]

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
 
@@ -21,7 +22,12 @@ type SVID struct {
 	Key crypto.Signer
 	// Roots are the trust anchors of the trust domain.
 	Roots []*x509.Certificate
-	// Version increases by one on every change (rotation or new roots).
+	// Federated are the bundles of the foreign trust domains the CA
+	// federates with, by trust domain (never ID's own); nil when none.
+	// Shared between SVIDs: never changed, replaced as a whole.
+	Federated map[spiffeid.TrustDomain]*spiffebundle.Bundle
+	// Version increases by one on every change (rotation, new roots, new
+	// federated bundles).
 	Version uint64
 }
 

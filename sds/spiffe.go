@@ -23,14 +23,18 @@ func (s SPIFFESource) GetX509SVID() (*x509svid.SVID, error) {
 	return &x509svid.SVID{ID: cur.ID, Certificates: cur.Certificates, PrivateKey: cur.Key}, nil
 }
 
-// GetX509BundleForTrustDomain implements x509bundle.Source.
+// GetX509BundleForTrustDomain implements x509bundle.Source: the roots of
+// the workload's trust domain, or a federated trust domain's.
 func (s SPIFFESource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
 	cur := s.Current()
 	if cur == nil {
 		return nil, errors.New("sds: no trust bundle yet")
 	}
-	if td != cur.ID.TrustDomain() {
-		return nil, fmt.Errorf("sds: no bundle for trust domain %q", td)
+	if td == cur.ID.TrustDomain() {
+		return x509bundle.FromX509Authorities(td, cur.Roots), nil
 	}
-	return x509bundle.FromX509Authorities(td, cur.Roots), nil
+	if b, ok := cur.Federated[td]; ok {
+		return b.X509Bundle(), nil
+	}
+	return nil, fmt.Errorf("sds: no bundle for trust domain %q", td)
 }

@@ -3,6 +3,7 @@ package adminclient
 import (
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/meshca/meshca/ca"
@@ -68,8 +69,29 @@ func (s Status) WriteTable(w io.Writer) {
 	} else {
 		fmt.Fprintln(w, "ROOT ROTATION\tnone")
 	}
+	writeFederation(w, s.Federation)
 	if s.LastError != "" {
 		fmt.Fprintf(w, "LAST ERROR\t%s\n", s.LastError)
+	}
+}
+
+// writeFederation writes the federated trust domains, one line each, then
+// their roots by serial.
+func writeFederation(w io.Writer, fed []ca.FederatedStatus) {
+	if len(fed) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nFEDERATED TRUST DOMAIN\tSOURCE\tREFRESHED\tCHANGED\tSEQUENCE\tX.509 AUTHORITIES (SERIAL)\tJWT KEYS")
+	for _, f := range fed {
+		serials := make([]string, len(f.X509Authorities))
+		for i, c := range f.X509Authorities {
+			serials[i] = c.Serial
+		}
+		if f.Error != "" {
+			serials = []string{"unreadable: " + f.Error}
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%s\t%d\n", f.TrustDomain, f.Source, stamp(f.RefreshedAt), stamp(f.ChangedAt), f.Sequence,
+			strings.Join(serials, ","), len(f.JWTKeyIDs))
 	}
 }
 

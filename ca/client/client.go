@@ -179,15 +179,14 @@ const (
 	replicasScheme = "meshca-replicas"
 )
 
-// serviceConfig selects round_robin and retries the CSR API's and the JWT
-// service's calls that
-// fail with Unavailable: gRPC waits a random time up to 0.1 s before the
+// serviceConfig selects round_robin and retries the calls of the CSR API,
+// the JWT service and the bundle service that fail with Unavailable: gRPC waits a random time up to 0.1 s before the
 // second attempt, up to 0.2 s before the third (or what a
 // grpc-retry-pushback-ms trailer says).
 var serviceConfig = fmt.Sprintf(`{
   "loadBalancingConfig": [{"round_robin": {}}],
   "methodConfig": [{
-    "name": [{"service": %q}, {"service": %q}],
+    "name": [{"service": %q}, {"service": %q}, {"service": %q}],
     "retryPolicy": {
       "maxAttempts": %d,
       "initialBackoff": "0.1s",
@@ -196,7 +195,7 @@ var serviceConfig = fmt.Sprintf(`{
       "retryableStatusCodes": ["UNAVAILABLE"]
     }
   }]
-}`, pb.IstioCertificateService_ServiceDesc.ServiceName, jwtService, retryAttempts)
+}`, pb.IstioCertificateService_ServiceDesc.ServiceName, jwtService, bundleService, retryAttempts)
 
 // target is what grpc.NewClient dials: the one address as it is, or a
 // resolver holding every replica, each checked against its own name

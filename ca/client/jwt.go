@@ -35,7 +35,7 @@ func (c *Client) MintJWTSVIDTTL(ctx context.Context, audiences []string, token s
 		ctx = metadata.AppendToOutgoingContext(ctx, "meshca-jwt-ttl", ttl.String()) // server.JWTTTLMetadata
 	}
 	var resp workloadpb.JWTSVIDResponse
-	if err := c.invoke(ctx, "MintJWTSVID", &workloadpb.JWTSVIDRequest{Audience: audiences}, &resp); err != nil {
+	if err := c.invoke(ctx, jwtService, "MintJWTSVID", &workloadpb.JWTSVIDRequest{Audience: audiences}, &resp); err != nil {
 		return "", err
 	}
 	if len(resp.GetSvids()) != 1 || resp.GetSvids()[0].GetSvid() == "" {
@@ -47,7 +47,7 @@ func (c *Client) MintJWTSVIDTTL(ctx context.Context, audiences []string, token s
 // JWTBundle fetches the JWT bundle of the trust domain td from the CA.
 func (c *Client) JWTBundle(ctx context.Context, td spiffeid.TrustDomain) (*jwtbundle.Bundle, error) {
 	var resp workloadpb.JWTBundlesResponse
-	if err := c.invoke(ctx, "FetchJWTBundle", &workloadpb.JWTBundlesRequest{}, &resp); err != nil {
+	if err := c.invoke(ctx, jwtService, "FetchJWTBundle", &workloadpb.JWTBundlesRequest{}, &resp); err != nil {
 		return nil, err
 	}
 	raw, ok := resp.GetBundles()[td.IDString()]
@@ -61,13 +61,14 @@ func (c *Client) JWTBundle(ctx context.Context, td spiffeid.TrustDomain) (*jwtbu
 	return b, nil
 }
 
-// invoke calls method of the JWT service on the current connection.
-func (c *Client) invoke(ctx context.Context, method string, in, out any) error {
+// invoke calls method of service (the JWT or the bundle service) on the
+// current connection.
+func (c *Client) invoke(ctx context.Context, service, method string, in, out any) error {
 	if _, err := c.service(); err != nil {
 		return err
 	}
 	c.mu.Lock()
 	conn := c.conn
 	c.mu.Unlock()
-	return conn.Invoke(ctx, "/"+jwtService+"/"+method, in, out)
+	return conn.Invoke(ctx, "/"+service+"/"+method, in, out)
 }

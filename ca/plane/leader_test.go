@@ -2,13 +2,20 @@ package plane
 
 import (
 	"context"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -16,6 +23,7 @@ import (
 	"github.com/meshca/meshca/ca/bundle/configmap"
 	"github.com/meshca/meshca/internal/clock/clocktest"
 	"github.com/meshca/meshca/internal/kubeenv"
+	"github.com/meshca/meshca/internal/testca"
 )
 
 // leaseRBAC is the Role docs/configuration.md gives leader election, in
@@ -59,11 +67,13 @@ func TestLeaderElectedPublisher(t *testing.T) {
 		t.Fatal(err)
 	}
 	kc := kubeconfigToken(t, env, strings.TrimPrefix(env.Config.Host, "https://"), env.Token(t, run, "meshca", nil, 0))
+	// A federated trust domain from a static file: only the leader reads it.
+	fedConfig := federationFile(t)
 	start := func(identity string) *Plane {
 		t.Helper()
 		p, err := Start(ctx, Config{TrustDomain: td, DataDir: t.TempDir(), GRPCAddr: "127.0.0.1:0", MonitorAddr: "127.0.0.1:0",
-			Kubernetes: Kubernetes{Kubeconfig: kc, Deny: []string{}},
-			Bundles:    bundle.Config{ConfigMap: "leader-root-cert", ConfigMapNamespaces: []string{run + "-*"}},
+			Kubernetes: Kubernetes{Kubeconfig: kc, Deny: []string{}}, Federation: Federation{ConfigFile: fedConfig},
+			Bundles: bundle.Config{ConfigMap: "leader-root-cert", ConfigMapNamespaces: []string{run + "-*"}},
 			LeaderElection: LeaderElection{Enabled: true, Namespace: run, Identity: identity,
 				LeaseDuration: 2 * time.Second, RenewDeadline: time.Second, RetryPeriod: 200 * time.Millisecond}})
 		if err != nil {
@@ -79,8 +89,10 @@ func TestLeaderElectedPublisher(t *testing.T) {
 	a := start("a")
 	stopA := sync.OnceValue(a.Stop)
 	t.Cleanup(func() { stopA() })
-	clocktest.Eventually(t, "a leads and publishes", func() bool {
-		return strings.Contains(monitor(t, a, "/metrics"), "\nmeshca_leader 1\n") && published(a)
+	const fetched = `meshca_federation_last_success_timestamp_seconds{trust_domain="fed.test"}`
+	clocktest.Eventually(t, "a leads, publishes and fetches", func() bool {
+		m := monitor(t, a, "/metrics")
+		return strings.Contains(m, "\nmeshca_leader 1\n") && published(a) && strings.Contains(m, fetched)
 	})
 	b := start("b")
 	t.Cleanup(func() { b.Stop() })
@@ -88,8 +100,9 @@ func TestLeaderElectedPublisher(t *testing.T) {
 		return strings.Contains(monitor(t, b, "/metrics"), "\nmeshca_leader_transitions_total 1\n")
 	})
 	m := monitor(t, b, "/metrics")
-	if !strings.Contains(m, "\nmeshca_leader 0\n") || strings.Contains(m, `meshca_bundle_last_publish_timestamp_seconds{target="configmap"}`) {
-		t.Errorf("the follower leads or publishes:\n%s", grepLines(m, "meshca_leader", "meshca_bundle"))
+	if !strings.Contains(m, "\nmeshca_leader 0\n") || strings.Contains(m, `meshca_bundle_last_publish_timestamp_seconds{target="configmap"}`) ||
+		strings.Contains(m, fetched) {
+		t.Errorf("the follower leads, publishes or fetches:\n%s", grepLines(m, "meshca_leader", "meshca_bundle", "meshca_federation"))
 	}
 	if code, body := readyz(t, b); code != http.StatusOK {
 		t.Errorf("the follower's /readyz = %d %q, want ready: followers serve CSRs", code, body)
@@ -101,9 +114,34 @@ func TestLeaderElectedPublisher(t *testing.T) {
 	if err := stopA(); err != nil {
 		t.Fatal(err)
 	}
-	clocktest.Eventually(t, "b takes over and publishes its roots", func() bool {
-		return strings.Contains(monitor(t, b, "/metrics"), "\nmeshca_leader 1\n") && published(b)
+	clocktest.Eventually(t, "b takes over, publishes its roots and fetches", func() bool {
+		m := monitor(t, b, "/metrics")
+		return strings.Contains(m, "\nmeshca_leader 1\n") && published(b) && strings.Contains(m, fetched)
 	})
+}
+
+// federationFile writes a --federation-config naming fed.test with a
+// static bundle file, and returns its path.
+func federationFile(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	key := testca.NewKey(t)
+	fed := spiffeid.RequireTrustDomainFromString("fed.test")
+	root := testca.Sign(t, &x509.Certificate{Subject: pkix.Name{CommonName: "fed.test root"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+		URIs: []*url.URL{fed.ID().URL()}}, nil, &key.PublicKey, key)
+	doc, err := spiffebundle.FromX509Authorities(fed, []*x509.Certificate{root}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bundleFile, configFile := filepath.Join(dir, "fed.json"), filepath.Join(dir, "federation.yaml")
+	if err := os.WriteFile(bundleFile, doc, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(configFile, []byte("trust_domains:\n- trust_domain: fed.test\n  bundle_file: "+bundleFile+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return configFile
 }
 
 // grepLines is the lines of s that start with one of prefixes.

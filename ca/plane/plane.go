@@ -117,6 +117,8 @@ type Config struct {
 	// Kubernetes client of Kubernetes: its kubeconfig and rate limit), a
 	// SPIFFE bundle endpoint. The zero value publishes it nowhere.
 	Bundles bundle.Config
+	// Federation lists the trust domains federated with; none by default.
+	Federation Federation
 	// OIDCConfigFile lists trusted OIDC issuers; "" trusts none.
 	OIDCConfigFile string
 	// Extra attestors are tried after all others (meshca dev's token).
@@ -243,6 +245,10 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 	if err != nil {
 		return nil, err
 	}
+	fed, err := cfg.startFederation(ctx, auth, st, reg)
+	if err != nil {
+		return nil, err
+	}
 	// The attestors' background work starts now, before the listeners, so
 	// that it has caught up, and the plane is ready, as early as it can.
 	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
@@ -263,7 +269,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 		return nil, fmt.Errorf("admin token: %w", err)
 	}
 	srv, err := server.New(server.Config{
-		Authority: auth, Attestor: chain, Impersonator: kube.nodes, AdminToken: adminToken, Ready: readyAll(waitFor, st.ready),
+		Authority: auth, Attestor: chain, Impersonator: kube.nodes, Federation: federatedBundles(fed), AdminToken: adminToken, Ready: readyAll(waitFor, st.ready),
 		GRPCAddr: cfg.GRPCAddr, HTTPSAddr: cfg.HTTPSAddr, MonitorAddr: cfg.MonitorAddr, Profiling: cfg.Profiling,
 		DNSNames: cfg.DNSNames, IPs: cfg.IPs, Limits: cfg.Limits,
 		Registry: reg, Clock: cfg.Clock, Logger: log,
@@ -293,6 +299,7 @@ func Start(ctx context.Context, cfg Config) (_ *Plane, err error) {
 		// not at the maintenance loop's next look.
 		jobs["root rotation steps on becoming the leader"] = auth.Rotate
 	}
+	p.runFederation(runCtx, fed, jobs)
 	p.runLeaderJobs(runCtx, el, jobs)
 	p.srv = srv
 	p.running.Go(func() {

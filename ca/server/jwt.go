@@ -23,7 +23,8 @@ import (
 // of the lifetime in the request metadata JWTTTLMetadata (the Workload
 // API's message has no field for it); FetchJWTBundle takes a JWTBundlesRequest and answers a
 // JWTBundlesResponse with the trust domain's JWT bundle (a JWKS) keyed by
-// the trust domain's ID. Callers prove their identity as for a CSR (a
+// the trust domain's ID, and beside it that of each federated trust
+// domain whose bundle has JWT authorities (Config.Federation). Callers prove their identity as for a CSR (a
 // bearer token, or their X.509-SVID over mTLS); the bundle is public and
 // asks for no credential.
 const JWTServiceName = "meshca.ca.v1.JWTService"
@@ -50,14 +51,15 @@ var jwtServiceDesc = grpc.ServiceDesc{
 	Metadata: "meshca/ca/server/jwt.go",
 }
 
-// unary adapts a method of jwtService to a grpc.MethodDesc handler.
-func unary[Req any](call func(*jwtService, context.Context, *Req) (any, error)) func(any, context.Context, func(any) error, grpc.UnaryServerInterceptor) (any, error) {
+// unary adapts a method of a service (jwtService, bundleService) to a
+// grpc.MethodDesc handler.
+func unary[S, Req any](call func(S, context.Context, *Req) (any, error)) func(any, context.Context, func(any) error, grpc.UnaryServerInterceptor) (any, error) {
 	return func(srv any, ctx context.Context, dec func(any) error, icpt grpc.UnaryServerInterceptor) (any, error) {
 		in := new(Req)
 		if err := dec(in); err != nil {
 			return nil, err
 		}
-		j := srv.(*jwtService)
+		j := srv.(S)
 		if icpt == nil {
 			return call(j, ctx, in)
 		}
@@ -123,14 +125,27 @@ func (j *jwtService) mint(ctx context.Context, req *workloadpb.JWTSVIDRequest) (
 	return &workloadpb.JWTSVIDResponse{Svids: []*workloadpb.JWTSVID{{SpiffeId: svid.ID.String(), Svid: svid.Token}}}, nil
 }
 
-// FetchJWTBundle answers the trust domain's JWT bundle.
+// FetchJWTBundle answers the trust domain's JWT bundle, and those of the
+// federated trust domains that have JWT authorities.
 func (j *jwtService) FetchJWTBundle(ctx context.Context, _ *workloadpb.JWTBundlesRequest) (*workloadpb.JWTBundlesResponse, error) {
+	bundles := map[string][]byte{}
 	b, err := j.s.cfg.Authority.JWTBundle().Marshal()
+	if err == nil {
+		bundles[j.s.cfg.Authority.TrustDomain().IDString()] = b
+		for td, fb := range j.s.federated() {
+			if len(fb.JWTAuthorities()) == 0 {
+				continue
+			}
+			if bundles[td.IDString()], err = fb.JWTBundle().Marshal(); err != nil {
+				break
+			}
+		}
+	}
 	if err != nil {
 		code, msg := classify(j.s.cfg.Logger, err)
 		j.s.metrics.Request("grpc", "FetchJWTBundle", code.String())
 		return nil, grpcStatus(ctx, code, msg, err)
 	}
 	j.s.metrics.Request("grpc", "FetchJWTBundle", codes.OK.String())
-	return &workloadpb.JWTBundlesResponse{Bundles: map[string][]byte{j.s.cfg.Authority.TrustDomain().IDString(): b}}, nil
+	return &workloadpb.JWTBundlesResponse{Bundles: bundles}, nil
 }

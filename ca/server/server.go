@@ -145,6 +145,10 @@ type Config struct {
 	// CA cannot serve without that get ready after start (the Kubernetes
 	// informer caches). Its error is /readyz's 503 answer.
 	Ready func(context.Context) error
+	// Federation gives the bundles of the trust domains the CA federates
+	// with (ca/federation), answered beside its own by the bundle calls
+	// (BundleServiceName, FetchJWTBundle). Nil: none.
+	Federation FederatedBundles
 	// AdminToken enables the admin API (/v1/admin/...) on the HTTPS port
 	// for callers presenting it as a bearer token. Empty disables it.
 	AdminToken string
@@ -250,6 +254,7 @@ func New(cfg Config) (*Server, error) {
 	)
 	pb.RegisterIstioCertificateServiceServer(s.grpc, &istioService{s: s})
 	s.grpc.RegisterService(&jwtServiceDesc, &jwtService{s: s})
+	s.grpc.RegisterService(&bundleServiceDesc, &bundleService{s: s})
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/sign", s.handleSign)

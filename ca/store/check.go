@@ -23,6 +23,11 @@ const (
 	// MaxChainLen bounds the PEM chain of an IssuedRequest, all of it:
 	// what Kubernetes accepts in a PodCertificateRequest's status.
 	MaxChainLen = 100 << 10
+	// MaxTrustDomainLen is the SPIFFE ID specification's limit on a trust
+	// domain name.
+	MaxTrustDomainLen = 255
+	// MaxFederatedBundleLen bounds a stored federated bundle document.
+	MaxFederatedBundleLen = 4 << 20
 )
 
 // CheckSerial checks that serial is 1 to MaxSerialLen lowercase hex digits
@@ -100,6 +105,38 @@ func CheckIssuedRequest(req *IssuedRequest, rec *Issuance) error {
 	}
 	if len(req.ChainPEM) == 0 || size == 0 || size > MaxChainLen {
 		return fmt.Errorf("answer to request %s: a chain of 1 to %d bytes is required", req.Request, MaxChainLen)
+	}
+	return nil
+}
+
+// CheckFederatedBundle checks what every store needs of a federated
+// bundle: a trust domain name of lowercase letters, digits, dots, dashes
+// and underscores (as spiffeid allows), a bundle of at most
+// MaxFederatedBundleLen bytes, and storable times.
+func CheckFederatedBundle(b *FederatedBundle) error {
+	if err := CheckTrustDomain(b.TrustDomain); err != nil {
+		return err
+	}
+	switch {
+	case len(b.Bundle) == 0:
+		return fmt.Errorf("federated bundle of %s is empty", b.TrustDomain)
+	case len(b.Bundle) > MaxFederatedBundleLen:
+		return fmt.Errorf("federated bundle of %s is longer than %d bytes", b.TrustDomain, MaxFederatedBundleLen)
+	case !StorableTime(b.RefreshedAt) || !StorableTime(b.ChangedAt):
+		return errors.New("refreshed_at and changed_at must be between 1970 and 2262")
+	}
+	return nil
+}
+
+// CheckTrustDomain checks a trust domain name as a store keeps it.
+func CheckTrustDomain(td string) error {
+	if td == "" || len(td) > MaxTrustDomainLen {
+		return fmt.Errorf("trust domain %q is not 1 to %d characters", td, MaxTrustDomainLen)
+	}
+	for _, c := range []byte(td) {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '.' || c == '-' || c == '_') {
+			return fmt.Errorf("trust domain %q has a character other than a-z, 0-9, '.', '-' and '_'", td)
+		}
 	}
 	return nil
 }

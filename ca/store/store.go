@@ -1,6 +1,7 @@
 // Package store defines the one narrow, transactional interface through which
 // meshca's CA keeps its state: CA keys and certificates with their rotation
-// state, the issuance log, the revocation deny-list and join tokens.
+// state, the issuance log, the revocation deny-list, join tokens, and the
+// last good bundle of each trust domain it federates with.
 //
 // The embedded implementation is boltstore (a single bbolt file); pgstore
 // keeps the same state in PostgreSQL, shared by several replicas. The
@@ -243,6 +244,37 @@ type Revocation struct {
 	ExpiresAt time.Time `json:"expires_at,omitzero"`
 }
 
+// Sources of a FederatedBundle.
+const (
+	// FederatedFromEndpoint: fetched from the trust domain's SPIFFE bundle
+	// endpoint.
+	FederatedFromEndpoint = "endpoint"
+	// FederatedFromFile: read from a static bundle file.
+	FederatedFromFile = "file"
+	// FederatedFromBootstrap: the bootstrap bundle file of an https_spiffe
+	// endpoint, stored until the first fetch succeeds.
+	FederatedFromBootstrap = "bootstrap"
+)
+
+// FederatedBundle is the last good trust bundle of a foreign trust domain
+// the CA federates with (ca/federation): stored so that a restart, and
+// every replica sharing the store, serve it without fetching it again.
+type FederatedBundle struct {
+	// TrustDomain is the trust domain's name ("example.org").
+	TrustDomain string `json:"trust_domain"`
+	// Bundle is its SPIFFE bundle document (JSON: the X.509 and JWT
+	// authorities, spiffe_sequence and spiffe_refresh_hint).
+	Bundle []byte `json:"bundle"`
+	// Source is FederatedFromEndpoint, FederatedFromFile or
+	// FederatedFromBootstrap.
+	Source string `json:"source"`
+	// RefreshedAt is when the bundle was last fetched (or read) and
+	// found good, changed or not; ChangedAt when its authorities last
+	// changed.
+	RefreshedAt time.Time `json:"refreshed_at"`
+	ChangedAt   time.Time `json:"changed_at"`
+}
+
 // JoinToken is a single-use credential bound to one SPIFFE ID; only a hash
 // of the token is stored. It is the join token attestor's type.
 type JoinToken = jointoken.Token
@@ -342,6 +374,16 @@ type Store interface {
 	// PruneJoinTokens deletes tokens, used or not, whose ExpiresAt is
 	// before cutoff, and returns how many were deleted.
 	PruneJoinTokens(ctx context.Context, cutoff time.Time) (int, error)
+
+	// SaveFederatedBundle stores b as its trust domain's bundle,
+	// replacing the one stored (checked by CheckFederatedBundle).
+	SaveFederatedBundle(ctx context.Context, b FederatedBundle) error
+	// FederatedBundles returns every stored federated bundle, in trust
+	// domain order; none is not an error.
+	FederatedBundles(ctx context.Context) ([]FederatedBundle, error)
+	// DeleteFederatedBundle deletes the bundle of a trust domain; deleting
+	// one that is not stored is not an error.
+	DeleteFederatedBundle(ctx context.Context, trustDomain string) error
 
 	// Ping durably writes a small heartbeat: it succeeds only when the
 	// store can record right now (readiness after a failed write: a full

@@ -45,6 +45,7 @@ func (o *agentOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.SDSTCPAddr, "sds-tcp-listen", "", "also serve SDS over TCP with mTLS (e.g. for a gateway's Envoy elsewhere); empty disables")
 	fs.StringSliceVar(&o.sdsTCPAllow, "sds-tcp-allow", nil, "SPIFFE IDs allowed on --sds-tcp-listen (default: the workload's own)")
 	fs.BoolVar(&c.SDSSPIFFEValidator, "sds-spiffe-validator", false, "serve SDS's ROOTCA, spiffe://<td> and ALL as Envoy SPIFFE validator configs (envoy.tls.cert_validator.spiffe), as SPIRE does")
+	fs.DurationVar(&c.FederationRefresh, "federation-refresh", sds.DefaultFederationRefresh, "how often the CA is asked for the bundles of the trust domains it federates with (served in the Workload API's federated bundles, and over SDS with --sds-spiffe-validator)")
 	fs.StringVar(&c.WorkloadSocket, "workload-api-socket", "/var/run/meshca/workload.sock", "SPIFFE Workload API Unix socket; empty disables")
 	fs.StringVar(&c.MonitorAddr, "monitoring-listen", "127.0.0.1:15020", "plain-HTTP /healthz, /readyz (not ready without a valid SVID) and /metrics; empty disables")
 	o.log.AddFlags(fs)

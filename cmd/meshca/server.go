@@ -61,6 +61,7 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	c.LeaderElection.AddFlags(fs)
 	c.Bundles.AddFlags(fs)
 	c.PodCertificates.AddFlags(fs)
+	c.Federation.AddFlags(fs)
 	c.Vault.AddFlags(fs)
 	fs.StringVar(&c.OIDCConfigFile, "oidc-config", "", "YAML file listing trusted OIDC issuers and how their claims map to SPIFFE IDs (docs/configuration.md)")
 	fs.StringVar(&c.AdminTokenFile, "admin-token-file", "", "bearer token for the admin API (join tokens); created 0600 with a random token if missing (default <data-dir>/admin-token)")

@@ -478,3 +478,42 @@ func (m *PodCert) Request(result, reason string) { m.requests.WithLabelValues(re
 
 // Issued implements podcert.Metrics.
 func (m *PodCert) Issued(took time.Duration) { m.issued.Observe(took.Seconds()) }
+
+// Federation implements federation.Metrics: the fetches of the trust
+// bundles of the trust domains the CA federates with.
+type Federation struct {
+	refreshed *prometheus.GaugeVec
+	failures  *prometheus.CounterVec
+	sequence  *prometheus.GaugeVec
+}
+
+// NewFederation registers the federation's collectors on reg.
+func NewFederation(reg prometheus.Registerer) *Federation {
+	m := &Federation{
+		refreshed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "meshca_federation_last_success_timestamp_seconds",
+			Help: "When the trust domain's bundle was last fetched (or its file read) and found good, as a Unix time; only the replica that fetches (the leader) sets it.",
+		}, []string{"trust_domain"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "meshca_federation_fetch_failures_total",
+			Help: "Fetches of the trust domain's bundle that failed (unreachable, refused, malformed); the last good bundle stays in use and the fetch is retried with backoff.",
+		}, []string{"trust_domain"}),
+		sequence: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "meshca_federation_bundle_sequence",
+			Help: "The spiffe_sequence of the trust domain's bundle this replica serves.",
+		}, []string{"trust_domain"}),
+	}
+	reg.MustRegister(m.refreshed, m.failures, m.sequence)
+	return m
+}
+
+// Refreshed implements federation.Metrics.
+func (m *Federation) Refreshed(td string, t time.Time) {
+	m.refreshed.WithLabelValues(td).Set(float64(t.Unix()))
+}
+
+// Failed implements federation.Metrics.
+func (m *Federation) Failed(td string) { m.failures.WithLabelValues(td).Inc() }
+
+// Sequence implements federation.Metrics.
+func (m *Federation) Sequence(td string, n uint64) { m.sequence.WithLabelValues(td).Set(float64(n)) }

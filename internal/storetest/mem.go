@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -36,6 +37,8 @@ type Mem struct {
 	tokens   map[string]store.JoinToken
 	// answers are the IssuedRequests by request key.
 	answers map[string]store.IssuedRequest
+	// federated are the federated bundles by trust domain.
+	federated map[string]store.FederatedBundle
 }
 
 var _ store.Store = (*Mem)(nil)
@@ -48,6 +51,8 @@ func NewMem() *Mem {
 		byID:     map[string][]store.Revocation{},
 		tokens:   map[string]store.JoinToken{},
 		answers:  map[string]store.IssuedRequest{},
+
+		federated: map[string]store.FederatedBundle{},
 	}
 }
 
@@ -369,6 +374,42 @@ func (m *Mem) PruneJoinTokens(ctx context.Context, cutoff time.Time) (int, error
 		}
 	}
 	return n, nil
+}
+
+// SaveFederatedBundle implements store.Store.
+func (m *Mem) SaveFederatedBundle(ctx context.Context, b store.FederatedBundle) error {
+	if err := m.lock(ctx); err != nil {
+		return err
+	}
+	defer m.mu.Unlock()
+	if err := store.CheckFederatedBundle(&b); err != nil {
+		return fmt.Errorf("storetest: save federated bundle: %w", err)
+	}
+	m.federated[b.TrustDomain] = clone(b)
+	return nil
+}
+
+// FederatedBundles implements store.Store.
+func (m *Mem) FederatedBundles(ctx context.Context) ([]store.FederatedBundle, error) {
+	if err := m.lock(ctx); err != nil {
+		return nil, err
+	}
+	defer m.mu.Unlock()
+	var out []store.FederatedBundle
+	for _, td := range slices.Sorted(maps.Keys(m.federated)) {
+		out = append(out, clone(m.federated[td]))
+	}
+	return out, nil
+}
+
+// DeleteFederatedBundle implements store.Store.
+func (m *Mem) DeleteFederatedBundle(ctx context.Context, trustDomain string) error {
+	if err := m.lock(ctx); err != nil {
+		return err
+	}
+	defer m.mu.Unlock()
+	delete(m.federated, trustDomain)
+	return nil
 }
 
 // Close implements store.Store; every later call fails with ErrClosed.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -46,6 +47,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"JoinTokens", testJoinTokens},
 		{"JoinTokenConsumedOnce", testJoinTokenConsumedOnce},
 		{"PruneJoinTokens", testPruneJoinTokens},
+		{"FederatedBundles", testFederatedBundles},
 		{"ContextDone", testContextDone},
 		{"Ping", testPing},
 	} {
@@ -771,6 +773,9 @@ func testContextDone(t *testing.T, open func(*testing.T) store.Store) {
 		}},
 		{"ConsumeJoinToken", func(ctx context.Context) error { _, err := s.ConsumeJoinToken(ctx, jt.Hash, t0, "x"); return err }},
 		{"PruneJoinTokens", func(ctx context.Context) error { _, err := s.PruneJoinTokens(ctx, t0.Add(100*time.Hour)); return err }},
+		{"SaveFederatedBundle", func(ctx context.Context) error { return s.SaveFederatedBundle(ctx, federated("b.test", 1)) }},
+		{"FederatedBundles", func(ctx context.Context) error { _, err := s.FederatedBundles(ctx); return err }},
+		{"DeleteFederatedBundle", func(ctx context.Context) error { return s.DeleteFederatedBundle(ctx, "b.test") }},
 		{"Ping", s.Ping},
 	}
 	ctx, cancel := context.WithCancel(bg)
@@ -814,5 +819,81 @@ func testPing(t *testing.T, open func(*testing.T) store.Store) {
 	}
 	if err := s.Ping(context.Background()); err == nil {
 		t.Fatal("Ping on a closed store succeeded")
+	}
+}
+
+// federated returns a federated bundle of td refreshed at t0+h hours.
+func federated(td string, h int) store.FederatedBundle {
+	at := t0.Add(time.Duration(h) * time.Hour)
+	return store.FederatedBundle{
+		TrustDomain: td,
+		Bundle:      fmt.Appendf(nil, `{"keys":[],"spiffe_sequence":%d}`, h),
+		Source:      store.FederatedFromEndpoint,
+		RefreshedAt: at,
+		ChangedAt:   t0,
+	}
+}
+
+// testFederatedBundles: bundles are listed in trust domain order, a save
+// replaces its trust domain's bundle, a delete removes it (and deleting
+// one not stored is no error), and invalid bundles are refused.
+func testFederatedBundles(t *testing.T, open func(*testing.T) store.Store) {
+	ctx := context.Background()
+	s := open(t)
+	list := func() []store.FederatedBundle {
+		t.Helper()
+		got, err := s.FederatedBundles(ctx)
+		if err != nil {
+			t.Fatalf("FederatedBundles: %v", err)
+		}
+		return got
+	}
+	if got := list(); len(got) != 0 {
+		t.Fatalf("an empty store lists %d federated bundles", len(got))
+	}
+	steps := []struct {
+		name string
+		do   func() error
+		want []store.FederatedBundle
+	}{
+		{"save c", func() error { return s.SaveFederatedBundle(ctx, federated("c.test", 1)) }, []store.FederatedBundle{federated("c.test", 1)}},
+		{"save b", func() error { return s.SaveFederatedBundle(ctx, federated("b.test", 2)) },
+			[]store.FederatedBundle{federated("b.test", 2), federated("c.test", 1)}},
+		{"replace c", func() error { return s.SaveFederatedBundle(ctx, federated("c.test", 3)) },
+			[]store.FederatedBundle{federated("b.test", 2), federated("c.test", 3)}},
+		{"delete b", func() error { return s.DeleteFederatedBundle(ctx, "b.test") }, []store.FederatedBundle{federated("c.test", 3)}},
+		{"delete b again", func() error { return s.DeleteFederatedBundle(ctx, "b.test") }, []store.FederatedBundle{federated("c.test", 3)}},
+	}
+	for _, st := range steps {
+		if err := st.do(); err != nil {
+			t.Fatalf("%s: %v", st.name, err)
+		}
+		if got := list(); !reflect.DeepEqual(got, st.want) {
+			t.Fatalf("%s: stored\n%+v\nwant\n%+v", st.name, got, st.want)
+		}
+	}
+	bad := []struct {
+		name   string
+		change func(*store.FederatedBundle)
+	}{
+		{"no trust domain", func(b *store.FederatedBundle) { b.TrustDomain = "" }},
+		{"upper case trust domain", func(b *store.FederatedBundle) { b.TrustDomain = "B.test" }},
+		{"NUL in the trust domain", func(b *store.FederatedBundle) { b.TrustDomain = "b\x00.test" }},
+		{"trust domain too long", func(b *store.FederatedBundle) { b.TrustDomain = strings.Repeat("a", store.MaxTrustDomainLen+1) }},
+		{"empty bundle", func(b *store.FederatedBundle) { b.Bundle = nil }},
+		{"bundle too long", func(b *store.FederatedBundle) { b.Bundle = make([]byte, store.MaxFederatedBundleLen+1) }},
+		{"time before 1970", func(b *store.FederatedBundle) { b.RefreshedAt = time.Unix(-1, 0) }},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			b := federated("d.test", 4)
+			tc.change(&b)
+			if err := s.SaveFederatedBundle(ctx, b); err == nil {
+				t.Fatal("accepted")
+			}
+		})
+	}
+	if got := list(); !reflect.DeepEqual(got, []store.FederatedBundle{federated("c.test", 3)}) {
+		t.Fatalf("refused saves changed the store: %+v", got)
 	}
 }

@@ -87,6 +87,12 @@ type Config struct {
 	// validator, as SPIRE's agent does (envoy.Config.SPIFFEValidator).
 	// Default false: trusted CAs.
 	SDSSPIFFEValidator bool
+	// FederationRefresh is how often the CA is asked for the bundles of
+	// the trust domains it federates with, served beside the SVID (the
+	// Workload API's federated bundles; SDS with SDSSPIFFEValidator).
+	// Default sds.DefaultFederationRefresh; negative: never asked (a CA
+	// that federates with no one).
+	FederationRefresh time.Duration
 	// WorkloadSocket is the SPIFFE Workload API Unix socket; "" disables
 	// it.
 	WorkloadSocket string
@@ -196,6 +202,11 @@ func Start(ctx context.Context, cfg Config) (_ *Agent, err error) {
 			return nil, err
 		}
 	}
+	if err := a.startFederation(runCtx, ccfg); err != nil {
+		cancel()
+		_ = cc.Close() // nothing was sent on it
+		return nil, err
+	}
 	a.wg.Add(1)
 	go func() {
 		defer a.wg.Done()
@@ -232,6 +243,26 @@ func (a *Agent) startJWT(ctx context.Context, ccfg client.Config, token func(con
 	a.wg.Go(func() {
 		defer func() { _ = jc.Close() }()
 		_ = a.jwt.Run(ctx) // ends with ctx
+	})
+	return nil
+}
+
+// startFederation asks the CA for the federated trust domains' bundles
+// every FederationRefresh, on a client of its own without a client
+// certificate (bundles are public; a redial for a renewed SVID never cuts
+// the call).
+func (a *Agent) startFederation(ctx context.Context, ccfg client.Config) error {
+	if a.cfg.FederationRefresh < 0 {
+		return nil
+	}
+	ccfg.ClientCertificate = nil
+	fc, err := client.New(ccfg)
+	if err != nil {
+		return err
+	}
+	a.wg.Go(func() {
+		defer func() { _ = fc.Close() }()
+		_ = a.mgr.RunFederation(ctx, fc, a.cfg.FederationRefresh) // ends with ctx
 	})
 	return nil
 }

@@ -78,8 +78,9 @@ func TestAgentFailsOver(t *testing.T) {
 			}
 			clk := clocktest.New(time.Now())
 			var logs testlog.Buffer
+			// The Manager alone waits on clk: no federated bundles asked for.
 			cfg := Config{ID: id, CARootsFile: filepath.Join(dir, "cacerts", ca.RootCertFile), JoinTokenFile: tokenFile,
-				Clock: clk, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+				FederationRefresh: -1, Clock: clk, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 			tt.point(t, &cfg, addrs)
 			a, err := Start(context.Background(), cfg)
 			if err != nil {

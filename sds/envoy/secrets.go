@@ -57,7 +57,7 @@ func secrets(svid *sds.SVID, spiffeValidator bool) (map[string]*tlsv3.Secret, er
 		}}}
 	}
 	own := svid.ID.TrustDomain()
-	out, err := validationContexts(own, trustBundles(svid), spiffeValidator)
+	out, err := validationContexts(own, trustBundles(svid, spiffeValidator), spiffeValidator)
 	if err != nil {
 		return nil, err
 	}
@@ -70,11 +70,21 @@ func secrets(svid *sds.SVID, spiffeValidator bool) (map[string]*tlsv3.Secret, er
 }
 
 // trustBundles are the roots of each trust domain the workload trusts, by
-// trust domain. The agent holds its own trust domain's bundle only (it
-// does not fetch federated bundles); federated ones join this map, and
-// then every name below serves them, when the SVID carries them.
-func trustBundles(svid *sds.SVID) map[spiffeid.TrustDomain][]*x509.Certificate {
-	return map[spiffeid.TrustDomain][]*x509.Certificate{svid.ID.TrustDomain(): svid.Roots}
+// trust domain: its own, and with federated those of the federated trust
+// domains the SVID carries. Federated ones are served only with the SPIFFE
+// validator, which keeps each trust domain to its own roots; without it
+// SDS serves what it always has, the workload's own trust domain.
+func trustBundles(svid *sds.SVID, federated bool) map[spiffeid.TrustDomain][]*x509.Certificate {
+	own := svid.ID.TrustDomain()
+	out := map[spiffeid.TrustDomain][]*x509.Certificate{own: svid.Roots}
+	if federated {
+		for td, b := range svid.Federated {
+			if td != own {
+				out[td] = b.X509Authorities()
+			}
+		}
+	}
+	return out
 }
 
 // validationContexts returns the validation context secrets for bundles,

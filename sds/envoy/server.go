@@ -14,7 +14,10 @@
 //     serves them to Envoy 1.18 and later: "ROOTCA", "spiffe://<trust
 //     domain>" and "ALL" configure Envoy's SPIFFE certificate validator
 //     (envoy.tls.cert_validator.spiffe) with one bundle per trust domain,
-//     so each trust domain's peers verify by that trust domain's roots;
+//     so each trust domain's peers verify by that trust domain's roots:
+//     "ROOTCA" the workload's own trust domain, "spiffe://<td>" that trust
+//     domain's (its own, or a federated one the SVID carries), "ALL" every
+//     one; a change of a federated bundle is pushed like a rotation;
 //   - a name that is not served gets no response and no error: Envoy waits
 //     for it, as it would for a secret that is not ready yet;
 //   - a NACK is logged and counted and never answered with the same

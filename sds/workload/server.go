@@ -2,8 +2,9 @@
 // compatible with go-spiffe's workloadapi client and SPIRE's agent.
 //
 // FetchX509SVID streams the current X.509-SVID as soon as there is one and
-// again on every change; FetchX509Bundles streams the trust domain's roots
-// and again whenever they change. With a JWT source (Config.JWT), the JWT
+// again on every change, with the bundles of the federated trust domains
+// the SVID carries (federated_bundles); FetchX509Bundles streams the trust
+// domain's roots and the federated ones, and again whenever they change. With a JWT source (Config.JWT), the JWT
 // profile is served too: FetchJWTSVID returns a JWT-SVID for the audiences
 // asked (cached per audience set, renewed at half its life),
 // FetchJWTBundles streams the JWT bundle and again on every key rotation,
@@ -194,21 +195,35 @@ func x509SVIDResponse(svid *sds.SVID) (*workloadpb.X509SVIDResponse, error) {
 	if err != nil {
 		return nil, fmt.Errorf("workload: encoding the key: %w", err)
 	}
-	return &workloadpb.X509SVIDResponse{Svids: []*workloadpb.X509SVID{{
+	resp := &workloadpb.X509SVIDResponse{Svids: []*workloadpb.X509SVID{{
 		SpiffeId:    svid.ID.String(),
 		X509Svid:    concatDER(svid.Certificates),
 		X509SvidKey: key,
 		Bundle:      concatDER(svid.Roots),
-	}}}, nil
+	}}}
+	if len(svid.Federated) > 0 {
+		resp.FederatedBundles = federatedX509(svid)
+	}
+	return resp, nil
 }
 
-// x509BundlesResponse keys the bundle by the trust domain's ID
-// ("spiffe://example.org"), as SPIRE does; go-spiffe accepts it or the
-// bare name.
+// x509BundlesResponse keys each bundle by the trust domain's ID
+// ("spiffe://example.org"), as SPIRE does (go-spiffe accepts it or the
+// bare name): the workload's trust domain's and the federated ones'.
 func x509BundlesResponse(svid *sds.SVID) *workloadpb.X509BundlesResponse {
-	return &workloadpb.X509BundlesResponse{Bundles: map[string][]byte{
-		svid.ID.TrustDomain().IDString(): concatDER(svid.Roots),
-	}}
+	bundles := federatedX509(svid)
+	bundles[svid.ID.TrustDomain().IDString()] = concatDER(svid.Roots)
+	return &workloadpb.X509BundlesResponse{Bundles: bundles}
+}
+
+// federatedX509 are the federated trust domains' X.509 authorities, by
+// trust domain ID.
+func federatedX509(svid *sds.SVID) map[string][]byte {
+	out := make(map[string][]byte, len(svid.Federated)+1)
+	for td, b := range svid.Federated {
+		out[td.IDString()] = concatDER(b.X509Authorities())
+	}
+	return out
 }
 
 func sameBundles(a, b *workloadpb.X509BundlesResponse) bool {

@@ -55,6 +55,10 @@ var (
 	// bucketIssuedRequestsBySerial: serial → request key; for
 	// PruneIssuances.
 	bucketIssuedRequestsBySerial = []byte("issued_requests_by_serial")
+	// bucketFederated: trust domain name → JSON store.FederatedBundle.
+	// Added after schema 1 without changing it: an older build ignores it,
+	// and Open creates it in an older file.
+	bucketFederated = []byte("federated_bundles")
 )
 
 // prepare tightens the file's mode, checks its schema and creates the
@@ -88,7 +92,7 @@ func prepare(db *bolt.DB, path string, log *slog.Logger) error {
 		}
 		for _, name := range [][]byte{bucketCA, bucketIssuances, bucketByNotAfter, bucketByIssuedAt,
 			bucketBySPIFFEID, bucketRevokedSerials, bucketRevokedIDs, bucketJoinTokens,
-			bucketIssuedRequests, bucketIssuedRequestsBySerial} {
+			bucketIssuedRequests, bucketIssuedRequestsBySerial, bucketFederated} {
 			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 				return err
 			}
