@@ -69,7 +69,7 @@ func newPending(ctx context.Context, rec *store.Issuance) (*pending, error) {
 	if err := store.CheckIssuance(rec); err != nil {
 		return nil, fmt.Errorf("boltstore: record issuance %q: %w", rec.Serial, err)
 	}
-	value, err := appendIssuance(make([]byte, 0, 512), rec)
+	value, err := store.AppendIssuanceJSON(make([]byte, 0, 512), rec)
 	if err != nil {
 		return nil, fmt.Errorf("boltstore: record issuance %s: %w", rec.Serial, err)
 	}

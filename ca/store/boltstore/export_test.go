@@ -123,4 +123,4 @@ func ParseRecord(value []byte) error {
 }
 
 // AppendIssuance is the committer's JSON encoding of rec.
-func AppendIssuance(rec *store.Issuance) ([]byte, error) { return appendIssuance(nil, rec) }
+func AppendIssuance(rec *store.Issuance) ([]byte, error) { return store.AppendIssuanceJSON(nil, rec) }

@@ -44,7 +44,7 @@ func (s *Store) RecordIssuance(ctx context.Context, rec store.Issuance) error {
 	if err := store.CheckIssuance(&rec); err != nil {
 		return fmt.Errorf("pgstore: record issuance %q: %w", rec.Serial, err)
 	}
-	data, err := json.Marshal(&rec)
+	data, err := store.AppendIssuanceJSON(make([]byte, 0, 512), &rec)
 	if err != nil {
 		return fmt.Errorf("pgstore: record issuance %s: %w", rec.Serial, err)
 	}

@@ -27,7 +27,7 @@ func (s *Store) RecordIssuanceOnce(ctx context.Context, rec store.Issuance, req 
 	if err := store.CheckIssuance(&rec); err != nil {
 		return fmt.Errorf("pgstore: record issuance %q: %w", rec.Serial, err)
 	}
-	record, err := json.Marshal(&rec)
+	record, err := store.AppendIssuanceJSON(make([]byte, 0, 512), &rec)
 	if err != nil {
 		return fmt.Errorf("pgstore: record issuance %s: %w", rec.Serial, err)
 	}
