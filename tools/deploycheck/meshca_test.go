@@ -128,10 +128,53 @@ current-context: test
 	return path
 }
 
+// process is a running meshca process, stopped when its test ends.
+type process struct {
+	logs testlog.Buffer
+	done chan struct{}
+}
+
+// startProcess runs bin with args until t ends (SIGINT, then SIGKILL after
+// 10 s) and prints its output if t failed.
+func startProcess(t *testing.T, bin string, args ...string) *process {
+	t.Helper()
+	p := &process{done: make(chan struct{})}
+	cmd := exec.Command(bin, args...) // #nosec G204 -- the binary this test built
+	cmd.Stdout, cmd.Stderr = &p.logs, &p.logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		select {
+		case <-p.done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("%s %s output:\n%s", filepath.Base(bin), args[0], p.logs.String())
+		}
+	})
+	return p
+}
+
+// exited reports whether the process has ended.
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // server is a running `meshca server` process.
 type server struct {
-	logs    testlog.Buffer
+	*process
 	dataDir string
+	grpc    string
 	https   string
 	monitor string
 	client  *http.Client
@@ -148,34 +191,15 @@ func startServer(t *testing.T, args []string, dataDir string) *server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &server{dataDir: dataDir}
-	cmd := exec.Command(bin, args...) // #nosec G204 -- the binary this test built
-	cmd.Stdout, cmd.Stderr = &s.logs, &s.logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(os.Interrupt)
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			t.Logf("meshca server output:\n%s", s.logs.String())
-		}
-	})
+	s := &server{process: startProcess(t, bin, args...), dataDir: dataDir}
 	clocktest.Eventually(t, "meshca listens", func() bool {
-		select {
-		case <-done:
+		if s.exited() {
 			t.Fatalf("meshca server exited:\n%s", s.logs.String())
-		default:
 		}
 		for _, m := range listeningRE.FindAllStringSubmatch(s.logs.String(), -1) {
 			switch m[1] {
+			case "grpc":
+				s.grpc = m[2]
 			case "https":
 				s.https = m[2]
 			case "monitor":
@@ -309,4 +333,18 @@ func waitFor(t *testing.T, what string, cond func(ctx context.Context) bool) {
 		defer cancel()
 		return cond(ctx)
 	})
+}
+
+// run runs the built meshca with args to its end and returns its output.
+func run(t *testing.T, args ...string) string {
+	t.Helper()
+	bin, err := meshcaBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, args...).CombinedOutput() // #nosec G204 -- the binary this test built
+	if err != nil {
+		t.Fatalf("meshca %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
 }
