@@ -72,3 +72,36 @@ func firstDiff(want, got string) string {
 	}
 	return ""
 }
+
+// TestChartRefuses shows the chart refuses values that cannot work, with
+// a message saying why, before anything reaches a cluster: misspelled or
+// mistyped values (values.schema.json) and combinations meshca would
+// refuse at start (templates/_helpers.tpl, meshca.validate).
+func TestChartRefuses(t *testing.T) {
+	pg := map[string]any{"type": "postgres", "postgres": map[string]any{"dsnSecret": map[string]any{"name": "pg"}}}
+	for _, tc := range []struct {
+		name string
+		set  map[string]any
+		want string
+	}{
+		{"misspelled value", map[string]any{"replica": 2}, "replica"},
+		{"unknown store", map[string]any{"store": map[string]any{"type": "etcd"}}, "/store/type"},
+		{"unknown attestation mode", map[string]any{"kubernetes": map[string]any{"attestation": "oidc"}}, "attestation"},
+		{"replicas on bbolt", map[string]any{"replicas": 2}, "replicas > 1 needs store.type=postgres"},
+		{"postgres without a DSN", map[string]any{"store": map[string]any{"type": "postgres"}}, "dsnSecret.name"},
+		{"postgres with a self-signed root", map[string]any{"store": pg, "adminToken": map[string]any{"secretName": "a"}}, "a root no replica keeps"},
+		{"postgres without a shared admin token", map[string]any{"store": pg, "cacerts": map[string]any{"secretName": "cacerts"}}, "adminToken.secretName"},
+		{"cacerts and Vault", map[string]any{"cacerts": map[string]any{"secretName": "c"}, "vault": map[string]any{"addr": "https://v:8200"}}, "choose one root"},
+		{"ambient without informers", map[string]any{"kubernetes": map[string]any{"attestation": "tokenreview", "trustedNodeAccounts": []any{"istio-system/ztunnel"}}}, "needs kubernetes.attestation=informer"},
+		{"taking over another ConfigMap", map[string]any{"bundle": map[string]any{"takeOverIstio": true}}, "istio-ca-root-cert"},
+		{"two ClusterTrustBundle signers", map[string]any{"podCertificates": map[string]any{"enabled": true},
+			"bundle": map[string]any{"clusterTrustBundleSigner": "example.com/other"}}, "one ClusterTrustBundle"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Render(chartDir, Variant{Name: tc.name, Set: tc.set})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one containing %q", err, tc.want)
+			}
+		})
+	}
+}
