@@ -216,6 +216,11 @@ func startServer(t *testing.T, args []string, dataDir string) *server {
 		_ = resp.Body.Close()
 		return resp.StatusCode == http.StatusOK
 	})
+	// bundle.pem is written just after the listeners open.
+	clocktest.Eventually(t, "meshca writes bundle.pem", func() bool {
+		_, err := os.Stat(filepath.Join(dataDir, "bundle.pem"))
+		return err == nil
+	})
 	roots := x509.NewCertPool()
 	if !roots.AppendCertsFromPEM(s.bundle(t)) {
 		t.Fatal("no certificate in bundle.pem")

@@ -94,8 +94,6 @@ func TestChartRefuses(t *testing.T) {
 		{"cacerts and Vault", map[string]any{"cacerts": map[string]any{"secretName": "c"}, "vault": map[string]any{"addr": "https://v:8200"}}, "choose one root"},
 		{"ambient without informers", map[string]any{"kubernetes": map[string]any{"attestation": "tokenreview", "trustedNodeAccounts": []any{"istio-system/ztunnel"}}}, "needs kubernetes.attestation=informer"},
 		{"taking over another ConfigMap", map[string]any{"bundle": map[string]any{"takeOverIstio": true}}, "istio-ca-root-cert"},
-		{"two ClusterTrustBundle signers", map[string]any{"podCertificates": map[string]any{"enabled": true},
-			"bundle": map[string]any{"clusterTrustBundleSigner": "example.com/other"}}, "one ClusterTrustBundle"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Render(chartDir, Variant{Name: tc.name, Set: tc.set})

@@ -23,12 +23,12 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 {{- end -}}
 
-{{/* The signer of the signer-linked ClusterTrustBundle, "" for none. */}}
+{{/* The signer of the signer-linked ClusterTrustBundle, "" for none: --pod-certificate-signer's by default. */}}
 {{- define "meshca.ctbSigner" -}}
-{{- if and .Values.podCertificates.enabled .Values.podCertificates.clusterTrustBundle -}}
-{{ .Values.podCertificates.signerName }}
-{{- else -}}
+{{- if .Values.bundle.clusterTrustBundleSigner -}}
 {{ .Values.bundle.clusterTrustBundleSigner }}
+{{- else if .Values.podCertificates.enabled -}}
+{{ .Values.podCertificates.signerName }}
 {{- end -}}
 {{- end -}}
 
@@ -82,9 +82,6 @@ true
 {{- end -}}
 {{- if and $v.kubernetes.trustedNodeAccounts (ne $v.kubernetes.attestation "informer") -}}
 {{- fail "kubernetes.trustedNodeAccounts needs kubernetes.attestation=informer" -}}
-{{- end -}}
-{{- if and $v.podCertificates.enabled $v.podCertificates.clusterTrustBundle $v.bundle.clusterTrustBundleSigner (ne $v.bundle.clusterTrustBundleSigner $v.podCertificates.signerName) -}}
-{{- fail "bundle.clusterTrustBundleSigner differs from podCertificates.signerName: meshca publishes one ClusterTrustBundle" -}}
 {{- end -}}
 {{- if and $v.bundle.takeOverIstio (ne $v.bundle.configMap "istio-ca-root-cert") -}}
 {{- fail "bundle.takeOverIstio needs bundle.configMap=istio-ca-root-cert" -}}
