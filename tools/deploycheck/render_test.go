@@ -2,11 +2,14 @@ package deploycheck
 
 import (
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in deploy/manifests")
@@ -102,4 +105,83 @@ func TestChartRefuses(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestChartRenders renders values at their edges and checks what they
+// must change in the output.
+func TestChartRenders(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		set           map[string]any
+		want, notWant []string
+	}{
+		{"no memory limit", map[string]any{"resources": map[string]any{"limits": nil}}, []string{"kind: Deployment"}, []string{"GOMEMLIMIT"}},
+		{"no Kubernetes API", map[string]any{"kubernetes": map[string]any{"attestation": "off"}, "bundle": map[string]any{"configMap": ""}},
+			[]string{"automountServiceAccountToken: false", "--k8s-attestation=off", "--bundle-configmap="},
+			[]string{"kind: ClusterRole", "kind: Role", "--token-audiences"}},
+		{"bundle ConfigMap in two namespaces", map[string]any{"bundle": map[string]any{"configMapNamespaces": []any{"a", "b"}}},
+			[]string{"--bundle-configmap-namespaces=a,b", "name: meshca-bundle\n  namespace: a", "name: meshca-bundle\n  namespace: b"}, nil},
+		{"bundle ConfigMap in namespaces by pattern", map[string]any{"bundle": map[string]any{"configMapNamespaces": []any{"team-*"}}},
+			[]string{"--bundle-configmap-namespaces=team-*"}, []string{"name: meshca-bundle"}},
+		{"Vault PKI with AppRole", map[string]any{"vault": map[string]any{"addr": "https://vault:8200", "auth": "approle",
+			"approle": map[string]any{"secretName": "vault-approle"}, "pki": map[string]any{"path": "pki_int/root/sign-intermediate"}}},
+			[]string{"--vault-auth=approle", "--vault-approle-role-id-file=/etc/meshca/vault-approle/role-id", "--vault-pki-path=pki_int/root/sign-intermediate", "secretName: vault-approle"},
+			[]string{"--vault-transit-key", "vault-token"}},
+		{"staged cacerts", map[string]any{"cacerts": map[string]any{"secretName": "cacerts", "nextSecretName": "cacerts-next", "signDirectly": true}},
+			[]string{"--cacerts-dir=/etc/cacerts", "--cacerts-next-dir=/etc/cacerts-next", "--cacerts-sign-directly", "optional: true"}, nil},
+		{"extra arguments", map[string]any{"extraArgs": []any{"--max-inflight-csrs=64"}}, []string{"- --max-inflight-csrs=64"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, err := Render(chartDir, Variant{Name: tc.name, Set: tc.set})
+			if err != nil {
+				t.Fatal(err)
+			}
+			objs, err := decode([]byte(out))
+			if err != nil {
+				t.Fatalf("the output is not YAML: %v", err)
+			}
+			if strings.Contains(out, "--bundle-configmap=meshca-root-cert") && clusterCreatesConfigMaps(objs) == (len(roles(objs, "meshca-bundle")) > 0) {
+				t.Errorf("ConfigMaps created through the ClusterRole: %v, through %d Roles: want one or the other", clusterCreatesConfigMaps(objs), len(roles(objs, "meshca-bundle")))
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(out, w) {
+					t.Errorf("no %q in the output", w)
+				}
+			}
+			for _, w := range tc.notWant {
+				if strings.Contains(out, w) {
+					t.Errorf("%q in the output", w)
+				}
+			}
+		})
+	}
+}
+
+// clusterCreatesConfigMaps reports whether the ClusterRole among objs may
+// create ConfigMaps.
+func clusterCreatesConfigMaps(objs []*unstructured.Unstructured) bool {
+	for _, o := range objs {
+		if o.GetKind() != "ClusterRole" {
+			continue
+		}
+		rules, _, _ := unstructured.NestedSlice(o.Object, "rules")
+		for _, r := range rules {
+			r := r.(map[string]any)
+			if fmt.Sprint(r["resources"]) == "[configmaps]" && fmt.Sprint(r["verbs"]) == "[create]" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// roles returns the Roles named name among objs.
+func roles(objs []*unstructured.Unstructured, name string) []*unstructured.Unstructured {
+	var out []*unstructured.Unstructured
+	for _, o := range objs {
+		if o.GetKind() == "Role" && o.GetName() == name {
+			out = append(out, o)
+		}
+	}
+	return out
 }
