@@ -32,8 +32,13 @@ import (
 	"github.com/meshca/meshca/internal/testlog"
 )
 
-// meshcaBinary builds bin/meshca from this repository once per test run.
+// meshcaBinary builds cmd/meshca from this repository once per test run,
+// or returns the binary named by $DEPLOYCHECK_MESHCA (a release's, or
+// another branch's).
 var meshcaBinary = sync.OnceValues(func() (string, error) {
+	if bin := os.Getenv("DEPLOYCHECK_MESHCA"); bin != "" {
+		return filepath.Abs(bin)
+	}
 	dir, err := os.MkdirTemp("", "deploycheck-meshca-")
 	if err != nil {
 		return "", err
