@@ -129,6 +129,8 @@ func TestChartRenders(t *testing.T) {
 			[]string{"--vault-transit-key", "vault-token"}},
 		{"staged cacerts", map[string]any{"cacerts": map[string]any{"secretName": "cacerts", "nextSecretName": "cacerts-next", "signDirectly": true}},
 			[]string{"--cacerts-dir=/etc/cacerts", "--cacerts-next-dir=/etc/cacerts-next", "--cacerts-sign-directly", "optional: true"}, nil},
+		{"federation", map[string]any{"federation": map[string]any{"configMap": "meshca-federation"}, "bundle": map[string]any{"endpoint": map[string]any{"enabled": true}}},
+			[]string{"--federation-config=/etc/meshca/federation/federation.yaml", "name: meshca-federation", "--bundle-endpoint-listen=:8444", "name: https-bundle"}, nil},
 		{"extra arguments", map[string]any{"extraArgs": []any{"--max-inflight-csrs=64"}}, []string{"- --max-inflight-csrs=64"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -227,6 +227,9 @@ true
 {{- if $v.bundle.endpoint.enabled }}
 - --bundle-endpoint-listen=:{{ $v.bundle.endpoint.port }}
 {{- end }}
+{{- if $v.federation.configMap }}
+- --federation-config=/etc/meshca/federation/{{ $v.federation.key }}
+{{- end }}
 {{- if $v.podCertificates.enabled }}
 - --pod-certificate-signer={{ $v.podCertificates.signerName }}
 {{- end }}
