@@ -79,7 +79,7 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	os.WriteFile(jtFile, []byte(jt.Token), 0o600)
 	a, err := agent.Start(context.Background(), agent.Config{
 		ID: mustSPIFFE(t, jt.SPIFFEID), CAAddr: p.Addr("grpc").String(), CARootsFile: cfg.BundlePath(), JoinTokenFile: jtFile,
-		WorkloadSocket: filepath.Join(dir, "wl.sock"), Clock: clk,
+		WorkloadSocket: filepath.Join(dir, "wl.sock"), Clock: clk, FederationRefresh: -1, // no federation wait on clk
 		Logger: slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	})
 	if err != nil {
@@ -96,7 +96,9 @@ func TestLogsHoldNoSecrets(t *testing.T) {
 	first, _ := src.GetX509SVID()
 	// Past the renewal time (half of 24h ± 10 %) but within the SVID's
 	// life, so the agent renews over mTLS with it and that path logs too.
-	for deadline := time.Now().Add(20 * time.Second); clk.Waiters() == 0; time.Sleep(10 * time.Millisecond) {
+	// The JWT bundle's refresh always waits on clk: the renewal is the
+	// second waiter.
+	for deadline := time.Now().Add(20 * time.Second); clk.Waiters() < 2; time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the agent never waited for its renewal")
 		}

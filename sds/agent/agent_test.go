@@ -206,7 +206,8 @@ func TestAgentSurvivesCAOutage(t *testing.T) {
 	os.WriteFile(tokenFile, []byte("web-token"), 0o600)
 	clk := clocktest.New(time.Now())
 	ao := Config{ID: id, CAAddr: caAddr, CARootsFile: filepath.Join(dir, "ca", "bundle.pem"),
-		TokenFile: tokenFile, WorkloadSocket: filepath.Join(dir, "wl.sock"), Clock: clk}
+		TokenFile: tokenFile, WorkloadSocket: filepath.Join(dir, "wl.sock"), Clock: clk,
+		FederationRefresh: -1} // no federation wait on clk
 	a, err := Start(context.Background(), ao)
 	if err != nil {
 		t.Fatal(err)
@@ -245,14 +246,16 @@ func TestAgentSurvivesCAOutage(t *testing.T) {
 	first := a.mgr.Current()
 
 	p.Stop() // the CA goes away
-	waitUntil(func() bool { return clk.Waiters() > 0 }, "the renewal wait")
+	// The JWT bundle's refresh always waits on clk; the renewal (then
+	// each backoff) is the second waiter.
+	waitUntil(func() bool { return clk.Waiters() > 1 }, "the renewal wait")
 	clk.Advance(15 * time.Hour) // past the renewal time (half of 24h, ±10 % of 24h)
 	waitUntil(func() bool { return failures() >= 1 }, "a failed renewal")
 	// Each backoff step allows one attempt: advancing a little at a time
 	// never produces a burst.
 	for i := range 5 {
 		before := failures()
-		waitUntil(func() bool { return clk.Waiters() > 0 }, "the backoff wait")
+		waitUntil(func() bool { return clk.Waiters() > 1 }, "the backoff wait")
 		clk.Advance(time.Duration(1<<i) * 1300 * time.Millisecond) // ≥ backoff i with +20 % jitter
 		waitUntil(func() bool { return failures() == before+1 }, "the next attempt")
 		if a.mgr.Current() != first {
