@@ -5,7 +5,9 @@ import (
 	"crypto"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,7 +26,7 @@ import (
 // on one replica revokes every replica's intermediate; the other replaces
 // its own at its next look. A restarted replica makes a new one.
 func TestReplicasOwnIntermediates(t *testing.T) {
-	replica, clk, st := newReplicas(t)
+	replica, clk, st, _ := newReplicas(t)
 	a, b := replica("a"), replica("b")
 	if a.SigningCertificate().Equal(b.SigningCertificate()) {
 		t.Fatal("two replicas share one intermediate")
@@ -100,7 +102,7 @@ func TestReplicasOwnIntermediates(t *testing.T) {
 // restarted replica of the same name retires its predecessor's key.
 func TestReplicaJWTKeys(t *testing.T) {
 	ctx := context.Background()
-	replica, clk, st := newReplicas(t)
+	replica, clk, st, _ := newReplicas(t)
 	mint := func(r *ca.Authority) (*ca.JWTSVID, error) {
 		return r.MintJWTSVID(ctx, identity(fooID), []string{"aud"}, 0)
 	}
@@ -187,8 +189,8 @@ func TestReplicaJWTKeys(t *testing.T) {
 
 // newReplicas returns a maker of replicas sharing one store under one
 // cacerts root (pathlen 1: each replica makes its own intermediate), on a
-// fake clock.
-func newReplicas(t *testing.T) (replica func(name string) *ca.Authority, clk *clocktest.Fake, st *storetest.Mem) {
+// fake clock, and that root's parent.
+func newReplicas(t *testing.T) (replica func(name string) *ca.Authority, clk *clocktest.Fake, st *storetest.Mem, parent ca.Parent) {
 	now := time.Now()
 	c := testca.NewIstioCACerts(t, testca.IstioOptions{CACert: func(tmpl *x509.Certificate) { tmpl.MaxPathLen, tmpl.MaxPathLenZero = 1, false }})
 	dir := t.TempDir()
@@ -201,7 +203,55 @@ func newReplicas(t *testing.T) (replica func(name string) *ca.Authority, clk *cl
 	st = storetest.NewMem()
 	return func(name string) *ca.Authority {
 		return newAuthority(t, st, clk, func(cfg *ca.Config) { cfg.Parent, cfg.Replica = parent, name })
-	}, clk, st
+	}, clk, st, parent
+}
+
+// TestReplicasStartTogether: five replicas started at once on one empty
+// store all start (a save that loses the compare-and-swap is retried on
+// the winner's state), each with its own intermediate and JWT key, all
+// recorded; only the first to save signs JWT-SVIDs at once.
+func TestReplicasStartTogether(t *testing.T) {
+	_, clk, st, parent := newReplicas(t)
+	const n = 5
+	auths := make([]*ca.Authority, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			auths[i], errs[i] = ca.New(context.Background(), ca.Config{TrustDomain: td, Store: st, Clock: clk, Parent: parent, Replica: fmt.Sprintf("r%d", i)})
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		t.Fatalf("replicas starting together: %v", err)
+	}
+	state := mustState(t, st)
+	intermediates, jwtKeys := map[string]bool{}, map[string]bool{}
+	for _, r := range state.ReplicaIntermediates {
+		intermediates[r.Replica+"/"+r.State] = true
+	}
+	immediate := 0
+	for _, k := range state.ReplicaJWTKeys {
+		jwtKeys[k.Replica+"/"+k.State] = true
+		if k.SignsFrom.IsZero() {
+			immediate++
+		}
+	}
+	for i := range n {
+		name := fmt.Sprintf("r%d/active", i)
+		if !intermediates[name] || !jwtKeys[name] {
+			t.Errorf("replica %s: intermediate recorded %v, JWT key recorded %v", name, intermediates[name], jwtKeys[name])
+		}
+		if auths[i].SigningCertificate() == nil {
+			t.Errorf("replica r%d has no intermediate", i)
+		}
+	}
+	if len(state.ReplicaIntermediates) != n || len(state.ReplicaJWTKeys) != n {
+		t.Errorf("%d intermediates and %d JWT keys recorded, want %d each", len(state.ReplicaIntermediates), len(state.ReplicaJWTKeys), n)
+	}
+	if immediate != 1 {
+		t.Errorf("%d JWT keys sign at once, want 1 (the first saved)", immediate)
+	}
 }
 
 func mustState(t *testing.T, st store.Store) *store.CAState {
