@@ -254,6 +254,29 @@ func TestReplicasStartTogether(t *testing.T) {
 	}
 }
 
+// TestReplicaRunLooksEvery30s: a replica without leader election looks at
+// the shared state at least every 30 s in Run, so an emergency rotation
+// taken on another replica reaches it within 30 s, long before its own
+// next rotation would.
+func TestReplicaRunLooksEvery30s(t *testing.T) {
+	replica, clk, _, _ := newReplicas(t)
+	a, b := replica("a"), replica("b")
+	oldB := b.SigningCertificate()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	clocktest.Eventually(t, "b's Run waits", func() bool { return clk.Waiters() == 1 })
+	if _, _, err := a.RotateIntermediateNow(context.Background(), "test"); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(30 * time.Second)
+	clocktest.Eventually(t, "b replaces its revoked intermediate within 30 s", func() bool { return !b.SigningCertificate().Equal(oldB) })
+}
+
 func mustState(t *testing.T, st store.Store) *store.CAState {
 	t.Helper()
 	s, err := st.LoadCAState(context.Background())
