@@ -3,10 +3,11 @@ package agent
 import (
 	"context"
 	"crypto/x509"
-	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,7 +18,6 @@ import (
 	"github.com/meshca/meshca/internal/testlog"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc/resolver"
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/ca"
@@ -47,14 +47,14 @@ func TestAgentFailsOver(t *testing.T) {
 		point func(t *testing.T, cfg *Config, addrs []string)
 	}{
 		{"three addresses", func(_ *testing.T, cfg *Config, addrs []string) { cfg.CAAddrs = addrs }},
-		{"one name resolving to three addresses", func(t *testing.T, cfg *Config, addrs []string) {
-			// No name resolves to several loopback addresses on these
-			// machines (localhost is 127.0.0.1 only), so a resolver
-			// stands in for DNS: like gRPC's DNS resolver, it hands the
-			// channel bare addresses for one name.
-			const scheme = "failover-test"
-			resolver.Register(staticResolver{scheme: scheme, addrs: addrs})
-			cfg.CAAddr, cfg.CAServerName = scheme+":///meshca.example:15012", "localhost"
+		{"one DNS name resolving to three addresses", func(t *testing.T, cfg *Config, addrs []string) {
+			// gRPC's own DNS resolver, asking a DNS server on 127.0.0.1
+			// that answers three A records (127.0.0.1 to .3, each a
+			// relay to one replica on the same port), as a headless
+			// Service's name does.
+			port := relaysOnOnePort(t, addrs)
+			dns := newDNSServer(t, "meshca.example", netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3"))
+			cfg.CAAddr, cfg.CAServerName = fmt.Sprintf("dns://%s/meshca.example:%d", dns.addr(), port), "localhost"
 		}},
 		{"one address in front of three replicas", func(t *testing.T, cfg *Config, addrs []string) {
 			// A Kubernetes Service as kube-proxy serves it (and as
@@ -214,14 +214,23 @@ type relay struct {
 
 func newRelay(t *testing.T, targets ...string) *relay {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	r, err := newRelayAt(t, "127.0.0.1:0", targets...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return r
+}
+
+// newRelayAt is newRelay listening on addr.
+func newRelayAt(t *testing.T, addr string, targets ...string) (*relay, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
 	}
 	r := &relay{ln: ln, targets: targets}
 	r.wg.Go(r.accept)
 	t.Cleanup(r.kill)
-	return r
+	return r, nil
 }
 
 func (r *relay) addr() string { return r.ln.Addr().String() }
@@ -275,26 +284,3 @@ func (r *relay) kill() {
 	r.mu.Unlock()
 	r.wg.Wait()
 }
-
-// staticResolver resolves every target of its scheme to addrs, as gRPC's
-// DNS resolver resolves a name to its addresses.
-type staticResolver struct {
-	scheme string
-	addrs  []string
-}
-
-func (s staticResolver) Scheme() string { return s.scheme }
-
-func (s staticResolver) Build(_ resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
-	var st resolver.State
-	for _, a := range s.addrs {
-		st.Addresses = append(st.Addresses, resolver.Address{Addr: a})
-	}
-	if err := cc.UpdateState(st); err != nil {
-		return nil, errors.Join(errors.New("static resolver"), err)
-	}
-	return s, nil
-}
-
-func (staticResolver) ResolveNow(resolver.ResolveNowOptions) {}
-func (staticResolver) Close()                                {}
