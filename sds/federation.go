@@ -72,14 +72,21 @@ func (m *Manager) RunFederation(ctx context.Context, ca FederationCA, every time
 	}
 }
 
-// SetFederated replaces the federated bundles served with every SVID. When
-// their authorities differ from those served, the current SVID is
-// published again with them (one Version more), so the servers push them
-// to open streams; b must not be changed afterwards.
+// SetFederated replaces the federated bundles served with every SVID (all
+// but the workload's own trust domain's, and each only under its own trust
+// domain). When their authorities differ from those served, the current
+// SVID is published again with them (one Version more), so the servers
+// push them to open streams; b must not be changed afterwards.
 func (m *Manager) SetFederated(b map[spiffeid.TrustDomain]*spiffebundle.Bundle) {
 	own := m.cfg.ID.TrustDomain()
 	b = maps.Clone(b)
-	delete(b, own)
+	// Never our own trust domain, nor a bundle made for another trust
+	// domain than its key: the servers key some bundles by the map and
+	// others by the bundle's own trust domain (a JWT bundle set), and
+	// either must never stand for our own.
+	maps.DeleteFunc(b, func(td spiffeid.TrustDomain, fb *spiffebundle.Bundle) bool {
+		return td == own || fb == nil || fb.TrustDomain() != td
+	})
 	if len(b) == 0 {
 		b = nil
 	}

@@ -75,6 +75,11 @@ func TestSetFederated(t *testing.T) {
 			m[td] = spiffebundle.FromX509Authorities(td, []*x509.Certificate{p1.Root})
 			return m
 		}(), false, 2},
+		{"a bundle of our own trust domain under another name is left out", func() map[spiffeid.TrustDomain]*spiffebundle.Bundle {
+			m := federated(3, p1.Root, p2.Root)
+			m[spiffeid.RequireTrustDomainFromString("liar.example")] = spiffebundle.FromX509Authorities(td, []*x509.Certificate{p1.Root})
+			return m
+		}(), false, 2},
 		{"none any more", nil, true, 0},
 	}
 	for _, st := range steps {

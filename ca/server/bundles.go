@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/x509"
+	"maps"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -56,12 +57,20 @@ func (b *bundleService) FetchX509Bundles(_ context.Context, _ *workloadpb.X509Bu
 	return &workloadpb.X509BundlesResponse{Bundles: out}, nil
 }
 
-// federated returns the federated bundles, none without Config.Federation.
+// federated returns the federated bundles, none without Config.Federation:
+// never one keyed by the CA's own trust domain, nor one whose bundle is of
+// another trust domain than its key, so that no federated bundle is ever
+// answered as the CA's own.
 func (s *Server) federated() map[spiffeid.TrustDomain]*spiffebundle.Bundle {
 	if s.cfg.Federation == nil {
 		return nil
 	}
-	return s.cfg.Federation.Bundles()
+	own := s.cfg.Authority.TrustDomain()
+	out := maps.Clone(s.cfg.Federation.Bundles())
+	maps.DeleteFunc(out, func(td spiffeid.TrustDomain, fb *spiffebundle.Bundle) bool {
+		return td == own || fb == nil || fb.TrustDomain() != td
+	})
+	return out
 }
 
 func concatDER(certs []*x509.Certificate) []byte {
