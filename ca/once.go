@@ -47,7 +47,10 @@ func (a *Authority) answered(ctx context.Context, key string) (*Issued, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading the answer to %s: %w", ErrUnavailable, key, err)
 	}
-	block, _ := pem.Decode([]byte(ans.ChainPEM[0]))
+	var block *pem.Block
+	if len(ans.ChainPEM) > 0 { // checked when written; a damaged store must not panic the CA
+		block, _ = pem.Decode([]byte(ans.ChainPEM[0]))
+	}
 	if block == nil {
 		return nil, fmt.Errorf("ca: the answer recorded for %s holds no certificate", key)
 	}
