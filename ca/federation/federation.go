@@ -180,6 +180,11 @@ func New(cfg Config) (*Federation, error) {
 	}
 	f := &Federation{cfg: cfg, current: map[spiffeid.TrustDomain]*entry{}}
 	for _, p := range cfg.Peers {
+		if p.ID == cfg.TrustDomain {
+			// Parse refuses it too; a Config built otherwise must not
+			// make a foreign bundle stand for our own trust domain.
+			return nil, fmt.Errorf("federation: %s is this CA's own trust domain", p.ID)
+		}
 		if p.EndpointID.MemberOf(cfg.TrustDomain) && cfg.Roots == nil {
 			return nil, errors.New("federation: an endpoint in the CA's own trust domain needs its roots")
 		}

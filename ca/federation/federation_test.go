@@ -66,6 +66,16 @@ func newFed(t *testing.T, st Store, clk *clocktest.Fake, m Metrics, peers ...Pee
 	return f
 }
 
+// TestNewRefusesOwnTrustDomain: a peer in the CA's own trust domain is
+// refused by New as by Parse, whoever built the Config.
+func TestNewRefusesOwnTrustDomain(t *testing.T) {
+	_, err := New(Config{Peers: []Peer{{ID: own, TrustDomainConfig: TrustDomainConfig{TrustDomain: own.Name(), BundleFile: "/x"}}},
+		TrustDomain: own, Store: storetest.NewMem(), Roots: func() []*x509.Certificate { return nil }})
+	if err == nil || !strings.Contains(err.Error(), "own trust domain") {
+		t.Fatalf("New with a peer in its own trust domain: %v", err)
+	}
+}
+
 // webPeer is b.test behind e, https_web, trusted through its CA file.
 func webPeer(t *testing.T, e *endpoint) Peer {
 	return Peer{ID: tdB, TrustDomainConfig: TrustDomainConfig{TrustDomain: "b.test", BundleEndpointURL: e.srv.URL + "/",
