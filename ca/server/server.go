@@ -251,6 +251,12 @@ func New(cfg Config) (*Server, error) {
 			MaxConnectionAgeGrace: maxConnectionAgeGrace,
 		}),
 		grpc.ChainUnaryInterceptor(s.deadlineInterceptor),
+		// Handlers run on long-lived workers, one per signing slot, whose
+		// stacks have already grown to what signing needs, instead of a
+		// new goroutine per request growing its stack each time
+		// (runtime.morestack was 3 % of a profile under load). Past them,
+		// gRPC starts goroutines as before.
+		grpc.NumStreamWorkers(uint32(min(max(cfg.MaxInFlightCSRs, 1), 1<<12))), //nolint:gosec // G115: clamped
 	)
 	pb.RegisterIstioCertificateServiceServer(s.grpc, &istioService{s: s})
 	s.grpc.RegisterService(&jwtServiceDesc, &jwtService{s: s})
