@@ -34,6 +34,7 @@ import (
 	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock/clocktest"
 	"github.com/meshca/meshca/internal/kubeenv"
+	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/testca"
 )
 
@@ -130,13 +131,9 @@ func ztunnelChain(t *testing.T, chain []string) *x509.Certificate {
 		t.Fatalf("chain of %d elements: ztunnel needs a leaf and the roots", len(chain))
 	}
 	one := func(s string) *x509.Certificate {
-		b, rest := pem.Decode([]byte(s))
-		if b == nil || b.Type != "CERTIFICATE" || len(strings.TrimSpace(string(rest))) != 0 {
-			t.Fatalf("chain element is not exactly one PEM certificate: %q", s)
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
+		c, err := pki.ParseCertificate(s)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("chain element is not exactly one PEM certificate (%v): %q", err, s)
 		}
 		return c
 	}
@@ -327,8 +324,7 @@ func TestResponseChainZtunnelOrder(t *testing.T) {
 		t.Fatalf("chain of %d elements, want leaf, meshca's intermediate, ca-cert, root", len(chain))
 	}
 	leaf := ztunnelChain(t, chain)
-	inter, _ := pem.Decode([]byte(chain[1]))
-	if !bytes.Equal(leaf.RawIssuer, mustParse(t, inter.Bytes).RawSubject) {
+	if inter, err := pki.ParseCertificate(chain[1]); err != nil || !bytes.Equal(leaf.RawIssuer, inter.RawSubject) {
 		t.Error("the element after the leaf is not its issuer")
 	}
 	if !bytes.Equal([]byte(chain[2]), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.CACert.Raw})) {
@@ -337,13 +333,4 @@ func TestResponseChainZtunnelOrder(t *testing.T) {
 	if !bytes.Equal([]byte(chain[3]), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Root.Raw})) {
 		t.Error("the last element is not root-cert.pem alone")
 	}
-}
-
-func mustParse(t *testing.T, der []byte) *x509.Certificate {
-	t.Helper()
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
 }

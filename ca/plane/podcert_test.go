@@ -6,7 +6,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -24,6 +23,7 @@ import (
 	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock/clocktest"
 	"github.com/meshca/meshca/internal/kubeenv"
+	"github.com/meshca/meshca/internal/pki"
 )
 
 // docYAML returns the YAML block of docs/pod-certificates.md that holds
@@ -103,32 +103,20 @@ func TestPodCertificatesAgainstAPIServer(t *testing.T) {
 		if err != nil || ctb.Spec.SignerName != signer {
 			return nil, 0
 		}
-		pool, n := x509.NewCertPool(), 0
-		for rest := []byte(ctb.Spec.TrustBundle); ; n++ {
-			var b *pem.Block
-			if b, rest = pem.Decode(rest); b == nil {
-				break
-			}
-			c, err := x509.ParseCertificate(b.Bytes)
-			if err != nil {
-				t.Fatal(err)
-			}
-			pool.AddCert(c)
-		}
-		return pool, n
-	}
-	clocktest.Eventually(t, "the ClusterTrustBundle published", func() bool { _, n := ctbRoots(); return n > 0 })
-	var chain []*x509.Certificate
-	for rest := []byte(got.Status.CertificateChain); ; {
-		var b *pem.Block
-		if b, rest = pem.Decode(rest); b == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
+		certs, err := pki.ParseCertificates([]byte(ctb.Spec.TrustBundle))
 		if err != nil {
 			t.Fatal(err)
 		}
-		chain = append(chain, c)
+		pool := x509.NewCertPool()
+		for _, c := range certs {
+			pool.AddCert(c)
+		}
+		return pool, len(certs)
+	}
+	clocktest.Eventually(t, "the ClusterTrustBundle published", func() bool { _, n := ctbRoots(); return n > 0 })
+	chain, err := pki.ParseCertificates([]byte(got.Status.CertificateChain))
+	if err != nil {
+		t.Fatal(err)
 	}
 	inter := x509.NewCertPool()
 	for _, c := range chain[1:] {

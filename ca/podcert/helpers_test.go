@@ -9,7 +9,6 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/pem"
 	"log/slog"
 	"sync"
 	"testing"
@@ -25,6 +24,7 @@ import (
 	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock/clocktest"
 	"github.com/meshca/meshca/internal/kubeenv"
+	"github.com/meshca/meshca/internal/pki"
 	"github.com/meshca/meshca/internal/testlog"
 )
 
@@ -162,19 +162,9 @@ func admission(t testing.TB, deny ...string) *k8s.Admission {
 // chainOf parses a certificateChain.
 func chainOf(t testing.TB, s string) []*x509.Certificate {
 	t.Helper()
-	var out []*x509.Certificate
-	rest := []byte(s)
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, c)
+	out, err := pki.ParseCertificates([]byte(s))
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
