@@ -35,17 +35,7 @@ func withFederated(svid *sds.SVID, b *spiffebundle.Bundle) *sds.SVID {
 // under the same bundles pushes no bundles.
 func TestFederatedX509Bundles(t *testing.T) {
 	h := newHarness(t, true)
-	c := h.raw()
-	ctx := withHeader(t.Context())
-	svids, err := c.FetchX509SVID(ctx, &workloadpb.X509SVIDRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundles, err := c.FetchX509Bundles(ctx, &workloadpb.X509BundlesRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sv, bu := receive(svids), receive(bundles)
+	sv, bu := h.x509Streams()
 	if got := next(t, sv); len(got.GetFederatedBundles()) != 0 {
 		t.Fatalf("federated bundles before any: %v", got.GetFederatedBundles())
 	}

@@ -111,6 +111,23 @@ func (h *harness) raw() workloadpb.SpiffeWorkloadAPIClient {
 	return workloadpb.NewSpiffeWorkloadAPIClient(cc)
 }
 
+// x509Streams opens FetchX509SVID and FetchX509Bundles on one raw client,
+// with the security header, and returns their responses as they arrive.
+func (h *harness) x509Streams() (chan result[workloadpb.X509SVIDResponse], chan result[workloadpb.X509BundlesResponse]) {
+	h.t.Helper()
+	c := h.raw()
+	ctx := withHeader(h.t.Context())
+	svids, err := c.FetchX509SVID(ctx, &workloadpb.X509SVIDRequest{})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	bundles, err := c.FetchX509Bundles(ctx, &workloadpb.X509BundlesRequest{})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return receive(svids), receive(bundles)
+}
+
 func withHeader(ctx context.Context) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "workload.spiffe.io", "true")
 }
@@ -235,18 +252,7 @@ func TestX509SVIDResponse(t *testing.T) {
 // change; FetchX509Bundles sends only when the roots change.
 func TestStreams(t *testing.T) {
 	h := newHarness(t, false)
-	c := h.raw()
-	ctx := withHeader(t.Context())
-	svids, err := c.FetchX509SVID(ctx, &workloadpb.X509SVIDRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundles, err := c.FetchX509Bundles(ctx, &workloadpb.X509BundlesRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	svidCh := receive(svids)
-	bundleCh := receive(bundles)
+	svidCh, bundleCh := h.x509Streams()
 
 	none(t, svidCh)
 	none(t, bundleCh)
