@@ -66,18 +66,22 @@ func newCAFixture(t *testing.T) caFixture {
 	return f
 }
 
+// agentConfig is the Config of an agent for f.id using f's CA, its roots
+// and token; tests add the sockets and options they exercise.
+func (f caFixture) agentConfig() Config {
+	return Config{ID: f.id, CAAddr: f.p.Addr("grpc").String(), CARootsFile: filepath.Join(f.dir, "ca", "bundle.pem"), TokenFile: f.tokenFile}
+}
+
 // TestAgentEndToEnd runs the CA plane and an agent beside it, as make run
 // does, and reads the SVID back through the Workload API (go-spiffe's own
 // client), SDS (go-control-plane's client) and /readyz.
 func TestAgentEndToEnd(t *testing.T) {
 	f := newCAFixture(t)
-	dir, id, p, tokenFile := f.dir, f.id, f.p, f.tokenFile
+	dir, id := f.dir, f.id
 
-	ao := Config{
-		ID: id, CAAddr: p.Addr("grpc").String(), CARootsFile: filepath.Join(dir, "ca", "bundle.pem"), TokenFile: tokenFile,
-		SDSSocket: filepath.Join(dir, "s", "sds.sock"), WorkloadSocket: filepath.Join(dir, "s", "wl.sock"),
-		MonitorAddr: "127.0.0.1:0", SDSTCPAddr: "127.0.0.1:0",
-	}
+	ao := f.agentConfig()
+	ao.SDSSocket, ao.WorkloadSocket = filepath.Join(dir, "s", "sds.sock"), filepath.Join(dir, "s", "wl.sock")
+	ao.MonitorAddr, ao.SDSTCPAddr = "127.0.0.1:0", "127.0.0.1:0"
 	a, err := Start(context.Background(), ao)
 	if err != nil {
 		t.Fatal(err)

@@ -27,12 +27,10 @@ import (
 // moved past its exp).
 func TestJWTSVIDEndToEnd(t *testing.T) {
 	f := newCAFixture(t)
-	dir, id, p, tokenFile := f.dir, f.id, f.p, f.tokenFile
+	id := f.id
 	clk := clocktest.New(time.Now())
-	ao := Config{
-		ID: id, CAAddr: p.Addr("grpc").String(), CARootsFile: filepath.Join(dir, "ca", "bundle.pem"), TokenFile: tokenFile,
-		WorkloadSocket: filepath.Join(dir, "wl.sock"), Clock: clk,
-	}
+	ao := f.agentConfig()
+	ao.WorkloadSocket, ao.Clock = filepath.Join(f.dir, "wl.sock"), clk
 	a, err := Start(context.Background(), ao)
 	if err != nil {
 		t.Fatal(err)

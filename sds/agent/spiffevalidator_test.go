@@ -22,7 +22,6 @@ import (
 // without it, ROOTCA is a trusted CA and ALL is not served.
 func TestAgentSDSSPIFFEValidator(t *testing.T) {
 	f := newCAFixture(t)
-	dir, id, p, tokenFile := f.dir, f.id, f.p, f.tokenFile
 
 	tests := []struct {
 		name      string
@@ -34,11 +33,10 @@ func TestAgentSDSSPIFFEValidator(t *testing.T) {
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sock := filepath.Join(dir, "s", strconv.Itoa(i)+".sock")
-			a, err := Start(context.Background(), Config{
-				ID: id, CAAddr: p.Addr("grpc").String(), CARootsFile: filepath.Join(dir, "ca", "bundle.pem"), TokenFile: tokenFile,
-				SDSSocket: sock, SDSSPIFFEValidator: tt.validator,
-			})
+			sock := filepath.Join(f.dir, "s", strconv.Itoa(i)+".sock")
+			cfg := f.agentConfig()
+			cfg.SDSSocket, cfg.SDSSPIFFEValidator = sock, tt.validator
+			a, err := Start(context.Background(), cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
