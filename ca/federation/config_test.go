@@ -67,6 +67,8 @@ trust_domains:
 		{name: "neither endpoint nor file", yaml: "trust_domains:\n- trust_domain: b.test\n", wantErr: "static bundle_file"},
 		{name: "plain http", yaml: "trust_domains:\n- trust_domain: b.test\n  bundle_endpoint_url: http://b.test/\n  bundle_endpoint_profile: https_web\n", wantErr: "https only"},
 		{name: "URL with user information", yaml: "trust_domains:\n- trust_domain: b.test\n  bundle_endpoint_url: https://u:p@b.test/\n  bundle_endpoint_profile: https_web\n", wantErr: "user information"},
+		{name: "URL without host", yaml: "trust_domains:\n- trust_domain: b.test\n  bundle_endpoint_url: https:///bundle\n  bundle_endpoint_profile: https_web\n", wantErr: "has no host"},
+		{name: "URL with a fragment", yaml: "trust_domains:\n- trust_domain: b.test\n  bundle_endpoint_url: https://b.test/#bundle\n  bundle_endpoint_profile: https_web\n", wantErr: "has a fragment"},
 		{name: "no profile", yaml: "trust_domains:\n- trust_domain: b.test\n  bundle_endpoint_url: https://b.test/\n", wantErr: "bundle_endpoint_profile"},
 		{name: "unknown profile", yaml: "trust_domains:\n- trust_domain: b.test\n  bundle_endpoint_url: https://b.test/\n  bundle_endpoint_profile: https_spire\n", wantErr: "https_spire"},
 		{name: "https_spiffe without endpoint ID", yaml: "trust_domains:\n- trust_domain: b.test\n  bundle_endpoint_url: https://b.test/\n  bundle_endpoint_profile: https_spiffe\n  bundle_file: /b\n", wantErr: "endpoint_spiffe_id"},
