@@ -3,9 +3,6 @@ package plane
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -30,7 +27,6 @@ import (
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/attestor/k8s"
 	"github.com/meshca/meshca/ca"
-	"github.com/meshca/meshca/ca/client"
 	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock/clocktest"
 	"github.com/meshca/meshca/internal/kubeenv"
@@ -101,14 +97,7 @@ func ztunnelRequest(t *testing.T, p *Plane, token string, id spiffeid.ID, impers
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := client.NewCSR(key, id)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, csr := testca.NewCSR(t, id)
 	req := &pb.IstioCertificateRequest{Csr: string(csr), ValidityDuration: 86400}
 	if impersonated != nil {
 		req.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{"ImpersonatedIdentity": impersonated}}

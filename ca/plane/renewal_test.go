@@ -3,9 +3,6 @@ package plane
 import (
 	"context"
 	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -19,6 +16,7 @@ import (
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/ca/client"
+	"github.com/meshca/meshca/internal/testca"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -55,14 +53,7 @@ func sign(t *testing.T, p *Plane, id spiffeid.ID, token string, current *svid) (
 		t.Fatal(err)
 	}
 	defer c.Close()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := client.NewCSR(key, id)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, csr := testca.NewCSR(t, id)
 	chain, err := c.Sign(context.Background(), csr, 0, token)
 	if err != nil {
 		return nil, err

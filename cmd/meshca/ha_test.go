@@ -161,14 +161,7 @@ func TestHAServerProcesses(t *testing.T) {
 	}
 	ca, cb := csrClient(a), csrClient(b)
 	id := spiffeid.RequireFromString("spiffe://example.org/vm/db-1")
-	key, err := pki.GenerateKey(pki.KeyECDSAP256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := client.NewCSR(key, id)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, csr := testca.NewCSR(t, id)
 
 	// A join token created on A, used on B, replayed on A.
 	jt, err := admin(a).CreateJoinToken(ctx, server.JoinTokenRequest{SPIFFEID: id.String(), TTL: "1h"})
@@ -346,14 +339,7 @@ func TestHAKillReplicaUnderLoad(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		key, err := pki.GenerateKey(pki.KeyECDSAP256)
-		if err != nil {
-			t.Fatal(err)
-		}
-		csr, err := client.NewCSR(key, id)
-		if err != nil {
-			t.Fatal(err)
-		}
+		key, csr := testca.NewCSR(t, id)
 		var current atomic.Pointer[tls.Certificate]
 		cl, err := client.New(client.Config{Addrs: []string{a.grpc, b.grpc}, Roots: roots, ServerName: "localhost",
 			ClientCertificate: func() (*tls.Certificate, error) { return current.Load(), nil }})

@@ -21,6 +21,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshca/meshca/ca/client"
 	"github.com/meshca/meshca/sds"
 )
 
@@ -100,6 +101,18 @@ func NewKey(t testing.TB) *ecdsa.PrivateKey {
 		t.Fatal(err)
 	}
 	return k
+}
+
+// NewCSR returns a new ECDSA P-256 key and a PEM CSR for id signed by it,
+// as the CA's clients send it (ca/client.NewCSR).
+func NewCSR(t testing.TB, id spiffeid.ID) (*ecdsa.PrivateKey, []byte) {
+	t.Helper()
+	key := NewKey(t)
+	csr, err := client.NewCSR(key, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, csr
 }
 
 // Sign signs tmpl for pub with key, as parent (self-signed when parent is

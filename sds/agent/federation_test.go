@@ -29,6 +29,7 @@ import (
 	"github.com/meshca/meshca/ca/plane"
 	"github.com/meshca/meshca/internal/clock/clocktest"
 	"github.com/meshca/meshca/internal/pki"
+	"github.com/meshca/meshca/internal/testca"
 	"github.com/meshca/meshca/sds/envoy"
 )
 
@@ -231,14 +232,7 @@ func writeTestFile(t *testing.T, path string, data []byte) {
 // issue has p sign an X509-SVID for id, and returns leaf and intermediates.
 func issue(t *testing.T, p *plane.Plane, id spiffeid.ID) []*x509.Certificate {
 	t.Helper()
-	key, err := pki.GenerateKey(pki.KeyECDSAP256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := client.NewCSR(key, id)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, csr := testca.NewCSR(t, id)
 	iss, err := p.Authority().Sign(t.Context(), ca.SignRequest{CSR: csr, Identity: attestor.Identity{ID: id, Kind: "test"}})
 	if err != nil {
 		t.Fatal(err)
