@@ -38,29 +38,37 @@ type istioService struct {
 // the trusted roots together in the last, the order ztunnel and
 // istio-agent read.
 func (i *istioService) CreateCertificate(ctx context.Context, req *pb.IstioCertificateRequest) (*pb.IstioCertificateResponse, error) {
+	return guarded(ctx, i.s, "CreateCertificate", func() (*pb.IstioCertificateResponse, error) { return i.create(ctx, req) })
+}
+
+// guarded runs call, the work of the gRPC method named, under the limits
+// every signing request has (the per-peer limiter of failed
+// authentications and the in-flight gate), maps its error to a gRPC
+// status and counts the request by code.
+func guarded[R any](ctx context.Context, s *Server, method string, call func() (R, error)) (R, error) {
 	var from string
 	if p, ok := peer.FromContext(ctx); ok {
 		from = p.Addr.String()
 	}
-	var resp *pb.IstioCertificateResponse
-	err := i.s.failures.allow(from)
+	var resp R
+	err := s.failures.allow(from)
 	if err == nil {
 		var release func()
-		if release, err = i.s.gate.acquire(ctx); err == nil {
-			resp, err = i.create(ctx, req)
+		if release, err = s.gate.acquire(ctx); err == nil {
+			resp, err = call()
 			release()
 		}
 	}
 	code := codes.OK
 	if err != nil {
 		var msg string
-		code, msg = classify(i.s.cfg.Logger, err)
+		code, msg = classify(s.cfg.Logger, err)
 		if code == codes.Unauthenticated {
-			i.s.failures.failed(from)
+			s.failures.failed(from)
 		}
 		err = grpcStatus(ctx, code, msg, err)
 	}
-	i.s.metrics.Request("grpc", "CreateCertificate", code.String())
+	s.metrics.Request("grpc", method, code.String())
 	return resp, err
 }
 

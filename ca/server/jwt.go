@@ -10,7 +10,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/peer"
 
 	"github.com/meshca/meshca/ca"
 )
@@ -72,30 +71,7 @@ func unary[S, Req any](call func(S, context.Context, *Req) (any, error)) func(an
 // MintJWTSVID signs a JWT-SVID for the identity the caller's credential
 // proves, under the same limits as a CSR.
 func (j *jwtService) MintJWTSVID(ctx context.Context, req *workloadpb.JWTSVIDRequest) (*workloadpb.JWTSVIDResponse, error) {
-	var from string
-	if p, ok := peer.FromContext(ctx); ok {
-		from = p.Addr.String()
-	}
-	var resp *workloadpb.JWTSVIDResponse
-	err := j.s.failures.allow(from)
-	if err == nil {
-		var release func()
-		if release, err = j.s.gate.acquire(ctx); err == nil {
-			resp, err = j.mint(ctx, req)
-			release()
-		}
-	}
-	code := codes.OK
-	if err != nil {
-		var msg string
-		code, msg = classify(j.s.cfg.Logger, err)
-		if code == codes.Unauthenticated {
-			j.s.failures.failed(from)
-		}
-		err = grpcStatus(ctx, code, msg, err)
-	}
-	j.s.metrics.Request("grpc", "MintJWTSVID", code.String())
-	return resp, err
+	return guarded(ctx, j.s, "MintJWTSVID", func() (*workloadpb.JWTSVIDResponse, error) { return j.mint(ctx, req) })
 }
 
 func (j *jwtService) mint(ctx context.Context, req *workloadpb.JWTSVIDRequest) (*workloadpb.JWTSVIDResponse, error) {
