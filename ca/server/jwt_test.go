@@ -6,8 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/ca/server"
 	gojwtsvid "github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 )
 
 // TestJWTService: a JWT-SVID minted with a bearer token and one minted
@@ -66,4 +68,33 @@ func TestJWTService(t *testing.T) {
 	wantCode(t, err, codes.Unauthenticated, "")
 	_, err = c.MintJWTSVID(ctx, []string{"db"}, "not-a-token")
 	wantCode(t, err, codes.Unauthenticated, "")
+}
+
+// TestJWTServiceRefusesBadTTLMetadata: a meshca-jwt-ttl that is not one
+// positive Go duration is InvalidArgument naming the key, never read as
+// the default lifetime.
+func TestJWTServiceRefusesBadTTLMetadata(t *testing.T) {
+	p := startPlane(t, filepath.Join(t.TempDir(), "meshca.db"))
+	c := grpcClient(t, p, nil)
+	tests := []struct {
+		name   string
+		values []string
+	}{
+		{"not a duration", []string{"ten minutes"}},
+		{"no unit", []string{"600"}},
+		{"zero", []string{"0s"}},
+		{"negative", []string{"-1m"}},
+		{"empty", []string{""}},
+		{"two values", []string{"5m", "5m"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := t.Context()
+			for _, v := range tt.values {
+				ctx = metadata.AppendToOutgoingContext(ctx, server.JWTTTLMetadata, v)
+			}
+			_, err := c.MintJWTSVID(ctx, []string{"db"}, fooToken)
+			wantCode(t, err, codes.InvalidArgument, server.JWTTTLMetadata)
+		})
+	}
 }
