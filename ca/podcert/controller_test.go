@@ -2,6 +2,7 @@ package podcert_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -384,5 +385,41 @@ func TestNewRefuses(t *testing.T) {
 	}
 	if _, err := podcert.New(ok); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// refusingAuthority refuses every request with err.
+type refusingAuthority struct{ err error }
+
+func (a refusingAuthority) SignOnce(context.Context, string, ca.SignRequest) (*ca.Issued, bool, error) {
+	return nil, false, a.err
+}
+
+// TestSigningRefusedFails: a request the CA refuses to sign is Failed with
+// SigningFailed (and counted so): the CA's reason when it is the request's
+// fault, a pointer to the log (and nothing of the CA's internals) when it
+// is not.
+func TestSigningRefusedFails(t *testing.T) {
+	tests := []struct {
+		name    string
+		err     error
+		message string
+	}{
+		{"bad request", fmt.Errorf("%w: key too small", ca.ErrInvalidCSR), "key too small"},
+		{"bad lifetime", fmt.Errorf("%w: over the intermediate", ca.ErrInvalidTTL), "over the intermediate"},
+		{"identity mismatch", fmt.Errorf("%w: not yours", ca.ErrIdentityMismatch), "not yours"},
+		{"internal", errors.New("validator: secret detail"), "its log says why"},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, func(c *podcert.Config) { c.Authority = refusingAuthority{tt.err} }, nil)
+			req := request(t, web, fmt.Sprintf("refused-%d", i), signer, key(t, keyP256, false))
+			f.create(t, req)
+			cond := condition(answered(t, f.client, req))
+			if cond.Type != "Failed" || cond.Reason != podcert.ReasonSigningFailed || !strings.Contains(cond.Message, tt.message) || strings.Contains(cond.Message, "secret detail") {
+				t.Fatalf("condition %+v", cond)
+			}
+			clocktest.Eventually(t, "failed/SigningFailed counted", func() bool { return f.metrics.count("failed", podcert.ReasonSigningFailed) > 0 })
+		})
 	}
 }
