@@ -17,7 +17,7 @@ K8S_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) 
 .PHONY: help build run test bench fuzz lint lint-tools clean testenv vault peertest bench-e2e deploy-check
 
 help: ## list the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
 
 build: ## build bin/meshca
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/meshca
@@ -79,6 +79,6 @@ deploy-check: testenv ## the Helm chart (tools/deploycheck): render it with the 
 peertest: ## wire compatibility with Istio's own CA client (istio-agent's), from tools/istiopeer
 	cd tools/istiopeer && $(GO) test -count=1 ./...
 
-bench-e2e: testenv build ## end to end, each server its own process: floor, Istio's CA server, meshca server (tools/bench; about 10 min; BENCH_ARGS='-rounds 5 -duration 10s')
+bench-e2e: testenv build ## end to end, each server its own process: floor, Istio's CA server, meshca server (tools/bench; about 6 min; BENCH_ARGS='-rounds 5 -duration 10s')
 	cd tools/bench && $(GO) build -mod=readonly -trimpath -o $(abspath bin/bench) .
 	bin/bench -repo $(CURDIR) -meshca $(abspath $(BIN)) -testenv-bin $(TESTENV_BIN) $(BENCH_ARGS)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	discovery "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -35,7 +36,11 @@ func ChainFromFile(path string) ([]*x509.Certificate, error) {
 // ChainFromSDS asks an agent's SDS socket for the "default" certificate, as
 // Envoy would.
 func ChainFromSDS(ctx context.Context, socket string) ([]*x509.Certificate, error) {
-	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	target, err := unixTarget(socket)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, err
 	}
@@ -60,11 +65,27 @@ func ChainFromSDS(ctx context.Context, socket string) ([]*x509.Certificate, erro
 // ChainFromWorkloadAPI fetches the X509-SVID from a SPIFFE Workload API
 // socket with go-spiffe's client.
 func ChainFromWorkloadAPI(ctx context.Context, socket string) ([]*x509.Certificate, error) {
-	svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+socket))
+	target, err := unixTarget(socket)
+	if err != nil {
+		return nil, err
+	}
+	svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr(target))
 	if err != nil {
 		return nil, err
 	}
 	return svid.Certificates, nil
+}
+
+// unixTarget turns a socket path, relative or absolute, into a unix:// URI.
+// The path is made absolute first: in "unix://" + a relative path such as
+// ".meshca/sockets/sds.sock", gRPC and go-spiffe would read ".meshca" as
+// the URI's authority and refuse it.
+func unixTarget(socket string) (string, error) {
+	abs, err := filepath.Abs(socket)
+	if err != nil {
+		return "", err
+	}
+	return "unix://" + abs, nil
 }
 
 // Source names where `meshca audit cert` reads a certificate: exactly one

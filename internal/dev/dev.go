@@ -193,16 +193,25 @@ func issueDemo(ctx context.Context, p *plane.Plane, id spiffeid.ID, token, dir s
 	if err != nil {
 		return fmt.Errorf("dev: demo issuance: %w", err)
 	}
+	// The last element holds the roots: one, or during a root rotation
+	// (meshca ca rotate-root) the old and the new one together, as Istio's
+	// protocol has it. An SVID file holds the leaf and intermediates.
+	if len(chainPEM) < 2 {
+		return fmt.Errorf("dev: CA returned %d chain elements, want the leaf, intermediates and roots", len(chainPEM))
+	}
 	var chain []*x509.Certificate
-	for _, s := range chainPEM {
+	for _, s := range chainPEM[:len(chainPEM)-1] {
 		cert, err := pki.ParseCertificate(s)
 		if err != nil {
 			return fmt.Errorf("dev: CA returned a bad certificate: %w", err)
 		}
 		chain = append(chain, cert)
 	}
-	// The root is last; an SVID file holds the leaf and intermediates.
-	if _, _, err := x509svid.Verify(chain[:len(chain)-1], p.Authority().Bundle()); err != nil {
+	rootCerts, err := pki.ParseCertificates([]byte(chainPEM[len(chainPEM)-1]))
+	if err != nil {
+		return fmt.Errorf("dev: CA returned bad roots: %w", err)
+	}
+	if _, _, err := x509svid.Verify(chain, p.Authority().Bundle()); err != nil {
 		return fmt.Errorf("dev: demo SVID does not verify: %w", err)
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
@@ -233,7 +242,7 @@ func issueDemo(ctx context.Context, p *plane.Plane, id spiffeid.ID, token, dir s
 	fmt.Fprintf(out, "  valid:      %s to %s (%s)\n", leaf.NotBefore.UTC().Format(time.RFC3339),
 		leaf.NotAfter.UTC().Format(time.RFC3339), leaf.NotAfter.Sub(leaf.NotBefore).Round(time.Second))
 	fmt.Fprintln(out, "  chain:")
-	for i, c := range chain {
+	for i, c := range append(chain, rootCerts...) {
 		name := c.Subject.CommonName
 		if i == 0 {
 			name = c.URIs[0].String()
