@@ -126,3 +126,38 @@ func TestAuditPolicyUsageErrorsExit2(t *testing.T) {
 		})
 	}
 }
+
+// TestREADMEAuditExamples runs the README's `meshca audit authz|mtls|lint`
+// lines word for word (from the repository root, on
+// deploy/examples/policies), so the quickstart cannot drift from the code:
+// authz allows (exit 0), mtls says STRICT, lint finds nothing.
+func TestREADMEAuditExamples(t *testing.T) {
+	readme, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Join continued lines, drop comments.
+	text := strings.ReplaceAll(string(readme), "\\\n", " ")
+	want := map[string]string{"authz": "DECISION  ALLOW", "mtls": "MODE    STRICT", "lint": "no findings"}
+	seen := 0
+	for _, line := range strings.Split(text, "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		args := strings.Fields(line)
+		if len(args) < 3 || args[0] != "bin/meshca" || args[1] != "audit" || want[args[2]] == "" {
+			continue
+		}
+		for i, a := range args {
+			if i > 0 && args[i-1] == "--policies" {
+				args[i] = filepath.Join("..", "..", a) // the README runs from the repository root
+			}
+		}
+		var out, errOut strings.Builder
+		if code := run(args[1:], &out, &errOut); code != 0 || !strings.Contains(out.String(), want[args[2]]) {
+			t.Errorf("README: %s\nexit %d, stdout:\n%s%s\nwant exit 0 and %q", line, code, out.String(), errOut.String(), want[args[2]])
+		}
+		seen++
+	}
+	if seen != 3 {
+		t.Fatalf("found %d README audit authz/mtls/lint lines, want 3", seen)
+	}
+}
