@@ -81,3 +81,28 @@ func TestCACommandsAgainstServer(t *testing.T) {
 		t.Fatalf("ca rotate-root --abort: %d\n%s", code, out)
 	}
 }
+
+// TestDevOnceDuringRootRotation: the README's sequence, `make run`, then
+// `meshca ca rotate-root` against it, then `make run` again: the second
+// start issues and verifies its demo SVID although the CA now hands out
+// two roots in the chain's last element, and prints both.
+func TestDevOnceDuringRootRotation(t *testing.T) {
+	clearMeshcaEnv(t)
+	dir := filepath.Join(t.TempDir(), "data")
+	if code, stdout, stderr := devOnce(t, dir); code != 0 {
+		t.Fatalf("first dev --once: %d\n%s%s", code, stdout, stderr)
+	}
+	p := startPlane(t, []string{"--data-dir", dir, "--grpc-listen", "", "--https-listen", "127.0.0.1:0", "--monitoring-listen", ""})
+	var out, errOut bytes.Buffer
+	if code := run([]string{"ca", "rotate-root", "--server", p.Addr("https").String(), "--data-dir", dir}, &out, &errOut); code != 0 {
+		t.Fatalf("ca rotate-root: %d\n%s%s", code, out.String(), errOut.String())
+	}
+	p.Stop()
+	code, stdout, stderr := devOnce(t, dir)
+	if code != 0 {
+		t.Fatalf("dev --once during the root rotation: %d\n%s%s", code, stdout, stderr)
+	}
+	if n := strings.Count(stdout, "meshca root"); n != 2 {
+		t.Errorf("%d roots printed, want the old and the new:\n%s", n, stdout)
+	}
+}
