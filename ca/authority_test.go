@@ -200,10 +200,29 @@ func TestSignFailsWhenRecordCannotBeWritten(t *testing.T) {
 	}
 }
 
-func TestConfigRefusesInconsistentLifetimes(t *testing.T) {
-	_, err := ca.New(context.Background(), ca.Config{TrustDomain: td, Store: storetest.NewMem(), Clock: clocktest.New(t0),
-		IntermediateTTL: 36 * time.Hour})
-	if err == nil || !strings.Contains(err.Error(), "at least twice the default TTL") {
-		t.Fatalf("New with a 36h intermediate and 24h leaves = %v", err)
+// TestConfigRefused: New names what is wrong with an inconsistent Config.
+func TestConfigRefused(t *testing.T) {
+	parent, next, rootKeys := struct{ ca.Parent }{}, ca.ParentLoader(func(context.Context, time.Time) (ca.Parent, error) { return nil, nil }), struct{ ca.RootKeys }{} // only their presence is checked
+	for _, tc := range []struct {
+		name string
+		mod  func(*ca.Config)
+		want string
+	}{
+		{"intermediate under twice the leaf", func(c *ca.Config) { c.IntermediateTTL = 36 * time.Hour }, "at least twice the default TTL"},
+		{"negative JWT publish delay", func(c *ca.Config) { c.JWTPublishDelay = -time.Second }, "lifetimes must be positive"},
+		{"JWT-SVID TTL over its maximum", func(c *ca.Config) { c.JWTSVIDTTL, c.JWTSVIDMaxTTL = 2*time.Hour, time.Hour }, "must be between"},
+		{"JWT-SVID TTL under the minimum", func(c *ca.Config) { c.JWTSVIDTTL = time.Second }, "must be between"},
+		{"JWT key under twice the longest token", func(c *ca.Config) { c.JWTKeyTTL, c.JWTSVIDMaxTTL = 90*time.Minute, time.Hour }, "at least twice the maximum JWT-SVID TTL"},
+		{"next parent without a parent", func(c *ca.Config) { c.NextParent = next }, "staged next parent needs a parent"},
+		{"replica with a root in the store", func(c *ca.Config) { c.Replica = "r1" }, "replicas sharing a store need a root"},
+		{"root keys and a parent", func(c *ca.Config) { c.RootKeys, c.Parent = rootKeys, parent }, "cannot be combined with a parent"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := ca.Config{TrustDomain: td, Store: storetest.NewMem(), Clock: clocktest.New(t0)}
+			tc.mod(&cfg)
+			if _, err := ca.New(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("New = %v, want an error containing %q", err, tc.want)
+			}
+		})
 	}
 }

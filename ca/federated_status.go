@@ -3,6 +3,7 @@ package ca
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -52,10 +53,7 @@ func federatedStatus(ctx context.Context, st store.Store) ([]FederatedStatus, er
 		for _, c := range b.X509Authorities() {
 			fs.X509Authorities = append(fs.X509Authorities, CertStatusOf("trusted", c))
 		}
-		for kid := range b.JWTAuthorities() {
-			fs.JWTKeyIDs = append(fs.JWTKeyIDs, kid)
-		}
-		slices.Sort(fs.JWTKeyIDs)
+		fs.JWTKeyIDs = slices.Sorted(maps.Keys(b.JWTAuthorities()))
 		out = append(out, fs)
 	}
 	return out, nil

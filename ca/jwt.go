@@ -107,19 +107,7 @@ func (a *Authority) GetJWTBundleForTrustDomain(td spiffeid.TrustDomain) (*jwtbun
 func (a *Authority) MintJWTSVID(ctx context.Context, id attestor.Identity, audiences []string, ttl time.Duration) (*JWTSVID, error) {
 	start := a.cfg.Clock.Now()
 	svid, err := a.mintJWTSVID(ctx, id, audiences, ttl, start)
-	result := "ok"
-	switch {
-	case err == nil:
-	case errors.Is(err, ErrInvalidJWTRequest), errors.Is(err, ErrInvalidTTL):
-		result = "invalid"
-	case errors.Is(err, ErrIdentityMismatch):
-		result = "denied"
-	case errors.Is(err, ErrUnavailable):
-		result = "unavailable"
-	default:
-		result = "error"
-	}
-	a.cfg.Metrics.JWTSVIDMinted(id.Kind, result)
+	a.cfg.Metrics.JWTSVIDMinted(id.Kind, result(err))
 	return svid, err
 }
 

@@ -66,14 +66,10 @@ func (a *Authority) answered(ctx context.Context, key string) (*Issued, error) {
 // record writes the issuance record, with the answer to request key once
 // when it is set.
 func (a *Authority) record(ctx context.Context, rec store.Issuance, once string, chain []string) error {
+	var err error
 	if once == "" {
-		if err := a.health.observe(a.cfg.Store.RecordIssuance(ctx, rec)); err != nil {
-			return fmt.Errorf("%w: recording the issuance failed: %w", ErrUnavailable, err)
-		}
-		return nil
-	}
-	err := a.cfg.Store.RecordIssuanceOnce(ctx, rec, store.IssuedRequest{Request: once, Serial: rec.Serial, ChainPEM: chain})
-	if errors.Is(err, store.ErrConflict) {
+		err = a.cfg.Store.RecordIssuance(ctx, rec)
+	} else if err = a.cfg.Store.RecordIssuanceOnce(ctx, rec, store.IssuedRequest{Request: once, Serial: rec.Serial, ChainPEM: chain}); errors.Is(err, store.ErrConflict) {
 		return err // answered meanwhile, by another replica
 	}
 	if err := a.health.observe(err); err != nil {

@@ -160,4 +160,10 @@ func TestSignOnce(t *testing.T) {
 	if _, err := st.IssuedRequest(ctx, "pcr/3"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("a refused request has an answer: %v", err)
 	}
+	if _, _, err := a.SignOnce(ctx, "", req); err == nil {
+		t.Error("SignOnce signed for an empty request key")
+	}
+	if n := numRecords(t, st); n != 2 {
+		t.Errorf("%d records after the refusals, want 2", n)
+	}
 }

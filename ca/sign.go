@@ -72,22 +72,26 @@ func (a *Authority) Sign(ctx context.Context, req SignRequest) (*Issued, error) 
 func (a *Authority) observedSign(ctx context.Context, req SignRequest, once string) (*Issued, error) {
 	start := a.cfg.Clock.Now()
 	iss, err := a.sign(ctx, req, start, once)
-	result := "ok"
+	a.cfg.Metrics.Issued(req.Identity.Kind, result(err), a.cfg.Clock.Now().Sub(start))
+	return iss, err
+}
+
+// result classifies the outcome of Sign or MintJWTSVID for the metrics'
+// result label.
+func result(err error) string {
 	switch {
 	case err == nil:
+		return "ok"
 	case errors.Is(err, store.ErrConflict):
-		result = "answered-elsewhere"
-	case errors.Is(err, ErrInvalidCSR), errors.Is(err, ErrInvalidTTL):
-		result = "invalid"
+		return "answered-elsewhere"
+	case errors.Is(err, ErrInvalidCSR), errors.Is(err, ErrInvalidJWTRequest), errors.Is(err, ErrInvalidTTL):
+		return "invalid"
 	case errors.Is(err, ErrIdentityMismatch):
-		result = "denied"
+		return "denied"
 	case errors.Is(err, ErrUnavailable):
-		result = "unavailable"
-	default:
-		result = "error"
+		return "unavailable"
 	}
-	a.cfg.Metrics.Issued(req.Identity.Kind, result, a.cfg.Clock.Now().Sub(start))
-	return iss, err
+	return "error"
 }
 
 // lifetime is the lifetime a caller asked for (0: def), checked against

@@ -223,9 +223,6 @@ func New(cfg Config) (*Elector, error) {
 	return &Elector{cfg: cfg, lock: lock}, nil
 }
 
-// Config is the configuration the Elector runs with, defaults applied.
-func (e *Elector) Config() Config { return e.cfg }
-
 // Go has job run whenever this replica leads: it starts, in its own
 // goroutine, each time the Lease is acquired (at once if this replica
 // leads now), with a context that ends when the leadership does. Before

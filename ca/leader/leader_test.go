@@ -141,7 +141,7 @@ func TestConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := e.Config()
+	c := leader.ConfigOf(e)
 	if c.Namespace != leader.DefaultNamespace || c.Name != leader.DefaultName || c.Identity != leader.DefaultIdentity() ||
 		c.LeaseDuration != 15*time.Second || c.RenewDeadline != 10*time.Second || c.RetryPeriod != 2*time.Second {
 		t.Errorf("defaults: %+v", c)

@@ -28,6 +28,10 @@ const (
 	MaxTrustDomainLen = 255
 	// MaxFederatedBundleLen bounds a stored federated bundle document.
 	MaxFederatedBundleLen = 4 << 20
+	// MaxIssuanceLen bounds an issuance record's JSON (EncodeIssuance),
+	// its Details above all: with the largest batch, the size of a
+	// boltstore journal frame.
+	MaxIssuanceLen = 64 << 10
 )
 
 // CheckSerial checks that serial is 1 to MaxSerialLen lowercase hex digits

@@ -2,9 +2,28 @@ package store
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"time"
 )
+
+// EncodeIssuance checks rec (CheckIssuance) and returns its JSON
+// (AppendIssuanceJSON), refusing a record of more than MaxIssuanceLen
+// bytes: what every Store does first in RecordIssuance and
+// RecordIssuanceOnce, so that a record one backend accepts, all accept.
+func EncodeIssuance(rec *Issuance) ([]byte, error) {
+	if err := CheckIssuance(rec); err != nil {
+		return nil, err
+	}
+	b, err := AppendIssuanceJSON(make([]byte, 0, 512), rec)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > MaxIssuanceLen {
+		return nil, fmt.Errorf("record of %d bytes, more than %d", len(b), MaxIssuanceLen)
+	}
+	return b, nil
+}
 
 // AppendIssuanceJSON appends rec as JSON, byte for byte what
 // json.Marshal(rec) returns (FuzzAppendIssuanceJSON checks it), at a

@@ -250,8 +250,8 @@ func New(ctx context.Context, cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// write calls Vault's path with data (POST) as op for the metrics; read
-// (data nil and get set) is a GET. A 403 is retried once after logging in
+// call calls Vault's path with data (POST), or with get set (data nil) a
+// GET, as op for the metrics. A 403 is retried once after logging in
 // again: the token may have expired between renewals.
 func (c *Client) call(ctx context.Context, op, path string, data map[string]any, get bool) (*api.Secret, error) {
 	for attempt := 0; ; attempt++ {
@@ -291,7 +291,7 @@ func (c *Client) call(ctx context.Context, op, path string, data map[string]any,
 	}
 }
 
-// sanitizePath joins a mount and the rest of a path.
+// joinPath joins a mount and the rest of a path, trimming their slashes.
 func joinPath(parts ...string) string {
 	for i, p := range parts {
 		parts[i] = strings.Trim(p, "/")

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestConfigRefused(t *testing.T) {
@@ -22,6 +23,8 @@ func TestConfigRefused(t *testing.T) {
 		{"http without opt-in", Config{Addr: "http://127.0.0.1:8200"}, "is not TLS"},
 		{"no scheme", Config{Addr: "127.0.0.1:8200"}, "want https://host:port"},
 		{"no host", Config{Addr: "https://"}, "has no host"},
+		{"other scheme", Config{Addr: "ftp://v:8200"}, "want https://host:port"},
+		{"negative timeout", Config{Addr: "https://v:8200", Timeout: -time.Second}, "timeout must be positive"},
 		{"unknown auth", Config{Addr: "https://v:8200", Auth: "ldap"}, "want token, approle or kubernetes"},
 		{"approle without secret id", Config{Addr: "https://v:8200", Auth: AuthAppRole, RoleIDFile: idFile}, "--vault-approle-secret-id-file"},
 		{"kubernetes without role", Config{Addr: "https://v:8200", Auth: AuthKubernetes}, "--vault-kubernetes-role"},

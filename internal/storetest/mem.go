@@ -128,11 +128,8 @@ func (m *Mem) RecordIssuance(ctx context.Context, rec store.Issuance) error {
 
 // record checks and stores rec; m.mu is held.
 func (m *Mem) record(rec store.Issuance) error {
-	switch {
-	case rec.Serial == "" || rec.SPIFFEID == "":
-		return errors.New("storetest: record issuance: a serial and a SPIFFE ID are required")
-	case rec.IssuedAt.IsZero() || rec.NotAfter.IsZero():
-		return fmt.Errorf("storetest: record issuance %s: issued_at and not_after are required", rec.Serial)
+	if _, err := store.EncodeIssuance(&rec); err != nil {
+		return fmt.Errorf("storetest: record issuance %q: %w", rec.Serial, err)
 	}
 	if _, ok := m.records[rec.Serial]; ok {
 		return fmt.Errorf("storetest: record issuance: duplicate serial %s", rec.Serial)

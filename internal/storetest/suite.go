@@ -230,6 +230,11 @@ func testRecordIssuance(t *testing.T, open func(*testing.T) store.Store) {
 		{"duplicate serial", func(r *store.Issuance) { r.Serial = "0a" }},
 		{"missing serial", func(r *store.Issuance) { r.Serial = "" }},
 		{"missing SPIFFE ID", func(r *store.Issuance) { r.SPIFFEID = "" }},
+		{"serial not lowercase hex", func(r *store.Issuance) { r.Serial = "0B" }},
+		{"no issued_at", func(r *store.Issuance) { r.IssuedAt = time.Time{} }},
+		{"record over MaxIssuanceLen", func(r *store.Issuance) {
+			r.Details = map[string]string{"big": strings.Repeat("x", store.MaxIssuanceLen)}
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

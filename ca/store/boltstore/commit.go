@@ -66,15 +66,9 @@ func (s *Store) RecordIssuance(ctx context.Context, rec store.Issuance) error {
 
 // newPending checks rec and prepares what the committer writes.
 func newPending(ctx context.Context, rec *store.Issuance) (*pending, error) {
-	if err := store.CheckIssuance(rec); err != nil {
-		return nil, fmt.Errorf("boltstore: record issuance %q: %w", rec.Serial, err)
-	}
-	value, err := store.AppendIssuanceJSON(make([]byte, 0, 512), rec)
+	value, err := store.EncodeIssuance(rec)
 	if err != nil {
-		return nil, fmt.Errorf("boltstore: record issuance %s: %w", rec.Serial, err)
-	}
-	if len(value) > maxRecordLen {
-		return nil, fmt.Errorf("boltstore: record issuance %s: record of %d bytes, more than %d", rec.Serial, len(value), maxRecordLen)
+		return nil, fmt.Errorf("boltstore: record issuance %q: %w", rec.Serial, err)
 	}
 	return &pending{
 		ctx: ctx,

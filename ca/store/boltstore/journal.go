@@ -36,9 +36,9 @@ import (
 const (
 	journalHeader  = "meshca journal 1\n"
 	frameHeaderLen = 12
-	// maxRecordLen bounds one record's JSON, and with defaultMaxBatch
-	// the size of a frame.
-	maxRecordLen = 64 << 10
+	// maxRecordLen bounds one record's JSON (store.EncodeIssuance), and
+	// with maxBatchRecords the size of a frame.
+	maxRecordLen = store.MaxIssuanceLen
 	// maxBatchRecords caps Options.MaxBatch so that a frame stays below
 	// maxFramePayload.
 	maxBatchRecords = 1024

@@ -41,12 +41,9 @@ func (s *Store) RecordIssuance(ctx context.Context, rec store.Issuance) error {
 	if err := s.enter(ctx); err != nil {
 		return err
 	}
-	if err := store.CheckIssuance(&rec); err != nil {
-		return fmt.Errorf("pgstore: record issuance %q: %w", rec.Serial, err)
-	}
-	data, err := store.AppendIssuanceJSON(make([]byte, 0, 512), &rec)
+	data, err := store.EncodeIssuance(&rec)
 	if err != nil {
-		return fmt.Errorf("pgstore: record issuance %s: %w", rec.Serial, err)
+		return fmt.Errorf("pgstore: record issuance %q: %w", rec.Serial, err)
 	}
 	p := &pending{
 		ctx: ctx, serial: rec.Serial, spiffeID: rec.SPIFFEID,

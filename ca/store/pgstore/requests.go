@@ -24,12 +24,9 @@ func (s *Store) RecordIssuanceOnce(ctx context.Context, rec store.Issuance, req 
 	if err := store.CheckIssuedRequest(&req, &rec); err != nil {
 		return fmt.Errorf("pgstore: record issuance once: %w", err)
 	}
-	if err := store.CheckIssuance(&rec); err != nil {
-		return fmt.Errorf("pgstore: record issuance %q: %w", rec.Serial, err)
-	}
-	record, err := store.AppendIssuanceJSON(make([]byte, 0, 512), &rec)
+	record, err := store.EncodeIssuance(&rec)
 	if err != nil {
-		return fmt.Errorf("pgstore: record issuance %s: %w", rec.Serial, err)
+		return fmt.Errorf("pgstore: record issuance %q: %w", rec.Serial, err)
 	}
 	answer, err := json.Marshal(&req)
 	if err != nil {
