@@ -215,6 +215,8 @@ func (c *Config) setDefaults() error {
 		return errors.New("ca: replicas sharing a store need a root whose key no replica keeps in it: Vault (--vault-addr) or Istio cacerts (--cacerts-dir)")
 	case c.RootKeys != nil && c.Parent != nil:
 		return errors.New("ca: a root key manager (Vault Transit) makes a self-signed root: it cannot be combined with a parent CA (--cacerts-dir, Vault PKI)")
+	case c.RootRotationCrossSign && c.Parent != nil:
+		return errors.New("ca: cross-signing needs the old root's key: only a root meshca holds (self-signed, or its key in Vault Transit) can certify the new intermediates; turn --root-rotation-cross-sign off with a parent CA (--cacerts-dir, Vault PKI)")
 	}
 	c.Clock = clock.OrReal(c.Clock)
 	if c.Logger == nil {

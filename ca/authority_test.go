@@ -216,6 +216,7 @@ func TestConfigRefused(t *testing.T) {
 		{"next parent without a parent", func(c *ca.Config) { c.NextParent = next }, "staged next parent needs a parent"},
 		{"replica with a root in the store", func(c *ca.Config) { c.Replica = "r1" }, "replicas sharing a store need a root"},
 		{"root keys and a parent", func(c *ca.Config) { c.RootKeys, c.Parent = rootKeys, parent }, "cannot be combined with a parent"},
+		{"cross-signing with a parent", func(c *ca.Config) { c.RootRotationCrossSign, c.Parent = true, parent }, "cross-signing needs the old root's key"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := ca.Config{TrustDomain: td, Store: storetest.NewMem(), Clock: clocktest.New(t0)}

@@ -124,12 +124,7 @@ func (a *Authority) startRootRotation(ctx context.Context, st *store.CAState, no
 	}
 	rr := &store.RootRotation{Phase: store.PhasePrepared, OldRoots: certsDER(tr.bundle.X509Authorities()),
 		PreparedAt: now, SwitchAfter: now.Add(a.cfg.RootRotationOverlap)}
-	if a.cfg.RootRotationCrossSign {
-		if a.cfg.Parent != nil {
-			return "", fmt.Errorf("%w: cross-signing needs the old root's key: only a root meshca holds (self-signed, or its key in Vault Transit) can certify the new intermediates; turn --root-rotation-cross-sign off", ErrRotation)
-		}
-		rr.CrossSign = true
-	}
+	rr.CrossSign = a.cfg.RootRotationCrossSign // refused with a parent by New
 	switch {
 	case a.cfg.Parent == nil:
 		k, err := a.newRoot(ctx, now, true)

@@ -522,24 +522,6 @@ func TestRootRotationCrossSign(t *testing.T) {
 	if state, _ := st.LoadCAState(context.Background()); state.RootRotation.OldRoot != nil {
 		t.Fatal("completed: the old root's key is still kept")
 	}
-
-	t.Run("cacerts cannot", func(t *testing.T) {
-		c := testca.NewIstioCACerts(t, testca.IstioOptions{})
-		dir := t.TempDir()
-		c.Write(t, dir)
-		p, err := ca.LoadCACerts(dir, time.Now(), ca.CACertsOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		a := newAuthority(t, storetest.NewMem(), clocktest.New(time.Now()), func(c *ca.Config) {
-			c.Parent, c.RootRotationCrossSign = p, true
-			c.NextParent = ca.StagedCACerts(dir, ca.CACertsOptions{})
-		})
-		_, err = a.RotateRoot(context.Background(), ca.RootRotationRequest{Action: ca.RootRotationStart})
-		if !errors.Is(err, ca.ErrRotation) || !strings.Contains(err.Error(), "cross-signing needs the old root's key") {
-			t.Fatalf("RotateRoot: %v", err)
-		}
-	})
 }
 
 // TestRootRotationLeaderFence: with several replicas, only the leader
