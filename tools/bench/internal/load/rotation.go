@@ -62,6 +62,19 @@ type StormResult struct {
 	PeakRSS int64
 	// Latencies are those of the successful attempts (admitted requests).
 	Latencies []time.Duration
+	// Renewals and Sheds count, per second since the storm began, the
+	// attempts that got a certificate and those shed: where the time went.
+	Renewals, Sheds []int
+}
+
+// perSecond counts one event in the second of the storm it happened in.
+func perSecond(counts []int, at time.Duration) []int {
+	i := int(at / time.Second)
+	for len(counts) <= i {
+		counts = append(counts, 0)
+	}
+	counts[i]++
+	return counts
 }
 
 // Rotation has perConn workloads on each connection renew at once: workload
@@ -80,6 +93,15 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 		wg  sync.WaitGroup
 	)
 	begin := time.Now()
+	attempt := func(ok bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if ok {
+			res.Renewals = perSecond(res.Renewals, time.Since(begin))
+		} else {
+			res.Sheds = perSecond(res.Sheds, time.Since(begin))
+		}
+	}
 	finish := func(lat time.Duration, fail string, shed int, hints []time.Duration) {
 		mu.Lock()
 		defer mu.Unlock()
@@ -95,7 +117,7 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 	}
 	for i, c := range conns {
 		for k := range perConn {
-			wg.Go(func() { finish(renew(ctx, c, csr(i, k), cfg)) })
+			wg.Go(func() { finish(renew(ctx, c, csr(i, k), cfg, attempt)) })
 		}
 	}
 	wg.Wait()
@@ -104,9 +126,10 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 
 // renew is one workload: it returns the latency of the attempt that
 // succeeded, or why it failed, how often it was shed and the retry hints
-// it was given.
-func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm) (lat time.Duration, fail string, shed int, hints []time.Duration) {
-	for attempt := 0; ; attempt++ {
+// it was given. It calls attempt after each attempt that got a certificate
+// (true) or was shed (false).
+func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm, attempt func(ok bool)) (lat time.Duration, fail string, shed int, hints []time.Duration) {
+	for n := 0; ; n++ {
 		actx, cancel := context.WithTimeout(ctx, cfg.AttemptTimeout)
 		var trailer metadata.MD
 		start := time.Now()
@@ -114,6 +137,7 @@ func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm) (lat time
 		lat = time.Since(start)
 		cancel()
 		if err == nil {
+			attempt(true)
 			return lat, "", shed, hints
 		}
 		if ctx.Err() != nil {
@@ -124,7 +148,8 @@ func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm) (lat time
 			return 0, st.Code().String(), shed, hints
 		}
 		shed++
-		wait := backoff(attempt, cfg.BackoffMin, cfg.BackoffMax, rand.Float64()) //nolint:gosec // G404: jitter, not a secret
+		attempt(false)
+		wait := backoff(n, cfg.BackoffMin, cfg.BackoffMax, rand.Float64()) //nolint:gosec // G404: jitter, not a secret
 		if hint, ok := retryHint(st, trailer); ok {
 			hints = append(hints, hint)
 			wait = hintWait(hint, cfg.BackoffMin, rand.Float64()) //nolint:gosec // G404: jitter
