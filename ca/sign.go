@@ -8,9 +8,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"time"
 
@@ -197,7 +197,7 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time, on
 		Details:         req.Identity.Details,
 	}
 	chain := make([]string, 0, len(s.chainPEM)+2)
-	chain = append(chain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})))
+	chain = append(chain, certificatePEM(der))
 	chain = append(chain, s.chainPEM...)
 	// Loaded after s: a rotation publishes a root before anything chains
 	// to it, so these roots include the one s chains to.
@@ -205,7 +205,9 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time, on
 	if err := a.record(ctx, rec, once, chain); err != nil {
 		return nil, err
 	}
-	a.cfg.Logger.Debug("issued", "spiffe_id", rec.SPIFFEID, "serial", rec.Serial, "kind", rec.CredentialKind, "not_after", rec.NotAfter)
+	if a.cfg.Logger.Enabled(ctx, slog.LevelDebug) { // spares boxing the arguments per issuance
+		a.cfg.Logger.Debug("issued", "spiffe_id", rec.SPIFFEID, "serial", rec.Serial, "kind", rec.CredentialKind, "not_after", rec.NotAfter)
+	}
 	return &Issued{DER: der, ChainPEM: chain, Record: rec}, nil
 }
 
