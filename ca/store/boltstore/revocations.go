@@ -195,13 +195,13 @@ func expiredRevocations(b *bolt.Bucket, cutoff time.Time) ([][]byte, error) {
 // denied holds the deny-list's keys in memory: the revoked serials, and the
 // SPIFFE IDs with at least one entry. The data file's lock keeps other
 // processes out, and only Revoke and PruneRevocations write the two buckets
-// (a replay or checkpoint touches only issuance records), so the sets, read
-// at Open and updated by those two, stay a superset of the keys the file
-// holds: a key is added once its entry's transaction has ended, before
-// Revoke returns, and removed only after the transaction that deleted its
-// last entry committed. A reader may thus find a key whose entry is gone
-// (and read the file to learn it), never miss one that Revoke has returned
-// from.
+// (a replay or checkpoint touches only issuance records). The sets, read at
+// Open and updated by those two, hold every key of the file but the one a
+// Revoke in progress adds: a key is added once its entry's transaction has
+// ended (committed or not), before Revoke returns, and removed only after
+// the transaction that deleted its last entry committed. A reader may thus
+// find a key whose entry is gone (and read the file to learn it), and never
+// misses one whose Revoke has returned.
 type denied struct {
 	// wmu is held by Revoke and PruneRevocations from their transaction to
 	// their update of the sets, which are thus updated in the order the
