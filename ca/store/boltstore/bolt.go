@@ -149,6 +149,15 @@ type Store struct {
 	pend  map[string]*journaled
 	order []*journaled
 
+	// maxIssued is an upper bound of the keys in bucketIssuances: the
+	// largest ever stored (bytewise, as bbolt orders keys), read at Open
+	// and raised by storeRecords before it puts a record there, never
+	// lowered. A serial above it is not in the data file (see check).
+	maxIssued atomic.Pointer[string]
+
+	// denied is the deny-list's keys (see revocations.go).
+	denied denied
+
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
@@ -230,14 +239,44 @@ func Open(path string, opts Options) (*Store, error) {
 		seen:         make(map[string]struct{}),
 		pend:         make(map[string]*journaled),
 	}
-	// The data file's lock is held: the journal is this process's alone.
+	// The data file's lock is held: the journal, and the data file's
+	// contents, are this process's alone.
 	if err := s.replay(); err != nil {
+		_ = db.Close() // the error above is the one to report
+		return nil, err
+	}
+	if err := s.loadKeys(); err != nil {
 		_ = db.Close() // the error above is the one to report
 		return nil, err
 	}
 	go s.committer()
 	go s.checkpointer()
 	return s, nil
+}
+
+// loadKeys reads what the store keeps in memory of the data file's keys:
+// the largest serial stored (maxIssued) and the deny-list's keys (denied).
+func (s *Store) loadKeys() error {
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if k, _ := tx.Bucket(bucketIssuances).Cursor().Last(); k != nil {
+			s.raiseMaxIssued(string(k))
+		}
+		return s.denied.load(tx)
+	})
+	return wrap("open", err)
+}
+
+// raiseMaxIssued raises maxIssued to serial if it is lower.
+func (s *Store) raiseMaxIssued(serial string) {
+	for {
+		cur := s.maxIssued.Load()
+		if cur != nil && *cur >= serial {
+			return
+		}
+		if s.maxIssued.CompareAndSwap(cur, &serial) {
+			return
+		}
+	}
 }
 
 func syncDir(dir string) error {

@@ -191,7 +191,7 @@ func (s *Store) store(recs []*journaled, check bool) (skipped int, err error) {
 		chunk := recs[:min(len(recs), storeChunk)]
 		recs = recs[len(chunk):]
 		err := s.db.Update(func(tx *bolt.Tx) error {
-			n, err := storeRecords(tx, chunk, check)
+			n, err := s.storeRecords(tx, chunk, check)
 			skipped += n
 			return err
 		})
@@ -203,10 +203,15 @@ func (s *Store) store(recs []*journaled, check bool) (skipped int, err error) {
 }
 
 // storeRecords puts recs and their index entries in tx, each bucket in key
-// order, and returns how many records it skipped as stored already.
-func storeRecords(tx *bolt.Tx, recs []*journaled, check bool) (int, error) {
+// order, and returns how many records it skipped as stored already. It
+// raises maxIssued first, before the records can be in the data file (a
+// transaction that fails leaves it higher than it need be, which is safe).
+func (s *Store) storeRecords(tx *bolt.Tx, recs []*journaled, check bool) (int, error) {
 	sorted := slices.Clone(recs)
 	slices.SortFunc(sorted, func(a, b *journaled) int { return strings.Compare(a.serial, b.serial) })
+	if len(sorted) > 0 {
+		s.raiseMaxIssued(sorted[len(sorted)-1].serial)
+	}
 	fresh := sorted[:0]
 	primary := tx.Bucket(bucketIssuances)
 	var key []byte // Put copies its key

@@ -227,7 +227,27 @@ func (s *Store) commit(batch []*pending) {
 }
 
 // check sets errs[i] for the records of batch that must not be written, and
-// returns how many may be.
+// returns how many may be. A record is a duplicate if its serial is in the
+// batch before it, among the journaled records (s.pend), or in the data
+// file. The data file is read only for serials at or below s.maxIssued,
+// which serials above it cannot be in: time-ordered serials are all above,
+// so a batch usually opens no transaction.
+//
+// The order of the reads is what makes this right while the checkpointer
+// moves records from s.pend to the data file:
+//
+//   - the checkpointer raises s.maxIssued (storeRecords) before the
+//     transaction that puts the records in the data file, which commits
+//     before it drops them from s.pend under s.mu;
+//   - check reads s.pend and then s.maxIssued under s.mu, and then, if some
+//     serial is at or below that bound, opens its read transaction.
+//
+// So a record absent from s.pend when check read it had been dropped
+// already: the bound check read is at least its serial, and the
+// transaction check opens next sees the commit that stored it. A record
+// still in s.pend is refused from there. A record RecordIssuanceOnce put
+// straight into the data file before this batch was queued is covered the
+// same way (it raises the bound before its transaction too).
 func (s *Store) check(batch []*pending, errs []error) int {
 	clear(s.seen)
 	s.mu.RLock()
@@ -244,13 +264,21 @@ func (s *Store) check(batch []*pending, errs []error) int {
 		}
 		s.seen[p.rec.serial] = struct{}{}
 	}
-	s.mu.RUnlock()
-	if len(s.seen) == 0 {
-		return 0
+	var bound string // nothing stored yet: every serial is above ""
+	if p := s.maxIssued.Load(); p != nil {
+		bound = *p
 	}
-	// The data file is read after the journaled records: a checkpoint
-	// drops records from s.pend only once they are in the data file, so a
-	// record absent from both was in neither.
+	s.mu.RUnlock()
+	n, read := 0, false
+	for i, p := range batch {
+		if errs[i] == nil {
+			n++
+			read = read || p.rec.serial <= bound
+		}
+	}
+	if !read {
+		return n
+	}
 	tx, err := s.db.Begin(false)
 	if err != nil {
 		err = wrap("record issuance", err)
@@ -263,16 +291,14 @@ func (s *Store) check(batch []*pending, errs []error) int {
 	}
 	defer func() { _ = tx.Rollback() }() // read only
 	recs := tx.Bucket(bucketIssuances)
-	n := 0
 	for i, p := range batch {
-		if errs[i] != nil {
+		if errs[i] != nil || p.rec.serial > bound {
 			continue
 		}
 		if recs.Get([]byte(p.rec.serial)) != nil {
 			errs[i] = fmt.Errorf("%w %s", errDuplicate, p.rec.serial)
-			continue
+			n--
 		}
-		n++
 	}
 	return n
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/ca/store/boltstore"
+	"github.com/meshca/meshca/internal/storetest"
 )
 
 // commitCounter is a boltstore.Metrics counting group commits and
@@ -289,5 +290,129 @@ func TestLoneCallerNotDelayed(t *testing.T) {
 	}
 	if n := counter.commits.Load(); n != 3 {
 		t.Errorf("3 lone calls in %d commits", n)
+	}
+}
+
+// TestDuplicateSerials: the committer reads the data file only for serials
+// at or below the largest one stored there, and still refuses every serial
+// recorded before, wherever it is: in the data file (checkpointed, or
+// recorded by RecordIssuanceOnce), in the journal, on the same store, after
+// reopening or after a crash.
+func TestDuplicateSerials(t *testing.T) {
+	ctx := context.Background()
+	const id = "spiffe://example.org/a"
+	tests := []struct {
+		name   string
+		serial string
+		dup    bool
+	}{
+		{"checkpointed, below the bound", "05", true},
+		{"checkpointed, the bound", "09", true},
+		{"recorded once, the bound", "0a", true},
+		{"journaled, above the bound", "0c", true},
+		{"new, below the bound", "07", false},
+		{"new, above everything", "0d", false},
+	}
+	for _, phase := range []struct {
+		name  string
+		bound string // after setup and phase
+		next  func(t *testing.T, s *boltstore.Store, path string) *boltstore.Store
+	}{
+		{"same store", "0a", func(_ *testing.T, s *boltstore.Store, _ string) *boltstore.Store { return s }},
+		{"reopened", "0c", func(t *testing.T, s *boltstore.Store, path string) *boltstore.Store {
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			return openWith(t, path, manual)
+		}},
+		{"crashed", "0c", func(t *testing.T, s *boltstore.Store, path string) *boltstore.Store {
+			boltstore.Crash(s)
+			return openWith(t, path, manual)
+		}},
+	} {
+		t.Run(phase.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "meshca.db")
+			s := openWith(t, path, manual)
+			if got := boltstore.MaxIssued(s); got != "" {
+				t.Errorf("bound of a new store %q, want none", got)
+			}
+			record := func(serial string) error { return s.RecordIssuance(ctx, rec(serial, id, 1, 2)) }
+			for _, serial := range []string{"05", "09"} {
+				if err := record(serial); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := boltstore.Checkpoint(s); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.RecordIssuanceOnce(ctx, rec("0a", id, 1, 2), storetest.Answer("req", "0a")); err != nil {
+				t.Fatal(err)
+			}
+			if err := record("0c"); err != nil {
+				t.Fatal(err)
+			}
+			s = phase.next(t, s, path)
+			if got := boltstore.MaxIssued(s); got != phase.bound {
+				t.Errorf("bound %q, want %q", got, phase.bound)
+			}
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					err := record(tt.serial)
+					if tt.dup != errors.Is(err, boltstore.ErrDuplicate) || !tt.dup && err != nil {
+						t.Errorf("RecordIssuance(%s): %v, want duplicate: %v", tt.serial, err, tt.dup)
+					}
+				})
+			}
+			// Pruning never lowers the bound.
+			if err := boltstore.Checkpoint(s); err != nil {
+				t.Fatal(err)
+			}
+			if got := boltstore.MaxIssued(s); got != "0d" {
+				t.Errorf("bound %q after a checkpoint, want 0d", got)
+			}
+			before := boltstore.MaxIssued(s)
+			if n, err := s.PruneIssuances(ctx, t0.Add(100*time.Hour)); err != nil || n != 6 {
+				t.Fatalf("PruneIssuances: %d, %v", n, err)
+			}
+			if got := boltstore.MaxIssued(s); got != before {
+				t.Errorf("bound %q after pruning, was %q", got, before)
+			}
+		})
+	}
+}
+
+// TestDuplicatesDuringCheckpoints: a serial recorded again while
+// checkpoints move the first record from the journal to the data file is
+// refused every time.
+func TestDuplicatesDuringCheckpoints(t *testing.T) {
+	ctx := context.Background()
+	s := openWith(t, "", boltstore.Options{CheckpointRecords: 4, CheckpointInterval: time.Millisecond})
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			for {
+				i := next.Add(1)
+				if i > 300 {
+					return
+				}
+				// Time-ordered, so above the bound when first recorded.
+				r := rec(fmt.Sprintf("%012x%04x", 0x19a00000000+i, i), "spiffe://example.org/a", 1, 2)
+				if err := s.RecordIssuance(ctx, r); err != nil {
+					t.Errorf("RecordIssuance(%s): %v", r.Serial, err)
+					return
+				}
+				for range 2 {
+					if err := s.RecordIssuance(ctx, r); !errors.Is(err, boltstore.ErrDuplicate) {
+						t.Errorf("RecordIssuance(%s) again: %v, want a duplicate", r.Serial, err)
+						return
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if counts := boltstore.KeyCounts(s); counts[0]+boltstore.Journaled(s) != 300 {
+		t.Errorf("%d records stored and %d journaled, want 300", counts[0], boltstore.Journaled(s))
 	}
 }

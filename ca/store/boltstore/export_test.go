@@ -2,6 +2,8 @@ package boltstore
 
 import (
 	"context"
+	"maps"
+	"slices"
 
 	"github.com/meshca/meshca/ca/store"
 	bolt "go.etcd.io/bbolt"
@@ -124,3 +126,31 @@ func ParseRecord(value []byte) error {
 
 // AppendIssuance is the committer's JSON encoding of rec.
 func AppendIssuance(rec *store.Issuance) ([]byte, error) { return store.AppendIssuanceJSON(nil, rec) }
+
+// MaxIssued is the store's upper bound of the serials in the data file (""
+// if none was ever stored).
+func MaxIssued(s *Store) string {
+	if p := s.maxIssued.Load(); p != nil {
+		return *p
+	}
+	return ""
+}
+
+// DeniedKeys returns the deny-list's keys the store holds in memory, and
+// those read afresh from its data file: revoked serials, then SPIFFE IDs
+// with an entry, each sorted.
+func DeniedKeys(s *Store) (inMemory, inFile [2][]string) {
+	keys := func(d *denied) [2][]string {
+		d.mu.RLock()
+		defer d.mu.RUnlock()
+		keys := [2][]string{slices.AppendSeq([]string{}, maps.Keys(d.serials)), slices.AppendSeq([]string{}, maps.Keys(d.ids))}
+		slices.Sort(keys[0])
+		slices.Sort(keys[1])
+		return keys
+	}
+	var fresh denied
+	if err := s.db.View(fresh.load); err != nil {
+		panic(err)
+	}
+	return keys(&s.denied), keys(&fresh)
+}

@@ -42,7 +42,7 @@ func (s *Store) RecordIssuanceOnce(ctx context.Context, rec store.Issuance, req 
 		if inJournal || tx.Bucket(bucketIssuances).Get([]byte(rec.Serial)) != nil {
 			return fmt.Errorf("%w %s", errDuplicate, rec.Serial)
 		}
-		if _, err := storeRecords(tx, []*journaled{p.rec}, false); err != nil {
+		if _, err := s.storeRecords(tx, []*journaled{p.rec}, false); err != nil {
 			return err
 		}
 		if err := tx.Bucket(bucketIssuedRequests).Put([]byte(req.Request), answer); err != nil {
