@@ -18,6 +18,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
@@ -45,7 +46,8 @@ type fixture struct {
 
 // newFixture starts a Controller, with its Config changed by mod, after
 // calling prepare (to add reactors to the fake client: they may not be
-// added while it is used); either may be nil.
+// added while it is used); either may be nil. It returns once the
+// Controller watches the requests (see watching).
 func newFixture(t *testing.T, mod func(*podcert.Config), prepare func(*fixture)) *fixture {
 	t.Helper()
 	f := &fixture{client: fake.NewClientset(), st: storetest.NewMem(), clk: clocktest.New(t0), metrics: &metrics{}}
@@ -59,8 +61,36 @@ func newFixture(t *testing.T, mod func(*podcert.Config), prepare func(*fixture))
 	if mod != nil {
 		mod(&cfg)
 	}
+	watched := watching(f.client)
 	run(t, cfg)
+	watched(t)
 	return f
+}
+
+// watching makes c note when an informer opens its watch of the
+// requests, and returns a wait for it. The fake clientset has no resource
+// versions: a request created after the informer's list and before its
+// watch opens is in neither, and is seen only at the resync five minutes
+// later (client-go's examples/fake-client say so), so a test creates its
+// requests only once the Controller watches. Call it before c is used.
+func watching(c *fake.Clientset) (wait func(testing.TB)) {
+	var open atomic.Bool
+	c.PrependWatchReactor("podcertificaterequests", func(a k8stesting.Action) (bool, watch.Interface, error) {
+		var opts metav1.ListOptions
+		if w, ok := a.(k8stesting.WatchActionImpl); ok {
+			opts = w.ListOptions
+		}
+		w, err := c.Tracker().Watch(a.GetResource(), a.GetNamespace(), opts)
+		if err != nil {
+			return true, nil, err
+		}
+		open.Store(true) // after the tracker has the watcher: every later create reaches it
+		return true, w, nil
+	})
+	return func(t testing.TB) {
+		t.Helper()
+		clocktest.Eventually(t, "the controller watching requests", open.Load)
+	}
 }
 
 func (f *fixture) create(t *testing.T, req *certificatesv1beta1.PodCertificateRequest) {
@@ -208,9 +238,11 @@ func checkIssued(t testing.TB, auth *ca.Authority, req *certificatesv1beta1.PodC
 }
 
 // TestLeftAlone: requests of another signer, and requests already answered,
-// are not touched, and nothing is signed for them.
+// are not touched, and nothing is signed for them. One worker takes the
+// requests in the order they are made, so once the last one (ours) is
+// answered the two before it have been looked at.
 func TestLeftAlone(t *testing.T) {
-	f := newFixture(t, nil, nil)
+	f := newFixture(t, func(c *podcert.Config) { c.Workers = 1 }, nil)
 	other := request(t, web, "other-signer", "example.com/other", key(t, keyP256, false))
 	f.create(t, other)
 	done := request(t, web, "denied-already", signer, key(t, keyP256, false))
@@ -331,7 +363,9 @@ func TestCAUnavailableRetried(t *testing.T) {
 	client := fake.NewClientset()
 	clk := clocktest.New(t0)
 	m := &metrics{}
+	watched := watching(client)
 	run(t, podcert.Config{Client: client, SignerName: signer, Authority: newAuthority(t, st, clk), Identities: admission(t), Clock: clk, Metrics: m})
+	watched(t)
 	ctx := context.Background()
 	req := request(t, web, "waits", signer, key(t, keyP256, false))
 	req.UID = "uid-waits"

@@ -10,6 +10,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"log/slog"
+	"maps"
 	"sync"
 	"testing"
 	"time"
@@ -189,6 +190,13 @@ func (m *metrics) Issued(took time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.issued = append(m.issued, took)
+}
+
+// snapshot is a copy of the counts, to print.
+func (m *metrics) snapshot() map[string]int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return maps.Clone(m.requests)
 }
 
 func (m *metrics) count(result, reason string) int {
