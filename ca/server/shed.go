@@ -188,8 +188,9 @@ func ewma(v *atomic.Int64, x, weight int64) {
 }
 
 // shed counts one request turned away and returns its error with the
-// hint: a moment after those in line and those turned away before it have
-// been served, at the rate the gate serves when saturated.
+// hint: a moment after those in line (at most maxWait) and those turned
+// away before it have been served, at the rate the gate serves when
+// saturated.
 func (g *gate) shed() error {
 	if g.onShed != nil {
 		g.onShed()
@@ -198,7 +199,10 @@ func (g *gate) shed() error {
 	per := g.perRequest()
 	g.retryMu.Lock()
 	defer g.retryMu.Unlock()
-	if base := now.Add(time.Duration(g.queued.Load()) * per); g.nextRetry.Before(base) {
+	// Nobody waits in line longer than maxWait (then it is served or
+	// shed itself), so the line delays a retry by at most that, whatever
+	// its length times a pace measured while it filled.
+	if base := now.Add(min(time.Duration(g.queued.Load())*per, g.maxWait)); g.nextRetry.Before(base) {
 		g.nextRetry = base
 	}
 	g.nextRetry = g.nextRetry.Add(per)

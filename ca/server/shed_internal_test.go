@@ -126,9 +126,9 @@ func TestGateShedsWhoWouldWaitTooLong(t *testing.T) {
 }
 
 // TestRetryHintsStagger: requests shed together are told to come back
-// one average service time (over the slots) apart, after the line, within
-// the hint bounds; once that time has passed, hints start from the line
-// again.
+// one average service time (over the slots) apart, after the line (at most
+// the queue wait), within the hint bounds; once that time has passed,
+// hints start from the line again.
 func TestRetryHintsStagger(t *testing.T) {
 	clk := clocktest.New(epoch)
 	g := newGate(2, 0, time.Second, clk)
@@ -144,9 +144,16 @@ func TestRetryHintsStagger(t *testing.T) {
 		}
 	}
 	clk.Advance(time.Minute)
-	g.queued.Store(3)
-	if got := wantOverloaded(t, g.shed()); got != 2*time.Second { // three in line, then this one
-		t.Fatalf("hint after the schedule passed = %s, want 2s", got)
+	g.queued.Store(1)
+	if got := wantOverloaded(t, g.shed()); got != time.Second { // one in line, then this one
+		t.Fatalf("hint after the schedule passed = %s, want 1s", got)
+	}
+	// A line longer than the wait delays the retry by the wait only:
+	// nobody stays in it longer.
+	clk.Advance(time.Minute)
+	g.queued.Store(30)
+	if got := wantOverloaded(t, g.shed()); got != 1500*time.Millisecond { // the 1s wait, then this one
+		t.Fatalf("hint behind a line of 30 = %s, want 1.5s", got)
 	}
 	g.queued.Store(0)
 	g.serviceNanos.Store(int64(time.Hour))
