@@ -511,3 +511,40 @@ func TestDirectModeRefusesUselessCACert(t *testing.T) {
 		t.Fatalf("ca.New = %v, want a refusal at start", err)
 	}
 }
+
+// TestParentTooShortForIntermediates: a parent that can certify an
+// intermediate for less than twice the default leaf lifetime (ca-cert.pem
+// near its end, Vault's max_lease_ttl) is refused at start with what to
+// change, instead of an intermediate replaced at every look.
+func TestParentTooShortForIntermediates(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		caLife time.Duration // ca-cert's NotAfter after t0
+		ok     bool
+	}{
+		{"under twice the default TTL", 30 * time.Hour, false},
+		{"twice the default TTL and more", 1000 * time.Hour, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rootKey, caKey := p256(t), p256(t)
+			root := testca.Sign(t, &x509.Certificate{Subject: pkix.Name{CommonName: "root"}, NotBefore: t0.Add(-time.Hour), NotAfter: t0.Add(2000 * time.Hour),
+				BasicConstraintsValid: true, IsCA: true, KeyUsage: x509.KeyUsageCertSign}, nil, rootKey.Public(), rootKey)
+			caCert := testca.Sign(t, &x509.Certificate{Subject: pkix.Name{CommonName: "ca"}, NotBefore: t0.Add(-time.Hour), NotAfter: t0.Add(tc.caLife),
+				BasicConstraintsValid: true, IsCA: true, KeyUsage: x509.KeyUsageCertSign}, root, caKey.Public(), rootKey)
+			p, err := ca.NewLocalParent(caCert, caKey, nil, []*x509.Certificate{root}, t0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if p.SignsLeaves() {
+				t.Fatal("parent signs leaves directly; the test needs intermediates")
+			}
+			_, err = ca.New(context.Background(), ca.Config{TrustDomain: td, Store: storetest.NewMem(), Clock: clocktest.New(t0), Parent: p})
+			if tc.ok != (err == nil) {
+				t.Fatalf("ca.New = %v, want ok %v", err, tc.ok)
+			}
+			if !tc.ok && !strings.Contains(err.Error(), "twice --default-ttl") {
+				t.Fatalf("ca.New = %v, want it to say the intermediate must cover twice --default-ttl", err)
+			}
+		})
+	}
+}

@@ -78,7 +78,7 @@ func ParseCSR(pemBytes []byte) (*x509.CertificateRequest, error) {
 // maxCSRExtensionBytes of extensions, and an allowed key. Errors wrap ErrInvalidCSR or
 // ErrIdentityMismatch.
 func CheckCSR(csr *x509.CertificateRequest, want spiffeid.ID) error {
-	if err := checkKey(csr.PublicKey); err != nil {
+	if err := CheckPublicKey(csr.PublicKey); err != nil {
 		return err
 	}
 	switch n := len(csr.URIs); {
@@ -135,9 +135,7 @@ func CheckCSR(csr *x509.CertificateRequest, want spiffeid.ID) error {
 // CheckPublicKey checks that the CA certifies keys of pub's type and size:
 // ECDSA P-256 or P-384, or RSA of 2048 to 8192 bits. Errors wrap
 // ErrInvalidCSR.
-func CheckPublicKey(pub crypto.PublicKey) error { return checkKey(pub) }
-
-func checkKey(pub any) error {
+func CheckPublicKey(pub crypto.PublicKey) error {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
