@@ -29,11 +29,10 @@ import (
 
 func TestMain(m *testing.M) {
 	// The shared apiserver serves the beta certificates APIs the chart's
-	// pod-certificate and ClusterTrustBundle settings use.
-	kubeenv.Main(m, kubeenv.APIServerArgs(
-		"--feature-gates=ClusterTrustBundle=true,ClusterTrustBundleProjection=true,PodCertificateRequest=true",
-		"--runtime-config=certificates.k8s.io/v1beta1/clustertrustbundles=true,certificates.k8s.io/v1beta1/podcertificaterequests=true",
-	))
+	// pod-certificate and ClusterTrustBundle settings use, with the Node
+	// authorizer and NodeRestriction, so that a test can make a
+	// PodCertificateRequest as a kubelet makes it.
+	kubeenv.Main(m, kubeenv.PodCertificates())
 }
 
 // decode splits a multi-document YAML stream into objects, skipping empty

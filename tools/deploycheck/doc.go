@@ -13,8 +13,8 @@
 //     server`, built by the test, runs with the arguments the chart renders
 //     and a kubeconfig that impersonates the chart's ServiceAccount, so it
 //     holds only the chart's ClusterRole and Role; the test observes its
-//     TokenReviews, informers, bundle ConfigMaps, ClusterTrustBundle and
-//     Lease, and asks the API server (SubjectAccessReview) about what the
+//     TokenReviews, informers, bundle ConfigMaps, ClusterTrustBundle, Lease
+//     and its answer to a PodCertificateRequest a node makes, and asks the API server (SubjectAccessReview) about what the
 //     ServiceAccount must and must not be allowed.
 //
 // It is its own module so that Helm stays out of meshca's go.mod; it
