@@ -95,6 +95,8 @@ func TestChartRefuses(t *testing.T) {
 		{"postgres with a self-signed root", map[string]any{"store": pg, "adminToken": map[string]any{"secretName": "a"}}, "a root no replica keeps"},
 		{"postgres without a shared admin token", map[string]any{"store": pg, "cacerts": map[string]any{"secretName": "cacerts"}}, "adminToken.secretName"},
 		{"cacerts and Vault", map[string]any{"cacerts": map[string]any{"secretName": "c"}, "vault": map[string]any{"addr": "https://v:8200"}}, "choose one root"},
+		{"Vault AppRole without its Secret", map[string]any{"vault": map[string]any{"addr": "https://v:8200", "auth": "approle"}}, "vault.approle.secretName"},
+		{"Vault token without its Secret", map[string]any{"vault": map[string]any{"addr": "https://v:8200", "auth": "token"}}, "vault.token.secretName"},
 		{"ambient without informers", map[string]any{"kubernetes": map[string]any{"attestation": "tokenreview", "trustedNodeAccounts": []any{"istio-system/ztunnel"}}}, "needs kubernetes.attestation=informer"},
 		{"taking over another ConfigMap", map[string]any{"bundle": map[string]any{"takeOverIstio": true}}, "istio-ca-root-cert"},
 	} {

@@ -77,6 +77,12 @@ true
 {{- if and $v.vault.addr (not (has $v.vault.auth (list "kubernetes" "approle" "token"))) -}}
 {{- fail (printf "vault.auth must be kubernetes, approle or token, not %q" $v.vault.auth) -}}
 {{- end -}}
+{{- if and $v.vault.addr (eq $v.vault.auth "approle") (not $v.vault.approle.secretName) -}}
+{{- fail "vault.auth=approle needs vault.approle.secretName (the Secret with the role ID and secret ID)" -}}
+{{- end -}}
+{{- if and $v.vault.addr (eq $v.vault.auth "token") (not $v.vault.token.secretName) -}}
+{{- fail "vault.auth=token needs vault.token.secretName (the Secret with the Vault token)" -}}
+{{- end -}}
 {{- if not (has $v.kubernetes.attestation (list "off" "informer" "tokenreview" "jwks")) -}}
 {{- fail (printf "kubernetes.attestation must be off, informer, tokenreview or jwks, not %q" $v.kubernetes.attestation) -}}
 {{- end -}}
