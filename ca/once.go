@@ -2,6 +2,8 @@ package ca
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -14,7 +16,8 @@ import (
 // Kubernetes PodCertificateRequest's UID, under a prefix of its kind). If
 // the store holds an answer for key (given before a crash or a restart, or
 // by another replica that shares the store), that answer is returned with
-// resent true and nothing is signed. Otherwise Sign's pipeline runs, and
+// resent true and nothing is signed; an answer that certifies another
+// identity or key than req's is not returned: ErrInvalidCSR. Otherwise Sign's pipeline runs, and
 // the issuance record and the answer are written in one atomic operation
 // (store.RecordIssuanceOnce); should another replica's answer win that
 // race, it is the one returned (resent), and the certificate signed here,
@@ -26,15 +29,34 @@ func (a *Authority) SignOnce(ctx context.Context, key string, req SignRequest) (
 	if key == "" {
 		return nil, false, errors.New("ca: sign once: empty request key")
 	}
-	if iss, err := a.answered(ctx, key); !errors.Is(err, store.ErrNotFound) {
+	if iss, err := a.answeredFor(ctx, key, req); !errors.Is(err, store.ErrNotFound) {
 		return iss, err == nil, err
 	}
 	iss, err = a.observedSign(ctx, req, key)
 	if errors.Is(err, store.ErrConflict) {
-		iss, err = a.answered(ctx, key)
+		iss, err = a.answeredFor(ctx, key, req)
 		return iss, err == nil, err
 	}
 	return iss, false, err
+}
+
+// answeredFor returns the answer recorded for key (answered) if it
+// certifies req's identity and key; an answer for another identity or key
+// (the same key used for two requests) is ErrInvalidCSR, not sent.
+func (a *Authority) answeredFor(ctx context.Context, key string, req SignRequest) (*Issued, error) {
+	iss, err := a.answered(ctx, key)
+	if err != nil {
+		return nil, err
+	}
+	_, spki, err := subjectKey(req)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256(spki)
+	if iss.Record.SPIFFEID != req.Identity.ID.String() || iss.Record.PublicKeySHA256 != hex.EncodeToString(sum[:]) {
+		return nil, fmt.Errorf("%w: request %s was answered already, for another identity or key", ErrInvalidCSR, key)
+	}
+	return iss, nil
 }
 
 // answered returns the answer recorded for key, or an error matching

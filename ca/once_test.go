@@ -97,7 +97,7 @@ func TestSignWholeLifetime(t *testing.T) {
 
 // TestSignOnce: a request key gets one certificate: asked again (a retry, a
 // restart: a second Authority on the same store) it gets the same one, and
-// nothing more is recorded; concurrent askers on two Authorities sharing a
+// nothing more is recorded; asked with another key or identity, nothing; concurrent askers on two Authorities sharing a
 // store get one certificate between them.
 func TestSignOnce(t *testing.T) {
 	ctx := context.Background()
@@ -125,6 +125,15 @@ func TestSignOnce(t *testing.T) {
 	}
 	if ans, err := st.IssuedRequest(ctx, "pcr/1"); err != nil || ans.Serial != first.Record.Serial {
 		t.Fatalf("stored answer (%+v, %v)", ans, err)
+	}
+	// The same request key for another request: its answer is not sent.
+	for name, other := range map[string]ca.SignRequest{
+		"another key":      {PublicKey: spki(t, p256(t).Public()), TTL: time.Hour, Identity: identity(fooID)},
+		"another identity": {PublicKey: req.PublicKey, TTL: time.Hour, Identity: identity(otherID)},
+	} {
+		if iss, _, err := a.SignOnce(ctx, "pcr/1", other); !errors.Is(err, ca.ErrInvalidCSR) || iss != nil {
+			t.Errorf("SignOnce of %s under an answered key: (%v, %v), want ErrInvalidCSR", name, iss != nil, err)
+		}
 	}
 
 	const askers = 20

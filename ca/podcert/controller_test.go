@@ -355,6 +355,23 @@ func TestLifetimeTooShortForKubernetes(t *testing.T) {
 	}
 }
 
+// TestIntermediateExpiringFails: a certificate cut short by the signing
+// intermediate's end (its rotation overdue) lives under the hour Kubernetes
+// needs: the request fails, saying why, and gets no certificate.
+func TestIntermediateExpiringFails(t *testing.T) {
+	f := newFixture(t, nil, nil)
+	f.clk.Advance(ca.DefaultIntermediateTTL - 30*time.Minute) // nothing rotates it here
+	req := request(t, web, "cut-short", signer, key(t, keyP256, false))
+	f.create(t, req)
+	got := answered(t, f.client, req)
+	if cond := condition(got); cond.Type != "Failed" || cond.Reason != podcert.ReasonLifetime || !strings.Contains(cond.Message, "intermediate") {
+		t.Fatalf("condition %+v", cond)
+	}
+	if got.Status.CertificateChain != "" {
+		t.Error("a failed request has a certificate")
+	}
+}
+
 // TestCAUnavailableRetried: while the store cannot record, the request
 // waits and is retried, and is issued once the store is back.
 func TestCAUnavailableRetried(t *testing.T) {

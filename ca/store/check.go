@@ -118,7 +118,7 @@ func CheckIssuedRequest(req *IssuedRequest, rec *Issuance) error {
 // and underscores (as spiffeid allows), a bundle of at most
 // MaxFederatedBundleLen bytes, and storable times.
 func CheckFederatedBundle(b *FederatedBundle) error {
-	if err := CheckTrustDomain(b.TrustDomain); err != nil {
+	if err := checkTrustDomain(b.TrustDomain); err != nil {
 		return err
 	}
 	switch {
@@ -132,8 +132,8 @@ func CheckFederatedBundle(b *FederatedBundle) error {
 	return nil
 }
 
-// CheckTrustDomain checks a trust domain name as a store keeps it.
-func CheckTrustDomain(td string) error {
+// checkTrustDomain checks a trust domain name as a store keeps it.
+func checkTrustDomain(td string) error {
 	if td == "" || len(td) > MaxTrustDomainLen {
 		return fmt.Errorf("trust domain %q is not 1 to %d characters", td, MaxTrustDomainLen)
 	}

@@ -56,6 +56,7 @@ func testIssuedRequests(t *testing.T, open func(*testing.T) store.Store) {
 		conflict bool
 	}{
 		{"request answered already", func(_ *store.Issuance, a *store.IssuedRequest) { a.Request = "pcr/1" }, true},
+		{"the same record and answer again", func(r *store.Issuance, a *store.IssuedRequest) { *r, *a = rec, ans }, true},
 		{"duplicate serial", func(r *store.Issuance, a *store.IssuedRequest) { r.Serial, a.Serial = "0a", "0a" }, false},
 		{"serial not the record's", func(_ *store.Issuance, a *store.IssuedRequest) { a.Serial = "0c" }, false},
 		{"missing request key", func(_ *store.Issuance, a *store.IssuedRequest) { a.Request = "" }, false},

@@ -41,7 +41,18 @@ func (s *Store) RecordIssuanceOnce(ctx context.Context, rec store.Issuance, req 
 			return err
 		}
 		if tag.RowsAffected() == 0 {
+			// A request answered already is ErrConflict however its
+			// serial came to be taken (the same write again, above all),
+			// as in every store.
+			var answered bool
+			if err := tx.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM meshca_issued_requests WHERE request = $1)",
+				req.Request).Scan(&answered); err != nil {
+				return err
+			}
 			refused = fmt.Errorf("%w %s", errDuplicate, rec.Serial)
+			if answered {
+				refused = fmt.Errorf("pgstore: request %s already answered: %w", req.Request, store.ErrConflict)
+			}
 			return refused
 		}
 		tag, err = tx.Exec(ctx, `INSERT INTO meshca_issued_requests (request, serial, answer)
