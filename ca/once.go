@@ -17,11 +17,12 @@ import (
 // the store holds an answer for key (given before a crash or a restart, or
 // by another replica that shares the store), that answer is returned with
 // resent true and nothing is signed; an answer that certifies another
-// identity or key than req's is not returned: ErrInvalidCSR. Otherwise Sign's pipeline runs, and
-// the issuance record and the answer are written in one atomic operation
-// (store.RecordIssuanceOnce); should another replica's answer win that
-// race, it is the one returned (resent), and the certificate signed here,
-// neither recorded nor handed out, is dropped.
+// identity or key than req's is not returned: ErrInvalidCSR. Otherwise
+// Sign's pipeline runs, and the issuance record and the answer are
+// written in one atomic operation (store.RecordIssuanceOnce); should
+// another replica's answer win that race, it is the one returned (resent),
+// and the certificate signed here, neither recorded nor handed out, is
+// dropped.
 //
 // An answer is kept as long as its issuance record (Config.Retention after
 // the certificate expires).
