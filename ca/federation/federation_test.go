@@ -141,7 +141,7 @@ func TestRefresh(t *testing.T) {
 			e := newEndpoint(t, nil)
 			return webPeer(t, e), e
 		}, status: http.StatusServiceUnavailable, body: good, wantErr: "503"},
-		{name: "redirect", peer: func(t *testing.T) (Peer, *endpoint) {
+		{name: "redirect to a good bundle", peer: func(t *testing.T) (Peer, *endpoint) {
 			e := newEndpoint(t, nil)
 			return webPeer(t, e), e
 		}, status: http.StatusFound, body: good, wantErr: "302"},

@@ -98,16 +98,26 @@ type endpoint struct {
 	body   []byte
 }
 
+// movedPath is where a redirect of the endpoint points: it answers the
+// body with 200, so that a client following the redirect would succeed.
+const movedPath = "/moved"
+
 // newEndpoint serves over TLS with cert, or httptest's own certificate
 // when cert is nil.
 func newEndpoint(t *testing.T, cert *tls.Certificate) *endpoint {
 	t.Helper()
 	e := &endpoint{status: http.StatusOK}
-	e.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	e.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.hits.Add(1)
 		e.mu.Lock()
 		status, body := e.status, e.body
 		e.mu.Unlock()
+		switch {
+		case r.URL.Path == movedPath:
+			status = http.StatusOK
+		case status >= 300 && status < 400:
+			w.Header().Set("Location", movedPath)
+		}
 		w.WriteHeader(status)
 		_, _ = w.Write(body)
 	}))
