@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshca/meshca/ca/federation"
 	"github.com/meshca/meshca/ca/store"
 )
 
@@ -59,10 +60,12 @@ func federatedStatus(ctx context.Context, st store.Store) ([]FederatedStatus, er
 	return out, nil
 }
 
+// parseFederated reads a stored bundle as the federation does before it
+// serves it, so that Error is set exactly for those it leaves out.
 func parseFederated(rec store.FederatedBundle) (*spiffebundle.Bundle, error) {
 	td, err := spiffeid.TrustDomainFromString(rec.TrustDomain)
 	if err != nil {
 		return nil, err
 	}
-	return spiffebundle.Parse(td, rec.Bundle)
+	return federation.ParseBundle(td, rec.Bundle)
 }

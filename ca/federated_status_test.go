@@ -18,7 +18,7 @@ import (
 
 // TestStatusFederation: Status describes each stored federated bundle
 // (source, times, sequence, roots, JWT key IDs in order) and says why one
-// that cannot be read is not served.
+// that cannot be read, or that the federation refuses, is not served.
 func TestStatusFederation(t *testing.T) {
 	ctx := context.Background()
 	st := storetest.NewMem()
@@ -38,6 +38,8 @@ func TestStatusFederation(t *testing.T) {
 	for _, rec := range []store.FederatedBundle{
 		{TrustDomain: "other.org", Bundle: doc, Source: store.FederatedFromEndpoint, RefreshedAt: t0, ChangedAt: t0.Add(-time.Hour)},
 		{TrustDomain: "broken.org", Bundle: []byte(`{"keys": 1}`), Source: store.FederatedFromFile, RefreshedAt: t0, ChangedAt: t0},
+		// A valid SPIFFE bundle document the federation refuses to serve.
+		{TrustDomain: "empty.org", Bundle: []byte(`{"keys": []}`), Source: store.FederatedFromFile, RefreshedAt: t0, ChangedAt: t0},
 	} {
 		if err := st.SaveFederatedBundle(ctx, rec); err != nil {
 			t.Fatal(err)
@@ -51,8 +53,8 @@ func TestStatusFederation(t *testing.T) {
 	for i, f := range s.Federation {
 		byTD[f.TrustDomain] = i
 	}
-	if len(s.Federation) != 2 {
-		t.Fatalf("federation: %+v, want other.org and broken.org", s.Federation)
+	if len(s.Federation) != 3 {
+		t.Fatalf("federation: %+v, want other.org, broken.org and empty.org", s.Federation)
 	}
 	good := s.Federation[byTD["other.org"]]
 	if good.Source != store.FederatedFromEndpoint || !good.RefreshedAt.Equal(t0) || !good.ChangedAt.Equal(t0.Add(-time.Hour)) ||
@@ -63,5 +65,8 @@ func TestStatusFederation(t *testing.T) {
 	bad := s.Federation[byTD["broken.org"]]
 	if bad.Error == "" || bad.Source != store.FederatedFromFile || len(bad.X509Authorities) != 0 {
 		t.Errorf("broken.org: %+v, want the parse error", bad)
+	}
+	if empty := s.Federation[byTD["empty.org"]]; !strings.Contains(empty.Error, "no X.509 authorities") {
+		t.Errorf("empty.org: %+v, want the error that keeps it from being served", empty)
 	}
 }

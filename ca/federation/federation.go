@@ -243,10 +243,7 @@ func (f *Federation) Load(ctx context.Context) error {
 		if cur := f.get(p.ID); cur != nil && !rec.RefreshedAt.After(cur.rec.RefreshedAt) {
 			continue
 		}
-		b, err := spiffebundle.Parse(p.ID, rec.Bundle)
-		if err == nil {
-			err = check(p.ID, b)
-		}
+		b, err := ParseBundle(p.ID, rec.Bundle)
 		if err != nil {
 			f.cfg.Logger.Error("federation: a stored bundle is unusable; left out", "trust_domain", rec.TrustDomain, "err", err)
 			continue
@@ -368,7 +365,7 @@ func (f *Federation) refresh(ctx context.Context, p *peer) (time.Duration, error
 		if p.lastFile != nil && string(data) == string(p.lastFile) {
 			return f.cfg.FileInterval, nil
 		}
-		b, err := parse(p.ID, data)
+		b, err := ParseBundle(p.ID, data)
 		if err != nil {
 			return f.cfg.FileInterval, fmt.Errorf("%w (in %s)", err, p.BundleFile)
 		}
@@ -382,7 +379,7 @@ func (f *Federation) refresh(ctx context.Context, p *peer) (time.Duration, error
 	if err != nil {
 		return p.refresh, err
 	}
-	b, err := parse(p.ID, data)
+	b, err := ParseBundle(p.ID, data)
 	if err != nil {
 		return p.refresh, fmt.Errorf("%w (from %s)", err, p.BundleEndpointURL)
 	}

@@ -126,7 +126,7 @@ func (f *Federation) readBundle(td spiffeid.TrustDomain, path string) (*spiffebu
 	if err != nil {
 		return nil, fmt.Errorf("federation: %s: %w", td.Name(), err)
 	}
-	b, err := parse(td, data)
+	b, err := ParseBundle(td, data)
 	if err != nil {
 		return nil, fmt.Errorf("%w (in %s)", err, path)
 	}
@@ -153,8 +153,10 @@ func readLimited(r io.Reader, limit int64) ([]byte, error) {
 	return data, nil
 }
 
-// parse parses and checks a bundle document of td.
-func parse(td spiffeid.TrustDomain, data []byte) (*spiffebundle.Bundle, error) {
+// ParseBundle parses a bundle document of td and checks it as every
+// bundle the federation serves is checked (check): what a fetch, a file
+// and the store are held to, and what `meshca ca status` reports by.
+func ParseBundle(td spiffeid.TrustDomain, data []byte) (*spiffebundle.Bundle, error) {
 	b, err := spiffebundle.Parse(td, data)
 	if err != nil {
 		return nil, fmt.Errorf("federation: %s: %w", td.Name(), err)
