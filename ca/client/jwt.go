@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	workloadpb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -20,19 +19,11 @@ const jwtService = "meshca.ca.v1.JWTService"
 // identity the client's credential proves: token, if not empty, as
 // "authorization: Bearer <token>", else the client certificate
 // (Config.ClientCertificate). It returns the token; its lifetime is the
-// CA's default for JWT-SVIDs.
+// CA's default for JWT-SVIDs, or the one ctx's outgoing metadata asks for
+// under "meshca-jwt-ttl" (ca/server.JWTTTLMetadata).
 func (c *Client) MintJWTSVID(ctx context.Context, audiences []string, token string) (string, error) {
-	return c.MintJWTSVIDTTL(ctx, audiences, token, 0)
-}
-
-// MintJWTSVIDTTL is MintJWTSVID for a lifetime of ttl (0: the CA's
-// default), within the CA's bounds (--jwt-svid-max-ttl).
-func (c *Client) MintJWTSVIDTTL(ctx context.Context, audiences []string, token string, ttl time.Duration) (string, error) {
 	if token != "" {
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
-	}
-	if ttl != 0 {
-		ctx = metadata.AppendToOutgoingContext(ctx, "meshca-jwt-ttl", ttl.String()) // server.JWTTTLMetadata
 	}
 	var resp workloadpb.JWTSVIDResponse
 	if err := c.invoke(ctx, jwtService, "MintJWTSVID", &workloadpb.JWTSVIDRequest{Audience: audiences}, &resp); err != nil {
