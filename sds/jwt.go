@@ -70,6 +70,7 @@ type JWTCache struct {
 	changed chan struct{}        // closed when bundle changes
 	wanted  bool                 // a workload has used the JWT profile
 	fetched time.Time            // when the CA was last asked
+	missing chan struct{}        // closed when RefreshAfterMiss's fetch ends; nil: none
 }
 
 type cachedJWT struct {
@@ -199,21 +200,41 @@ func (c *JWTCache) Refresh(ctx context.Context) error {
 	return nil
 }
 
-// RefreshAfterMiss fetches the bundle again after a token was signed by a
-// key not in it (a CA replica's new key may be younger than the last
-// fetch), unless the CA was asked less than 10 s ago. It reports whether
-// it fetched a new bundle.
-func (c *JWTCache) RefreshAfterMiss(ctx context.Context) bool {
+// RefreshAfterMiss is called after a token was signed by a key not in
+// tried, the bundle Bundle returned (a CA replica's new key may be
+// younger than the last fetch). It fetches the bundle again unless the CA
+// was asked less than 10 s ago, and reports whether the bundle held now
+// differs from tried. Misses at the same moment share one fetch: the
+// others wait for it.
+func (c *JWTCache) RefreshAfterMiss(ctx context.Context, tried *jwtbundle.Bundle) bool {
 	c.mu.Lock()
-	recent := c.cfg.Clock.Now().Sub(c.fetched) < missRefreshEvery
-	before := c.bundle
+	wait := c.missing
+	now := c.cfg.Clock.Now()
+	switch {
+	case wait != nil:
+	case now.Sub(c.fetched) < missRefreshEvery:
+		defer c.mu.Unlock()
+		return c.bundle != tried
+	default:
+		c.fetched, c.missing = now, make(chan struct{})
+	}
 	c.mu.Unlock()
-	if recent || c.Refresh(ctx) != nil {
-		return false
+	if wait != nil {
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return false
+		}
+	} else {
+		_ = c.Refresh(ctx) // logged
+		c.mu.Lock()
+		close(c.missing)
+		c.missing = nil
+		c.mu.Unlock()
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.bundle != before
+	return c.bundle != tried
 }
 
 // Run fetches the bundle every BundleRefresh once a workload has used the

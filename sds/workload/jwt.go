@@ -148,7 +148,7 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *workloadpb.ValidateJW
 		return jwtsvid.Validate(req.GetSvid(), jwtbundle.NewSet(s.jwtBundles(b)...), []string{req.GetAudience()}, s.jwt.Now())
 	}
 	tok, claims, err := validate(b)
-	if errors.Is(err, jwtsvid.ErrUntrusted) && s.jwt.RefreshAfterMiss(ctx) {
+	if errors.Is(err, jwtsvid.ErrUntrusted) && s.jwt.RefreshAfterMiss(ctx, b) {
 		// Signed by a key younger than the bundle, perhaps: a CA
 		// replica's new one.
 		if b, _, err = s.jwt.Bundle(ctx); err == nil {

@@ -189,6 +189,47 @@ func TestValidateRefreshesAfterMiss(t *testing.T) {
 	if ca.fetches != fetches {
 		t.Errorf("a miss within 10 s of the last fetch asked the CA again (%d fetches, want %d)", ca.fetches, fetches)
 	}
+
+	// Bursts of misses 10 s apart: one fetch for each burst, whose
+	// tokens of a key younger than the bundle all validate after it.
+	burst := func(tok string) (validated int) {
+		var (
+			wg sync.WaitGroup
+			mu sync.Mutex
+		)
+		start := make(chan struct{})
+		for range 64 {
+			wg.Go(func() {
+				<-start
+				if validate(tok) == nil {
+					mu.Lock()
+					validated++
+					mu.Unlock()
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		return validated
+	}
+	for _, tc := range []struct {
+		name  string
+		tok   func() string
+		valid int
+	}{
+		{"a CA replica's new key", func() string { ca.rotate(); return mint() }, 64},
+		{"a made-up key", func() string { return tok }, 0},
+	} {
+		clk.Advance(missRefreshEveryForTest)
+		tok := tc.tok()
+		fetches := ca.fetches
+		if got := burst(tok); got != tc.valid {
+			t.Errorf("%s: %d of 64 tokens validate at once, want %d", tc.name, got, tc.valid)
+		}
+		if ca.fetches != fetches+1 {
+			t.Errorf("%s: 64 misses at once asked the CA %d times, want once", tc.name, ca.fetches-fetches)
+		}
+	}
 }
 
 // missRefreshEveryForTest is sds's rate limit of refreshes after a miss.

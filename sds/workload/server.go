@@ -74,8 +74,9 @@ type JWTSource interface {
 	// when it next changes.
 	Bundle(ctx context.Context) (*jwtbundle.Bundle, <-chan struct{}, error)
 	// RefreshAfterMiss fetches the bundle again after a token signed by
-	// a key not in it, rate-limited, and reports whether it changed.
-	RefreshAfterMiss(ctx context.Context) bool
+	// a key not in tried, rate-limited, and reports whether the bundle
+	// held now differs from tried.
+	RefreshAfterMiss(ctx context.Context, tried *jwtbundle.Bundle) bool
 }
 
 // Server implements the SPIFFE Workload API for one workload's SVID.
