@@ -30,7 +30,8 @@ type FederatedStatus struct {
 	// IDs of its JWT authorities.
 	X509Authorities []CertStatus `json:"x509_authorities"`
 	JWTKeyIDs       []string     `json:"jwt_key_ids,omitempty"`
-	// Error says why a stored bundle cannot be read (it is not served).
+	// Error says why a stored bundle cannot be read, or is refused as a
+	// fetched one would be (federation.ParseBundle): it is not served.
 	Error string `json:"error,omitempty"`
 }
 
