@@ -42,8 +42,11 @@ func (c *Client) FederatedBundles(ctx context.Context, own spiffeid.TrustDomain)
 			continue // the CA's own roots come with every SVID, checked against the trusted ones
 		}
 		certs, err := x509.ParseCertificates(der)
-		if err != nil || len(certs) == 0 {
-			return nil, fmt.Errorf("client: CA answered a bad X.509 bundle for %s (%d certificates): %v", td.Name(), len(certs), err)
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("client: CA answered a bad X.509 bundle for %s: %w", td.Name(), err)
+		case len(certs) == 0:
+			return nil, fmt.Errorf("client: CA answered no X.509 authority for %s", td.Name())
 		}
 		out[td] = spiffebundle.FromX509Authorities(td, certs)
 	}

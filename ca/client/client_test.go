@@ -42,6 +42,14 @@ func (f *fakeReplica) CreateCertificate(context.Context, *pb.IstioCertificateReq
 // under ca, and returns its address.
 func (f *fakeReplica) serve(t *testing.T, ca *testca.CA) string {
 	t.Helper()
+	return serveGRPC(t, ca, func(g *grpc.Server) { pb.RegisterIstioCertificateServiceServer(g, f) })
+}
+
+// serveGRPC runs a gRPC server with the services register adds on
+// 127.0.0.1, with a serving certificate for localhost under ca, and
+// returns its address.
+func serveGRPC(t *testing.T, ca *testca.CA, register func(*grpc.Server)) string {
+	t.Helper()
 	key := testca.NewKey(t)
 	leaf := testca.Sign(t, &x509.Certificate{
 		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
@@ -50,7 +58,7 @@ func (f *fakeReplica) serve(t *testing.T, ca *testca.CA) string {
 	}, ca.Inter, &key.PublicKey, ca.InterKey)
 	cert := tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.Inter.Raw}, PrivateKey: key}
 	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})))
-	pb.RegisterIstioCertificateServiceServer(g, f)
+	register(g)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
