@@ -358,3 +358,32 @@ func TestFollowerReadsTheStore(t *testing.T) {
 		return seq == 5
 	})
 }
+
+// FuzzParseBundle reads arbitrary bytes as b.test's bundle document, as
+// fetched from its endpoint, and checks that ParseBundle never panics and
+// that what it accepts is a bundle of b.test with at least one X.509
+// authority and none that names another trust domain.
+func FuzzParseBundle(f *testing.F) {
+	b, c := newTDCA(f, "b.test"), newTDCA(f, "c.test")
+	f.Add(doc(f, tdB, time.Minute, 3, b.root))
+	f.Add(doc(f, tdB, 0, 0, b.root, c.root))
+	f.Add(doc(f, tdB, 0, 0))
+	f.Add([]byte(`{"keys": [{"kty": "EC", "use": "x509-svid", "crv": "P-256", "x5c": ["AA=="]}]}`))
+	f.Add([]byte(`{"keys": [`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		got, err := ParseBundle(tdB, data)
+		if err != nil {
+			return
+		}
+		if got.TrustDomain() != tdB || len(got.X509Authorities()) == 0 {
+			t.Fatalf("accepted a bundle of %s with %d X.509 authorities", got.TrustDomain(), len(got.X509Authorities()))
+		}
+		for _, a := range got.X509Authorities() {
+			for _, u := range a.URIs {
+				if id, err := spiffeid.FromURI(u); err == nil && !id.MemberOf(tdB) {
+					t.Fatalf("accepted an authority naming %s", id)
+				}
+			}
+		}
+	})
+}

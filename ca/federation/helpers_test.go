@@ -31,7 +31,7 @@ type tdCA struct {
 	key  *ecdsa.PrivateKey
 }
 
-func newTDCA(t *testing.T, name string) *tdCA {
+func newTDCA(t testing.TB, name string) *tdCA {
 	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString(name)
 	key := testca.NewKey(t)
@@ -62,7 +62,7 @@ func (c *tdCA) serverCert(t *testing.T, id spiffeid.ID) tls.Certificate {
 }
 
 // doc is a SPIFFE bundle document of td holding roots.
-func doc(t *testing.T, td spiffeid.TrustDomain, hint time.Duration, seq uint64, roots ...*x509.Certificate) []byte {
+func doc(t testing.TB, td spiffeid.TrustDomain, hint time.Duration, seq uint64, roots ...*x509.Certificate) []byte {
 	t.Helper()
 	b := spiffebundle.FromX509Authorities(td, roots)
 	b.SetRefreshHint(hint)
