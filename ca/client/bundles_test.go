@@ -24,27 +24,22 @@ type fakeBundles struct {
 
 // register adds f's two methods to g under the CA's service names.
 func (f *fakeBundles) register(g *grpc.Server) {
-	method := func(name string, answer func(dec func(any) error) (any, error)) grpc.MethodDesc {
-		return grpc.MethodDesc{MethodName: name, Handler: func(_ any, _ context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
-			return answer(dec)
-		}}
-	}
-	g.RegisterService(&grpc.ServiceDesc{ServiceName: "meshca.ca.v1.BundleService", HandlerType: (*any)(nil), Methods: []grpc.MethodDesc{
-		method("FetchX509Bundles", func(dec func(any) error) (any, error) {
-			if err := dec(&workloadpb.X509BundlesRequest{}); err != nil {
+	answer(g, "meshca.ca.v1.BundleService", "FetchX509Bundles", func() any { return &workloadpb.X509BundlesRequest{} },
+		&workloadpb.X509BundlesResponse{Bundles: f.x509s})
+	answer(g, "meshca.ca.v1.JWTService", "FetchJWTBundle", func() any { return &workloadpb.JWTBundlesRequest{} },
+		&workloadpb.JWTBundlesResponse{Bundles: f.jwts})
+}
+
+// answer registers service with one unary method on g that answers resp
+// to every request (decoded into newReq()).
+func answer(g *grpc.Server, service, method string, newReq func() any, resp any) {
+	g.RegisterService(&grpc.ServiceDesc{ServiceName: service, HandlerType: (*any)(nil), Methods: []grpc.MethodDesc{{MethodName: method,
+		Handler: func(_ any, _ context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+			if err := dec(newReq()); err != nil {
 				return nil, err
 			}
-			return &workloadpb.X509BundlesResponse{Bundles: f.x509s}, nil
-		}),
-	}}, f)
-	g.RegisterService(&grpc.ServiceDesc{ServiceName: "meshca.ca.v1.JWTService", HandlerType: (*any)(nil), Methods: []grpc.MethodDesc{
-		method("FetchJWTBundle", func(dec func(any) error) (any, error) {
-			if err := dec(&workloadpb.JWTBundlesRequest{}); err != nil {
-				return nil, err
-			}
-			return &workloadpb.JWTBundlesResponse{Bundles: f.jwts}, nil
-		}),
-	}}, f)
+			return resp, nil
+		}}}}, struct{}{})
 }
 
 // TestFederatedBundles: what the client takes from the CA's answers (each
