@@ -107,11 +107,11 @@ func (m *Manager) SetFederated(b map[spiffeid.TrustDomain]*spiffebundle.Bundle) 
 }
 
 // publish serves svid, with the federated bundles held and the Version
-// after the current SVID's.
+// after the current SVID's (1 for the first).
 func (m *Manager) publish(svid *SVID) {
 	m.pubMu.Lock()
 	defer m.pubMu.Unlock()
-	svid.Federated = m.federated
+	svid.Federated, svid.Version = m.federated, 1
 	if cur := m.src.Current(); cur != nil {
 		svid.Version = cur.Version + 1
 	}

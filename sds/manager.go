@@ -413,11 +413,7 @@ func (m *Manager) fetch(ctx context.Context, cur *SVID, useSVID bool) (*SVID, er
 	if err != nil {
 		return nil, err
 	}
-	var version uint64 = 1
-	if cur != nil {
-		version = cur.Version + 1
-	}
-	return &SVID{ID: m.cfg.ID, Certificates: certs, Key: key, Roots: roots, Version: version}, nil
+	return &SVID{ID: m.cfg.ID, Certificates: certs, Key: key, Roots: roots}, nil // Version: publish
 }
 
 // checkChain parses the CA's answer (leaf, intermediates, then the roots
