@@ -387,3 +387,60 @@ func FuzzParseBundle(f *testing.F) {
 		}
 	})
 }
+
+// TestEndpointOutsideItsTrustDomain: an https_spiffe endpoint whose SPIFFE
+// ID is in the CA's own trust domain is verified with the CA's roots, and
+// one in another federated trust domain with that trust domain's current
+// bundle: refused while there is none, accepted once it is served.
+func TestEndpointOutsideItsTrustDomain(t *testing.T) {
+	a, b, c := newTDCA(t, own.Name()), newTDCA(t, "b.test"), newTDCA(t, "c.test")
+	good := doc(t, tdB, 0, 1, b.root)
+	// endpointFor serves good as id, certified by ca, and returns b.test's
+	// peer behind it.
+	endpointFor := func(t *testing.T, ca *tdCA, id spiffeid.ID) Peer {
+		cert := ca.serverCert(t, id)
+		e := newEndpoint(t, &cert)
+		e.set(http.StatusOK, good)
+		return Peer{ID: tdB, EndpointID: id, TrustDomainConfig: TrustDomainConfig{TrustDomain: "b.test", BundleEndpointURL: e.srv.URL + "/",
+			BundleEndpointProfile: bundle.ProfileSPIFFE, EndpointSPIFFEID: id.String()}}
+	}
+	newFedRoots := func(t *testing.T, roots []*x509.Certificate, peers ...Peer) *Federation {
+		t.Helper()
+		f, err := New(Config{Peers: peers, TrustDomain: own, Store: storetest.NewMem(), Clock: clocktest.New(t0),
+			Roots: func() []*x509.Certificate { return roots }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	wantErr := func(t *testing.T, err error, want string) {
+		t.Helper()
+		if want == "" && err != nil || want != "" && (err == nil || !strings.Contains(err.Error(), want)) {
+			t.Fatalf("refresh error = %v, want %q", err, want)
+		}
+	}
+	relay := spiffeid.RequireFromPath(own, "/relay")
+
+	t.Run("in our own trust domain, by our roots", func(t *testing.T) {
+		f := newFedRoots(t, []*x509.Certificate{a.root}, endpointFor(t, a, relay))
+		_, err := f.refresh(t.Context(), f.peers[0])
+		wantErr(t, err, "")
+	})
+	t.Run("in our own trust domain, certified by another", func(t *testing.T) {
+		f := newFedRoots(t, []*x509.Certificate{a.root}, endpointFor(t, b, relay))
+		_, err := f.refresh(t.Context(), f.peers[0])
+		wantErr(t, err, "certificate signed by unknown authority")
+	})
+	t.Run("in another federated trust domain, by its bundle", func(t *testing.T) {
+		static := Peer{ID: c.td, TrustDomainConfig: TrustDomainConfig{TrustDomain: "c.test",
+			BundleFile: writeFile(t, t.TempDir(), "c.json", doc(t, c.td, 0, 1, c.root))}}
+		f := newFedRoots(t, []*x509.Certificate{a.root}, endpointFor(t, c, spiffeid.RequireFromPath(c.td, "/relay")), static)
+		_, err := f.refresh(t.Context(), f.peers[0])
+		wantErr(t, err, "no bundle of c.test")
+		if _, err := f.refresh(t.Context(), f.peers[1]); err != nil {
+			t.Fatal(err)
+		}
+		_, err = f.refresh(t.Context(), f.peers[0])
+		wantErr(t, err, "")
+	})
+}
