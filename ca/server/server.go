@@ -79,6 +79,19 @@ const (
 	maxConnectionAgeGrace = 5 * time.Minute
 )
 
+// Flow-control windows for gRPC. Fixed windows turn off gRPC's bandwidth
+// estimator, which otherwise sends a PING and a connection WINDOW_UPDATE
+// after most requests: a CSR is a few KiB, there is no bandwidth to probe
+// for, and while a handler waits for its record's fsync those frames leave
+// in a write (and a TLS record) of their own, which the client must read
+// and answer. A stream may send 64 KiB before an update (what gRPC starts
+// with, and the default bound on a request); the connection 1 MiB, so
+// many calls in flight on one connection do not wait for updates.
+const (
+	streamWindow = 64 << 10
+	connWindow   = 1 << 20
+)
+
 // monitorMaxHeaderBytes bounds the request headers on the monitoring port:
 // a Prometheus scrape or a kubelet probe sends a few hundred bytes.
 const monitorMaxHeaderBytes = 16 << 10
@@ -250,6 +263,8 @@ func New(cfg Config) (*Server, error) {
 			MaxConnectionAge:      maxConnectionAge,
 			MaxConnectionAgeGrace: maxConnectionAgeGrace,
 		}),
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(connWindow),
 		grpc.ChainUnaryInterceptor(s.deadlineInterceptor),
 		// Handlers run on long-lived workers, one per signing slot, whose
 		// stacks have already grown to what signing needs, instead of a
