@@ -49,6 +49,10 @@ type Options struct {
 	// MeshcaArgs are added to every `meshca server` command line (for
 	// example --profiling, or a shedding setting under study).
 	MeshcaArgs []string
+	// MeshcaB, if set, is a second meshca binary that the mtls scenario
+	// measures beside the first, in the same interleaved rounds: two
+	// builds compared on a noisy machine.
+	MeshcaB string
 }
 
 // Env is what the scenarios of one run share.
@@ -184,7 +188,12 @@ func (e *Env) startPeer(name, cred, kind, kubeconfig string) (*target, error) {
 
 // startMeshca starts `meshca server --k8s-attestation mode`.
 func (e *Env) startMeshca(name, cred, mode, kubeconfig string, admin bool) (*target, error) {
-	s, err := meshca.Start(meshca.Config{Bin: e.Meshca, Dir: e.dir("meshca-" + mode), Mode: mode, Kubeconfig: kubeconfig, AdminAPI: admin, Extra: e.Opts.MeshcaArgs})
+	return e.startMeshcaBin(e.Meshca, name, cred, mode, kubeconfig, admin)
+}
+
+// startMeshcaBin is startMeshca with the meshca binary bin.
+func (e *Env) startMeshcaBin(bin, name, cred, mode, kubeconfig string, admin bool) (*target, error) {
+	s, err := meshca.Start(meshca.Config{Bin: bin, Dir: e.dir("meshca-" + mode), Mode: mode, Kubeconfig: kubeconfig, AdminAPI: admin, Extra: e.Opts.MeshcaArgs})
 	if err != nil {
 		return nil, err
 	}

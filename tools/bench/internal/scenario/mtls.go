@@ -18,7 +18,8 @@ const csrsPerClient = 8
 // own identity and asks for a new one for the same identity. The floor and
 // Istio's CA server get SVIDs under the benchmark's CA; meshca
 // (--k8s-attestation off) gets them from meshca itself, first issued with
-// join tokens, as a machine outside Kubernetes would.
+// join tokens, as a machine outside Kubernetes would. With Options.MeshcaB,
+// a second meshca build is measured the same way, in the same rounds.
 func (e *Env) MTLS(ctx context.Context) (report.Table, error) {
 	n := e.Opts.Clients
 	idList, _ := ids("bench", "client", n)
@@ -42,17 +43,23 @@ func (e *Env) MTLS(ctx context.Context) (report.Table, error) {
 			return report.Table{}, fmt.Errorf("%s: %w", t.name, err)
 		}
 	}
-	m, err := e.startMeshca("`meshca server`", "mTLS renewal", "off", "", true)
-	if err != nil {
-		return report.Table{}, err
+	bins := []struct{ bin, name string }{{e.Meshca, "`meshca server`"}}
+	if e.Opts.MeshcaB != "" {
+		bins = append(bins, struct{ bin, name string }{e.Opts.MeshcaB, "`meshca server` (B)"})
 	}
-	targets = append(targets, m)
-	svids, err := m.meshca.SVIDs(ctx, idList)
-	if err != nil {
-		return report.Table{}, err
-	}
-	if err := m.dial(ctx, n, svids); err != nil {
-		return report.Table{}, fmt.Errorf("meshca: %w", err)
+	for _, b := range bins {
+		m, err := e.startMeshcaBin(b.bin, b.name, "mTLS renewal", "off", "", true)
+		if err != nil {
+			return report.Table{}, err
+		}
+		targets = append(targets, m)
+		svids, err := m.meshca.SVIDs(ctx, idList)
+		if err != nil {
+			return report.Table{}, err
+		}
+		if err := m.dial(ctx, n, svids); err != nil {
+			return report.Table{}, fmt.Errorf("%s: %w", b.name, err)
+		}
 	}
 	req := func(i, k int) ([]byte, string) { return csrs[i][k%csrsPerClient].PEM, "" }
 	all, err := e.rounds(ctx, "mtls", targets, nil, func(*target) load.Request { return req })
