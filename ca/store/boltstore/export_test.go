@@ -50,6 +50,22 @@ func KeyCounts(s *Store) (counts [4]int) {
 	return counts
 }
 
+// LeafFill returns, for the issuance log's buckets in KeyCounts' order, how
+// full their leaf pages are (bytes in use over the pages' size).
+func LeafFill(s *Store) (fill [4]float64) {
+	err := s.db.View(func(tx *bolt.Tx) error {
+		for i, name := range [][]byte{bucketIssuances, bucketByNotAfter, bucketByIssuedAt, bucketBySPIFFEID} {
+			st := tx.Bucket(name).Stats()
+			fill[i] = float64(st.LeafInuse) / float64(st.LeafAlloc)
+		}
+		return nil
+	})
+	if err != nil {
+		panic(err)
+	}
+	return fill
+}
+
 // Journaled returns how many records are journaled and not yet in the data
 // file.
 func Journaled(s *Store) int { return s.journaled() }

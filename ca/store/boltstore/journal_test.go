@@ -424,6 +424,37 @@ func TestJournalLargerThanCheckpoint(t *testing.T) {
 	}
 }
 
+// TestCheckpointFillsAppendedPages: checkpoints of time-ordered records
+// leave the pages of the buckets they append to (the serials, the IssuedAt
+// index) nearly full, not half full as bbolt splits pages by default.
+func TestCheckpointFillsAppendedPages(t *testing.T) {
+	s := openWith(t, filepath.Join(t.TempDir(), "meshca.db"), manual)
+	n := 0
+	for range 5 {
+		recs := make([]store.Issuance, 2000)
+		for i := range recs {
+			n++
+			recs[i] = rec(fmt.Sprintf("%012x%020x", 0x19a00000000+uint64(n), uint64(n)*0x9e3779b97f4a7c15),
+				fmt.Sprintf("spiffe://example.org/ns/default/sa/w%d", n%50), n/100, 24+n/100)
+		}
+		for _, err := range boltstore.CommitBatch(s, recs, nil) {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := boltstore.Checkpoint(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fill := boltstore.LeafFill(s)
+	for i, name := range []string{"issuances", "", "by IssuedAt"} {
+		if name != "" && fill[i] < 0.85 {
+			t.Errorf("%s: leaf pages %.0f %% full, want at least 85 %%", name, 100*fill[i])
+		}
+	}
+	t.Logf("leaf pages full: %.0f %% (serials), %.0f %% (NotAfter), %.0f %% (IssuedAt), %.0f %% (SPIFFE ID)", 100*fill[0], 100*fill[1], 100*fill[2], 100*fill[3])
+}
+
 // TestReadsDuringCheckpoints: readers running beside writers and frequent
 // checkpoints always find every record acknowledged before they started,
 // once each, in order.
