@@ -14,7 +14,7 @@ K8S_VERSION := v1.35.4
 K8S_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=$(K8S_VERSION) \
                -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=35
 
-.PHONY: help build run test bench fuzz lint lint-tools clean testenv vault peertest bench-e2e deploy-check
+.PHONY: help build run test bench fuzz lint lint-tools clean testenv vault peertest benchtest bench-e2e deploy-check
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -75,6 +75,9 @@ $(TESTENV_BIN)/vault: tools/vault/go.mod tools/vault/go.sum tools/vault/build.sh
 deploy-check: testenv ## the Helm chart (tools/deploycheck): render it with the Helm Go SDK, compare with deploy/manifests (DEPLOYCHECK_FLAGS=-update rewrites them), server-side dry-run it and deploy/examples on the real kube-apiserver, run meshca server under the chart's RBAC
 	cd tools/deploycheck && $(GO) vet -mod=readonly . && \
 	  MESHCA_TESTENV_BIN=$(TESTENV_BIN) $(GO) test -mod=readonly -count=1 . $(DEPLOYCHECK_FLAGS)
+
+benchtest: ## unit tests of the load generator's own logic (tools/bench: load, ratios, reports; not the peer servers)
+	cd tools/bench && $(GO) test -mod=readonly -count=1 ./internal/floor ./internal/kube ./internal/load ./internal/proc ./internal/report ./internal/scenario
 
 peertest: ## wire compatibility with Istio's own CA client (istio-agent's), from tools/istiopeer
 	cd tools/istiopeer && $(GO) test -count=1 ./...

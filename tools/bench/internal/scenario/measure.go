@@ -183,6 +183,25 @@ func (s *series) ratio(floor *series) float64 {
 	return median(r)
 }
 
+// versus compares s with a, measured in the same rounds: the medians over
+// rounds of s's rate over a's and of s's CPU per certificate over a's.
+func (s *series) versus(a *series) (rate, cpu float64) {
+	var r, c []float64
+	for i, x := range s.samples {
+		if i >= len(a.samples) {
+			break
+		}
+		y := a.samples[i]
+		if y.res.Rate() > 0 {
+			r = append(r, x.res.Rate()/y.res.Rate())
+		}
+		if x.res.OK > 0 && y.res.OK > 0 && y.cpu > 0 {
+			c = append(c, (float64(x.cpu)/float64(x.res.OK))/(float64(y.cpu)/float64(y.res.OK)))
+		}
+	}
+	return median(r), median(c)
+}
+
 // rateCell formats the median rate and, over several rounds, the range.
 func rateCell(rates []float64) string {
 	if len(rates) == 0 {
