@@ -144,6 +144,12 @@ func poolFromPEM(b []byte) (*x509.CertPool, error) {
 	return pool, nil
 }
 
+// window is the flow-control window of each call and of the connection.
+// A fixed one turns off gRPC's bandwidth estimator, which otherwise sends
+// the CA a PING after most answers, for the CA to read and acknowledge:
+// answers are a few KiB, and 1 MiB holds the largest bundle in one window.
+const window = 1 << 20
+
 // dial replaces the connection with one presenting cert. Callers hold mu
 // (or are New).
 func (c *Client) dial(cert *tls.Certificate) error {
@@ -155,7 +161,8 @@ func (c *Client) dial(cert *tls.Certificate) error {
 	}
 	target, opts := c.target()
 	opts = append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
-		grpc.WithDefaultServiceConfig(serviceConfig), grpc.WithIdleTimeout(idleTimeout))
+		grpc.WithDefaultServiceConfig(serviceConfig), grpc.WithIdleTimeout(idleTimeout),
+		grpc.WithInitialWindowSize(window), grpc.WithInitialConnWindowSize(window))
 	conn, err := grpc.NewClient(target, opts...)
 	if err != nil {
 		return fmt.Errorf("client: %w", err)

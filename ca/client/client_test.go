@@ -50,13 +50,7 @@ func (f *fakeReplica) serve(t *testing.T, ca *testca.CA) string {
 // returns its address.
 func serveGRPC(t *testing.T, ca *testca.CA, register func(*grpc.Server)) string {
 	t.Helper()
-	key := testca.NewKey(t)
-	leaf := testca.Sign(t, &x509.Certificate{
-		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}, ca.Inter, &key.PublicKey, ca.InterKey)
-	cert := tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.Inter.Raw}, PrivateKey: key}
+	cert := servingCert(t, ca)
 	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})))
 	register(g)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -66,6 +60,18 @@ func serveGRPC(t *testing.T, ca *testca.CA, register func(*grpc.Server)) string 
 	go func() { _ = g.Serve(ln) }()
 	t.Cleanup(g.Stop)
 	return ln.Addr().String()
+}
+
+// servingCert is a serving certificate for localhost and 127.0.0.1 under ca.
+func servingCert(t *testing.T, ca *testca.CA) tls.Certificate {
+	t.Helper()
+	key := testca.NewKey(t)
+	leaf := testca.Sign(t, &x509.Certificate{
+		NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}, ca.Inter, &key.PublicKey, ca.InterKey)
+	return tls.Certificate{Certificate: [][]byte{leaf.Raw, ca.Inter.Raw}, PrivateKey: key}
 }
 
 // closedAddr is an address nothing listens on: a replica that is down.
