@@ -4,9 +4,8 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"io"
 	"net"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,19 +14,20 @@ import (
 	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/meshca/meshca/ca/client"
+	"github.com/meshca/meshca/internal/frametap"
 	"github.com/meshca/meshca/internal/testca"
 )
 
-// pingListener ends TLS itself and counts the PING frames (not the acks)
-// that clients send, so that the gRPC server behind it sees plain HTTP/2.
-type pingListener struct {
+// tapListener ends TLS itself and taps each connection's frames, so that
+// the gRPC server behind it sees plain HTTP/2.
+type tapListener struct {
 	net.Listener
 	cert  tls.Certificate
-	pings atomic.Int32
-	calls atomic.Int32 // HEADERS frames: one per call
+	mu    sync.Mutex
+	conns []*frametap.Conn
 }
 
-func (l *pingListener) Accept() (net.Conn, error) {
+func (l *tapListener) Accept() (net.Conn, error) {
 	raw, err := l.Listener.Accept()
 	if err != nil {
 		return nil, err
@@ -37,50 +37,23 @@ func (l *pingListener) Accept() (net.Conn, error) {
 		_ = raw.Close()
 		return nil, err
 	}
-	r, w := io.Pipe()
-	go l.parse(r)
-	return &teeConn{Conn: tc, w: w}, nil
+	c := frametap.New(tc, true)
+	l.mu.Lock()
+	l.conns = append(l.conns, c)
+	l.mu.Unlock()
+	return c, nil
 }
 
-func (l *pingListener) parse(r *io.PipeReader) {
-	defer func() { _, _ = io.Copy(io.Discard, r) }() // never block the connection's reads
-	if _, err := io.ReadFull(r, make([]byte, len(http2.ClientPreface))); err != nil {
-		return
+// counts sums the frames clients sent: calls (HEADERS) and PINGs that
+// are not acknowledgements.
+func (l *tapListener) counts() (calls, pings int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, c := range l.conns {
+		m, p := c.Counts()
+		calls, pings = calls+m[http2.FrameHeaders], pings+p
 	}
-	fr := http2.NewFramer(nil, r)
-	for {
-		f, err := fr.ReadFrame()
-		if err != nil {
-			return
-		}
-		switch f := f.(type) {
-		case *http2.PingFrame:
-			if !f.IsAck() {
-				l.pings.Add(1)
-			}
-		case *http2.HeadersFrame:
-			l.calls.Add(1)
-		}
-	}
-}
-
-// teeConn copies what it reads to w.
-type teeConn struct {
-	net.Conn
-	w *io.PipeWriter
-}
-
-func (c *teeConn) Read(b []byte) (int, error) {
-	n, err := c.Conn.Read(b)
-	if n > 0 {
-		_, _ = c.w.Write(b[:n])
-	}
-	return n, err
-}
-
-func (c *teeConn) Close() error {
-	_ = c.w.Close()
-	return c.Conn.Close()
+	return calls, pings
 }
 
 // TestNoBandwidthProbes checks that the client does not run gRPC's
@@ -92,7 +65,7 @@ func TestNoBandwidthProbes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln := &pingListener{Listener: inner, cert: servingCert(t, ca)}
+	ln := &tapListener{Listener: inner, cert: servingCert(t, ca)}
 	g := grpc.NewServer() // TLS is ended by ln
 	pb.RegisterIstioCertificateServiceServer(g, &fakeReplica{})
 	go func() { _ = g.Serve(ln) }()
@@ -113,13 +86,14 @@ func TestNoBandwidthProbes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for wait := time.Now().Add(5 * time.Second); ln.calls.Load() < calls && time.Now().Before(wait); {
+	got, pings := ln.counts()
+	for wait := time.Now().Add(5 * time.Second); got < calls && time.Now().Before(wait); got, pings = ln.counts() {
 		time.Sleep(time.Millisecond) // the parser may trail the server by a frame
 	}
-	if got := ln.calls.Load(); got != calls {
+	if got != calls {
 		t.Fatalf("%d HEADERS frames for %d calls: the frame count is broken", got, calls)
 	}
-	if got := ln.pings.Load(); got != 0 {
-		t.Errorf("the client sent %d PINGs in %d calls, want none", got, calls)
+	if pings != 0 {
+		t.Errorf("the client sent %d PINGs in %d calls, want none", pings, calls)
 	}
 }

@@ -43,12 +43,14 @@ func (e *Env) MTLS(ctx context.Context) (report.Table, error) {
 			return report.Table{}, fmt.Errorf("%s: %w", t.name, err)
 		}
 	}
-	bins := []struct{ bin, name string }{{e.Meshca, "`meshca server`"}}
-	if e.Opts.MeshcaB != "" {
-		bins = append(bins, struct{ bin, name string }{e.Opts.MeshcaB, "`meshca server` (B)"})
-	}
-	for _, b := range bins {
-		m, err := e.startMeshcaBin(b.bin, b.name, "mTLS renewal", "off", "", true)
+	// The same binary twice is an A/A run: names, not paths, tell them apart.
+	bins, names := []string{e.Meshca, e.Opts.MeshcaB}, []string{"`meshca server`", "`meshca server` (B)"}
+	for i, bin := range bins {
+		if bin == "" {
+			continue
+		}
+		name := names[i]
+		m, err := e.startMeshcaBin(bin, name, "mTLS renewal", "off", "", true)
 		if err != nil {
 			return report.Table{}, err
 		}
@@ -58,7 +60,7 @@ func (e *Env) MTLS(ctx context.Context) (report.Table, error) {
 			return report.Table{}, err
 		}
 		if err := m.dial(ctx, n, svids); err != nil {
-			return report.Table{}, fmt.Errorf("%s: %w", b.name, err)
+			return report.Table{}, fmt.Errorf("%s: %w", name, err)
 		}
 	}
 	req := func(i, k int) ([]byte, string) { return csrs[i][k%csrsPerClient].PEM, "" }
