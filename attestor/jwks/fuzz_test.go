@@ -73,9 +73,13 @@ func FuzzClaims(f *testing.F) {
 		}
 		var h struct {
 			Alg string `json:"alg"`
+			Kid string `json:"kid"`
 		}
 		if json.Unmarshal(header, &h) != nil || h.Alg != string(jose.ES256) {
 			t.Fatalf("accepted header %q", header)
+		}
+		if kid, err := jwks.KeyID(tok); err != nil || kid != h.Kid {
+			t.Fatalf("KeyID = (%q, %v) on a token verified with header %q", kid, err, header)
 		}
 		now := clk.Now()
 		switch {
@@ -110,6 +114,9 @@ func FuzzPeek(f *testing.F) {
 	f.Add("e30.e30.e30")
 	f.Add("a.b.c")
 	f.Fuzz(func(t *testing.T, token string) {
+		if kid, err := jwks.KeyID(token); err != nil && kid != "" {
+			t.Fatalf("KeyID(%q) = (%q, %v): a key ID with an error", token, kid, err)
+		}
 		iss, exp, ok := jwks.Peek(token)
 		if !ok {
 			if iss != "" || !exp.IsZero() {

@@ -17,6 +17,8 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -111,6 +113,10 @@ type KeySet struct {
 	loaded   bool      // a fetch has succeeded
 	loadedAt time.Time // when the last successful fetch started
 	failedAt time.Time // when the last fetch failed
+	// sum is the SHA-256 of the last document fetched, and version counts
+	// the fetches that brought a different one (Version).
+	sum     [sha256.Size]byte
+	version uint64
 }
 
 // retryFailedAfter limits fetches while the issuer is failing.
@@ -251,7 +257,7 @@ func (k *KeySet) refresh(ctx context.Context, kid string) (bool, error) {
 	// Fetch without holding mu, so tokens with known keys are not held up
 	// by a slow issuer; a caller giving up does not fail the others.
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	set, err := fetchSet(fctx, k.fetch)
+	set, sum, err := fetchSet(fctx, k.fetch)
 	cancel()
 
 	k.mu.Lock()
@@ -260,20 +266,47 @@ func (k *KeySet) refresh(ctx context.Context, kid string) (bool, error) {
 		k.failedAt = now
 		return true, err
 	}
-	k.keys, k.loaded, k.loadedAt, k.failedAt = set, true, now, time.Time{}
+	if !k.loaded || sum != k.sum {
+		k.version++
+	}
+	k.keys, k.sum, k.loaded, k.loadedAt, k.failedAt = set, sum, true, now, time.Time{}
 	return true, nil
 }
 
-func fetchSet(ctx context.Context, fetch Fetcher) (jose.JSONWebKeySet, error) {
+func fetchSet(ctx context.Context, fetch Fetcher) (jose.JSONWebKeySet, [sha256.Size]byte, error) {
 	var set jose.JSONWebKeySet
 	raw, err := fetch(ctx)
 	if err != nil {
-		return set, fmt.Errorf("fetch key set: %w", err)
+		return set, [sha256.Size]byte{}, fmt.Errorf("fetch key set: %w", err)
 	}
 	if err := json.Unmarshal(raw, &set); err != nil {
-		return set, fmt.Errorf("key set is not a JWKS: %w", err)
+		return set, [sha256.Size]byte{}, fmt.Errorf("key set is not a JWKS: %w", err)
 	}
-	return set, nil
+	return set, sha256.Sum256(raw), nil
+}
+
+// Version returns the version of the cached keys: 0 before the first
+// fetch, then a number that changes whenever a fetch brings a different key
+// set, and only then. A verification made while Version returned v stands
+// for as long as Recheck returns v for the token's key ID.
+func (k *KeySet) Version() uint64 {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.version
+}
+
+// Recheck does for a token signed by key kid (as its header names it) what
+// verifying it would do with the key set: fetch first when the set is due
+// for a refresh, or when kid is unknown and a fetch is allowed. It returns
+// the set's version afterwards, or an error when no key fits kid. A caller
+// that caches verified tokens (keyed by the whole token) calls it on every
+// hit, so that a cached token stops verifying when its key leaves the set,
+// as a verification would.
+func (k *KeySet) Recheck(ctx context.Context, kid string) (uint64, error) {
+	if _, err := k.lookup(ctx, kid); err != nil {
+		return 0, err
+	}
+	return k.Version(), nil
 }
 
 // match returns the keys for kid (all keys for ""). Callers hold mu.
@@ -375,6 +408,27 @@ func (v *Verifier) Verify(ctx context.Context, token string, extra any) (*jwt.Cl
 		return nil, fmt.Errorf("%w: issued in the future", ErrInvalid)
 	}
 	return &claims, nil
+}
+
+// KeyID returns the key ID ("kid") a compact JWS's header names, "" when it
+// names none. It does not verify anything: callers use it on tokens Verify
+// has accepted, to call KeySet.Recheck with.
+func KeyID(token string) (string, error) {
+	h, _, ok := strings.Cut(token, ".")
+	if !ok {
+		return "", fmt.Errorf("%w: not a compact JWS", ErrInvalid)
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(h)
+	if err != nil {
+		return "", fmt.Errorf("%w: header is not base64url: %v", ErrInvalid, err)
+	}
+	var hdr struct {
+		KeyID string `json:"kid"`
+	}
+	if err := json.Unmarshal(raw, &hdr); err != nil {
+		return "", fmt.Errorf("%w: malformed header: %v", ErrInvalid, err)
+	}
+	return hdr.KeyID, nil
 }
 
 // parse checks that token is one compact JWS of at most MaxTokenBytes, in

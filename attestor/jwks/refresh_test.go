@@ -202,3 +202,57 @@ func dueRefreshHeld(t *testing.T) *fixture {
 	f.src.gate = make(chan struct{})
 	return f
 }
+
+// TestKeySetVersion: the version changes when, and only when, a fetch
+// brings a different key set, and Recheck does a verification's fetching
+// and answers with it (or with the error a verification would meet).
+func TestKeySetVersion(t *testing.T) {
+	testKeys(t)
+	ec1, ec2 := pub("ec1", ecKey, jose.ES256), pub("ec2", ecKey2, jose.ES256)
+	f := newFixture(t, ec1)
+	if v := f.ks.Version(); v != 0 {
+		t.Fatalf("Version() before any fetch = %d, want 0", v)
+	}
+	steps := []struct {
+		name        string
+		advance     time.Duration
+		publish     []jose.JSONWebKey // when not nil, the issuer now serves these keys
+		fail        bool
+		kid         string
+		wantErr     string
+		wantVersion uint64
+		wantFetches int
+	}{
+		{name: "first recheck fetches", kid: "ec1", wantVersion: 1, wantFetches: 1},
+		{name: "cached", advance: time.Minute, kid: "ec1", wantVersion: 1, wantFetches: 1},
+		{name: "refetched unchanged", advance: jwks.DefaultRefreshInterval, kid: "ec1", wantVersion: 1, wantFetches: 2},
+		{name: "a key added", publish: []jose.JSONWebKey{ec1, ec2}, advance: jwks.DefaultRefreshInterval, kid: "ec1", wantVersion: 2, wantFetches: 3},
+		{name: "a failed refresh keeps the version", fail: true, advance: jwks.DefaultRefreshInterval, kid: "ec1", wantVersion: 2, wantFetches: 4},
+		{name: "the key swapped behind ec1", publish: []jose.JSONWebKey{pub("ec1", ecKey2, jose.ES256)}, advance: jwks.DefaultRefreshInterval, kid: "ec1", wantVersion: 3, wantFetches: 5},
+		{name: "ec2 removed: unknown", advance: minRefresh, kid: "ec2", wantErr: "unknown key", wantVersion: 3, wantFetches: 6},
+	}
+	for _, s := range steps {
+		f.clk.Advance(s.advance)
+		switch {
+		case s.fail:
+			f.src.set(nil, errors.New("connection refused"))
+		case s.publish != nil:
+			f.src.set(jwksDoc(t, s.publish...), nil)
+		}
+		v, err := f.ks.Recheck(context.Background(), s.kid)
+		switch {
+		case s.wantErr == "" && err != nil:
+			t.Errorf("%s: Recheck() = %v, want success", s.name, err)
+		case s.wantErr != "" && (err == nil || !strings.Contains(err.Error(), s.wantErr)):
+			t.Errorf("%s: Recheck() = (%d, %v), want an error containing %q", s.name, v, err, s.wantErr)
+		case err == nil && v != s.wantVersion:
+			t.Errorf("%s: Recheck() = %d, want version %d", s.name, v, s.wantVersion)
+		}
+		if got := f.ks.Version(); got != s.wantVersion {
+			t.Errorf("%s: Version() = %d, want %d", s.name, got, s.wantVersion)
+		}
+		if got := f.src.fetches(); got != s.wantFetches {
+			t.Errorf("%s: fetches = %d, want %d", s.name, got, s.wantFetches)
+		}
+	}
+}

@@ -127,6 +127,7 @@ type recorder struct {
 	reviews   map[string]int
 	hits      int
 	negHits   int
+	verHits   int
 	inFlight  int
 	throttled int
 	refused   map[string]int
@@ -143,6 +144,12 @@ func (r *recorder) NegativeCacheHit() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.negHits++
+}
+
+func (r *recorder) VerifiedCacheHit() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.verHits++
 }
 
 func (r *recorder) ReviewsInFlight(n int) {
@@ -178,6 +185,8 @@ func (r *recorder) count(what string) int {
 		return r.negHits
 	case "throttled":
 		return r.throttled
+	case "verified-hits":
+		return r.verHits
 	}
 	panic("recorder: unknown counter " + what)
 }

@@ -2,8 +2,12 @@ package k8s
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"time"
+
+	"k8s.io/apimachinery/pkg/util/cache"
 
 	"github.com/meshca/meshca/attestor"
 	"github.com/meshca/meshca/attestor/jwks"
@@ -15,10 +19,38 @@ const DefaultIssuer = "https://kubernetes.default.svc.cluster.local"
 // JWKSAttestor verifies ServiceAccount tokens offline against the cluster's
 // JWKS. It cannot see a ServiceAccount deleted after its token was issued;
 // projected tokens are short-lived (1h by default) to bound that.
+//
+// A token it has verified is remembered (JWKSConfig.CacheSize), keyed by the
+// token's SHA-256, so the same token presented again (a workload renewing,
+// an agent retrying) costs a hash and a lookup instead of a signature
+// check. A remembered token answers only what verifying it again would: it
+// is used until it expires, and only while the key set holds the same keys
+// as when it was verified (jwks.KeySet.Recheck, which also refreshes the set
+// when due). Refused tokens are not remembered.
 type JWKSAttestor struct {
 	cfg      Config
+	keys     *jwks.KeySet
 	verifier *jwks.Verifier
+	// verified maps a token's SHA-256 to its *verifiedToken. Its clock is
+	// cfg.Clock.
+	verified *cache.LRUExpireCache
 }
+
+// verifiedToken is a token that verified: what it proved, and for how long
+// that stands.
+type verifiedToken struct {
+	p projected // read-only once cached
+	// kid and version are the token's key ID and the key set's version
+	// when it verified.
+	kid     string
+	version uint64
+	// expires is the token's expiry plus the leeway: the last instant a
+	// verification would accept it.
+	expires time.Time
+}
+
+// DefaultVerifiedCacheSize is JWKSConfig.CacheSize's default.
+const DefaultVerifiedCacheSize = 10_000
 
 // JWKSConfig configures NewJWKS.
 type JWKSConfig struct {
@@ -28,6 +60,9 @@ type JWKSConfig struct {
 	Issuer string
 	// Keys verify the tokens: the cluster's JWKS. Required.
 	Keys *jwks.KeySet
+	// CacheSize is the most verified tokens remembered (about 0.5 KB
+	// each). Default DefaultVerifiedCacheSize; negative is an error.
+	CacheSize int
 }
 
 // NewJWKS returns the offline attestor.
@@ -41,7 +76,18 @@ func NewJWKS(cfg JWKSConfig) (*JWKSAttestor, error) {
 	if cfg.Issuer == "" {
 		cfg.Issuer = DefaultIssuer
 	}
-	return &JWKSAttestor{cfg: cfg.Config, verifier: &jwks.Verifier{Issuer: cfg.Issuer, Audiences: cfg.Audiences, Keys: cfg.Keys, Clock: cfg.Clock}}, nil
+	switch {
+	case cfg.CacheSize == 0:
+		cfg.CacheSize = DefaultVerifiedCacheSize
+	case cfg.CacheSize < 0:
+		return nil, fmt.Errorf("k8s: verified-token cache size %d is negative", cfg.CacheSize)
+	}
+	return &JWKSAttestor{
+		cfg:      cfg.Config,
+		keys:     cfg.Keys,
+		verifier: &jwks.Verifier{Issuer: cfg.Issuer, Audiences: cfg.Audiences, Keys: cfg.Keys, Leeway: jwks.DefaultLeeway, Clock: cfg.Clock},
+		verified: cache.NewLRUExpireCacheWithClock(cfg.CacheSize, cfg.Clock),
+	}, nil
 }
 
 // objectRef names an object a token is bound to.
@@ -84,10 +130,34 @@ func (p *projected) details() map[string]string {
 // cluster's keys, for this issuer and an accepted audience, not expired,
 // whose subject is the ServiceAccount its kubernetes.io claims name. A
 // bearer that is not a JWT is attestor.ErrNoCredential.
+//
+// A token verified before is answered from the cache while that still
+// stands (JWKSAttestor).
 func (j *JWKSAttestor) verify(ctx context.Context, token string) (projected, error) {
 	if !looksLikeJWT(token) {
 		return projected{}, attestor.ErrNoCredential
 	}
+	sum := sha256.Sum256([]byte(token))
+	key := string(sum[:])
+	now := j.cfg.Clock.Now()
+	if v, ok := j.verified.Get(key); ok {
+		e := v.(*verifiedToken)
+		if !now.After(e.expires) {
+			// A failed recheck (the key gone, the set unreachable) falls
+			// through to a verification, which gives the precise error.
+			if version, err := j.keys.Recheck(ctx, e.kid); err == nil && version == e.version {
+				j.cfg.Metrics.VerifiedCacheHit()
+				return e.p, nil
+			}
+		}
+		j.verified.Remove(key)
+	}
+	// The version before verifying: if the set changes meanwhile, the
+	// entry is stale at its first use and verified again. Before the first
+	// fetch there is no version 0 key to verify with: the set this
+	// verification loads is version 1 (or later, and then the entry is
+	// merely stale).
+	version := max(j.keys.Version(), 1)
 	var p projected
 	claims, err := j.verifier.Verify(ctx, token, &p.claims)
 	if err != nil {
@@ -102,6 +172,10 @@ func (j *JWKSAttestor) verify(ctx context.Context, token string) (projected, err
 	if !ok || p.claims.K8s.Namespace != p.ns || p.claims.K8s.ServiceAccount.Name != p.sa {
 		j.cfg.Metrics.Refused("malformed")
 		return projected{}, fmt.Errorf("%w: ServiceAccount token: subject %q does not match its kubernetes.io claims", attestor.ErrUnauthenticated, claims.Subject)
+	}
+	expires := claims.Expiry.Time().Add(jwks.DefaultLeeway) // Verify requires exp
+	if kid, err := jwks.KeyID(token); err == nil && expires.After(now) {
+		j.verified.Add(key, &verifiedToken{p: p, kid: kid, version: version, expires: expires}, expires.Sub(now))
 	}
 	return p, nil
 }

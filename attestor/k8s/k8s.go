@@ -83,6 +83,9 @@ type Metrics interface {
 	// refusals.
 	CacheHit()
 	NegativeCacheHit()
+	// VerifiedCacheHit counts a token the jwks or informer mode had
+	// verified before and did not verify again (JWKSAttestor).
+	VerifiedCacheHit()
 	// ReviewsInFlight reports how many TokenReviews are being sent now.
 	ReviewsInFlight(n int)
 	// Throttled counts a request that gave up waiting for a TokenReview
@@ -111,6 +114,7 @@ type nopMetrics struct{}
 func (nopMetrics) Review(string, time.Duration)               {}
 func (nopMetrics) CacheHit()                                  {}
 func (nopMetrics) NegativeCacheHit()                          {}
+func (nopMetrics) VerifiedCacheHit()                          {}
 func (nopMetrics) ReviewsInFlight(int)                        {}
 func (nopMetrics) Throttled()                                 {}
 func (nopMetrics) Refused(string)                             {}

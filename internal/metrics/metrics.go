@@ -160,6 +160,7 @@ type K8s struct {
 	latency   prometheus.Histogram
 	hits      prometheus.Counter
 	negHits   prometheus.Counter
+	verHits   prometheus.Counter
 	inFlight  prometheus.Gauge
 	throttled prometheus.Counter
 	refusals  *prometheus.CounterVec
@@ -188,6 +189,10 @@ func NewK8s(reg prometheus.Registerer) *K8s {
 		negHits: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "meshca_k8s_tokenreview_negative_cache_hits_total",
 			Help: "Tokens refused from the cache of refused TokenReviews, without asking the API server.",
+		}),
+		verHits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "meshca_k8s_token_verify_cache_hits_total",
+			Help: "ServiceAccount tokens the jwks and informer modes had verified before (same token, same key set, not expired) and did not verify again.",
 		}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "meshca_k8s_tokenreviews_in_flight",
@@ -219,7 +224,7 @@ func NewK8s(reg prometheus.Registerer) *K8s {
 			Help: "Requests of trusted node agents (Istio ambient's ztunnel) for a certificate of another identity, by result (ok, or the reason refused: not-configured, no-pod-cache, untrusted, malformed, denied, not-synced, caller-pod, not-on-node).",
 		}, []string{"result"}),
 	}
-	reg.MustRegister(m.reviews, m.latency, m.hits, m.negHits, m.inFlight, m.throttled, m.refusals, m.lookups, m.lookupDur, m.renewals, m.imperson)
+	reg.MustRegister(m.reviews, m.latency, m.hits, m.negHits, m.verHits, m.inFlight, m.throttled, m.refusals, m.lookups, m.lookupDur, m.renewals, m.imperson)
 	return m
 }
 
@@ -234,6 +239,9 @@ func (m *K8s) CacheHit() { m.hits.Inc() }
 
 // NegativeCacheHit implements k8s.Metrics.
 func (m *K8s) NegativeCacheHit() { m.negHits.Inc() }
+
+// VerifiedCacheHit implements k8s.Metrics.
+func (m *K8s) VerifiedCacheHit() { m.verHits.Inc() }
 
 // ReviewsInFlight implements k8s.Metrics.
 func (m *K8s) ReviewsInFlight(n int) { m.inFlight.Set(float64(n)) }

@@ -1,0 +1,255 @@
+package k8s_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"maps"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/meshca/meshca/attestor"
+	"github.com/meshca/meshca/attestor/jwks"
+	"github.com/meshca/meshca/attestor/k8s"
+	"github.com/meshca/meshca/internal/clock/clocktest"
+)
+
+// swappableKeys is a cluster JWKS the test can change, counting fetches.
+type swappableKeys struct {
+	mu      sync.Mutex
+	doc     []byte
+	fetches int
+}
+
+func (s *swappableKeys) set(t *testing.T, keys ...jose.JSONWebKey) {
+	t.Helper()
+	doc, err := json.Marshal(jose.JSONWebKeySet{Keys: keys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.doc = doc
+}
+
+func (s *swappableKeys) fetch(context.Context) ([]byte, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fetches++
+	return s.doc, nil
+}
+
+func (s *swappableKeys) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.fetches
+}
+
+// TestVerifiedTokenCache: a token the jwks mode verified is answered again
+// from its cache, and the cache never answers what a new verification would
+// not: not past the token's expiry, not once its key has left the key set,
+// not for a token that was refused, not for another token.
+func TestVerifiedTokenCache(t *testing.T) {
+	clusterKey := jose.JSONWebKey{Key: signingKey().Public(), KeyID: kid, Algorithm: "ES256", Use: "sig"}
+	other, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherKey := jose.JSONWebKey{Key: other.Public(), KeyID: "sa-key-2", Algorithm: "ES256", Use: "sig"}
+
+	type env struct {
+		clk  *clocktest.Fake
+		keys *swappableKeys
+		a    *k8s.JWKSAttestor
+		rec  *recorder
+	}
+	attest := func(t *testing.T, e env, token string) (attestor.Identity, error) {
+		t.Helper()
+		return e.a.Attest(context.Background(), attestor.Credential{BearerToken: token})
+	}
+	mustAttest := func(t *testing.T, e env, token string) attestor.Identity {
+		t.Helper()
+		id, err := attest(t, e, token)
+		if err != nil {
+			t.Fatalf("Attest() = %v", err)
+		}
+		return id
+	}
+	tests := []struct {
+		name      string
+		cacheSize int
+		run       func(t *testing.T, e env)
+		wantHits  int
+	}{
+		{
+			name: "same token again from the cache",
+			run: func(t *testing.T, e env) {
+				tok := mint(t, epoch, saToken{})
+				first := mustAttest(t, e, tok)
+				e.clk.Advance(30 * time.Minute)
+				again := mustAttest(t, e, tok)
+				if again.ID != first.ID || again.Kind != first.Kind || again.Subject != first.Subject || !maps.Equal(again.Details, first.Details) {
+					t.Errorf("from the cache: %+v, verified: %+v", again, first)
+				}
+			},
+			wantHits: 1,
+		},
+		{
+			name: "another token is verified on its own",
+			run: func(t *testing.T, e env) {
+				mustAttest(t, e, mint(t, epoch, saToken{}))
+				id := mustAttest(t, e, mint(t, epoch, saToken{namespace: "baz", sa: "qux", podName: "pod-2"}))
+				if got := id.ID.Path(); got != "/ns/baz/sa/qux" || id.Details[k8s.DetailPodName] != "pod-2" {
+					t.Errorf("second token attested as %s, pod %q", got, id.Details[k8s.DetailPodName])
+				}
+			},
+		},
+		{
+			name: "expired while cached",
+			run: func(t *testing.T, e env) {
+				tok := mint(t, epoch, saToken{ttl: 10 * time.Minute})
+				mustAttest(t, e, tok)
+				e.clk.Advance(10*time.Minute + jwks.DefaultLeeway + time.Second)
+				if _, err := attest(t, e, tok); !errors.Is(err, attestor.ErrUnauthenticated) || !strings.Contains(err.Error(), "expired") {
+					t.Errorf("expired token: Attest() = %v, want ErrUnauthenticated, expired", err)
+				}
+			},
+		},
+		{
+			name: "its key left the key set",
+			run: func(t *testing.T, e env) {
+				tok := mint(t, epoch, saToken{})
+				mustAttest(t, e, tok)
+				e.keys.set(t, otherKey) // the cluster rotated its key
+				e.clk.Advance(jwks.DefaultRefreshInterval)
+				if _, err := attest(t, e, tok); !errors.Is(err, attestor.ErrUnauthenticated) || !strings.Contains(err.Error(), "unknown key") {
+					t.Errorf("token of a removed key: Attest() = %v, want ErrUnauthenticated, unknown key", err)
+				}
+				if n := e.keys.count(); n != 2 {
+					t.Errorf("key set fetched %d times, want 2 (the refresh a cached token triggers too)", n)
+				}
+			},
+		},
+		{
+			name: "another key under the same key ID",
+			run: func(t *testing.T, e env) {
+				tok := mint(t, epoch, saToken{})
+				mustAttest(t, e, tok)
+				replaced := otherKey
+				replaced.KeyID = kid
+				e.keys.set(t, replaced)
+				e.clk.Advance(jwks.DefaultRefreshInterval)
+				if _, err := attest(t, e, tok); !errors.Is(err, attestor.ErrUnauthenticated) || !strings.Contains(err.Error(), "signature") {
+					t.Errorf("token of a replaced key: Attest() = %v, want ErrUnauthenticated, signature", err)
+				}
+			},
+		},
+		{
+			name: "key set fetched again, unchanged",
+			run: func(t *testing.T, e env) {
+				tok := mint(t, epoch, saToken{})
+				mustAttest(t, e, tok)
+				e.clk.Advance(jwks.DefaultRefreshInterval)
+				mustAttest(t, e, tok)
+				if n := e.keys.count(); n != 2 {
+					t.Errorf("key set fetched %d times, want 2", n)
+				}
+			},
+			wantHits: 1,
+		},
+		{
+			name: "key added beside it",
+			run: func(t *testing.T, e env) {
+				tok := mint(t, epoch, saToken{})
+				mustAttest(t, e, tok)
+				e.keys.set(t, clusterKey, otherKey)
+				e.clk.Advance(jwks.DefaultRefreshInterval)
+				mustAttest(t, e, tok) // verified again against the new set, then cached
+				mustAttest(t, e, tok)
+			},
+			wantHits: 1,
+		},
+		{
+			name: "refused tokens are not remembered",
+			run: func(t *testing.T, e env) {
+				tok := forge(t)
+				for range 2 {
+					if _, err := attest(t, e, tok); !errors.Is(err, attestor.ErrUnauthenticated) {
+						t.Fatalf("forged token: Attest() = %v, want ErrUnauthenticated", err)
+					}
+				}
+				if n := e.rec.refusals("invalid"); n != 2 {
+					t.Errorf("refusals counted %d, want 2", n)
+				}
+			},
+		},
+		{
+			name:      "bounded by CacheSize",
+			cacheSize: 1,
+			run: func(t *testing.T, e env) {
+				a, b := mint(t, epoch, saToken{}), mint(t, epoch, saToken{serial: 1})
+				for range 3 {
+					mustAttest(t, e, a)
+					mustAttest(t, e, b)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := clocktest.New(epoch)
+			keys := &swappableKeys{}
+			keys.set(t, clusterKey)
+			rec := newRecorder()
+			a, err := k8s.NewJWKS(k8s.JWKSConfig{
+				Config:    k8s.Config{TrustDomain: td, Clock: clk, Metrics: rec},
+				Keys:      jwks.NewKeySet(jwks.KeySetConfig{Fetch: keys.fetch, Clock: clk}),
+				CacheSize: tt.cacheSize,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.run(t, env{clk: clk, keys: keys, a: a, rec: rec})
+			if got := rec.count("verified-hits"); got != tt.wantHits {
+				t.Errorf("verified-token cache hits = %d, want %d", got, tt.wantHits)
+			}
+		})
+	}
+}
+
+// TestInformerCachedTokenStillBound: a token the informer mode answers from
+// the verified-token cache is still checked against the informer caches on
+// every request.
+func TestInformerCachedTokenStillBound(t *testing.T) {
+	ctx := context.Background()
+	inf, client := fakeCluster(t, liveSA(), livePod())
+	rec := newRecorder()
+	a := newInformerAttestor(t, inf, k8s.Config{Metrics: rec})
+	cred := attestor.Credential{BearerToken: mint(t, epoch, saToken{})}
+	for range 2 {
+		if _, err := a.Attest(ctx, cred); err != nil {
+			t.Fatalf("Attest() = %v", err)
+		}
+	}
+	if n := rec.count("verified-hits"); n != 1 {
+		t.Fatalf("verified-token cache hits = %d, want 1", n)
+	}
+	if err := client.CoreV1().Pods("foo").Delete(ctx, "pod-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	clocktest.Eventually(t, "deleted pod's cached token refused", func() bool {
+		_, err := a.Attest(ctx, cred)
+		return errors.Is(err, attestor.ErrUnauthenticated)
+	})
+	if n := rec.count("verified-hits"); n < 2 {
+		t.Errorf("verified-token cache hits = %d: the refusal did not come through the cache", n)
+	}
+}
