@@ -40,7 +40,7 @@ func run(args []string) error {
 	fs.StringVar(&o.TestenvBin, "testenv-bin", os.Getenv("MESHCA_TESTENV_BIN"), "directory of kube-apiserver and etcd (default $MESHCA_TESTENV_BIN, else <repo>/.testenv/bin)")
 	work := fs.String("work", "", "directory for CA files, data and logs (default: a temporary one, removed after)")
 	meshcaArgs := fs.String("meshca-args", "", "more flags for every `meshca server`, space-separated (e.g. \"--profiling\")")
-	fs.StringVar(&o.MeshcaB, "meshca-b", "", "mtls: a second meshca binary, measured beside -meshca in the same interleaved rounds (to compare two builds)")
+	fs.StringVar(&o.MeshcaB, "meshca-b", "", "mtls, k8s, storm: a second meshca binary, measured beside -meshca in the same interleaved rounds (to compare two builds; k8s logs B over A per mode)")
 	jsonOut := fs.String("json", "", "also write the tables to this JSON file")
 	if err := fs.Parse(args); err != nil {
 		return err

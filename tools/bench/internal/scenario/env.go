@@ -49,9 +49,10 @@ type Options struct {
 	// MeshcaArgs are added to every `meshca server` command line (for
 	// example --profiling, or a shedding setting under study).
 	MeshcaArgs []string
-	// MeshcaB, if set, is a second meshca binary that the mtls scenario
-	// measures beside the first, in the same interleaved rounds: two
-	// builds compared on a noisy machine.
+	// MeshcaB, if set, is a second meshca binary that the mtls, k8s and
+	// storm scenarios measure beside the first (in k8s and storm, in each
+	// mode), in the same interleaved rounds: two builds compared on a noisy
+	// machine.
 	MeshcaB string
 }
 

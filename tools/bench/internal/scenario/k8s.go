@@ -35,6 +35,9 @@ func (e *Env) K8s(ctx context.Context) (report.Table, error) {
 	if err != nil {
 		return report.Table{}, err
 	}
+	for _, p := range b.pairs {
+		e.logVersus("k8s", all[p[0]], all[p[1]])
+	}
 	t := e.closedTable("Kubernetes ServiceAccount tokens (one token per client, reused)", all, true)
 	t.Notes = b.skipped
 	return t, nil
@@ -50,6 +53,9 @@ type tokenBench struct {
 	targets []*target
 	// skipped says which meshca modes were left out, and why.
 	skipped []string
+	// pairs index targets: each mode's -meshca build, then its -meshca-b
+	// build, when there is one.
+	pairs [][2]int
 }
 
 // tokenSetup prepares a tokenBench. Modes the meshca binary does not offer
@@ -88,11 +94,16 @@ func (e *Env) tokenSetup(ctx context.Context) (_ *tokenBench, err error) {
 			e.logf("skipping meshca --k8s-attestation %s: %s", mode, why)
 			continue
 		}
-		t, err := e.startMeshca("`meshca server --k8s-attestation "+mode+"`", "K8s token", mode, b.k.Kubeconfig, false)
-		if err != nil {
-			return nil, err
+		for i, bd := range e.builds("`meshca server --k8s-attestation " + mode + "`") {
+			t, err := e.startMeshcaBin(bd.bin, bd.name, "K8s token", mode, b.k.Kubeconfig, false)
+			if err != nil {
+				return nil, err
+			}
+			b.targets = append(b.targets, t)
+			if i == 1 {
+				b.pairs = append(b.pairs, [2]int{len(b.targets) - 2, len(b.targets) - 1})
+			}
 		}
-		b.targets = append(b.targets, t)
 	}
 	for _, t := range b.targets {
 		if err := t.dial(ctx, e.Opts.Clients, nil); err != nil {

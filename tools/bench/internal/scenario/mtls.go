@@ -43,14 +43,9 @@ func (e *Env) MTLS(ctx context.Context) (report.Table, error) {
 			return report.Table{}, fmt.Errorf("%s: %w", t.name, err)
 		}
 	}
-	// The same binary twice is an A/A run: names, not paths, tell them apart.
-	bins, names := []string{e.Meshca, e.Opts.MeshcaB}, []string{"`meshca server`", "`meshca server` (B)"}
-	for i, bin := range bins {
-		if bin == "" {
-			continue
-		}
-		name := names[i]
-		m, err := e.startMeshcaBin(bin, name, "mTLS renewal", "off", "", true)
+	for _, b := range e.builds("`meshca server`") {
+		name := b.name
+		m, err := e.startMeshcaBin(b.bin, name, "mTLS renewal", "off", "", true)
 		if err != nil {
 			return report.Table{}, err
 		}
@@ -69,12 +64,31 @@ func (e *Env) MTLS(ctx context.Context) (report.Table, error) {
 		return report.Table{}, err
 	}
 	if e.Opts.MeshcaB != "" {
-		a, b := all[len(all)-2], all[len(all)-1]
-		rate, cpu := b.versus(a)
-		e.logf("mtls %s over %s, medians over %d rounds of the ratio in each: CSR/s %.3f×, server CPU per CSR %.3f×",
-			b.name, a.name, len(b.samples), rate, cpu)
+		e.logVersus("mtls", all[len(all)-2], all[len(all)-1])
 	}
 	return e.closedTable("mTLS renewal", all, false), nil
+}
+
+// build is one meshca binary under test and the name its rows carry.
+type build struct{ bin, name string }
+
+// builds lists the meshca binaries to measure as name: -meshca, then
+// -meshca-b if set. The same binary twice is an A/A run: names, not paths,
+// tell them apart.
+func (e *Env) builds(name string) []build {
+	bs := []build{{e.Meshca, name}}
+	if e.Opts.MeshcaB != "" {
+		bs = append(bs, build{e.Opts.MeshcaB, name + " (B)"})
+	}
+	return bs
+}
+
+// logVersus logs b's CSR/s and CPU per CSR over a's, two builds measured in
+// the same rounds.
+func (e *Env) logVersus(scenario string, a, b *series) {
+	rate, cpu := b.versus(a)
+	e.logf("%s %s over %s, medians over %d rounds of the ratio in each: CSR/s %.3f×, server CPU per CSR %.3f×",
+		scenario, b.name, a.name, len(b.samples), rate, cpu)
 }
 
 // rounds measures each target in turn, Rounds times, with the requests
