@@ -252,7 +252,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	tlsCfg := s.certs.tlsConfig()
 	s.grpc = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(tlsCfg)),
+		grpc.Creds(pingAckCreds{credentials.NewTLS(tlsCfg)}),
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
 		grpc.MaxHeaderListSize(uint32(maxHeaderBytes)),
 		grpc.MaxConcurrentStreams(uint32(min(max(cfg.MaxStreamsPerConnection, 1), 1<<20))), //nolint:gosec // G115: clamped

@@ -1,0 +1,141 @@
+package server
+
+import (
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/credentials"
+)
+
+// pingAckHold is the longest an HTTP/2 PING acknowledgement waits to go
+// out with the next answer (pingAckConn). gRPC clients ping to estimate
+// bandwidth and, with keepalive, to check the connection; no keepalive
+// timeout comes anywhere near this.
+const pingAckHold = 10 * time.Millisecond
+
+// maxCoalesced bounds the writes a held PING ack is sent with: an answer
+// larger than this goes out after the ack in a write of its own, so the
+// buffers below stay small.
+const maxCoalesced = 8 << 10
+
+// coalesceBufs hold an ack and the write it joins.
+var coalesceBufs = sync.Pool{New: func() any { b := make([]byte, 0, pingAckLen+maxCoalesced); return &b }}
+
+// pingAckLen is the length of an HTTP/2 PING frame: a 9-byte header and 8
+// bytes of opaque data.
+const pingAckLen = 9 + 8
+
+// isPingAck reports whether b is exactly one HTTP/2 PING frame with the ACK
+// flag (RFC 9113, 6.7) on stream 0.
+func isPingAck(b []byte) bool {
+	return len(b) == pingAckLen &&
+		b[0] == 0 && b[1] == 0 && b[2] == 8 && // length 8
+		b[3] == 0x6 && b[4]&0x1 != 0 && // PING, ACK
+		b[5]&0x7f == 0 && b[6] == 0 && b[7] == 0 && b[8] == 0 // stream 0
+}
+
+// pingAckConn is a server connection, after TLS, that sends the PING
+// acknowledgements gRPC writes on their own with the next answer instead.
+//
+// gRPC clients (istio-agent's and the load generator's, with gRPC's
+// default bandwidth estimation) send a PING after most answers, and gRPC's
+// server writes its acknowledgement as soon as it reads it. A handler that
+// returns at once (no durable record to wait for) writes its answer first,
+// and both leave in one write; meshca's handler waits for the group
+// commit, so the ack left alone: one more TLS record and write(2) for the
+// server, and one more wake-up and read for the client, per certificate.
+// Held for at most pingAckHold, the ack goes with the answer (or whatever
+// is written next) in one write.
+type pingAckConn struct {
+	net.Conn
+	mu     sync.Mutex
+	held   [pingAckLen]byte
+	n      int // bytes in held: 0 or pingAckLen
+	timer  *time.Timer
+	closed bool
+	err    error // a failed write of a held ack, returned by the next Write
+}
+
+// Write implements net.Conn.
+func (c *pingAckConn) Write(b []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return 0, c.err
+	}
+	if c.n == 0 {
+		if isPingAck(b) && !c.closed {
+			c.n = copy(c.held[:], b)
+			if c.timer == nil {
+				c.timer = time.AfterFunc(pingAckHold, c.flushHeld)
+			} else {
+				c.timer.Reset(pingAckHold)
+			}
+			return len(b), nil
+		}
+		return c.Conn.Write(b)
+	}
+	c.timer.Stop()
+	c.n = 0
+	if len(b) > maxCoalesced {
+		if _, err := c.Conn.Write(c.held[:]); err != nil {
+			c.err = err
+			return 0, err
+		}
+		return c.Conn.Write(b)
+	}
+	bp := coalesceBufs.Get().(*[]byte)
+	buf := append(append((*bp)[:0], c.held[:]...), b...)
+	n, err := c.Conn.Write(buf)
+	*bp = buf[:0]
+	coalesceBufs.Put(bp)
+	if n -= pingAckLen; n < 0 {
+		n = 0
+	}
+	return n, err
+}
+
+// flushHeld writes a held ack that no answer followed in time.
+func (c *pingAckConn) flushHeld() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == 0 || c.closed || c.err != nil {
+		return
+	}
+	c.n = 0
+	if _, err := c.Conn.Write(c.held[:]); err != nil {
+		c.err = err
+	}
+}
+
+// Close implements net.Conn. A held ack is dropped: the peer is going.
+func (c *pingAckConn) Close() error {
+	c.mu.Lock()
+	c.closed, c.n = true, 0
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	c.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// pingAckCreds are TLS transport credentials whose server connections are
+// pingAckConns.
+type pingAckCreds struct {
+	credentials.TransportCredentials
+}
+
+// ServerHandshake implements credentials.TransportCredentials.
+func (p pingAckCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	conn, info, err := p.TransportCredentials.ServerHandshake(raw)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &pingAckConn{Conn: conn}, info, nil
+}
+
+// Clone implements credentials.TransportCredentials.
+func (p pingAckCreds) Clone() credentials.TransportCredentials {
+	return pingAckCreds{p.TransportCredentials.Clone()}
+}

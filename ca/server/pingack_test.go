@@ -1,0 +1,163 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// writesConn records each Write as it arrives, so a test sees how the bytes
+// were split into writes; it fails writes once failing is set.
+type writesConn struct {
+	net.Conn // nil: only Write and Close are called
+	mu       sync.Mutex
+	writes   [][]byte
+	failing  bool
+	closed   bool
+}
+
+func (w *writesConn) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.failing {
+		return 0, errors.New("broken pipe")
+	}
+	w.writes = append(w.writes, slices.Clone(b))
+	return len(b), nil
+}
+
+func (w *writesConn) Close() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.closed = true
+	return nil
+}
+
+func (w *writesConn) got() [][]byte {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Clone(w.writes)
+}
+
+// frame encodes one HTTP/2 frame with golang.org/x/net/http2's framer.
+func frame(t *testing.T, write func(*http2.Framer) error) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := write(http2.NewFramer(&buf, nil)); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// TestPingAckConn: a write that is one PING acknowledgement waits for the
+// next write and goes out with it, or alone after pingAckHold; every other
+// write goes out as it is, in order.
+func TestPingAckConn(t *testing.T) {
+	ack := frame(t, func(f *http2.Framer) error { return f.WritePing(true, [8]byte{1, 2, 3, 4, 5, 6, 7, 8}) })
+	ping := frame(t, func(f *http2.Framer) error { return f.WritePing(false, [8]byte{1}) })
+	settingsAck := frame(t, func(f *http2.Framer) error { return f.WriteSettingsAck() })
+	answer := frame(t, func(f *http2.Framer) error { return f.WriteData(1, true, bytes.Repeat([]byte{'x'}, 2000)) })
+	big := frame(t, func(f *http2.Framer) error { return f.WriteData(1, false, bytes.Repeat([]byte{'y'}, maxCoalesced)) })
+	eightData := frame(t, func(f *http2.Framer) error { return f.WriteData(1, false, make([]byte, 8)) }) // 17 bytes, not a PING
+	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+
+	tests := []struct {
+		name   string
+		writes [][]byte
+		wait   bool     // wait for the held ack to go out alone after the writes
+		after  [][]byte // written after the wait
+		want   [][]byte
+	}{
+		{name: "ack goes with the answer", writes: [][]byte{ack, answer}, want: [][]byte{cat(ack, answer)}},
+		{name: "ack alone after the hold", writes: [][]byte{ack}, wait: true, want: [][]byte{ack}},
+		{name: "ack, hold, then the answer", writes: [][]byte{ack}, wait: true, after: [][]byte{answer}, want: [][]byte{ack, answer}},
+		{name: "a PING that is not an ack is not held", writes: [][]byte{ping}, want: [][]byte{ping}},
+		{name: "a SETTINGS ack is not held", writes: [][]byte{settingsAck}, want: [][]byte{settingsAck}},
+		{name: "a 17-byte DATA frame is not held", writes: [][]byte{eightData}, want: [][]byte{eightData}},
+		{name: "ack with other frames in one write is not held", writes: [][]byte{cat(ack, answer)}, want: [][]byte{cat(ack, answer)}},
+		{name: "an answer too large to join goes after the ack", writes: [][]byte{ack, big}, want: [][]byte{ack, big}},
+		{name: "two acks: the second joins nothing held", writes: [][]byte{ack, ack, answer}, want: [][]byte{cat(ack, ack), answer}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := &writesConn{}
+			c := &pingAckConn{Conn: w}
+			for _, b := range tt.writes {
+				if n, err := c.Write(b); n != len(b) || err != nil {
+					t.Fatalf("Write(%d bytes) = %d, %v", len(b), n, err)
+				}
+			}
+			if tt.wait {
+				deadline := time.Now().Add(5 * time.Second)
+				for len(w.got()) == 0 && time.Now().Before(deadline) {
+					time.Sleep(pingAckHold / 2)
+				}
+			}
+			for _, b := range tt.after {
+				if n, err := c.Write(b); n != len(b) || err != nil {
+					t.Fatalf("Write(%d bytes) = %d, %v", len(b), n, err)
+				}
+			}
+			if got := w.got(); !slices.EqualFunc(got, tt.want, bytes.Equal) {
+				t.Errorf("writes = %d %v, want %d %v", len(got), lens(got), len(tt.want), lens(tt.want))
+			}
+		})
+	}
+}
+
+func lens(bs [][]byte) []int {
+	n := make([]int, len(bs))
+	for i, b := range bs {
+		n[i] = len(b)
+	}
+	return n
+}
+
+// TestPingAckConnFailures: a held ack whose write fails makes the next
+// Write fail, and closing the connection drops a held ack.
+func TestPingAckConnFailures(t *testing.T) {
+	ack := frame(t, func(f *http2.Framer) error { return f.WritePing(true, [8]byte{9}) })
+	t.Run("failed flush fails the next write", func(t *testing.T) {
+		w := &writesConn{failing: true}
+		c := &pingAckConn{Conn: w}
+		if _, err := c.Write(ack); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			c.mu.Lock()
+			err := c.err
+			c.mu.Unlock()
+			if err != nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the held ack was never flushed")
+			}
+			time.Sleep(pingAckHold / 2)
+		}
+		if _, err := c.Write([]byte("next")); err == nil {
+			t.Error("Write after a failed flush succeeded")
+		}
+	})
+	t.Run("close drops the held ack", func(t *testing.T) {
+		w := &writesConn{}
+		c := &pingAckConn{Conn: w}
+		if _, err := c.Write(ack); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * pingAckHold)
+		if got := w.got(); len(got) != 0 || !w.closed {
+			t.Errorf("after Close: writes %v, closed %v; want none, true", lens(got), w.closed)
+		}
+	})
+}
