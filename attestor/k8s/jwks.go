@@ -60,7 +60,7 @@ type JWKSConfig struct {
 	Issuer string
 	// Keys verify the tokens: the cluster's JWKS. Required.
 	Keys *jwks.KeySet
-	// CacheSize is the most verified tokens remembered (about 0.5 KB
+	// CacheSize is the most verified tokens remembered (about 0.6 KB
 	// each). Default DefaultVerifiedCacheSize; negative is an error.
 	CacheSize int
 }

@@ -253,3 +253,13 @@ func TestInformerCachedTokenStillBound(t *testing.T) {
 		t.Errorf("verified-token cache hits = %d: the refusal did not come through the cache", n)
 	}
 }
+
+// TestVerifiedCacheSizeNegative: a negative cache size is a configuration
+// error, not a cache of none.
+func TestVerifiedCacheSizeNegative(t *testing.T) {
+	clk := clocktest.New(epoch)
+	_, err := k8s.NewJWKS(k8s.JWKSConfig{Config: k8s.Config{TrustDomain: td, Clock: clk}, Keys: staticKeys(t, clk), CacheSize: -1})
+	if err == nil || !strings.Contains(err.Error(), "verified-token cache size -1 is negative") {
+		t.Errorf("NewJWKS(CacheSize -1) error = %v", err)
+	}
+}
