@@ -18,7 +18,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rsa"
 	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -345,31 +344,39 @@ type Verifier struct {
 // returning the registered claims. The token must carry "exp". Every error
 // wraps ErrInvalid or ErrUnavailable, and so starts "jwks: ".
 func (v *Verifier) Verify(ctx context.Context, token string, extra any) (*jwt.Claims, error) {
+	claims, _, err := v.VerifyKeyID(ctx, token, extra)
+	return claims, err
+}
+
+// VerifyKeyID is Verify, and also returns the key ID ("kid") the token's
+// header names ("" for none), as the verification read it: what a caller
+// that remembers verified tokens passes to KeySet.Recheck.
+func (v *Verifier) VerifyKeyID(ctx context.Context, token string, extra any) (*jwt.Claims, string, error) {
 	tok, err := parse(token)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
+		return nil, "", fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	if len(tok.Headers) != 1 {
-		return nil, fmt.Errorf("%w: want exactly one signature", ErrInvalid)
+		return nil, "", fmt.Errorf("%w: want exactly one signature", ErrInvalid)
 	}
 	h := tok.Headers[0]
 	keys, err := v.Keys.lookup(ctx, h.KeyID)
 	if err != nil {
 		if errors.Is(err, errUnknownKey) {
-			return nil, fmt.Errorf("%w: signed by an unknown key (%v)", ErrInvalid, err)
+			return nil, "", fmt.Errorf("%w: signed by an unknown key (%v)", ErrInvalid, err)
 		}
-		return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		return nil, "", fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	keys = slices.DeleteFunc(slices.Clone(keys), func(k jose.JSONWebKey) bool { return !fits(k, h.Algorithm) })
 	switch {
 	case len(keys) == 0 && h.KeyID == "":
-		return nil, fmt.Errorf("%w: no key in the key set is for signing with %s", ErrInvalid, h.Algorithm)
+		return nil, "", fmt.Errorf("%w: no key in the key set is for signing with %s", ErrInvalid, h.Algorithm)
 	case len(keys) == 0:
-		return nil, fmt.Errorf("%w: key %q is not for signing with %s", ErrInvalid, h.KeyID, h.Algorithm)
+		return nil, "", fmt.Errorf("%w: key %q is not for signing with %s", ErrInvalid, h.KeyID, h.Algorithm)
 	case h.KeyID == "" && len(keys) > 1:
 		// Trying each would let one token cost as many verifications as
 		// the set has keys; real issuers name the key.
-		return nil, fmt.Errorf("%w: no key ID (kid), and %d keys could have signed with %s", ErrInvalid, len(keys), h.Algorithm)
+		return nil, "", fmt.Errorf("%w: no key ID (kid), and %d keys could have signed with %s", ErrInvalid, len(keys), h.Algorithm)
 	}
 	var claims jwt.Claims
 	var verified bool
@@ -380,12 +387,12 @@ func (v *Verifier) Verify(ctx context.Context, token string, extra any) (*jwt.Cl
 		}
 	}
 	if !verified {
-		return nil, fmt.Errorf("%w: signature does not verify", ErrInvalid)
+		return nil, "", fmt.Errorf("%w: signature does not verify", ErrInvalid)
 	}
 	// The signature verified above; decoding the rest is safe now.
 	if extra != nil {
 		if err := tok.UnsafeClaimsWithoutVerification(extra); err != nil {
-			return nil, fmt.Errorf("%w: malformed claims: %v", ErrInvalid, err)
+			return nil, "", fmt.Errorf("%w: malformed claims: %v", ErrInvalid, err)
 		}
 	}
 	now := clock.OrReal(v.Clock).Now()
@@ -395,40 +402,19 @@ func (v *Verifier) Verify(ctx context.Context, token string, extra any) (*jwt.Cl
 	}
 	switch {
 	case claims.Issuer != v.Issuer:
-		return nil, fmt.Errorf("%w: issuer %q is not %q", ErrInvalid, claims.Issuer, v.Issuer)
+		return nil, "", fmt.Errorf("%w: issuer %q is not %q", ErrInvalid, claims.Issuer, v.Issuer)
 	case !slices.ContainsFunc(v.Audiences, func(a string) bool { return claims.Audience.Contains(a) }):
-		return nil, fmt.Errorf("%w: audience %v does not include %s", ErrInvalid, []string(claims.Audience), strings.Join(v.Audiences, " or "))
+		return nil, "", fmt.Errorf("%w: audience %v does not include %s", ErrInvalid, []string(claims.Audience), strings.Join(v.Audiences, " or "))
 	case claims.Expiry == nil:
-		return nil, fmt.Errorf("%w: no expiry (exp)", ErrInvalid)
+		return nil, "", fmt.Errorf("%w: no expiry (exp)", ErrInvalid)
 	case now.After(claims.Expiry.Time().Add(leeway)):
-		return nil, fmt.Errorf("%w: expired at %s", ErrInvalid, claims.Expiry.Time().UTC().Format(time.RFC3339))
+		return nil, "", fmt.Errorf("%w: expired at %s", ErrInvalid, claims.Expiry.Time().UTC().Format(time.RFC3339))
 	case claims.NotBefore != nil && now.Add(leeway).Before(claims.NotBefore.Time()):
-		return nil, fmt.Errorf("%w: not valid before %s", ErrInvalid, claims.NotBefore.Time().UTC().Format(time.RFC3339))
+		return nil, "", fmt.Errorf("%w: not valid before %s", ErrInvalid, claims.NotBefore.Time().UTC().Format(time.RFC3339))
 	case claims.IssuedAt != nil && now.Add(leeway).Before(claims.IssuedAt.Time()):
-		return nil, fmt.Errorf("%w: issued in the future", ErrInvalid)
+		return nil, "", fmt.Errorf("%w: issued in the future", ErrInvalid)
 	}
-	return &claims, nil
-}
-
-// KeyID returns the key ID ("kid") a compact JWS's header names, "" when it
-// names none. It does not verify anything: callers use it on tokens Verify
-// has accepted, to call KeySet.Recheck with.
-func KeyID(token string) (string, error) {
-	h, _, ok := strings.Cut(token, ".")
-	if !ok {
-		return "", fmt.Errorf("%w: not a compact JWS", ErrInvalid)
-	}
-	raw, err := base64.RawURLEncoding.DecodeString(h)
-	if err != nil {
-		return "", fmt.Errorf("%w: header is not base64url: %v", ErrInvalid, err)
-	}
-	var hdr struct {
-		KeyID string `json:"kid"`
-	}
-	if err := json.Unmarshal(raw, &hdr); err != nil {
-		return "", fmt.Errorf("%w: malformed header: %v", ErrInvalid, err)
-	}
-	return hdr.KeyID, nil
+	return &claims, h.KeyID, nil
 }
 
 // parse checks that token is one compact JWS of at most MaxTokenBytes, in

@@ -145,7 +145,10 @@ func (j *JWKSAttestor) verify(ctx context.Context, token string) (projected, err
 		if !now.After(e.expires) {
 			// A failed recheck (the key gone, the set unreachable) falls
 			// through to a verification, which gives the precise error.
-			if version, err := j.keys.Recheck(ctx, e.kid); err == nil && version == e.version {
+			// Recheck may wait for a due refresh: the expiry is checked
+			// again after it, as a verification reads the clock after its
+			// lookup.
+			if version, err := j.keys.Recheck(ctx, e.kid); err == nil && version == e.version && !j.cfg.Clock.Now().After(e.expires) {
 				j.cfg.Metrics.VerifiedCacheHit()
 				return e.p, nil
 			}
@@ -159,7 +162,7 @@ func (j *JWKSAttestor) verify(ctx context.Context, token string) (projected, err
 	// merely stale).
 	version := max(j.keys.Version(), 1)
 	var p projected
-	claims, err := j.verifier.Verify(ctx, token, &p.claims)
+	claims, kid, err := j.verifier.VerifyKeyID(ctx, token, &p.claims)
 	if err != nil {
 		if errors.Is(err, jwks.ErrUnavailable) {
 			return projected{}, fmt.Errorf("%w: %v", attestor.ErrUnavailable, err)
@@ -174,7 +177,7 @@ func (j *JWKSAttestor) verify(ctx context.Context, token string) (projected, err
 		return projected{}, fmt.Errorf("%w: ServiceAccount token: subject %q does not match its kubernetes.io claims", attestor.ErrUnauthenticated, claims.Subject)
 	}
 	expires := claims.Expiry.Time().Add(jwks.DefaultLeeway) // Verify requires exp
-	if kid, err := jwks.KeyID(token); err == nil && expires.After(now) {
+	if expires.After(now) {
 		j.verified.Add(key, &verifiedToken{p: p, kid: kid, version: version, expires: expires}, expires.Sub(now))
 	}
 	return p, nil

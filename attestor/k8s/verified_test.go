@@ -27,6 +27,7 @@ type swappableKeys struct {
 	mu      sync.Mutex
 	doc     []byte
 	fetches int
+	during  func() // when set, runs inside each fetch (time passing)
 }
 
 func (s *swappableKeys) set(t *testing.T, keys ...jose.JSONWebKey) {
@@ -44,6 +45,9 @@ func (s *swappableKeys) fetch(context.Context) ([]byte, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.fetches++
+	if s.during != nil {
+		s.during()
+	}
 	return s.doc, nil
 }
 
@@ -120,6 +124,22 @@ func TestVerifiedTokenCache(t *testing.T) {
 				e.clk.Advance(10*time.Minute + jwks.DefaultLeeway + time.Second)
 				if _, err := attest(t, e, tok); !errors.Is(err, attestor.ErrUnauthenticated) || !strings.Contains(err.Error(), "expired") {
 					t.Errorf("expired token: Attest() = %v, want ErrUnauthenticated, expired", err)
+				}
+			},
+		},
+		{
+			name: "expired while its recheck refreshed the key set",
+			run: func(t *testing.T, e env) {
+				tok := mint(t, epoch, saToken{ttl: 10 * time.Minute})
+				mustAttest(t, e, tok)
+				// Due for a refresh a second before the token's last
+				// instant; the refresh takes two seconds.
+				e.clk.Advance(10*time.Minute + jwks.DefaultLeeway - time.Second)
+				e.keys.mu.Lock()
+				e.keys.during = func() { e.clk.Advance(2 * time.Second) }
+				e.keys.mu.Unlock()
+				if _, err := attest(t, e, tok); !errors.Is(err, attestor.ErrUnauthenticated) || !strings.Contains(err.Error(), "expired") {
+					t.Errorf("token expired during the recheck: Attest() = %v, want ErrUnauthenticated, expired", err)
 				}
 			},
 		},

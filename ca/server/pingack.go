@@ -1,6 +1,7 @@
 package server
 
 import (
+	"crypto/tls"
 	"net"
 	"sync"
 	"time"
@@ -13,6 +14,12 @@ import (
 // bandwidth and, with keepalive, to check the connection; no keepalive
 // timeout comes anywhere near this.
 const pingAckHold = 10 * time.Millisecond
+
+// grpcCredentials are the gRPC listener's transport credentials: TLS with
+// tlsCfg, on connections that hold PING acks for pingAckHold.
+func grpcCredentials(tlsCfg *tls.Config) credentials.TransportCredentials {
+	return pingAckCreds{TransportCredentials: credentials.NewTLS(tlsCfg), hold: pingAckHold}
+}
 
 // maxCoalesced bounds the writes a held PING ack is sent with: an answer
 // larger than this goes out after the ack in a write of its own, so the
@@ -38,17 +45,22 @@ func isPingAck(b []byte) bool {
 // pingAckConn is a server connection, after TLS, that sends the PING
 // acknowledgements gRPC writes on their own with the next answer instead.
 //
-// gRPC clients (istio-agent's and the load generator's, with gRPC's
-// default bandwidth estimation) send a PING after most answers, and gRPC's
-// server writes its acknowledgement as soon as it reads it. A handler that
-// returns at once (no durable record to wait for) writes its answer first,
-// and both leave in one write; meshca's handler waits for the group
-// commit, so the ack left alone: one more TLS record and write(2) for the
-// server, and one more wake-up and read for the client, per certificate.
-// Held for at most pingAckHold, the ack goes with the answer (or whatever
-// is written next) in one write.
+// gRPC clients with gRPC's default bandwidth estimation (istio-agent's,
+// the load generator's) send a PING after most answers, and gRPC's server
+// writes its acknowledgement as soon as it reads it. On a busy connection
+// (a node agent renewing the workloads behind it, a load generator) the
+// next request is already being handled then; a handler that returns at
+// once writes its answer first and both leave in one write, but meshca's
+// handler waits for the group commit, so the ack left alone: one more TLS
+// record and write(2) for the server, and one more wake-up and read for
+// the client, per certificate. Held for at most hold, the ack goes with the
+// next answer (or whatever is written next) in one write, ahead of it. On
+// a connection with nothing more to send (an agent's one renewal) the ack
+// goes alone after hold, which only lengthens the client's round-trip
+// sample by that much.
 type pingAckConn struct {
 	net.Conn
+	hold   time.Duration
 	mu     sync.Mutex
 	held   [pingAckLen]byte
 	n      int // bytes in held: 0 or pingAckLen
@@ -68,9 +80,9 @@ func (c *pingAckConn) Write(b []byte) (int, error) {
 		if isPingAck(b) && !c.closed {
 			c.n = copy(c.held[:], b)
 			if c.timer == nil {
-				c.timer = time.AfterFunc(pingAckHold, c.flushHeld)
+				c.timer = time.AfterFunc(c.hold, c.flushHeld)
 			} else {
-				c.timer.Reset(pingAckHold)
+				c.timer.Reset(c.hold)
 			}
 			return len(b), nil
 		}
@@ -110,20 +122,25 @@ func (c *pingAckConn) flushHeld() {
 }
 
 // Close implements net.Conn. A held ack is dropped: the peer is going.
+// The connection is closed first, without the lock: a Write blocked on a
+// peer that does not read holds the lock, and closing is what ends it (gRPC
+// closes transports so, under its server's own lock).
 func (c *pingAckConn) Close() error {
+	err := c.Conn.Close()
 	c.mu.Lock()
 	c.closed, c.n = true, 0
 	if c.timer != nil {
 		c.timer.Stop()
 	}
 	c.mu.Unlock()
-	return c.Conn.Close()
+	return err
 }
 
 // pingAckCreds are TLS transport credentials whose server connections are
-// pingAckConns.
+// pingAckConns holding acks for hold.
 type pingAckCreds struct {
 	credentials.TransportCredentials
+	hold time.Duration
 }
 
 // ServerHandshake implements credentials.TransportCredentials.
@@ -132,10 +149,10 @@ func (p pingAckCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.AuthI
 	if err != nil {
 		return nil, nil, err
 	}
-	return &pingAckConn{Conn: conn}, info, nil
+	return &pingAckConn{Conn: conn, hold: p.hold}, info, nil
 }
 
 // Clone implements credentials.TransportCredentials.
 func (p pingAckCreds) Clone() credentials.TransportCredentials {
-	return pingAckCreds{p.TransportCredentials.Clone()}
+	return pingAckCreds{TransportCredentials: p.TransportCredentials.Clone(), hold: p.hold}
 }

@@ -2,7 +2,14 @@ package server
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"io"
+	"math/big"
 	"net"
 	"slices"
 	"sync"
@@ -56,7 +63,7 @@ func frame(t *testing.T, write func(*http2.Framer) error) []byte {
 }
 
 // TestPingAckConn: a write that is one PING acknowledgement waits for the
-// next write and goes out with it, or alone after pingAckHold; every other
+// next write and goes out with it, or alone after the hold; every other
 // write goes out as it is, in order.
 func TestPingAckConn(t *testing.T) {
 	ack := frame(t, func(f *http2.Framer) error { return f.WritePing(true, [8]byte{1, 2, 3, 4, 5, 6, 7, 8}) })
@@ -70,7 +77,7 @@ func TestPingAckConn(t *testing.T) {
 	tests := []struct {
 		name   string
 		writes [][]byte
-		wait   bool     // wait for the held ack to go out alone after the writes
+		wait   bool     // hold 1 ms, and wait for the held ack to go out alone (else hold an hour)
 		after  [][]byte // written after the wait
 		want   [][]byte
 	}{
@@ -87,7 +94,10 @@ func TestPingAckConn(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			w := &writesConn{}
-			c := &pingAckConn{Conn: w}
+			c := &pingAckConn{Conn: w, hold: time.Hour}
+			if tt.wait {
+				c.hold = time.Millisecond
+			}
 			for _, b := range tt.writes {
 				if n, err := c.Write(b); n != len(b) || err != nil {
 					t.Fatalf("Write(%d bytes) = %d, %v", len(b), n, err)
@@ -96,7 +106,7 @@ func TestPingAckConn(t *testing.T) {
 			if tt.wait {
 				deadline := time.Now().Add(5 * time.Second)
 				for len(w.got()) == 0 && time.Now().Before(deadline) {
-					time.Sleep(pingAckHold / 2)
+					time.Sleep(time.Millisecond)
 				}
 			}
 			for _, b := range tt.after {
@@ -120,44 +130,132 @@ func lens(bs [][]byte) []int {
 }
 
 // TestPingAckConnFailures: a held ack whose write fails makes the next
-// Write fail, and closing the connection drops a held ack.
+// Write fail; closing the connection drops a held ack, and returns at once
+// even while a write is blocked on a peer that does not read (gRPC closes
+// its transports so, under its server's lock).
 func TestPingAckConnFailures(t *testing.T) {
 	ack := frame(t, func(f *http2.Framer) error { return f.WritePing(true, [8]byte{9}) })
+	waitFor := func(t *testing.T, what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting: %s", what)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	t.Run("failed flush fails the next write", func(t *testing.T) {
-		w := &writesConn{failing: true}
-		c := &pingAckConn{Conn: w}
+		c := &pingAckConn{Conn: &writesConn{failing: true}, hold: time.Millisecond}
 		if _, err := c.Write(ack); err != nil {
 			t.Fatal(err)
 		}
-		deadline := time.Now().Add(5 * time.Second)
-		for {
+		waitFor(t, "the held ack's flush", func() bool {
 			c.mu.Lock()
-			err := c.err
-			c.mu.Unlock()
-			if err != nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("the held ack was never flushed")
-			}
-			time.Sleep(pingAckHold / 2)
-		}
+			defer c.mu.Unlock()
+			return c.err != nil
+		})
 		if _, err := c.Write([]byte("next")); err == nil {
 			t.Error("Write after a failed flush succeeded")
 		}
 	})
 	t.Run("close drops the held ack", func(t *testing.T) {
 		w := &writesConn{}
-		c := &pingAckConn{Conn: w}
+		c := &pingAckConn{Conn: w, hold: time.Millisecond}
 		if _, err := c.Write(ack); err != nil {
 			t.Fatal(err)
 		}
 		if err := c.Close(); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(2 * pingAckHold)
+		time.Sleep(10 * time.Millisecond) // past the hold: a flush would have written by now
 		if got := w.got(); len(got) != 0 || !w.closed {
 			t.Errorf("after Close: writes %v, closed %v; want none, true", lens(got), w.closed)
 		}
 	})
+	for _, tt := range []struct {
+		name  string
+		block func(c *pingAckConn) error // blocks on the peer that does not read
+	}{
+		{"close during a blocked write", func(c *pingAckConn) error {
+			_, err := c.Write(make([]byte, 4096))
+			return err
+		}},
+		{"close during a blocked flush", func(c *pingAckConn) error {
+			if _, err := c.Write(ack); err != nil {
+				return err
+			}
+			time.Sleep(10 * time.Millisecond) // the flush is now blocked
+			_, err := c.Write([]byte("after"))
+			return err
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			mine, peer := net.Pipe()
+			defer peer.Close()
+			c := &pingAckConn{Conn: mine, hold: time.Millisecond}
+			errs := make(chan error, 1)
+			go func() { errs <- tt.block(c) }()
+			time.Sleep(20 * time.Millisecond) // let it block
+			closed := make(chan error, 1)
+			go func() { closed <- c.Close() }()
+			select {
+			case <-closed:
+			case <-time.After(5 * time.Second):
+				t.Fatal("Close is stuck behind a blocked write")
+			}
+			select {
+			case err := <-errs:
+				if err == nil {
+					t.Error("the blocked write succeeded though nobody read it")
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the blocked write never returned")
+			}
+		})
+	}
+}
+
+// TestGRPCCredentialsHoldPingAcks: the gRPC listener's credentials do TLS
+// and hand gRPC connections that hold PING acks for pingAckHold.
+func TestGRPCCredentialsHoldPingAcks(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), DNSNames: []string{"ca.test"}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds := grpcCredentials(&tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}}, MinVersion: tls.VersionTLS12})
+	serverEnd, clientEnd := net.Pipe()
+	defer clientEnd.Close()
+	roots := x509.NewCertPool()
+	roots.AddCert(leaf)
+	go func() {
+		c := tls.Client(clientEnd, &tls.Config{RootCAs: roots, ServerName: "ca.test", NextProtos: []string{"h2"}, MinVersion: tls.VersionTLS12})
+		if c.Handshake() == nil {
+			_, _ = io.Copy(io.Discard, c) // read what the server sends after its handshake, until it closes
+		}
+	}()
+	conn, info, err := creds.ServerHandshake(serverEnd)
+	if err != nil {
+		t.Fatalf("ServerHandshake: %v", err)
+	}
+	defer conn.Close()
+	pc, ok := conn.(*pingAckConn)
+	if !ok || pc.hold != pingAckHold {
+		t.Fatalf("ServerHandshake gave a %T (hold %v), want a *pingAckConn holding acks %v", conn, pc.hold, pingAckHold)
+	}
+	if info.AuthType() != "tls" {
+		t.Errorf("AuthInfo %q, want gRPC's TLS info", info.AuthType())
+	}
+	if cl, ok := creds.Clone().(pingAckCreds); !ok || cl.hold != pingAckHold {
+		t.Errorf("Clone() = %T, want pingAckCreds holding %v", creds.Clone(), pingAckHold)
+	}
 }

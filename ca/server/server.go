@@ -24,7 +24,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	pb "istio.io/api/security/v1alpha1"
 
@@ -252,7 +251,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	tlsCfg := s.certs.tlsConfig()
 	s.grpc = grpc.NewServer(
-		grpc.Creds(pingAckCreds{credentials.NewTLS(tlsCfg)}),
+		grpc.Creds(grpcCredentials(tlsCfg)),
 		grpc.MaxRecvMsgSize(cfg.MaxRequestBytes),
 		grpc.MaxHeaderListSize(uint32(maxHeaderBytes)),
 		grpc.MaxConcurrentStreams(uint32(min(max(cfg.MaxStreamsPerConnection, 1), 1<<20))), //nolint:gosec // G115: clamped

@@ -89,18 +89,19 @@ func (e *Env) tokenSetup(ctx context.Context) (_ *tokenBench, err error) {
 		b.targets = append(b.targets, t)
 	}
 	for _, mode := range e.Opts.K8sModes {
-		if ok, why := meshca.SupportsMode(e.Meshca, mode); !ok {
-			b.skipped = append(b.skipped, fmt.Sprintf("`--k8s-attestation %s` skipped: %s", mode, why))
-			e.logf("skipping meshca --k8s-attestation %s: %s", mode, why)
-			continue
-		}
-		for i, bd := range e.builds("`meshca server --k8s-attestation " + mode + "`") {
+		started := 0
+		for _, bd := range e.builds("`meshca server --k8s-attestation " + mode + "`") {
+			if ok, why := meshca.SupportsMode(bd.bin, mode); !ok {
+				b.skipped = append(b.skipped, fmt.Sprintf("%s skipped: %s", bd.name, why))
+				e.logf("skipping %s: %s", bd.name, why)
+				continue
+			}
 			t, err := e.startMeshcaBin(bd.bin, bd.name, "K8s token", mode, b.k.Kubeconfig, false)
 			if err != nil {
 				return nil, err
 			}
 			b.targets = append(b.targets, t)
-			if i == 1 {
+			if started++; started == 2 {
 				b.pairs = append(b.pairs, [2]int{len(b.targets) - 2, len(b.targets) - 1})
 			}
 		}
