@@ -2,7 +2,6 @@ package k8s
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"time"
@@ -29,7 +28,6 @@ const DefaultIssuer = "https://kubernetes.default.svc.cluster.local"
 // when due). Refused tokens are not remembered.
 type JWKSAttestor struct {
 	cfg      Config
-	keys     *jwks.KeySet
 	verifier *jwks.Verifier
 	// verified maps a token's SHA-256 to its *verifiedToken. Its clock is
 	// cfg.Clock.
@@ -84,7 +82,6 @@ func NewJWKS(cfg JWKSConfig) (*JWKSAttestor, error) {
 	}
 	return &JWKSAttestor{
 		cfg:      cfg.Config,
-		keys:     cfg.Keys,
 		verifier: &jwks.Verifier{Issuer: cfg.Issuer, Audiences: cfg.Audiences, Keys: cfg.Keys, Leeway: jwks.DefaultLeeway, Clock: cfg.Clock},
 		verified: cache.NewLRUExpireCacheWithClock(cfg.CacheSize, cfg.Clock),
 	}, nil
@@ -137,30 +134,17 @@ func (j *JWKSAttestor) verify(ctx context.Context, token string) (projected, err
 	if !looksLikeJWT(token) {
 		return projected{}, attestor.ErrNoCredential
 	}
-	sum := sha256.Sum256([]byte(token))
-	key := string(sum[:])
-	now := j.cfg.Clock.Now()
-	if v, ok := j.verified.Get(key); ok {
-		e := v.(*verifiedToken)
-		if !now.After(e.expires) {
-			// A failed recheck (the key gone, the set unreachable) falls
-			// through to a verification, which gives the precise error.
-			// Recheck may wait for a due refresh: the expiry is checked
-			// again after it, as a verification reads the clock after its
-			// lookup.
-			if version, err := j.keys.Recheck(ctx, e.kid); err == nil && version == e.version && !j.cfg.Clock.Now().After(e.expires) {
-				j.cfg.Metrics.VerifiedCacheHit()
-				return e.p, nil
-			}
-		}
-		j.verified.Remove(key)
+	key := tokenKey(token)
+	if p, ok := j.remembered(ctx, key); ok {
+		return p, nil
 	}
+	now := j.cfg.Clock.Now()
 	// The version before verifying: if the set changes meanwhile, the
 	// entry is stale at its first use and verified again. Before the first
 	// fetch there is no version 0 key to verify with: the set this
 	// verification loads is version 1 (or later, and then the entry is
 	// merely stale).
-	version := max(j.keys.Version(), 1)
+	version := max(j.verifier.Keys.Version(), 1)
 	var p projected
 	claims, kid, err := j.verifier.VerifyKeyID(ctx, token, &p.claims)
 	if err != nil {
@@ -181,6 +165,26 @@ func (j *JWKSAttestor) verify(ctx context.Context, token string) (projected, err
 		j.verified.Add(key, &verifiedToken{p: p, kid: kid, version: version, expires: expires}, expires.Sub(now))
 	}
 	return p, nil
+}
+
+// remembered returns the token cached under key if verifying it again
+// would accept it: the cache has dropped it once past its expiry, and its
+// key set must still be the one it verified against (Recheck, which may
+// wait for a due refresh, so the expiry is checked again after it, as a
+// verification reads the clock after its lookup). Otherwise it forgets the
+// token, and the caller verifies it, which gives the precise error.
+func (j *JWKSAttestor) remembered(ctx context.Context, key string) (projected, bool) {
+	v, ok := j.verified.Get(key)
+	if !ok {
+		return projected{}, false
+	}
+	e := v.(*verifiedToken)
+	if version, err := j.verifier.Keys.Recheck(ctx, e.kid); err == nil && version == e.version && !j.cfg.Clock.Now().After(e.expires) {
+		j.cfg.Metrics.VerifiedCacheHit()
+		return e.p, true
+	}
+	j.verified.Remove(key)
+	return projected{}, false
 }
 
 // Attest implements attestor.Attestor.

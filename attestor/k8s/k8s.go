@@ -13,6 +13,7 @@
 package k8s
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -199,6 +200,13 @@ func (c *Config) identity(kind, ns, sa string, details map[string]string) (attes
 
 // looksLikeJWT reports whether a bearer token has the shape of a compact
 // JWS; other tokens belong to other attestors.
+// tokenKey is what the caches key a token by: its SHA-256, never the token
+// itself.
+func tokenKey(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return string(sum[:])
+}
+
 func looksLikeJWT(tok string) bool {
 	return strings.Count(tok, ".") == 2 && !strings.ContainsAny(tok, " \t")
 }

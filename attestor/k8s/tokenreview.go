@@ -2,7 +2,6 @@ package k8s
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"slices"
@@ -180,8 +179,7 @@ func (t *TokenReviewAttestor) Attest(ctx context.Context, c attestor.Credential)
 	now := t.cfg.Clock.Now()
 	// The caches first: a token in them passed precheck when it was
 	// reviewed, and its entry ends no later than the token does.
-	sum := sha256.Sum256([]byte(c.BearerToken))
-	key := string(sum[:])
+	key := tokenKey(c.BearerToken)
 	if res, ok := t.cached(key, now); ok {
 		t.countHit(res)
 		return res.id, res.err
