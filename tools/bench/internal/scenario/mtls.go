@@ -44,8 +44,7 @@ func (e *Env) MTLS(ctx context.Context) (report.Table, error) {
 		}
 	}
 	for _, b := range e.builds("`meshca server`") {
-		name := b.name
-		m, err := e.startMeshcaBin(b.bin, name, "mTLS renewal", "off", "", true)
+		m, err := e.startMeshcaBin(b.bin, b.name, "mTLS renewal", "off", "", true)
 		if err != nil {
 			return report.Table{}, err
 		}
@@ -55,7 +54,7 @@ func (e *Env) MTLS(ctx context.Context) (report.Table, error) {
 			return report.Table{}, err
 		}
 		if err := m.dial(ctx, n, svids); err != nil {
-			return report.Table{}, fmt.Errorf("%s: %w", name, err)
+			return report.Table{}, fmt.Errorf("%s: %w", b.name, err)
 		}
 	}
 	req := func(i, k int) ([]byte, string) { return csrs[i][k%csrsPerClient].PEM, "" }
