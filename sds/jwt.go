@@ -204,33 +204,32 @@ func (c *JWTCache) Refresh(ctx context.Context) error {
 // tried, the bundle Bundle returned (a CA replica's new key may be
 // younger than the last fetch). It fetches the bundle again unless the CA
 // was asked less than 10 s ago, and reports whether the bundle held now
-// differs from tried. Misses at the same moment share one fetch: the
-// others wait for it.
+// differs from tried. Misses at the same moment share one fetch, which runs
+// on its own: a caller that gives up (its ctx ends) stops waiting, and the
+// others still get the fetch's outcome.
 func (c *JWTCache) RefreshAfterMiss(ctx context.Context, tried *jwtbundle.Bundle) bool {
 	c.mu.Lock()
 	wait := c.missing
-	now := c.cfg.Clock.Now()
-	switch {
-	case wait != nil:
-	case now.Sub(c.fetched) < missRefreshEvery:
-		defer c.mu.Unlock()
-		return c.bundle != tried
-	default:
-		c.fetched, c.missing = now, make(chan struct{})
+	if wait == nil {
+		if c.cfg.Clock.Now().Sub(c.fetched) < missRefreshEvery {
+			defer c.mu.Unlock()
+			return c.bundle != tried
+		}
+		wait = make(chan struct{})
+		c.missing = wait
+		go func() {
+			_ = c.Refresh(context.WithoutCancel(ctx)) // logged; bounded by Refresh's own timeout
+			c.mu.Lock()
+			close(wait)
+			c.missing = nil
+			c.mu.Unlock()
+		}()
 	}
 	c.mu.Unlock()
-	if wait != nil {
-		select {
-		case <-wait:
-		case <-ctx.Done():
-			return false
-		}
-	} else {
-		_ = c.Refresh(ctx) // logged
-		c.mu.Lock()
-		close(c.missing)
-		c.missing = nil
-		c.mu.Unlock()
+	select {
+	case <-wait:
+	case <-ctx.Done():
+		return false
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

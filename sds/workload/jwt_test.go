@@ -7,6 +7,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -234,3 +235,58 @@ func TestValidateRefreshesAfterMiss(t *testing.T) {
 
 // missRefreshEveryForTest is sds's rate limit of refreshes after a miss.
 const missRefreshEveryForTest = 10 * time.Second
+
+// gatedJWTCA holds JWTBundle, while hold is set, until gate is closed or
+// the caller's context ends; started receives each held call.
+type gatedJWTCA struct {
+	*fakeJWTCA
+	hold    atomic.Bool
+	started chan struct{}
+	gate    chan struct{}
+}
+
+func (g *gatedJWTCA) JWTBundle(ctx context.Context, td spiffeid.TrustDomain) (*jwtbundle.Bundle, error) {
+	if g.hold.Load() {
+		g.started <- struct{}{}
+		select {
+		case <-g.gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return g.fakeJWTCA.JWTBundle(ctx, td)
+}
+
+// TestRefreshAfterMissOutlivesItsCaller: the fetch that misses at the same
+// moment share does not end when the caller that started it gives up; the
+// others still get the new bundle.
+func TestRefreshAfterMissOutlivesItsCaller(t *testing.T) {
+	clk := clocktest.New(time.Now())
+	ca := &gatedJWTCA{fakeJWTCA: newFakeJWTCA(t, clk), started: make(chan struct{}, 1), gate: make(chan struct{})}
+	cache, err := sds.NewJWTCache(sds.JWTConfig{ID: jwtID, CA: ca, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tried, _, err := cache.Bundle(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(missRefreshEveryForTest)
+	ca.rotate()
+	ca.hold.Store(true)
+
+	first, cancel := context.WithCancel(context.Background())
+	firstDone := make(chan bool, 1)
+	go func() { firstDone <- cache.RefreshAfterMiss(first, tried) }()
+	<-ca.started // the shared fetch is under way
+	secondDone := make(chan bool, 1)
+	go func() { secondDone <- cache.RefreshAfterMiss(context.Background(), tried) }()
+	cancel()
+	if <-firstDone {
+		t.Error("the caller that gave up reports a new bundle")
+	}
+	close(ca.gate)
+	if !<-secondDone {
+		t.Error("the other caller lost the fetch when the first gave up")
+	}
+}
