@@ -512,6 +512,18 @@ func TestDirectModeRefusesUselessCACert(t *testing.T) {
 	}
 }
 
+// shortParent signs intermediates shorter than asked, as a Vault mount
+// with a low max_lease_ttl does.
+type shortParent struct {
+	*ca.LocalParent
+	life time.Duration
+}
+
+func (p shortParent) SignIntermediate(ctx context.Context, tmpl *x509.Certificate, key crypto.Signer) (*x509.Certificate, error) {
+	tmpl.NotAfter = tmpl.NotBefore.Add(p.life)
+	return p.LocalParent.SignIntermediate(ctx, tmpl, key)
+}
+
 // TestParentTooShortForIntermediates: a parent that can certify an
 // intermediate for less than twice the default leaf lifetime (ca-cert.pem
 // near its end, Vault's max_lease_ttl) is refused at start with what to
@@ -520,10 +532,12 @@ func TestParentTooShortForIntermediates(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		caLife time.Duration // ca-cert's NotAfter after t0
+		cut    time.Duration // if set, the parent signs intermediates this long, whatever is asked (a Vault mount's max TTL)
 		ok     bool
 	}{
-		{"under twice the default TTL", 30 * time.Hour, false},
-		{"twice the default TTL and more", 1000 * time.Hour, true},
+		{name: "under twice the default TTL", caLife: 30 * time.Hour},
+		{name: "twice the default TTL and more", caLife: 1000 * time.Hour, ok: true},
+		{name: "cut short by the parent", caLife: 1000 * time.Hour, cut: 30 * time.Hour},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rootKey, caKey := p256(t), p256(t)
@@ -538,7 +552,11 @@ func TestParentTooShortForIntermediates(t *testing.T) {
 			if p.SignsLeaves() {
 				t.Fatal("parent signs leaves directly; the test needs intermediates")
 			}
-			_, err = ca.New(context.Background(), ca.Config{TrustDomain: td, Store: storetest.NewMem(), Clock: clocktest.New(t0), Parent: p})
+			var parent ca.Parent = p
+			if tc.cut > 0 {
+				parent = shortParent{p, tc.cut}
+			}
+			_, err = ca.New(context.Background(), ca.Config{TrustDomain: td, Store: storetest.NewMem(), Clock: clocktest.New(t0), Parent: parent})
 			if tc.ok != (err == nil) {
 				t.Fatalf("ca.New = %v, want ok %v", err, tc.ok)
 			}

@@ -2,7 +2,6 @@ package ca_test
 
 import (
 	"context"
-	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -284,34 +283,4 @@ func mustState(t *testing.T, st store.Store) *store.CAState {
 		t.Fatal(err)
 	}
 	return s
-}
-
-// shortParent signs intermediates shorter than asked, as a Vault mount
-// with a low max_lease_ttl does.
-type shortParent struct {
-	*ca.LocalParent
-	life time.Duration
-}
-
-func (p shortParent) SignIntermediate(ctx context.Context, tmpl *x509.Certificate, key crypto.Signer) (*x509.Certificate, error) {
-	tmpl.NotAfter = tmpl.NotBefore.Add(p.life)
-	return p.LocalParent.SignIntermediate(ctx, tmpl, key)
-}
-
-// TestIntermediateCutShortRefused: an intermediate the parent made too
-// short to cover two default lifetimes would be replaced at every update
-// (a parent call each time): it is refused with what to change.
-func TestIntermediateCutShortRefused(t *testing.T) {
-	c := testca.NewIstioCACerts(t, testca.IstioOptions{CACert: func(tmpl *x509.Certificate) { tmpl.MaxPathLen, tmpl.MaxPathLenZero = 1, false }})
-	dir := t.TempDir()
-	c.Write(t, dir)
-	parent, err := ca.LoadCACerts(dir, time.Now(), ca.CACertsOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = ca.New(context.Background(), ca.Config{TrustDomain: td, Store: storetest.NewMem(), Clock: clocktest.New(time.Now()),
-		Parent: shortParent{parent, 30 * time.Hour}})
-	if err == nil || !strings.Contains(err.Error(), "must cover twice --default-ttl") {
-		t.Fatalf("ca.New: %v", err)
-	}
 }
