@@ -2,8 +2,6 @@ package ca
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -53,8 +51,7 @@ func (a *Authority) answeredFor(ctx context.Context, key string, req SignRequest
 	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(spki)
-	if iss.Record.SPIFFEID != req.Identity.ID.String() || iss.Record.PublicKeySHA256 != hex.EncodeToString(sum[:]) {
+	if iss.Record.SPIFFEID != req.Identity.ID.String() || iss.Record.PublicKeySHA256 != publicKeySHA256(spki) {
 		return nil, fmt.Errorf("%w: request %s was answered already, for another identity or key", ErrInvalidCSR, key)
 	}
 	return iss, nil

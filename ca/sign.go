@@ -183,13 +183,12 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time, on
 		a.cfg.Logger.Error("issued certificate refused by the validator", "spiffe_id", req.Identity.ID.String(), "err", err)
 		return nil, err
 	}
-	spkiSum := sha256.Sum256(spki)
 	rec := store.Issuance{
 		Serial:          tmpl.SerialNumber.Text(16),
 		SPIFFEID:        req.Identity.ID.String(),
 		NotBefore:       notBefore,
 		NotAfter:        notAfter,
-		PublicKeySHA256: hex.EncodeToString(spkiSum[:]),
+		PublicKeySHA256: publicKeySHA256(spki),
 		CredentialKind:  req.Identity.Kind,
 		Requester:       req.Identity.Subject,
 		Peer:            req.Peer,
@@ -238,4 +237,11 @@ func (a *Authority) IssueServing(dnsNames []string, ips []net.IP, ttl time.Durat
 	}
 	chain := append([][]byte{der}, s.chainDER...)
 	return &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf}, nil
+}
+
+// publicKeySHA256 is how the issuance log names a certificate's key: the
+// SHA-256 of its SubjectPublicKeyInfo, in hex.
+func publicKeySHA256(spki []byte) string {
+	sum := sha256.Sum256(spki)
+	return hex.EncodeToString(sum[:])
 }

@@ -102,8 +102,7 @@ func (m *Manager) SetFederated(b map[spiffeid.TrustDomain]*spiffebundle.Bundle) 
 		return // they come with the first SVID
 	}
 	next := *cur
-	next.Federated, next.Version = b, cur.Version+1
-	m.src.Set(&next)
+	m.publishLocked(&next)
 }
 
 // publish serves svid, with the federated bundles held and the Version
@@ -111,6 +110,11 @@ func (m *Manager) SetFederated(b map[spiffeid.TrustDomain]*spiffebundle.Bundle) 
 func (m *Manager) publish(svid *SVID) {
 	m.pubMu.Lock()
 	defer m.pubMu.Unlock()
+	m.publishLocked(svid)
+}
+
+// publishLocked is publish for callers holding pubMu.
+func (m *Manager) publishLocked(svid *SVID) {
 	svid.Federated, svid.Version = m.federated, 1
 	if cur := m.src.Current(); cur != nil {
 		svid.Version = cur.Version + 1

@@ -117,7 +117,11 @@ func TestFederatedBundles(t *testing.T) {
 			if len(got) != 1 || b == nil || b.TrustDomain() != partner || len(b.X509Authorities()) != 1 || !b.X509Authorities()[0].Equal(partnerCA.Root) {
 				t.Fatalf("got %v, want b.test's root alone", got)
 			}
-			if _, ok := b.FindJWTAuthority("kid-b.test"); ok != tt.wantJWT || len(b.JWTAuthorities()) != map[bool]int{true: 1}[tt.wantJWT] {
+			wantKeys := 0
+			if tt.wantJWT {
+				wantKeys = 1
+			}
+			if _, ok := b.FindJWTAuthority("kid-b.test"); ok != tt.wantJWT || len(b.JWTAuthorities()) != wantKeys {
 				t.Fatalf("b.test's JWT authorities %v, want its key: %v", b.JWTAuthorities(), tt.wantJWT)
 			}
 		})

@@ -14,6 +14,7 @@ import (
 	pb "istio.io/api/security/v1alpha1"
 
 	"github.com/meshca/meshca/ca/client"
+	"github.com/meshca/meshca/internal/clock/clocktest"
 	"github.com/meshca/meshca/internal/frametap"
 	"github.com/meshca/meshca/internal/testca"
 )
@@ -86,10 +87,11 @@ func TestNoBandwidthProbes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got, pings := ln.counts()
-	for wait := time.Now().Add(5 * time.Second); got < calls && time.Now().Before(wait); got, pings = ln.counts() {
-		time.Sleep(time.Millisecond) // the parser may trail the server by a frame
-	}
+	var got, pings int
+	clocktest.Eventually(t, "every call's HEADERS counted (the parser may trail the server by a frame)", func() bool {
+		got, pings = ln.counts()
+		return got >= calls
+	})
 	if got != calls {
 		t.Fatalf("%d HEADERS frames for %d calls: the frame count is broken", got, calls)
 	}

@@ -15,7 +15,8 @@ import (
 // INSERTs, the record then the answer, each ON CONFLICT DO NOTHING: a
 // replica answering the same request at the same time waits on the
 // request's key until the first commits, then inserts nothing, and rolls
-// its record back. It does not join the group commit: these calls are few
+// its record back. When the record's serial is taken already, one SELECT
+// tells a request answered already (ErrConflict) from a duplicate serial. It does not join the group commit: these calls are few
 // (one per pod certificate), and each needs its own transaction.
 func (s *Store) RecordIssuanceOnce(ctx context.Context, rec store.Issuance, req store.IssuedRequest) error {
 	if err := s.enter(ctx); err != nil {
