@@ -10,7 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/meshca/meshca/ca/federation"
+	"github.com/meshca/meshca/ca/federation/fedbundle"
 	"github.com/meshca/meshca/ca/store"
 )
 
@@ -31,7 +31,7 @@ type FederatedStatus struct {
 	X509Authorities []CertStatus `json:"x509_authorities"`
 	JWTKeyIDs       []string     `json:"jwt_key_ids,omitempty"`
 	// Error says why a stored bundle cannot be read, or is refused as a
-	// fetched one would be (federation.ParseBundle): it is not served.
+	// fetched one would be (fedbundle.Parse): it is not served.
 	Error string `json:"error,omitempty"`
 }
 
@@ -68,5 +68,5 @@ func parseFederated(rec store.FederatedBundle) (*spiffebundle.Bundle, error) {
 	if err != nil {
 		return nil, err
 	}
-	return federation.ParseBundle(td, rec.Bundle)
+	return fedbundle.Parse(td, rec.Bundle)
 }

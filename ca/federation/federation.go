@@ -35,6 +35,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/meshca/meshca/ca/federation/fedbundle"
 	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock"
 )
@@ -243,7 +244,7 @@ func (f *Federation) Load(ctx context.Context) error {
 		if cur := f.get(p.ID); cur != nil && !rec.RefreshedAt.After(cur.rec.RefreshedAt) {
 			continue
 		}
-		b, err := ParseBundle(p.ID, rec.Bundle)
+		b, err := fedbundle.Parse(p.ID, rec.Bundle)
 		if err != nil {
 			f.cfg.Logger.Error("federation: a stored bundle is unusable; left out", "trust_domain", rec.TrustDomain, "err", err)
 			continue
@@ -365,7 +366,7 @@ func (f *Federation) refresh(ctx context.Context, p *peer) (time.Duration, error
 		if p.lastFile != nil && string(data) == string(p.lastFile) {
 			return f.cfg.FileInterval, nil
 		}
-		b, err := ParseBundle(p.ID, data)
+		b, err := fedbundle.Parse(p.ID, data)
 		if err != nil {
 			return f.cfg.FileInterval, fmt.Errorf("%w (in %s)", err, p.BundleFile)
 		}
@@ -379,7 +380,7 @@ func (f *Federation) refresh(ctx context.Context, p *peer) (time.Duration, error
 	if err != nil {
 		return p.refresh, err
 	}
-	b, err := ParseBundle(p.ID, data)
+	b, err := fedbundle.Parse(p.ID, data)
 	if err != nil {
 		return p.refresh, fmt.Errorf("%w (from %s)", err, p.BundleEndpointURL)
 	}

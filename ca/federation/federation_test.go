@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/meshca/meshca/ca/bundle"
+	"github.com/meshca/meshca/ca/federation/fedbundle"
 	"github.com/meshca/meshca/ca/store"
 	"github.com/meshca/meshca/internal/clock/clocktest"
 	"github.com/meshca/meshca/internal/storetest"
@@ -360,7 +361,8 @@ func TestFollowerReadsTheStore(t *testing.T) {
 }
 
 // FuzzParseBundle reads arbitrary bytes as b.test's bundle document, as
-// fetched from its endpoint, and checks that ParseBundle never panics and
+// fetched from its endpoint, and checks that fedbundle.Parse (here, beside
+// the helpers that make bundle documents) never panics and
 // that what it accepts is a bundle of b.test with at least one X.509
 // authority and none that names another trust domain.
 func FuzzParseBundle(f *testing.F) {
@@ -371,7 +373,7 @@ func FuzzParseBundle(f *testing.F) {
 	f.Add([]byte(`{"keys": [{"kty": "EC", "use": "x509-svid", "crv": "P-256", "x5c": ["AA=="]}]}`))
 	f.Add([]byte(`{"keys": [`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		got, err := ParseBundle(tdB, data)
+		got, err := fedbundle.Parse(tdB, data)
 		if err != nil {
 			return
 		}

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/meshca/meshca/ca/bundle"
+	"github.com/meshca/meshca/ca/federation/fedbundle"
 	"github.com/meshca/meshca/internal/pki"
 )
 
@@ -126,7 +127,7 @@ func (f *Federation) readBundle(td spiffeid.TrustDomain, path string) (*spiffebu
 	if err != nil {
 		return nil, fmt.Errorf("federation: %s: %w", td.Name(), err)
 	}
-	b, err := ParseBundle(td, data)
+	b, err := fedbundle.Parse(td, data)
 	if err != nil {
 		return nil, fmt.Errorf("%w (in %s)", err, path)
 	}
@@ -151,41 +152,4 @@ func readLimited(r io.Reader, limit int64) ([]byte, error) {
 		return nil, fmt.Errorf("the bundle is larger than %d bytes", limit)
 	}
 	return data, nil
-}
-
-// ParseBundle parses a bundle document of td and checks it as every
-// bundle the federation serves is checked (check): what a fetch, a file
-// and the store are held to, and what `meshca ca status` reports by.
-func ParseBundle(td spiffeid.TrustDomain, data []byte) (*spiffebundle.Bundle, error) {
-	b, err := spiffebundle.Parse(td, data)
-	if err != nil {
-		return nil, fmt.Errorf("federation: %s: %w", td.Name(), err)
-	}
-	if err := check(td, b); err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-
-// check refuses a bundle of td without X.509 authorities (it would take
-// every X.509 trust in td away: a mesh verifies peers by them), or with an
-// authority whose SPIFFE ID is in another trust domain (the bundle is
-// another trust domain's: meshca's roots, and SPIRE's, name their own).
-func check(td spiffeid.TrustDomain, b *spiffebundle.Bundle) error {
-	auths := b.X509Authorities()
-	if len(auths) == 0 {
-		return fmt.Errorf("federation: %s: the bundle has no X.509 authorities", td.Name())
-	}
-	for _, c := range auths {
-		for _, u := range c.URIs {
-			if u.Scheme != "spiffe" {
-				continue
-			}
-			if id, err := spiffeid.FromURI(u); err == nil && !id.MemberOf(td) {
-				return fmt.Errorf("federation: %s: the bundle is for trust domain %s (an X.509 authority, %q, names %s)",
-					td.Name(), id.TrustDomain().Name(), c.Subject.String(), id)
-			}
-		}
-	}
-	return nil
 }
