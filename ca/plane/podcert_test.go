@@ -2,9 +2,6 @@ package plane
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"os"
 	"path/filepath"
@@ -13,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	certificatesv1beta1 "k8s.io/api/certificates/v1beta1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -81,19 +77,7 @@ func TestPodCertificatesAgainstAPIServer(t *testing.T) {
 	node := env.CreateNode(t, kubeenv.NodeName)
 	sa := env.CreateServiceAccount(t, run, "web")
 	pod := env.CreatePod(t, run, "web-0", "web", node.Name)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := env.CreatePodCertificateRequest(t, kubeenv.PodCertificateRequest(t, pod, sa, node, signer, key))
-	var got *certificatesv1beta1.PodCertificateRequest
-	clocktest.Eventually(t, "the request issued", func() bool {
-		got, err = env.Client.CertificatesV1beta1().PodCertificateRequests(run).Get(ctx, req.Name, metav1.GetOptions{})
-		return err == nil && len(got.Status.Conditions) > 0
-	})
-	if c := got.Status.Conditions[0]; c.Type != "Issued" {
-		t.Fatalf("condition %+v", c)
-	}
+	key, req, chain := env.IssuedPodCertificate(t, pod, sa, node, signer)
 
 	ctbName := strings.ReplaceAll(signer, "/", ":") + ":" + td.Name()
 	// ctbRoots are the roots of the ClusterTrustBundle, and how many; nil
@@ -114,10 +98,6 @@ func TestPodCertificatesAgainstAPIServer(t *testing.T) {
 		return pool, len(certs)
 	}
 	clocktest.Eventually(t, "the ClusterTrustBundle published", func() bool { _, n := ctbRoots(); return n > 0 })
-	chain, err := pki.ParseCertificates([]byte(got.Status.CertificateChain))
-	if err != nil {
-		t.Fatal(err)
-	}
 	inter := x509.NewCertPool()
 	for _, c := range chain[1:] {
 		inter.AddCert(c)

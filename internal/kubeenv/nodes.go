@@ -5,6 +5,7 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha256"
@@ -20,6 +21,8 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/meshca/meshca/internal/pki"
 )
 
 // NodeConfig returns a client configuration that authenticates as the
@@ -135,6 +138,39 @@ func (e *Env) CreatePodCertificateRequest(t testing.TB, req *certificatesv1beta1
 		}
 		if apierrors.IsForbidden(err) || ctx.Err() != nil {
 			t.Fatalf("kubeenv: create PodCertificateRequest as node %s: %v", req.Spec.NodeName, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// IssuedPodCertificate asks, as node's kubelet, for a certificate of signer
+// for pod (running as sa) with a new P-256 key, waits up to a minute for
+// the signer's answer, fails the test unless the request is Issued, and
+// returns the key, the answered request and its chain, leaf first.
+func (e *Env) IssuedPodCertificate(t testing.TB, pod *corev1.Pod, sa *corev1.ServiceAccount, node *corev1.Node, signer string) (*ecdsa.PrivateKey, *certificatesv1beta1.PodCertificateRequest, []*x509.Certificate) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := e.CreatePodCertificateRequest(t, PodCertificateRequest(t, pod, sa, node, signer, key))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	reqs := e.Client.CertificatesV1beta1().PodCertificateRequests(req.Namespace)
+	for {
+		got, err := reqs.Get(ctx, req.Name, metav1.GetOptions{})
+		if err == nil && len(got.Status.Conditions) > 0 {
+			if c := got.Status.Conditions[0]; c.Type != certificatesv1beta1.PodCertificateRequestConditionTypeIssued {
+				t.Fatalf("kubeenv: PodCertificateRequest %s/%s: condition %s (%s: %s), want Issued", req.Namespace, req.Name, c.Type, c.Reason, c.Message)
+			}
+			chain, err := pki.ParseCertificates([]byte(got.Status.CertificateChain))
+			if err != nil {
+				t.Fatalf("kubeenv: PodCertificateRequest %s/%s: the chain: %v", req.Namespace, req.Name, err)
+			}
+			return key, got, chain
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("kubeenv: PodCertificateRequest %s/%s not answered in a minute (last error: %v)", req.Namespace, req.Name, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -2,11 +2,7 @@ package deploycheck
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"encoding/pem"
 	"net/http"
 	"strconv"
 	"strings"
@@ -14,7 +10,6 @@ import (
 	"time"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
-	certificatesv1beta1 "k8s.io/api/certificates/v1beta1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -466,40 +461,17 @@ func runPodCertificates(t *testing.T, env *kubeenv.Env, s *server) {
 	node := env.CreateNode(t, kubeenv.NodeName)
 	sa := env.CreateServiceAccount(t, "app-a", "web")
 	pod := env.CreatePod(t, "app-a", "podcert-"+strconv.FormatInt(time.Now().UnixNano()%(1<<30), 36), sa.Name, node.Name)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req := env.CreatePodCertificateRequest(t, kubeenv.PodCertificateRequest(t, pod, sa, node, signer, key))
-	var chain string
-	waitFor(t, "meshca answers the PodCertificateRequest", func(ctx context.Context) bool {
-		got, err := env.Client.CertificatesV1beta1().PodCertificateRequests(req.Namespace).Get(ctx, req.Name, metav1.GetOptions{})
-		if err != nil {
-			return false
-		}
-		for _, c := range got.Status.Conditions {
-			if c.Type != certificatesv1beta1.PodCertificateRequestConditionTypeIssued {
-				t.Fatalf("PodCertificateRequest %s/%s: condition %s (%s: %s), want Issued", req.Namespace, req.Name, c.Type, c.Reason, c.Message)
-			}
-		}
-		chain = got.Status.CertificateChain
-		return chain != ""
-	})
+	_, _, chain := env.IssuedPodCertificate(t, pod, sa, node, signer)
 	const id = "spiffe://cluster.local/ns/app-a/sa/web"
-	blk, _ := pem.Decode([]byte(chain))
-	if blk == nil {
-		t.Fatalf("no certificate in the answer:\n%s", chain)
-	}
-	leaf, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
+	leaf := chain[0]
 	if len(leaf.URIs) != 1 || leaf.URIs[0].String() != id {
 		t.Errorf("the pod's certificate names %v, want %s", leaf.URIs, id)
 	}
 	roots, inters := x509.NewCertPool(), x509.NewCertPool()
 	roots.AppendCertsFromPEM([]byte(bundle))
-	inters.AppendCertsFromPEM([]byte(chain))
+	for _, c := range chain[1:] {
+		inters.AddCert(c)
+	}
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
 		t.Errorf("the pod's certificate does not chain to the bundle: %v", err)
 	}
