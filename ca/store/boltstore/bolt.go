@@ -19,7 +19,10 @@
 // off the request path, copies them into the data file in large sorted
 // transactions (every CheckpointRecords records or CheckpointInterval, for
 // PruneIssuances, and at Close) and then drops the journal that held them;
-// Open replays whatever a crash left in the journal before serving. The
+// Open replays whatever a crash left in the journal before serving. Each
+// journal file's space is written as zeros when it is created, off the
+// request path, so that a commit's fdatasync has no growth of the file to
+// commit (see minPrealloc). The
 // data file's format is unchanged: after a clean Close it holds every
 // record and the journal is empty.
 //
@@ -111,6 +114,10 @@ type Store struct {
 	log      *slog.Logger
 	maxBatch int
 	metrics  Metrics
+
+	// fillZeros reserves a new journal file's space (see minPrealloc);
+	// tests replace it.
+	fillZeros func(f *os.File, off, end int64) error
 
 	// journalPath and nextPath are the journal's files (see checkpoint).
 	journalPath, nextPath string
@@ -225,6 +232,7 @@ func Open(path string, opts Options) (*Store, error) {
 		log:          opts.Logger,
 		maxBatch:     opts.MaxBatch,
 		metrics:      opts.Metrics,
+		fillZeros:    fillZeros,
 		journalPath:  JournalPath(path),
 		nextPath:     JournalPath(path) + ".next",
 		commitDelay:  opts.CommitDelay,

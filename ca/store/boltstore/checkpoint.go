@@ -111,7 +111,11 @@ func (s *Store) seal() error {
 	if s.sealed != nil || s.journaled() == 0 {
 		return nil
 	}
-	f, err := createJournal(s.nextPath)
+	// The next file is given the space this one took, and a little more.
+	s.jmu.Lock()
+	used := s.active.size
+	s.jmu.Unlock()
+	f, err := s.createJournal(s.nextPath, preallocFor(used))
 	if err != nil {
 		return fmt.Errorf("boltstore: checkpoint: %w", err)
 	}

@@ -3,6 +3,7 @@ package boltstore
 import (
 	"context"
 	"maps"
+	"os"
 	"slices"
 
 	"github.com/meshca/meshca/ca/store"
@@ -118,6 +119,18 @@ func RawFrame(payload []byte) []byte {
 	b := append(beginFrame(nil), payload...)
 	endFrame(b, 0)
 	return b
+}
+
+// MinPrealloc is the space a journal gets at Open.
+const MinPrealloc = minPrealloc
+
+// PreallocFor is the space a journal gets after one that took used bytes.
+func PreallocFor(used int64) int64 { return preallocFor(used) }
+
+// FailZeroFill makes s fail to reserve the space of its next journal
+// files with err.
+func FailZeroFill(s *Store, err error) {
+	s.fillZeros = func(*os.File, int64, int64) error { return err }
 }
 
 // JournalHeader starts every journal file.

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -75,12 +76,30 @@ func checkReplayed(t *testing.T, s *boltstore.Store, path string, want []string)
 	if counts, n := boltstore.KeyCounts(s), len(want); counts != [4]int{n, n, n, n} {
 		t.Errorf("data file keys %v, want %d each", counts, n)
 	}
-	if data, err := os.ReadFile(boltstore.JournalPath(path)); err != nil || string(data) != boltstore.JournalHeader {
-		t.Errorf("journal after Open: %q, %v; want only the header", data, err)
+	if data := journalFrames(t, boltstore.JournalPath(path)); string(data) != boltstore.JournalHeader {
+		t.Errorf("journal after Open: %q; want only the header", data)
 	}
 	if _, err := os.Stat(boltstore.JournalPath(path) + ".next"); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("%s.next left after Open: %v", boltstore.JournalPath(path), err)
 	}
+}
+
+// journalFrames reads the journal file at path and returns its header and
+// frames, without the zeros reserved after them, which it checks are zeros.
+func journalFrames(t *testing.T, path string) []byte {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, end, err := boltstore.DecodeJournal(data)
+	if err != nil {
+		t.Fatalf("journal %s: %v", path, err)
+	}
+	if i := bytes.IndexFunc(data[end:], func(r rune) bool { return r != 0 }); i >= 0 {
+		t.Fatalf("journal %s: a byte that is not zero at %d, after its last frame at %d", path, end+i, end)
+	}
+	return data[:end]
 }
 
 func TestJournalPath(t *testing.T) {
@@ -109,10 +128,7 @@ func TestRecordsJournaled(t *testing.T) {
 	if counts := boltstore.KeyCounts(s); counts != [4]int{} {
 		t.Fatalf("data file keys %v before a checkpoint", counts)
 	}
-	data, err := os.ReadFile(boltstore.JournalPath(path))
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := journalFrames(t, boltstore.JournalPath(path))
 	values, end, err := boltstore.DecodeJournal(data)
 	if err != nil || end != len(data) || len(values) != 3 {
 		t.Fatalf("journal holds %d records up to %d of %d bytes, %v", len(values), end, len(data), err)
@@ -156,8 +172,9 @@ func TestCloseEmptiesJournal(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// The header alone: no space is kept for records after Close.
 	if data, err := os.ReadFile(boltstore.JournalPath(path)); err != nil || string(data) != boltstore.JournalHeader {
-		t.Fatalf("journal after Close: %q, %v", data, err)
+		t.Fatalf("journal after Close: %d bytes %.40q, %v; want the header alone", len(data), data, err)
 	}
 	// Without the journal, the data file still has everything.
 	if err := os.Remove(boltstore.JournalPath(path)); err != nil {
@@ -228,7 +245,7 @@ func TestCrashWhileCreatingJournal(t *testing.T) {
 
 // crashedJournal returns a data file path whose store recorded serials
 // 0000..n-1, one frame each, and was stopped as by a crash; and its journal
-// contents.
+// contents up to the end of its last frame (without the zeros after it).
 func crashedJournal(t *testing.T, n int) (string, []byte) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "meshca.db")
@@ -238,11 +255,7 @@ func crashedJournal(t *testing.T, n int) (string, []byte) {
 	}
 	recordRange(t, s, 0, n)
 	boltstore.Crash(s)
-	data, err := os.ReadFile(boltstore.JournalPath(path))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return path, data
+	return path, journalFrames(t, boltstore.JournalPath(path))
 }
 
 // TestTornTail: a journal that ends inside a frame (the write of a batch
@@ -255,19 +268,27 @@ func TestTornTail(t *testing.T) {
 		t.Fatal(err)
 	}
 	lastFrame := len(whole) - len(boltstore.Frame(values[2]))
+	zeros := func(b []byte, n int) []byte { return append(b, make([]byte, n)...) }
 	tests := []struct {
 		name string
-		tail func([]byte) []byte // applied to the whole file
+		tail func([]byte) []byte // applied to the header and frames
 		kept int
+		// logged: the tail is not zeros alone, so replay says it
+		// dropped a write interrupted by a crash.
+		logged bool
 	}{
-		{"complete", func(b []byte) []byte { return b }, 3},
-		{"one byte of the last frame", func(b []byte) []byte { return b[:lastFrame+1] }, 2},
-		{"header of the last frame only", func(b []byte) []byte { return b[:lastFrame+12] }, 2},
-		{"all but its last byte", func(b []byte) []byte { return b[:len(b)-1] }, 2},
-		{"zeros after the last complete frame", func(b []byte) []byte { return append(b[:lastFrame], make([]byte, 4096)...) }, 2},
-		{"last frame's payload damaged", func(b []byte) []byte { b[len(b)-5] ^= 1; return b }, 2},
-		{"garbage appended", func(b []byte) []byte { return append(b, "\x00\x17garbage"...) }, 3},
-		{"start of a next frame", func(b []byte) []byte { return append(b, boltstore.Frame([]byte("{}"))[:7]...) }, 3},
+		{"complete", func(b []byte) []byte { return b }, 3, false},
+		{"complete, the reserved zeros after it", func(b []byte) []byte { return zeros(b, 1<<18) }, 3, false},
+		{"one byte of the last frame", func(b []byte) []byte { return b[:lastFrame+1] }, 2, true},
+		{"header of the last frame only", func(b []byte) []byte { return b[:lastFrame+12] }, 2, true},
+		{"header of the last frame, then zeros", func(b []byte) []byte { return zeros(b[:lastFrame+12], 4096) }, 2, true},
+		{"all but its last byte", func(b []byte) []byte { return b[:len(b)-1] }, 2, true},
+		{"all but its last byte, then zeros", func(b []byte) []byte { return zeros(b[:len(b)-1], 1) }, 2, true},
+		{"zeros in place of the last frame", func(b []byte) []byte { return zeros(b[:lastFrame], 4096) }, 2, false},
+		{"last frame's payload damaged", func(b []byte) []byte { b[len(b)-5] ^= 1; return b }, 2, true},
+		{"garbage appended", func(b []byte) []byte { return append(b, "\x00\x17garbage"...) }, 3, true},
+		{"garbage after the zeros", func(b []byte) []byte { return append(zeros(b, 4096), "\x17"...) }, 3, true},
+		{"start of a next frame", func(b []byte) []byte { return append(b, boltstore.Frame([]byte("{}"))[:7]...) }, 3, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -278,7 +299,7 @@ func TestTornTail(t *testing.T) {
 			var log bytes.Buffer
 			s := openWith(t, path, boltstore.Options{Logger: slog.New(slog.NewTextHandler(&log, nil))})
 			checkReplayed(t, s, path, serialRange(0, tt.kept))
-			if torn := strings.Contains(log.String(), "interrupted by a crash"); torn != (tt.name != "complete") {
+			if torn := strings.Contains(log.String(), "interrupted by a crash"); torn != tt.logged {
 				t.Errorf("torn tail logged = %v; log: %s", torn, log.String())
 			}
 		})
@@ -314,6 +335,9 @@ func TestCorruptJournal(t *testing.T) {
 			b[firstFrame+4] = 0xff
 			return b
 		}, fmt.Sprintf("at offset %d: damaged record", firstFrame)},
+		{"valid frame after reserved zeros", func(b []byte) []byte {
+			return append(append(b, make([]byte, 4096)...), boltstore.Frame(good("0009"))...)
+		}, "damaged record followed by a valid one at offset"},
 		{"not a journal", func([]byte) []byte { return []byte("PK\x03\x04 something else entirely") }, "at offset 0: not a meshca journal"},
 		{"a later version", func(b []byte) []byte { return append([]byte("meshca journal 2\n"), b[firstFrame:]...) }, "at offset 0"},
 		{"checksummed record that is not JSON", func(b []byte) []byte {
@@ -554,4 +578,90 @@ func TestPruneJournaled(t *testing.T) {
 	if !reflect.DeepEqual(boltstore.KeyCounts(s), [4]int{4, 4, 4, 4}) {
 		t.Error("keys")
 	}
+}
+
+func TestPreallocFor(t *testing.T) {
+	const kib, mib = 1 << 10, 1 << 20
+	for _, tt := range []struct {
+		name       string
+		used, want int64
+	}{
+		{"nothing", 0, 256 * kib},
+		{"a few records", 5 * kib, 256 * kib},
+		{"exactly the minimum", 256 * kib, 512 * kib},
+		{"a checkpoint's worth", 8 * mib, 10 * mib},
+		{"a quarter more, rounded up", 9 * mib, 11*mib + 256*kib},
+		{"near the cap", 60 * mib, 64 * mib},
+		{"far past the cap", 1 << 40, 64 * mib},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := boltstore.PreallocFor(tt.used); got != tt.want {
+				t.Errorf("PreallocFor(%d) = %d, want %d", tt.used, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestJournalSpaceReserved: a journal file is created with its space
+// written as zeros, records overwrite them without growing the file, the
+// next file gets the space the last one took, and a store that cannot
+// reserve space works without it.
+func TestJournalSpaceReserved(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "meshca.db")
+	jpath := boltstore.JournalPath(path)
+	var log bytes.Buffer
+	opts := manual
+	opts.Logger = slog.New(slog.NewTextHandler(&log, nil))
+	s, err := boltstore.Open(path, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	size := func() int64 {
+		t.Helper()
+		fi, err := os.Stat(jpath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fi.Size()
+	}
+	if got := size(); got != boltstore.MinPrealloc {
+		t.Fatalf("journal after Open: %d bytes, want %d", got, boltstore.MinPrealloc)
+	}
+	recordRange(t, s, 0, 3)
+	if got := size(); got != boltstore.MinPrealloc {
+		t.Errorf("journal grew to %d bytes for 3 records within its reserved %d", got, boltstore.MinPrealloc)
+	}
+	if vals, _, _ := boltstore.DecodeJournal(journalFrames(t, jpath)); len(vals) != 3 {
+		t.Fatalf("journal holds %d records, want 3", len(vals))
+	}
+	// More than the reserved space: the file grows past it.
+	big := 2 * boltstore.MinPrealloc
+	recordRange(t, s, 3, 3+int(big)/256)
+	used := int64(len(journalFrames(t, jpath)))
+	if used <= boltstore.MinPrealloc || size() != used {
+		t.Fatalf("journal of %d bytes holding %d of frames; want it grown to its frames", size(), used)
+	}
+	if err := boltstore.Checkpoint(s); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := size(), boltstore.PreallocFor(used); got != want {
+		t.Errorf("journal after a checkpoint: %d bytes, want %d after one of %d", got, want, used)
+	}
+
+	// The disk is full: the next file has no reserved space, and works.
+	boltstore.FailZeroFill(s, syscall.ENOSPC)
+	recordRange(t, s, 3+int(big)/256, 4+int(big)/256)
+	if err := boltstore.Checkpoint(s); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(log.String(), "could not reserve space") {
+		t.Errorf("no warning for the failed reservation: %s", log.String())
+	}
+	if got := size(); got != int64(len(boltstore.JournalHeader)) {
+		t.Errorf("journal without reserved space: %d bytes, want its header alone", got)
+	}
+	n := 6 + int(big)/256
+	recordRange(t, s, 4+int(big)/256, n)
+	boltstore.Crash(s)
+	checkReplayed(t, open(t, path), path, serialRange(0, n))
 }

@@ -28,7 +28,7 @@ func (s *Store) replay() error {
 			return fmt.Errorf("%w: %s %w; it is kept as it is: restore the data directory from a backup, "+
 				"or move the file aside to start without the records it holds", ErrJournalCorrupt, path, err)
 		}
-		if end < len(data) {
+		if end < len(data) && !zeroTail(data[end:]) {
 			s.log.Warn("journal ends in a write interrupted by a crash, before any caller heard back; dropped",
 				"path", path, "offset", end, "bytes", len(data)-end)
 		}
@@ -47,7 +47,7 @@ func (s *Store) replay() error {
 		}
 		s.log.Info("replayed the issuance journal left by a crash", "records", len(recs)-skipped, "already_stored", skipped)
 	}
-	f, err := s.resetJournal()
+	f, err := s.resetJournal(minPrealloc)
 	if err != nil {
 		return err
 	}
@@ -56,9 +56,9 @@ func (s *Store) replay() error {
 }
 
 // resetJournal replaces the journal files, whose records must all be in the
-// data file, with one empty journal, and returns it open.
-func (s *Store) resetJournal() (*os.File, error) {
-	f, err := createJournal(s.nextPath)
+// data file, with one empty journal of prealloc bytes, and returns it open.
+func (s *Store) resetJournal(prealloc int64) (*os.File, error) {
+	f, err := s.createJournal(s.nextPath, prealloc)
 	if err == nil {
 		if err = os.Rename(s.nextPath, s.journalPath); err == nil {
 			err = syncDir(filepath.Dir(s.journalPath))
@@ -92,7 +92,7 @@ func (s *Store) closeJournal() error {
 	if _, err := s.store(recs, false); err != nil {
 		return fmt.Errorf("boltstore: close: the journal is kept for the next start: %w", err)
 	}
-	f, err := s.resetJournal()
+	f, err := s.resetJournal(0) // a stopped store's journal is its header alone
 	if err != nil {
 		return err
 	}

@@ -203,3 +203,59 @@ func Listening(addr string) bool {
 	_ = c.Close()
 	return true
 }
+
+// SelfCPU is the user+system CPU time this process (the load generator and
+// its clients) has used.
+func SelfCPU() (time.Duration, error) {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0, fmt.Errorf("proc: getrusage: %w", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), nil
+}
+
+// MachineTimes is the machine's CPU time since boot from the first line of
+// /proc/stat, in clock ticks summed over every CPU: idle is idle plus
+// iowait, total every state.
+type MachineTimes struct{ Idle, Total int64 }
+
+// Machine reads MachineTimes.
+func Machine() (MachineTimes, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return MachineTimes{}, err
+	}
+	return parseMachineTimes(b)
+}
+
+func parseMachineTimes(b []byte) (MachineTimes, error) {
+	line, _, _ := bytes.Cut(b, []byte("\n"))
+	f := strings.Fields(string(line))
+	if len(f) < 6 || f[0] != "cpu" {
+		return MachineTimes{}, errors.New("proc: malformed /proc/stat")
+	}
+	var t MachineTimes
+	for i, s := range f[1:] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return MachineTimes{}, fmt.Errorf("proc: /proc/stat: %w", err)
+		}
+		if i == 8 || i == 9 { // guest and guest_nice are inside user and nice already
+			continue
+		}
+		t.Total += n
+		if i == 3 || i == 4 { // idle, iowait
+			t.Idle += n
+		}
+	}
+	return t, nil
+}
+
+// IdleSince is the fraction of the machine's CPU time that was idle between
+// t0 and t.
+func (t MachineTimes) IdleSince(t0 MachineTimes) float64 {
+	if t.Total <= t0.Total {
+		return 0
+	}
+	return float64(t.Idle-t0.Idle) / float64(t.Total-t0.Total)
+}

@@ -25,3 +25,27 @@ func TestParseStatCPU(t *testing.T) {
 		})
 	}
 }
+
+func TestParseMachineTimes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		stat string
+		want MachineTimes
+		err  bool
+	}{
+		{"ten fields", "cpu  100 5 50 800 40 0 5 20 30 7\ncpu0 1 2 3 4 5 6 7 8 9 10\n", MachineTimes{Idle: 840, Total: 1020}, false},
+		{"old kernel, seven fields", "cpu 10 0 10 70 10 0 0\n", MachineTimes{Idle: 80, Total: 100}, false},
+		{"not the cpu line", "intr 1 2 3 4 5 6\n", MachineTimes{}, true},
+		{"not a number", "cpu 1 2 x 4 5 6\n", MachineTimes{}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseMachineTimes([]byte(tc.stat))
+			if (err != nil) != tc.err || got != tc.want {
+				t.Fatalf("parseMachineTimes = %+v, %v; want %+v, error %v", got, err, tc.want, tc.err)
+			}
+		})
+	}
+	if idle := (MachineTimes{Idle: 840, Total: 1000}).IdleSince(MachineTimes{Idle: 800, Total: 900}); idle != 0.4 {
+		t.Fatalf("IdleSince = %v, want 0.4", idle)
+	}
+}

@@ -23,6 +23,13 @@ type sample struct {
 	api    map[string]float64
 	// rss is the server's peak resident memory during the measurement.
 	rss int64
+	// clientCPU is the load generator's own CPU time over the
+	// measurement (its clients: TLS, gRPC, reading the answers).
+	clientCPU time.Duration
+	// idle is the fraction of the machine's CPU time left idle over the
+	// measurement: what neither the server nor the clients nor anything
+	// else used.
+	idle float64
 }
 
 // meter reads a server's (and the API server's) counters at the start and
@@ -31,6 +38,8 @@ type meter struct {
 	server *proc.Proc
 	kube   *kube.Env // nil without Kubernetes
 	cpu0   time.Duration
+	cli0   time.Duration
+	mach0  proc.MachineTimes
 	api0   time.Duration
 	req0   map[string]float64
 	s      sample
@@ -40,6 +49,8 @@ type meter struct {
 func (m *meter) start() {
 	_ = m.server.ResetPeakRSS()
 	m.cpu0 = m.must(m.server.CPU())
+	m.cli0 = m.must(proc.SelfCPU())
+	m.mach0 = m.machine()
 	if m.kube != nil {
 		m.api0 = m.must(m.kube.APIServer.CPU())
 		m.req0, m.err = m.kube.RequestCounts(context.Background())
@@ -48,6 +59,8 @@ func (m *meter) start() {
 
 func (m *meter) stop() {
 	m.s.cpu = m.must(m.server.CPU()) - m.cpu0
+	m.s.clientCPU = m.must(proc.SelfCPU()) - m.cli0
+	m.s.idle = m.machine().IdleSince(m.mach0)
 	rss, err := m.server.PeakRSS()
 	m.s.rss = rss
 	if err != nil && m.err == nil {
@@ -64,6 +77,14 @@ func (m *meter) stop() {
 			m.s.api[k] = v - m.req0[k]
 		}
 	}
+}
+
+func (m *meter) machine() proc.MachineTimes {
+	t, err := proc.Machine()
+	if err != nil && m.err == nil {
+		m.err = err
+	}
+	return t
 }
 
 func (m *meter) must(d time.Duration, err error) time.Duration {
@@ -120,6 +141,27 @@ func (s *series) cpuPerCSR() time.Duration {
 		}
 	}
 	return time.Duration(median(v))
+}
+
+// clientCPUPerCSR is the median over rounds of the clients' CPU per
+// certificate.
+func (s *series) clientCPUPerCSR() time.Duration {
+	var v []float64
+	for _, x := range s.samples {
+		if x.res.OK > 0 {
+			v = append(v, float64(x.clientCPU)/float64(x.res.OK))
+		}
+	}
+	return time.Duration(median(v))
+}
+
+// idle is the median over rounds of the machine's idle fraction.
+func (s *series) idle() float64 {
+	v := make([]float64, len(s.samples))
+	for i, x := range s.samples {
+		v[i] = x.idle
+	}
+	return median(v)
 }
 
 // apiCPUPerCSR is the API server's CPU per certificate over all rounds.

@@ -104,10 +104,11 @@ func (e *Env) rounds(ctx context.Context, scenario string, targets []*target, k 
 				return nil, err
 			}
 			all[i].samples = append(all[i].samples, s)
-			e.logf("%s round %d/%d %-44s %7.0f CSR/s, %s CPU per CSR, p99 %s, errors %s",
+			ok := time.Duration(max(1, s.res.OK))
+			e.logf("%s round %d/%d %-44s %7.0f CSR/s, %s CPU per CSR (clients %s), machine %.0f%% idle, p99 %s, errors %s",
 				scenario, r+1, e.Opts.Rounds, t.name+" ("+t.cred+")", s.res.Rate(),
-				report.Micros(s.cpu/time.Duration(max(1, s.res.OK))), report.Millis(load.Percentile(s.res.Latencies, 99)),
-				report.Codes(s.res.Errors))
+				report.Micros(s.cpu/ok), report.Micros(s.clientCPU/ok), 100*s.idle,
+				report.Millis(load.Percentile(s.res.Latencies, 99)), report.Codes(s.res.Errors))
 		}
 	}
 	return all, nil
@@ -119,7 +120,7 @@ func (e *Env) closedTable(title string, all []*series, withKube bool) report.Tab
 	t := report.Table{
 		Title: fmt.Sprintf("%s: %d clients, %d × %s per server (after %s warm-up)", title, e.Opts.Clients, e.Opts.Rounds, e.Opts.Duration, e.Opts.Warmup),
 		Header: []string{"server", "credential", "CSR/s median (range)", "× floor", "server CPU per CSR", "× floor",
-			"p50", "p99", "errors", "peak RSS"},
+			"p50", "p99", "errors", "peak RSS", "clients' CPU per CSR", "machine idle"},
 	}
 	if withKube {
 		t.Header = append(t.Header, "TokenReviews per CSR", "API requests per CSR", "apiserver CPU per CSR")
@@ -129,7 +130,8 @@ func (e *Env) closedTable(title string, all []*series, withKube bool) report.Tab
 		row := []string{s.name, s.cred, rateCell(s.rates()), report.Ratio(s.ratio(all[0])), report.Micros(s.cpuPerCSR()),
 			report.Ratio(float64(s.cpuPerCSR()) / float64(max(all[0].cpuPerCSR(), 1))),
 			report.Millis(load.Percentile(lat, 50)), report.Millis(load.Percentile(lat, 99)),
-			report.Codes(s.errors()), report.MiB(s.peakRSS())}
+			report.Codes(s.errors()), report.MiB(s.peakRSS()), report.Micros(s.clientCPUPerCSR()),
+			fmt.Sprintf("%.0f %%", 100*s.idle())}
 		if withKube {
 			row = append(row, fmt.Sprintf("%.3f", s.apiPerCSR("tokenreviews")), fmt.Sprintf("%.3f", s.apiPerCSR("*")),
 				report.Micros(s.apiCPUPerCSR()))
