@@ -115,10 +115,6 @@ type Store struct {
 	maxBatch int
 	metrics  Metrics
 
-	// fillZeros reserves a new journal file's space (see minPrealloc);
-	// tests replace it.
-	fillZeros func(f *os.File, off, end int64) error
-
 	// journalPath and nextPath are the journal's files (see checkpoint).
 	journalPath, nextPath string
 	commitDelay           time.Duration
@@ -232,7 +228,6 @@ func Open(path string, opts Options) (*Store, error) {
 		log:          opts.Logger,
 		maxBatch:     opts.MaxBatch,
 		metrics:      opts.Metrics,
-		fillZeros:    fillZeros,
 		journalPath:  JournalPath(path),
 		nextPath:     JournalPath(path) + ".next",
 		commitDelay:  opts.CommitDelay,

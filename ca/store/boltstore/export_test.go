@@ -2,6 +2,7 @@ package boltstore
 
 import (
 	"context"
+	"log/slog"
 	"maps"
 	"os"
 	"slices"
@@ -127,10 +128,14 @@ const MinPrealloc = minPrealloc
 // PreallocFor is the space a journal gets after one that took used bytes.
 func PreallocFor(used int64) int64 { return preallocFor(used) }
 
-// FailZeroFill makes s fail to reserve the space of its next journal
-// files with err.
-func FailZeroFill(s *Store, err error) {
-	s.fillZeros = func(*os.File, int64, int64) error { return err }
+// CreateJournal creates a journal file of prealloc bytes as a store does,
+// with fill in place of the function that writes the zeros (nil: the
+// store's).
+func CreateJournal(path string, prealloc int64, fill func(f *os.File, off, end int64) error, log *slog.Logger) (*os.File, error) {
+	if fill == nil {
+		fill = fillZeros
+	}
+	return createJournal(path, prealloc, fill, log)
 }
 
 // JournalHeader starts every journal file.

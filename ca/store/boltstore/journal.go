@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -231,9 +232,15 @@ func preallocFor(used int64) int64 {
 // createJournal creates (or empties) the journal file at path, mode 0600,
 // holding the header and then zeros up to prealloc bytes (see minPrealloc),
 // and syncs it and its directory, so that it exists with its header after a
-// crash. If the zeros cannot be written (the disk is full), the file is cut
-// back to its header and the journal works without them.
+// crash.
 func (s *Store) createJournal(path string, prealloc int64) (*os.File, error) {
+	return createJournal(path, prealloc, fillZeros, s.log)
+}
+
+// createJournal is Store.createJournal with the function that writes the
+// zeros. If it fails (the disk is full), the file is cut back to its header
+// and the journal works without the reserved space.
+func createJournal(path string, prealloc int64, fill func(f *os.File, off, end int64) error, log *slog.Logger) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, err
@@ -243,8 +250,8 @@ func (s *Store) createJournal(path string, prealloc int64) (*os.File, error) {
 		_, err = f.WriteAt([]byte(journalHeader), 0)
 	}
 	if err == nil && prealloc > int64(len(journalHeader)) {
-		if zerr := s.fillZeros(f, int64(len(journalHeader)), prealloc); zerr != nil {
-			s.log.Warn("could not reserve space for the issuance journal; it grows as it is written", "path", path, "err", zerr)
+		if zerr := fill(f, int64(len(journalHeader)), prealloc); zerr != nil {
+			log.Warn("could not reserve space for the issuance journal; it grows as it is written", "path", path, "err", zerr)
 			err = f.Truncate(int64(len(journalHeader)))
 		}
 	}

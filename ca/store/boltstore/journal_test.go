@@ -603,16 +603,12 @@ func TestPreallocFor(t *testing.T) {
 }
 
 // TestJournalSpaceReserved: a journal file is created with its space
-// written as zeros, records overwrite them without growing the file, the
-// next file gets the space the last one took, and a store that cannot
-// reserve space works without it.
+// written as zeros, records overwrite them without growing the file, and
+// the next file gets the space the last one took.
 func TestJournalSpaceReserved(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "meshca.db")
 	jpath := boltstore.JournalPath(path)
-	var log bytes.Buffer
-	opts := manual
-	opts.Logger = slog.New(slog.NewTextHandler(&log, nil))
-	s, err := boltstore.Open(path, opts)
+	s, err := boltstore.Open(path, manual)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -648,20 +644,46 @@ func TestJournalSpaceReserved(t *testing.T) {
 		t.Errorf("journal after a checkpoint: %d bytes, want %d after one of %d", got, want, used)
 	}
 
-	// The disk is full: the next file has no reserved space, and works.
-	boltstore.FailZeroFill(s, syscall.ENOSPC)
-	recordRange(t, s, 3+int(big)/256, 4+int(big)/256)
-	if err := boltstore.Checkpoint(s); err != nil {
-		t.Fatal(err)
-	}
-	if !strings.Contains(log.String(), "could not reserve space") {
-		t.Errorf("no warning for the failed reservation: %s", log.String())
-	}
-	if got := size(); got != int64(len(boltstore.JournalHeader)) {
-		t.Errorf("journal without reserved space: %d bytes, want its header alone", got)
-	}
-	n := 6 + int(big)/256
-	recordRange(t, s, 4+int(big)/256, n)
+	recordRange(t, s, 3+int(big)/256, 5+int(big)/256)
 	boltstore.Crash(s)
-	checkReplayed(t, open(t, path), path, serialRange(0, n))
+	checkReplayed(t, open(t, path), path, serialRange(0, 5+int(big)/256))
+}
+
+// TestJournalReserveFails: a journal file whose space cannot be written
+// (the disk is full) is left with its header alone, and a warning; a store
+// then journals into it as into a file without reserved space (the torn
+// tail and corruption tests use such files).
+func TestJournalReserveFails(t *testing.T) {
+	for _, tt := range []struct {
+		name    string
+		fill    func(*os.File, int64, int64) error
+		size    int64
+		warning bool
+	}{
+		{"reserved", nil, 1 << 20, false},
+		{"disk full", func(*os.File, int64, int64) error { return syscall.ENOSPC }, int64(len(boltstore.JournalHeader)), true},
+		{"disk full halfway", func(f *os.File, off, end int64) error {
+			if _, err := f.WriteAt(make([]byte, (end-off)/2), off); err != nil {
+				return err
+			}
+			return syscall.ENOSPC
+		}, int64(len(boltstore.JournalHeader)), true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var log bytes.Buffer
+			path := filepath.Join(t.TempDir(), "meshca.journal")
+			f, err := boltstore.CreateJournal(path, 1<<20, tt.fill, slog.New(slog.NewTextHandler(&log, nil)))
+			if err != nil {
+				t.Fatalf("CreateJournal: %v", err)
+			}
+			f.Close()
+			data, err := os.ReadFile(path)
+			if err != nil || int64(len(data)) != tt.size || string(journalFrames(t, path)) != boltstore.JournalHeader {
+				t.Fatalf("journal of %d bytes (%v); want %d, its header and zeros", len(data), err, tt.size)
+			}
+			if warned := strings.Contains(log.String(), "could not reserve space"); warned != tt.warning {
+				t.Errorf("warning logged = %v, want %v: %s", warned, tt.warning, log.String())
+			}
+		})
+	}
 }
