@@ -464,7 +464,7 @@ func BenchmarkFrameSync(b *testing.B) {
 				if _, err := f.WriteAt(frame, off); err != nil {
 					b.Fatal(err)
 				}
-				if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+				if err := boltstore.Fdatasync(f); err != nil {
 					b.Fatal(err)
 				}
 				off += int64(len(frame))

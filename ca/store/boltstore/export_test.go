@@ -138,6 +138,9 @@ func CreateJournal(path string, prealloc int64, fill func(f *os.File, off, end i
 	return createJournal(path, prealloc, fill, log)
 }
 
+// Fdatasync is the journal's fdatasync.
+func Fdatasync(f *os.File) error { return fdatasync(f) }
+
 // JournalHeader starts every journal file.
 const JournalHeader = journalHeader
 

@@ -203,17 +203,21 @@ func parseRecord(value []byte) (*journaled, error) {
 
 // The space a journal file will take is written with zeros when the file
 // is created, off the request path (Open, a checkpoint's seal), so that a
-// group commit overwrites blocks the file already has: its fdatasync then
-// flushes the data alone, without the inode and extent changes (and the
-// filesystem journal commit) that growing the file would need. On ext4
-// that halves the fdatasync's wall time and CPU (measured: 140 against 100
-// µs, 85 against 55 µs of the caller's CPU, for 16 KiB frames). A frame
-// past the zeros is appended as before. Readers need nothing for this: the
-// zeros after the last frame hold no frame magic, so decodeJournal ends
-// the journal there as at a torn tail (replay logs nothing for a tail of
-// zeros alone).
+// group commit usually overwrites blocks the file already has: its
+// fdatasync then flushes the data alone, without the inode and extent
+// changes (and the filesystem journal commit) that growing the file would
+// need. On this project's test machines (ext4 on a virtual disk) that takes
+// about 40 % off the fdatasync's wall time and a third off its CPU
+// (BenchmarkFrameSync), and gains a little end to end (BENCHMARKS.md). A
+// frame past the zeros is appended as before; so are all frames after a
+// failed write (which cuts the file back to its last good frame) or when
+// the zeros could not be written (a full disk). Readers need nothing for
+// this: the zeros after the last frame hold no frame magic, so
+// decodeJournal ends the journal there as at a torn tail (replay logs
+// nothing for a tail of zeros alone).
 const (
-	// minPrealloc is what a new journal gets at first, and at least.
+	// minPrealloc is what a journal gets at Open, and the least a
+	// checkpoint's next file gets. (At Close, none: see closeJournal.)
 	minPrealloc = 256 << 10
 	// maxPrealloc caps it.
 	maxPrealloc = 64 << 20
@@ -238,8 +242,10 @@ func (s *Store) createJournal(path string, prealloc int64) (*os.File, error) {
 }
 
 // createJournal is Store.createJournal with the function that writes the
-// zeros. If it fails (the disk is full), the file is cut back to its header
-// and the journal works without the reserved space.
+// zeros. The header is synced before them, so that a crash during a long
+// fill leaves a file that starts with it. If the zeros cannot be written or
+// synced (the disk is full), the file is cut back to its header and the
+// journal works without the reserved space.
 func createJournal(path string, prealloc int64, fill func(f *os.File, off, end int64) error, log *slog.Logger) (*os.File, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
@@ -249,14 +255,20 @@ func createJournal(path string, prealloc int64, fill func(f *os.File, off, end i
 	if err = f.Chmod(0o600); err == nil {
 		_, err = f.WriteAt([]byte(journalHeader), 0)
 	}
-	if err == nil && prealloc > int64(len(journalHeader)) {
-		if zerr := fill(f, int64(len(journalHeader)), prealloc); zerr != nil {
-			log.Warn("could not reserve space for the issuance journal; it grows as it is written", "path", path, "err", zerr)
-			err = f.Truncate(int64(len(journalHeader)))
-		}
-	}
 	if err == nil {
 		err = f.Sync()
+	}
+	if err == nil && prealloc > int64(len(journalHeader)) {
+		zerr := fill(f, int64(len(journalHeader)), prealloc)
+		if zerr == nil {
+			zerr = f.Sync()
+		}
+		if zerr != nil {
+			log.Warn("could not reserve space for the issuance journal; it grows as it is written", "path", path, "err", zerr)
+			if err = f.Truncate(int64(len(journalHeader))); err == nil {
+				err = f.Sync()
+			}
+		}
 	}
 	if err == nil {
 		err = syncDir(filepath.Dir(path))

@@ -161,27 +161,44 @@ func TestRecordsJournaled(t *testing.T) {
 }
 
 // TestCloseEmptiesJournal: after Close the data file holds every record and
-// the journal nothing, so the data file alone is a complete copy.
+// the journal nothing, not even reserved space, so the data file alone is a
+// complete copy and the journal is its header alone.
 func TestCloseEmptiesJournal(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "meshca.db")
-	s, err := boltstore.Open(path, manual)
-	if err != nil {
-		t.Fatal(err)
+	for _, tt := range []struct {
+		name string
+		// before runs on the open store; it records n records.
+		before func(t *testing.T, s *boltstore.Store)
+		n      int
+	}{
+		{"records journaled", func(t *testing.T, s *boltstore.Store) { recordRange(t, s, 0, 5) }, 5},
+		{"nothing recorded", func(*testing.T, *boltstore.Store) {}, 0},
+		{"records checkpointed", func(t *testing.T, s *boltstore.Store) {
+			recordRange(t, s, 0, 5)
+			if err := boltstore.Checkpoint(s); err != nil {
+				t.Fatal(err)
+			}
+		}, 5},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "meshca.db")
+			s, err := boltstore.Open(path, manual)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tt.before(t, s)
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if data, err := os.ReadFile(boltstore.JournalPath(path)); err != nil || string(data) != boltstore.JournalHeader {
+				t.Fatalf("journal after Close: %d bytes %.40q, %v; want the header alone", len(data), data, err)
+			}
+			// Without the journal, the data file still has everything.
+			if err := os.Remove(boltstore.JournalPath(path)); err != nil {
+				t.Fatal(err)
+			}
+			checkReplayed(t, open(t, path), path, serialRange(0, tt.n))
+		})
 	}
-	recordRange(t, s, 0, 5)
-	if err := s.Close(); err != nil {
-		t.Fatal(err)
-	}
-	// The header alone: no space is kept for records after Close.
-	if data, err := os.ReadFile(boltstore.JournalPath(path)); err != nil || string(data) != boltstore.JournalHeader {
-		t.Fatalf("journal after Close: %d bytes %.40q, %v; want the header alone", len(data), data, err)
-	}
-	// Without the journal, the data file still has everything.
-	if err := os.Remove(boltstore.JournalPath(path)); err != nil {
-		t.Fatal(err)
-	}
-	s = open(t, path)
-	checkReplayed(t, s, path, serialRange(0, 5))
 }
 
 // TestCrashDuringCheckpoint stops a store as a killed process would after
@@ -223,11 +240,12 @@ func TestCrashDuringCheckpoint(t *testing.T) {
 }
 
 // TestCrashWhileCreatingJournal: a crash while the next journal file was
-// being created leaves it empty or with part of its header; it holds no
-// record and is not an error.
+// being created leaves it empty, with part of its header, or with its
+// header and some of the zeros after it (the header is synced first); it
+// holds no record and is not an error.
 func TestCrashWhileCreatingJournal(t *testing.T) {
-	for _, next := range []string{"", "mesh", boltstore.JournalHeader} {
-		t.Run(fmt.Sprintf("%q", next), func(t *testing.T) {
+	for _, next := range []string{"", "mesh", boltstore.JournalHeader, boltstore.JournalHeader + strings.Repeat("\x00", 8192)} {
+		t.Run(fmt.Sprintf("%.24q, %d bytes", next, len(next)), func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "meshca.db")
 			s, err := boltstore.Open(path, manual)
 			if err != nil {
@@ -649,10 +667,10 @@ func TestJournalSpaceReserved(t *testing.T) {
 	checkReplayed(t, open(t, path), path, serialRange(0, 5+int(big)/256))
 }
 
-// TestJournalReserveFails: a journal file whose space cannot be written
-// (the disk is full) is left with its header alone, and a warning; a store
-// then journals into it as into a file without reserved space (the torn
-// tail and corruption tests use such files).
+// TestJournalReserveFails: a journal file whose space cannot be written or
+// synced (the disk is full) is left with its header alone, and a warning; a
+// store then appends to it, as past the end of its reserved space
+// (TestJournalSpaceReserved).
 func TestJournalReserveFails(t *testing.T) {
 	for _, tt := range []struct {
 		name    string

@@ -55,6 +55,13 @@ func (s *Store) replay() error {
 	return nil
 }
 
+// headerOnly reports whether the journal being written is its header alone,
+// without records or reserved space.
+func (s *Store) headerOnly() bool {
+	fi, err := s.active.f.Stat()
+	return err == nil && fi.Size() == int64(len(journalHeader))
+}
+
 // resetJournal replaces the journal files, whose records must all be in the
 // data file, with one empty journal of prealloc bytes, and returns it open.
 func (s *Store) resetJournal(prealloc int64) (*os.File, error) {
@@ -86,7 +93,7 @@ func (s *Store) closeJournal() error {
 	s.mu.RLock()
 	recs := s.order
 	s.mu.RUnlock()
-	if len(recs) == 0 && s.sealed == nil && s.active.records == 0 {
+	if len(recs) == 0 && s.sealed == nil && s.active.records == 0 && s.headerOnly() {
 		return nil
 	}
 	if _, err := s.store(recs, false); err != nil {

@@ -235,13 +235,13 @@ func parseMachineTimes(b []byte) (MachineTimes, error) {
 		return MachineTimes{}, errors.New("proc: malformed /proc/stat")
 	}
 	var t MachineTimes
-	for i, s := range f[1:] {
+	// user nice system idle iowait irq softirq steal; then guest and
+	// guest_nice, which user and nice include already, and whatever a
+	// later kernel adds.
+	for i, s := range f[1:min(len(f), 9)] {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
 			return MachineTimes{}, fmt.Errorf("proc: /proc/stat: %w", err)
-		}
-		if i == 8 || i == 9 { // guest and guest_nice are inside user and nice already
-			continue
 		}
 		t.Total += n
 		if i == 3 || i == 4 { // idle, iowait

@@ -35,6 +35,7 @@ func TestParseMachineTimes(t *testing.T) {
 	}{
 		{"ten fields", "cpu  100 5 50 800 40 0 5 20 30 7\ncpu0 1 2 3 4 5 6 7 8 9 10\n", MachineTimes{Idle: 840, Total: 1020}, false},
 		{"old kernel, seven fields", "cpu 10 0 10 70 10 0 0\n", MachineTimes{Idle: 80, Total: 100}, false},
+		{"a field a later kernel adds", "cpu  100 5 50 800 40 0 5 20 30 7 999\n", MachineTimes{Idle: 840, Total: 1020}, false},
 		{"not the cpu line", "intr 1 2 3 4 5 6\n", MachineTimes{}, true},
 		{"not a number", "cpu 1 2 x 4 5 6\n", MachineTimes{}, true},
 	} {

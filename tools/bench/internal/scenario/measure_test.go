@@ -38,3 +38,34 @@ func TestVersus(t *testing.T) {
 		})
 	}
 }
+
+func TestClientCPUAndIdle(t *testing.T) {
+	round := func(ok int, clientCPU time.Duration, idle float64) sample {
+		return sample{res: load.Result{OK: ok, Elapsed: time.Second}, clientCPU: clientCPU, idle: idle}
+	}
+	tests := []struct {
+		name      string
+		samples   []sample
+		clientCPU time.Duration
+		idle      float64
+	}{
+		{"one round", []sample{round(100, time.Second, 0.1)}, 10 * time.Millisecond, 0.1},
+		{
+			"medians over rounds",
+			[]sample{round(100, time.Second, 0.3), round(1000, time.Second, 0.05), round(10, time.Second, 0.1)},
+			10 * time.Millisecond, 0.1,
+		},
+		{"a round without certificates counts for idle only", []sample{round(0, time.Second, 0.9), round(50, time.Second, 0.2), round(100, time.Second, 0.1)}, 15 * time.Millisecond, 0.2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s := &series{samples: tt.samples}
+			if got := s.clientCPUPerCSR(); got != tt.clientCPU {
+				t.Errorf("clientCPUPerCSR = %v, want %v", got, tt.clientCPU)
+			}
+			if got := s.idle(); got != tt.idle {
+				t.Errorf("idle = %v, want %v", got, tt.idle)
+			}
+		})
+	}
+}
