@@ -134,22 +134,22 @@ func (s *series) rates() []float64 {
 
 // cpuPerCSR is the median over rounds of server CPU per certificate.
 func (s *series) cpuPerCSR() time.Duration {
-	var v []float64
-	for _, x := range s.samples {
-		if x.res.OK > 0 {
-			v = append(v, float64(x.cpu)/float64(x.res.OK))
-		}
-	}
-	return time.Duration(median(v))
+	return s.perCSR(func(x sample) time.Duration { return x.cpu })
 }
 
 // clientCPUPerCSR is the median over rounds of the clients' CPU per
 // certificate.
 func (s *series) clientCPUPerCSR() time.Duration {
+	return s.perCSR(func(x sample) time.Duration { return x.clientCPU })
+}
+
+// perCSR is the median over the rounds that completed certificates of
+// what of a round over its certificates.
+func (s *series) perCSR(what func(sample) time.Duration) time.Duration {
 	var v []float64
 	for _, x := range s.samples {
 		if x.res.OK > 0 {
-			v = append(v, float64(x.clientCPU)/float64(x.res.OK))
+			v = append(v, float64(what(x))/float64(x.res.OK))
 		}
 	}
 	return time.Duration(median(v))
