@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	pb "istio.io/api/security/v1alpha1"
 
@@ -275,6 +276,7 @@ func New(cfg Config) (*Server, error) {
 	pb.RegisterIstioCertificateServiceServer(s.grpc, &istioService{s: s})
 	s.grpc.RegisterService(&jwtServiceDesc, &jwtService{s: s})
 	s.grpc.RegisterService(&bundleServiceDesc, &bundleService{s: s})
+	healthpb.RegisterHealthServer(s.grpc, &healthService{s: s})
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/sign", s.handleSign)
@@ -398,12 +400,18 @@ func (s *Server) deadlineInterceptor(ctx context.Context, req any, _ *grpc.Unary
 	return h(ctx, req)
 }
 
-func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
-	err := s.cfg.Authority.Ready(r.Context())
+// ready is what /readyz and the gRPC health service answer: nil while the
+// CA can issue.
+func (s *Server) ready(ctx context.Context) error {
+	err := s.cfg.Authority.Ready(ctx)
 	if err == nil && s.cfg.Ready != nil {
-		err = s.cfg.Ready(r.Context())
+		err = s.cfg.Ready(ctx)
 	}
-	if err != nil {
+	return err
+}
+
+func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	if err := s.ready(r.Context()); err != nil {
 		http.Error(w, err.Error(), http.StatusServiceUnavailable)
 		return
 	}
