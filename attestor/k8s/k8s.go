@@ -198,8 +198,6 @@ func (c *Config) identity(kind, ns, sa string, details map[string]string) (attes
 	return attestor.Identity{ID: id, Kind: kind, Subject: usernamePrefix + ns + ":" + sa, Details: details}, nil
 }
 
-// looksLikeJWT reports whether a bearer token has the shape of a compact
-// JWS; other tokens belong to other attestors.
 // tokenKey is what the caches key a token by: its SHA-256, never the token
 // itself.
 func tokenKey(token string) string {
@@ -207,6 +205,8 @@ func tokenKey(token string) string {
 	return string(sum[:])
 }
 
+// looksLikeJWT reports whether a bearer token has the shape of a compact
+// JWS; other tokens belong to other attestors.
 func looksLikeJWT(tok string) bool {
 	return strings.Count(tok, ".") == 2 && !strings.ContainsAny(tok, " \t")
 }
