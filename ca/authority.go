@@ -294,6 +294,9 @@ type trust struct {
 type signingCA struct {
 	cert *x509.Certificate
 	key  crypto.Signer
+	// leaf encodes and signs leaves under cert; nil for a key it does not
+	// handle, whose leaves x509.CreateCertificate signs.
+	leaf *leafSigner
 	// notAfter bounds the leaves: cert's NotAfter, or in direct mode the
 	// earliest NotAfter of the parent's chain.
 	notAfter time.Time

@@ -424,7 +424,7 @@ func (a *Authority) crossSign(ctx context.Context, k *store.CAKey, c *x509.Certi
 // cross, when not nil, is the intermediate certified by an old root too,
 // handed out last.
 func (a *Authority) newSigningCA(cert *x509.Certificate, key crypto.Signer, notAfter time.Time, parent Parent, cross *x509.Certificate) *signingCA {
-	s := &signingCA{cert: cert, key: key, notAfter: notAfter, cross: cross}
+	s := &signingCA{cert: cert, key: key, leaf: newLeafSigner(cert, key), notAfter: notAfter, cross: cross}
 	chain := parent.Chain() // the parent, unless it is the anchor, and its chain
 	if !cert.Equal(parent.Certificate()) {
 		chain = append([]*x509.Certificate{cert}, chain...)
@@ -481,12 +481,8 @@ func (a *Authority) probe(s *signingCA, bundle *x509bundle.Bundle) error {
 		return err
 	}
 	now := a.cfg.Clock.Now()
-	tmpl, err := leafTemplate(id, key.Public(), spki, latest(now.Add(-a.cfg.Backdate), s.cert.NotBefore).Truncate(time.Second),
+	der, _, err := s.signLeaf(id, key.Public(), spki, latest(now.Add(-a.cfg.Backdate), s.cert.NotBefore).Truncate(time.Second),
 		earliest(now.Add(MinLeafTTL), s.notAfter).Truncate(time.Second))
-	if err != nil {
-		return err
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.cert, key.Public(), s.key)
 	if err != nil {
 		return err
 	}

@@ -171,20 +171,16 @@ func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time, on
 	if !now.Before(notAfter) {
 		return nil, fmt.Errorf("%w: signing CA has expired", ErrUnavailable)
 	}
-	tmpl, err := leafTemplate(req.Identity.ID, pub, spki, notBefore, notAfter)
+	der, serial, err := s.signLeaf(req.Identity.ID, pub, spki, notBefore, notAfter)
 	if err != nil {
 		return nil, err
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.cert, pub, s.key)
-	if err != nil {
-		return nil, fmt.Errorf("ca: sign leaf: %w", err)
 	}
 	if err := ValidateLeaf(der, s.cert, req.Identity.ID, spki, now); err != nil {
 		a.cfg.Logger.Error("issued certificate refused by the validator", "spiffe_id", req.Identity.ID.String(), "err", err)
 		return nil, err
 	}
 	rec := store.Issuance{
-		Serial:          tmpl.SerialNumber.Text(16),
+		Serial:          serial.Text(16),
 		SPIFFEID:        req.Identity.ID.String(),
 		NotBefore:       notBefore,
 		NotAfter:        notAfter,

@@ -10,6 +10,7 @@ import (
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -18,6 +19,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // newSerial returns a positive 128-bit serial number: the 48-bit Unix
@@ -52,15 +55,18 @@ func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
 	return subjectKeyIDFromSPKI(der)
 }
 
+// subjectKeyIDFromSPKI is subjectKeyID of a DER SubjectPublicKeyInfo. It
+// reads it with cryptobyte: encoding/asn1's reflection cost more than the
+// hash, once per issuance.
 func subjectKeyIDFromSPKI(spki []byte) ([]byte, error) {
-	var info struct {
-		Algorithm pkix.AlgorithmIdentifier
-		PublicKey asn1.BitString
+	in := cryptobyte.String(spki)
+	var info cryptobyte.String
+	var key asn1.BitString
+	if !in.ReadASN1(&info, cbasn1.SEQUENCE) || !in.Empty() ||
+		!info.SkipASN1(cbasn1.SEQUENCE) || !info.ReadASN1BitString(&key) || !info.Empty() {
+		return nil, errors.New("ca: parse public key: malformed SubjectPublicKeyInfo")
 	}
-	if _, err := asn1.Unmarshal(spki, &info); err != nil {
-		return nil, fmt.Errorf("ca: parse public key: %w", err)
-	}
-	sum := sha256.Sum256(info.PublicKey.Bytes)
+	sum := sha256.Sum256(key.Bytes)
 	return sum[:20], nil
 }
 

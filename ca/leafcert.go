@@ -1,0 +1,305 @@
+package ca
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math/big"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+)
+
+// A leafSigner signs X509-SVIDs for one signing CA, encoding each
+// certificate itself instead of through x509.CreateCertificate, whose
+// reflection-driven ASN.1 encoding of a template was about a tenth of an
+// issuance's CPU. What every leaf of the CA shares (the signature
+// algorithm, the issuer's name, the authority key ID and the fixed
+// extensions) is encoded once; a leaf adds its serial, validity, key, key
+// ID and SPIFFE ID.
+//
+// The bytes are those x509.CreateCertificate writes for leafTemplate's
+// template (the tests compare them for every key type), and it keeps that
+// function's checks: the key must be the issuer certificate's, and each
+// signature is verified with it before the certificate is returned, so a
+// faulty signer cannot hand out a bad signature or leak its key through
+// one. ValidateLeaf still re-reads every leaf independently.
+type leafSigner struct {
+	key    crypto.Signer
+	pub    crypto.PublicKey // key's, which is the issuer certificate's
+	opts   crypto.SignerOpts
+	sigAlg []byte // DER AlgorithmIdentifier of the signatures
+	issuer []byte // DER Name: the issuer certificate's subject
+	akid   []byte // DER authorityKeyIdentifier extension; nil if the issuer has no key ID
+}
+
+// Signature AlgorithmIdentifiers, DER, as x509.CreateCertificate chooses
+// them by the issuer's key: ECDSA with the hash its curve calls for, RSA
+// PKCS #1 v1.5 with SHA-256, pure Ed25519.
+var (
+	algECDSAWithSHA256 = []byte{0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02}
+	algECDSAWithSHA384 = []byte{0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03}
+	algECDSAWithSHA512 = []byte{0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x04}
+	algSHA256WithRSA   = []byte{0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b, 0x05, 0x00}
+	algEd25519         = []byte{0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70}
+)
+
+// The extensions every leaf carries with the same value, DER: keyUsage
+// (critical; digitalSignature, and keyEncipherment for an RSA key),
+// extKeyUsage (serverAuth, clientAuth) and basicConstraints (critical, not
+// a CA).
+var (
+	extKeyUsageSign = []byte{0x30, 0x0e, 0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01, 0x01, 0xff,
+		0x04, 0x04, 0x03, 0x02, 0x07, 0x80}
+	extKeyUsageSignEncipher = []byte{0x30, 0x0e, 0x06, 0x03, 0x55, 0x1d, 0x0f, 0x01, 0x01, 0xff,
+		0x04, 0x04, 0x03, 0x02, 0x05, 0xa0}
+	extExtKeyUsage = []byte{0x30, 0x1d, 0x06, 0x03, 0x55, 0x1d, 0x25,
+		0x04, 0x16, 0x30, 0x14,
+		0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x01,
+		0x06, 0x08, 0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x03, 0x02}
+	extBasicConstraintsLeaf = []byte{0x30, 0x0c, 0x06, 0x03, 0x55, 0x1d, 0x13, 0x01, 0x01, 0xff,
+		0x04, 0x02, 0x30, 0x00}
+)
+
+// DER SubjectPublicKeyInfo prefixes of the ECDSA keys, up to the
+// uncompressed point.
+var (
+	spkiPrefixP256 = []byte{0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+		0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00}
+	spkiPrefixP384 = []byte{0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+		0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00}
+)
+
+// newLeafSigner prepares to sign leaves under cert with key. It returns
+// nil for a key it does not encode signatures for (anything but ECDSA
+// P-256, P-384 or P-521, RSA, or Ed25519) and for a key that is not cert's:
+// those leaves go through x509.CreateCertificate, which says what is wrong.
+func newLeafSigner(cert *x509.Certificate, key crypto.Signer) *leafSigner {
+	l := &leafSigner{key: key, pub: key.Public(), issuer: cert.RawSubject}
+	switch pub := l.pub.(type) {
+	case *ecdsa.PublicKey:
+		switch pub.Curve {
+		case elliptic.P256():
+			l.sigAlg, l.opts = algECDSAWithSHA256, crypto.SHA256
+		case elliptic.P384():
+			l.sigAlg, l.opts = algECDSAWithSHA384, crypto.SHA384
+		case elliptic.P521():
+			l.sigAlg, l.opts = algECDSAWithSHA512, crypto.SHA512
+		default:
+			return nil
+		}
+	case *rsa.PublicKey:
+		l.sigAlg, l.opts = algSHA256WithRSA, crypto.SHA256
+	case ed25519.PublicKey:
+		l.sigAlg, l.opts = algEd25519, crypto.Hash(0)
+	default:
+		return nil
+	}
+	if eq, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !eq.Equal(l.pub) {
+		return nil
+	}
+	// As x509.CreateCertificate: the issuer's key ID, unless the issuer
+	// has none, or its subject is a leaf's (empty).
+	if len(cert.SubjectKeyId) > 0 && !bytes.Equal(cert.RawSubject, emptyName) {
+		var b cryptobyte.Builder
+		b.AddASN1(cbasn1.SEQUENCE, func(ext *cryptobyte.Builder) {
+			ext.AddASN1ObjectIdentifier(oidAuthorityKeyID)
+			ext.AddASN1(cbasn1.OCTET_STRING, func(v *cryptobyte.Builder) {
+				v.AddASN1(cbasn1.SEQUENCE, func(akid *cryptobyte.Builder) {
+					akid.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(id *cryptobyte.Builder) { id.AddBytes(cert.SubjectKeyId) })
+				})
+			})
+		})
+		var err error
+		if l.akid, err = b.Bytes(); err != nil {
+			return nil // a key ID too long to encode
+		}
+	}
+	return l
+}
+
+// oidAuthorityKeyID is id-ce-authorityKeyIdentifier.
+var oidAuthorityKeyID = []int{2, 5, 29, 35}
+
+// signLeaf signs the X509-SVID leafTemplate describes with s, and returns
+// it as DER with its serial.
+func (s *signingCA) signLeaf(id spiffeid.ID, pub crypto.PublicKey, spki []byte, notBefore, notAfter time.Time) ([]byte, *big.Int, error) {
+	if s.leaf == nil {
+		tmpl, err := leafTemplate(id, pub, spki, notBefore, notAfter)
+		if err != nil {
+			return nil, nil, err
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, s.cert, pub, s.key)
+		if err != nil {
+			return nil, nil, fmt.Errorf("ca: sign leaf: %w", err)
+		}
+		return der, tmpl.SerialNumber, nil
+	}
+	serial, err := newSerial(notBefore)
+	if err != nil {
+		return nil, nil, err
+	}
+	ski, err := subjectKeyIDFromSPKI(spki)
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := s.leaf.sign(leafFields{serial: serial, notBefore: notBefore, notAfter: notAfter, id: id, pub: pub, spki: spki, ski: ski})
+	return der, serial, err
+}
+
+// leafFields are what one leaf says: leafTemplate's arguments, and the
+// serial and key ID it derives from them.
+type leafFields struct {
+	serial              *big.Int
+	notBefore, notAfter time.Time
+	id                  spiffeid.ID
+	pub                 crypto.PublicKey
+	spki                []byte // the DER SubjectPublicKeyInfo of pub, as the CSR had it
+	ski                 []byte
+}
+
+// sign encodes and signs the leaf f describes, and verifies the signature.
+func (l *leafSigner) sign(f leafFields) ([]byte, error) {
+	spki, err := canonicalSPKI(f.pub, f.spki)
+	if err != nil {
+		return nil, err
+	}
+	uri := f.id.String()
+	ku := extKeyUsageSign
+	if _, ok := f.pub.(*rsa.PublicKey); ok {
+		ku = extKeyUsageSignEncipher // see leafTemplate
+	}
+	b := cryptobyte.NewBuilder(make([]byte, 0, 320+len(l.issuer)+len(spki)+len(l.akid)+len(uri)))
+	b.AddASN1(cbasn1.SEQUENCE, func(tbs *cryptobyte.Builder) {
+		tbs.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(v *cryptobyte.Builder) { v.AddASN1Int64(2) })
+		tbs.AddASN1BigInt(f.serial)
+		tbs.AddBytes(l.sigAlg)
+		tbs.AddBytes(l.issuer)
+		tbs.AddASN1(cbasn1.SEQUENCE, func(v *cryptobyte.Builder) {
+			addASN1Time(v, f.notBefore)
+			addASN1Time(v, f.notAfter)
+		})
+		tbs.AddBytes(emptyName)
+		tbs.AddBytes(spki)
+		tbs.AddASN1(cbasn1.Tag(3).Constructed().ContextSpecific(), func(e *cryptobyte.Builder) {
+			e.AddASN1(cbasn1.SEQUENCE, func(exts *cryptobyte.Builder) {
+				// In x509.CreateCertificate's order.
+				exts.AddBytes(ku)
+				exts.AddBytes(extExtKeyUsage)
+				exts.AddBytes(extBasicConstraintsLeaf)
+				exts.AddASN1(cbasn1.SEQUENCE, func(ext *cryptobyte.Builder) {
+					ext.AddBytes(oidExtSubjectKeyIDElement)
+					ext.AddASN1(cbasn1.OCTET_STRING, func(v *cryptobyte.Builder) { v.AddASN1OctetString(f.ski) })
+				})
+				exts.AddBytes(l.akid)
+				exts.AddASN1(cbasn1.SEQUENCE, func(ext *cryptobyte.Builder) {
+					ext.AddBytes(oidExtSubjectAltNameElement)
+					ext.AddASN1Boolean(true) // critical: the subject is empty (RFC 5280, 4.2.1.6)
+					ext.AddASN1(cbasn1.OCTET_STRING, func(v *cryptobyte.Builder) {
+						v.AddASN1(cbasn1.SEQUENCE, func(names *cryptobyte.Builder) {
+							names.AddASN1(cbasn1.Tag(6).ContextSpecific(), func(u *cryptobyte.Builder) { u.AddBytes([]byte(uri)) })
+						})
+					})
+				})
+			})
+		})
+	})
+	tbs, err := b.Bytes()
+	if err != nil {
+		return nil, fmt.Errorf("ca: encode leaf: %w", err)
+	}
+	sig, err := crypto.SignMessage(l.key, rand.Reader, tbs, l.opts)
+	if err != nil {
+		return nil, fmt.Errorf("ca: sign leaf: %w", err)
+	}
+	if err := l.verify(tbs, sig); err != nil {
+		return nil, fmt.Errorf("ca: sign leaf: the signature does not verify: %w", err)
+	}
+	out := cryptobyte.NewBuilder(make([]byte, 0, len(tbs)+len(l.sigAlg)+len(sig)+16))
+	out.AddASN1(cbasn1.SEQUENCE, func(c *cryptobyte.Builder) {
+		c.AddBytes(tbs)
+		c.AddBytes(l.sigAlg)
+		c.AddASN1(cbasn1.BIT_STRING, func(s *cryptobyte.Builder) {
+			s.AddUint8(0) // no unused bits
+			s.AddBytes(sig)
+		})
+	})
+	return out.Bytes()
+}
+
+// DER of the OIDs of the extensions built per leaf, tag and length
+// included.
+var (
+	oidExtSubjectKeyIDElement   = append([]byte{0x06, byte(len(oidExtSubjectKeyID))}, oidExtSubjectKeyID...)
+	oidExtSubjectAltNameElement = append([]byte{0x06, byte(len(oidExtSubjectAltName))}, oidExtSubjectAltName...)
+)
+
+// verify checks sig over tbs with the issuer's key, as x509.CreateCertificate
+// does after signing.
+func (l *leafSigner) verify(tbs, sig []byte) error {
+	if l.opts.HashFunc() == 0 {
+		if !ed25519.Verify(l.pub.(ed25519.PublicKey), tbs, sig) {
+			return errors.New("ed25519 verification failure")
+		}
+		return nil
+	}
+	h := l.opts.HashFunc().New()
+	h.Write(tbs)
+	digest := h.Sum(nil)
+	switch pub := l.pub.(type) {
+	case *ecdsa.PublicKey:
+		if !ecdsa.VerifyASN1(pub, digest, sig) {
+			return errors.New("ECDSA verification failure")
+		}
+		return nil
+	case *rsa.PublicKey:
+		return rsa.VerifyPKCS1v15(pub, l.opts.HashFunc(), digest, sig)
+	}
+	return fmt.Errorf("unexpected key type %T", l.pub)
+}
+
+// addASN1Time adds t as x509.CreateCertificate encodes a validity time:
+// UTCTime from 1950 to 2049, GeneralizedTime outside, in whole seconds.
+func addASN1Time(b *cryptobyte.Builder, t time.Time) {
+	t = t.UTC().Truncate(time.Second)
+	if y := t.Year(); y >= 1950 && y < 2050 {
+		b.AddASN1UTCTime(t)
+	} else {
+		b.AddASN1GeneralizedTime(t)
+	}
+}
+
+// canonicalSPKI returns pub as x509.MarshalPKIXPublicKey encodes it, which
+// is what a certificate carries. spki, the CSR's encoding of pub, is that
+// already whenever it is a P-256 or P-384 key in the usual form (the
+// uncompressed point parsed from it encodes only one way), which spares
+// encoding it again.
+func canonicalSPKI(pub crypto.PublicKey, spki []byte) ([]byte, error) {
+	if k, ok := pub.(*ecdsa.PublicKey); ok {
+		var prefix []byte
+		switch k.Curve {
+		case elliptic.P256():
+			prefix = spkiPrefixP256
+		case elliptic.P384():
+			prefix = spkiPrefixP384
+		}
+		if size := (k.Curve.Params().BitSize + 7) / 8; prefix != nil &&
+			len(spki) == len(prefix)+1+2*size && bytes.HasPrefix(spki, prefix) {
+			return spki, nil
+		}
+	}
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return nil, fmt.Errorf("ca: encode public key: %w", err)
+	}
+	return der, nil
+}
