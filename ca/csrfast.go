@@ -1,0 +1,268 @@
+package ca
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/asn1"
+	"encoding/base64"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+)
+
+// The CSR fast path. Nearly every CSR a CA sees has one shape: a PEM
+// "CERTIFICATE REQUEST", an ECDSA P-256 or P-384 key, an empty subject or
+// a few plain strings, and one extensionRequest asking for the SPIFFE ID
+// in a URI SAN. parseCSRFast reads that shape with cryptobyte, which costs
+// a fifth of x509.ParseCertificateRequest's reflection-driven decoding,
+// and checks what ParseCSR and CheckCSR would. It accepts a CSR only if
+// they would; anything else, malformed or merely unusual, it leaves to
+// them, which decide and word the error. FuzzCSRFastPath holds it to that.
+
+var (
+	pemCSRBegin = []byte("-----BEGIN CERTIFICATE REQUEST-----\n")
+	pemCSREnd   = []byte("-----END CERTIFICATE REQUEST-----")
+
+	oidECPublicKey      = asn1.ObjectIdentifier{1, 2, 840, 10045, 2, 1}
+	oidCurveP256        = asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7}
+	oidCurveP384        = asn1.ObjectIdentifier{1, 3, 132, 0, 34}
+	oidECDSAWithSHA256  = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}
+	oidECDSAWithSHA384  = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 3}
+	oidECDSAWithSHA512  = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 4}
+	oidExtensionRequest = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 14}
+)
+
+// parseCSRFast returns the key of pemBytes, a CSR for want, and its DER
+// SubjectPublicKeyInfo, with ok true only if ParseCSR and CheckCSR(want)
+// accept the CSR and would return the same. With ok false the caller asks
+// them.
+func parseCSRFast(pemBytes []byte, want spiffeid.ID) (pub *ecdsa.PublicKey, spki []byte, ok bool) {
+	if len(pemBytes) > MaxCSRSize || !plainTrustDomain(want.TrustDomain().Name()) {
+		return nil, nil, false
+	}
+	der, ok := decodeCSRPEM(pemBytes)
+	if !ok {
+		return nil, nil, false
+	}
+	in := cryptobyte.String(der)
+	var csr, info, infoElem, sigAlg cryptobyte.String
+	var sig asn1.BitString
+	if !in.ReadASN1(&csr, cbasn1.SEQUENCE) || !in.Empty() ||
+		!csr.ReadASN1Element(&infoElem, cbasn1.SEQUENCE) ||
+		!csr.ReadASN1(&sigAlg, cbasn1.SEQUENCE) ||
+		!csr.ReadASN1BitString(&sig) || !csr.Empty() || sig.BitLength%8 != 0 {
+		return nil, nil, false
+	}
+	info = infoElem
+	var version int64
+	var subject, spkiElem, attrs cryptobyte.String
+	if !info.ReadASN1(&info, cbasn1.SEQUENCE) ||
+		!info.ReadASN1Integer(&version) || version != 0 ||
+		!info.ReadASN1(&subject, cbasn1.SEQUENCE) || !plainSubject(subject) ||
+		!info.ReadASN1Element(&spkiElem, cbasn1.SEQUENCE) ||
+		!info.ReadASN1(&attrs, cbasn1.Tag(0).Constructed().ContextSpecific()) || !info.Empty() {
+		return nil, nil, false
+	}
+	if pub, ok = parseECSPKI(spkiElem); !ok || !requestsOnly(attrs, want) {
+		return nil, nil, false
+	}
+	var alg asn1.ObjectIdentifier
+	if !sigAlg.ReadASN1ObjectIdentifier(&alg) || !sigAlg.Empty() { // parameters absent
+		return nil, nil, false
+	}
+	var digest []byte
+	switch {
+	case alg.Equal(oidECDSAWithSHA256):
+		sum := sha256.Sum256(infoElem)
+		digest = sum[:]
+	case alg.Equal(oidECDSAWithSHA384):
+		sum := sha512.Sum384(infoElem)
+		digest = sum[:]
+	case alg.Equal(oidECDSAWithSHA512):
+		sum := sha512.Sum512(infoElem)
+		digest = sum[:]
+	default:
+		return nil, nil, false
+	}
+	if !ecdsa.VerifyASN1(pub, digest, sig.Bytes) {
+		return nil, nil, false
+	}
+	return pub, spkiElem, true
+}
+
+// decodeCSRPEM returns the DER of a CSR that is exactly one PEM
+// "CERTIFICATE REQUEST" block, without headers, with whitespace at most
+// around it, as ParseCSR requires.
+func decodeCSRPEM(pemBytes []byte) ([]byte, bool) {
+	// pem.Decode finds the block only at the start of a line and allows
+	// only spaces and tabs after it on its last line; ParseCSR allows any
+	// space around. Only ASCII space is taken here.
+	const space = " \t\r\n"
+	p := bytes.TrimRight(bytes.TrimLeft(pemBytes, space), space)
+	if lead := len(pemBytes) - len(bytes.TrimLeft(pemBytes, space)); lead > 0 && pemBytes[lead-1] != '\n' {
+		return nil, false
+	}
+	if !bytes.HasPrefix(p, pemCSRBegin) || !bytes.HasSuffix(p, pemCSREnd) {
+		return nil, false
+	}
+	body := p[len(pemCSRBegin) : len(p)-len(pemCSREnd)]
+	// Lines of base64 ending in "\n" (or "\r\n"; the decoder skips both).
+	// A header line has a ':', and a space or anything else not base64
+	// fails the decoding.
+	if len(body) == 0 || body[len(body)-1] != '\n' {
+		return nil, false
+	}
+	der := make([]byte, base64.StdEncoding.DecodedLen(len(body)))
+	n, err := base64.StdEncoding.Decode(der, body)
+	if err != nil {
+		return nil, false
+	}
+	return der[:n], true
+}
+
+// plainTrustDomain reports whether x509's URI checks, which look at the
+// host (the trust domain), can refuse none of its SPIFFE IDs: labels of 1 to
+// 63 characters separated by single dots, at most 253 in all.
+func plainTrustDomain(name string) bool {
+	if len(name) == 0 || len(name) > 253 {
+		return false
+	}
+	for label := range strings.SplitSeq(name, ".") {
+		if len(label) == 0 || len(label) > 63 {
+			return false
+		}
+	}
+	return true
+}
+
+// plainSubject reports whether subject, the contents of an RDNSequence, is
+// well formed with every value a PrintableString of the strict set or a
+// UTF8String, which x509 parses without complaint.
+func plainSubject(subject cryptobyte.String) bool {
+	for !subject.Empty() {
+		var set cryptobyte.String
+		if !subject.ReadASN1(&set, cbasn1.SET) || set.Empty() {
+			return false
+		}
+		for !set.Empty() {
+			var atv cryptobyte.String
+			var oid asn1.ObjectIdentifier
+			var value cryptobyte.String
+			var tag cbasn1.Tag
+			if !set.ReadASN1(&atv, cbasn1.SEQUENCE) || !atv.ReadASN1ObjectIdentifier(&oid) ||
+				!atv.ReadAnyASN1(&value, &tag) || !atv.Empty() {
+				return false
+			}
+			switch tag {
+			case cbasn1.UTF8String:
+				if !utf8.Valid(value) {
+					return false
+				}
+			case cbasn1.PrintableString:
+				for _, c := range value {
+					if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+						strings.IndexByte("'()+,-./:=? ", c) >= 0) {
+						return false
+					}
+				}
+			default:
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// parseECSPKI parses a P-256 or P-384 SubjectPublicKeyInfo of the one form
+// x509 writes.
+func parseECSPKI(spki cryptobyte.String) (*ecdsa.PublicKey, bool) {
+	var info, alg cryptobyte.String
+	var algOID, curveOID asn1.ObjectIdentifier
+	var key asn1.BitString
+	if !spki.ReadASN1(&info, cbasn1.SEQUENCE) ||
+		!info.ReadASN1(&alg, cbasn1.SEQUENCE) || !alg.ReadASN1ObjectIdentifier(&algOID) ||
+		!alg.ReadASN1ObjectIdentifier(&curveOID) || !alg.Empty() ||
+		!info.ReadASN1BitString(&key) || !info.Empty() || key.BitLength%8 != 0 ||
+		!algOID.Equal(oidECPublicKey) {
+		return nil, false
+	}
+	var curve elliptic.Curve
+	switch {
+	case curveOID.Equal(oidCurveP256):
+		curve = elliptic.P256()
+	case curveOID.Equal(oidCurveP384):
+		curve = elliptic.P384()
+	default:
+		return nil, false
+	}
+	pub, err := ecdsa.ParseUncompressedPublicKey(curve, key.Bytes)
+	if err != nil {
+		return nil, false
+	}
+	return pub, true
+}
+
+// requestsOnly reports whether attrs, a CSR's attributes, are one
+// extensionRequest that CheckCSR accepts for want: a subjectAltName with
+// want as its one name, no extension but those CheckCSR knows and each
+// once, basicConstraints (if any) not asking for a CA, and at most
+// maxCSRExtensionBytes of extension values.
+func requestsOnly(attrs cryptobyte.String, want spiffeid.ID) bool {
+	var attr, values, exts cryptobyte.String
+	var oid asn1.ObjectIdentifier
+	if !attrs.ReadASN1(&attr, cbasn1.SEQUENCE) || !attrs.Empty() ||
+		!attr.ReadASN1ObjectIdentifier(&oid) || !oid.Equal(oidExtensionRequest) ||
+		!attr.ReadASN1(&values, cbasn1.SET) || !attr.Empty() ||
+		!values.ReadASN1(&exts, cbasn1.SEQUENCE) || !values.Empty() {
+		return false
+	}
+	var seen [4]bool // basicConstraints, subjectAltName, keyUsage, extKeyUsage
+	size := 0
+	for !exts.Empty() {
+		var ext, value cryptobyte.String
+		var critical bool // the known ones may be critical
+		if !exts.ReadASN1(&ext, cbasn1.SEQUENCE) || !ext.ReadASN1ObjectIdentifier(&oid) ||
+			!readOptionalBool(&ext, &critical) ||
+			!ext.ReadASN1(&value, cbasn1.OCTET_STRING) || !ext.Empty() {
+			return false
+		}
+		size += len(value)
+		known := -1
+		for i, k := range []asn1.ObjectIdentifier{oidBasicConstraints, oidCSRSubjectAltName, oidCSRKeyUsage, oidCSRExtKeyUsage} {
+			if oid.Equal(k) {
+				known = i
+			}
+		}
+		// Any other extension, even one CheckCSR would let pass, is left
+		// to the full parse, as is a repeat (which x509 refuses).
+		if known < 0 || seen[known] {
+			return false
+		}
+		seen[known] = true
+		switch known {
+		case 0:
+			var bc cryptobyte.String
+			var isCA bool
+			var maxPathLen int64
+			if !value.ReadASN1(&bc, cbasn1.SEQUENCE) || !value.Empty() ||
+				!readOptionalBool(&bc, &isCA) || isCA ||
+				(bc.PeekASN1Tag(cbasn1.INTEGER) && !bc.ReadASN1Integer(&maxPathLen)) || !bc.Empty() {
+				return false
+			}
+		case 1:
+			var names, uri cryptobyte.String
+			if !value.ReadASN1(&names, cbasn1.SEQUENCE) || !value.Empty() ||
+				!names.ReadASN1(&uri, cbasn1.Tag(6).ContextSpecific()) || !names.Empty() ||
+				string(uri) != want.String() {
+				return false
+			}
+		}
+	}
+	return seen[1] && size <= maxCSRExtensionBytes
+}

@@ -1,0 +1,223 @@
+package ca
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
+	"encoding/pem"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+)
+
+var fastWant = spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/b")
+
+// fastCSR is a DER CSR from x509.CreateCertificateRequest for key and tmpl.
+func fastCSR(t testing.TB, key crypto.Signer, tmpl *x509.CertificateRequest) []byte {
+	t.Helper()
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+func pemCSR(der []byte) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})
+}
+
+// ext is a CSR extension with value v (DER-encoded with asn1.Marshal
+// unless it is already []byte).
+func ext(t testing.TB, oid asn1.ObjectIdentifier, critical bool, v any) pkix.Extension {
+	t.Helper()
+	b, ok := v.([]byte)
+	if !ok {
+		var err error
+		if b, err = asn1.Marshal(v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return pkix.Extension{Id: oid, Critical: critical, Value: b}
+}
+
+// sanURIs is a subjectAltName value of URIs.
+func sanURIs(t testing.TB, uris ...string) []byte {
+	t.Helper()
+	var names []asn1.RawValue
+	for _, u := range uris {
+		names = append(names, asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 6, Bytes: []byte(u)})
+	}
+	b, err := asn1.Marshal(names)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// checkFastPath compares the fast path with ParseCSR and CheckCSR on one
+// PEM CSR: whenever the fast path accepts, they must too, with the same
+// key. It returns whether each accepted.
+func checkFastPath(t testing.TB, csrPEM []byte, want spiffeid.ID) (fast, full bool) {
+	t.Helper()
+	pub, spki, ok := parseCSRFast(csrPEM, want)
+	csr, err := ParseCSR(csrPEM)
+	if err == nil {
+		err = CheckCSR(csr, want)
+	}
+	if ok {
+		if err != nil {
+			t.Fatalf("the fast path accepted a CSR that ParseCSR/CheckCSR refuse (%v):\n%s", err, csrPEM)
+		}
+		if !bytes.Equal(spki, csr.RawSubjectPublicKeyInfo) || !pub.Equal(csr.PublicKey) {
+			t.Fatalf("the fast path found another key:\n%s", csrPEM)
+		}
+	}
+	return ok, err == nil
+}
+
+// TestParseCSRFast: the shapes of CSR that workloads send are read by the
+// fast path, and every other CSR, well formed or not, is left to ParseCSR
+// and CheckCSR, which the fast path never contradicts.
+func TestParseCSRFast(t *testing.T) {
+	p256, p384, rsaKey := testKey(t, "p256"), testKey(t, "p384"), testKey(t, "rsa2048")
+	u := fastWant.String()
+	uriOf := func(s string) []*url.URL {
+		v, err := url.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []*url.URL{v}
+	}
+	plain := fastCSR(t, p256, &x509.CertificateRequest{URIs: uriOf(u)})
+	tampered := bytes.Clone(plain)
+	tampered[len(tampered)-1] ^= 1
+	tcs := []struct {
+		name       string
+		pem        []byte
+		want       spiffeid.ID
+		fast, full bool
+	}{
+		{"P-256, URI only (go-spiffe, meshca's agent)", pemCSR(plain), fastWant, true, true},
+		{"P-384", pemCSR(fastCSR(t, p384, &x509.CertificateRequest{URIs: uriOf(u)})), fastWant, true, true},
+		{"P-256 signed with SHA-384", pemCSR(fastCSR(t, p256, &x509.CertificateRequest{URIs: uriOf(u), SignatureAlgorithm: x509.ECDSAWithSHA384})), fastWant, true, true},
+		{"istio-agent: empty O, critical SAN", pemCSR(fastCSR(t, p256, &x509.CertificateRequest{
+			Subject:         pkix.Name{Organization: []string{""}},
+			ExtraExtensions: []pkix.Extension{ext(t, oidCSRSubjectAltName, true, sanURIs(t, u))},
+		})), fastWant, true, true},
+		{"subject in plain strings", pemCSR(fastCSR(t, p256, &x509.CertificateRequest{
+			Subject: pkix.Name{CommonName: "wörkload", Organization: []string{"Acme, Inc."}}, URIs: uriOf(u),
+		})), fastWant, true, true},
+		{"usages and basicConstraints CA false", pemCSR(fastCSR(t, p256, &x509.CertificateRequest{URIs: uriOf(u), ExtraExtensions: []pkix.Extension{
+			ext(t, oidCSRKeyUsage, true, asn1.BitString{Bytes: []byte{0x80}, BitLength: 1}),
+			ext(t, oidCSRExtKeyUsage, false, []asn1.ObjectIdentifier{{1, 3, 6, 1, 5, 5, 7, 3, 2}}),
+			ext(t, oidBasicConstraints, true, []byte{0x30, 0x00}),
+		}})), fastWant, true, true},
+		{"line endings CRLF", bytes.ReplaceAll(pemCSR(plain), []byte("\n"), []byte("\r\n")), fastWant, false, true},
+		{"blank lines around", append(append([]byte("\n \n"), pemCSR(plain)...), "\n\n \t"...), fastWant, true, true},
+		{"spaces after END", append(bytes.TrimSuffix(pemCSR(plain), []byte("\n")), " \t\r\n"...), fastWant, true, true},
+		{"BEGIN not at the start of its line", append([]byte(" \n\t"), pemCSR(plain)...), fastWant, false, false},
+		{"a no-break space after END", append(bytes.TrimSuffix(pemCSR(plain), []byte("\n")), "\u00a0"...), fastWant, false, false},
+
+		// Left to the full parse, which accepts.
+		{"RSA key", pemCSR(fastCSR(t, rsaKey, &x509.CertificateRequest{URIs: uriOf(u)})), fastWant, false, true},
+		{"NEW CERTIFICATE REQUEST", pem.EncodeToMemory(&pem.Block{Type: "NEW CERTIFICATE REQUEST", Bytes: plain}), fastWant, false, true},
+		{"unknown non-critical extension", pemCSR(fastCSR(t, p256, &x509.CertificateRequest{URIs: uriOf(u), ExtraExtensions: []pkix.Extension{
+			ext(t, asn1.ObjectIdentifier{1, 2, 3, 4}, false, []byte{0x05, 0x00}),
+		}})), fastWant, false, true},
+		{"basicConstraints with a path length", pemCSR(fastCSR(t, p256, &x509.CertificateRequest{URIs: uriOf(u), ExtraExtensions: []pkix.Extension{
+			ext(t, oidBasicConstraints, true, []byte{0x30, 0x03, 0x02, 0x01, 0x00}),
+		}})), fastWant, true, true},
+		{"subject with an IA5String", pemCSR(fastCSR(t, p256, &x509.CertificateRequest{
+			RawSubject: mustMarshal(t, pkix.RDNSequence{{{Type: asn1.ObjectIdentifier{2, 5, 4, 3}, Value: asn1.RawValue{Tag: asn1.TagIA5String, Bytes: []byte("x")}}}}), URIs: uriOf(u),
+		})), fastWant, false, true},
+
+		// Refused by both.
+		{"signature tampered", pemCSR(tampered), fastWant, false, false},
+		{"another identity", pemCSR(plain), spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/c"), false, false},
+		{"two URIs", pemCSR(fastCSR(t, p256, &x509.CertificateRequest{URIs: append(uriOf(u), uriOf(u+"x")...)})), fastWant, false, false},
+		{"a DNS name too", pemCSR(fastCSR(t, p256, &x509.CertificateRequest{URIs: uriOf(u), DNSNames: []string{"a.example"}})), fastWant, false, false},
+		{"CA true", pemCSR(fastCSR(t, p256, &x509.CertificateRequest{URIs: uriOf(u), ExtraExtensions: []pkix.Extension{
+			ext(t, oidBasicConstraints, true, []byte{0x30, 0x03, 0x01, 0x01, 0xff}),
+		}})), fastWant, false, false},
+		{"unknown critical extension", pemCSR(fastCSR(t, p256, &x509.CertificateRequest{URIs: uriOf(u), ExtraExtensions: []pkix.Extension{
+			ext(t, asn1.ObjectIdentifier{1, 2, 3, 4}, true, []byte{0x05, 0x00}),
+		}})), fastWant, false, false},
+		{"no SAN", pemCSR(fastCSR(t, p256, &x509.CertificateRequest{})), fastWant, false, false},
+		{"extensions over the limit", pemCSR(fastCSR(t, p256, &x509.CertificateRequest{URIs: uriOf(u), ExtraExtensions: []pkix.Extension{
+			ext(t, oidCSRExtKeyUsage, false, bytes.Repeat([]byte{0}, maxCSRExtensionBytes)),
+		}})), fastWant, false, false},
+		{"PEM headers", pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Headers: map[string]string{"a": "b"}, Bytes: plain}), fastWant, false, false},
+		{"text before", append([]byte("hello\n"), pemCSR(plain)...), fastWant, false, false},
+		{"text after", append(pemCSR(plain), "hello\n"...), fastWant, false, false},
+		{"two blocks", append(pemCSR(plain), pemCSR(plain)...), fastWant, false, false},
+		{"trailing DER", pemCSR(append(bytes.Clone(plain), 0)), fastWant, false, false},
+		{"not PEM", plain, fastWant, false, false},
+		{"over the size limit", append(pemCSR(plain), bytes.Repeat([]byte(" "), MaxCSRSize)...), fastWant, false, false},
+	}
+	for _, tc := range tcs {
+		t.Run(tc.name, func(t *testing.T) {
+			fast, full := checkFastPath(t, tc.pem, tc.want)
+			if fast != tc.fast || full != tc.full {
+				t.Fatalf("fast path %v, ParseCSR+CheckCSR %v; want %v, %v", fast, full, tc.fast, tc.full)
+			}
+		})
+	}
+}
+
+func mustMarshal(t testing.TB, v any) []byte {
+	t.Helper()
+	b, err := asn1.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestPlainTrustDomain: the trust domains whose names x509's URI checks
+// could refuse are left to the full parse.
+func TestPlainTrustDomain(t *testing.T) {
+	for name, want := range map[string]bool{
+		"cluster.local":                 true,
+		"a":                             true,
+		"a-b_c.d":                       true,
+		"a..b":                          false,
+		"":                              false,
+		strings.Repeat("a", 64):         false,
+		strings.Repeat("a.", 127) + "a": false,
+	} {
+		if got := plainTrustDomain(name); got != want {
+			t.Errorf("plainTrustDomain(%q) = %v, want %v", name, got, want)
+		}
+	}
+}
+
+// FuzzCSRFastPath: whatever the DER (wrapped in PEM) or the PEM text, the
+// fast path never accepts a CSR that ParseCSR and CheckCSR refuse, and
+// finds the key they find.
+func FuzzCSRFastPath(f *testing.F) {
+	p256 := testKey(f, "p256")
+	u, err := url.Parse(fastWant.String())
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, tmpl := range []*x509.CertificateRequest{
+		{URIs: []*url.URL{u}},
+		{Subject: pkix.Name{Organization: []string{""}}, ExtraExtensions: []pkix.Extension{ext(f, oidCSRSubjectAltName, true, sanURIs(f, u.String()))}},
+		{URIs: []*url.URL{u}, ExtraExtensions: []pkix.Extension{ext(f, oidBasicConstraints, true, []byte{0x30, 0x00})}},
+	} {
+		der := fastCSR(f, p256, tmpl)
+		f.Add(der, false)
+		f.Add(pemCSR(der), true)
+	}
+	f.Fuzz(func(t *testing.T, data []byte, isPEM bool) {
+		if !isPEM {
+			data = pemCSR(data)
+		}
+		checkFastPath(t, data, fastWant)
+	})
+}
