@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/big"
@@ -178,44 +179,9 @@ func (l *leafSigner) sign(f leafFields) ([]byte, error) {
 	if _, ok := f.pub.(*rsa.PublicKey); ok {
 		ku = extKeyUsageSignEncipher // see leafTemplate
 	}
-	b := cryptobyte.NewBuilder(make([]byte, 0, 320+len(l.issuer)+len(spki)+len(l.akid)+len(uri)))
-	b.AddASN1(cbasn1.SEQUENCE, func(tbs *cryptobyte.Builder) {
-		tbs.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(v *cryptobyte.Builder) { v.AddASN1Int64(2) })
-		tbs.AddASN1BigInt(f.serial)
-		tbs.AddBytes(l.sigAlg)
-		tbs.AddBytes(l.issuer)
-		tbs.AddASN1(cbasn1.SEQUENCE, func(v *cryptobyte.Builder) {
-			addASN1Time(v, f.notBefore)
-			addASN1Time(v, f.notAfter)
-		})
-		tbs.AddBytes(emptyName)
-		tbs.AddBytes(spki)
-		tbs.AddASN1(cbasn1.Tag(3).Constructed().ContextSpecific(), func(e *cryptobyte.Builder) {
-			e.AddASN1(cbasn1.SEQUENCE, func(exts *cryptobyte.Builder) {
-				// In x509.CreateCertificate's order.
-				exts.AddBytes(ku)
-				exts.AddBytes(extExtKeyUsage)
-				exts.AddBytes(extBasicConstraintsLeaf)
-				exts.AddASN1(cbasn1.SEQUENCE, func(ext *cryptobyte.Builder) {
-					ext.AddBytes(oidExtSubjectKeyIDElement)
-					ext.AddASN1(cbasn1.OCTET_STRING, func(v *cryptobyte.Builder) { v.AddASN1OctetString(f.ski) })
-				})
-				exts.AddBytes(l.akid)
-				exts.AddASN1(cbasn1.SEQUENCE, func(ext *cryptobyte.Builder) {
-					ext.AddBytes(oidExtSubjectAltNameElement)
-					ext.AddASN1Boolean(true) // critical: the subject is empty (RFC 5280, 4.2.1.6)
-					ext.AddASN1(cbasn1.OCTET_STRING, func(v *cryptobyte.Builder) {
-						v.AddASN1(cbasn1.SEQUENCE, func(names *cryptobyte.Builder) {
-							names.AddASN1(cbasn1.Tag(6).ContextSpecific(), func(u *cryptobyte.Builder) { u.AddBytes([]byte(uri)) })
-						})
-					})
-				})
-			})
-		})
-	})
-	tbs, err := b.Bytes()
+	tbs, err := l.encodeTBS(f, spki, ku, uri)
 	if err != nil {
-		return nil, fmt.Errorf("ca: encode leaf: %w", err)
+		return nil, err
 	}
 	sig, err := crypto.SignMessage(l.key, rand.Reader, tbs, l.opts)
 	if err != nil {
@@ -224,16 +190,147 @@ func (l *leafSigner) sign(f leafFields) ([]byte, error) {
 	if err := l.verify(tbs, sig); err != nil {
 		return nil, fmt.Errorf("ca: sign leaf: the signature does not verify: %w", err)
 	}
-	out := cryptobyte.NewBuilder(make([]byte, 0, len(tbs)+len(l.sigAlg)+len(sig)+16))
-	out.AddASN1(cbasn1.SEQUENCE, func(c *cryptobyte.Builder) {
-		c.AddBytes(tbs)
-		c.AddBytes(l.sigAlg)
-		c.AddASN1(cbasn1.BIT_STRING, func(s *cryptobyte.Builder) {
-			s.AddUint8(0) // no unused bits
-			s.AddBytes(sig)
-		})
-	})
-	return out.Bytes()
+	// Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm,
+	// signatureValue BIT STRING }
+	sigLen := 1 + len(sig) // no unused bits
+	der := make([]byte, 0, tlvLen(len(tbs)+len(l.sigAlg)+tlvLen(sigLen)))
+	der = appendHeader(der, tagSequence, len(tbs)+len(l.sigAlg)+tlvLen(sigLen))
+	der = append(der, tbs...)
+	der = append(der, l.sigAlg...)
+	der = appendHeader(der, tagBitString, sigLen)
+	der = append(der, 0)
+	return append(der, sig...), nil
+}
+
+// DER tags the leaf encoder writes.
+const (
+	tagInteger         = 0x02
+	tagBitString       = 0x03
+	tagOctetString     = 0x04
+	tagUTCTime         = 0x17
+	tagGeneralizedTime = 0x18
+	tagSequence        = 0x30
+	tagExtensions      = 0xa3 // [3] EXPLICIT, constructed
+	tagURI             = 0x86 // [6] IMPLICIT IA5String
+)
+
+// tbsVersion is a TBSCertificate's version field, v3: [0] EXPLICIT INTEGER 2.
+var tbsVersion = []byte{0xa0, 0x03, 0x02, 0x01, 0x02}
+
+// extCriticalTrue is an extension's critical field set.
+var extCriticalTrue = []byte{0x01, 0x01, 0xff}
+
+// encodeTBS writes f's TBSCertificate: the lengths of every element are
+// worked out first, so that the DER is written once into a buffer of its
+// size.
+func (l *leafSigner) encodeTBS(f leafFields, spki, ku []byte, uri string) ([]byte, error) {
+	if f.serial.Sign() <= 0 {
+		return nil, errors.New("ca: encode leaf: serial number must be positive")
+	}
+	serial := f.serial.Bytes()
+	serialLen := len(serial)
+	if serial[0]&0x80 != 0 {
+		serialLen++ // a leading zero keeps it positive
+	}
+	notBefore, err := asn1Time(f.notBefore)
+	if err != nil {
+		return nil, err
+	}
+	notAfter, err := asn1Time(f.notAfter)
+	if err != nil {
+		return nil, err
+	}
+	validityLen := tlvLen(len(notBefore.value)) + tlvLen(len(notAfter.value))
+	skidLen := len(oidExtSubjectKeyIDElement) + tlvLen(tlvLen(len(f.ski)))
+	namesLen := tlvLen(len(uri))
+	sanLen := len(oidExtSubjectAltNameElement) + len(extCriticalTrue) + tlvLen(tlvLen(namesLen))
+	extsLen := len(ku) + len(extExtKeyUsage) + len(extBasicConstraintsLeaf) + tlvLen(skidLen) + len(l.akid) + tlvLen(sanLen)
+	tbsLen := len(tbsVersion) + tlvLen(serialLen) + len(l.sigAlg) + len(l.issuer) + tlvLen(validityLen) +
+		len(emptyName) + len(spki) + tlvLen(tlvLen(extsLen))
+
+	b := make([]byte, 0, tlvLen(tbsLen))
+	b = appendHeader(b, tagSequence, tbsLen)
+	b = append(b, tbsVersion...)
+	b = appendHeader(b, tagInteger, serialLen)
+	if serialLen > len(serial) {
+		b = append(b, 0)
+	}
+	b = append(b, serial...)
+	b = append(b, l.sigAlg...)
+	b = append(b, l.issuer...)
+	b = appendHeader(b, tagSequence, validityLen)
+	b = append(appendHeader(b, notBefore.tag, len(notBefore.value)), notBefore.value...)
+	b = append(appendHeader(b, notAfter.tag, len(notAfter.value)), notAfter.value...)
+	b = append(b, emptyName...)
+	b = append(b, spki...)
+	b = appendHeader(b, tagExtensions, tlvLen(extsLen))
+	b = appendHeader(b, tagSequence, extsLen)
+	// In x509.CreateCertificate's order.
+	b = append(b, ku...)
+	b = append(b, extExtKeyUsage...)
+	b = append(b, extBasicConstraintsLeaf...)
+	b = appendHeader(b, tagSequence, skidLen)
+	b = append(b, oidExtSubjectKeyIDElement...)
+	b = appendHeader(b, tagOctetString, tlvLen(len(f.ski)))
+	b = append(appendHeader(b, tagOctetString, len(f.ski)), f.ski...)
+	b = append(b, l.akid...)
+	b = appendHeader(b, tagSequence, sanLen)
+	b = append(b, oidExtSubjectAltNameElement...)
+	b = append(b, extCriticalTrue...) // the subject is empty (RFC 5280, 4.2.1.6)
+	b = appendHeader(b, tagOctetString, tlvLen(namesLen))
+	b = appendHeader(b, tagSequence, namesLen)
+	b = append(appendHeader(b, tagURI, len(uri)), uri...)
+	if len(b) != cap(b) {
+		return nil, fmt.Errorf("ca: encode leaf: %d bytes written for %d", len(b), cap(b))
+	}
+	return b, nil
+}
+
+// tlvLen is the size of a DER element whose contents are n bytes long.
+func tlvLen(n int) int {
+	switch {
+	case n < 0x80:
+		return 2 + n
+	case n < 0x100:
+		return 3 + n
+	case n < 0x10000:
+		return 4 + n
+	}
+	return 5 + n // up to 16 MiB, far more than a certificate
+}
+
+// appendHeader appends a DER tag and the definite length n (under 16 MiB).
+func appendHeader(b []byte, tag byte, n int) []byte {
+	var l [4]byte
+	binary.BigEndian.PutUint32(l[:], uint32(n)) //nolint:gosec // G115: a length, non-negative and far under 4 GiB
+	switch {
+	case n < 0x80:
+		return append(b, tag, l[3])
+	case n < 0x100:
+		return append(b, tag, 0x81, l[3])
+	case n < 0x10000:
+		return append(b, tag, 0x82, l[2], l[3])
+	}
+	return append(b, tag, 0x83, l[1], l[2], l[3])
+}
+
+// derTime is a validity time's tag and contents.
+type derTime struct {
+	tag   byte
+	value []byte
+}
+
+// asn1Time is t as x509.CreateCertificate encodes a validity time: UTCTime
+// from 1950 to 2049, GeneralizedTime outside, in whole seconds, UTC.
+func asn1Time(t time.Time) (derTime, error) {
+	t = t.UTC()
+	switch y := t.Year(); {
+	case y >= 1950 && y < 2050:
+		return derTime{tagUTCTime, t.AppendFormat(make([]byte, 0, 13), "060102150405Z")}, nil
+	case y >= 0 && y <= 9999:
+		return derTime{tagGeneralizedTime, t.AppendFormat(make([]byte, 0, 15), "20060102150405Z")}, nil
+	}
+	return derTime{}, fmt.Errorf("ca: encode leaf: time %s cannot be encoded", t)
 }
 
 // DER of the OIDs of the extensions built per leaf, tag and length
@@ -265,17 +362,6 @@ func (l *leafSigner) verify(tbs, sig []byte) error {
 		return rsa.VerifyPKCS1v15(pub, l.opts.HashFunc(), digest, sig)
 	}
 	return fmt.Errorf("unexpected key type %T", l.pub)
-}
-
-// addASN1Time adds t as x509.CreateCertificate encodes a validity time:
-// UTCTime from 1950 to 2049, GeneralizedTime outside, in whole seconds.
-func addASN1Time(b *cryptobyte.Builder, t time.Time) {
-	t = t.UTC().Truncate(time.Second)
-	if y := t.Year(); y >= 1950 && y < 2050 {
-		b.AddASN1UTCTime(t)
-	} else {
-		b.AddASN1GeneralizedTime(t)
-	}
 }
 
 // canonicalSPKI returns pub as x509.MarshalPKIXPublicKey encodes it, which

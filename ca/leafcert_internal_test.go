@@ -337,3 +337,52 @@ func TestSubjectKeyIDFromSPKI(t *testing.T) {
 		}
 	}
 }
+
+// TestDERHeader: every length form appendHeader writes is the size tlvLen
+// counts, and reads back as the length it was given.
+func TestDERHeader(t *testing.T) {
+	for _, n := range []int{0, 1, 127, 128, 255, 256, 65535, 65536, 1 << 20} {
+		b := append(appendHeader(nil, tagOctetString, n), make([]byte, n)...)
+		if len(b) != tlvLen(n) {
+			t.Errorf("n=%d: %d bytes, tlvLen says %d", n, len(b), tlvLen(n))
+		}
+		in := cryptobyte.String(b)
+		var v cryptobyte.String
+		if !in.ReadASN1(&v, cbasn1.OCTET_STRING) || !in.Empty() || len(v) != n {
+			t.Errorf("n=%d: does not read back as DER", n)
+		}
+	}
+}
+
+// TestEncodeTBSRefuses: what x509.CreateCertificate would refuse to encode
+// is refused with an error, not written.
+func TestEncodeTBSRefuses(t *testing.T) {
+	key := testKey(t, "p256")
+	l := newLeafSigner(testIssuer(t, key, pkix.Name{CommonName: "i"}, true), key)
+	spki, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)
+	ok := leafFields{serial: big.NewInt(1), notBefore: now, notAfter: now.Add(time.Hour), id: spiffeid.RequireFromString("spiffe://td/x"), pub: key.Public(), spki: spki, ski: []byte{1}}
+	for _, tc := range []struct {
+		name string
+		mod  func(*leafFields)
+	}{
+		{"zero serial", func(f *leafFields) { f.serial = big.NewInt(0) }},
+		{"negative serial", func(f *leafFields) { f.serial = big.NewInt(-5) }},
+		{"year 10000", func(f *leafFields) { f.notAfter = time.Date(10000, 1, 1, 0, 0, 0, 0, time.UTC) }},
+		{"year -1", func(f *leafFields) { f.notBefore = time.Date(-1, 1, 1, 0, 0, 0, 0, time.UTC) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := ok
+			tc.mod(&f)
+			if der, err := l.encodeTBS(f, spki, extKeyUsageSign, f.id.String()); err == nil {
+				t.Fatalf("encoded %x", der)
+			}
+		})
+	}
+	if _, err := l.encodeTBS(ok, spki, extKeyUsageSign, ok.id.String()); err != nil {
+		t.Fatalf("the unmodified fields: %v", err)
+	}
+}
