@@ -100,18 +100,31 @@ func parseCSRFast(pemBytes []byte, want spiffeid.ID) (pub *ecdsa.PublicKey, spki
 // "CERTIFICATE REQUEST" block, without headers, with whitespace at most
 // around it, as ParseCSR requires.
 func decodeCSRPEM(pemBytes []byte) ([]byte, bool) {
-	// pem.Decode finds the block only at the start of a line and allows
-	// only spaces and tabs after it on its last line; ParseCSR allows any
-	// space around. Only ASCII space is taken here.
+	// pem.Decode finds the block only at the start of a line, and allows
+	// only spaces and tabs after the END marker on its line, then "\r\n",
+	// "\n" or the end; ParseCSR allows any space around. Only ASCII space
+	// is taken here.
 	const space = " \t\r\n"
-	p := bytes.TrimRight(bytes.TrimLeft(pemBytes, space), space)
-	if lead := len(pemBytes) - len(bytes.TrimLeft(pemBytes, space)); lead > 0 && pemBytes[lead-1] != '\n' {
+	p := bytes.TrimLeft(pemBytes, space)
+	if lead := len(pemBytes) - len(p); lead > 0 && pemBytes[lead-1] != '\n' {
 		return nil, false
 	}
-	if !bytes.HasPrefix(p, pemCSRBegin) || !bytes.HasSuffix(p, pemCSREnd) {
+	end := bytes.Index(p, pemCSREnd)
+	if end < 0 || !bytes.HasPrefix(p, pemCSRBegin) {
 		return nil, false
 	}
-	body := p[len(pemCSRBegin) : len(p)-len(pemCSREnd)]
+	tail := bytes.TrimLeft(p[end+len(pemCSREnd):], " \t")
+	if rest, ok := bytes.CutPrefix(tail, []byte("\r\n")); ok {
+		tail = rest
+	} else if rest, ok := bytes.CutPrefix(tail, []byte("\n")); ok {
+		tail = rest
+	} else if len(tail) > 0 {
+		return nil, false
+	}
+	if len(bytes.TrimLeft(tail, space)) > 0 {
+		return nil, false
+	}
+	body := p[len(pemCSRBegin):end]
 	// Lines of base64 ending in "\n" (or "\r\n"; the decoder skips both).
 	// A header line has a ':', and a space or anything else not base64
 	// fails the decoding.

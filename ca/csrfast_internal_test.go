@@ -3,7 +3,9 @@ package ca
 import (
 	"bytes"
 	"crypto"
+	"crypto/ecdsa"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
@@ -13,6 +15,8 @@ import (
 	"testing"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 var fastWant = spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/b")
@@ -122,6 +126,19 @@ func TestParseCSRFast(t *testing.T) {
 		{"spaces after END", append(bytes.TrimSuffix(pemCSR(plain), []byte("\n")), " \t\r\n"...), fastWant, true, true},
 		{"BEGIN not at the start of its line", append([]byte(" \n\t"), pemCSR(plain)...), fastWant, false, false},
 		{"a no-break space after END", append(bytes.TrimSuffix(pemCSR(plain), []byte("\n")), "\u00a0"...), fastWant, false, false},
+		{"CR LF CR after END", append(bytes.TrimSuffix(pemCSR(plain), []byte("\n")), "\r\n\r"...), fastWant, true, true},
+		{"no newline after END", bytes.TrimSuffix(pemCSR(plain), []byte("\n")), fastWant, true, true},
+		{"a lone CR after END", append(bytes.TrimSuffix(pemCSR(plain), []byte("\n")), "\r"...), fastWant, false, false},
+		{"CR CR LF after END", append(bytes.TrimSuffix(pemCSR(plain), []byte("\n")), "\r\r\n"...), fastWant, false, false},
+		{"tab CR after END", append(bytes.TrimSuffix(pemCSR(plain), []byte("\n")), "\t\r"...), fastWant, false, false},
+		{"CR space LF after END", append(bytes.TrimSuffix(pemCSR(plain), []byte("\n")), "\r \n"...), fastWant, false, false},
+
+		// Built by hand, signed.
+		{"SAN marked not critical explicitly", pemCSR(handCSR(t, p256, emptyName, nil, handExt(oidExtSubjectAltName, []byte{0x01, 0x01, 0x00}, sanURIs(t, u)))), fastWant, true, true},
+		{"SAN twice", pemCSR(handCSR(t, p256, emptyName, nil, handExt(oidExtSubjectAltName, nil, sanURIs(t, u)), handExt(oidExtSubjectAltName, nil, sanURIs(t, u)))), fastWant, false, false},
+		{"URI name constructed", pemCSR(handCSR(t, p256, emptyName, nil, handExt(oidExtSubjectAltName, nil, append([]byte{0x30, byte(len(u) + 4), 0xa6, byte(len(u) + 2), 0x16, byte(len(u))}, u...)))), fastWant, false, false},
+		{"an empty RDN", pemCSR(handCSR(t, p256, []byte{0x30, 0x02, 0x31, 0x00}, nil, handExt(oidExtSubjectAltName, nil, sanURIs(t, u)))), fastWant, false, true},
+		{"compressed point", pemCSR(handCSR(t, p256, emptyName, compressedSPKI(t, p256), handExt(oidExtSubjectAltName, nil, sanURIs(t, u)))), fastWant, false, false},
 
 		// Left to the full parse, which accepts.
 		{"RSA key", pemCSR(fastCSR(t, rsaKey, &x509.CertificateRequest{URIs: uriOf(u)})), fastWant, false, true},
@@ -169,6 +186,75 @@ func TestParseCSRFast(t *testing.T) {
 	}
 }
 
+// handExt is a DER Extension: oid (contents), critical (a DER BOOLEAN,
+// or nil for none) and value.
+func handExt(oid, critical, value []byte) []byte {
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(e *cryptobyte.Builder) {
+		e.AddASN1(cbasn1.OBJECT_IDENTIFIER, func(o *cryptobyte.Builder) { o.AddBytes(oid) })
+		e.AddBytes(critical)
+		e.AddASN1OctetString(value)
+	})
+	return b.BytesOrPanic()
+}
+
+// handCSR builds and signs (ECDSA with SHA-256) a CSR for key with the
+// DER subject, spki (nil: key's own) and one extensionRequest of exts.
+func handCSR(t testing.TB, key crypto.Signer, subject, spki []byte, exts ...[]byte) []byte {
+	t.Helper()
+	if spki == nil {
+		var err error
+		if spki, err = x509.MarshalPKIXPublicKey(key.Public()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(info *cryptobyte.Builder) {
+		info.AddASN1Int64(0)
+		info.AddBytes(subject)
+		info.AddBytes(spki)
+		info.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(attrs *cryptobyte.Builder) {
+			attrs.AddASN1(cbasn1.SEQUENCE, func(attr *cryptobyte.Builder) {
+				attr.AddASN1ObjectIdentifier(oidExtensionRequest)
+				attr.AddASN1(cbasn1.SET, func(v *cryptobyte.Builder) {
+					v.AddASN1(cbasn1.SEQUENCE, func(e *cryptobyte.Builder) {
+						for _, x := range exts {
+							e.AddBytes(x)
+						}
+					})
+				})
+			})
+		})
+	})
+	info := b.BytesOrPanic()
+	sum := sha256.Sum256(info)
+	sig, err := key.Sign(rand.Reader, sum[:], crypto.SHA256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c cryptobyte.Builder
+	c.AddASN1(cbasn1.SEQUENCE, func(csr *cryptobyte.Builder) {
+		csr.AddBytes(info)
+		csr.AddBytes(algECDSAWithSHA256)
+		csr.AddASN1BitString(sig)
+	})
+	return c.BytesOrPanic()
+}
+
+// compressedSPKI is key's P-256 SubjectPublicKeyInfo with the point in
+// compressed form, which x509 does not parse.
+func compressedSPKI(t testing.TB, key crypto.Signer) []byte {
+	t.Helper()
+	u, err := key.Public().(*ecdsa.PublicKey).Bytes() // 04 || X || Y
+	if err != nil {
+		t.Fatal(err)
+	}
+	point := append([]byte{0x02 | u[len(u)-1]&1}, u[1:33]...) // the sign of Y, X
+	prefix := []byte{0x30, 0x39, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+		0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x22, 0x00}
+	return append(prefix, point...)
+}
+
 func mustMarshal(t testing.TB, v any) []byte {
 	t.Helper()
 	b, err := asn1.Marshal(v)
@@ -213,6 +299,10 @@ func FuzzCSRFastPath(f *testing.F) {
 		der := fastCSR(f, p256, tmpl)
 		f.Add(der, false)
 		f.Add(pemCSR(der), true)
+		for _, end := range []string{"\r\n", "\r", "\r\r\n", " \t\n\n", "\n\u00a0"} {
+			f.Add(append(bytes.TrimSuffix(pemCSR(der), []byte("\n")), end...), true)
+		}
+		f.Add(append([]byte(" \n"), pemCSR(der)...), true)
 	}
 	f.Fuzz(func(t *testing.T, data []byte, isPEM bool) {
 		if !isPEM {

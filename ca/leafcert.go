@@ -280,8 +280,8 @@ func (l *leafSigner) encodeTBS(f leafFields, spki, ku []byte, uri string) ([]byt
 	b = appendHeader(b, tagOctetString, tlvLen(namesLen))
 	b = appendHeader(b, tagSequence, namesLen)
 	b = append(appendHeader(b, tagURI, len(uri)), uri...)
-	if len(b) != cap(b) {
-		return nil, fmt.Errorf("ca: encode leaf: %d bytes written for %d", len(b), cap(b))
+	if len(b) != tlvLen(tbsLen) {
+		return nil, fmt.Errorf("ca: encode leaf: %d bytes written for %d", len(b), tlvLen(tbsLen))
 	}
 	return b, nil
 }
@@ -366,8 +366,8 @@ func (l *leafSigner) verify(tbs, sig []byte) error {
 
 // canonicalSPKI returns pub as x509.MarshalPKIXPublicKey encodes it, which
 // is what a certificate carries. spki, the CSR's encoding of pub, is that
-// already whenever it is a P-256 or P-384 key in the usual form (the
-// uncompressed point parsed from it encodes only one way), which spares
+// already whenever it is a P-256 or P-384 key in the usual form holding
+// pub's uncompressed point (which encodes only one way), which spares
 // encoding it again.
 func canonicalSPKI(pub crypto.PublicKey, spki []byte) ([]byte, error) {
 	if k, ok := pub.(*ecdsa.PublicKey); ok {
@@ -380,7 +380,11 @@ func canonicalSPKI(pub crypto.PublicKey, spki []byte) ([]byte, error) {
 		}
 		if size := (k.Curve.Params().BitSize + 7) / 8; prefix != nil &&
 			len(spki) == len(prefix)+1+2*size && bytes.HasPrefix(spki, prefix) {
-			return spki, nil
+			// And it is pub's point: the certificate carries spki, so
+			// ValidateLeaf's comparison with it could not tell.
+			if point, err := k.Bytes(); err == nil && bytes.Equal(spki[len(prefix):], point) {
+				return spki, nil
+			}
 		}
 	}
 	der, err := x509.MarshalPKIXPublicKey(pub)

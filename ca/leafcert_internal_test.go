@@ -278,7 +278,8 @@ func TestLeafSignerVerifiesItsSignature(t *testing.T) {
 }
 
 // TestCanonicalSPKI: a P-256 or P-384 key as x509 encodes it is used as
-// given; any other encoding or key type is encoded again.
+// given; any other encoding or key type, or the encoding of another key, is
+// encoded again from the key.
 func TestCanonicalSPKI(t *testing.T) {
 	for _, kind := range []string{"p256", "p384", "p521", "rsa2048", "ed25519"} {
 		pub := testKey(t, kind).Public()
@@ -286,7 +287,18 @@ func TestCanonicalSPKI(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for name, in := range map[string][]byte{"canonical": want, "truncated": want[:len(want)-1], "none": nil} {
+		cases := map[string][]byte{"canonical": want, "truncated": want[:len(want)-1], "none": nil}
+		if k, ok := pub.(*ecdsa.PublicKey); ok {
+			// The same form, another key's point.
+			other, err := ecdsa.GenerateKey(k.Curve, rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cases["another key"], err = x509.MarshalPKIXPublicKey(&other.PublicKey); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for name, in := range cases {
 			got, err := canonicalSPKI(pub, in)
 			if err != nil || !bytes.Equal(got, want) {
 				t.Errorf("%s/%s: got %x, %v; want %x", kind, name, got, err, want)
@@ -354,8 +366,9 @@ func TestDERHeader(t *testing.T) {
 	}
 }
 
-// TestEncodeTBSRefuses: what x509.CreateCertificate would refuse to encode
-// is refused with an error, not written.
+// TestEncodeTBSRefuses: a serial that is not positive (which SPIFFE and
+// RFC 5280 forbid; x509.CreateCertificate refuses only a negative one) and
+// a time DER cannot carry are refused with an error, not written.
 func TestEncodeTBSRefuses(t *testing.T) {
 	key := testKey(t, "p256")
 	l := newLeafSigner(testIssuer(t, key, pkix.Name{CommonName: "i"}, true), key)
