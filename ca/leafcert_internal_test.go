@@ -399,3 +399,53 @@ func TestEncodeTBSRefuses(t *testing.T) {
 		t.Fatalf("the unmodified fields: %v", err)
 	}
 }
+
+// FuzzLeafSigner holds the leaf encoder to x509.CreateCertificate's bytes
+// for any SPIFFE ID path, validity and serial: the TBSCertificate must be
+// the same, or both must refuse.
+func FuzzLeafSigner(f *testing.F) {
+	f.Add("ns/a/sa/b", int64(1_795_000_000), int64(86_400), uint64(1), false)
+	f.Add("ns/"+strings.Repeat("n", 200)+"/sa/s", int64(2_524_607_999), int64(1), uint64(1)<<63, true)
+	f.Add("x", int64(-631_152_001), int64(3_600), uint64(255), false)
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	issuerKey := testKey(f, "p256")
+	issuer := testIssuer(f, issuerKey, pkix.Name{CommonName: "i"}, true)
+	l := newLeafSigner(issuer, issuerKey)
+	f.Fuzz(func(t *testing.T, path string, notBefore, ttl int64, serial uint64, rsaSubject bool) {
+		id, err := spiffeid.FromPath(td, "/"+path)
+		if err != nil || serial == 0 {
+			return
+		}
+		nb := time.Unix(notBefore, 0).UTC()
+		na := nb.Add(time.Duration(ttl%(1<<32)) * time.Second)
+		sub := testKey(t, map[bool]string{false: "p256", true: "rsa2048"}[rsaSubject])
+		spki, err := x509.MarshalPKIXPublicKey(sub.Public())
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl, err := leafTemplate(id, sub.Public(), spki, nb, na)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl.SerialNumber = new(big.Int).SetUint64(serial)
+		want, wantErr := x509.CreateCertificate(rand.Reader, tmpl, issuer, sub.Public(), issuerKey)
+		got, gotErr := l.sign(leafFields{serial: tmpl.SerialNumber, notBefore: nb, notAfter: na, id: id, pub: sub.Public(), spki: spki, ski: tmpl.SubjectKeyId})
+		if (wantErr != nil) != (gotErr != nil) {
+			t.Fatalf("CreateCertificate: %v; leaf signer: %v", wantErr, gotErr)
+		}
+		if wantErr != nil {
+			return
+		}
+		wantCert, err := x509.ParseCertificate(want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		gotCert, err := x509.ParseCertificate(got)
+		if err != nil {
+			t.Fatalf("the leaf does not parse: %v", err)
+		}
+		if !bytes.Equal(gotCert.RawTBSCertificate, wantCert.RawTBSCertificate) {
+			t.Fatalf("TBSCertificate differs\n got %x\nwant %x", gotCert.RawTBSCertificate, wantCert.RawTBSCertificate)
+		}
+	})
+}
