@@ -51,7 +51,7 @@ func parseCSRFast(pemBytes []byte, want spiffeid.ID) (pub *ecdsa.PublicKey, spki
 		return nil, nil, false
 	}
 	in := cryptobyte.String(der)
-	var csr, info, infoElem, sigAlg cryptobyte.String
+	var csr, infoElem, sigAlg cryptobyte.String
 	var sig asn1.BitString
 	if !in.ReadASN1(&csr, cbasn1.SEQUENCE) || !in.Empty() ||
 		!csr.ReadASN1Element(&infoElem, cbasn1.SEQUENCE) ||
@@ -59,7 +59,7 @@ func parseCSRFast(pemBytes []byte, want spiffeid.ID) (pub *ecdsa.PublicKey, spki
 		!csr.ReadASN1BitString(&sig) || !csr.Empty() || sig.BitLength%8 != 0 {
 		return nil, nil, false
 	}
-	info = infoElem
+	info := infoElem
 	var version int64
 	var subject, spkiElem, attrs cryptobyte.String
 	if !info.ReadASN1(&info, cbasn1.SEQUENCE) ||
@@ -125,9 +125,10 @@ func decodeCSRPEM(pemBytes []byte) ([]byte, bool) {
 		return nil, false
 	}
 	body := p[len(pemCSRBegin):end]
-	// Lines of base64 ending in "\n" (or "\r\n"; the decoder skips both).
-	// A header line has a ':', and a space or anything else not base64
-	// fails the decoding.
+	// Lines of base64 ending in "\n" (the decoder skips "\r" and "\n"; a
+	// CSR whose BEGIN line ends in "\r\n" went to ParseCSR above). A header
+	// line has a ':', and a space or anything else not base64 fails the
+	// decoding.
 	if len(body) == 0 || body[len(body)-1] != '\n' {
 		return nil, false
 	}
@@ -235,7 +236,14 @@ func requestsOnly(attrs cryptobyte.String, want spiffeid.ID) bool {
 		!values.ReadASN1(&exts, cbasn1.SEQUENCE) || !values.Empty() {
 		return false
 	}
-	var seen [4]bool // basicConstraints, subjectAltName, keyUsage, extKeyUsage
+	// The extensions CheckCSR knows, in the order of known below.
+	const (
+		extBC = iota
+		extSAN
+		extKU
+		extEKU
+	)
+	var seen [extEKU + 1]bool
 	size := 0
 	for !exts.Empty() {
 		var ext, value cryptobyte.String
@@ -259,7 +267,7 @@ func requestsOnly(attrs cryptobyte.String, want spiffeid.ID) bool {
 		}
 		seen[known] = true
 		switch known {
-		case 0:
+		case extBC:
 			var bc cryptobyte.String
 			var isCA bool
 			var maxPathLen int64
@@ -268,7 +276,7 @@ func requestsOnly(attrs cryptobyte.String, want spiffeid.ID) bool {
 				(bc.PeekASN1Tag(cbasn1.INTEGER) && !bc.ReadASN1Integer(&maxPathLen)) || !bc.Empty() {
 				return false
 			}
-		case 1:
+		case extSAN:
 			var names, uri cryptobyte.String
 			if !value.ReadASN1(&names, cbasn1.SEQUENCE) || !value.Empty() ||
 				!names.ReadASN1(&uri, cbasn1.Tag(6).ContextSpecific()) || !names.Empty() ||
@@ -277,5 +285,5 @@ func requestsOnly(attrs cryptobyte.String, want spiffeid.ID) bool {
 			}
 		}
 	}
-	return seen[1] && size <= maxCSRExtensionBytes
+	return seen[extSAN] && size <= maxCSRExtensionBytes
 }

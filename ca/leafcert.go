@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"golang.org/x/crypto/cryptobyte"
-	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // A leafSigner signs X509-SVIDs for one signing CA, encoding each
@@ -110,26 +108,21 @@ func newLeafSigner(cert *x509.Certificate, key crypto.Signer) *leafSigner {
 	}
 	// As x509.CreateCertificate: the issuer's key ID, unless the issuer
 	// has none, or its subject is a leaf's (empty).
-	if len(cert.SubjectKeyId) > 0 && !bytes.Equal(cert.RawSubject, emptyName) {
-		var b cryptobyte.Builder
-		b.AddASN1(cbasn1.SEQUENCE, func(ext *cryptobyte.Builder) {
-			ext.AddASN1ObjectIdentifier(oidAuthorityKeyID)
-			ext.AddASN1(cbasn1.OCTET_STRING, func(v *cryptobyte.Builder) {
-				v.AddASN1(cbasn1.SEQUENCE, func(akid *cryptobyte.Builder) {
-					akid.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(id *cryptobyte.Builder) { id.AddBytes(cert.SubjectKeyId) })
-				})
-			})
-		})
-		var err error
-		if l.akid, err = b.Bytes(); err != nil {
-			return nil // a key ID too long to encode
-		}
+	if id := cert.SubjectKeyId; len(id) > 0 && !bytes.Equal(cert.RawSubject, emptyName) {
+		// Extension { authorityKeyIdentifier, OCTET STRING {
+		// AuthorityKeyIdentifier { [0] keyIdentifier } } }
+		keyID := tlvLen(len(id))
+		value := tlvLen(keyID)
+		ext := len(oidExtAuthorityKeyIDElement) + tlvLen(value)
+		b := make([]byte, 0, tlvLen(ext))
+		b = appendHeader(b, tagSequence, ext)
+		b = append(b, oidExtAuthorityKeyIDElement...)
+		b = appendHeader(b, tagOctetString, value)
+		b = appendHeader(b, tagSequence, keyID)
+		l.akid = append(appendHeader(b, tagKeyID, len(id)), id...)
 	}
 	return l
 }
-
-// oidAuthorityKeyID is id-ce-authorityKeyIdentifier.
-var oidAuthorityKeyID = []int{2, 5, 29, 35}
 
 // signLeaf signs the X509-SVID leafTemplate describes with s, and returns
 // it as DER with its serial.
@@ -212,6 +205,7 @@ const (
 	tagSequence        = 0x30
 	tagExtensions      = 0xa3 // [3] EXPLICIT, constructed
 	tagURI             = 0x86 // [6] IMPLICIT IA5String
+	tagKeyID           = 0x80 // [0] IMPLICIT KeyIdentifier
 )
 
 // tbsVersion is a TBSCertificate's version field, v3: [0] EXPLICIT INTEGER 2.
@@ -338,6 +332,7 @@ func asn1Time(t time.Time) (derTime, error) {
 var (
 	oidExtSubjectKeyIDElement   = append([]byte{0x06, byte(len(oidExtSubjectKeyID))}, oidExtSubjectKeyID...)
 	oidExtSubjectAltNameElement = append([]byte{0x06, byte(len(oidExtSubjectAltName))}, oidExtSubjectAltName...)
+	oidExtAuthorityKeyIDElement = append([]byte{0x06, byte(len(oidExtAuthorityKeyID))}, oidExtAuthorityKeyID...)
 )
 
 // verify checks sig over tbs with the issuer's key, as x509.CreateCertificate

@@ -314,7 +314,7 @@ func TestCanonicalSPKI(t *testing.T) {
 // of the key's bits (RFC 7093, 2, method 1), for every key type, and a
 // malformed SubjectPublicKeyInfo is refused.
 func TestSubjectKeyIDFromSPKI(t *testing.T) {
-	for _, kind := range []string{"p256", "p384", "rsa2048", "ed25519"} {
+	for _, kind := range []string{"p256", "p384", "p521", "rsa2048", "ed25519"} {
 		pub := testKey(t, kind).Public()
 		spki, err := x509.MarshalPKIXPublicKey(pub)
 		if err != nil {
