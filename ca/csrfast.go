@@ -3,7 +3,6 @@ package ca
 import (
 	"bytes"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/asn1"
@@ -29,12 +28,6 @@ var (
 	pemCSRBegin = []byte("-----BEGIN CERTIFICATE REQUEST-----\n")
 	pemCSREnd   = []byte("-----END CERTIFICATE REQUEST-----")
 
-	oidECPublicKey      = asn1.ObjectIdentifier{1, 2, 840, 10045, 2, 1}
-	oidCurveP256        = asn1.ObjectIdentifier{1, 2, 840, 10045, 3, 1, 7}
-	oidCurveP384        = asn1.ObjectIdentifier{1, 3, 132, 0, 34}
-	oidECDSAWithSHA256  = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 2}
-	oidECDSAWithSHA384  = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 3}
-	oidECDSAWithSHA512  = asn1.ObjectIdentifier{1, 2, 840, 10045, 4, 3, 4}
 	oidExtensionRequest = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 14}
 )
 
@@ -55,7 +48,7 @@ func parseCSRFast(pemBytes []byte, want spiffeid.ID) (pub *ecdsa.PublicKey, spki
 	var sig asn1.BitString
 	if !in.ReadASN1(&csr, cbasn1.SEQUENCE) || !in.Empty() ||
 		!csr.ReadASN1Element(&infoElem, cbasn1.SEQUENCE) ||
-		!csr.ReadASN1(&sigAlg, cbasn1.SEQUENCE) ||
+		!csr.ReadASN1Element(&sigAlg, cbasn1.SEQUENCE) ||
 		!csr.ReadASN1BitString(&sig) || !csr.Empty() || sig.BitLength%8 != 0 {
 		return nil, nil, false
 	}
@@ -72,19 +65,17 @@ func parseCSRFast(pemBytes []byte, want spiffeid.ID) (pub *ecdsa.PublicKey, spki
 	if pub, ok = parseECSPKI(spkiElem); !ok || !requestsOnly(attrs, want) {
 		return nil, nil, false
 	}
-	var alg asn1.ObjectIdentifier
-	if !sigAlg.ReadASN1ObjectIdentifier(&alg) || !sigAlg.Empty() { // parameters absent
-		return nil, nil, false
-	}
+	// The algorithm identifiers the leaf encoder writes: ECDSA with
+	// SHA-2, parameters absent. DER encodes each one way.
 	var digest []byte
 	switch {
-	case alg.Equal(oidECDSAWithSHA256):
+	case bytes.Equal(sigAlg, algECDSAWithSHA256):
 		sum := sha256.Sum256(infoElem)
 		digest = sum[:]
-	case alg.Equal(oidECDSAWithSHA384):
+	case bytes.Equal(sigAlg, algECDSAWithSHA384):
 		sum := sha512.Sum384(infoElem)
 		digest = sum[:]
-	case alg.Equal(oidECDSAWithSHA512):
+	case bytes.Equal(sigAlg, algECDSAWithSHA512):
 		sum := sha512.Sum512(infoElem)
 		digest = sum[:]
 	default:
@@ -194,32 +185,16 @@ func plainSubject(subject cryptobyte.String) bool {
 }
 
 // parseECSPKI parses a P-256 or P-384 SubjectPublicKeyInfo of the one form
-// x509 writes.
-func parseECSPKI(spki cryptobyte.String) (*ecdsa.PublicKey, bool) {
-	var info, alg cryptobyte.String
-	var algOID, curveOID asn1.ObjectIdentifier
-	var key asn1.BitString
-	if !spki.ReadASN1(&info, cbasn1.SEQUENCE) ||
-		!info.ReadASN1(&alg, cbasn1.SEQUENCE) || !alg.ReadASN1ObjectIdentifier(&algOID) ||
-		!alg.ReadASN1ObjectIdentifier(&curveOID) || !alg.Empty() ||
-		!info.ReadASN1BitString(&key) || !info.Empty() || key.BitLength%8 != 0 ||
-		!algOID.Equal(oidECPublicKey) {
-		return nil, false
+// x509 writes: a prefix of ecSPKIs and the uncompressed point, which
+// ParseUncompressedPublicKey checks is on the curve.
+func parseECSPKI(spki []byte) (*ecdsa.PublicKey, bool) {
+	for _, c := range ecSPKIs {
+		if point, ok := bytes.CutPrefix(spki, c.prefix); ok {
+			pub, err := ecdsa.ParseUncompressedPublicKey(c.curve, point)
+			return pub, err == nil
+		}
 	}
-	var curve elliptic.Curve
-	switch {
-	case curveOID.Equal(oidCurveP256):
-		curve = elliptic.P256()
-	case curveOID.Equal(oidCurveP384):
-		curve = elliptic.P384()
-	default:
-		return nil, false
-	}
-	pub, err := ecdsa.ParseUncompressedPublicKey(curve, key.Bytes)
-	if err != nil {
-		return nil, false
-	}
-	return pub, true
+	return nil, false
 }
 
 // requestsOnly reports whether attrs, a CSR's attributes, are one

@@ -11,6 +11,8 @@ import (
 	"encoding/asn1"
 	"encoding/pem"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -107,6 +109,8 @@ func TestParseCSRFast(t *testing.T) {
 		fast, full bool
 	}{
 		{"P-256, URI only (go-spiffe, meshca's agent)", pemCSR(plain), fastWant, true, true},
+		{"OpenSSL's, from the README's command", readTestdata(t, "openssl-p256-demo.csr.pem"),
+			spiffeid.RequireFromString("spiffe://cluster.local/ns/default/sa/demo"), true, true},
 		{"P-384", pemCSR(fastCSR(t, p384, &x509.CertificateRequest{URIs: uriOf(u)})), fastWant, true, true},
 		{"P-256 signed with SHA-384", pemCSR(fastCSR(t, p256, &x509.CertificateRequest{URIs: uriOf(u), SignatureAlgorithm: x509.ECDSAWithSHA384})), fastWant, true, true},
 		{"istio-agent: empty O, critical SAN", pemCSR(fastCSR(t, p256, &x509.CertificateRequest{
@@ -203,10 +207,7 @@ func handExt(oid, critical, value []byte) []byte {
 func handCSR(t testing.TB, key crypto.Signer, subject, spki []byte, exts ...[]byte) []byte {
 	t.Helper()
 	if spki == nil {
-		var err error
-		if spki, err = x509.MarshalPKIXPublicKey(key.Public()); err != nil {
-			t.Fatal(err)
-		}
+		spki = testSPKI(t, key.Public())
 	}
 	var b cryptobyte.Builder
 	b.AddASN1(cbasn1.SEQUENCE, func(info *cryptobyte.Builder) {
@@ -253,6 +254,16 @@ func compressedSPKI(t testing.TB, key crypto.Signer) []byte {
 	prefix := []byte{0x30, 0x39, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
 		0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x22, 0x00}
 	return append(prefix, point...)
+}
+
+// readTestdata is a file of testdata.
+func readTestdata(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func mustMarshal(t testing.TB, v any) []byte {

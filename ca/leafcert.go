@@ -69,14 +69,18 @@ var (
 		0x04, 0x02, 0x30, 0x00}
 )
 
-// DER SubjectPublicKeyInfo prefixes of the ECDSA keys, up to the
-// uncompressed point.
-var (
-	spkiPrefixP256 = []byte{0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
-		0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00}
-	spkiPrefixP384 = []byte{0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
-		0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00}
-)
+// ecSPKIs are the DER SubjectPublicKeyInfo prefixes, up to the
+// uncompressed point, of the ECDSA keys a CSR may carry, as x509 writes
+// them (DER encodes each one way).
+var ecSPKIs = []struct {
+	curve  elliptic.Curve
+	prefix []byte
+}{
+	{elliptic.P256(), []byte{0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+		0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00}},
+	{elliptic.P384(), []byte{0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+		0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00}},
+}
 
 // newLeafSigner prepares to sign leaves under cert with key. It returns
 // nil for a key it does not encode signatures for (anything but ECDSA
@@ -176,11 +180,25 @@ func (l *leafSigner) sign(f leafFields) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	sig, err := crypto.SignMessage(l.key, rand.Reader, tbs, l.opts)
+	// Hashed once, for the signature and its check (crypto.SignMessage
+	// would hash it again); a signer that hashes for itself gets the
+	// message, as crypto.SignMessage gives it.
+	var digest []byte
+	if hf := l.opts.HashFunc(); hf != 0 {
+		h := hf.New()
+		h.Write(tbs)
+		digest = h.Sum(nil)
+	}
+	var sig []byte
+	if _, hashesItself := l.key.(crypto.MessageSigner); hashesItself || digest == nil {
+		sig, err = crypto.SignMessage(l.key, rand.Reader, tbs, l.opts)
+	} else {
+		sig, err = l.key.Sign(rand.Reader, digest, l.opts)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign leaf: %w", err)
 	}
-	if err := l.verify(tbs, sig); err != nil {
+	if err := l.verify(tbs, digest, sig); err != nil {
 		return nil, fmt.Errorf("ca: sign leaf: the signature does not verify: %w", err)
 	}
 	// Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm,
@@ -335,19 +353,15 @@ var (
 	oidExtAuthorityKeyIDElement = append([]byte{0x06, byte(len(oidExtAuthorityKeyID))}, oidExtAuthorityKeyID...)
 )
 
-// verify checks sig over tbs with the issuer's key, as x509.CreateCertificate
-// does after signing.
-func (l *leafSigner) verify(tbs, sig []byte) error {
-	if l.opts.HashFunc() == 0 {
-		if !ed25519.Verify(l.pub.(ed25519.PublicKey), tbs, sig) {
+// verify checks sig over tbs (hashed: digest, nil for Ed25519) with the
+// issuer's key, as x509.CreateCertificate does after signing.
+func (l *leafSigner) verify(tbs, digest, sig []byte) error {
+	switch pub := l.pub.(type) {
+	case ed25519.PublicKey:
+		if !ed25519.Verify(pub, tbs, sig) {
 			return errors.New("ed25519 verification failure")
 		}
 		return nil
-	}
-	h := l.opts.HashFunc().New()
-	h.Write(tbs)
-	digest := h.Sum(nil)
-	switch pub := l.pub.(type) {
 	case *ecdsa.PublicKey:
 		if !ecdsa.VerifyASN1(pub, digest, sig) {
 			return errors.New("ECDSA verification failure")
@@ -366,19 +380,13 @@ func (l *leafSigner) verify(tbs, sig []byte) error {
 // encoding it again.
 func canonicalSPKI(pub crypto.PublicKey, spki []byte) ([]byte, error) {
 	if k, ok := pub.(*ecdsa.PublicKey); ok {
-		var prefix []byte
-		switch k.Curve {
-		case elliptic.P256():
-			prefix = spkiPrefixP256
-		case elliptic.P384():
-			prefix = spkiPrefixP384
-		}
-		if size := (k.Curve.Params().BitSize + 7) / 8; prefix != nil &&
-			len(spki) == len(prefix)+1+2*size && bytes.HasPrefix(spki, prefix) {
-			// And it is pub's point: the certificate carries spki, so
-			// ValidateLeaf's comparison with it could not tell.
-			if point, err := k.Bytes(); err == nil && bytes.Equal(spki[len(prefix):], point) {
-				return spki, nil
+		for _, c := range ecSPKIs {
+			// And it must be pub's point: the certificate carries spki,
+			// so ValidateLeaf's comparison with it could not tell.
+			if point, ok := bytes.CutPrefix(spki, c.prefix); ok && k.Curve == c.curve {
+				if want, err := k.Bytes(); err == nil && bytes.Equal(point, want) {
+					return spki, nil
+				}
 			}
 		}
 	}

@@ -22,6 +22,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+
+	"github.com/meshca/meshca/internal/testca"
 )
 
 // testKeys are generated once per kind: RSA keys take long to make.
@@ -62,33 +64,38 @@ func testKey(t testing.TB, kind string) crypto.Signer {
 	return k
 }
 
-// testIssuer makes a CA certificate for key, with the given subject and,
-// if ski, a subject key ID.
+// testIssuer makes a certificate for key to sign leaves with, with the
+// given subject. With ski it is a CA with a subject key ID; without, it is
+// not a CA, the one way x509 leaves the key ID out, so that the leaf signer
+// is tried without an authority key ID.
 func testIssuer(t testing.TB, key crypto.Signer, subject pkix.Name, ski bool) *x509.Certificate {
 	t.Helper()
 	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(7),
 		Subject:               subject,
 		NotBefore:             time.Date(1940, 1, 1, 0, 0, 0, 0, time.UTC),
 		NotAfter:              time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
 		BasicConstraintsValid: true,
-		IsCA:                  true,
+		IsCA:                  ski,
 	}
 	if ski {
 		tmpl.SubjectKeyId = []byte("0123456789abcdefghij")
-	} else {
-		tmpl.SubjectKeyId = []byte{} // not generated
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
+	c := testca.Sign(t, tmpl, nil, key.Public(), key)
+	if (len(c.SubjectKeyId) > 0) != ski {
+		t.Fatalf("issuer's subject key ID %x, want one: %v", c.SubjectKeyId, ski)
 	}
 	return c
+}
+
+// testSPKI is pub's DER SubjectPublicKeyInfo.
+func testSPKI(t testing.TB, pub crypto.PublicKey) []byte {
+	t.Helper()
+	spki, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return spki
 }
 
 // TestLeafSignerMatchesCreateCertificate: for every issuer and subject key
@@ -135,10 +142,7 @@ func TestLeafSignerMatchesCreateCertificate(t *testing.T) {
 		}
 		for _, subjectKind := range []string{"p256", "p384", "p521", "rsa2048", "ed25519"} {
 			sub := testKey(t, subjectKind)
-			spki, err := x509.MarshalPKIXPublicKey(sub.Public())
-			if err != nil {
-				t.Fatal(err)
-			}
+			spki := testSPKI(t, sub.Public())
 			for _, path := range paths {
 				for _, tc := range times {
 					name := ic.name + "/" + subjectKind + "/" + tc.name + "/" + path[:min(len(path), 12)]
@@ -173,7 +177,8 @@ func TestLeafSignerMatchesCreateCertificate(t *testing.T) {
 					if gotCert.SignatureAlgorithm != wantCert.SignatureAlgorithm {
 						t.Fatalf("%s: signature algorithm %v, want %v", name, gotCert.SignatureAlgorithm, wantCert.SignatureAlgorithm)
 					}
-					if err := gotCert.CheckSignatureFrom(issuer); err != nil {
+					// The issuer's key, not its CA bit (one issuer is not a CA).
+					if err := issuer.CheckSignature(gotCert.SignatureAlgorithm, gotCert.RawTBSCertificate, gotCert.Signature); err != nil {
 						t.Fatalf("%s: signature: %v", name, err)
 					}
 					if g, w := outerAlgorithm(t, got), outerAlgorithm(t, want); !bytes.Equal(g, w) {
@@ -224,7 +229,7 @@ func TestNewLeafSignerDeclines(t *testing.T) {
 		issuer := testIssuer(t, p256, pkix.Name{CommonName: "a"}, true)
 		s := &signingCA{cert: issuer, key: testKey(t, "p384")}
 		s.leaf = newLeafSigner(s.cert, s.key)
-		spki, _ := x509.MarshalPKIXPublicKey(p256.Public())
+		spki := testSPKI(t, p256.Public())
 		now := time.Now().Truncate(time.Second)
 		if _, _, err := s.signLeaf(spiffeid.RequireFromString("spiffe://td/x"), p256.Public(), spki, now, now.Add(time.Hour)); err == nil ||
 			!strings.Contains(err.Error(), "doesn't match parent's PublicKey") {
@@ -251,10 +256,7 @@ func (f faultySigner) Sign(r io.Reader, digest []byte, opts crypto.SignerOpts) (
 // under the issuer's key never leaves sign, for every kind of issuer key.
 func TestLeafSignerVerifiesItsSignature(t *testing.T) {
 	sub := testKey(t, "p256")
-	spki, err := x509.MarshalPKIXPublicKey(sub.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
+	spki := testSPKI(t, sub.Public())
 	id := spiffeid.RequireFromString("spiffe://td/ns/a/sa/b")
 	now := time.Now().Truncate(time.Second)
 	for _, kind := range []string{"p256", "p384", "p521", "rsa2048", "ed25519"} {
@@ -283,10 +285,7 @@ func TestLeafSignerVerifiesItsSignature(t *testing.T) {
 func TestCanonicalSPKI(t *testing.T) {
 	for _, kind := range []string{"p256", "p384", "p521", "rsa2048", "ed25519"} {
 		pub := testKey(t, kind).Public()
-		want, err := x509.MarshalPKIXPublicKey(pub)
-		if err != nil {
-			t.Fatal(err)
-		}
+		want := testSPKI(t, pub)
 		cases := map[string][]byte{"canonical": want, "truncated": want[:len(want)-1], "none": nil}
 		if k, ok := pub.(*ecdsa.PublicKey); ok {
 			// The same form, another key's point.
@@ -294,9 +293,7 @@ func TestCanonicalSPKI(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if cases["another key"], err = x509.MarshalPKIXPublicKey(&other.PublicKey); err != nil {
-				t.Fatal(err)
-			}
+			cases["another key"] = testSPKI(t, &other.PublicKey)
 		}
 		for name, in := range cases {
 			got, err := canonicalSPKI(pub, in)
@@ -316,10 +313,7 @@ func TestCanonicalSPKI(t *testing.T) {
 func TestSubjectKeyIDFromSPKI(t *testing.T) {
 	for _, kind := range []string{"p256", "p384", "p521", "rsa2048", "ed25519"} {
 		pub := testKey(t, kind).Public()
-		spki, err := x509.MarshalPKIXPublicKey(pub)
-		if err != nil {
-			t.Fatal(err)
-		}
+		spki := testSPKI(t, pub)
 		var info struct {
 			Algorithm pkix.AlgorithmIdentifier
 			PublicKey asn1.BitString
@@ -333,10 +327,7 @@ func TestSubjectKeyIDFromSPKI(t *testing.T) {
 			t.Errorf("%s: %x, %v; want %x", kind, got, err, sum[:20])
 		}
 	}
-	spki, err := x509.MarshalPKIXPublicKey(testKey(t, "p256").Public())
-	if err != nil {
-		t.Fatal(err)
-	}
+	spki := testSPKI(t, testKey(t, "p256").Public())
 	for name, in := range map[string][]byte{
 		"empty":          nil,
 		"truncated":      spki[:len(spki)-1],
@@ -372,10 +363,7 @@ func TestDERHeader(t *testing.T) {
 func TestEncodeTBSRefuses(t *testing.T) {
 	key := testKey(t, "p256")
 	l := newLeafSigner(testIssuer(t, key, pkix.Name{CommonName: "i"}, true), key)
-	spki, err := x509.MarshalPKIXPublicKey(key.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
+	spki := testSPKI(t, key.Public())
 	now := time.Date(2026, 11, 24, 0, 0, 0, 0, time.UTC)
 	ok := leafFields{serial: big.NewInt(1), notBefore: now, notAfter: now.Add(time.Hour), id: spiffeid.RequireFromString("spiffe://td/x"), pub: key.Public(), spki: spki, ski: []byte{1}}
 	for _, tc := range []struct {
@@ -419,10 +407,7 @@ func FuzzLeafSigner(f *testing.F) {
 		nb := time.Unix(notBefore, 0).UTC()
 		na := nb.Add(time.Duration(ttl%(1<<32)) * time.Second)
 		sub := testKey(t, map[bool]string{false: "p256", true: "rsa2048"}[rsaSubject])
-		spki, err := x509.MarshalPKIXPublicKey(sub.Public())
-		if err != nil {
-			t.Fatal(err)
-		}
+		spki := testSPKI(t, sub.Public())
 		tmpl, err := leafTemplate(id, sub.Public(), spki, nb, na)
 		if err != nil {
 			t.Fatal(err)
@@ -448,4 +433,52 @@ func FuzzLeafSigner(f *testing.F) {
 			t.Fatalf("TBSCertificate differs\n got %x\nwant %x", gotCert.RawTBSCertificate, wantCert.RawTBSCertificate)
 		}
 	})
+}
+
+// messageSigner hashes for itself (crypto.MessageSigner), as a remote
+// signer may, and counts the messages it was given.
+type messageSigner struct {
+	crypto.Signer
+	messages *int
+}
+
+func (m messageSigner) SignMessage(r io.Reader, msg []byte, opts crypto.SignerOpts) ([]byte, error) {
+	*m.messages++
+	return crypto.SignMessage(m.Signer, r, msg, opts)
+}
+
+// TestLeafSignerSignerKinds: a signer given a digest and one that hashes
+// the message itself both sign leaves that verify, and the second is given
+// the message.
+func TestLeafSignerSignerKinds(t *testing.T) {
+	sub := testKey(t, "p256")
+	spki := testSPKI(t, sub.Public())
+	ski, err := subjectKeyIDFromSPKI(spki)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().Truncate(time.Second)
+	f := leafFields{serial: big.NewInt(1), notBefore: now, notAfter: now.Add(time.Hour),
+		id: spiffeid.RequireFromString("spiffe://td/ns/a/sa/b"), pub: sub.Public(), spki: spki, ski: ski}
+	for _, kind := range []string{"p256", "rsa2048", "ed25519"} {
+		key := testKey(t, kind)
+		issuer := testIssuer(t, key, pkix.Name{CommonName: "i"}, true)
+		var messages int
+		for name, signer := range map[string]crypto.Signer{"digest": key, "message": messageSigner{key, &messages}} {
+			der, err := newLeafSigner(issuer, signer).sign(f)
+			if err != nil {
+				t.Fatalf("%s/%s: %v", kind, name, err)
+			}
+			leaf, err := x509.ParseCertificate(der)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := issuer.CheckSignature(leaf.SignatureAlgorithm, leaf.RawTBSCertificate, leaf.Signature); err != nil {
+				t.Fatalf("%s/%s: %v", kind, name, err)
+			}
+		}
+		if messages != 1 {
+			t.Errorf("%s: the signer that hashes for itself was given %d messages, want 1", kind, messages)
+		}
+	}
 }
