@@ -64,7 +64,10 @@ type StormResult struct {
 	Latencies []time.Duration
 	// Renewals and Sheds count, per second since the storm began, the
 	// attempts that got a certificate and those shed: where the time went.
-	Renewals, Sheds []int
+	// AskedBack counts the sheds by the second their hint asked the caller
+	// back in (the shed's time plus its hint, before jitter): how the
+	// server spread the retries.
+	Renewals, Sheds, AskedBack []int
 }
 
 // perSecond counts one event in the second of the storm it happened in.
@@ -93,13 +96,18 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 		wg  sync.WaitGroup
 	)
 	begin := time.Now()
-	attempt := func(ok bool) {
+	attempt := func(ok bool, hint time.Duration) {
 		mu.Lock()
 		defer mu.Unlock()
-		if ok {
-			res.Renewals = perSecond(res.Renewals, time.Since(begin))
-		} else {
-			res.Sheds = perSecond(res.Sheds, time.Since(begin))
+		at := time.Since(begin)
+		switch {
+		case ok:
+			res.Renewals = perSecond(res.Renewals, at)
+		default:
+			res.Sheds = perSecond(res.Sheds, at)
+			if hint >= 0 {
+				res.AskedBack = perSecond(res.AskedBack, at+hint)
+			}
 		}
 	}
 	finish := func(lat time.Duration, fail string, shed int, hints []time.Duration) {
@@ -127,8 +135,8 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 // renew is one workload: it returns the latency of the attempt that
 // succeeded, or why it failed, how often it was shed and the retry hints
 // it was given. It calls attempt after each attempt that got a certificate
-// (true) or was shed (false).
-func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm, attempt func(ok bool)) (lat time.Duration, fail string, shed int, hints []time.Duration) {
+// (true) or was shed (false, with the hint, or -1 without one).
+func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm, attempt func(ok bool, hint time.Duration)) (lat time.Duration, fail string, shed int, hints []time.Duration) {
 	for n := 0; ; n++ {
 		actx, cancel := context.WithTimeout(ctx, cfg.AttemptTimeout)
 		var trailer metadata.MD
@@ -137,7 +145,7 @@ func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm, attempt f
 		lat = time.Since(start)
 		cancel()
 		if err == nil {
-			attempt(true)
+			attempt(true, 0)
 			return lat, "", shed, hints
 		}
 		if ctx.Err() != nil {
@@ -148,12 +156,15 @@ func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm, attempt f
 			return 0, st.Code().String(), shed, hints
 		}
 		shed++
-		attempt(false)
 		wait := backoff(n, cfg.BackoffMin, cfg.BackoffMax, rand.Float64()) //nolint:gosec // G404: jitter, not a secret
-		if hint, ok := retryHint(st, trailer); ok {
+		hint, ok := retryHint(st, trailer)
+		if ok {
 			hints = append(hints, hint)
 			wait = hintWait(hint, cfg.BackoffMin, rand.Float64()) //nolint:gosec // G404: jitter
+		} else {
+			hint = -1
 		}
+		attempt(false, hint)
 		select {
 		case <-ctx.Done():
 			return 0, "deadline", shed, hints

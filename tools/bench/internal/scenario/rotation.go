@@ -84,7 +84,7 @@ func (e *Env) storm(ctx context.Context, t *target, per int, csrs [][]pki.CSR, c
 	r.PeakRSS = m.s.rss
 	e.logf("rotation %-20s renewed %d, failed %s, shed %d, done in %s, peak RSS %s", t.name, r.Renewed,
 		report.Codes(r.Failed), r.Shed, report.Seconds(r.Done), report.MiB(r.PeakRSS))
-	e.logf("rotation %-20s per second: renewed %v, shed %v", t.name, r.Renewals, r.Sheds)
+	e.logf("rotation %-20s per second: renewed %v, shed %v, asked back %v", t.name, r.Renewals, r.Sheds, r.AskedBack)
 	return r, m.s.cpu, nil
 }
 
