@@ -56,12 +56,16 @@ type gate struct {
 	// slot; over the slots, it stands in for the pace until one is
 	// measured.
 	serviceNanos atomic.Int64
-	// retryMu guards nextRetry, the time handed to the last request
-	// shed: each one shed is given the next free moment at the rate the
-	// slots serve, so those turned away together come back one after
-	// another instead of together.
-	retryMu   sync.Mutex
-	nextRetry time.Time
+	// retryMu guards booked and bookedAt: the callers shed who were
+	// asked back and not due yet, counted at bookedAt. Each one shed is
+	// asked back after them, at the gate's pace, so that those turned
+	// away together come back one after another instead of together.
+	// They are counted, not timed: as the pace measured improves (a
+	// flood's first measurements are the worst), those booked fall due
+	// sooner, and the next caller is asked back sooner.
+	retryMu  sync.Mutex
+	booked   float64
+	bookedAt time.Time
 }
 
 func newGate(slots, maxQueued int, maxWait time.Duration, c clock.Clock) *gate {
@@ -190,26 +194,29 @@ func ewma(v *atomic.Int64, x, weight int64) {
 // shed counts one request turned away and returns its error with the
 // hint: a moment after those in line (at most maxWait) and those turned
 // away before it have been served, at the rate the gate serves when
-// saturated.
+// saturated (see booked: those are counted at the pace of the moment).
 func (g *gate) shed() error {
 	if g.onShed != nil {
 		g.onShed()
 	}
 	now := g.clock.Now()
 	per := g.perRequest()
-	g.retryMu.Lock()
-	defer g.retryMu.Unlock()
 	// Nobody waits in line longer than maxWait (then it is served or
 	// shed itself), so the line delays a retry by at most that, whatever
 	// its length times a pace measured while it filled.
-	if base := now.Add(min(time.Duration(g.queued.Load())*per, g.maxWait)); g.nextRetry.Before(base) {
-		g.nextRetry = base
+	line := min(time.Duration(g.queued.Load())*per, g.maxWait)
+	if per <= 0 {
+		return &OverloadedError{RetryAfter: max(line, minRetryHint)}
 	}
-	g.nextRetry = g.nextRetry.Add(per)
-	if limit := now.Add(maxRetryHint); g.nextRetry.After(limit) {
-		g.nextRetry = limit
+	g.retryMu.Lock()
+	defer g.retryMu.Unlock()
+	if el := now.Sub(g.bookedAt); el > 0 {
+		g.booked = max(g.booked-float64(el)/float64(per), 0)
 	}
-	return &OverloadedError{RetryAfter: max(g.nextRetry.Sub(now), minRetryHint)}
+	g.bookedAt = now
+	hint := min(max(time.Duration(g.booked*float64(per)), line)+per, maxRetryHint)
+	g.booked = float64(hint) / float64(per)
+	return &OverloadedError{RetryAfter: max(hint, minRetryHint)}
 }
 
 // retryAfterSeconds is d for a Retry-After header: whole seconds, rounded

@@ -225,3 +225,33 @@ func TestGateMeasuresItsPace(t *testing.T) {
 		t.Fatalf("per request %s after unsaturated finishes, want 10ms kept", got)
 	}
 }
+
+// TestRetryHintsFollowThePace: the callers already asked back are counted,
+// not timed, so when the pace measured improves (a flood's first
+// measurements are its worst), they fall due at the new pace and the next
+// caller is asked back that much sooner, instead of after everyone booked
+// at the old pace; as time passes they fall due at the pace of the moment.
+func TestRetryHintsFollowThePace(t *testing.T) {
+	clk := clocktest.New(epoch)
+	g := newGate(2, 0, time.Second, clk)
+	g.serviceNanos.Store(int64(2 * time.Millisecond)) // 1ms per request over two slots
+	var last time.Duration
+	for range 10_000 {
+		last = wantOverloaded(t, g.shed())
+	}
+	if last != 10*time.Second {
+		t.Fatalf("10,000th hint at a 1ms pace = %s, want 10s", last)
+	}
+	g.serviceNanos.Store(int64(200 * time.Microsecond)) // now 100µs per request
+	if got := wantOverloaded(t, g.shed()); got != 1000100*time.Microsecond {
+		t.Fatalf("hint once the pace is 100µs = %s, want 10,001 × 100µs", got)
+	}
+	clk.Advance(600 * time.Millisecond) // 6,000 of them fall due
+	if got := wantOverloaded(t, g.shed()); got != 400200*time.Microsecond {
+		t.Fatalf("hint 600ms later = %s, want 4,002 × 100µs", got)
+	}
+	clk.Advance(time.Second) // all due: the line and the minimum again
+	if got := wantOverloaded(t, g.shed()); got != minRetryHint {
+		t.Fatalf("hint with nobody booked = %s, want the minimum %s", got, minRetryHint)
+	}
+}
