@@ -75,11 +75,18 @@ func ParseCSR(pemBytes []byte) (*x509.CertificateRequest, error) {
 // CheckCSR checks that csr asks for exactly the identity want and nothing a
 // workload certificate may not have: one URI SAN equal to want, no DNS, IP
 // or email SANs, no CA bit, no unknown critical extension, at most
-// maxCSRExtensionBytes of extensions, and an allowed key. Errors wrap ErrInvalidCSR or
+// maxCSRExtensionBytes of extensions, and an allowed key in its DER
+// encoding. Errors wrap ErrInvalidCSR or
 // ErrIdentityMismatch.
 func CheckCSR(csr *x509.CertificateRequest, want spiffeid.ID) error {
 	if err := CheckPublicKey(csr.PublicKey); err != nil {
 		return err
+	}
+	// x509 parses some keys written other than DER's one way (an extra
+	// parameter after the curve); the certificate would carry the key's
+	// DER, and the issued leaf would not match the CSR's.
+	if der, err := x509.MarshalPKIXPublicKey(csr.PublicKey); err != nil || !bytes.Equal(der, csr.RawSubjectPublicKeyInfo) {
+		return fmt.Errorf("%w: the public key is not DER-encoded as RFC 5280 writes it", ErrInvalidCSR)
 	}
 	switch n := len(csr.URIs); {
 	case n == 0:

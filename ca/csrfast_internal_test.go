@@ -10,6 +10,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/pem"
+	"errors"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -19,6 +20,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/crypto/cryptobyte"
 	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
+
+	"github.com/meshca/meshca/attestor"
 )
 
 var fastWant = spiffeid.RequireFromString("spiffe://cluster.local/ns/a/sa/b")
@@ -145,6 +148,7 @@ func TestParseCSRFast(t *testing.T) {
 		{"SAN twice", pemCSR(handCSR(t, p256, emptyName, nil, handExt(oidExtSubjectAltName, nil, sanURIs(t, u)), handExt(oidExtSubjectAltName, nil, sanURIs(t, u)))), fastWant, false, false},
 		{"URI name constructed", pemCSR(handCSR(t, p256, emptyName, nil, handExt(oidExtSubjectAltName, nil, append([]byte{0x30, byte(len(u) + 4), 0xa6, byte(len(u) + 2), 0x16, byte(len(u))}, u...)))), fastWant, false, false},
 		{"an empty RDN", pemCSR(handCSR(t, p256, []byte{0x30, 0x02, 0x31, 0x00}, nil, handExt(oidExtSubjectAltName, nil, sanURIs(t, u)))), fastWant, false, true},
+		{"key with a parameter after the curve", pemCSR(handCSR(t, p256, emptyName, paddedSPKI(t, p256), handExt(oidExtSubjectAltName, nil, sanURIs(t, u)))), fastWant, false, false},
 		{"compressed point", pemCSR(handCSR(t, p256, emptyName, compressedSPKI(t, p256), handExt(oidExtSubjectAltName, nil, sanURIs(t, u)))), fastWant, false, false},
 
 		// Left to the full parse, which accepts.
@@ -227,11 +231,20 @@ func handCSR(t testing.TB, key crypto.Signer, subject, spki []byte, exts ...[]by
 			})
 		})
 	})
-	info := b.BytesOrPanic()
+	der, err := signCSRInfo(key, b.BytesOrPanic())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+// signCSRInfo is the DER CSR of info, a CertificationRequestInfo, signed
+// by key with ECDSA and SHA-256.
+func signCSRInfo(key crypto.Signer, info []byte) ([]byte, error) {
 	sum := sha256.Sum256(info)
 	sig, err := key.Sign(rand.Reader, sum[:], crypto.SHA256)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	var c cryptobyte.Builder
 	c.AddASN1(cbasn1.SEQUENCE, func(csr *cryptobyte.Builder) {
@@ -239,7 +252,7 @@ func handCSR(t testing.TB, key crypto.Signer, subject, spki []byte, exts ...[]by
 		csr.AddBytes(algECDSAWithSHA256)
 		csr.AddASN1BitString(sig)
 	})
-	return c.BytesOrPanic()
+	return c.Bytes()
 }
 
 // compressedSPKI is key's P-256 SubjectPublicKeyInfo with the point in
@@ -254,6 +267,17 @@ func compressedSPKI(t testing.TB, key crypto.Signer) []byte {
 	prefix := []byte{0x30, 0x39, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
 		0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x22, 0x00}
 	return append(prefix, point...)
+}
+
+// paddedSPKI is key's P-256 SubjectPublicKeyInfo with a NULL after the
+// curve in its AlgorithmIdentifier: x509 parses it, but it is not the DER
+// a certificate of the key carries.
+func paddedSPKI(t testing.TB, key crypto.Signer) []byte {
+	t.Helper()
+	der := testSPKI(t, key.Public())
+	alg := append([]byte{0x30, 0x15}, der[4:4+0x13]...) // the AlgorithmIdentifier's contents, then a NULL
+	alg = append(alg, 0x05, 0x00)
+	return append(append([]byte{0x30, byte(len(alg) + len(der) - 4 - 0x13)}, alg...), der[4+0x13:]...)
 }
 
 // readTestdata is a file of testdata.
@@ -320,5 +344,47 @@ func FuzzCSRFastPath(f *testing.F) {
 			data = pemCSR(data)
 		}
 		checkFastPath(t, data, fastWant)
+	})
+}
+
+// TestSubjectKeyRefusesNonDERKey: a CSR whose key x509 parses but which is
+// not in DER's one encoding is a bad request (ErrInvalidCSR), not a leaf
+// the validator refuses after signing.
+func TestSubjectKeyRefusesNonDERKey(t *testing.T) {
+	key := testKey(t, "p256")
+	csr := pemCSR(handCSR(t, key, emptyName, paddedSPKI(t, key), handExt(oidExtSubjectAltName, nil, sanURIs(t, fastWant.String()))))
+	_, _, err := subjectKey(SignRequest{CSR: csr, Identity: attestor.Identity{ID: fastWant}})
+	if !errors.Is(err, ErrInvalidCSR) {
+		t.Fatalf("error %v, want ErrInvalidCSR", err)
+	}
+}
+
+// FuzzCSRFastPathSigned holds the fast path to the same contract on fuzzed
+// CertificationRequestInfo bodies, each signed before the check: a change
+// inside a signed CSR breaks its signature, so FuzzCSRFastPath reaches the
+// body's parsing only through the framing; this one reaches all of it.
+func FuzzCSRFastPathSigned(f *testing.F) {
+	p256 := testKey(f, "p256")
+	u, err := url.Parse(fastWant.String())
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, tmpl := range []*x509.CertificateRequest{
+		{URIs: []*url.URL{u}},
+		{Subject: pkix.Name{Organization: []string{""}}, ExtraExtensions: []pkix.Extension{ext(f, oidCSRSubjectAltName, true, sanURIs(f, u.String()))}},
+		{Subject: pkix.Name{CommonName: "w"}, URIs: []*url.URL{u}, ExtraExtensions: []pkix.Extension{ext(f, oidBasicConstraints, true, []byte{0x30, 0x00})}},
+	} {
+		csr, err := x509.ParseCertificateRequest(fastCSR(f, p256, tmpl))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(csr.RawTBSCertificateRequest)
+	}
+	f.Fuzz(func(t *testing.T, info []byte) {
+		der, err := signCSRInfo(p256, info)
+		if err != nil {
+			t.Skip(err) // too long for cryptobyte's lengths
+		}
+		checkFastPath(t, pemCSR(der), fastWant)
 	})
 }

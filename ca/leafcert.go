@@ -34,9 +34,10 @@ import (
 // one. ValidateLeaf still re-reads every leaf independently.
 type leafSigner struct {
 	key    crypto.Signer
-	pub    crypto.PublicKey // key's, which is the issuer certificate's
+	cert   *x509.Certificate // the issuer, whose key key is
 	opts   crypto.SignerOpts
-	sigAlg []byte // DER AlgorithmIdentifier of the signatures
+	alg    x509.SignatureAlgorithm
+	sigAlg []byte // DER AlgorithmIdentifier of the signatures: alg's
 	issuer []byte // DER Name: the issuer certificate's subject
 	akid   []byte // DER authorityKeyIdentifier extension; nil if the issuer has no key ID
 }
@@ -84,30 +85,34 @@ var ecSPKIs = []struct {
 
 // newLeafSigner prepares to sign leaves under cert with key. It returns
 // nil for a key it does not encode signatures for (anything but ECDSA
-// P-256, P-384 or P-521, RSA, or Ed25519) and for a key that is not cert's:
-// those leaves go through x509.CreateCertificate, which says what is wrong.
+// P-256, P-384 or P-521, RSA, or Ed25519), for a key that is not cert's,
+// and for a certificate not parsed from DER (no RawSubject): those leaves
+// go through x509.CreateCertificate, which says what is wrong.
 func newLeafSigner(cert *x509.Certificate, key crypto.Signer) *leafSigner {
-	l := &leafSigner{key: key, pub: key.Public(), issuer: cert.RawSubject}
-	switch pub := l.pub.(type) {
+	if len(cert.RawSubject) == 0 {
+		return nil
+	}
+	l := &leafSigner{key: key, cert: cert, issuer: cert.RawSubject}
+	switch pub := key.Public().(type) {
 	case *ecdsa.PublicKey:
 		switch pub.Curve {
 		case elliptic.P256():
-			l.sigAlg, l.opts = algECDSAWithSHA256, crypto.SHA256
+			l.sigAlg, l.alg, l.opts = algECDSAWithSHA256, x509.ECDSAWithSHA256, crypto.SHA256
 		case elliptic.P384():
-			l.sigAlg, l.opts = algECDSAWithSHA384, crypto.SHA384
+			l.sigAlg, l.alg, l.opts = algECDSAWithSHA384, x509.ECDSAWithSHA384, crypto.SHA384
 		case elliptic.P521():
-			l.sigAlg, l.opts = algECDSAWithSHA512, crypto.SHA512
+			l.sigAlg, l.alg, l.opts = algECDSAWithSHA512, x509.ECDSAWithSHA512, crypto.SHA512
 		default:
 			return nil
 		}
 	case *rsa.PublicKey:
-		l.sigAlg, l.opts = algSHA256WithRSA, crypto.SHA256
+		l.sigAlg, l.alg, l.opts = algSHA256WithRSA, x509.SHA256WithRSA, crypto.SHA256
 	case ed25519.PublicKey:
-		l.sigAlg, l.opts = algEd25519, crypto.Hash(0)
+		l.sigAlg, l.alg, l.opts = algEd25519, x509.PureEd25519, crypto.Hash(0)
 	default:
 		return nil
 	}
-	if eq, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !eq.Equal(l.pub) {
+	if eq, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !eq.Equal(key.Public()) {
 		return nil
 	}
 	// As x509.CreateCertificate: the issuer's key ID, unless the issuer
@@ -180,25 +185,12 @@ func (l *leafSigner) sign(f leafFields) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Hashed once, for the signature and its check (crypto.SignMessage
-	// would hash it again); a signer that hashes for itself gets the
-	// message, as crypto.SignMessage gives it.
-	var digest []byte
-	if hf := l.opts.HashFunc(); hf != 0 {
-		h := hf.New()
-		h.Write(tbs)
-		digest = h.Sum(nil)
-	}
-	var sig []byte
-	if _, hashesItself := l.key.(crypto.MessageSigner); hashesItself || digest == nil {
-		sig, err = crypto.SignMessage(l.key, rand.Reader, tbs, l.opts)
-	} else {
-		sig, err = l.key.Sign(rand.Reader, digest, l.opts)
-	}
+	// As x509.CreateCertificate signs, and checks the signature after.
+	sig, err := crypto.SignMessage(l.key, rand.Reader, tbs, l.opts)
 	if err != nil {
 		return nil, fmt.Errorf("ca: sign leaf: %w", err)
 	}
-	if err := l.verify(tbs, digest, sig); err != nil {
+	if err := l.cert.CheckSignature(l.alg, tbs, sig); err != nil {
 		return nil, fmt.Errorf("ca: sign leaf: the signature does not verify: %w", err)
 	}
 	// Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm,
@@ -352,26 +344,6 @@ var (
 	oidExtSubjectAltNameElement = append([]byte{0x06, byte(len(oidExtSubjectAltName))}, oidExtSubjectAltName...)
 	oidExtAuthorityKeyIDElement = append([]byte{0x06, byte(len(oidExtAuthorityKeyID))}, oidExtAuthorityKeyID...)
 )
-
-// verify checks sig over tbs (hashed: digest, nil for Ed25519) with the
-// issuer's key, as x509.CreateCertificate does after signing.
-func (l *leafSigner) verify(tbs, digest, sig []byte) error {
-	switch pub := l.pub.(type) {
-	case ed25519.PublicKey:
-		if !ed25519.Verify(pub, tbs, sig) {
-			return errors.New("ed25519 verification failure")
-		}
-		return nil
-	case *ecdsa.PublicKey:
-		if !ecdsa.VerifyASN1(pub, digest, sig) {
-			return errors.New("ECDSA verification failure")
-		}
-		return nil
-	case *rsa.PublicKey:
-		return rsa.VerifyPKCS1v15(pub, l.opts.HashFunc(), digest, sig)
-	}
-	return fmt.Errorf("unexpected key type %T", l.pub)
-}
 
 // canonicalSPKI returns pub as x509.MarshalPKIXPublicKey encodes it, which
 // is what a certificate carries. spki, the CSR's encoding of pub, is that

@@ -41,8 +41,8 @@ var (
 // serverAuth and/or clientAuth only, one URI SAN equal to id and no other
 // name, a subject key ID, and an authority key ID equal to the issuer's.
 //
-// It does not verify the signature (x509.CreateCertificate verified it just
-// before) and it allocates little: it reads the DER with cryptobyte rather
+// It does not verify the signature (signingCA.signLeaf verified it just
+// before, in the leaf signer or in x509.CreateCertificate) and it allocates little: it reads the DER with cryptobyte rather
 // than x509.ParseCertificate, which would double its cost per issuance.
 func ValidateLeaf(der []byte, issuer *x509.Certificate, id spiffeid.ID, spki []byte, now time.Time) error {
 	fail := func(format string, args ...any) error {

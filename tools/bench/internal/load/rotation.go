@@ -100,14 +100,13 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 		mu.Lock()
 		defer mu.Unlock()
 		at := time.Since(begin)
-		switch {
-		case ok:
+		if ok {
 			res.Renewals = perSecond(res.Renewals, at)
-		default:
-			res.Sheds = perSecond(res.Sheds, at)
-			if hint >= 0 {
-				res.AskedBack = perSecond(res.AskedBack, at+hint)
-			}
+			return
+		}
+		res.Sheds = perSecond(res.Sheds, at)
+		if hint >= 0 {
+			res.AskedBack = perSecond(res.AskedBack, at+hint)
 		}
 	}
 	finish := func(lat time.Duration, fail string, shed int, hints []time.Duration) {
