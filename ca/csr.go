@@ -41,6 +41,25 @@ var (
 // ParseCSR decodes one PEM "CERTIFICATE REQUEST" and checks its signature.
 // Errors wrap ErrInvalidCSR.
 func ParseCSR(pemBytes []byte) (*x509.CertificateRequest, error) {
+	der, err := csrDER(pemBytes)
+	if err != nil {
+		return nil, err
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidCSR, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: signature does not verify: %v", ErrInvalidCSR, err)
+	}
+	return csr, nil
+}
+
+// csrDER is the DER of a CSR in PEM: exactly one plain "CERTIFICATE
+// REQUEST" (or "NEW CERTIFICATE REQUEST") block, without headers, with
+// whitespace at most around it, within MaxCSRSize. Errors wrap
+// ErrInvalidCSR.
+func csrDER(pemBytes []byte) ([]byte, error) {
 	if len(pemBytes) > MaxCSRSize {
 		return nil, fmt.Errorf("%w: %d bytes is over the %d byte limit", ErrInvalidCSR, len(pemBytes), MaxCSRSize)
 	}
@@ -62,14 +81,7 @@ func ParseCSR(pemBytes []byte) (*x509.CertificateRequest, error) {
 	if len(bytes.TrimSpace(rest)) != 0 {
 		return nil, fmt.Errorf("%w: trailing data after the PEM block", ErrInvalidCSR)
 	}
-	csr, err := x509.ParseCertificateRequest(block.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrInvalidCSR, err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("%w: signature does not verify: %v", ErrInvalidCSR, err)
-	}
-	return csr, nil
+	return block.Bytes, nil
 }
 
 // CheckCSR checks that csr asks for exactly the identity want and nothing a

@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/asn1"
-	"encoding/base64"
 	"strings"
 	"unicode/utf8"
 
@@ -22,25 +21,22 @@ import (
 // a fifth of x509.ParseCertificateRequest's reflection-driven decoding,
 // and checks what ParseCSR and CheckCSR would. It accepts a CSR only if
 // they would; anything else, malformed or merely unusual, it leaves to
-// them, which decide and word the error. FuzzCSRFastPath holds it to that.
+// them, which decide and word the error. It takes the DER from the PEM as
+// ParseCSR does (csrDER). FuzzCSRFastPath and FuzzCSRFastPathSigned hold it
+// to that.
 
-var (
-	pemCSRBegin = []byte("-----BEGIN CERTIFICATE REQUEST-----\n")
-	pemCSREnd   = []byte("-----END CERTIFICATE REQUEST-----")
-
-	oidExtensionRequest = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 14}
-)
+var oidExtensionRequest = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 14}
 
 // parseCSRFast returns the key of pemBytes, a CSR for want, and its DER
 // SubjectPublicKeyInfo, with ok true only if ParseCSR and CheckCSR(want)
 // accept the CSR and would return the same. With ok false the caller asks
 // them.
 func parseCSRFast(pemBytes []byte, want spiffeid.ID) (pub *ecdsa.PublicKey, spki []byte, ok bool) {
-	if len(pemBytes) > MaxCSRSize || !plainTrustDomain(want.TrustDomain().Name()) {
+	if !plainTrustDomain(want.TrustDomain().Name()) {
 		return nil, nil, false
 	}
-	der, ok := decodeCSRPEM(pemBytes)
-	if !ok {
+	der, err := csrDER(pemBytes)
+	if err != nil {
 		return nil, nil, false
 	}
 	in := cryptobyte.String(der)
@@ -85,50 +81,6 @@ func parseCSRFast(pemBytes []byte, want spiffeid.ID) (pub *ecdsa.PublicKey, spki
 		return nil, nil, false
 	}
 	return pub, spkiElem, true
-}
-
-// decodeCSRPEM returns the DER of a CSR that is exactly one PEM
-// "CERTIFICATE REQUEST" block, without headers, with whitespace at most
-// around it, as ParseCSR requires.
-func decodeCSRPEM(pemBytes []byte) ([]byte, bool) {
-	// pem.Decode finds the block only at the start of a line, and allows
-	// only spaces and tabs after the END marker on its line, then "\r\n",
-	// "\n" or the end; ParseCSR allows any space around. Only ASCII space
-	// is taken here.
-	const space = " \t\r\n"
-	p := bytes.TrimLeft(pemBytes, space)
-	if lead := len(pemBytes) - len(p); lead > 0 && pemBytes[lead-1] != '\n' {
-		return nil, false
-	}
-	end := bytes.Index(p, pemCSREnd)
-	if end < 0 || !bytes.HasPrefix(p, pemCSRBegin) {
-		return nil, false
-	}
-	tail := bytes.TrimLeft(p[end+len(pemCSREnd):], " \t")
-	if rest, ok := bytes.CutPrefix(tail, []byte("\r\n")); ok {
-		tail = rest
-	} else if rest, ok := bytes.CutPrefix(tail, []byte("\n")); ok {
-		tail = rest
-	} else if len(tail) > 0 {
-		return nil, false
-	}
-	if len(bytes.TrimLeft(tail, space)) > 0 {
-		return nil, false
-	}
-	body := p[len(pemCSRBegin):end]
-	// Lines of base64 ending in "\n" (the decoder skips "\r" and "\n"; a
-	// CSR whose BEGIN line ends in "\r\n" went to ParseCSR above). A header
-	// line has a ':', and a space or anything else not base64 fails the
-	// decoding.
-	if len(body) == 0 || body[len(body)-1] != '\n' {
-		return nil, false
-	}
-	der := make([]byte, base64.StdEncoding.DecodedLen(len(body)))
-	n, err := base64.StdEncoding.Decode(der, body)
-	if err != nil {
-		return nil, false
-	}
-	return der[:n], true
 }
 
 // plainTrustDomain reports whether x509's URI checks, which look at the
