@@ -25,7 +25,14 @@ import (
 // ParseCSR does (csrDER). FuzzCSRFastPath and FuzzCSRFastPathSigned hold it
 // to that.
 
-var oidExtensionRequest = asn1.ObjectIdentifier{1, 2, 840, 113549, 1, 9, 14}
+// oidExtensionRequest is PKCS #9's extensionRequest (1.2.840.113549.1.9.14),
+// and csrExtensions the extensions CheckCSR knows, DER-encoded contents as
+// validate.go's: DER writes an OID one way, so the bytes compare as the
+// OIDs would, without decoding them.
+var (
+	oidExtensionRequest = []byte{0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x0e}
+	csrExtensions       = [...][]byte{oidExtBasicConstr, oidExtSubjectAltName, oidExtKeyUsage, oidExtExtKeyUsage}
+)
 
 // parseCSRFast returns the key of pemBytes, a CSR for want, and its DER
 // SubjectPublicKeyInfo, with ok true only if ParseCSR and CheckCSR(want)
@@ -155,35 +162,34 @@ func parseECSPKI(spki []byte) (*ecdsa.PublicKey, bool) {
 // once, basicConstraints (if any) not asking for a CA, and at most
 // maxCSRExtensionBytes of extension values.
 func requestsOnly(attrs cryptobyte.String, want spiffeid.ID) bool {
-	var attr, values, exts cryptobyte.String
-	var oid asn1.ObjectIdentifier
+	var attr, oid, values, exts cryptobyte.String
 	if !attrs.ReadASN1(&attr, cbasn1.SEQUENCE) || !attrs.Empty() ||
-		!attr.ReadASN1ObjectIdentifier(&oid) || !oid.Equal(oidExtensionRequest) ||
+		!attr.ReadASN1(&oid, cbasn1.OBJECT_IDENTIFIER) || !bytes.Equal(oid, oidExtensionRequest) ||
 		!attr.ReadASN1(&values, cbasn1.SET) || !attr.Empty() ||
 		!values.ReadASN1(&exts, cbasn1.SEQUENCE) || !values.Empty() {
 		return false
 	}
-	// The extensions CheckCSR knows, in the order of known below.
+	// The extensions CheckCSR knows, in the order of csrExtensions.
 	const (
 		extBC = iota
 		extSAN
 		extKU
 		extEKU
 	)
-	var seen [extEKU + 1]bool
+	var seen [len(csrExtensions)]bool
 	size := 0
 	for !exts.Empty() {
 		var ext, value cryptobyte.String
 		var critical bool // the known ones may be critical
-		if !exts.ReadASN1(&ext, cbasn1.SEQUENCE) || !ext.ReadASN1ObjectIdentifier(&oid) ||
+		if !exts.ReadASN1(&ext, cbasn1.SEQUENCE) || !ext.ReadASN1(&oid, cbasn1.OBJECT_IDENTIFIER) ||
 			!readOptionalBool(&ext, &critical) ||
 			!ext.ReadASN1(&value, cbasn1.OCTET_STRING) || !ext.Empty() {
 			return false
 		}
 		size += len(value)
 		known := -1
-		for i, k := range []asn1.ObjectIdentifier{oidBasicConstraints, oidCSRSubjectAltName, oidCSRKeyUsage, oidCSRExtKeyUsage} {
-			if oid.Equal(k) {
+		for i, k := range csrExtensions {
+			if bytes.Equal(oid, k) {
 				known = i
 			}
 		}

@@ -220,7 +220,7 @@ func handCSR(t testing.TB, key crypto.Signer, subject, spki []byte, exts ...[]by
 		info.AddBytes(spki)
 		info.AddASN1(cbasn1.Tag(0).Constructed().ContextSpecific(), func(attrs *cryptobyte.Builder) {
 			attrs.AddASN1(cbasn1.SEQUENCE, func(attr *cryptobyte.Builder) {
-				attr.AddASN1ObjectIdentifier(oidExtensionRequest)
+				attr.AddASN1(cbasn1.OBJECT_IDENTIFIER, func(o *cryptobyte.Builder) { o.AddBytes(oidExtensionRequest) })
 				attr.AddASN1(cbasn1.SET, func(v *cryptobyte.Builder) {
 					v.AddASN1(cbasn1.SEQUENCE, func(e *cryptobyte.Builder) {
 						for _, x := range exts {
