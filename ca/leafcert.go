@@ -133,34 +133,26 @@ func newLeafSigner(cert *x509.Certificate, key crypto.Signer) *leafSigner {
 	return l
 }
 
-// signLeaf signs the X509-SVID leafTemplate describes with s, and returns
-// it as DER with its serial.
+// signLeaf signs the X509-SVID of id for pub (spki, its DER) with s, and
+// returns it as DER with its serial.
 func (s *signingCA) signLeaf(id spiffeid.ID, pub crypto.PublicKey, spki []byte, notBefore, notAfter time.Time) ([]byte, *big.Int, error) {
+	f, err := newLeafFields(id, pub, spki, notBefore, notAfter)
+	if err != nil {
+		return nil, nil, err
+	}
 	if s.leaf == nil {
-		tmpl, err := leafTemplate(id, pub, spki, notBefore, notAfter)
-		if err != nil {
-			return nil, nil, err
-		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, s.cert, pub, s.key)
+		der, err := x509.CreateCertificate(rand.Reader, leafTemplate(f), s.cert, pub, s.key)
 		if err != nil {
 			return nil, nil, fmt.Errorf("ca: sign leaf: %w", err)
 		}
-		return der, tmpl.SerialNumber, nil
+		return der, f.serial, nil
 	}
-	serial, err := newSerial(notBefore)
-	if err != nil {
-		return nil, nil, err
-	}
-	ski, err := subjectKeyIDFromSPKI(spki)
-	if err != nil {
-		return nil, nil, err
-	}
-	der, err := s.leaf.sign(leafFields{serial: serial, notBefore: notBefore, notAfter: notAfter, id: id, pub: pub, spki: spki, ski: ski})
-	return der, serial, err
+	der, err := s.leaf.sign(f)
+	return der, f.serial, err
 }
 
-// leafFields are what one leaf says: leafTemplate's arguments, and the
-// serial and key ID it derives from them.
+// leafFields are what one leaf says: its serial, validity, SPIFFE ID, key
+// and key ID.
 type leafFields struct {
 	serial              *big.Int
 	notBefore, notAfter time.Time
@@ -168,6 +160,19 @@ type leafFields struct {
 	pub                 crypto.PublicKey
 	spki                []byte // the DER SubjectPublicKeyInfo of pub, as the CSR had it
 	ski                 []byte
+}
+
+// newLeafFields draws the serial and derives the key ID of a new leaf.
+func newLeafFields(id spiffeid.ID, pub crypto.PublicKey, spki []byte, notBefore, notAfter time.Time) (leafFields, error) {
+	serial, err := newSerial(notBefore)
+	if err != nil {
+		return leafFields{}, err
+	}
+	ski, err := subjectKeyIDFromSPKI(spki)
+	if err != nil {
+		return leafFields{}, err
+	}
+	return leafFields{serial: serial, notBefore: notBefore, notAfter: notAfter, id: id, pub: pub, spki: spki, ski: ski}, nil
 }
 
 // sign encodes and signs the leaf f describes, and verifies the signature.

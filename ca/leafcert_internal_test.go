@@ -150,16 +150,15 @@ func TestLeafSignerMatchesCreateCertificate(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					tmpl, err := leafTemplate(id, sub.Public(), spki, tc.notBefore, tc.notAfter)
+					f, err := newLeafFields(id, sub.Public(), spki, tc.notBefore, tc.notAfter)
 					if err != nil {
 						t.Fatal(err)
 					}
-					want, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, sub.Public(), issuerKey)
+					want, err := x509.CreateCertificate(rand.Reader, leafTemplate(f), issuer, sub.Public(), issuerKey)
 					if err != nil {
 						t.Fatalf("%s: CreateCertificate: %v", name, err)
 					}
-					got, err := l.sign(leafFields{serial: tmpl.SerialNumber, notBefore: tc.notBefore, notAfter: tc.notAfter,
-						id: id, pub: sub.Public(), spki: spki, ski: tmpl.SubjectKeyId})
+					got, err := l.sign(f)
 					if err != nil {
 						t.Fatalf("%s: sign: %v", name, err)
 					}
@@ -408,13 +407,13 @@ func FuzzLeafSigner(f *testing.F) {
 		na := nb.Add(time.Duration(ttl%(1<<32)) * time.Second)
 		sub := testKey(t, map[bool]string{false: "p256", true: "rsa2048"}[rsaSubject])
 		spki := testSPKI(t, sub.Public())
-		tmpl, err := leafTemplate(id, sub.Public(), spki, nb, na)
+		f, err := newLeafFields(id, sub.Public(), spki, nb, na)
 		if err != nil {
 			t.Fatal(err)
 		}
-		tmpl.SerialNumber = new(big.Int).SetUint64(serial)
-		want, wantErr := x509.CreateCertificate(rand.Reader, tmpl, issuer, sub.Public(), issuerKey)
-		got, gotErr := l.sign(leafFields{serial: tmpl.SerialNumber, notBefore: nb, notAfter: na, id: id, pub: sub.Public(), spki: spki, ski: tmpl.SubjectKeyId})
+		f.serial = new(big.Int).SetUint64(serial)
+		want, wantErr := x509.CreateCertificate(rand.Reader, leafTemplate(f), issuer, sub.Public(), issuerKey)
+		got, gotErr := l.sign(f)
 		if (wantErr != nil) != (gotErr != nil) {
 			t.Fatalf("CreateCertificate: %v; leaf signer: %v", wantErr, gotErr)
 		}

@@ -96,33 +96,25 @@ func caTemplate(td spiffeid.TrustDomain, cn string, pub crypto.PublicKey, notBef
 	}, nil
 }
 
-// leafTemplate builds an X509-SVID template from scratch: nothing is copied
-// from the CSR but its public key (through spki) and the already-checked ID.
-func leafTemplate(id spiffeid.ID, pub crypto.PublicKey, spki []byte, notBefore, notAfter time.Time) (*x509.Certificate, error) {
-	serial, err := newSerial(notBefore)
-	if err != nil {
-		return nil, err
-	}
-	ski, err := subjectKeyIDFromSPKI(spki)
-	if err != nil {
-		return nil, err
-	}
+// leafTemplate builds the X509-SVID template of f from scratch: nothing is
+// copied from the CSR but its public key and the already-checked ID.
+func leafTemplate(f leafFields) *x509.Certificate {
 	usage := x509.KeyUsageDigitalSignature
-	if _, ok := pub.(*rsa.PublicKey); ok {
+	if _, ok := f.pub.(*rsa.PublicKey); ok {
 		// RSA key exchange in TLS 1.2 encrypts to the certificate's key.
 		usage |= x509.KeyUsageKeyEncipherment
 	}
 	return &x509.Certificate{
-		SerialNumber:          serial,
-		NotBefore:             notBefore,
-		NotAfter:              notAfter,
+		SerialNumber:          f.serial,
+		NotBefore:             f.notBefore,
+		NotAfter:              f.notAfter,
 		KeyUsage:              usage,
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 		IsCA:                  false,
-		SubjectKeyId:          ski,
-		URIs:                  []*url.URL{id.URL()},
-	}, nil
+		SubjectKeyId:          f.ski,
+		URIs:                  []*url.URL{f.id.URL()},
+	}
 }
 
 // servingTemplate is the template of the CA server's own TLS certificate.
