@@ -46,10 +46,7 @@ func ext(t testing.TB, oid asn1.ObjectIdentifier, critical bool, v any) pkix.Ext
 	t.Helper()
 	b, ok := v.([]byte)
 	if !ok {
-		var err error
-		if b, err = asn1.Marshal(v); err != nil {
-			t.Fatal(err)
-		}
+		b = mustMarshal(t, v)
 	}
 	return pkix.Extension{Id: oid, Critical: critical, Value: b}
 }
@@ -61,11 +58,7 @@ func sanURIs(t testing.TB, uris ...string) []byte {
 	for _, u := range uris {
 		names = append(names, asn1.RawValue{Class: asn1.ClassContextSpecific, Tag: 6, Bytes: []byte(u)})
 	}
-	b, err := asn1.Marshal(names)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
+	return mustMarshal(t, names)
 }
 
 // checkFastPath compares the fast path with ParseCSR and CheckCSR on one
