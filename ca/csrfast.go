@@ -31,7 +31,15 @@ import (
 // OIDs would, without decoding them.
 var (
 	oidExtensionRequest = []byte{0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x0e}
-	csrExtensions       = [...][]byte{oidExtBasicConstr, oidExtSubjectAltName, oidExtKeyUsage, oidExtExtKeyUsage}
+	csrExtensions       = [extEKU + 1][]byte{extBC: oidExtBasicConstr, extSAN: oidExtSubjectAltName, extKU: oidExtKeyUsage, extEKU: oidExtExtKeyUsage}
+)
+
+// The indexes of csrExtensions.
+const (
+	extBC = iota
+	extSAN
+	extKU
+	extEKU
 )
 
 // parseCSRFast returns the key of pemBytes, a CSR for want, and its DER
@@ -169,14 +177,7 @@ func requestsOnly(attrs cryptobyte.String, want spiffeid.ID) bool {
 		!values.ReadASN1(&exts, cbasn1.SEQUENCE) || !values.Empty() {
 		return false
 	}
-	// The extensions CheckCSR knows, in the order of csrExtensions.
-	const (
-		extBC = iota
-		extSAN
-		extKU
-		extEKU
-	)
-	var seen [len(csrExtensions)]bool
+	var seen uint // a bit per csrExtensions index
 	size := 0
 	for !exts.Empty() {
 		var ext, value cryptobyte.String
@@ -195,10 +196,10 @@ func requestsOnly(attrs cryptobyte.String, want spiffeid.ID) bool {
 		}
 		// Any other extension, even one CheckCSR would let pass, is left
 		// to the full parse, as is a repeat (which x509 refuses).
-		if known < 0 || seen[known] {
+		if known < 0 || seen&(1<<known) != 0 {
 			return false
 		}
-		seen[known] = true
+		seen |= 1 << known
 		switch known {
 		case extBC:
 			var bc cryptobyte.String
@@ -218,5 +219,5 @@ func requestsOnly(attrs cryptobyte.String, want spiffeid.ID) bool {
 			}
 		}
 	}
-	return seen[extSAN] && size <= maxCSRExtensionBytes
+	return seen&(1<<extSAN) != 0 && size <= maxCSRExtensionBytes
 }

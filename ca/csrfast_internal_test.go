@@ -310,20 +310,23 @@ func TestPlainTrustDomain(t *testing.T) {
 	}
 }
 
+// fuzzSeedCSRs are the templates of the fuzz targets' seed CSRs for
+// fastWant: the shapes workloads send.
+func fuzzSeedCSRs(f *testing.F) []*x509.CertificateRequest {
+	u := fastWant.URL()
+	return []*x509.CertificateRequest{
+		{URIs: []*url.URL{u}},
+		{Subject: pkix.Name{Organization: []string{""}}, ExtraExtensions: []pkix.Extension{ext(f, oidCSRSubjectAltName, true, sanURIs(f, u.String()))}},
+		{Subject: pkix.Name{CommonName: "w"}, URIs: []*url.URL{u}, ExtraExtensions: []pkix.Extension{ext(f, oidBasicConstraints, true, []byte{0x30, 0x00})}},
+	}
+}
+
 // FuzzCSRFastPath: whatever the DER (wrapped in PEM) or the PEM text, the
 // fast path never accepts a CSR that ParseCSR and CheckCSR refuse, and
 // finds the key they find.
 func FuzzCSRFastPath(f *testing.F) {
 	p256 := testKey(f, "p256")
-	u, err := url.Parse(fastWant.String())
-	if err != nil {
-		f.Fatal(err)
-	}
-	for _, tmpl := range []*x509.CertificateRequest{
-		{URIs: []*url.URL{u}},
-		{Subject: pkix.Name{Organization: []string{""}}, ExtraExtensions: []pkix.Extension{ext(f, oidCSRSubjectAltName, true, sanURIs(f, u.String()))}},
-		{URIs: []*url.URL{u}, ExtraExtensions: []pkix.Extension{ext(f, oidBasicConstraints, true, []byte{0x30, 0x00})}},
-	} {
+	for _, tmpl := range fuzzSeedCSRs(f) {
 		der := fastCSR(f, p256, tmpl)
 		f.Add(der, false)
 		f.Add(pemCSR(der), true)
@@ -358,15 +361,7 @@ func TestSubjectKeyRefusesNonDERKey(t *testing.T) {
 // body's parsing only through the framing; this one reaches all of it.
 func FuzzCSRFastPathSigned(f *testing.F) {
 	p256 := testKey(f, "p256")
-	u, err := url.Parse(fastWant.String())
-	if err != nil {
-		f.Fatal(err)
-	}
-	for _, tmpl := range []*x509.CertificateRequest{
-		{URIs: []*url.URL{u}},
-		{Subject: pkix.Name{Organization: []string{""}}, ExtraExtensions: []pkix.Extension{ext(f, oidCSRSubjectAltName, true, sanURIs(f, u.String()))}},
-		{Subject: pkix.Name{CommonName: "w"}, URIs: []*url.URL{u}, ExtraExtensions: []pkix.Extension{ext(f, oidBasicConstraints, true, []byte{0x30, 0x00})}},
-	} {
+	for _, tmpl := range fuzzSeedCSRs(f) {
 		csr, err := x509.ParseCertificateRequest(fastCSR(f, p256, tmpl))
 		if err != nil {
 			f.Fatal(err)
