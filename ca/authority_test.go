@@ -227,3 +227,25 @@ func TestConfigRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestSigningCost: the CA knows what a signature costs once it has signed:
+// zero before its first leaf, then the least time a signature took, which
+// a later, slower one does not raise.
+func TestSigningCost(t *testing.T) {
+	a := newAuthority(t, storetest.NewMem(), clocktest.New(t0), nil)
+	if c := a.SigningCost(); c != 0 {
+		t.Fatalf("SigningCost before any leaf = %s, want 0", c)
+	}
+	var costs []time.Duration
+	for range 5 {
+		if _, err := a.Sign(context.Background(), ca.SignRequest{CSR: csrPEM(t, p256(t), fooCSR()), Identity: identity(fooID)}); err != nil {
+			t.Fatal(err)
+		}
+		costs = append(costs, a.SigningCost())
+	}
+	for i, c := range costs {
+		if c <= 0 || c > time.Second || (i > 0 && c > costs[i-1]) {
+			t.Fatalf("SigningCost after each of 5 leaves = %v: want positive, under a second, never rising", costs)
+		}
+	}
+}

@@ -149,6 +149,17 @@ func subjectKey(req SignRequest) (crypto.PublicKey, []byte, error) {
 	return csr.PublicKey, csr.RawSubjectPublicKeyInfo, nil
 }
 
+// SigningCost is the least time one leaf's signature and its check have
+// taken with the active signing CA: the CPU a signature costs, without
+// waiting for a CPU in it, or zero before the CA's first. The server's
+// gate bounds the pace its retry hints assume by it.
+func (a *Authority) SigningCost() time.Duration {
+	if s := a.active.Load(); s != nil {
+		return time.Duration(s.fastest.Load())
+	}
+	return 0
+}
+
 // sign signs and records; with once set, the record goes with the answer
 // to that request key (SignOnce).
 func (a *Authority) sign(ctx context.Context, req SignRequest, now time.Time, once string) (*Issued, error) {

@@ -60,6 +60,15 @@ const (
 	defaultInFlightCSRsPerProcessor = 16
 )
 
+// paceBoundSignatures bounds the pace the gate's retry hints assume: never
+// slower than one request per this many of the CA's fastest signatures
+// (Authority.SigningCost: a leaf's signature and its check) on each
+// processor. An issuance costs about three of those end to end (with the
+// CSR's check, TLS and gRPC); the bound is well past that, so that it only cuts a
+// pace a flood has made absurd (BENCHMARKS.md, "Rotation storm": a run whose
+// hints assumed 4 ms a request, thirty times what the CA then served).
+const paceBoundSignatures = 8
+
 // DefaultMaxInFlightCSRs is the default number of CSRs processed at once:
 // enough per core to keep the cores busy while others wait for their
 // record's fsync (group commit needs company), few enough that a storm
@@ -248,6 +257,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.MaxInFlightCSRs > 0 {
 		s.gate = newGate(cfg.MaxInFlightCSRs, max(cfg.MaxQueuedCSRs, 0), cfg.CSRQueueWait, cfg.Clock)
 		s.gate.onShed = s.metrics.Shed
+		procs := time.Duration(runtime.GOMAXPROCS(0))
+		s.gate.maxPace = func() time.Duration { return cfg.Authority.SigningCost() * paceBoundSignatures / procs }
 		s.metrics.Gate(func() float64 { return float64(len(s.gate.slots)) }, func() float64 { return float64(s.gate.queued.Load()) })
 	}
 	tlsCfg := s.certs.tlsConfig()

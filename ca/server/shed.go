@@ -48,6 +48,12 @@ type gate struct {
 	clock     clock.Clock
 	// onShed, if set, is called for each request shed (a metric).
 	onShed func()
+	// maxPace, if set, bounds the time per request the retry hints
+	// assume (zero: no bound yet). A pace measured while a flood holds the CPUs
+	// can be many times too slow, and hints paced by it keep callers
+	// away for a minute while the CA sits idle; the server bounds it by
+	// what the CPUs can sign (see New).
+	maxPace func() time.Duration
 
 	queued atomic.Int64
 	// pace measures how fast requests finish while every slot is busy.
@@ -108,6 +114,18 @@ func (g *gate) perRequest() time.Duration {
 		return p
 	}
 	return time.Duration(float64(g.serviceNanos.Load()) / float64(cap(g.slots)))
+}
+
+// hintPace is the time per request the retry hints assume: perRequest, at
+// most maxPace.
+func (g *gate) hintPace() time.Duration {
+	p := g.perRequest()
+	if g.maxPace != nil {
+		if m := g.maxPace(); m > 0 && p > m {
+			return m
+		}
+	}
+	return p
 }
 
 // expectedWait is how long the q-th in line waits for a slot.
@@ -194,13 +212,14 @@ func ewma(v *atomic.Int64, x, weight int64) {
 // shed counts one request turned away and returns its error with the
 // hint: a moment after those in line (at most maxWait) and those turned
 // away before it have been served, at the rate the gate serves when
-// saturated (see booked: those are counted at the pace of the moment).
+// saturated (see booked: those are counted at the pace of the moment),
+// bounded by maxPace.
 func (g *gate) shed() error {
 	if g.onShed != nil {
 		g.onShed()
 	}
 	now := g.clock.Now()
-	per := g.perRequest()
+	per := g.hintPace()
 	// Nobody waits in line longer than maxWait (then it is served or
 	// shed itself), so the line delays a retry by at most that, whatever
 	// its length times a pace measured while it filled.

@@ -255,3 +255,35 @@ func TestRetryHintsFollowThePace(t *testing.T) {
 		t.Fatalf("hint with nobody booked = %s, want the minimum %s", got, minRetryHint)
 	}
 }
+
+// TestGatePaceBound: for the retry hints, a pace slower than maxPace (a
+// flood's, while it holds the CPUs) is cut to it; a faster one, or a bound
+// not known yet (zero), is used as measured. The line's expected wait
+// keeps the pace measured.
+func TestGatePaceBound(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		service, bound time.Duration // a slot's hold time over two slots; maxPace
+		want           time.Duration // per request
+	}{
+		{"slower than the bound", 20 * time.Millisecond, time.Millisecond, time.Millisecond},
+		{"faster than the bound", time.Millisecond, 10 * time.Millisecond, 500 * time.Microsecond},
+		{"no bound yet", 20 * time.Millisecond, 0, 10 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newGate(2, 0, time.Second, clocktest.New(epoch))
+			g.serviceNanos.Store(int64(tc.service))
+			g.maxPace = func() time.Duration { return tc.bound }
+			if got, want := g.perRequest(), tc.service/2; got != want {
+				t.Fatalf("per request for the line %s, want %s as measured", got, want)
+			}
+			var last time.Duration
+			for range 1000 {
+				last = wantOverloaded(t, g.shed())
+			}
+			if want := 1000 * tc.want; last != min(want, maxRetryHint) && !(want < minRetryHint && last == minRetryHint) {
+				t.Fatalf("1,000th hint %s, want 1,000 × %s", last, tc.want)
+			}
+		})
+	}
+}
