@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // A leafSigner signs X509-SVIDs for one signing CA, encoding each
@@ -121,15 +123,20 @@ func newLeafSigner(cert *x509.Certificate, key crypto.Signer) *leafSigner {
 	if id := cert.SubjectKeyId; len(id) > 0 && !bytes.Equal(cert.RawSubject, emptyName) {
 		// Extension { authorityKeyIdentifier, OCTET STRING {
 		// AuthorityKeyIdentifier { [0] keyIdentifier } } }
-		keyID := tlvLen(len(id))
-		value := tlvLen(keyID)
-		ext := len(oidExtAuthorityKeyIDElement) + tlvLen(value)
-		b := make([]byte, 0, tlvLen(ext))
-		b = appendHeader(b, tagSequence, ext)
-		b = append(b, oidExtAuthorityKeyIDElement...)
-		b = appendHeader(b, tagOctetString, value)
-		b = appendHeader(b, tagSequence, keyID)
-		l.akid = append(appendHeader(b, tagKeyID, len(id)), id...)
+		var b cryptobyte.Builder
+		b.AddASN1(cbasn1.SEQUENCE, func(ext *cryptobyte.Builder) {
+			ext.AddBytes(oidExtAuthorityKeyIDElement)
+			ext.AddASN1(cbasn1.OCTET_STRING, func(v *cryptobyte.Builder) {
+				v.AddASN1(cbasn1.SEQUENCE, func(aki *cryptobyte.Builder) {
+					aki.AddASN1(cbasn1.Tag(0).ContextSpecific(), func(k *cryptobyte.Builder) { k.AddBytes(id) })
+				})
+			})
+		})
+		akid, err := b.Bytes()
+		if err != nil {
+			return nil
+		}
+		l.akid = akid
 	}
 	return l
 }
@@ -237,7 +244,6 @@ const (
 	tagSequence        = 0x30
 	tagExtensions      = 0xa3 // [3] EXPLICIT, constructed
 	tagURI             = 0x86 // [6] IMPLICIT IA5String
-	tagKeyID           = 0x80 // [0] IMPLICIT KeyIdentifier
 )
 
 // tbsVersion is a TBSCertificate's version field, v3: [0] EXPLICIT INTEGER 2.
