@@ -62,6 +62,10 @@ type StormResult struct {
 	PeakRSS int64
 	// Latencies are those of the successful attempts (admitted requests).
 	Latencies []time.Duration
+	// FirstTry and AfterShed split Latencies: the workloads admitted at
+	// their first attempt (the flood itself), and those admitted when
+	// they came back after a shed.
+	FirstTry, AfterShed []time.Duration
 	// Renewals and Sheds count, per second since the storm began, the
 	// attempts that got a certificate and those shed: where the time went.
 	// AskedBack counts the sheds by the second their hint asked the caller
@@ -117,6 +121,11 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 		if fail == "" {
 			res.Renewed++
 			res.Latencies = append(res.Latencies, lat)
+			if shed == 0 {
+				res.FirstTry = append(res.FirstTry, lat)
+			} else {
+				res.AfterShed = append(res.AfterShed, lat)
+			}
 		} else {
 			res.Failed[fail]++
 		}

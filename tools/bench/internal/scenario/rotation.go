@@ -85,6 +85,9 @@ func (e *Env) storm(ctx context.Context, t *target, per int, csrs [][]pki.CSR, c
 	e.logf("rotation %-20s renewed %d, failed %s, shed %d, done in %s, peak RSS %s", t.name, r.Renewed,
 		report.Codes(r.Failed), r.Shed, report.Seconds(r.Done), report.MiB(r.PeakRSS))
 	e.logf("rotation %-20s per second: renewed %v, shed %v, asked back %v", t.name, r.Renewals, r.Sheds, r.AskedBack)
+	e.logf("rotation %-20s admitted at the first attempt %d (p50 %s, p99 %s), after a shed %d (p99 %s)", t.name,
+		len(r.FirstTry), report.Millis(load.Percentile(r.FirstTry, 50)), report.Millis(load.Percentile(r.FirstTry, 99)),
+		len(r.AfterShed), report.Millis(load.Percentile(r.AfterShed, 99)))
 	return r, m.s.cpu, nil
 }
 
