@@ -21,6 +21,6 @@ func (c *Config) AddFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.TransitMount, "vault-transit-mount", DefaultTransitMount, "where the Transit engine is mounted")
 	fs.StringVar(&c.TransitKeyType, "vault-transit-key-type", DefaultTransitKeyType, "type of a Transit key meshca creates: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096")
 	fs.StringVar(&c.PKIPath, "vault-pki-path", DefaultPKIPath, "without --vault-transit-key: the PKI endpoint that signs meshca's intermediate (<mount>/root/sign-intermediate or <mount>/issuer/<ref>/sign-intermediate)")
-	fs.StringVar(&c.PKINextPath, "vault-pki-next-path", "", "a second PKI sign-intermediate endpoint, under a new root, staged for `meshca ca rotate-root`")
+	fs.StringVar(&c.PKINextPath, "vault-pki-next-path", "", "a second PKI sign-intermediate endpoint, under a new root, staged for meshca ca rotate-root")
 	fs.DurationVar(&c.Timeout, "vault-timeout", DefaultTimeout, "bound on each call to Vault")
 }

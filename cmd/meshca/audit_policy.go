@@ -31,7 +31,7 @@ type policyFlags struct {
 }
 
 func (f *policyFlags) addLoad(fs *pflag.FlagSet) {
-	fs.StringSliceVar(&f.paths, "policies", nil, "YAML files or directories of PeerAuthentication and AuthorizationPolicy (required)")
+	fs.StringSliceVar(&f.paths, "policies", nil, "YAML files or directories of PeerAuthentication and AuthorizationPolicy (required unless --kube)")
 	fs.StringVar(&f.rootNS, "root-namespace", "istio-system", "Istio's root namespace: policies there apply mesh-wide")
 	fs.StringVar(&f.trustDomain, "trust-domain", "cluster.local", "the mesh trust domain")
 	fs.StringArrayVar(&f.tdAliases, "trust-domain-alias", nil, "a trust domain alias (repeatable)")

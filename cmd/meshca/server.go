@@ -38,7 +38,7 @@ func (o *serverOptions) addFlags(fs *pflag.FlagSet) {
 	fs.StringVar(&c.DataDir, "data-dir", "/var/lib/meshca", "directory of the data file meshca.db and its issuance journal meshca.journal (created 0700)")
 	c.Storage.AddFlags(fs)
 	fs.StringVar(&o.cacertsDir, "cacerts-dir", "", "Istio cacerts directory (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem); empty: self-signed root kept in the data file")
-	fs.StringVar(&o.cacertsNext, "cacerts-next-dir", "", "a second cacerts directory under a new root, staged for `meshca ca rotate-root` (read when the rotation starts and switches)")
+	fs.StringVar(&o.cacertsNext, "cacerts-next-dir", "", "a second cacerts directory under a new root, staged for meshca ca rotate-root (read when the rotation starts and switches)")
 	fs.BoolVar(&o.cacerts.SignDirectly, "cacerts-sign-directly", false, "sign workload certificates with ca-cert.pem's key, as istiod does, even when its path length allows meshca's own intermediate (pathlen 0 always does)")
 	fs.StringVar(&o.kekFile, "kek-file", "", "file holding the 32-byte key-encryption key for private keys at rest (raw, hex or base64); env MESHCA_KEK may hold the key itself")
 	fs.StringVar(&o.keyType, "key-type", string(ca.KeyECDSAP256), "CA key type: ecdsa-p256, ecdsa-p384, rsa-2048, rsa-3072 or rsa-4096")
