@@ -96,7 +96,8 @@ func newLeafSigner(cert *x509.Certificate, key crypto.Signer) *leafSigner {
 		return nil
 	}
 	l := &leafSigner{key: key, cert: cert, issuer: cert.RawSubject}
-	switch pub := key.Public().(type) {
+	pub := key.Public()
+	switch pub := pub.(type) {
 	case *ecdsa.PublicKey:
 		switch pub.Curve {
 		case elliptic.P256():
@@ -115,7 +116,7 @@ func newLeafSigner(cert *x509.Certificate, key crypto.Signer) *leafSigner {
 	default:
 		return nil
 	}
-	if eq, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !eq.Equal(key.Public()) {
+	if eq, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); !ok || !eq.Equal(pub) {
 		return nil
 	}
 	// As x509.CreateCertificate: the issuer's key ID, unless the issuer
@@ -166,7 +167,7 @@ func (s *signingCA) signLeaf(id spiffeid.ID, pub crypto.PublicKey, spki []byte, 
 	return der, f.serial, nil
 }
 
-// storeMin stores x in v if x is positive and v is zero or greater.
+// storeMin stores x in v if x is positive and v is zero or greater than x.
 func storeMin(v *atomic.Int64, x int64) {
 	for old := v.Load(); x > 0 && (old == 0 || x < old); old = v.Load() {
 		if v.CompareAndSwap(old, x) {

@@ -42,8 +42,9 @@ var (
 // name, a subject key ID, and an authority key ID equal to the issuer's.
 //
 // It does not verify the signature (signingCA.signLeaf verified it just
-// before, in the leaf signer or in x509.CreateCertificate) and it allocates little: it reads the DER with cryptobyte rather
-// than x509.ParseCertificate, which would double its cost per issuance.
+// before, in the leaf signer or in x509.CreateCertificate) and it
+// allocates little: it reads the DER with cryptobyte rather than
+// x509.ParseCertificate, which would double its cost per issuance.
 func ValidateLeaf(der []byte, issuer *x509.Certificate, id spiffeid.ID, spki []byte, now time.Time) error {
 	fail := func(format string, args ...any) error {
 		return fmt.Errorf("ca: %w: %s", errInvalidLeaf, fmt.Sprintf(format, args...))

@@ -1,6 +1,7 @@
 package load
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -84,5 +85,20 @@ func TestWaits(t *testing.T) {
 				t.Fatalf("got %v, want %v", tc.got, tc.want)
 			}
 		})
+	}
+}
+
+// TestAdmitted: the admitted latencies are both groups, the first
+// attempts' and the retries', in a slice of their own: sorting it leaves
+// the groups as they were.
+func TestAdmitted(t *testing.T) {
+	r := StormResult{FirstTry: append(make([]time.Duration, 0, 4), 3, 1), AfterShed: []time.Duration{2}}
+	got := r.Admitted()
+	if !slices.Equal(got, []time.Duration{3, 1, 2}) {
+		t.Fatalf("Admitted() = %v", got)
+	}
+	slices.Sort(got)
+	if !slices.Equal(r.FirstTry, []time.Duration{3, 1}) || !slices.Equal(r.AfterShed, []time.Duration{2}) {
+		t.Fatalf("sorting the admitted latencies changed the groups: %v %v", r.FirstTry, r.AfterShed)
 	}
 }

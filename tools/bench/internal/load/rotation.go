@@ -3,6 +3,7 @@ package load
 import (
 	"context"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -60,11 +61,10 @@ type StormResult struct {
 	Done time.Duration
 	// PeakRSS is the server's peak resident memory, filled by the caller.
 	PeakRSS int64
-	// Latencies are those of the successful attempts (admitted requests).
-	Latencies []time.Duration
-	// FirstTry and AfterShed split Latencies: the workloads admitted at
-	// their first attempt (the flood itself), and those admitted when
-	// they came back after a shed.
+	// FirstTry and AfterShed are the latencies of the successful attempts
+	// (admitted requests): of the workloads admitted at their first
+	// attempt (the flood itself), and of those admitted when they came
+	// back after a shed.
 	FirstTry, AfterShed []time.Duration
 	// Renewals and Sheds count, per second since the storm began, the
 	// attempts that got a certificate and those shed: where the time went.
@@ -72,6 +72,11 @@ type StormResult struct {
 	// back in (the shed's time plus its hint, before jitter): how the
 	// server spread the retries.
 	Renewals, Sheds, AskedBack []int
+}
+
+// Admitted is the latencies of every successful attempt.
+func (r StormResult) Admitted() []time.Duration {
+	return append(slices.Clone(r.FirstTry), r.AfterShed...)
 }
 
 // perSecond counts one event in the second of the storm it happened in.
@@ -120,7 +125,6 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 		res.Hints = append(res.Hints, hints...)
 		if fail == "" {
 			res.Renewed++
-			res.Latencies = append(res.Latencies, lat)
 			if shed == 0 {
 				res.FirstTry = append(res.FirstTry, lat)
 			} else {

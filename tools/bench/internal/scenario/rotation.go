@@ -108,7 +108,7 @@ func (e *Env) rotationTable(names []string, rs []load.StormResult, cpu []time.Du
 			fmt.Sprintf("%s (%s)", report.Int(int64(r.Shed)), report.Int(int64(len(r.Hints)))), hintCell(r.Hints),
 			report.Seconds(r.Done), report.Ratio(r.Done.Seconds() / max(rs[0].Done.Seconds(), 1e-9)),
 			report.MiB(r.PeakRSS), report.Ratio(float64(r.PeakRSS) / float64(max(rs[0].PeakRSS, 1))),
-			report.Millis(load.Percentile(r.Latencies, 99)),
+			report.Millis(load.Percentile(r.Admitted(), 99)),
 			report.Micros(cpu[i] / time.Duration(max(r.Renewed, 1)))})
 	}
 	return t
