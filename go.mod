@@ -3,6 +3,8 @@ module github.com/meshca/meshca
 go 1.26.0
 
 require (
+	filippo.io/bigmod v0.1.0
+	filippo.io/nistec v0.0.4
 	github.com/envoyproxy/go-control-plane v0.14.0
 	github.com/envoyproxy/go-control-plane/envoy v1.37.0
 	github.com/go-jose/go-jose/v4 v4.1.4
@@ -24,8 +26,6 @@ require (
 	k8s.io/client-go v0.35.4
 	sigs.k8s.io/yaml v1.6.0
 )
-
-require filippo.io/bigmod v0.1.0 // indirect
 
 require (
 	cel.dev/expr v0.25.1 // indirect

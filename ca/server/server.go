@@ -63,7 +63,7 @@ const (
 // paceBoundSignatures bounds the pace the gate's retry hints assume: never
 // slower than one request per this many of the CA's fastest signatures
 // (Authority.SigningCost: a leaf's signature and its check) on each
-// processor. An issuance costs about five of those end to end (with the
+// processor. An issuance costs about four of those end to end (with the
 // CSR's check, TLS and gRPC; a leaf's check with the CA's private key is
 // the cheaper part of one); the bound is well past that, so that it only cuts a
 // pace a flood has made absurd (BENCHMARKS.md, "Rotation storm": a run whose
