@@ -47,7 +47,11 @@ func infinityDigest(t testing.TB, key *ecdsa.PrivateKey, r *big.Int) []byte {
 	if n.BitLen()%8 != 0 {
 		return nil // P-521: the digest would be shifted; an empty one is refused anyway
 	}
-	e := new(big.Int).Mul(r, key.D)
+	db, err := key.Bytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := new(big.Int).Mul(r, new(big.Int).SetBytes(db))
 	e.Neg(e).Mod(e, n)
 	return e.FillBytes(make([]byte, n.BitLen()/8))
 }
@@ -211,7 +215,8 @@ func TestOwnECDSACheckRefusesKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mismatched := &ecdsa.PrivateKey{PublicKey: key.PublicKey, D: other.D}
+	//lint:ignore SA1019 only D builds a key whose scalar is not its public key's
+	mismatched := &ecdsa.PrivateKey{PublicKey: key.PublicKey, D: other.D} //nolint:staticcheck // as above
 	if c := newOwnECDSACheck(mismatched); c != nil {
 		t.Fatal("made a check for a scalar that is not the public key's")
 	}
@@ -259,7 +264,8 @@ func TestLeafSignerOwnCheckRefusesFaults(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			l.key = &ecdsa.PrivateKey{PublicKey: pk.PublicKey, D: other.D}
+			//lint:ignore SA1019 only D builds a key whose scalar is not its public key's
+			l.key = &ecdsa.PrivateKey{PublicKey: pk.PublicKey, D: other.D} //nolint:staticcheck // as above
 			if _, err := l.sign(f); err == nil || !strings.Contains(err.Error(), "does not verify") {
 				t.Fatalf("another scalar: err = %v, want the signature refused", err)
 			}
