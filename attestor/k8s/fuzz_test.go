@@ -55,7 +55,9 @@ func FuzzInformerClaims(f *testing.F) {
 		}
 		tok, err := jwt.Signed(sig).Claims(jwt.Claims{
 			Issuer: k8s.DefaultIssuer, Subject: "system:serviceaccount:foo:bar", Audience: jwt.Audience{"meshca"},
-			IssuedAt: jwt.NewNumericDate(epoch), Expiry: jwt.NewNumericDate(epoch.Add(time.Hour)),
+			// Older than CatchUpAge: decided at once (catching up is
+			// TestInformerCatchUp's).
+			IssuedAt: jwt.NewNumericDate(epoch.Add(-time.Minute)), Expiry: jwt.NewNumericDate(epoch.Add(time.Hour)),
 		}).Claims(map[string]any{"kubernetes.io": json.RawMessage(k8sClaim)}).Serialize()
 		if err != nil {
 			return

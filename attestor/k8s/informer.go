@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/meshca/meshca/attestor"
 )
@@ -24,6 +25,14 @@ import (
 //     at once: a pod shutting down keeps the certificate it has;
 //   - a token bound to a Secret, or to a Node without a pod, is refused:
 //     those objects are not watched (use the tokenreview mode for them).
+//
+// A young token (issued in the last CatchUpAge) whose ServiceAccount or pod
+// the caches do not have, or have under another UID or node, may be ahead
+// of the watch: a ServiceAccount created and a token requested for it at
+// once, a pod bound to its node a moment before its kubelet asks. Its check
+// then waits for the caches to change, and is decided again at each change,
+// for at most CatchUpWait before it is refused. An older token is decided
+// at once.
 //
 // Until the caches have synced every token is refused with
 // attestor.ErrUnavailable, before it is verified, so callers retry; Ready
@@ -81,7 +90,7 @@ func (a *InformerAttestor) Attest(ctx context.Context, c attestor.Credential) (a
 	if err != nil {
 		return attestor.Identity{}, err
 	}
-	if reason, why := a.bound(&p); reason != "" {
+	if reason, why := a.catchUp(ctx, &p); reason != "" {
 		a.cfg.Metrics.Refused(reason)
 		attrs := []any{"serviceaccount", p.ns + "/" + p.sa, "reason", reason, "why", why}
 		if pod := p.claims.K8s.Pod; pod != nil {
@@ -93,6 +102,44 @@ func (a *InformerAttestor) Attest(ctx context.Context, c attestor.Credential) (a
 	return a.cfg.identity(KindInformer, p.ns, p.sa, p.details())
 }
 
+// A token issued less than CatchUpAge ago that the caches would refuse for
+// a missing or different object waits up to CatchUpWait for them to catch
+// up (InformerAttestor). A watch event arrives within milliseconds of the
+// change; the wait covers an API server or a watch slowed down.
+const (
+	CatchUpAge  = 10 * time.Second
+	CatchUpWait = time.Second
+)
+
+// catchUp is bound, waiting as InformerAttestor describes when the caches
+// may be behind a young token. Each change to the caches decides it again.
+func (a *InformerAttestor) catchUp(ctx context.Context, p *projected) (reason, why string) {
+	reason, why, behind := a.bound(p)
+	if reason == "" || !behind {
+		return reason, why
+	}
+	now := a.cfg.Clock.Now()
+	if p.issued.IsZero() || now.Sub(p.issued) > CatchUpAge {
+		return reason, why
+	}
+	timeout := a.cfg.Clock.After(CatchUpWait)
+	for {
+		// Taken before the check, so that a change in between is not
+		// missed.
+		changed := a.objects.changes()
+		if reason, why, behind = a.bound(p); reason == "" || !behind {
+			return reason, why
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			return reason, why + fmt.Sprintf(" (still, after waiting %s for the caches)", CatchUpWait)
+		case <-ctx.Done():
+			return reason, why + " (the request ended while waiting for the caches)"
+		}
+	}
+}
+
 // Refusal reasons of the binding checks, as counted in Metrics.Refused.
 const (
 	refusedServiceAccount = "serviceaccount-gone"
@@ -102,38 +149,42 @@ const (
 )
 
 // bound checks the objects token p is bound to against the caches and
-// returns, when one fails, the reason (for metrics) and why (for the log).
-func (a *InformerAttestor) bound(p *projected) (reason, why string) {
+// returns, when one fails, the reason (for metrics) and why (for the log),
+// and whether the caches may be behind the token (an object missing, or
+// under another UID or node, which a watch event on its way would mend).
+func (a *InformerAttestor) bound(p *projected) (reason, why string, behind bool) {
 	k := &p.claims.K8s
 	sa := a.objects.serviceAccount(p.ns, p.sa)
 	switch {
 	case sa == nil:
-		return refusedServiceAccount, "no such ServiceAccount"
+		return refusedServiceAccount, "no such ServiceAccount", true
 	case string(sa.UID) != k.ServiceAccount.UID:
-		return refusedServiceAccount, fmt.Sprintf("ServiceAccount UID is %s, the token's %q (deleted and created again)", sa.UID, k.ServiceAccount.UID)
+		return refusedServiceAccount, fmt.Sprintf("ServiceAccount UID is %s, the token's %q (deleted and created again)", sa.UID, k.ServiceAccount.UID), true
 	case sa.DeletionTimestamp != nil:
-		return refusedServiceAccount, "ServiceAccount being deleted"
+		return refusedServiceAccount, "ServiceAccount being deleted", false
 	case k.Secret != nil:
-		return refusedBinding, "token bound to a Secret, which this mode does not watch"
+		return refusedBinding, "token bound to a Secret, which this mode does not watch", false
 	case k.Pod == nil && k.Node != nil:
-		return refusedBinding, "token bound to a Node, which this mode does not watch"
+		return refusedBinding, "token bound to a Node, which this mode does not watch", false
 	case k.Pod == nil:
-		return "", ""
+		return "", "", false
 	}
 	pod := a.objects.pod(p.ns, k.Pod.Name)
 	switch {
 	case pod == nil:
-		return refusedPod, "no such pod"
+		return refusedPod, "no such pod", true
 	case string(pod.UID) != k.Pod.UID:
-		return refusedPod, fmt.Sprintf("pod UID is %s, the token's %q (deleted and created again)", pod.UID, k.Pod.UID)
+		return refusedPod, fmt.Sprintf("pod UID is %s, the token's %q (deleted and created again)", pod.UID, k.Pod.UID), true
 	case pod.DeletionTimestamp != nil:
-		return refusedPod, "pod terminating"
+		return refusedPod, "pod terminating", false
 	case finished(pod):
-		return refusedPod, fmt.Sprintf("pod finished (%s)", pod.Status.Phase)
+		return refusedPod, fmt.Sprintf("pod finished (%s)", pod.Status.Phase), false
 	case k.Node != nil && pod.Spec.NodeName != k.Node.Name:
-		return refusedNode, fmt.Sprintf("pod runs on node %q, the token names %q", pod.Spec.NodeName, k.Node.Name)
+		// A pod is bound to a node once; the cache may not have the
+		// binding yet.
+		return refusedNode, fmt.Sprintf("pod runs on node %q, the token names %q", pod.Spec.NodeName, k.Node.Name), pod.Spec.NodeName == ""
 	}
-	return "", ""
+	return "", "", false
 }
 
 var _ attestor.Attestor = (*InformerAttestor)(nil)

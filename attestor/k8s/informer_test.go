@@ -79,18 +79,27 @@ func run(t testing.TB, r interface {
 
 func newInformerAttestor(t *testing.T, inf *k8s.Informers, cfg k8s.Config) *k8s.InformerAttestor {
 	t.Helper()
+	a, _ := newInformerAttestorClock(t, inf, cfg)
+	return a
+}
+
+// newInformerAttestorClock is newInformerAttestor with its fake clock, at
+// epoch.
+func newInformerAttestorClock(t *testing.T, inf *k8s.Informers, cfg k8s.Config) (*k8s.InformerAttestor, *clocktest.Fake) {
+	t.Helper()
 	clk := clocktest.New(epoch)
 	cfg.TrustDomain, cfg.Clock = td, clk
 	a, err := k8s.NewInformer(k8s.InformerConfig{JWKSConfig: k8s.JWKSConfig{Config: cfg, Keys: staticKeys(t, clk)}, Informers: inf})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return a
+	return a, clk
 }
 
 // TestInformerAttest is the informer mode's decision table: the token is
 // verified offline, then the ServiceAccount and pod it is bound to must be
-// in the caches as the token names them.
+// in the caches as the token names them. The tokens are older than
+// CatchUpAge, so each is decided at once (TestInformerCatchUp waits).
 func TestInformerAttest(t *testing.T) {
 	podDetails := map[string]string{"pod-name": "pod-1", "pod-uid": "pod-uid-1", "sa-uid": "sa-uid-1"}
 	tests := []struct {
@@ -153,7 +162,7 @@ func TestInformerAttest(t *testing.T) {
 			a := newInformerAttestor(t, inf, tc.cfg)
 			token := tc.token
 			if token == "" {
-				token = mint(t, epoch, tc.tok)
+				token = mint(t, epoch.Add(-time.Minute), tc.tok)
 			}
 			id, err := a.Attest(context.Background(), attestor.Credential{BearerToken: token})
 			if tc.wantErr != nil {
@@ -235,6 +244,8 @@ func TestInformerUnsynced(t *testing.T) {
 // deleted ServiceAccount too, with no lookup.
 func TestInformerSeesChanges(t *testing.T) {
 	ctx := context.Background()
+	// Tokens older than CatchUpAge: refusals are decided at once.
+	issued := epoch.Add(-time.Minute)
 	inf, client := fakeCluster(t, liveSA(), livePod())
 	rec := newRecorder()
 	a := newInformerAttestor(t, inf, k8s.Config{Metrics: rec})
@@ -242,7 +253,7 @@ func TestInformerSeesChanges(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cred := attestor.Credential{BearerToken: mint(t, epoch, saToken{})}
+	cred := attestor.Credential{BearerToken: mint(t, issued, saToken{})}
 	refused := func() bool {
 		_, err := a.Attest(ctx, cred)
 		return errors.Is(err, attestor.ErrUnauthenticated)
@@ -261,7 +272,7 @@ func TestInformerSeesChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	clocktest.Eventually(t, "new pod seen", func() bool {
-		_, err := a.Attest(ctx, attestor.Credential{BearerToken: mint(t, epoch, saToken{podUID: "pod-uid-2"})})
+		_, err := a.Attest(ctx, attestor.Credential{BearerToken: mint(t, issued, saToken{podUID: "pod-uid-2"})})
 		return err == nil
 	})
 	if !refused() {
@@ -278,7 +289,7 @@ func TestInformerSeesChanges(t *testing.T) {
 	clocktest.Eventually(t, "ServiceAccount deletion seen by the admission", func() bool {
 		return errors.Is(adm.Admit(ctx, sa("foo", "bar")), attestor.ErrPermissionDenied)
 	})
-	cred = attestor.Credential{BearerToken: mint(t, epoch, saToken{podUID: "pod-uid-2"})}
+	cred = attestor.Credential{BearerToken: mint(t, issued, saToken{podUID: "pod-uid-2"})}
 	if !refused() {
 		t.Fatal("a token of a deleted ServiceAccount passes")
 	}
@@ -314,5 +325,105 @@ func TestInformersStripObjects(t *testing.T) {
 	wantSA := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: "foo", Name: "bar", UID: "sa-uid-1", ResourceVersion: sa.ResourceVersion}}
 	if sa == nil || !reflect.DeepEqual(sa, wantSA) {
 		t.Errorf("cached ServiceAccount = %+v, want only name, namespace, UID and resource version", sa)
+	}
+}
+
+// TestInformerCatchUp: a young token whose objects the caches do not have
+// yet (or not as the token names them) waits for the caches, and is
+// accepted when its objects arrive; refused after CatchUpWait if they do
+// not; a young token refused for a reason no watch event can mend, and an
+// old one, are decided at once.
+func TestInformerCatchUp(t *testing.T) {
+	tests := []struct {
+		name    string
+		objs    []runtime.Object // in the caches at the start
+		arrive  []runtime.Object // created while the check waits
+		replace []runtime.Object // updated while the check waits
+		age     time.Duration    // of the token
+		tok     saToken
+		waits   bool // the check waits for the caches
+		want    string
+	}{
+		{name: "ServiceAccount and pod arrive", arrive: []runtime.Object{liveSA(), livePod()}, waits: true},
+		{name: "pod arrives", objs: []runtime.Object{liveSA()}, arrive: []runtime.Object{livePod()}, waits: true},
+		{name: "ServiceAccount created again", objs: []runtime.Object{liveSA(func(s *corev1.ServiceAccount) { s.UID = "sa-uid-0" }), livePod()},
+			replace: []runtime.Object{liveSA()}, waits: true},
+		{name: "pod bound to its node", objs: []runtime.Object{liveSA(), livePod(func(p *corev1.Pod) { p.Spec.NodeName = "" })}, tok: saToken{node: "node-1"},
+			replace: []runtime.Object{livePod()}, waits: true},
+		{name: "nothing arrives", objs: []runtime.Object{liveSA()}, waits: true, want: "pod-gone"},
+		{name: "another object arrives, not the one", objs: []runtime.Object{liveSA()},
+			arrive: []runtime.Object{livePod(func(p *corev1.Pod) { p.Name = "pod-2" })}, waits: true, want: "pod-gone"},
+		{name: "token older than CatchUpAge", objs: []runtime.Object{liveSA()}, age: k8s.CatchUpAge + time.Second, want: "pod-gone"},
+		{name: "ServiceAccount being deleted", objs: []runtime.Object{liveSA(func(s *corev1.ServiceAccount) { terminating(&s.ObjectMeta) }), livePod()},
+			want: "serviceaccount-gone"},
+		{name: "pod finished", objs: []runtime.Object{liveSA(), livePod(func(p *corev1.Pod) { p.Status.Phase = corev1.PodSucceeded })}, want: "pod-gone"},
+		{name: "pod on another node", objs: []runtime.Object{liveSA(), livePod()}, tok: saToken{node: "node-2"}, want: "pod-node"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			inf, client := fakeCluster(t, tc.objs...)
+			rec := newRecorder()
+			a, clk := newInformerAttestorClock(t, inf, k8s.Config{Metrics: rec})
+			token := mint(t, epoch.Add(-tc.age), tc.tok)
+			type result struct {
+				id  attestor.Identity
+				err error
+			}
+			done := make(chan result, 1)
+			go func() {
+				id, err := a.Attest(context.Background(), attestor.Credential{BearerToken: token})
+				done <- result{id, err}
+			}()
+			if tc.waits {
+				clocktest.Eventually(t, "the check waiting", func() bool { return clk.Waiters() > 0 })
+				ctx := context.Background()
+				for _, o := range tc.arrive {
+					var err error
+					switch o := o.(type) {
+					case *corev1.ServiceAccount:
+						_, err = client.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+					case *corev1.Pod:
+						_, err = client.CoreV1().Pods(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+				}
+				for _, o := range tc.replace {
+					var err error
+					switch o := o.(type) {
+					case *corev1.ServiceAccount:
+						_, err = client.CoreV1().ServiceAccounts(o.Namespace).Update(ctx, o, metav1.UpdateOptions{})
+					case *corev1.Pod:
+						_, err = client.CoreV1().Pods(o.Namespace).Update(ctx, o, metav1.UpdateOptions{})
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+				}
+				if tc.want != "" {
+					// End the wait.
+					clk.Advance(k8s.CatchUpWait)
+				}
+			}
+			var r result
+			select {
+			case r = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Attest did not return: it waits on the fake clock, which no one advances")
+			}
+			if tc.want == "" {
+				if r.err != nil || r.id.ID != sa("foo", "bar") {
+					t.Fatalf("Attest() = %v, %v; want foo/bar", r.id.ID, r.err)
+				}
+				return
+			}
+			if !errors.Is(r.err, attestor.ErrUnauthenticated) {
+				t.Fatalf("Attest() = %v, %v; want Unauthenticated", r.id.ID, r.err)
+			}
+			if rec.refusals(tc.want) != 1 {
+				t.Errorf("Refused(%q) counted %d times, want 1", tc.want, rec.refusals(tc.want))
+			}
+		})
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	corev1 "k8s.io/api/core/v1"
@@ -48,6 +49,11 @@ type Informers struct {
 	// hot path then reads one atomic instead of the caches' locks.
 	synced atomic.Bool
 	log    *slog.Logger
+	// changedMu guards changed, which is closed, and replaced, when an
+	// object is added to a cache or updated in it: a check that found an
+	// object missing waits on it for the cache to catch up (catchUp).
+	changedMu sync.Mutex
+	changed   chan struct{}
 }
 
 // InformersConfig configures NewInformers.
@@ -72,9 +78,10 @@ func NewInformers(cfg InformersConfig) (*Informers, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	// No resync: nothing here acts on events, the caches only answer.
+	// No resync: the caches only answer, and the one event handler only
+	// wakes checks waiting for an object to arrive.
 	f := informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0, informers.WithTransform(strip))
-	i := &Informers{factory: f, log: cfg.Logger}
+	i := &Informers{factory: f, log: cfg.Logger, changed: make(chan struct{})}
 	sas, pods := f.Core().V1().ServiceAccounts(), f.Core().V1().Pods()
 	for _, inf := range []struct {
 		kind string
@@ -83,6 +90,13 @@ func NewInformers(cfg InformersConfig) (*Informers, error) {
 		kind := inf.kind
 		if err := inf.si.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
 			i.watchFailed(kind, err)
+		}); err != nil {
+			return nil, fmt.Errorf("k8s: %s informer: %w", kind, err)
+		}
+		// Handlers run after the cache holds the object.
+		if _, err := inf.si.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(any) { i.change() },
+			UpdateFunc: func(any, any) { i.change() },
 		}); err != nil {
 			return nil, fmt.Errorf("k8s: %s informer: %w", kind, err)
 		}
@@ -189,6 +203,21 @@ func (i *Informers) Ready(context.Context) error {
 		return nil
 	}
 	return fmt.Errorf("%w (listing %s)", ErrNotSynced, strings.Join(waiting, ", "))
+}
+
+// change wakes the checks waiting for the caches to change.
+func (i *Informers) change() {
+	i.changedMu.Lock()
+	close(i.changed)
+	i.changed = make(chan struct{})
+	i.changedMu.Unlock()
+}
+
+// changes returns a channel closed at the next object added or updated.
+func (i *Informers) changes() <-chan struct{} {
+	i.changedMu.Lock()
+	defer i.changedMu.Unlock()
+	return i.changed
 }
 
 // serviceAccount returns the cached ServiceAccount ns/name, nil if there is

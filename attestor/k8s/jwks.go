@@ -112,6 +112,7 @@ type k8sClaims struct {
 type projected struct {
 	ns, sa string
 	claims k8sClaims
+	issued time.Time // iat; zero if the token has none
 }
 
 // details are what the issuance log records of the token.
@@ -160,6 +161,7 @@ func (j *JWKSAttestor) verify(ctx context.Context, token string) (projected, err
 		j.cfg.Metrics.Refused("malformed")
 		return projected{}, fmt.Errorf("%w: ServiceAccount token: subject %q does not match its kubernetes.io claims", attestor.ErrUnauthenticated, claims.Subject)
 	}
+	p.issued = claims.IssuedAt.Time()                       // zero without iat
 	expires := claims.Expiry.Time().Add(jwks.DefaultLeeway) // Verify requires exp
 	if expires.After(now) {
 		j.verified.Add(key, &verifiedToken{p: p, kid: kid, version: version, expires: expires}, expires.Sub(now))

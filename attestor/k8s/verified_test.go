@@ -253,7 +253,8 @@ func TestInformerCachedTokenStillBound(t *testing.T) {
 	inf, client := fakeCluster(t, liveSA(), livePod())
 	rec := newRecorder()
 	a := newInformerAttestor(t, inf, k8s.Config{Metrics: rec})
-	cred := attestor.Credential{BearerToken: mint(t, epoch, saToken{})}
+	// Older than CatchUpAge: the refusal is decided at once.
+	cred := attestor.Credential{BearerToken: mint(t, epoch.Add(-time.Minute), saToken{})}
 	for range 2 {
 		if _, err := a.Attest(ctx, cred); err != nil {
 			t.Fatalf("Attest() = %v", err)
