@@ -90,7 +90,11 @@ func (a *InformerAttestor) Attest(ctx context.Context, c attestor.Credential) (a
 	if err != nil {
 		return attestor.Identity{}, err
 	}
-	if reason, why := a.catchUp(ctx, &p); reason != "" {
+	reason, why, err := a.catchUp(ctx, &p)
+	if err != nil {
+		return attestor.Identity{}, err
+	}
+	if reason != "" {
 		a.cfg.Metrics.Refused(reason)
 		attrs := []any{"serviceaccount", p.ns + "/" + p.sa, "reason", reason, "why", why}
 		if pod := p.claims.K8s.Pod; pod != nil {
@@ -113,14 +117,15 @@ const (
 
 // catchUp is bound, waiting as InformerAttestor describes when the caches
 // may be behind a young token. Each change to the caches decides it again.
-func (a *InformerAttestor) catchUp(ctx context.Context, p *projected) (reason, why string) {
+// It fails only with ctx's error, when the request ends while it waits.
+func (a *InformerAttestor) catchUp(ctx context.Context, p *projected) (reason, why string, err error) {
 	reason, why, behind := a.bound(p)
 	if reason == "" || !behind {
-		return reason, why
+		return reason, why, nil
 	}
 	now := a.cfg.Clock.Now()
 	if p.issued.IsZero() || now.Sub(p.issued) > CatchUpAge {
-		return reason, why
+		return reason, why, nil
 	}
 	timeout := a.cfg.Clock.After(CatchUpWait)
 	for {
@@ -128,14 +133,14 @@ func (a *InformerAttestor) catchUp(ctx context.Context, p *projected) (reason, w
 		// missed.
 		changed := a.objects.changes()
 		if reason, why, behind = a.bound(p); reason == "" || !behind {
-			return reason, why
+			return reason, why, nil
 		}
 		select {
 		case <-changed:
 		case <-timeout:
-			return reason, why + fmt.Sprintf(" (still, after waiting %s for the caches)", CatchUpWait)
+			return reason, why + fmt.Sprintf(" (still, after waiting %s for the caches)", CatchUpWait), nil
 		case <-ctx.Done():
-			return reason, why + " (the request ended while waiting for the caches)"
+			return "", "", fmt.Errorf("k8s: waiting for the informer caches: %w", ctx.Err())
 		}
 	}
 }

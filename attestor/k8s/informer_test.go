@@ -427,3 +427,30 @@ func TestInformerCatchUp(t *testing.T) {
 		})
 	}
 }
+
+// TestInformerCatchUpCanceled: a request that ends while its check waits
+// for the caches gets its context's error, not a refusal.
+func TestInformerCatchUpCanceled(t *testing.T) {
+	inf, _ := fakeCluster(t, liveSA())
+	rec := newRecorder()
+	a, clk := newInformerAttestorClock(t, inf, k8s.Config{Metrics: rec})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.Attest(ctx, attestor.Credential{BearerToken: mint(t, epoch, saToken{})})
+		done <- err
+	}()
+	clocktest.Eventually(t, "the check waiting", func() bool { return clk.Waiters() > 0 })
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) || errors.Is(err, attestor.ErrUnauthenticated) {
+			t.Fatalf("Attest() = %v, want context.Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Attest did not return when its context ended")
+	}
+	if n := rec.refusals("pod-gone"); n != 0 {
+		t.Errorf("Refused(pod-gone) counted %d times, want 0", n)
+	}
+}
