@@ -6,6 +6,7 @@ import (
 	"errors"
 	"maps"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -377,25 +378,24 @@ func TestInformerCatchUp(t *testing.T) {
 			if tc.waits {
 				clocktest.Eventually(t, "the check waiting", func() bool { return clk.Waiters() > 0 })
 				ctx := context.Background()
-				for _, o := range tc.arrive {
+				for _, o := range slices.Concat(tc.arrive, tc.replace) {
+					create := slices.Contains(tc.arrive, o)
 					var err error
 					switch o := o.(type) {
 					case *corev1.ServiceAccount:
-						_, err = client.CoreV1().ServiceAccounts(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
+						sas := client.CoreV1().ServiceAccounts(o.Namespace)
+						if create {
+							_, err = sas.Create(ctx, o, metav1.CreateOptions{})
+						} else {
+							_, err = sas.Update(ctx, o, metav1.UpdateOptions{})
+						}
 					case *corev1.Pod:
-						_, err = client.CoreV1().Pods(o.Namespace).Create(ctx, o, metav1.CreateOptions{})
-					}
-					if err != nil {
-						t.Fatal(err)
-					}
-				}
-				for _, o := range tc.replace {
-					var err error
-					switch o := o.(type) {
-					case *corev1.ServiceAccount:
-						_, err = client.CoreV1().ServiceAccounts(o.Namespace).Update(ctx, o, metav1.UpdateOptions{})
-					case *corev1.Pod:
-						_, err = client.CoreV1().Pods(o.Namespace).Update(ctx, o, metav1.UpdateOptions{})
+						pods := client.CoreV1().Pods(o.Namespace)
+						if create {
+							_, err = pods.Create(ctx, o, metav1.CreateOptions{})
+						} else {
+							_, err = pods.Update(ctx, o, metav1.UpdateOptions{})
+						}
 					}
 					if err != nil {
 						t.Fatal(err)
