@@ -49,9 +49,11 @@ type Informers struct {
 	// hot path then reads one atomic instead of the caches' locks.
 	synced atomic.Bool
 	log    *slog.Logger
-	// changedMu guards changed, which is closed, and replaced, when an
-	// object is added to a cache or updated in it: a check that found an
-	// object missing waits on it for the cache to catch up (catchUp).
+	// changedMu guards changed, which is closed when an object is added
+	// to a cache or updated in it: a check that found an object missing
+	// waits on it for the cache to catch up (catchUp). It is made only
+	// when a check waits (nil otherwise), so the events of a busy cluster
+	// cost nothing while none does.
 	changedMu sync.Mutex
 	changed   chan struct{}
 }
@@ -81,7 +83,7 @@ func NewInformers(cfg InformersConfig) (*Informers, error) {
 	// No resync: the caches only answer, and the one event handler only
 	// wakes checks waiting for an object to arrive.
 	f := informers.NewSharedInformerFactoryWithOptions(cfg.Client, 0, informers.WithTransform(strip))
-	i := &Informers{factory: f, log: cfg.Logger, changed: make(chan struct{})}
+	i := &Informers{factory: f, log: cfg.Logger}
 	sas, pods := f.Core().V1().ServiceAccounts(), f.Core().V1().Pods()
 	for _, inf := range []struct {
 		kind string
@@ -208,8 +210,10 @@ func (i *Informers) Ready(context.Context) error {
 // change wakes the checks waiting for the caches to change.
 func (i *Informers) change() {
 	i.changedMu.Lock()
-	close(i.changed)
-	i.changed = make(chan struct{})
+	if i.changed != nil {
+		close(i.changed)
+		i.changed = nil
+	}
 	i.changedMu.Unlock()
 }
 
@@ -217,6 +221,9 @@ func (i *Informers) change() {
 func (i *Informers) changes() <-chan struct{} {
 	i.changedMu.Lock()
 	defer i.changedMu.Unlock()
+	if i.changed == nil {
+		i.changed = make(chan struct{})
+	}
 	return i.changed
 }
 
