@@ -33,6 +33,15 @@ import (
 //     finished (Succeeded or Failed) is scheduled to N. Pending pods count:
 //     ztunnel asks for a pod's certificate while the pod starts.
 //
+// The caches may be a moment behind the caller: ztunnel learns of a pod
+// bound to its node, or starts and asks before its own pod is seen
+// Running, as the watch events are on their way. A request refused only
+// for that (no pod of the requested ServiceAccount on N yet, or the
+// caller's pod still Pending) waits for the caches to change, and is
+// decided again at each change, for at most CatchUpWait, as the informer
+// mode's young tokens do (at most CatchUpMaxWaiting checks wait at once;
+// past that it is decided at once).
+//
 // Every refusal is the same attestor.ErrUnauthenticated, "request
 // impersonation authentication failure", as istiod answers: the caller
 // learns nothing of which pods run where. The precise reason is logged as
@@ -102,7 +111,12 @@ const (
 // hold it (see NodeAuthorizer). The identity's Subject is the caller's,
 // and its Details say who impersonated whom, from which pod and node.
 func (n *NodeAuthorizer) Impersonate(ctx context.Context, caller attestor.Identity, requested string) (attestor.Identity, error) {
-	id, reason, why := n.decide(ctx, caller, requested)
+	id, reason, why, err := n.decide(ctx, caller, requested)
+	if err != nil {
+		// The request ended while the check waited for the caches:
+		// neither granted nor refused.
+		return attestor.Identity{}, err
+	}
 	n.cfg.Metrics.Impersonation(reason)
 	if reason != impersonationOK {
 		n.cfg.Logger.Warn("impersonation refused", "caller", caller.ID.String(), "caller_kind", caller.Kind,
@@ -115,43 +129,60 @@ func (n *NodeAuthorizer) Impersonate(ctx context.Context, caller attestor.Identi
 }
 
 // decide runs Impersonate's checks in order and returns, when one fails,
-// the reason (for metrics) and why (for the log).
-func (n *NodeAuthorizer) decide(ctx context.Context, caller attestor.Identity, requested string) (id attestor.Identity, reason, why string) {
+// the reason (for metrics) and why (for the log). It fails only with ctx's
+// error, when ctx ends while it waits for the caches.
+func (n *NodeAuthorizer) decide(ctx context.Context, caller attestor.Identity, requested string) (id attestor.Identity, reason, why string, err error) {
 	switch {
 	case len(n.trusted) == 0:
-		return id, impersonationNotConfigured, "no trusted node accounts configured (--trusted-node-accounts)"
+		return id, impersonationNotConfigured, "no trusted node accounts configured (--trusted-node-accounts)", nil
 	case n.objects == nil:
-		return id, impersonationNoCache, "the node checks need the informer mode's pod caches (--k8s-attestation=informer)"
+		return id, impersonationNoCache, "the node checks need the informer mode's pod caches (--k8s-attestation=informer)", nil
 	case caller.Kind != KindInformer:
-		return id, impersonationUntrusted, fmt.Sprintf("caller proved its identity with a %q credential, not a ServiceAccount token", caller.Kind)
+		return id, impersonationUntrusted, fmt.Sprintf("caller proved its identity with a %q credential, not a ServiceAccount token", caller.Kind), nil
 	}
 	callerNS, callerSA, ok := parseUsername(caller.Subject)
 	if !ok || !n.trusted[callerNS+"/"+callerSA] {
-		return id, impersonationUntrusted, "caller's ServiceAccount is not a trusted node account"
+		return id, impersonationUntrusted, "caller's ServiceAccount is not a trusted node account", nil
 	}
 	target, ns, sa, err := n.parseRequested(requested)
 	if err != nil {
-		return id, impersonationMalformed, err.Error()
+		return id, impersonationMalformed, err.Error(), nil
 	}
 	if err := n.cfg.admit(ns, sa); err != nil {
-		return id, impersonationDenied, err.Error()
+		return id, impersonationDenied, err.Error(), nil
 	}
 	if err := n.objects.Ready(ctx); err != nil {
-		return id, impersonationNotSynced, err.Error()
+		return id, impersonationNotSynced, err.Error(), nil
 	}
-	node, why := n.callerNode(callerNS, callerSA, caller.Details)
-	if why != "" {
-		return id, impersonationCallerPod, why
-	}
-	if !n.objects.runsOn(node, ns, sa) {
-		return id, impersonationNotOnNode, fmt.Sprintf("no pod of ServiceAccount %s/%s on node %q", ns, sa, node)
+	var node string
+	_, waited, err := n.objects.await(ctx, n.cfg.Clock, CatchUpWait, func() bool {
+		var behind bool
+		if node, why, behind = n.callerNode(callerNS, callerSA, caller.Details); why != "" {
+			reason = impersonationCallerPod
+			return !behind
+		}
+		if !n.objects.runsOn(node, ns, sa) {
+			reason, why = impersonationNotOnNode, fmt.Sprintf("no pod of ServiceAccount %s/%s on node %q", ns, sa, node)
+			return false
+		}
+		reason, why = impersonationOK, ""
+		return true
+	})
+	switch {
+	case err != nil:
+		return id, "", "", err
+	case reason != impersonationOK:
+		if waited {
+			why += fmt.Sprintf(" (still, after waiting %s for the caches)", CatchUpWait)
+		}
+		return id, reason, why, nil
 	}
 	return attestor.Identity{ID: target, Kind: KindImpersonation, Subject: caller.Subject, Details: map[string]string{
 		DetailImpersonatedBy: caller.ID.String(),
 		DetailNode:           node,
 		DetailPodName:        caller.Details[DetailPodName],
 		DetailPodUID:         caller.Details[DetailPodUID],
-	}}, impersonationOK, ""
+	}}, impersonationOK, "", nil
 }
 
 // parseRequested parses the ImpersonatedIdentity a caller sent: a SPIFFE
@@ -172,26 +203,27 @@ func (n *NodeAuthorizer) parseRequested(requested string) (id spiffeid.ID, ns, s
 }
 
 // callerNode finds, in the cache, the pod the caller's token is bound to
-// and returns its node, or why it does not qualify.
-func (n *NodeAuthorizer) callerNode(ns, sa string, details map[string]string) (node, why string) {
+// and returns its node, or why it does not qualify and whether the cache
+// may be behind (the pod still Pending: its status update on the way).
+func (n *NodeAuthorizer) callerNode(ns, sa string, details map[string]string) (node, why string, behind bool) {
 	name, uid := details[DetailPodName], details[DetailPodUID]
 	if name == "" || uid == "" {
-		return "", "caller's token is not bound to a pod"
+		return "", "caller's token is not bound to a pod", false
 	}
 	pod := n.objects.pod(ns, name)
 	switch {
 	case pod == nil:
-		return "", fmt.Sprintf("caller's pod %s/%s not found", ns, name)
+		return "", fmt.Sprintf("caller's pod %s/%s not found", ns, name), false
 	case string(pod.UID) != uid:
-		return "", fmt.Sprintf("caller's pod %s/%s has UID %s, the token's %q", ns, name, pod.UID, uid)
+		return "", fmt.Sprintf("caller's pod %s/%s has UID %s, the token's %q", ns, name, pod.UID, uid), false
 	case pod.Spec.ServiceAccountName != sa:
-		return "", fmt.Sprintf("caller's pod %s/%s runs as ServiceAccount %q, the token's %q", ns, name, pod.Spec.ServiceAccountName, sa)
+		return "", fmt.Sprintf("caller's pod %s/%s runs as ServiceAccount %q, the token's %q", ns, name, pod.Spec.ServiceAccountName, sa), false
 	case pod.DeletionTimestamp != nil:
-		return "", fmt.Sprintf("caller's pod %s/%s is terminating", ns, name)
+		return "", fmt.Sprintf("caller's pod %s/%s is terminating", ns, name), false
 	case pod.Status.Phase != corev1.PodRunning:
-		return "", fmt.Sprintf("caller's pod %s/%s is %s, not Running", ns, name, pod.Status.Phase)
+		return "", fmt.Sprintf("caller's pod %s/%s is %s, not Running", ns, name, pod.Status.Phase), pod.Status.Phase == corev1.PodPending
 	case pod.Spec.NodeName == "":
-		return "", fmt.Sprintf("caller's pod %s/%s is on no node", ns, name)
+		return "", fmt.Sprintf("caller's pod %s/%s is on no node", ns, name), false
 	}
-	return pod.Spec.NodeName, ""
+	return pod.Spec.NodeName, "", false
 }

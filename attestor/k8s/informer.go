@@ -32,7 +32,8 @@ import (
 // once, a pod bound to its node a moment before its kubelet asks. Its check
 // then waits for the caches to change, and is decided again at each change,
 // for at most CatchUpWait before it is refused. An older token is decided
-// at once.
+// at once, and so is a young one while CatchUpMaxWaiting checks already
+// wait.
 //
 // Until the caches have synced every token is refused with
 // attestor.ErrUnavailable, before it is verified, so callers retry; Ready
@@ -123,26 +124,20 @@ func (a *InformerAttestor) catchUp(ctx context.Context, p *projected) (reason, w
 	if reason == "" || !behind {
 		return reason, why, nil
 	}
-	now := a.cfg.Clock.Now()
-	if p.issued.IsZero() || now.Sub(p.issued) > CatchUpAge {
+	if p.issued.IsZero() || a.cfg.Clock.Now().Sub(p.issued) > CatchUpAge {
 		return reason, why, nil
 	}
-	timeout := a.cfg.Clock.After(CatchUpWait)
-	for {
-		// Taken before the check, so that a change in between is not
-		// missed.
-		changed := a.objects.changes()
-		if reason, why, behind = a.bound(p); reason == "" || !behind {
-			return reason, why, nil
-		}
-		select {
-		case <-changed:
-		case <-timeout:
-			return reason, why + fmt.Sprintf(" (still, after waiting %s for the caches)", CatchUpWait), nil
-		case <-ctx.Done():
-			return "", "", fmt.Errorf("k8s: waiting for the informer caches: %w", ctx.Err())
-		}
+	_, waited, err := a.objects.await(ctx, a.cfg.Clock, CatchUpWait, func() bool {
+		reason, why, behind = a.bound(p)
+		return reason == "" || !behind
+	})
+	switch {
+	case err != nil:
+		return "", "", err
+	case reason != "" && waited:
+		why += fmt.Sprintf(" (still, after waiting %s for the caches)", CatchUpWait)
 	}
+	return reason, why, nil
 }
 
 // Refusal reasons of the binding checks, as counted in Metrics.Refused.

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -17,6 +18,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corev1listers "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/meshca/meshca/internal/clock"
 )
 
 // Informers keeps the cluster's ServiceAccounts and Pods, of every
@@ -51,11 +54,13 @@ type Informers struct {
 	log    *slog.Logger
 	// changedMu guards changed, which is closed when an object is added
 	// to a cache or updated in it: a check that found an object missing
-	// waits on it for the cache to catch up (catchUp). It is made only
+	// waits on it for the cache to catch up (await). It is made only
 	// when a check waits (nil otherwise), so the events of a busy cluster
 	// cost nothing while none does.
 	changedMu sync.Mutex
 	changed   chan struct{}
+	// waiting counts the checks in await, at most CatchUpMaxWaiting.
+	waiting atomic.Int32
 }
 
 // InformersConfig configures NewInformers.
@@ -225,6 +230,46 @@ func (i *Informers) changes() <-chan struct{} {
 		i.changed = make(chan struct{})
 	}
 	return i.changed
+}
+
+// CatchUpMaxWaiting bounds the checks that wait for the caches at once
+// (InformerAttestor's young tokens, NodeAuthorizer's pods). Each waits
+// inside a request, holding one of the CA's signing slots (at least 16 a
+// processor by default), so a burst of requests the caches refuse must not
+// hold them all. Past the bound a check is decided at once, as it would be
+// without the wait.
+const CatchUpMaxWaiting = 8
+
+// await waits for settled to report true, calling it again at every change
+// to the caches, for at most wait on clk. It returns whether settled did,
+// and whether it waited at all: it does not when settled reports true at
+// once, or when CatchUpMaxWaiting checks already wait. It fails only with
+// ctx's error, when ctx ends while it waits.
+func (i *Informers) await(ctx context.Context, clk clock.Clock, wait time.Duration, settled func() bool) (ok, waited bool, err error) {
+	if settled() {
+		return true, false, nil
+	}
+	if i.waiting.Add(1) > CatchUpMaxWaiting {
+		i.waiting.Add(-1)
+		return false, false, nil
+	}
+	defer i.waiting.Add(-1)
+	timeout := clk.After(wait)
+	for {
+		// Taken before the check, so that a change in between is not
+		// missed.
+		changed := i.changes()
+		if settled() {
+			return true, true, nil
+		}
+		select {
+		case <-changed:
+		case <-timeout:
+			return false, true, nil
+		case <-ctx.Done():
+			return false, true, fmt.Errorf("k8s: waiting for the informer caches: %w", ctx.Err())
+		}
+	}
 }
 
 // serviceAccount returns the cached ServiceAccount ns/name, nil if there is

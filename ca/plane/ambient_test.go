@@ -150,8 +150,9 @@ func ztunnelChain(t *testing.T, chain []string) *x509.Certificate {
 // API server with Nodes and Pods (no kubelet: pods are scheduled by
 // setting spec.nodeName, and set Running by a status update). ztunnel on
 // node n1 gets certificates for the identities of pods on n1, in the
-// chain order it reads; every other request for another identity is
-// refused with one opaque Unauthenticated.
+// chain order it reads, including a pod's asked for as soon as it is
+// scheduled; every other request for another identity is refused with one
+// opaque Unauthenticated.
 func TestAmbientZtunnelAgainstAPIServer(t *testing.T) {
 	env := kubeenv.Get(t)
 	ctx := context.Background()
@@ -216,11 +217,15 @@ func TestAmbientZtunnelAgainstAPIServer(t *testing.T) {
 		late := id("app", "late")
 		_, err := ztunnelRequest(t, p, ztToken, late, structpb.NewStringValue(late.String()))
 		wantCode(t, "before the pod exists", err, codes.Unauthenticated, "request impersonation authentication failure")
+		// meshca's watch is slowed: its events arrive 300 ms late.
+		fw.Delay(300 * time.Millisecond)
+		defer fw.Delay(0)
 		schedulePod(t, env, "app", "late-1", "late", "n1", corev1.PodPending)
-		clocktest.Eventually(t, "granted once the pod is seen", func() bool {
-			_, err := ztunnelRequest(t, p, ztToken, late, structpb.NewStringValue(late.String()))
-			return err == nil
-		})
+		// At once, as ztunnel asks when it learns of the pod: the check
+		// waits for meshca's watch to see the pod bound to n1.
+		if _, err := ztunnelRequest(t, p, ztToken, late, structpb.NewStringValue(late.String())); err != nil {
+			t.Fatalf("the first request after the pod was scheduled to n1, meshca's watch 300 ms behind: %v", err)
+		}
 	})
 
 	// The old ztunnel pod is replaced by one of the same name: its token

@@ -5,21 +5,26 @@ import (
 	"net"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"k8s.io/client-go/rest"
 )
 
 // Forwarder relays TCP connections to the API server, so a test can cut a
 // client off from it (Stop) as a network partition or an apiserver outage
-// would, without stopping the apiserver other tests share; or hold the
-// connections it accepts until Release, as an API server slow to answer.
+// would, without stopping the apiserver other tests share; hold the
+// connections it accepts until Release, as an API server slow to answer;
+// or delay what the API server sends (Delay), as a watch event slow to
+// arrive.
 type Forwarder struct {
 	env     *Env
 	ln      net.Listener
 	target  string
 	release func()
 	open    chan struct{} // closed: connections are relayed
+	delay   atomic.Int64  // nanoseconds each chunk from the API server is held
 
 	mu    sync.Mutex
 	conns []net.Conn
@@ -64,6 +69,10 @@ func (f *Forwarder) Config() *rest.Config {
 // Release relays the connections held so far and every later one.
 func (f *Forwarder) Release() { f.release() }
 
+// Delay holds each chunk the API server sends, from now on, for d before
+// relaying it, in order (0: relayed at once).
+func (f *Forwarder) Delay(d time.Duration) { f.delay.Store(int64(d)) }
+
 // Stop refuses new connections and cuts the open ones.
 func (f *Forwarder) Stop() {
 	f.release()
@@ -100,6 +109,38 @@ func (f *Forwarder) relay(c net.Conn) {
 	f.conns = append(f.conns, up)
 	f.mu.Unlock()
 	go func() { io.Copy(up, c); up.Close() }()
-	io.Copy(c, up)
+	f.relayDelayed(c, up)
 	c.Close()
+}
+
+// relayDelayed copies from up to c, each chunk held for the Delay set
+// when it was read.
+func (f *Forwarder) relayDelayed(c, up net.Conn) {
+	type chunk struct {
+		b  []byte
+		at time.Time // when to relay it
+	}
+	chunks := make(chan chunk, 1024)
+	go func() {
+		defer close(chunks)
+		for {
+			b := make([]byte, 32<<10)
+			n, err := up.Read(b)
+			if n > 0 {
+				chunks <- chunk{b[:n], time.Now().Add(time.Duration(f.delay.Load()))}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	for ch := range chunks {
+		time.Sleep(time.Until(ch.at))
+		if _, err := c.Write(ch.b); err != nil {
+			up.Close()
+			for range chunks { // let the reader end
+			}
+			return
+		}
+	}
 }
