@@ -245,3 +245,19 @@ func (r *recorder) refusals(reason string) int {
 	defer r.mu.Unlock()
 	return r.refused[reason]
 }
+
+// waiting returns once a check waits on clk, and fails the test at once if
+// the check returned on done instead, decided without waiting.
+func waiting[T any](t *testing.T, clk *clocktest.Fake, done <-chan T) {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for clk.Waiters() == 0 {
+		select {
+		case r := <-done:
+			t.Fatalf("the check returned %+v without waiting for the caches", r)
+		case <-deadline:
+			t.Fatal("the check neither waits nor returns")
+		case <-time.After(time.Millisecond):
+		}
+	}
+}

@@ -244,7 +244,7 @@ func TestNodeAuthorizerCatchUp(t *testing.T) {
 				id, err := na.Impersonate(context.Background(), ztunnelCaller(), "spiffe://example.org/ns/foo/sa/bar")
 				done <- result{id, err}
 			}()
-			clocktest.Eventually(t, "the check waiting", func() bool { return clk.Waiters() > 0 })
+			waiting(t, clk, done)
 			ctx := context.Background()
 			for _, o := range tc.arrive {
 				if _, err := client.CoreV1().Pods(o.(*corev1.Pod).Namespace).Create(ctx, o.(*corev1.Pod), metav1.CreateOptions{}); err != nil {
@@ -321,7 +321,7 @@ func TestNodeAuthorizerCatchUpCanceled(t *testing.T) {
 		_, err := na.Impersonate(ctx, ztunnelCaller(), "spiffe://example.org/ns/foo/sa/bar")
 		done <- err
 	}()
-	clocktest.Eventually(t, "the check waiting", func() bool { return clk.Waiters() > 0 })
+	waiting(t, clk, done)
 	cancel()
 	select {
 	case err := <-done:

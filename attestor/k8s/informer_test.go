@@ -376,7 +376,7 @@ func TestInformerCatchUp(t *testing.T) {
 				done <- result{id, err}
 			}()
 			if tc.waits {
-				clocktest.Eventually(t, "the check waiting", func() bool { return clk.Waiters() > 0 })
+				waiting(t, clk, done)
 				ctx := context.Background()
 				for _, o := range slices.Concat(tc.arrive, tc.replace) {
 					create := slices.Contains(tc.arrive, o)
@@ -440,7 +440,7 @@ func TestInformerCatchUpCanceled(t *testing.T) {
 		_, err := a.Attest(ctx, attestor.Credential{BearerToken: mint(t, epoch, saToken{})})
 		done <- err
 	}()
-	clocktest.Eventually(t, "the check waiting", func() bool { return clk.Waiters() > 0 })
+	waiting(t, clk, done)
 	cancel()
 	select {
 	case err := <-done:
