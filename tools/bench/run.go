@@ -34,13 +34,14 @@ func run(args []string) error {
 	fs.IntVar(&o.RotationWorkloads, "rotation-workloads", 50000, "rotation: workloads due at once")
 	fs.IntVar(&o.RotationConns, "rotation-conns", 500, "rotation: connections the workloads share")
 	fs.DurationVar(&o.RotationDeadline, "rotation-deadline", time.Minute, "rotation: time every workload has to renew")
+	fs.IntVar(&o.RotationRounds, "rotation-rounds", 1, "rotation: storms per server, interleaved across servers (the table gives medians and ranges)")
 	modes := fs.String("k8s-modes", "tokenreview,jwks,informer", "meshca --k8s-attestation modes in k8s and storm (unsupported ones are skipped, saying why)")
 	repo := fs.String("repo", "", "meshca repository (default: found above the working directory)")
 	bin := fs.String("meshca", "", "meshca binary (default: built from -repo into the work directory)")
 	fs.StringVar(&o.TestenvBin, "testenv-bin", os.Getenv("MESHCA_TESTENV_BIN"), "directory of kube-apiserver and etcd (default $MESHCA_TESTENV_BIN, else <repo>/.testenv/bin)")
 	work := fs.String("work", "", "directory for CA files, data and logs (default: a temporary one, removed after)")
 	meshcaArgs := fs.String("meshca-args", "", "more flags for every `meshca server`, space-separated (e.g. \"--profiling\")")
-	fs.StringVar(&o.MeshcaB, "meshca-b", "", "mtls, k8s, storm: a second meshca binary, measured beside -meshca in the same interleaved rounds (to compare two builds; k8s logs B over A per mode)")
+	fs.StringVar(&o.MeshcaB, "meshca-b", "", "mtls, k8s, storm, rotation: a second meshca binary, measured beside -meshca in the same interleaved rounds (to compare two builds; k8s logs B over A per mode)")
 	jsonOut := fs.String("json", "", "also write the tables to this JSON file")
 	if err := fs.Parse(args); err != nil {
 		return err

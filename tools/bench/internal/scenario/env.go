@@ -39,9 +39,11 @@ type Options struct {
 	// StormRounds and StormCSRs are the storm's rounds and its fresh-token
 	// CSRs per server and round.
 	StormRounds, StormCSRs int
-	// Rotation storm: workloads, connections and the deadline.
+	// Rotation storm: workloads, connections, the deadline, and how many
+	// storms each server gets, interleaved (at least one).
 	RotationWorkloads, RotationConns int
 	RotationDeadline                 time.Duration
+	RotationRounds                   int
 	// K8sModes are the meshca --k8s-attestation modes measured with tokens.
 	K8sModes []string
 	// TestenvBin holds kube-apiserver and etcd.
@@ -49,10 +51,10 @@ type Options struct {
 	// MeshcaArgs are added to every `meshca server` command line (for
 	// example --profiling, or a shedding setting under study).
 	MeshcaArgs []string
-	// MeshcaB, if set, is a second meshca binary that the mtls, k8s and
-	// storm scenarios measure beside the first (in k8s and storm, in each
-	// mode), in the same interleaved rounds: two builds compared on a noisy
-	// machine.
+	// MeshcaB, if set, is a second meshca binary that the mtls, k8s, storm
+	// and rotation scenarios measure beside the first (in k8s and storm, in
+	// each mode), in the same interleaved rounds: two builds compared on a
+	// noisy machine.
 	MeshcaB string
 }
 

@@ -3,6 +3,7 @@ package scenario
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/meshca/meshca/tools/bench/internal/load"
@@ -12,7 +13,9 @@ import (
 
 // Rotation is the rotation storm: Options.RotationWorkloads workloads due
 // at the same moment, over Options.RotationConns connections, with
-// Options.RotationDeadline to renew.
+// Options.RotationDeadline to renew; Options.RotationRounds times for each
+// server, interleaved (floor, Istio's, meshca, meshca B, floor, ...) so
+// that the machine's noise hits every server alike.
 //
 // A TLS connection presents one client certificate, so it is modelled as
 // a node agent renewing for the workloads behind it with its own identity:
@@ -20,8 +23,9 @@ import (
 // and sends workloads/conns CSRs for that identity, each with its own key,
 // all at once. The server sees what it would see from that many agents
 // renewing over that many connections: as many concurrent calls, each an
-// mTLS renewal with a fresh key. Each server starts fresh, so its peak
-// memory is the storm's.
+// mTLS renewal with a fresh key. Each storm starts its server fresh, so
+// its peak memory is the storm's. With Options.MeshcaB, a second meshca
+// build is measured the same way, in the same rounds.
 func (e *Env) Rotation(ctx context.Context) (report.Table, error) {
 	conns := e.Opts.RotationConns
 	per := (e.Opts.RotationWorkloads + conns - 1) / conns
@@ -36,39 +40,100 @@ func (e *Env) Rotation(ctx context.Context) (report.Table, error) {
 		return report.Table{}, err
 	}
 	cfg := load.Storm{Deadline: e.Opts.RotationDeadline}
-	var results []load.StormResult
-	var cpu []time.Duration
-	names := []string{"floor", "Istio's CA server", "`meshca server`"}
-	for i, name := range names {
-		var t *target
-		svids := certs
-		switch i {
-		case 0:
-			t, err = e.startPeer(name, "mTLS", "floor", "")
-		case 1:
-			t, err = e.startPeer(name, "mTLS", "istio", "")
-		default:
-			if t, err = e.startMeshca(name, "mTLS renewal", "off", "", true); err == nil {
+	type server struct {
+		name, kind, bin string // kind: floor, istio, or "" for meshca bin
+	}
+	servers := []server{{"floor", "floor", ""}, {"Istio's CA server", "istio", ""}}
+	for _, b := range e.builds("`meshca server`") {
+		servers = append(servers, server{b.name, "", b.bin})
+	}
+	rounds := max(e.Opts.RotationRounds, 1)
+	all := make([]stormSeries, len(servers))
+	for r := range rounds {
+		for i, sv := range servers {
+			var t *target
+			svids := certs
+			if sv.kind != "" {
+				t, err = e.startPeer(sv.name, "mTLS", sv.kind, "")
+			} else if t, err = e.startMeshcaBin(sv.bin, sv.name, "mTLS renewal", "off", "", true); err == nil {
 				svids, err = t.meshca.SVIDs(ctx, idList)
 			}
-		}
-		if err == nil {
-			err = t.dial(ctx, conns, svids)
-		}
-		if err != nil {
-			if t != nil {
-				t.close()
+			if err == nil {
+				err = t.dial(ctx, conns, svids)
 			}
-			return report.Table{}, fmt.Errorf("%s: %w", name, err)
+			if err != nil {
+				if t != nil {
+					t.close()
+				}
+				return report.Table{}, fmt.Errorf("%s: %w", sv.name, err)
+			}
+			res, cpu, err := e.storm(ctx, t, per, csrs, cfg)
+			t.close()
+			if err != nil {
+				return report.Table{}, err
+			}
+			all[i].name, all[i].cred = sv.name, t.cred
+			all[i].runs = append(all[i].runs, stormRun{res: res, cpu: cpu})
+			e.logf("rotation round %d/%d %-20s done in %s, %s the floor's", r+1, rounds, sv.name,
+				report.Seconds(res.Done), report.Ratio(res.Done.Seconds()/max(all[0].runs[r].res.Done.Seconds(), 1e-9)))
 		}
-		r, c, err := e.storm(ctx, t, per, csrs, cfg)
-		t.close()
-		if err != nil {
-			return report.Table{}, err
-		}
-		results, cpu = append(results, r), append(cpu, c)
 	}
-	return e.rotationTable(names, results, cpu, per*conns), nil
+	if e.Opts.MeshcaB != "" {
+		a, b := all[len(all)-2], all[len(all)-1]
+		e.logf("rotation %s over %s, medians over %d rounds of the ratio in each: all done in %.3f×, server CPU per renewal %.3f×, p99 of admitted %.3f×",
+			b.name, a.name, rounds, b.versus(a, stormRun.done), b.versus(a, stormRun.cpuPerRenewal), b.versus(a, stormRun.p99))
+	}
+	return e.rotationTable(all, per*conns), nil
+}
+
+// stormRun is one rotation storm against one server, with the server's
+// CPU time.
+type stormRun struct {
+	res load.StormResult
+	cpu time.Duration
+}
+
+func (r stormRun) done() float64 { return r.res.Done.Seconds() }
+
+func (r stormRun) cpuPerRenewal() float64 { return r.cpu.Seconds() / float64(max(r.res.Renewed, 1)) }
+
+func (r stormRun) p99() float64 { return load.Percentile(r.res.Admitted(), 99).Seconds() }
+
+func (r stormRun) rss() float64 { return float64(r.res.PeakRSS) }
+
+// stormSeries is one server's rotation storms, a round each.
+type stormSeries struct {
+	name, cred string
+	runs       []stormRun
+}
+
+// each is f of every run.
+func (s stormSeries) each(f func(stormRun) float64) []float64 {
+	v := make([]float64, len(s.runs))
+	for i, r := range s.runs {
+		v[i] = f(r)
+	}
+	return v
+}
+
+// versus is the median over rounds of f of s's run over f of o's run in
+// the same round.
+func (s stormSeries) versus(o stormSeries, f func(stormRun) float64) float64 {
+	var v []float64
+	for i := range min(len(s.runs), len(o.runs)) {
+		v = append(v, f(s.runs[i])/max(f(o.runs[i]), 1e-12))
+	}
+	return median(v)
+}
+
+// medianCell is the median of v, and when the values differ their range,
+// each formatted by format.
+func medianCell(v []float64, format func(float64) string) string {
+	lo, hi := slices.Min(v), slices.Max(v)
+	if lo == hi {
+		return format(lo)
+	}
+	return fmt.Sprintf("%s (%s–%s)", format(median(v)), format(lo), format(hi))
 }
 
 // storm runs one rotation storm against t and returns it with the
@@ -91,10 +156,17 @@ func (e *Env) storm(ctx context.Context, t *target, per int, csrs [][]pki.CSR, c
 	return r, m.s.cpu, nil
 }
 
-func (e *Env) rotationTable(names []string, rs []load.StormResult, cpu []time.Duration, total int) report.Table {
+// rotationTable has a row per server: with more than one round, the
+// median of each figure and its range; "× floor" is the median over rounds
+// of the ratio to the floor's storm of the same round.
+func (e *Env) rotationTable(all []stormSeries, total int) report.Table {
+	rounds := ""
+	if n := len(all[0].runs); n > 1 {
+		rounds = fmt.Sprintf(", %d rounds per server (medians and ranges)", n)
+	}
 	t := report.Table{
-		Title: fmt.Sprintf("Rotation storm: %s workloads due at once over %d mTLS connections, %s deadline",
-			report.Int(int64(total)), e.Opts.RotationConns, e.Opts.RotationDeadline),
+		Title: fmt.Sprintf("Rotation storm: %s workloads due at once over %d mTLS connections, %s deadline%s",
+			report.Int(int64(total)), e.Opts.RotationConns, e.Opts.RotationDeadline, rounds),
 		Header: []string{"server", "credential", "renewed", "failed", "shed (with a retry hint)", "retry hints p50 / max", "all done in", "× floor",
 			"peak RSS", "× floor", "p99 of admitted", "server CPU per renewal"},
 		Notes: []string{"Shed answers (ResourceExhausted, Unavailable) are retried as meshca's agent retries: after the server's hint " +
@@ -102,14 +174,32 @@ func (e *Env) rotationTable(names []string, rs []load.StormResult, cpu []time.Du
 			"without a hint after 1 s doubling, ±20 %. Any other error fails the workload; \"deadline\" counts workloads " +
 			"still waiting to retry when the deadline passed. \"p99 of admitted\" is the latency of the attempts that got a certificate."},
 	}
-	creds := []string{"mTLS", "mTLS", "mTLS renewal"}
-	for i, r := range rs {
-		t.Rows = append(t.Rows, []string{names[i], creds[i], report.Int(int64(r.Renewed)), report.Codes(r.Failed),
-			fmt.Sprintf("%s (%s)", report.Int(int64(r.Shed)), report.Int(int64(len(r.Hints)))), hintCell(r.Hints),
-			report.Seconds(r.Done), report.Ratio(r.Done.Seconds() / max(rs[0].Done.Seconds(), 1e-9)),
-			report.MiB(r.PeakRSS), report.Ratio(float64(r.PeakRSS) / float64(max(rs[0].PeakRSS, 1))),
-			report.Millis(load.Percentile(r.Admitted(), 99)),
-			report.Micros(cpu[i] / time.Duration(max(r.Renewed, 1)))})
+	seconds := func(v float64) string { return report.Seconds(time.Duration(v * float64(time.Second))) }
+	millis := func(v float64) string { return report.Millis(time.Duration(v * float64(time.Second))) }
+	micros := func(v float64) string { return report.Micros(time.Duration(v * float64(time.Second))) }
+	count := func(v float64) string { return report.Int(int64(v)) }
+	for _, s := range all {
+		failed := map[string]int{}
+		var hints []time.Duration
+		var renewed, shed, withHint []float64
+		for _, r := range s.runs {
+			for code, n := range r.res.Failed {
+				failed[code] += n
+			}
+			hints = append(hints, r.res.Hints...)
+			renewed = append(renewed, float64(r.res.Renewed))
+			shed = append(shed, float64(r.res.Shed))
+			withHint = append(withHint, float64(len(r.res.Hints)))
+		}
+		// The median shed and the median with a hint, then the range.
+		shedCell := fmt.Sprintf("%s (%s)", count(median(shed)), count(median(withHint)))
+		if lo, hi := slices.Min(shed), slices.Max(shed); lo != hi {
+			shedCell += fmt.Sprintf(", %s–%s", count(lo), count(hi))
+		}
+		t.Rows = append(t.Rows, []string{s.name, s.cred, medianCell(renewed, count), report.Codes(failed), shedCell, hintCell(hints),
+			medianCell(s.each(stormRun.done), seconds), report.Ratio(s.versus(all[0], stormRun.done)),
+			medianCell(s.each(stormRun.rss), func(v float64) string { return report.MiB(int64(v)) }), report.Ratio(s.versus(all[0], stormRun.rss)),
+			medianCell(s.each(stormRun.p99), millis), medianCell(s.each(stormRun.cpuPerRenewal), micros)})
 	}
 	return t
 }
