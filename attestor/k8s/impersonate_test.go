@@ -138,7 +138,7 @@ func TestNodeAuthorizer(t *testing.T) {
 			if tc.requested == "" {
 				tc.requested = "spiffe://example.org/ns/foo/sa/bar"
 			}
-			id, err, waited := impersonate(t, na, clk, context.Background(), tc.caller, tc.requested)
+			id, waited, err := impersonate(t, na, clk, tc.caller, tc.requested)
 			if waited != tc.waits {
 				t.Errorf("waited for the caches: %v, want %v", waited, tc.waits)
 			}
@@ -167,8 +167,8 @@ func TestNodeAuthorizer(t *testing.T) {
 
 // impersonate is na.Impersonate, with clk advanced past CatchUpWait when
 // the check waits for the caches; waited says whether it did.
-func impersonate(t *testing.T, na *k8s.NodeAuthorizer, clk *clocktest.Fake, ctx context.Context, caller attestor.Identity, requested string) (
-	id attestor.Identity, err error, waited bool) {
+func impersonate(t *testing.T, na *k8s.NodeAuthorizer, clk *clocktest.Fake, caller attestor.Identity, requested string) (
+	id attestor.Identity, waited bool, err error) {
 	t.Helper()
 	type result struct {
 		id  attestor.Identity
@@ -176,14 +176,14 @@ func impersonate(t *testing.T, na *k8s.NodeAuthorizer, clk *clocktest.Fake, ctx 
 	}
 	done := make(chan result, 1)
 	go func() {
-		id, err := na.Impersonate(ctx, caller, requested)
+		id, err := na.Impersonate(context.Background(), caller, requested)
 		done <- result{id, err}
 	}()
 	deadline := time.After(10 * time.Second)
 	for {
 		select {
 		case r := <-done:
-			return r.id, r.err, waited
+			return r.id, waited, r.err
 		case <-deadline:
 			t.Fatal("Impersonate did not return")
 		case <-time.After(time.Millisecond):
