@@ -195,6 +195,20 @@ func impersonate(t *testing.T, na *k8s.NodeAuthorizer, clk *clocktest.Fake, call
 	}
 }
 
+// ztunnelAuthorizer is a node authorizer trusting istio-system/ztunnel,
+// on inf's caches, with its metrics and its fake clock.
+func ztunnelAuthorizer(t *testing.T, inf *k8s.Informers) (*k8s.NodeAuthorizer, *recorder, *clocktest.Fake) {
+	t.Helper()
+	rec := newRecorder()
+	clk := clocktest.New(epoch)
+	na, err := k8s.NewNodeAuthorizer(k8s.NodeAuthorizerConfig{Config: k8s.Config{TrustDomain: td, Metrics: rec, Clock: clk},
+		TrustedNodeAccounts: []string{"istio-system/ztunnel"}, Informers: inf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return na, rec, clk
+}
+
 // TestNodeAuthorizerCatchUp: a request refused only because the caches
 // have not seen a pod yet (the requested ServiceAccount's pod on the
 // caller's node, the caller's pod Running) waits for them and is granted
@@ -228,13 +242,7 @@ func TestNodeAuthorizerCatchUp(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			inf, client := fakeCluster(t, tc.objs...)
-			rec := newRecorder()
-			clk := clocktest.New(epoch)
-			na, err := k8s.NewNodeAuthorizer(k8s.NodeAuthorizerConfig{Config: k8s.Config{TrustDomain: td, Metrics: rec, Clock: clk},
-				TrustedNodeAccounts: []string{"istio-system/ztunnel"}, Informers: inf})
-			if err != nil {
-				t.Fatal(err)
-			}
+			na, rec, clk := ztunnelAuthorizer(t, inf)
 			type result struct {
 				id  attestor.Identity
 				err error
@@ -308,13 +316,7 @@ func TestNodeAuthorizerCatchUp(t *testing.T) {
 // refused (nothing counted).
 func TestNodeAuthorizerCatchUpCanceled(t *testing.T) {
 	inf, _ := fakeCluster(t, ztunnelPod())
-	rec := newRecorder()
-	clk := clocktest.New(epoch)
-	na, err := k8s.NewNodeAuthorizer(k8s.NodeAuthorizerConfig{Config: k8s.Config{TrustDomain: td, Metrics: rec, Clock: clk},
-		TrustedNodeAccounts: []string{"istio-system/ztunnel"}, Informers: inf})
-	if err != nil {
-		t.Fatal(err)
-	}
+	na, rec, clk := ztunnelAuthorizer(t, inf)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -341,13 +343,7 @@ func TestNodeAuthorizerCatchUpCanceled(t *testing.T) {
 // past that a check is decided at once, without waiting.
 func TestCatchUpMaxWaiting(t *testing.T) {
 	inf, _ := fakeCluster(t, ztunnelPod(), liveSA())
-	rec := newRecorder()
-	clk := clocktest.New(epoch)
-	na, err := k8s.NewNodeAuthorizer(k8s.NodeAuthorizerConfig{Config: k8s.Config{TrustDomain: td, Metrics: rec, Clock: clk},
-		TrustedNodeAccounts: []string{"istio-system/ztunnel"}, Informers: inf})
-	if err != nil {
-		t.Fatal(err)
-	}
+	na, rec, clk := ztunnelAuthorizer(t, inf)
 	a, aclk := newInformerAttestorClock(t, inf, k8s.Config{Metrics: rec})
 	young := mint(t, epoch, saToken{}) // its pod is not in the caches
 	done := make(chan error, k8s.CatchUpMaxWaiting)
