@@ -217,14 +217,14 @@ func TestAmbientZtunnelAgainstAPIServer(t *testing.T) {
 		late := id("app", "late")
 		_, err := ztunnelRequest(t, p, ztToken, late, structpb.NewStringValue(late.String()))
 		wantCode(t, "before the pod exists", err, codes.Unauthenticated, "request impersonation authentication failure")
-		// meshca's watch is slowed: its events arrive 300 ms late.
-		fw.Delay(300 * time.Millisecond)
+		// meshca's watch is slowed: its events arrive 200 ms late.
+		fw.Delay(200 * time.Millisecond)
 		defer fw.Delay(0)
 		schedulePod(t, env, "app", "late-1", "late", "n1", corev1.PodPending)
 		// At once, as ztunnel asks when it learns of the pod: the check
 		// waits for meshca's watch to see the pod bound to n1.
 		if _, err := ztunnelRequest(t, p, ztToken, late, structpb.NewStringValue(late.String())); err != nil {
-			t.Fatalf("the first request after the pod was scheduled to n1, meshca's watch 300 ms behind: %v", err)
+			t.Fatalf("the first request after the pod was scheduled to n1, meshca's watch 200 ms behind: %v", err)
 		}
 	})
 
