@@ -60,9 +60,14 @@ type nistPoint[P any] interface {
 	BytesX() ([]byte, error)
 }
 
-// baseSumX is ownECDSACheck.sumX for the point type P.
-func baseSumX[P nistPoint[P]](newPoint func() P) func(a, b []byte) ([]byte, error) {
-	return func(a, b []byte) ([]byte, error) {
+// curveOps returns, for the point type P, ownECDSACheck.sumX and d·G
+// encoded uncompressed.
+func curveOps[P nistPoint[P]](newPoint func() P, d []byte) (sumX func(a, b []byte) ([]byte, error), dG []byte, err error) {
+	p, err := newPoint().ScalarBaseMult(d)
+	if err != nil {
+		return nil, nil, err
+	}
+	sumX = func(a, b []byte) ([]byte, error) {
 		p, err := newPoint().ScalarBaseMult(a)
 		if err != nil {
 			return nil, err
@@ -73,15 +78,7 @@ func baseSumX[P nistPoint[P]](newPoint func() P) func(a, b []byte) ([]byte, erro
 		}
 		return p.Add(p, q).BytesX()
 	}
-}
-
-// basePoint is d·G, encoded uncompressed, for the point type P.
-func basePoint[P nistPoint[P]](newPoint func() P, d []byte) ([]byte, error) {
-	p, err := newPoint().ScalarBaseMult(d)
-	if err != nil {
-		return nil, err
-	}
-	return p.Bytes(), nil
+	return sumX, p.Bytes(), nil
 }
 
 // newOwnECDSACheck prepares to check key's signatures, or returns nil when
@@ -97,14 +94,11 @@ func newOwnECDSACheck(key *ecdsa.PrivateKey) *ownECDSACheck {
 	var dG []byte
 	switch key.Curve {
 	case elliptic.P256():
-		c.sumX = baseSumX(nistec.NewP256Point)
-		dG, err = basePoint(nistec.NewP256Point, d)
+		c.sumX, dG, err = curveOps(nistec.NewP256Point, d)
 	case elliptic.P384():
-		c.sumX = baseSumX(nistec.NewP384Point)
-		dG, err = basePoint(nistec.NewP384Point, d)
+		c.sumX, dG, err = curveOps(nistec.NewP384Point, d)
 	case elliptic.P521():
-		c.sumX = baseSumX(nistec.NewP521Point)
-		dG, err = basePoint(nistec.NewP521Point, d)
+		c.sumX, dG, err = curveOps(nistec.NewP521Point, d)
 	default:
 		return nil
 	}

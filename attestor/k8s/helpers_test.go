@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"maps"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +16,10 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/meshca/meshca/attestor/jwks"
 	"github.com/meshca/meshca/attestor/k8s"
@@ -260,4 +265,40 @@ func waiting[T any](t *testing.T, clk *clocktest.Fake, done <-chan T) {
 		case <-time.After(time.Millisecond):
 		}
 	}
+}
+
+// change creates the ServiceAccounts and Pods of arrive, then updates
+// those of replace, in the fake cluster.
+func change(t *testing.T, client *fake.Clientset, arrive, replace []runtime.Object) {
+	t.Helper()
+	ctx := context.Background()
+	for _, o := range slices.Concat(arrive, replace) {
+		create := slices.Contains(arrive, o)
+		var err error
+		switch o := o.(type) {
+		case *corev1.ServiceAccount:
+			err = apply(ctx, client.CoreV1().ServiceAccounts(o.Namespace), o, create)
+		case *corev1.Pod:
+			err = apply(ctx, client.CoreV1().Pods(o.Namespace), o, create)
+		default:
+			t.Fatalf("change: %T", o)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// apply creates o, or updates it, through c.
+func apply[T any](ctx context.Context, c interface {
+	Create(context.Context, T, metav1.CreateOptions) (T, error)
+	Update(context.Context, T, metav1.UpdateOptions) (T, error)
+}, o T, create bool) error {
+	var err error
+	if create {
+		_, err = c.Create(ctx, o, metav1.CreateOptions{})
+	} else {
+		_, err = c.Update(ctx, o, metav1.UpdateOptions{})
+	}
+	return err
 }

@@ -10,7 +10,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -253,17 +252,7 @@ func TestNodeAuthorizerCatchUp(t *testing.T) {
 				done <- result{id, err}
 			}()
 			waiting(t, clk, done)
-			ctx := context.Background()
-			for _, o := range tc.arrive {
-				if _, err := client.CoreV1().Pods(o.(*corev1.Pod).Namespace).Create(ctx, o.(*corev1.Pod), metav1.CreateOptions{}); err != nil {
-					t.Fatal(err)
-				}
-			}
-			for _, o := range tc.replace {
-				if _, err := client.CoreV1().Pods(o.(*corev1.Pod).Namespace).Update(ctx, o.(*corev1.Pod), metav1.UpdateOptions{}); err != nil {
-					t.Fatal(err)
-				}
-			}
+			change(t, client, tc.arrive, tc.replace)
 			var r result
 			if tc.byChange {
 				// Decided by the change alone: the clock never moves.

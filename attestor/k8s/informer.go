@@ -120,14 +120,12 @@ const (
 // may be behind a young token. Each change to the caches decides it again.
 // It fails only with ctx's error, when the request ends while it waits.
 func (a *InformerAttestor) catchUp(ctx context.Context, p *projected) (reason, why string, err error) {
-	reason, why, behind := a.bound(p)
-	if reason == "" || !behind {
-		return reason, why, nil
-	}
 	if p.issued.IsZero() || a.cfg.Clock.Now().Sub(p.issued) > CatchUpAge {
+		reason, why, _ = a.bound(p)
 		return reason, why, nil
 	}
 	_, waited, err := a.objects.await(ctx, a.cfg.Clock, CatchUpWait, func() bool {
+		var behind bool
 		reason, why, behind = a.bound(p)
 		return reason == "" || !behind
 	})

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"maps"
 	"reflect"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -377,30 +376,7 @@ func TestInformerCatchUp(t *testing.T) {
 			}()
 			if tc.waits {
 				waiting(t, clk, done)
-				ctx := context.Background()
-				for _, o := range slices.Concat(tc.arrive, tc.replace) {
-					create := slices.Contains(tc.arrive, o)
-					var err error
-					switch o := o.(type) {
-					case *corev1.ServiceAccount:
-						sas := client.CoreV1().ServiceAccounts(o.Namespace)
-						if create {
-							_, err = sas.Create(ctx, o, metav1.CreateOptions{})
-						} else {
-							_, err = sas.Update(ctx, o, metav1.UpdateOptions{})
-						}
-					case *corev1.Pod:
-						pods := client.CoreV1().Pods(o.Namespace)
-						if create {
-							_, err = pods.Create(ctx, o, metav1.CreateOptions{})
-						} else {
-							_, err = pods.Update(ctx, o, metav1.UpdateOptions{})
-						}
-					}
-					if err != nil {
-						t.Fatal(err)
-					}
-				}
+				change(t, client, tc.arrive, tc.replace)
 				if tc.want != "" {
 					// End the wait.
 					clk.Advance(k8s.CatchUpWait)
