@@ -3,7 +3,9 @@ package scenario
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"slices"
+	"syscall"
 	"time"
 
 	"github.com/meshca/meshca/tools/bench/internal/load"
@@ -67,13 +69,14 @@ func (e *Env) Rotation(ctx context.Context) (report.Table, error) {
 				}
 				return report.Table{}, fmt.Errorf("%s: %w", sv.name, err)
 			}
-			res, cpu, err := e.storm(ctx, t, per, csrs, cfg)
+			run, err := e.storm(ctx, t, per, csrs, cfg)
 			t.close()
 			if err != nil {
 				return report.Table{}, err
 			}
+			res := run.res
 			all[i].name, all[i].cred = sv.name, t.cred
-			all[i].runs = append(all[i].runs, stormRun{res: res, cpu: cpu})
+			all[i].runs = append(all[i].runs, run)
 			e.logf("rotation round %d/%d %-20s done in %s, %s the floor's", r+1, rounds, sv.name,
 				report.Seconds(res.Done), report.Ratio(res.Done.Seconds()/max(all[0].runs[r].res.Done.Seconds(), 1e-9)))
 		}
@@ -87,10 +90,10 @@ func (e *Env) Rotation(ctx context.Context) (report.Table, error) {
 }
 
 // stormRun is one rotation storm against one server, with the server's
-// CPU time.
+// CPU time and the load generator's.
 type stormRun struct {
-	res load.StormResult
-	cpu time.Duration
+	res      load.StormResult
+	cpu, gen time.Duration
 }
 
 func (r stormRun) done() float64 { return r.res.Done.Seconds() }
@@ -100,6 +103,11 @@ func (r stormRun) cpuPerRenewal() float64 { return r.cpu.Seconds() / float64(max
 func (r stormRun) p99() float64 { return load.Percentile(r.res.Admitted(), 99).Seconds() }
 
 func (r stormRun) rss() float64 { return float64(r.res.PeakRSS) }
+
+// busy is how many processors the server and the load generator kept busy
+// on average, together: below the machine's count, the storm left CPU
+// idle (waiting for retries, or for the disk).
+func (r stormRun) busy() float64 { return (r.cpu + r.gen).Seconds() / max(r.res.Done.Seconds(), 1e-9) }
 
 // stormSeries is one server's rotation storms, a round each.
 type stormSeries struct {
@@ -137,23 +145,29 @@ func medianCell(v []float64, format func(float64) string) string {
 }
 
 // storm runs one rotation storm against t and returns it with the
-// server's CPU time; the peak memory is in the result's meter.
-func (e *Env) storm(ctx context.Context, t *target, per int, csrs [][]pki.CSR, cfg load.Storm) (load.StormResult, time.Duration, error) {
+// server's CPU time and the load generator's (this process's); the peak
+// memory is in the result.
+func (e *Env) storm(ctx context.Context, t *target, per int, csrs [][]pki.CSR, cfg load.Storm) (stormRun, error) {
 	m := &meter{server: t.proc}
+	gen0 := selfCPU()
 	m.start()
 	r := load.Rotation(ctx, t.conns, per, func(i, k int) []byte { return csrs[i][k].PEM }, cfg)
 	m.stop()
+	gen := selfCPU() - gen0
 	if m.err != nil {
-		return r, 0, fmt.Errorf("%s: %w", t.name, m.err)
+		return stormRun{}, fmt.Errorf("%s: %w", t.name, m.err)
 	}
 	r.PeakRSS = m.s.rss
 	e.logf("rotation %-20s renewed %d, failed %s, shed %d, done in %s, peak RSS %s", t.name, r.Renewed,
 		report.Codes(r.Failed), r.Shed, report.Seconds(r.Done), report.MiB(r.PeakRSS))
+	e.logf("rotation %-20s CPU: server %s, load generator %s (%s a call), both %.2f of %d processors busy", t.name,
+		report.Seconds(m.s.cpu), report.Seconds(gen), report.Micros(gen/time.Duration(max(r.Renewed+r.Shed, 1))),
+		(m.s.cpu+gen).Seconds()/max(r.Done.Seconds(), 1e-9), runtime.NumCPU())
 	e.logf("rotation %-20s per second: renewed %v, shed %v, asked back %v", t.name, r.Renewals, r.Sheds, r.AskedBack)
 	e.logf("rotation %-20s admitted at the first attempt %d (p50 %s, p99 %s), after a shed %d (p99 %s)", t.name,
 		len(r.FirstTry), report.Millis(load.Percentile(r.FirstTry, 50)), report.Millis(load.Percentile(r.FirstTry, 99)),
 		len(r.AfterShed), report.Millis(load.Percentile(r.AfterShed, 99)))
-	return r, m.s.cpu, nil
+	return stormRun{res: r, cpu: m.s.cpu, gen: gen}, nil
 }
 
 // rotationTable has a row per server: with more than one round, the
@@ -168,11 +182,13 @@ func (e *Env) rotationTable(all []stormSeries, total int) report.Table {
 		Title: fmt.Sprintf("Rotation storm: %s workloads due at once over %d mTLS connections, %s deadline%s",
 			report.Int(int64(total)), e.Opts.RotationConns, e.Opts.RotationDeadline, rounds),
 		Header: []string{"server", "credential", "renewed", "failed", "shed (with a retry hint)", "retry hints p50 / max", "all done in", "× floor",
-			"peak RSS", "× floor", "p99 of admitted", "server CPU per renewal"},
+			"peak RSS", "× floor", "p99 of admitted", "server CPU per renewal", "processors busy"},
 		Notes: []string{"Shed answers (ResourceExhausted, Unavailable) are retried as meshca's agent retries: after the server's hint " +
 			"(google.rpc.RetryInfo or the grpc-retry-pushback-ms trailer) plus up to half of it, at most 1 s, of jitter, at least 1 s; " +
 			"without a hint after 1 s doubling, ±20 %. Any other error fails the workload; \"deadline\" counts workloads " +
-			"still waiting to retry when the deadline passed. \"p99 of admitted\" is the latency of the attempts that got a certificate."},
+			"still waiting to retry when the deadline passed. \"p99 of admitted\" is the latency of the attempts that got a certificate, " +
+			"from the attempt's start at the client. \"processors busy\" is the server's CPU time and the load generator's over the storm's time: " +
+			fmt.Sprintf("the two share this machine's %d processors, and fewer busy means the storm left CPU idle.", runtime.NumCPU())},
 	}
 	seconds := func(v float64) string { return report.Seconds(time.Duration(v * float64(time.Second))) }
 	millis := func(v float64) string { return report.Millis(time.Duration(v * float64(time.Second))) }
@@ -199,7 +215,8 @@ func (e *Env) rotationTable(all []stormSeries, total int) report.Table {
 		t.Rows = append(t.Rows, []string{s.name, s.cred, medianCell(renewed, count), report.Codes(failed), shedCell, hintCell(hints),
 			medianCell(s.each(stormRun.done), seconds), report.Ratio(s.versus(all[0], stormRun.done)),
 			medianCell(s.each(stormRun.rss), func(v float64) string { return report.MiB(int64(v)) }), report.Ratio(s.versus(all[0], stormRun.rss)),
-			medianCell(s.each(stormRun.p99), millis), medianCell(s.each(stormRun.cpuPerRenewal), micros)})
+			medianCell(s.each(stormRun.p99), millis), medianCell(s.each(stormRun.cpuPerRenewal), micros),
+			medianCell(s.each(stormRun.busy), func(v float64) string { return fmt.Sprintf("%.2f", v) })})
 	}
 	return t
 }
@@ -210,4 +227,14 @@ func hintCell(h []time.Duration) string {
 		return "—"
 	}
 	return report.Seconds(load.Percentile(h, 50)) + " / " + report.Seconds(load.Percentile(h, 100))
+}
+
+// selfCPU is the CPU time (user and system) this process has used: the
+// load generator's share of the machine during a storm.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
