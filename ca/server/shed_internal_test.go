@@ -3,9 +3,11 @@ package server
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/meshca/meshca/internal/clock"
 	"github.com/meshca/meshca/internal/clock/clocktest"
 )
 
@@ -92,6 +94,107 @@ func TestGateQueue(t *testing.T) {
 				t.Fatalf("%d still counted in line", q)
 			}
 		})
+	}
+}
+
+// TestGateLineInOrder: a slot given back goes to the oldest in line, and
+// one clock wait times the whole line out, however long it is (a timer
+// per request in line cost a fifth of the CPU with 50,000 in it).
+func TestGateLineInOrder(t *testing.T) {
+	clk := clocktest.New(epoch)
+	g := newGate(1, 10, time.Second, clk)
+	release, err := g.acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan int, 5)
+	for i := range 5 {
+		go func() {
+			r, err := g.acquire(context.Background())
+			if err != nil {
+				t.Errorf("waiter %d: %v", i, err)
+				served <- -1
+				return
+			}
+			served <- i
+			r()
+		}()
+		clocktest.Eventually(t, "the waiter to queue", func() bool { return g.queued.Load() == int64(i+1) })
+	}
+	if n := clk.Waiters(); n != 1 {
+		t.Fatalf("%d clock waits for 5 in line, want 1", n)
+	}
+	release()
+	for want := range 5 {
+		if got := <-served; got != want {
+			t.Fatalf("served waiter %d, want %d (oldest first)", got, want)
+		}
+	}
+	if q, b := g.queued.Load(), g.inFlight.Load(); q != 0 || b != 0 {
+		t.Fatalf("after all: %d in line, %d slots busy", q, b)
+	}
+}
+
+// TestGateLineTimesOutOldestFirst: each waits maxWait from when it joined
+// the line; the one who joined later is still waiting when the first is
+// shed, and is shed in its turn.
+func TestGateLineTimesOutOldestFirst(t *testing.T) {
+	clk := clocktest.New(epoch)
+	g := newGate(1, 10, time.Second, clk)
+	release, err := g.acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	got := make(chan error, 2)
+	wait := func() {
+		_, err := g.acquire(context.Background())
+		got <- err
+	}
+	go wait()
+	clocktest.Eventually(t, "the first to queue", func() bool { return g.queued.Load() == 1 && clk.Waiters() == 1 })
+	clk.Advance(600 * time.Millisecond)
+	go wait()
+	clocktest.Eventually(t, "the second to queue", func() bool { return g.queued.Load() == 2 })
+	clk.Advance(400 * time.Millisecond)
+	wantOverloaded(t, <-got)
+	clocktest.Eventually(t, "the second to be timed", func() bool { return clk.Waiters() == 1 })
+	if q := g.queued.Load(); q != 1 {
+		t.Fatalf("%d in line after the first waited 1s, want the second still", q)
+	}
+	clk.Advance(600 * time.Millisecond)
+	wantOverloaded(t, <-got)
+	clocktest.Eventually(t, "the reaper to stop", func() bool { return clk.Waiters() == 0 })
+	if q := g.queued.Load(); q != 0 {
+		t.Fatalf("%d in line, want none", q)
+	}
+}
+
+// TestGateNoSlotLost: callers that give up while in line, some at the
+// moment a slot is handed to them, leave every slot free at the end.
+func TestGateNoSlotLost(t *testing.T) {
+	g := newGate(4, 1000, 2*time.Second, clock.Real{})
+	var wg sync.WaitGroup
+	for i := range 400 {
+		wg.Go(func() {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			if i%2 == 0 {
+				go cancel() // gives up at about the time it queues or is served
+			}
+			if r, err := g.acquire(ctx); err == nil {
+				r()
+			}
+		})
+	}
+	wg.Wait()
+	if q, b := g.queued.Load(), g.inFlight.Load(); q != 0 || b != 0 {
+		t.Fatalf("after all: %d in line, %d slots busy, want none", q, b)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.busy != 0 || g.line.Len() != 0 {
+		t.Fatalf("busy %d, line %d", g.busy, g.line.Len())
 	}
 }
 
