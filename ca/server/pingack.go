@@ -79,11 +79,11 @@ func (c *pingAckConn) Write(b []byte) (int, error) {
 	if c.n == 0 {
 		if isPingAck(b) && !c.closed {
 			c.n = copy(c.held[:], b)
-			if c.timer == nil {
-				c.timer = time.AfterFunc(c.hold, c.flushHeld)
-			} else {
-				c.timer.Reset(c.hold)
-			}
+			// A new timer per held ack, never the stopped one reset: the
+			// runtime marks a reset timer still in its heap as modified,
+			// and when it fires scans the whole heap, every request's
+			// deadline included.
+			c.timer = time.AfterFunc(c.hold, c.flushHeld)
 			return len(b), nil
 		}
 		return c.Conn.Write(b)

@@ -126,16 +126,12 @@ const lingerGap = 250 * time.Microsecond
 // lingerer holds what the committer needs to linger.
 type lingerer struct {
 	delay  time.Duration
-	timer  *time.Timer
 	sample []metrics.Sample
 }
 
 func newLingerer(delay time.Duration) *lingerer {
-	t := time.NewTimer(time.Hour)
-	t.Stop()
 	return &lingerer{
 		delay:  delay,
-		timer:  t,
 		sample: []metrics.Sample{{Name: "/sched/goroutines/runnable:goroutines"}},
 	}
 }
@@ -165,15 +161,19 @@ func (l *lingerer) linger(s *Store, batch []*pending) []*pending {
 		if wait <= 0 {
 			return batch
 		}
-		l.timer.Reset(wait)
+		// A new timer per wait, never one stopped and reset: the runtime
+		// marks a reset timer still in its heap as modified, and when it
+		// fires scans the whole heap, every request's deadline included
+		// (a tenth of the CPU with 50,000 requests waiting).
+		t := time.NewTimer(wait)
 		select {
 		case p := <-s.queue:
-			l.timer.Stop()
+			t.Stop()
 			batch = s.drain(append(batch, p))
-		case <-l.timer.C:
+		case <-t.C:
 			return batch
 		case <-s.done:
-			l.timer.Stop()
+			t.Stop()
 			return batch
 		}
 	}
