@@ -125,20 +125,25 @@ const lingerGap = 250 * time.Microsecond
 
 // lingerer holds what the committer needs to linger.
 type lingerer struct {
-	delay  time.Duration
+	delay, gap time.Duration
+	// busy reports whether the batch may wait: cpuQueued, but for tests.
+	busy   func() bool
 	sample []metrics.Sample
 }
 
 func newLingerer(delay time.Duration) *lingerer {
-	return &lingerer{
+	l := &lingerer{
 		delay:  delay,
+		gap:    lingerGap,
 		sample: []metrics.Sample{{Name: "/sched/goroutines/runnable:goroutines"}},
 	}
+	l.busy = l.cpuQueued
+	return l
 }
 
-// busy reports whether goroutines are waiting for a CPU: at least as many
+// cpuQueued reports whether goroutines are waiting for a CPU: at least as many
 // as there are CPUs, so that while the committer waits none is idle.
-func (l *lingerer) busy() bool {
+func (l *lingerer) cpuQueued() bool {
 	metrics.Read(l.sample)
 	v := l.sample[0].Value
 	return v.Kind() == metrics.KindUint64 && v.Uint64() >= uint64(runtime.GOMAXPROCS(0)) //nolint:gosec // G115: GOMAXPROCS is positive
@@ -148,7 +153,7 @@ func (l *lingerer) busy() bool {
 // fdatasync costs the same CPU however many records it carries, so while
 // other goroutines wait for a CPU (the process is CPU-bound, and callers
 // that wait longer leave none idle), the batch waits for the next record, up
-// to lingerGap after each one and commitDelay in all. When the CPUs have no
+// to the gap (lingerGap) after each one and commitDelay in all. When the CPUs have no
 // queue (a lone caller, or a process waiting on its clients) it returns at
 // once.
 func (l *lingerer) linger(s *Store, batch []*pending) []*pending {
@@ -170,7 +175,7 @@ func (l *lingerer) linger(s *Store, batch []*pending) []*pending {
 		}
 	}()
 	for len(batch) < s.maxBatch && l.busy() {
-		wait := time.Until(earliest(last.Add(lingerGap), deadline))
+		wait := time.Until(earliest(last.Add(l.gap), deadline))
 		if wait <= 0 {
 			return batch
 		}
