@@ -22,6 +22,18 @@ func wantOverloaded(t *testing.T, err error) time.Duration {
 	return over.RetryAfter
 }
 
+// fullGate is a gate of one slot with a line of 10 and a 1s wait on clk,
+// its slot taken: the next request waits in line. release gives it back.
+func fullGate(t *testing.T, clk *clocktest.Fake) (g *gate, release func()) {
+	t.Helper()
+	g = newGate(1, 10, time.Second, clk)
+	release, err := g.acquire(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g, release
+}
+
 func TestGateAdmitsUpToItsSlots(t *testing.T) {
 	g := newGate(2, 0, time.Second, clocktest.New(epoch))
 	r1, err := g.acquire(context.Background())
@@ -60,11 +72,7 @@ func TestGateQueue(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			clk := clocktest.New(epoch)
-			g := newGate(1, 10, time.Second, clk)
-			release, err := g.acquire(context.Background())
-			if err != nil {
-				t.Fatal(err)
-			}
+			g, release := fullGate(t, clk)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			got := make(chan error, 1)
@@ -77,7 +85,7 @@ func TestGateQueue(t *testing.T) {
 			}()
 			clocktest.Eventually(t, "the waiter to queue", func() bool { return g.queued.Load() == 1 && clk.Waiters() == 1 })
 			tc.act(clk, release, cancel)
-			err = <-got
+			err := <-got
 			switch tc.want {
 			case "ok":
 				if err != nil {
@@ -102,11 +110,7 @@ func TestGateQueue(t *testing.T) {
 // per request in line cost a fifth of the CPU with 50,000 in it).
 func TestGateLineInOrder(t *testing.T) {
 	clk := clocktest.New(epoch)
-	g := newGate(1, 10, time.Second, clk)
-	release, err := g.acquire(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, release := fullGate(t, clk)
 	served := make(chan int, 5)
 	for i := range 5 {
 		go func() {
@@ -140,11 +144,7 @@ func TestGateLineInOrder(t *testing.T) {
 // shed, and is shed in its turn.
 func TestGateLineTimesOutOldestFirst(t *testing.T) {
 	clk := clocktest.New(epoch)
-	g := newGate(1, 10, time.Second, clk)
-	release, err := g.acquire(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	g, release := fullGate(t, clk)
 	defer release()
 	got := make(chan error, 2)
 	wait := func() {
