@@ -178,6 +178,7 @@ func (g *gate) release() {
 // the line is empty. Everyone waits the same time, so the oldest is the
 // next due.
 func (g *gate) reap() {
+	var due []*waiter
 	for {
 		g.mu.Lock()
 		now := g.clock.Now()
@@ -187,16 +188,26 @@ func (g *gate) reap() {
 				break
 			}
 			g.leave(w)
-			w.done <- g.shed()
+			due = append(due, w)
 		}
 		e := g.line.Front()
+		var wait time.Duration
 		if e == nil {
 			g.reaping = false
-			g.mu.Unlock()
+		} else {
+			wait = e.Value.(*waiter).until.Sub(now)
+		}
+		g.mu.Unlock()
+		// Their hints are worked out without holding up the line: out of
+		// it, each waits for its answer alone.
+		for i, w := range due {
+			w.done <- g.shed()
+			due[i] = nil
+		}
+		due = due[:0]
+		if e == nil {
 			return
 		}
-		wait := e.Value.(*waiter).until.Sub(now)
-		g.mu.Unlock()
 		<-g.clock.After(wait)
 	}
 }

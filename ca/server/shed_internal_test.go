@@ -125,6 +125,8 @@ func TestGateLineInOrder(t *testing.T) {
 		}()
 		clocktest.Eventually(t, "the waiter to queue", func() bool { return g.queued.Load() == int64(i+1) })
 	}
+	// One clock wait, the line's; a timer per waiter would make five.
+	clocktest.Eventually(t, "the line's timer", func() bool { return clk.Waiters() == 1 })
 	if n := clk.Waiters(); n != 1 {
 		t.Fatalf("%d clock waits for 5 in line, want 1", n)
 	}
@@ -134,8 +136,38 @@ func TestGateLineInOrder(t *testing.T) {
 			t.Fatalf("served waiter %d, want %d (oldest first)", got, want)
 		}
 	}
-	if q, b := g.queued.Load(), g.inFlight.Load(); q != 0 || b != 0 {
-		t.Fatalf("after all: %d in line, %d slots busy", q, b)
+	clocktest.Eventually(t, "every slot given back", func() bool { return g.queued.Load() == 0 && g.inFlight.Load() == 0 })
+}
+
+// TestGateCanceledAsServed: a caller whose context ends just as a slot is
+// handed to it gives the slot back.
+func TestGateCanceledAsServed(t *testing.T) {
+	clk := clocktest.New(epoch)
+	g, _ := fullGate(t, clk) // its slot is handed on below, as release does
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan error, 1)
+	go func() {
+		r, err := g.acquire(ctx)
+		if err == nil {
+			r() // served before it saw its context end: a caller gives it back
+		}
+		got <- err
+	}()
+	clocktest.Eventually(t, "the waiter to queue", func() bool { return g.queued.Load() == 1 })
+	g.mu.Lock()
+	cancel()
+	time.Sleep(10 * time.Millisecond) // the waiter wakes for its context and waits for the lock
+	w := g.line.Front().Value.(*waiter)
+	g.leave(w)
+	w.done <- nil // the held slot handed on, as release does
+	g.mu.Unlock()
+	if err := <-got; err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatalf("error %v, want context.Canceled (or, rarely, the slot)", err)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.busy != 0 {
+		t.Fatalf("%d slots busy after the slot handed on was given back, want 0", g.busy)
 	}
 }
 
@@ -170,8 +202,10 @@ func TestGateLineTimesOutOldestFirst(t *testing.T) {
 	}
 }
 
-// TestGateNoSlotLost: callers that give up while in line, some at the
-// moment a slot is handed to them, leave every slot free at the end.
+// TestGateNoSlotLost: many callers, half of them giving up about when they
+// join the line, leave every slot free at the end (under -race: the
+// counters kept under the lock). TestGateCanceledAsServed forces the
+// moment a slot is handed to one that gave up.
 func TestGateNoSlotLost(t *testing.T) {
 	g := newGate(4, 1000, 2*time.Second, clock.Real{})
 	var wg sync.WaitGroup
