@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
-	"syscall"
 	"time"
 
 	"github.com/meshca/meshca/tools/bench/internal/load"
@@ -149,20 +148,19 @@ func medianCell(v []float64, format func(float64) string) string {
 // memory is in the result.
 func (e *Env) storm(ctx context.Context, t *target, per int, csrs [][]pki.CSR, cfg load.Storm) (stormRun, error) {
 	m := &meter{server: t.proc}
-	gen0 := selfCPU()
 	m.start()
 	r := load.Rotation(ctx, t.conns, per, func(i, k int) []byte { return csrs[i][k].PEM }, cfg)
 	m.stop()
-	gen := selfCPU() - gen0
+	gen := m.s.clientCPU
 	if m.err != nil {
 		return stormRun{}, fmt.Errorf("%s: %w", t.name, m.err)
 	}
 	r.PeakRSS = m.s.rss
 	e.logf("rotation %-20s renewed %d, failed %s, shed %d, done in %s, peak RSS %s", t.name, r.Renewed,
 		report.Codes(r.Failed), r.Shed, report.Seconds(r.Done), report.MiB(r.PeakRSS))
-	e.logf("rotation %-20s CPU: server %s, load generator %s (%s a call), both %.2f of %d processors busy", t.name,
+	e.logf("rotation %-20s CPU: server %s, load generator %s (%s a call), both %.2f of %d processors busy; machine %.0f %% idle", t.name,
 		report.Seconds(m.s.cpu), report.Seconds(gen), report.Micros(gen/time.Duration(max(r.Renewed+r.Shed, 1))),
-		(m.s.cpu+gen).Seconds()/max(r.Done.Seconds(), 1e-9), runtime.NumCPU())
+		(m.s.cpu+gen).Seconds()/max(r.Done.Seconds(), 1e-9), runtime.NumCPU(), 100*m.s.idle)
 	e.logf("rotation %-20s per second: renewed %v, shed %v, asked back %v", t.name, r.Renewals, r.Sheds, r.AskedBack)
 	e.logf("rotation %-20s admitted at the first attempt %d (p50 %s, p99 %s), after a shed %d (p99 %s)", t.name,
 		len(r.FirstTry), report.Millis(load.Percentile(r.FirstTry, 50)), report.Millis(load.Percentile(r.FirstTry, 99)),
@@ -227,14 +225,4 @@ func hintCell(h []time.Duration) string {
 		return "—"
 	}
 	return report.Seconds(load.Percentile(h, 50)) + " / " + report.Seconds(load.Percentile(h, 100))
-}
-
-// selfCPU is the CPU time (user and system) this process has used: the
-// load generator's share of the machine during a storm.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
