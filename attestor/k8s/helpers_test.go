@@ -267,6 +267,25 @@ func waiting[T any](t *testing.T, clk *clocktest.Fake, done <-chan T) {
 	}
 }
 
+// cancelWhileWaiting runs call, ends its context once it waits for the
+// caches, and returns what it returned.
+func cancelWhileWaiting(t *testing.T, clk *clocktest.Fake, call func(context.Context) error) error {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- call(ctx) }()
+	waiting(t, clk, done)
+	cancel()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatal("the check did not return when its context ended")
+		return nil
+	}
+}
+
 // change creates the ServiceAccounts and Pods of arrive, then updates
 // those of replace, in the fake cluster.
 func change(t *testing.T, client *fake.Clientset, arrive, replace []runtime.Object) {

@@ -306,21 +306,12 @@ func TestNodeAuthorizerCatchUp(t *testing.T) {
 func TestNodeAuthorizerCatchUpCanceled(t *testing.T) {
 	inf, _ := fakeCluster(t, ztunnelPod())
 	na, rec, clk := ztunnelAuthorizer(t, inf)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
+	err := cancelWhileWaiting(t, clk, func(ctx context.Context) error {
 		_, err := na.Impersonate(ctx, ztunnelCaller(), "spiffe://example.org/ns/foo/sa/bar")
-		done <- err
-	}()
-	waiting(t, clk, done)
-	cancel()
-	select {
-	case err := <-done:
-		if !errors.Is(err, context.Canceled) || errors.Is(err, k8s.ErrImpersonationRefused) {
-			t.Fatalf("Impersonate() = %v, want context.Canceled", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Impersonate did not return when its context ended")
+		return err
+	})
+	if !errors.Is(err, context.Canceled) || errors.Is(err, k8s.ErrImpersonationRefused) {
+		t.Fatalf("Impersonate() = %v, want context.Canceled", err)
 	}
 	if got := rec.impersonations(); len(got) != 0 {
 		t.Errorf("Impersonation counted %v, want nothing", got)

@@ -260,7 +260,7 @@ func New(cfg Config) (*Server, error) {
 		s.gate.onShed = s.metrics.Shed
 		procs := time.Duration(runtime.GOMAXPROCS(0))
 		s.gate.maxPace = func() time.Duration { return cfg.Authority.SigningCost() * paceBoundSignatures / procs }
-		s.metrics.Gate(func() float64 { return float64(s.gate.inFlight.Load()) }, func() float64 { return float64(s.gate.queued.Load()) })
+		s.metrics.Gate(func() float64 { return float64(s.gate.inFlight()) }, func() float64 { return float64(s.gate.queued.Load()) })
 	}
 	tlsCfg := s.certs.tlsConfig()
 	s.grpc = grpc.NewServer(

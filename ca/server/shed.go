@@ -69,9 +69,9 @@ type gate struct {
 	// reaping is set while a goroutine waits for the oldest in line to
 	// have waited maxWait.
 	reaping bool
-	// queued and inFlight are the line's length and busy, for readers
-	// without mu (the metrics, the hints).
-	queued, inFlight atomic.Int64
+	// queued is the line's length, for readers without mu (the metrics,
+	// the hints).
+	queued atomic.Int64
 
 	// pace measures how fast requests finish while every slot is busy.
 	pace pacer
@@ -113,7 +113,6 @@ func (g *gate) acquire(ctx context.Context) (func(), error) {
 	g.mu.Lock()
 	if g.busy < g.size {
 		g.busy++
-		g.inFlight.Store(int64(g.busy))
 		g.mu.Unlock()
 		return g.releaser(), nil
 	}
@@ -160,18 +159,27 @@ func (g *gate) leave(w *waiter) {
 	g.queued.Store(int64(g.line.Len()))
 }
 
-// release gives a slot back: to the oldest in line, or free.
-func (g *gate) release() {
+// release gives a slot back: to the oldest in line, or free. It reports
+// whether every slot was busy until then.
+func (g *gate) release() (saturated bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	saturated = g.busy == g.size
 	if e := g.line.Front(); e != nil {
 		w := e.Value.(*waiter)
 		g.leave(w)
 		w.done <- nil // the slot passes on: busy stays
-		return
+		return saturated
 	}
 	g.busy--
-	g.inFlight.Store(int64(g.busy))
+	return saturated
+}
+
+// inFlight is the number of slots taken (a metric).
+func (g *gate) inFlight() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.busy
 }
 
 // reap sheds those in line who have waited maxWait, oldest first, until
@@ -246,8 +254,7 @@ func (g *gate) releaser() func() {
 		// A moving average without a lock: a lost update under a race
 		// only delays it a little.
 		ewma(&g.serviceNanos, now.Sub(start).Nanoseconds(), 16)
-		g.pace.finished(now, g.inFlight.Load() == int64(g.size))
-		g.release()
+		g.pace.finished(now, g.release())
 	}
 }
 

@@ -136,7 +136,7 @@ func TestGateLineInOrder(t *testing.T) {
 			t.Fatalf("served waiter %d, want %d (oldest first)", got, want)
 		}
 	}
-	clocktest.Eventually(t, "every slot given back", func() bool { return g.queued.Load() == 0 && g.inFlight.Load() == 0 })
+	clocktest.Eventually(t, "every slot given back", func() bool { return g.queued.Load() == 0 && g.inFlight() == 0 })
 }
 
 // TestGateCanceledAsServed: a caller whose context ends just as a slot is
@@ -222,7 +222,7 @@ func TestGateNoSlotLost(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	if q, b := g.queued.Load(), g.inFlight.Load(); q != 0 || b != 0 {
+	if q, b := g.queued.Load(), g.inFlight(); q != 0 || b != 0 {
 		t.Fatalf("after all: %d in line, %d slots busy, want none", q, b)
 	}
 	g.mu.Lock()

@@ -175,7 +175,7 @@ func (l *lingerer) linger(s *Store, batch []*pending) []*pending {
 		}
 	}()
 	for len(batch) < s.maxBatch && l.busy() {
-		wait := time.Until(earliest(last.Add(l.gap), deadline))
+		wait := min(time.Until(last.Add(l.gap)), time.Until(deadline))
 		if wait <= 0 {
 			return batch
 		}
@@ -193,14 +193,6 @@ func (l *lingerer) linger(s *Store, batch []*pending) []*pending {
 		}
 	}
 	return batch
-}
-
-// earliest is the earlier of a and b.
-func earliest(a, b time.Time) time.Time {
-	if a.Before(b) {
-		return a
-	}
-	return b
 }
 
 // failQueued answers the calls still queued at Close.
