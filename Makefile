@@ -76,8 +76,8 @@ deploy-check: testenv ## the Helm chart (tools/deploycheck): render it with the 
 	cd tools/deploycheck && $(GO) vet -mod=readonly . && \
 	  MESHCA_TESTENV_BIN=$(TESTENV_BIN) $(GO) test -mod=readonly -count=1 . $(DEPLOYCHECK_FLAGS)
 
-benchtest: ## unit tests of the load generator's own logic (tools/bench: load, ratios, reports; not the peer servers)
-	cd tools/bench && $(GO) test -mod=readonly -count=1 ./internal/floor ./internal/kube ./internal/load ./internal/proc ./internal/report ./internal/scenario
+benchtest: ## unit tests of the load generator's own logic (tools/bench: load, ratios, reports, the client's timing; not the peer servers)
+	cd tools/bench && $(GO) test -mod=readonly -count=1 ./internal/csrapi ./internal/floor ./internal/kube ./internal/load ./internal/proc ./internal/report ./internal/scenario
 
 peertest: ## wire compatibility with Istio's own CA client (istio-agent's), from tools/istiopeer
 	cd tools/istiopeer && $(GO) test -count=1 ./...

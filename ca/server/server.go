@@ -47,17 +47,27 @@ const (
 	DefaultUnauthenticatedRate  = 5.0
 	DefaultUnauthenticatedBurst = 50
 	// DefaultMaxQueuedCSRs and DefaultCSRQueueWait bound the line of CSRs
-	// waiting for a signing slot; DefaultMaxStreamsPerConnection the
-	// calls one connection has open at once (HTTP/2
-	// SETTINGS_MAX_CONCURRENT_STREAMS, at the 100 the HTTP/2 RFC asks
-	// servers not to go under: past it a client queues its own calls, at
-	// no cost to the CA). One agent has one CSR open; a node agent
-	// renewing for the pods of a node sends them at once, and what the
-	// gate cannot serve in time is shed with a hint, cheaply.
+	// waiting for a signing slot.
+	//
+	// DefaultMaxStreamsPerConnection bounds the calls one connection has
+	// open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): past it a
+	// client waits for one of its own calls to end before it sends the
+	// next, at no cost to the CA. An agent has one CSR open at a time. A
+	// node agent (ztunnel) renewing for every pod of its node at once has
+	// four in the CA and keeps the rest: a renewal storm from a few hundred
+	// nodes then waits at the nodes, each served in turn, instead of in the
+	// CA's memory or in shed calls and retries, and a CSR once sent is
+	// answered within the line's wait (BENCHMARKS.md, "Rotation storm").
+	// Four open calls keep one caller's share of the CA busy, a CSR taking
+	// about a millisecond. The HTTP/2 RFC recommends at least 100 for
+	// servers in general, whose streams may be long-lived; every call here
+	// but a health Watch is unary and short. Many more connections than
+	// that (an agent per pod) still reach the line, and what it cannot
+	// serve in time is shed with a retry hint.
 	DefaultMaxQueuedCSRs            = 4096
 	DefaultCSRQueueWait             = 500 * time.Millisecond
-	DefaultMaxStreamsPerConnection  = 100
-	defaultInFlightCSRsPerProcessor = 16
+	DefaultMaxStreamsPerConnection  = 4
+	defaultInFlightCSRsPerProcessor = 32
 )
 
 // paceBoundSignatures bounds the pace the gate's retry hints assume: never
@@ -72,7 +82,8 @@ const paceBoundSignatures = 14
 
 // DefaultMaxInFlightCSRs is the default number of CSRs processed at once:
 // enough per core to keep the cores busy while others wait for their
-// record's fsync (group commit needs company), few enough that a storm
+// record's fsync (group commit needs company; at 16 a processor a storm
+// left 6 % of the machine idle, at 32 3 %), few enough that a storm
 // waits in a bounded line instead of in thousands of goroutines.
 func DefaultMaxInFlightCSRs() int {
 	return defaultInFlightCSRsPerProcessor * runtime.GOMAXPROCS(0)
@@ -143,14 +154,14 @@ type Limits struct {
 	// finding them all busy waits in line for at most CSRQueueWait, with
 	// at most MaxQueuedCSRs in line; one that cannot be served within the
 	// wait is refused at once with ResourceExhausted (HTTP 429) and a
-	// retry hint. Defaults 16 per processor, 500ms and 4096; a negative
+	// retry hint. Defaults 32 per processor, 500ms and 4096; a negative
 	// MaxInFlightCSRs: no bound.
 	MaxInFlightCSRs int
 	CSRQueueWait    time.Duration
 	MaxQueuedCSRs   int
 	// MaxStreamsPerConnection bounds the gRPC calls open at once on one
 	// connection (HTTP/2 MAX_CONCURRENT_STREAMS); a client with more waits
-	// for one of its own to finish before sending. Default 100.
+	// for one of its own to finish before sending. Default 4.
 	MaxStreamsPerConnection int
 }
 

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/stats"
 	pb "istio.io/api/security/v1alpha1"
 )
 
@@ -39,7 +40,7 @@ func Dial(ctx context.Context, addr string, roots *x509.CertPool, serverName str
 	if cert != nil {
 		cfg.Certificates = []tls.Certificate{*cert}
 	}
-	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)))
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(cfg)), grpc.WithStatsHandler(sentHandler{}))
 	if err != nil {
 		return nil, fmt.Errorf("csrapi: %w", err)
 	}
@@ -52,6 +53,39 @@ func Dial(ctx context.Context, addr string, roots *x509.CertPool, serverName str
 	}
 	return &Conn{cc: cc, svc: pb.NewIstioCertificateServiceClient(cc)}, nil
 }
+
+// sentKey is the context key of the *time.Time WithSent fills.
+type sentKey struct{}
+
+// WithSent returns a context for one call that records in *at when the
+// call's request left: when its stream opened on the connection and its
+// headers were queued to go. That is the call's start, unless the
+// connection already had as many calls open as the server allows
+// (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): then the call first waits in
+// the client for one of them to end, unseen by the server.
+func WithSent(ctx context.Context, at *time.Time) context.Context {
+	return context.WithValue(ctx, sentKey{}, at)
+}
+
+// sentHandler is the stats handler that fills WithSent's time. gRPC calls
+// it for OutHeader in the calling goroutine, once the stream has its
+// place on the connection.
+type sentHandler struct{}
+
+func (sentHandler) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+
+func (sentHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
+	if _, ok := s.(*stats.OutHeader); !ok {
+		return
+	}
+	if at, ok := ctx.Value(sentKey{}).(*time.Time); ok {
+		*at = time.Now()
+	}
+}
+
+func (sentHandler) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+
+func (sentHandler) HandleConn(context.Context, stats.ConnStats) {}
 
 // Close closes the connection.
 func (c *Conn) Close() error { return c.cc.Close() }

@@ -66,6 +66,11 @@ type StormResult struct {
 	// attempt (the flood itself), and of those admitted when they came
 	// back after a shed.
 	FirstTry, AfterShed []time.Duration
+	// Sent is the latencies of the same attempts from when the request
+	// left the client (csrapi.WithSent): without the wait in the client for
+	// a stream on the connection, past the server's limit of calls open on
+	// one connection.
+	Sent []time.Duration
 	// Renewals and Sheds count, per second since the storm began, the
 	// attempts that got a certificate and those shed: where the time went.
 	// AskedBack counts the sheds by the second their hint asked the caller
@@ -118,13 +123,14 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 			res.AskedBack = perSecond(res.AskedBack, at+hint)
 		}
 	}
-	finish := func(lat time.Duration, fail string, shed int, hints []time.Duration) {
+	finish := func(lat, sent time.Duration, fail string, shed int, hints []time.Duration) {
 		mu.Lock()
 		defer mu.Unlock()
 		res.Shed += shed
 		res.Hints = append(res.Hints, hints...)
 		if fail == "" {
 			res.Renewed++
+			res.Sent = append(res.Sent, sent)
 			if shed == 0 {
 				res.FirstTry = append(res.FirstTry, lat)
 			} else {
@@ -145,27 +151,28 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 }
 
 // renew is one workload: it returns the latency of the attempt that
-// succeeded, or why it failed, how often it was shed and the retry hints
+// succeeded, from its start and from its request's sending, or why it failed, how often it was shed and the retry hints
 // it was given. It calls attempt after each attempt that got a certificate
 // (true) or was shed (false, with the hint, or -1 without one).
-func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm, attempt func(ok bool, hint time.Duration)) (lat time.Duration, fail string, shed int, hints []time.Duration) {
+func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm, attempt func(ok bool, hint time.Duration)) (lat, sent time.Duration, fail string, shed int, hints []time.Duration) {
 	for n := 0; ; n++ {
 		actx, cancel := context.WithTimeout(ctx, cfg.AttemptTimeout)
 		var trailer metadata.MD
 		start := time.Now()
-		_, err := c.Sign(actx, csr, "", grpc.Trailer(&trailer))
-		lat = time.Since(start)
+		sentAt := start
+		_, err := c.Sign(csrapi.WithSent(actx, &sentAt), csr, "", grpc.Trailer(&trailer))
+		lat, sent = time.Since(start), time.Since(sentAt)
 		cancel()
 		if err == nil {
 			attempt(true, 0)
-			return lat, "", shed, hints
+			return lat, sent, "", shed, hints
 		}
 		if ctx.Err() != nil {
-			return 0, "deadline", shed, hints
+			return 0, 0, "deadline", shed, hints
 		}
 		st := status.Convert(err)
 		if st.Code() != codes.ResourceExhausted && st.Code() != codes.Unavailable {
-			return 0, st.Code().String(), shed, hints
+			return 0, 0, st.Code().String(), shed, hints
 		}
 		shed++
 		wait := backoff(n, cfg.BackoffMin, cfg.BackoffMax, rand.Float64()) //nolint:gosec // G404: jitter, not a secret
@@ -179,7 +186,7 @@ func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm, attempt f
 		attempt(false, hint)
 		select {
 		case <-ctx.Done():
-			return 0, "deadline", shed, hints
+			return 0, 0, "deadline", shed, hints
 		case <-time.After(wait):
 		}
 	}

@@ -189,12 +189,8 @@ func (e *Env) startPeer(name, cred, kind, kubeconfig string) (*target, error) {
 	return &target{name: name, cred: cred, proc: p, addr: addr, roots: roots}, nil
 }
 
-// startMeshca starts `meshca server --k8s-attestation mode`.
-func (e *Env) startMeshca(name, cred, mode, kubeconfig string, admin bool) (*target, error) {
-	return e.startMeshcaBin(e.Meshca, name, cred, mode, kubeconfig, admin)
-}
-
-// startMeshcaBin is startMeshca with the meshca binary bin.
+// startMeshcaBin starts the meshca binary bin as `meshca server
+// --k8s-attestation mode`.
 func (e *Env) startMeshcaBin(bin, name, cred, mode, kubeconfig string, admin bool) (*target, error) {
 	s, err := meshca.Start(meshca.Config{Bin: bin, Dir: e.dir("meshca-" + mode), Mode: mode, Kubeconfig: kubeconfig, AdminAPI: admin, Extra: e.Opts.MeshcaArgs})
 	if err != nil {

@@ -82,8 +82,8 @@ func (e *Env) Rotation(ctx context.Context) (report.Table, error) {
 	}
 	if e.Opts.MeshcaB != "" {
 		a, b := all[len(all)-2], all[len(all)-1]
-		e.logf("rotation %s over %s, medians over %d rounds of the ratio in each: all done in %.3f×, server CPU per renewal %.3f×, p99 of admitted %.3f×",
-			b.name, a.name, rounds, b.versus(a, stormRun.done), b.versus(a, stormRun.cpuPerRenewal), b.versus(a, stormRun.p99))
+		e.logf("rotation %s over %s, medians over %d rounds of the ratio in each: all done in %.3f×, server CPU per renewal %.3f×, p99 of admitted %.3f× (from the sending %.3f×)",
+			b.name, a.name, rounds, b.versus(a, stormRun.done), b.versus(a, stormRun.cpuPerRenewal), b.versus(a, stormRun.p99), b.versus(a, stormRun.p99Sent))
 	}
 	return e.rotationTable(all, per*conns), nil
 }
@@ -100,6 +100,8 @@ func (r stormRun) done() float64 { return r.res.Done.Seconds() }
 func (r stormRun) cpuPerRenewal() float64 { return r.cpu.Seconds() / float64(max(r.res.Renewed, 1)) }
 
 func (r stormRun) p99() float64 { return load.Percentile(r.res.Admitted(), 99).Seconds() }
+
+func (r stormRun) p99Sent() float64 { return load.Percentile(r.res.Sent, 99).Seconds() }
 
 func (r stormRun) rss() float64 { return float64(r.res.PeakRSS) }
 
@@ -165,6 +167,8 @@ func (e *Env) storm(ctx context.Context, t *target, per int, csrs [][]pki.CSR, c
 	e.logf("rotation %-20s admitted at the first attempt %d (p50 %s, p99 %s), after a shed %d (p99 %s)", t.name,
 		len(r.FirstTry), report.Millis(load.Percentile(r.FirstTry, 50)), report.Millis(load.Percentile(r.FirstTry, 99)),
 		len(r.AfterShed), report.Millis(load.Percentile(r.AfterShed, 99)))
+	e.logf("rotation %-20s admitted, from the request's sending: p50 %s, p99 %s", t.name,
+		report.Millis(load.Percentile(r.Sent, 50)), report.Millis(load.Percentile(r.Sent, 99)))
 	return stormRun{res: r, cpu: m.s.cpu, gen: gen}, nil
 }
 
@@ -180,12 +184,13 @@ func (e *Env) rotationTable(all []stormSeries, total int) report.Table {
 		Title: fmt.Sprintf("Rotation storm: %s workloads due at once over %d mTLS connections, %s deadline%s",
 			report.Int(int64(total)), e.Opts.RotationConns, e.Opts.RotationDeadline, rounds),
 		Header: []string{"server", "credential", "renewed", "failed", "shed (with a retry hint)", "retry hints p50 / max", "all done in", "× floor",
-			"peak RSS", "× floor", "p99 of admitted", "server CPU per renewal", "processors busy"},
+			"peak RSS", "× floor", "p99 of admitted", "from the sending", "server CPU per renewal", "processors busy"},
 		Notes: []string{"Shed answers (ResourceExhausted, Unavailable) are retried as meshca's agent retries: after the server's hint " +
 			"(google.rpc.RetryInfo or the grpc-retry-pushback-ms trailer) plus up to half of it, at most 1 s, of jitter, at least 1 s; " +
 			"without a hint after 1 s doubling, ±20 %. Any other error fails the workload; \"deadline\" counts workloads " +
 			"still waiting to retry when the deadline passed. \"p99 of admitted\" is the latency of the attempts that got a certificate, " +
-			"from the attempt's start at the client. \"processors busy\" is the server's CPU time and the load generator's over the storm's time: " +
+			"from the attempt's start at the client; \"from the sending\" the same from when the request left the client, past any wait in the client " +
+			"for a stream on its connection (a server's limit on the calls open at once on one connection, HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS). \"processors busy\" is the server's CPU time and the load generator's over the storm's time: " +
 			fmt.Sprintf("the two share this machine's %d processors, and fewer busy means the storm left CPU idle.", runtime.NumCPU())},
 	}
 	seconds := func(v float64) string { return report.Seconds(time.Duration(v * float64(time.Second))) }
@@ -213,7 +218,7 @@ func (e *Env) rotationTable(all []stormSeries, total int) report.Table {
 		t.Rows = append(t.Rows, []string{s.name, s.cred, medianCell(renewed, count), report.Codes(failed), shedCell, hintCell(hints),
 			medianCell(s.each(stormRun.done), seconds), report.Ratio(s.versus(all[0], stormRun.done)),
 			medianCell(s.each(stormRun.rss), func(v float64) string { return report.MiB(int64(v)) }), report.Ratio(s.versus(all[0], stormRun.rss)),
-			medianCell(s.each(stormRun.p99), millis), medianCell(s.each(stormRun.cpuPerRenewal), micros),
+			medianCell(s.each(stormRun.p99), millis), medianCell(s.each(stormRun.p99Sent), millis), medianCell(s.each(stormRun.cpuPerRenewal), micros),
 			medianCell(s.each(stormRun.busy), func(v float64) string { return fmt.Sprintf("%.2f", v) })})
 	}
 	return t

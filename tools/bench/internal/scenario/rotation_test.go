@@ -10,13 +10,14 @@ import (
 
 // storms is a server's rotation storms: done in d seconds each, with
 // renewed renewals at cpuPer of server CPU and 50 µs of the load
-// generator's each.
+// generator's each, and an admitted p99 of a tenth of d from the attempt's
+// start, a twentieth from the sending.
 func storms(name string, renewed int, cpuPer time.Duration, d ...float64) stormSeries {
 	s := stormSeries{name: name, cred: "mTLS"}
 	for _, v := range d {
 		s.runs = append(s.runs, stormRun{
 			res: load.StormResult{Renewed: renewed, Failed: map[string]int{}, Done: time.Duration(v * float64(time.Second)), PeakRSS: 100 << 20,
-				FirstTry: []time.Duration{time.Duration(v * float64(time.Second) / 10)}},
+				FirstTry: []time.Duration{time.Duration(v * float64(time.Second) / 10)}, Sent: []time.Duration{time.Duration(v * float64(time.Second) / 20)}},
 			cpu: time.Duration(renewed) * cpuPer,
 			gen: time.Duration(renewed) * 50 * time.Microsecond,
 		})
@@ -46,7 +47,7 @@ func TestRotationVersus(t *testing.T) {
 func TestRotationTable(t *testing.T) {
 	e := &Env{Opts: Options{RotationConns: 500, RotationDeadline: time.Minute}}
 	one := e.rotationTable([]stormSeries{storms("floor", 50000, 180*time.Microsecond, 6), storms("meshca", 50000, 220*time.Microsecond, 9)}, 50000)
-	if got, want := one.Rows[1], []string{"meshca", "mTLS", "50,000", "0", "0 (0)", "—", "9.0 s", "1.50×", "100 MiB", "1.00×", "900 ms", "220 µs", "1.50"}; !slices.Equal(got, want) {
+	if got, want := one.Rows[1], []string{"meshca", "mTLS", "50,000", "0", "0 (0)", "—", "9.0 s", "1.50×", "100 MiB", "1.00×", "900 ms", "450 ms", "220 µs", "1.50"}; !slices.Equal(got, want) {
 		t.Errorf("one round: %q\nwant %q", got, want)
 	}
 	three := e.rotationTable([]stormSeries{storms("floor", 50000, 180*time.Microsecond, 6, 16, 5), storms("meshca", 50000, 220*time.Microsecond, 9, 20, 10)}, 50000)
@@ -54,7 +55,10 @@ func TestRotationTable(t *testing.T) {
 		t.Errorf("three rounds: %q, want %q", got, want)
 	}
 	// 13.5 s of CPU over 9, 20 and 10 s.
-	if got, want := three.Rows[1][12], "1.35 (0.68–1.50)"; got != want {
+	if got, want := three.Rows[1][11], "500 ms (450 ms–1,000 ms)"; got != want {
+		t.Errorf("three rounds: p99 from the sending %q, want %q", got, want)
+	}
+	if got, want := three.Rows[1][13], "1.35 (0.68–1.50)"; got != want {
 		t.Errorf("three rounds: processors busy %q, want %q", got, want)
 	}
 	m := storms("meshca", 50000, 220*time.Microsecond, 9, 20, 10)
