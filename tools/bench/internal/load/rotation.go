@@ -71,6 +71,10 @@ type StormResult struct {
 	// a stream on the connection, past the server's limit of calls open on
 	// one connection.
 	Sent []time.Duration
+	// Whole is, for each workload renewed, the time from its first
+	// attempt's start to its certificate: every wait included, in the
+	// client, in the server and after a shed.
+	Whole []time.Duration
 	// Renewals and Sheds count, per second since the storm began, the
 	// attempts that got a certificate and those shed: where the time went.
 	// AskedBack counts the sheds by the second their hint asked the caller
@@ -123,7 +127,7 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 			res.AskedBack = perSecond(res.AskedBack, at+hint)
 		}
 	}
-	finish := func(lat, sent time.Duration, fail string, shed int, hints []time.Duration) {
+	finish := func(due time.Time, lat, sent time.Duration, fail string, shed int, hints []time.Duration) {
 		mu.Lock()
 		defer mu.Unlock()
 		res.Shed += shed
@@ -131,6 +135,7 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 		if fail == "" {
 			res.Renewed++
 			res.Sent = append(res.Sent, sent)
+			res.Whole = append(res.Whole, time.Since(due))
 			if shed == 0 {
 				res.FirstTry = append(res.FirstTry, lat)
 			} else {
@@ -143,7 +148,11 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 	}
 	for i, c := range conns {
 		for k := range perConn {
-			wg.Go(func() { finish(renew(ctx, c, csr(i, k), cfg, attempt)) })
+			wg.Go(func() {
+				due := time.Now()
+				lat, sent, fail, shed, hints := renew(ctx, c, csr(i, k), cfg, attempt)
+				finish(due, lat, sent, fail, shed, hints)
+			})
 		}
 	}
 	wg.Wait()
