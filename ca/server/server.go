@@ -56,10 +56,10 @@ const (
 	// node agent (ztunnel) renewing for every pod of its node at once has
 	// four in the CA and keeps the rest: a renewal storm from a few hundred
 	// nodes then waits at the nodes, each served in turn, instead of in the
-	// CA's memory or in shed calls and retries, and a CSR once sent is
-	// answered within the line's wait (BENCHMARKS.md, "Rotation storm").
-	// Four open calls keep one caller's share of the CA busy, a CSR taking
-	// about a millisecond. The HTTP/2 RFC recommends at least 100 for
+	// CA's memory or in shed calls and retries, and a CSR once sent waits
+	// in line at most the line's wait (BENCHMARKS.md, "Rotation storm").
+	// Four open calls carry thousands of CSRs a second for one caller (a
+	// CSR costs the CA about 0.2 ms of CPU). The HTTP/2 RFC recommends at least 100 for
 	// servers in general, whose streams may be long-lived; every call here
 	// but a health Watch is unary and short. Many more connections than
 	// that (an agent per pod) still reach the line, and what it cannot
@@ -82,8 +82,8 @@ const paceBoundSignatures = 14
 
 // DefaultMaxInFlightCSRs is the default number of CSRs processed at once:
 // enough per core to keep the cores busy while others wait for their
-// record's fsync (group commit needs company; at 16 a processor a storm
-// left 6 % of the machine idle, at 32 3 %), few enough that a storm
+// record's fsync (group commit needs company; at 16 a processor the
+// machine was 4-6 % idle in a storm, at 32 2-3 %), few enough that a storm
 // waits in a bounded line instead of in thousands of goroutines.
 func DefaultMaxInFlightCSRs() int {
 	return defaultInFlightCSRsPerProcessor * runtime.GOMAXPROCS(0)

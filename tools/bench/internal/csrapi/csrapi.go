@@ -62,7 +62,9 @@ type sentKey struct{}
 // headers were queued to go. That is the call's start, unless the
 // connection already had as many calls open as the server allows
 // (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): then the call first waits in
-// the client for one of them to end, unseen by the server.
+// the client for one of them to end, unseen by the server. A stream the
+// server refused or cut short before handling it is retried by gRPC
+// transparently, and the later time, that of the stream served, wins.
 func WithSent(ctx context.Context, at *time.Time) context.Context {
 	return context.WithValue(ctx, sentKey{}, at)
 }

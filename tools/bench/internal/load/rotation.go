@@ -127,7 +127,7 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 			res.AskedBack = perSecond(res.AskedBack, at+hint)
 		}
 	}
-	finish := func(due time.Time, lat, sent time.Duration, fail string, shed int, hints []time.Duration) {
+	finish := func(whole, lat, sent time.Duration, fail string, shed int, hints []time.Duration) {
 		mu.Lock()
 		defer mu.Unlock()
 		res.Shed += shed
@@ -135,7 +135,7 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 		if fail == "" {
 			res.Renewed++
 			res.Sent = append(res.Sent, sent)
-			res.Whole = append(res.Whole, time.Since(due))
+			res.Whole = append(res.Whole, whole)
 			if shed == 0 {
 				res.FirstTry = append(res.FirstTry, lat)
 			} else {
@@ -151,7 +151,7 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 			wg.Go(func() {
 				due := time.Now()
 				lat, sent, fail, shed, hints := renew(ctx, c, csr(i, k), cfg, attempt)
-				finish(due, lat, sent, fail, shed, hints)
+				finish(time.Since(due), lat, sent, fail, shed, hints)
 			})
 		}
 	}
@@ -160,9 +160,10 @@ func Rotation(ctx context.Context, conns []*csrapi.Conn, perConn int, csr func(i
 }
 
 // renew is one workload: it returns the latency of the attempt that
-// succeeded, from its start and from its request's sending, or why it failed, how often it was shed and the retry hints
-// it was given. It calls attempt after each attempt that got a certificate
-// (true) or was shed (false, with the hint, or -1 without one).
+// succeeded, from its start and from its request's sending, or why it
+// failed, how often it was shed and the retry hints it was given. It calls
+// attempt after each attempt that got a certificate (true) or was shed
+// (false, with the hint, or -1 without one).
 func renew(ctx context.Context, c *csrapi.Conn, csr []byte, cfg Storm, attempt func(ok bool, hint time.Duration)) (lat, sent time.Duration, fail string, shed int, hints []time.Duration) {
 	for n := 0; ; n++ {
 		actx, cancel := context.WithTimeout(ctx, cfg.AttemptTimeout)
