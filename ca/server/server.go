@@ -59,9 +59,9 @@ const (
 	// CA's memory or in shed calls and retries, and a CSR once sent waits
 	// in line at most the line's wait (BENCHMARKS.md, "Rotation storm").
 	// Four open calls carry thousands of CSRs a second for one caller (a
-	// CSR costs the CA about 0.2 ms of CPU). The HTTP/2 RFC recommends at least 100 for
-	// servers in general, whose streams may be long-lived; every call here
-	// but a health Watch is unary and short. Many more connections than
+	// CSR costs the CA about 0.2 ms of CPU). The HTTP/2 RFC recommends at
+	// least 100 for servers in general, whose streams may be long-lived;
+	// every call here but a health Watch is unary and short. Many more connections than
 	// that (an agent per pod) still reach the line, and what it cannot
 	// serve in time is shed with a retry hint.
 	DefaultMaxQueuedCSRs            = 4096

@@ -152,10 +152,10 @@ func (l *lingerer) cpuQueued() bool {
 // linger lets more records join batch while waiting idles no CPU: an
 // fdatasync costs the same CPU however many records it carries, so while
 // other goroutines wait for a CPU (the process is CPU-bound, and callers
-// that wait longer leave none idle), the batch waits for the next record, up
-// to the gap (lingerGap) after each one and commitDelay in all. When the CPUs have no
-// queue (a lone caller, or a process waiting on its clients) it returns at
-// once.
+// that wait longer leave none idle), the batch waits for the next record,
+// up to the gap (lingerGap) after each one and commitDelay in all. When the
+// CPUs have no queue (a lone caller, or a process waiting on its clients)
+// it returns at once.
 func (l *lingerer) linger(s *Store, batch []*pending) []*pending {
 	if l.delay <= 0 {
 		return batch

@@ -1,19 +1,15 @@
-package csrapi
+package csrapi_test
 
 import (
 	"context"
-	"crypto/tls"
-	"net"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	pb "istio.io/api/security/v1alpha1"
 
-	"github.com/meshca/meshca/tools/bench/internal/peer"
-	"github.com/meshca/meshca/tools/bench/internal/pki"
+	"github.com/meshca/meshca/tools/bench/internal/csrapi"
+	"github.com/meshca/meshca/tools/bench/internal/csrapi/csrapitest"
 )
 
 // holding answers each call once told to, and says when one arrives.
@@ -41,44 +37,14 @@ func (h *holding) CreateCertificate(ctx context.Context, _ *pb.IstioCertificateR
 // call before it ends, not when it starts; a call that finds a stream
 // free is sent at once.
 func TestWithSent(t *testing.T) {
-	dir := t.TempDir()
-	ca, err := pki.NewCA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ca.WriteFiles(dir); err != nil {
-		t.Fatal(err)
-	}
-	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, pki.ServerCertFile), filepath.Join(dir, pki.ServerKeyFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots, err := peer.Roots(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
 	h := &holding{arrived: make(chan struct{}), proceed: make(chan struct{})}
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(&tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert}})),
-		grpc.MaxConcurrentStreams(1))
-	pb.RegisterIstioCertificateServiceServer(srv, h)
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = srv.Serve(lis) }()
-	t.Cleanup(srv.Stop)
-
+	c := csrapitest.Dial(t, h, grpc.MaxConcurrentStreams(1))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := Dial(ctx, lis.Addr().String(), roots, pki.ServerName, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	// call signs once and sends when its request left.
 	call := func(out chan<- time.Time) {
 		sent := time.Now()
-		_, err := c.Sign(WithSent(ctx, &sent), []byte("csr"), "")
+		_, err := c.Sign(csrapi.WithSent(ctx, &sent), []byte("csr"), "")
 		if err != nil {
 			sent = time.Time{}
 		}

@@ -158,11 +158,12 @@ func (e *Env) storm(ctx context.Context, t *target, per int, csrs [][]pki.CSR, c
 		return stormRun{}, fmt.Errorf("%s: %w", t.name, m.err)
 	}
 	r.PeakRSS = m.s.rss
+	run := stormRun{res: r, cpu: m.s.cpu, gen: gen}
 	e.logf("rotation %-20s renewed %d, failed %s, shed %d, done in %s, peak RSS %s", t.name, r.Renewed,
 		report.Codes(r.Failed), r.Shed, report.Seconds(r.Done), report.MiB(r.PeakRSS))
 	e.logf("rotation %-20s CPU: server %s, load generator %s (%s a call), both %.2f of %d processors busy; machine %.0f %% idle", t.name,
 		report.Seconds(m.s.cpu), report.Seconds(gen), report.Micros(gen/time.Duration(max(r.Renewed+r.Shed, 1))),
-		(m.s.cpu+gen).Seconds()/max(r.Done.Seconds(), 1e-9), runtime.NumCPU(), 100*m.s.idle)
+		run.busy(), runtime.NumCPU(), 100*m.s.idle)
 	e.logf("rotation %-20s per second: renewed %v, shed %v, asked back %v", t.name, r.Renewals, r.Sheds, r.AskedBack)
 	e.logf("rotation %-20s admitted at the first attempt %d (p50 %s, p99 %s), after a shed %d (p99 %s)", t.name,
 		len(r.FirstTry), report.Millis(load.Percentile(r.FirstTry, 50)), report.Millis(load.Percentile(r.FirstTry, 99)),
@@ -170,7 +171,7 @@ func (e *Env) storm(ctx context.Context, t *target, per int, csrs [][]pki.CSR, c
 	e.logf("rotation %-20s admitted, from the request's sending: p50 %s, p99 %s; a workload's whole renewal, from its first attempt: p50 %s, p99 %s", t.name,
 		report.Millis(load.Percentile(r.Sent, 50)), report.Millis(load.Percentile(r.Sent, 99)),
 		report.Millis(load.Percentile(r.Whole, 50)), report.Millis(load.Percentile(r.Whole, 99)))
-	return stormRun{res: r, cpu: m.s.cpu, gen: gen}, nil
+	return run, nil
 }
 
 // rotationTable has a row per server: with more than one round, the
